@@ -1,0 +1,1 @@
+"""saelab app (later issues)."""

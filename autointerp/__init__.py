@@ -1,0 +1,1 @@
+"""saelab autointerp (later issues)."""

@@ -1,0 +1,1 @@
+"""saelab circuits (later issues)."""

@@ -1,0 +1,3 @@
+"""saelab: sparse autoencoders on language-model activations, end to end."""
+
+__version__ = "0.1.0"

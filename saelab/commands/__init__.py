@@ -1,0 +1,1 @@
+"""One module per `saelab` subcommand; each exposes `register(subparsers)`."""

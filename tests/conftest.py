@@ -1,0 +1,35 @@
+"""Shared fixtures: the real embedded model (loaded once) and a small real activation store."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+SMALL_HARVEST = dict(tokens=6 * 8 * 32, seq_len=32, batch_size=4, chunk_seqs=8, progress=False)
+"""A few thousand real tokens in 6 chunks: big enough for resume and shuffling, fast on 2 cores."""
+
+
+@pytest.fixture(scope="session")
+def model():
+    from activations.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def small_store(model, tmp_path_factory):
+    """A complete store: two hooks, float16, 48 sequences of 32 tokens from the builtin corpus."""
+    from activations.harvest import HarvestConfig, harvest
+
+    out = str(tmp_path_factory.mktemp("stores") / "small.zarr")
+    cfg = HarvestConfig(
+        out=out, hooks=["blocks.2.hook_resid_post", "blocks.4.hook_mlp_out"], **SMALL_HARVEST
+    )
+    harvest(cfg, model=model)
+    return out
