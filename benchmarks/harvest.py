@@ -1,0 +1,146 @@
+"""Harvest and loader throughput.
+
+1. Harvest throughput as a ratio to the bare model forward on the same batches: the bare
+   forward runs the bridge to the same `stop_at_layer` with no hooks and stores nothing; the
+   harvest does everything (tokenising, hooks, casting, compressing, writing, committing).
+   Target: ratio >= 0.9.
+2. Loader throughput in activations/s (shuffled float32 [4096, d] batches from the store),
+   against what a TopK SAE training step consumes at d_sae 18432, k 64 on the same machine,
+   measured in the same run. Target: loader >= 3x training.
+
+    python benchmarks/harvest.py [--tokens 65536] [--out benchmarks/results/harvest-cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from activations.corpus import iter_sequences, load_corpus  # noqa: E402
+from activations.harvest import HarvestConfig, harvest  # noqa: E402
+from activations.loader import ActivationLoader  # noqa: E402
+from activations.models import load_model  # noqa: E402
+from benchmarks.machine import machine_info  # noqa: E402
+
+
+def bare_forward_seconds(model, cfg: HarvestConfig) -> float:
+    """Time the model alone on exactly the batches the harvest will run."""
+    n_seq = -(-cfg.tokens // cfg.seq_len)
+    stream = iter_sequences(load_corpus(cfg.dataset), model.tokenizer, cfg.seq_len, cfg.bos)
+    tokens = np.stack([s.tokens for s in itertools.islice(stream, n_seq)])
+    stop = model.stop_layer(cfg.hooks)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(tokens), cfg.batch_size):
+            batch = torch.from_numpy(tokens[start : start + cfg.batch_size]).long()
+            model.bridge(batch, stop_at_layer=stop)
+    return time.perf_counter() - t0
+
+
+def harvest_seconds(model, cfg: HarvestConfig) -> float:
+    t0 = time.perf_counter()
+    harvest(cfg, model=model)
+    return time.perf_counter() - t0
+
+
+def loader_rate(store: str, hook: str, batch_size: int, min_seconds: float = 5.0) -> float:
+    rows, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        for batch in ActivationLoader(store, hook, batch_size=batch_size, seed=rows):
+            rows += len(batch)
+    return rows / (time.perf_counter() - t0)
+
+
+def training_rate(d_in: int, batch_size: int, steps: int = 5) -> dict:
+    """Tokens/s of a TopK SAE training step (d_sae 18432, k 64), if the trainer is installed."""
+    try:
+        from sae.registry import build_sae  # noqa: F401  (the SAE library; later issue)
+        from sae.trainer import training_step_rate
+    except ImportError as err:
+        return {"tokens_per_s": None, "note": f"SAE trainer not available: {err}"}
+    rate = training_step_rate(
+        arch="topk", d_in=d_in, d_sae=18432, k=64, batch_size=batch_size, steps=steps
+    )
+    return {
+        "tokens_per_s": rate,
+        "config": {"arch": "topk", "d_sae": 18432, "k": 64, "batch": batch_size},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokens", type=int, default=65536)
+    parser.add_argument("--hook", default="blocks.8.hook_resid_post")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating rounds; the best of each is kept"
+    )
+    parser.add_argument("--loader-batch", type=int, default=4096)
+    parser.add_argument("--out", default="benchmarks/results/harvest-cpu.json")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    model = load_model("smollm2-135m")
+    tmp = tempfile.mkdtemp(prefix="saelab-bench-")
+    cfg = HarvestConfig(
+        out=f"{tmp}/acts.zarr",
+        hooks=[args.hook],
+        tokens=args.tokens,
+        batch_size=args.batch_size,
+        progress=False,
+        overwrite=True,
+    )
+    bare_forward_seconds(model, HarvestConfig(out="", hooks=[args.hook], tokens=2048))  # warm-up
+    bare, full = [], []
+    for _ in range(args.rounds):
+        bare.append(bare_forward_seconds(model, cfg))
+        full.append(harvest_seconds(model, cfg))
+    tokens = -(-args.tokens // cfg.seq_len) * cfg.seq_len
+    loader = loader_rate(cfg.out, args.hook, args.loader_batch)
+    train = training_rate(model.d_model, args.loader_batch)
+    result = {
+        "benchmark": "harvest",
+        "machine": machine_info(),
+        "config": {
+            "model": cfg.model,
+            "hook": args.hook,
+            "tokens": tokens,
+            "seq_len": cfg.seq_len,
+            "batch_size": cfg.batch_size,
+            "chunk_seqs": cfg.chunk_seqs,
+            "dtype": cfg.dtype,
+            "rounds": args.rounds,
+            "loader_batch": args.loader_batch,
+        },
+        "bare_forward_tokens_per_s": tokens / min(bare),
+        "harvest_tokens_per_s": tokens / min(full),
+        "harvest_over_bare": min(bare) / min(full),
+        "harvest_target": 0.9,
+        "loader_activations_per_s": loader,
+        "training_consumption": train,
+        "loader_over_training": loader / train["tokens_per_s"]
+        if train.get("tokens_per_s")
+        else None,
+        "loader_target": 3.0,
+        "raw_seconds": {"bare": bare, "harvest": full},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Machine and version facts that every benchmark result records."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+
+
+def machine_info() -> dict:
+    import torch
+
+    info = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+    }
+    for pkg in ("transformers", "transformer_lens", "zarr", "numpy", "triton"):
+        try:
+            from importlib.metadata import version
+
+            info[pkg] = version(pkg.replace("_", "-"))
+        except Exception:
+            info[pkg] = None
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.check_output(["git", *args], text=True, stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return None
