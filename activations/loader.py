@@ -48,10 +48,29 @@ class LoaderConfig:
     """Drop the final partial batch of the last epoch."""
     prefetch: int = 1
     """Windows prepared ahead by the background thread (0: no thread)."""
+    split: str = "all"
+    """Which committed chunks: `all`, `train` (all but the held-out tail) or `test` (the tail)."""
+    test_fraction: float = 0.1
+    """Fraction of committed chunks (the last ones, at least one) held out as `test`."""
     rank: int = 0
     """Data-parallel rank: this process takes batches rank, rank + world, ..."""
     world_size: int = 1
     """Data-parallel world size."""
+
+
+SPLITS = ("all", "train", "test")
+
+
+def split_chunks(chunks: list[int], split: str, test_fraction: float) -> list[int]:
+    """The chunks of a split: the last `test_fraction` of them (at least one) are `test`."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: choose {', '.join(SPLITS)}")
+    if split == "all":
+        return list(chunks)
+    if len(chunks) < 2:
+        raise UserError("the store has fewer than 2 chunks: too small for a train/test split")
+    n_test = max(1, round(len(chunks) * test_fraction))
+    return list(chunks[:-n_test]) if split == "train" else list(chunks[-n_test:])
 
 
 class ActivationLoader:
@@ -76,10 +95,13 @@ class ActivationLoader:
             raise UserError(f"batch size must be positive, got {self.cfg.batch_size}")
         self.device = torch.device(device)
         self.d_in = self.store.width(hook)
-        self.chunks = self.store.committed_chunks()
+        self.chunks = split_chunks(
+            self.store.committed_chunks(), self.cfg.split, self.cfg.test_fraction
+        )
         if not self.chunks:
-            raise UserError(f"store {self.store.url!r} has no committed data yet; harvest first")
-        self._masked_ids = self._masked_token_ids()
+            raise UserError(
+                f"store {self.store.url!r} has no committed {self.cfg.split!r} data; harvest (more) first"
+            )
         self.outlier_threshold = self._outlier_threshold()
         self.windows_per_epoch = -(-len(self.chunks) // self.cfg.shuffle_chunks)
         self._position = (0, 0, 0)  # (global window, offset into it, rows carried into it)
@@ -207,20 +229,8 @@ class ActivationLoader:
 
     # -- masks ----------------------------------------------------------------------------
 
-    def _masked_token_ids(self) -> np.ndarray:
-        attrs = self.store.attrs
-        ids = set(attrs.get("special_token_ids", [])) if self.cfg.mask_special else set()
-        if self.cfg.mask_bos and attrs.get("bos_token_id") is not None:
-            ids.add(int(attrs["bos_token_id"]))
-        return np.array(sorted(ids), dtype=np.int64)
-
     def _token_mask(self, chunk: int) -> np.ndarray:
-        tokens = self.store.read_tokens(chunk)
-        keep = ~np.isin(tokens, self._masked_ids)
-        if self.cfg.mask_bos and self.store.attrs.get("bos") == "prepend":
-            keep[:, 0] = False
-        keep &= self.store.read_valid(chunk)[:, None]
-        return keep.reshape(-1)
+        return self.store.token_mask(chunk, self.cfg.mask_bos, self.cfg.mask_special).reshape(-1)
 
     def _chunk_rows(self, chunk: int) -> torch.Tensor:
         acts = self.store.read_acts(self.hook, chunk).reshape(-1, self.d_in)

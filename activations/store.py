@@ -189,6 +189,23 @@ class ActivationStore:
     def read_valid(self, chunk: int) -> np.ndarray:
         return self.group["valid"][self.chunk_rows(chunk)]
 
+    def token_mask(
+        self, chunk: int, mask_bos: bool = True, mask_special: bool = True
+    ) -> np.ndarray:
+        """Bool `[chunk_seqs, seq_len]`: True where a token is a training/eval row.
+
+        False at the BOS position (when the store prepended one), at special tokens, and over
+        sequences marked invalid (dropped for non-finite activations).
+        """
+        tokens = self.read_tokens(chunk)
+        masked = set(self.attrs.get("special_token_ids", [])) if mask_special else set()
+        if mask_bos and self.attrs.get("bos_token_id") is not None:
+            masked.add(int(self.attrs["bos_token_id"]))
+        keep = ~np.isin(tokens, np.array(sorted(masked), dtype=np.int64))
+        if mask_bos and self.attrs.get("bos") == "prepend":
+            keep[:, 0] = False
+        return keep & self.read_valid(chunk)[:, None]
+
     def read_acts(self, hook: str, chunk: int) -> torch.Tensor:
         """One chunk of activations `[chunk_seqs, seq_len, d]` in the stored value dtype."""
         raw = self.group[f"hooks/{hook}"][self.chunk_rows(chunk)]

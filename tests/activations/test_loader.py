@@ -125,3 +125,13 @@ def test_bad_hook_and_state(small_store):
     with pytest.raises(UserError, match="another loader config"):
         b.load_state_dict(a.state_dict())
     assert a.d_in == 576
+
+
+def test_train_and_test_splits_are_disjoint_and_cover(small_store):
+    def chunks(split):
+        return ActivationLoader(small_store, HOOK, batch_size=64, split=split).chunks
+
+    assert chunks("test") == [5] and chunks("train") == [0, 1, 2, 3, 4]
+    assert sorted(chunks("train") + chunks("test")) == chunks("all")
+    with pytest.raises(UserError, match="unknown split"):
+        chunks("valid")

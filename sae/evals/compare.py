@@ -1,0 +1,104 @@
+"""Compare every SAE in the results store: one table and the variant frontiers as plotly HTML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sae import store as results
+
+COLUMNS = (
+    "l0",
+    "fvu",
+    "explained_variance",
+    "cosine",
+    "ce_loss_score",
+    "kl_score",
+    "delta_loss",
+    "dead_fraction",
+    "dense_fraction",
+)
+FRONTIERS = (
+    ("l0", "fvu", "FVU vs L0 (lower right is better)"),
+    ("l0", "ce_loss_score", "CE loss score vs L0"),
+    ("d_sae", "dead_fraction", "Dead fraction vs width"),
+)
+
+
+def comparison_rows(db: str | Path) -> list[dict]:
+    """One row per SAE: identity columns plus every metric (core and loss evals win ties)."""
+    rows: dict[str, dict] = {}
+    for r in results.metrics_table(db):
+        row = rows.setdefault(
+            r["sae_id"],
+            {
+                "sae_id": r["sae_id"],
+                "name": r["name"],
+                "architecture": r["architecture"],
+                "d_sae": r["d_sae"],
+            },
+        )
+        if r["metric"] not in row or r["eval"] in ("core", "loss"):
+            row[r["metric"]] = r["value"]
+    return sorted(rows.values(), key=lambda row: (row["architecture"], row["d_sae"], row["name"]))
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ["name", "architecture", "d_sae", *COLUMNS]
+    cells = [[_fmt(row.get(c)) for c in head] for row in rows]
+    widths = [
+        max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)
+    ]
+    def line(values):
+        return "  ".join(
+            v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))
+        )
+    return "\n".join([line(head), *(line(c) for c in cells)])
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def frontier_html(rows: list[dict], path: str | Path) -> Path:
+    """Scatter plots of the frontiers, one colour per architecture, hover shows the SAE name."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(FRONTIERS), subplot_titles=[t for *_, t in FRONTIERS])
+    archs = sorted({r["architecture"] for r in rows})
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    for col, (xkey, ykey, _) in enumerate(FRONTIERS, start=1):
+        for i, arch in enumerate(archs):
+            pts = [
+                r
+                for r in rows
+                if r["architecture"] == arch and r.get(xkey) is not None and r.get(ykey) is not None
+            ]
+            fig.add_trace(
+                go.Scatter(
+                    x=[r[xkey] for r in pts],
+                    y=[r[ykey] for r in pts],
+                    mode="markers",
+                    name=arch,
+                    text=[r["name"] for r in pts],
+                    hovertemplate="%{text}<br>%{x:.4g}, %{y:.4g}<extra></extra>",
+                    marker={"color": palette[i % len(palette)], "size": 9},
+                    legendgroup=arch,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(
+            title_text=xkey, row=1, col=col, type="log" if xkey == "d_sae" else "linear"
+        )
+        fig.update_yaxes(title_text=ykey, row=1, col=col)
+    fig.update_layout(title="saelab: SAE variants", height=460, width=420 * len(FRONTIERS))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs=True)
+    return path

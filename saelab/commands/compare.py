@@ -1,0 +1,27 @@
+"""`saelab compare`: every SAE's metrics in one table, and the variant frontiers as HTML."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare the SAEs in a results database")
+    p.add_argument("--db", required=True)
+    p.add_argument("--html", help="write the frontier plots here (default: next to the database)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sae.evals.compare import comparison_rows, format_table, frontier_html
+    from saelab.errors import UserError
+
+    rows = comparison_rows(args.db)
+    if not rows:
+        raise UserError(f"{args.db} holds no evaluated SAE yet; run `saelab eval` first")
+    print(format_table(rows))
+    html = frontier_html(rows, args.html or Path(args.db).with_suffix(".compare.html"))
+    print(f"saelab compare: frontiers written to {html}")
+    return 0
