@@ -141,6 +141,8 @@ class HarvestResult:
 def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> HarvestResult:
     """Fill (or continue filling) the store `cfg.out`; returns what this call wrote."""
     cfg.validate()
+    if not (cfg.resume or cfg.overwrite):
+        _refuse_existing(cfg.out)  # before the model loads: fail fast
     model = model or load_model(cfg.model, device=cfg.device)
     model.validate_hooks(cfg.hooks)
     dataset = corpus_mod.load_corpus(cfg.dataset, cfg.split, cfg.text_column)
@@ -191,10 +193,7 @@ def _open_or_create(cfg: HarvestConfig, attrs: dict, n_seq: int):
     existing = _existing_attrs(cfg.out)
     if existing is not None and not cfg.overwrite:
         if not cfg.resume:
-            raise UserError(
-                f"store {cfg.out!r} already exists ({existing.get('committed_sequences', '?')} sequences "
-                "committed); pass --resume to continue it or --overwrite to replace it"
-            )
+            _refuse_existing(cfg.out)
         diffs = [k for k in FINGERPRINT if _norm(existing.get(k)) != _norm(attrs.get(k))]
         if diffs:
             detail = "; ".join(
@@ -206,6 +205,15 @@ def _open_or_create(cfg: HarvestConfig, attrs: dict, n_seq: int):
         return store_mod.open_group(cfg.out, mode="r+")
     hooks = attrs.pop("hooks")
     return store_mod.create(cfg.out, attrs, hooks, n_seq, cfg.chunk_seqs, cfg.shard[1])
+
+
+def _refuse_existing(url: str) -> None:
+    existing = _existing_attrs(url)
+    if existing is not None:
+        raise UserError(
+            f"store {url!r} already exists ({existing.get('committed_sequences', '?')} sequences "
+            "committed); pass --resume to continue it or --overwrite to replace it"
+        )
 
 
 def _norm(value):

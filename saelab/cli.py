@@ -14,7 +14,7 @@ import sys
 from saelab import __version__
 from saelab.errors import UserError
 
-COMMANDS = ["hooks", "harvest", "demo"]
+COMMANDS = ["hooks", "harvest", "train", "eval", "compare", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

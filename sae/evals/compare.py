@@ -48,10 +48,12 @@ def format_table(rows: list[dict]) -> str:
     widths = [
         max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)
     ]
+
     def line(values):
         return "  ".join(
             v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))
         )
+
     return "\n".join([line(head), *(line(c) for c in cells)])
 
 

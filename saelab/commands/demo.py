@@ -1,6 +1,7 @@
 """`saelab demo`: the whole pipeline on the embedded model and corpus, offline.
 
-Today: harvest the default model on the builtin corpus. Later stages join as they land.
+harvest → train a TopK SAE → evaluate it into the results database → compare. Each step is
+the same command a user would type; rerunning the demo reuses a finished harvest.
 """
 
 from __future__ import annotations
@@ -16,20 +17,59 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tokens", type=int, default=200_000, help="tokens to harvest (~2 min on 2 CPU cores)"
     )
     p.add_argument("--hook", default="blocks.8.hook_resid_post")
+    p.add_argument("--d-sae", type=int, default=2304)
+    p.add_argument("--k", type=int, default=32)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from activations.harvest import HarvestConfig, harvest
+    from saelab.cli import main
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    store = str(out / "acts.zarr")
-    cfg = HarvestConfig(out=store, hooks=[args.hook], tokens=args.tokens, resume=True)
-    print(f"saelab demo: 1/1 harvest {cfg.tokens} tokens of {cfg.model} at {args.hook} -> {store}")
-    result = harvest(cfg)
-    print(
-        f"saelab demo: harvest done ({result.tokens} new tokens, {result.tokens_per_second:.0f} tok/s)"
+    store, sae, db = str(out / "acts.zarr"), out / "sae-topk", out / "results.duckdb"
+
+    _step(1, f"harvest {args.tokens} tokens of smollm2-135m at {args.hook} -> {store}")
+    result = harvest(HarvestConfig(out=store, hooks=[args.hook], tokens=args.tokens, resume=True))
+    print(f"saelab demo: harvest done ({result.tokens} new tokens)")
+
+    _step(2, f"train a TopK SAE (d_sae {args.d_sae}, k {args.k}) -> {sae}")
+    _run(
+        main,
+        [
+            "train",
+            "--acts",
+            store,
+            "--hook",
+            args.hook,
+            "--arch",
+            "topk",
+            "--d-sae",
+            str(args.d_sae),
+            "--k",
+            str(args.k),
+            "--batch-size",
+            "1024",
+            "--out",
+            str(sae),
+        ],
     )
-    print(f"saelab demo: activation store ready at {store}")
+
+    _step(3, f"evaluate it into {db}")
+    _run(main, ["eval", "--sae", str(sae), "--acts", store, "--db", str(db)])
+
+    _step(4, "compare")
+    _run(main, ["compare", "--db", str(db)])
+    print(f"saelab demo: done. Store {store}, SAE {sae}, results {db}")
     return 0
+
+
+def _step(n: int, text: str) -> None:
+    print(f"\nsaelab demo: step {n}/4: {text}", flush=True)
+
+
+def _run(main, argv: list[str]) -> None:
+    code = main(argv)
+    if code:
+        raise SystemExit(code)

@@ -1,0 +1,417 @@
+"""Training throughput of saelab's SAEs, against the encoder-matmul limit and peers.
+
+    python benchmarks/train.py                      # all measurements, ~10 min on 2 cores
+    python benchmarks/train.py --quick              # d_sae 4608 only, fewer steps
+    python benchmarks/train.py --peers-python /tmp/peers-venv/bin/python   # + SAELens, sparsify
+
+Every measurement runs in its own subprocess (clean peak memory, no cross-talk) on the same
+activations: synthetic sparse combinations of a random dictionary at d_in = 576, saved once
+to a temporary file that the peers load too. Throughput is reported as tokens/s and as a
+fraction of the encoder-matmul limit: the sgemm rate measured for [batch, d_in] x
+[d_in, d_sae] divided by 2 * d_in * d_sae FLOP per token. FVU is measured on a held-out
+batch after the same number of training tokens, in raw units, with each tool's defaults.
+Results are printed and saved as JSON in benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+D_IN = 576
+ARCHES = ["topk", "batchtopk", "matryoshka", "jumprelu", "relu", "gated"]
+
+
+# -- children: one measurement each ------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _fvu(x, x_hat) -> float:
+    x, x_hat = x.double(), x_hat.double()
+    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
+def child_sgemm(spec: dict) -> dict:
+    import torch
+
+    x = torch.randn(spec["batch"], D_IN)
+    w = torch.randn(spec["d_sae"], D_IN)
+    b = torch.zeros(spec["d_sae"])
+    torch.addmm(b, x, w.t())
+    t0 = time.perf_counter()
+    reps = spec.get("reps", 3)
+    for _ in range(reps):
+        torch.addmm(b, x, w.t())
+    dt = (time.perf_counter() - t0) / reps
+    return {"seconds": dt, "gflops": 2 * spec["batch"] * D_IN * spec["d_sae"] / dt / 1e9}
+
+
+def child_saelab(spec: dict) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    kernels_impl = _ensure_kernels()
+    from sae import TrainConfig, Trainer, make_config, ops
+    from sae.trainer import folded_copy
+
+    if spec.get("dense"):
+        ops.DENSE_FRACTION = 0.0  # every gather/decode through dense matmuls
+    batches, held_out = _load_acts(spec["acts"])
+    configs = []
+    for arch in spec["arches"]:
+        kw = {"k": spec["k"]} if arch in ("topk", "batchtopk", "matryoshka") else {}
+        configs.append(make_config(arch, d_sae=spec["d_sae"], **kw))
+    cfg = TrainConfig(tokens=sum(b.shape[0] for b in batches), progress=False, init_tokens=4096)
+    trainer = Trainer(configs, iter(batches), cfg)
+    trainer.setup()
+    times = []
+    for batch in batches:
+        t0 = time.perf_counter()
+        trainer.train_step(batch)
+        times.append(time.perf_counter() - t0)
+    timed = times[spec["warmup"] :]
+    step = sum(timed) / len(timed)
+    with torch.no_grad():
+        fvus = {
+            m.name: _fvu(held_out, folded_copy(m.sae, trainer.scale)(held_out))
+            for m in trainer.members
+        }
+    return {
+        "kernels": kernels_impl,
+        "step_seconds": step,
+        "tokens_per_s": batches[0].shape[0] / step,
+        "peak_rss_mb": _peak_rss_mb(),
+        "fvu": fvus,
+        "l0": {
+            m.name: float(m.sae.encode_sparse(held_out * trainer.scale).l0().mean())
+            for m in trainer.members
+        },
+    }
+
+
+def child_saelens(spec: dict) -> dict:
+    import torch
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    batches, held_out = _load_acts(spec["acts"])
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=spec["d_sae"], k=spec["k"]))
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.999))  # SAELens defaults
+    fired_steps = torch.zeros(spec["d_sae"])
+    times = []
+    for i, x in enumerate(batches):
+        t0 = time.perf_counter()
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                coefficients=sae.get_coefficients() if hasattr(sae, "get_coefficients") else {},
+                dead_neuron_mask=fired_steps > 1000,
+                n_training_steps=i,
+                is_logging_step=False,
+            )
+        )
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            fired_steps += 1
+            fired_steps[(out.feature_acts > 0).any(0)] = 0
+        times.append(time.perf_counter() - t0)
+    timed = times[spec["warmup"] :]
+    step = sum(timed) / len(timed)
+    with torch.no_grad():
+        sae.eval()
+        x_hat = sae.decode(sae.encode(held_out))
+    import sae_lens
+
+    return {
+        "version": sae_lens.__version__,
+        "step_seconds": step,
+        "tokens_per_s": batches[0].shape[0] / step,
+        "peak_rss_mb": _peak_rss_mb(),
+        "fvu": _fvu(held_out, x_hat),
+    }
+
+
+def child_sparsify(spec: dict) -> dict:
+    from importlib.metadata import version
+
+    import torch
+    from schedulefree import ScheduleFreeWrapper
+    from sparsify import SparseCoder, SparseCoderConfig
+    from sparsify.sign_sgd import SignSGD
+
+    batches, held_out = _load_acts(spec["acts"])
+    sae = SparseCoder(D_IN, SparseCoderConfig(num_latents=spec["d_sae"], k=spec["k"]))
+    # sparsify's default optimiser ("signum"): schedule-free SignSGD, lr 5e-3/sqrt(m/2^14)
+    opt = ScheduleFreeWrapper(
+        SignSGD([{"params": sae.parameters(), "lr": 5e-3 / (spec["d_sae"] / 2**14) ** 0.5}]),
+        momentum=0.95,
+    )
+    opt.train()
+    sae.b_dec.data = batches[0].mean(0)  # sparsify initialises b_dec from the first batch
+    steps_since = torch.zeros(spec["d_sae"], dtype=torch.long)
+    times = []
+    for x in batches:
+        t0 = time.perf_counter()
+        out = sae(x, dead_mask=steps_since > 10_000_000)
+        out.fvu.backward()  # auxk_alpha defaults to 0
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        sae.set_decoder_norm_to_unit_norm()
+        with torch.no_grad():
+            steps_since += x.shape[0]
+            steps_since[out.latent_indices.flatten()] = 0
+        times.append(time.perf_counter() - t0)
+    timed = times[spec["warmup"] :]
+    step = sum(timed) / len(timed)
+    opt.eval()
+    with torch.no_grad():
+        x_hat = sae(held_out).sae_out
+    return {
+        "version": version("eai-sparsify"),
+        "step_seconds": step,
+        "tokens_per_s": batches[0].shape[0] / step,
+        "peak_rss_mb": _peak_rss_mb(),
+        "fvu": _fvu(held_out, x_hat),
+    }
+
+
+def _ensure_kernels() -> str:
+    import kernels
+
+    if all(hasattr(kernels, n) for n in ("sparse_decode", "gather_preacts", "topk_select")):
+        return "kernels"
+    sys.path.insert(0, str(ROOT / "tests" / "sae"))
+    import _kernels_shim  # noqa: F401
+
+    return "test-shim (kernels/ not written yet)"
+
+
+def _load_acts(path: str):
+    import torch
+
+    data = torch.load(path)
+    return data["train"], data["held_out"]
+
+
+CHILDREN = {
+    "sgemm": child_sgemm,
+    "saelab": child_saelab,
+    "saelens": child_saelens,
+    "sparsify": child_sparsify,
+}
+
+
+# -- parent ---------------------------------------------------------------------------------
+
+
+def make_acts(path: Path, batches: int, batch: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from sae.synthetic import SyntheticActivations
+
+    data = SyntheticActivations(
+        d_in=D_IN, n_features=8 * D_IN, batch_size=batch, active=32, noise=0.05, seed=0, offset=1.0
+    )
+    torch.save(
+        {"train": [data.batch(i) for i in range(batches)], "held_out": data.batch(10_000)}, path
+    )
+
+
+def run_child(python: str, kind: str, spec: dict) -> dict:
+    cmd = [python, str(Path(__file__).resolve()), "--child", kind, json.dumps(spec)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} if python == sys.executable else dict(os.environ)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--child", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=6, help="training steps per measurement")
+    p.add_argument("--warmup", type=int, default=1, help="untimed first steps")
+    p.add_argument("--quick", action="store_true", help="d_sae 4608 only")
+    p.add_argument("--peers-python", help="python of a scratch venv with sae-lens and eai-sparsify")
+    p.add_argument(
+        "--skip", default="", help="comma list of sections to skip: arches,dense,sweep,peers"
+    )
+    p.add_argument("--out", help="result JSON (default benchmarks/results/train-<date>.json)")
+    args = p.parse_args()
+    if args.child:
+        kind, spec = args.child
+        print(json.dumps(CHILDREN[kind](json.loads(spec))))
+        return
+
+    import tempfile
+
+    import torch
+
+    skip = set(filter(None, args.skip.split(",")))
+    tmp = Path(tempfile.mkdtemp(prefix="saelab-bench-"))
+    acts = tmp / "acts.pt"
+    make_acts(acts, args.steps, args.batch)
+    sizes = [(4608, 32)] if args.quick else [(4608, 32), (18432, 64)]
+    base = {"acts": str(acts), "warmup": args.warmup, "batch": args.batch}
+    py = sys.executable
+    results: dict = {"sgemm": {}, "arches": {}, "dense_vs_sparse": {}, "sweep": {}, "peers": {}}
+
+    def limit(d_sae: int) -> float:
+        return results["sgemm"][str(d_sae)]["gflops"] * 1e9 / (2 * D_IN * d_sae)
+
+    def frac(tps: float, d_sae: int) -> float:
+        return tps / limit(d_sae)
+
+    for d_sae, _ in sizes:
+        results["sgemm"][str(d_sae)] = run_child(py, "sgemm", {**base, "d_sae": d_sae})
+        print(
+            f"sgemm d_sae={d_sae}: {results['sgemm'][str(d_sae)]['gflops']:.1f} GFLOP/s "
+            f"-> encoder-matmul limit {limit(d_sae):,.0f} tok/s"
+        )
+
+    if "arches" not in skip:
+        for d_sae, k in sizes:
+            for arch in ARCHES:
+                r = run_child(py, "saelab", {**base, "arches": [arch], "d_sae": d_sae, "k": k})
+                key = f"{arch}-{d_sae}-k{k}"
+                if "error" not in r:
+                    r["fraction_of_matmul_limit"] = frac(r["tokens_per_s"], d_sae)
+                results["arches"][key] = r
+                _show(key, r)
+            topk = results["arches"].get(f"topk-{d_sae}-k{k}", {})
+            for arch in ARCHES:
+                r = results["arches"].get(f"{arch}-{d_sae}-k{k}", {})
+                if "step_seconds" in r and "step_seconds" in topk:
+                    r["step_time_vs_topk"] = r["step_seconds"] / topk["step_seconds"]
+
+    d_big, k_big = sizes[-1]
+    if "dense" not in skip:
+        for dense in (False, True):
+            r = run_child(
+                py,
+                "saelab",
+                {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big, "dense": dense},
+            )
+            if "error" not in r:
+                r["fraction_of_matmul_limit"] = frac(r["tokens_per_s"], d_big)
+            results["dense_vs_sparse"]["dense" if dense else "sparse"] = r
+            _show(f"topk-{d_big} {'dense' if dense else 'sparse'} decode", r)
+
+    if "sweep" not in skip:
+        four = ["topk", "batchtopk", "jumprelu", "matryoshka"]
+        sweep = run_child(py, "saelab", {**base, "arches": four, "d_sae": 4608, "k": 32})
+        separate = [
+            run_child(py, "saelab", {**base, "arches": [a], "d_sae": 4608, "k": 32}) for a in four
+        ]
+        ok = "error" not in sweep and all("error" not in s for s in separate)
+        results["sweep"] = {
+            "arches": four,
+            "d_sae": 4608,
+            "sweep": sweep,
+            "separate": separate,
+            "sweep_step_seconds": sweep.get("step_seconds"),
+            "separate_step_seconds_total": sum(s.get("step_seconds", 0) for s in separate)
+            if ok
+            else None,
+        }
+        if ok:
+            results["sweep"]["speedup"] = (
+                results["sweep"]["separate_step_seconds_total"] / sweep["step_seconds"]
+            )
+            print(
+                f"sweep of 4 (d_sae 4608): {sweep['step_seconds']:.3f} s/step vs 4 separate runs "
+                f"{results['sweep']['separate_step_seconds_total']:.3f} s/step "
+                f"({results['sweep']['speedup']:.2f}x)"
+            )
+
+    if args.peers_python and "peers" not in skip:
+        spec = {**base, "d_sae": d_big, "k": k_big}
+        for name in ("sparsify", "saelens"):
+            r = run_child(args.peers_python, name, spec)
+            if "error" not in r:
+                r["fraction_of_matmul_limit"] = frac(r["tokens_per_s"], d_big)
+            results["peers"][name] = r
+            _show(f"{name} topk-{d_big}-k{k_big}", r)
+        ours = results["arches"].get(f"topk-{d_big}-k{k_big}") or results["dense_vs_sparse"].get(
+            "sparse"
+        )
+        if ours and "tokens_per_s" in ours:
+            for name, r in results["peers"].items():
+                if "tokens_per_s" in r:
+                    r["saelab_speedup"] = ours["tokens_per_s"] / r["tokens_per_s"]
+                    print(f"saelab topk vs {name}: {r['saelab_speedup']:.2f}x tokens/s")
+
+    record = {
+        "benchmark": "train",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "config": {
+            "d_in": D_IN,
+            "batch": args.batch,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "sizes": sizes,
+            "dtype": "float32",
+            "data": "synthetic: 4608 unit directions, "
+            "~32 active per token, noise 0.05, offset mean",
+        },
+        "results": results,
+    }
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT
+        / "benchmarks"
+        / "results"
+        / (f"train-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"saved {out}")
+
+
+def _show(label: str, r: dict) -> None:
+    if "error" in r:
+        print(f"{label}: ERROR {r['error']}")
+        return
+    fvu = r.get("fvu")
+    fvu_s = f"{fvu:.3f}" if isinstance(fvu, float) else ", ".join(f"{v:.3f}" for v in fvu.values())
+    extra = (
+        f" {100 * r['fraction_of_matmul_limit']:.0f}% of limit"
+        if "fraction_of_matmul_limit" in r
+        else ""
+    )
+    print(
+        f"{label}: {r['tokens_per_s']:,.0f} tok/s ({r['step_seconds']:.3f} s/step){extra}, "
+        f"peak RSS {r['peak_rss_mb']:,.0f} MB, FVU {fvu_s}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Latent selection (no autograd): fixed top-k, thresholds, and batch-wide top-k.
+
+Variable-k selections use the PADDED layout: `idx [N, kmax]` with kmax the largest count of
+any row in the batch (at least 1), and a bool `mask`; padded slots hold idx 0 and mask False,
+and callers give them vals 0, so they add nothing to the output or to any weight gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest entries of each row: `(vals, idx)`, each `[N, k]`."""
+    if not 1 <= k <= pre.shape[-1]:
+        raise ValueError(f"k must be in 1..{pre.shape[-1]} (the number of latents), got {k}")
+    return pre.topk(k, dim=-1, sorted=False)
+
+
+@torch.no_grad()
+def pad_active(active: Tensor) -> tuple[Tensor, Tensor]:
+    """Bool `[N, d_sae]` → padded `(idx, mask)`."""
+    n = active.shape[0]
+    counts = active.sum(1)
+    width = max(int(counts.max()) if n else 0, 1)
+    rows, cols = active.nonzero(as_tuple=True)  # row-major, so each row's entries are contiguous
+    starts = torch.zeros(n + 1, dtype=torch.long, device=active.device)
+    starts[1:] = counts.cumsum(0)
+    slot = torch.arange(len(rows), device=active.device) - starts[rows]
+    idx = torch.zeros(n, width, dtype=torch.long, device=active.device)
+    idx[rows, slot] = cols
+    mask = torch.arange(width, device=active.device)[None, :] < counts[:, None]
+    return idx, mask
+
+
+@torch.no_grad()
+def threshold_select(pre: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Entries strictly above a scalar or per-latent `[d_sae]` threshold, padded."""
+    return pad_active(pre > threshold)
+
+
+@torch.no_grad()
+def batch_topk_select(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
+    """The `round(k · N)` largest entries of the whole batch, padded per row.
+
+    An exact top-k over N·d_sae values is costly; a sampled threshold first cuts the
+    candidates to a few times the number kept, then an exact top-k runs on those (falling
+    back to the full batch when the sample misjudged).
+    """
+    n, d_sae = pre.shape
+    keep = int(round(k * n))
+    if not 1 <= keep <= n * d_sae:
+        raise ValueError(
+            f"batch top-k keeps {keep} of {n * d_sae} entries: choose 0 < k <= {d_sae}"
+        )
+    flat = pre.reshape(-1)
+    chosen = None
+    if keep * 8 < flat.numel():
+        sample = flat[
+            torch.randint(
+                flat.numel(),
+                (min(flat.numel(), 1 << 16),),
+                device=pre.device,
+                generator=_generator(pre.device),
+            )
+        ]
+        q = 1.0 - min(1.0, 2.0 * keep / flat.numel())
+        cut = torch.quantile(sample.float(), q).to(pre.dtype)
+        candidates = (flat >= cut).nonzero().squeeze(1)
+        if len(candidates) >= keep:
+            chosen = candidates[flat[candidates].topk(keep, sorted=False).indices]
+    if chosen is None:
+        chosen = flat.topk(keep, sorted=False).indices
+    active = torch.zeros(flat.numel(), dtype=torch.bool, device=pre.device)
+    active[chosen] = True
+    return pad_active(active.view(n, d_sae))
+
+
+_GENERATORS: dict[str, torch.Generator] = {}
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    """A fixed-seed generator per device: the sample only speeds things up, it never changes
+    the result, but a fixed seed keeps runs reproducible bit for bit all the same."""
+    key = str(device)
+    if key not in _GENERATORS:
+        _GENERATORS[key] = torch.Generator(device=device).manual_seed(0)
+    return _GENERATORS[key]

@@ -1,0 +1,1 @@
+"""One module per SAE architecture; `sae.registry` maps names to them."""

@@ -1,0 +1,81 @@
+"""BatchTopK SAE (Bussmann et al. 2024): top k·N activations over the whole batch.
+
+Training keeps an exponential moving average of the smallest kept activation; inference
+uses it as a global JumpReLU-style threshold (saved as `threshold [d_sae]`, so SAELens
+loads the checkpoint as a JumpReLU SAE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sae import ops
+from sae.architectures.topk import TopKConfig, TopKSAE
+from sae.base import TrainOutput
+from saelab.errors import UserError
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    """BatchTopK: k is the mean number of active latents per token over a batch."""
+
+    architecture = "batchtopk"
+
+    threshold_ema: float = 0.01
+    """Weight of each batch's smallest kept activation in the running threshold."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.threshold_ema <= 1:
+            raise UserError("threshold_ema must be in (0, 1]")
+
+
+class BatchTopKSAE(TopKSAE):
+    architecture = "batchtopk"
+    config_class = BatchTopKConfig
+    saelens_architecture = "jumprelu"
+    cfg: BatchTopKConfig
+
+    def __init__(self, cfg: BatchTopKConfig, d_in: int | None = None) -> None:
+        super().__init__(cfg, d_in)
+        # float64: the EMA of small numbers drifts in float32 over long runs
+        self.register_buffer("running_threshold", torch.zeros((), dtype=torch.float64))
+
+    def select(self, pre: Tensor) -> tuple[Tensor, Tensor | None]:
+        return ops.batch_topk(pre, self.cfg.k)
+
+    def select_inference(self, pre: Tensor) -> tuple[Tensor, Tensor | None]:
+        # Before any estimate exists (a fresh SAE), fall back to the batch selection.
+        if float(self.running_threshold) <= 0:
+            return self.select(pre)
+        return ops.threshold(pre, float(self.running_threshold))
+
+    @torch.no_grad()
+    def after_step_update(self, out: TrainOutput) -> None:
+        vals = out.code.vals.detach()
+        positive = vals[vals > 0]
+        if positive.numel() == 0:
+            return
+        lr = self.cfg.threshold_ema
+        current = positive.min().to(torch.float64)
+        if float(self.running_threshold) <= 0:
+            self.running_threshold.copy_(current)
+        else:
+            self.running_threshold.mul_(1 - lr).add_(lr * current)
+
+    def checkpoint_tensors(self, scale: float = 1.0) -> dict[str, Tensor]:
+        out = super().checkpoint_tensors(scale)
+        out["threshold"] = torch.full((self.d_sae,), float(self.running_threshold))
+        return out
+
+    @torch.no_grad()
+    def load_checkpoint_tensors(self, tensors: dict[str, Tensor]) -> None:
+        super().load_checkpoint_tensors(tensors)
+        if "threshold" in tensors:
+            self.running_threshold.fill_(float(tensors["threshold"].max()))
+
+    def saelens_config(self) -> dict:
+        return {}

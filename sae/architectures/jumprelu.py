@@ -1,0 +1,159 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024): f = z · H(z − θ) with a learnable θ per latent.
+
+θ is trained through straight-through pseudo-derivatives with a rectangle kernel of
+bandwidth ε. θ is a plain (not log-) parameter kept in float32 with its Adam state, since a
+log-parameterised or bf16 θ barely moves. The selection keeps every latent with z > θ − ε/2,
+so the latents just below the threshold, whose pseudo-derivative is non-zero, get their
+gradient while the decode stays sparse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from sae import ops
+from sae.base import SAE, Code, StepContext, TrainOutput
+from sae.config import SAEConfig
+from saelab.errors import UserError
+
+
+def _rectangle(u: Tensor) -> Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class JumpReLUFn(torch.autograd.Function):
+    """z · H(z − θ); d/dz = H(z − θ), d/dθ = −(θ/ε) K((z − θ)/ε)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = (z > theta).to(z.dtype) * grad
+        grad_theta = -(theta / eps) * _rectangle((z - theta) / eps) * grad
+        return grad_z, _sum_to(grad_theta, theta), None
+
+
+class StepFn(torch.autograd.Function):
+    """H(z − θ); d/dz = 0, d/dθ = −(1/ε) K((z − θ)/ε)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_theta = -(1.0 / eps) * _rectangle((z - theta) / eps) * grad
+        return torch.zeros_like(z), _sum_to(grad_theta, theta), None
+
+
+def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
+    """Reduce a broadcast gradient back to `like`'s shape."""
+    while grad.dim() > like.dim():
+        grad = grad.sum(0)
+    for dim, size in enumerate(like.shape):
+        if size == 1 and grad.shape[dim] != 1:
+            grad = grad.sum(dim, keepdim=True)
+    return grad
+
+
+@dataclass
+class JumpReLUConfig(SAEConfig):
+    """JumpReLU with an L0 (or target-L0) sparsity loss."""
+
+    architecture = "jumprelu"
+
+    l0_coefficient: float = 3e-3
+    """λ of the sparsity loss λ · L0 (L0 = mean active latents per token)."""
+    bandwidth: float = 0.01
+    """ε of the rectangle kernel, in units of the normalised input (E‖x‖² = 1)."""
+    threshold_init: float = 0.01
+    """Initial θ of every latent (same units as the bandwidth)."""
+    target_l0: float | None = None
+    """When set, the sparsity loss is λ · (L0 / target_l0 − 1)² instead of λ · L0."""
+
+    def default_name(self) -> str:
+        if self.target_l0 is not None:
+            return f"jumprelu-{self.d_sae}-l0target_{self.target_l0:g}"
+        return f"jumprelu-{self.d_sae}-l0_{self.l0_coefficient:g}"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.bandwidth <= 0:
+            raise UserError(f"bandwidth must be positive, got {self.bandwidth}")
+        if self.l0_coefficient < 0:
+            raise UserError("l0_coefficient must be >= 0")
+        if self.target_l0 is not None and self.target_l0 <= 0:
+            raise UserError("target_l0 must be positive")
+
+
+class JumpReLUSAE(SAE):
+    architecture = "jumprelu"
+    config_class = JumpReLUConfig
+    saelens_architecture = "jumprelu"
+    cfg: JumpReLUConfig
+
+    def __init__(self, cfg: JumpReLUConfig, d_in: int | None = None) -> None:
+        super().__init__(cfg, d_in)
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), float(cfg.threshold_init)))
+
+    def encode_sparse(self, x: Tensor) -> Code:
+        xc = self.center(x)
+        pre = ops.preacts(xc, self.W_enc, self.b_enc)
+        idx, mask = ops.threshold(pre, self.threshold.detach())
+        vals = ops.gather(xc, self.W_enc, self.b_enc, idx, pre=pre).relu() * ops.mask_like(mask, xc)
+        return Code(idx, vals, self.d_sae)
+
+    def training_forward(self, x: Tensor, ctx: StepContext) -> TrainOutput:
+        xc = self.center(x)
+        eps = self.cfg.bandwidth
+        theta = self.threshold.detach()
+        pre = ops.preacts(xc, self.W_enc, self.b_enc)
+        idx, mask = ops.threshold(pre, theta - eps / 2)
+        m = ops.mask_like(mask, xc)
+        z = ops.gather(xc, self.W_enc, self.b_enc, idx, pre=pre).float().relu()
+        th = self.threshold[idx]
+        vals = JumpReLUFn.apply(z, th, eps) * m
+        x_hat = ops.decode(idx, vals, self.W_dec, self.b_dec)
+        mse = self.mse(x_hat, x)
+        l0 = (StepFn.apply(z, th, eps) * m).sum(-1).mean()
+        coef = self.cfg.l0_coefficient * ctx.sparsity_scale
+        if self.cfg.target_l0 is not None:
+            sparsity = (l0 / self.cfg.target_l0 - 1) ** 2
+        else:
+            sparsity = l0
+        loss = mse + coef * sparsity
+        code = Code(idx, vals, self.d_sae)
+        return TrainOutput(loss, {"mse": mse, "l0_loss": sparsity}, code, x_hat)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        super().after_optimizer_step()
+        self.threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
+    def scale_encoder_(self, c: float) -> None:
+        super().scale_encoder_(c)
+        self.threshold.mul_(c)  # the same latents stay above threshold
+
+    def checkpoint_tensors(self, scale: float = 1.0) -> dict[str, Tensor]:
+        out = super().checkpoint_tensors(scale)
+        out["threshold"] = self.threshold.detach().clone()
+        return out
+
+    @torch.no_grad()
+    def load_checkpoint_tensors(self, tensors: dict[str, Tensor]) -> None:
+        super().load_checkpoint_tensors(tensors)
+        self.threshold.copy_(tensors["threshold"])

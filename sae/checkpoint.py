@@ -1,0 +1,161 @@
+"""SAE folders (SAELens layout) and the training-state file, written atomically.
+
+An SAE folder holds `cfg.json` (SAELens's fields plus a `saelab` block with the resolved
+config, the format version and provenance) and `sae_weights.safetensors` with `W_enc
+[d_in, d_sae]`, `b_enc`, `W_dec [d_sae, d_in]`, `b_dec`, plus `threshold` (JumpReLU,
+BatchTopK) or `b_gate`, `r_mag`, `b_mag` (Gated). The training input scale is folded in.
+The training state (model in training units, optimisers, step, RNG, loader position) is one
+`torch.save` file beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae.base import SAE
+from sae.registry import REGISTRY, config_from_dict
+from saelab import __version__
+from saelab.errors import UserError
+
+FORMAT_VERSION = 1
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+STATE_FILE = "training_state.pt"
+_BLOCK_KEYS = ("model_name", "hook_name", "trained_tokens", "step")
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(tmp_path)` then rename over `path`, so readers never see a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def saelens_cfg(sae: SAE, scale: float, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """cfg.json: SAELens's fields, then saelab's own block."""
+    meta = meta or {}
+    hook = meta.get("hook_name")
+    cfg: dict[str, Any] = {
+        "architecture": sae.saelens_architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "model_name": meta.get("model_name"),
+        "hook_name": hook,
+        "metadata": {"model_name": meta.get("model_name"), "hook_name": hook},
+        **sae.saelens_config(),
+    }
+    cfg["saelab"] = {
+        "format_version": FORMAT_VERSION,
+        "saelab_version": __version__,
+        "architecture": sae.architecture,
+        "config": sae.cfg.to_dict(),
+        "folded_input_scale": scale,
+        "input_scale_convention": "W_enc*s, W_dec/s, b_dec/s (latents in training units)",
+        "hook_name": hook,
+        "model_name": meta.get("model_name"),
+        "trained_tokens": meta.get("trained_tokens"),
+        "step": meta.get("step"),
+        "provenance": {k: v for k, v in meta.items() if k not in _BLOCK_KEYS},
+    }
+    return cfg
+
+
+def save_sae(sae: SAE, folder: str | Path, scale: float = 1.0, meta: dict | None = None) -> Path:
+    """Write an SAE folder that works on raw activations (scale folded in)."""
+    folder = Path(folder)
+    tensors = {
+        k: v.detach().float().cpu().contiguous() for k, v in sae.checkpoint_tensors(scale).items()
+    }
+    atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+    write_json(folder / CFG_FILE, saelens_cfg(sae, scale, meta))
+    return folder
+
+
+def read_cfg(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / CFG_FILE
+    if not path.is_file():
+        raise UserError(f"{folder} is not an SAE folder: {CFG_FILE} is missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from None
+
+
+def load_sae(
+    folder: str | Path, architecture: str | None = None, device: str | torch.device = "cpu"
+) -> SAE:
+    """Load a saelab SAE folder; `architecture` (when given) must match the saved one."""
+    cfg = read_cfg(folder)
+    block = cfg.get("saelab")
+    if block is None:
+        from sae.importers import load_saelens
+
+        sae = load_saelens(folder, device=device)
+    else:
+        version = block.get("format_version")
+        if version != FORMAT_VERSION:
+            raise UserError(
+                f"{folder} has checkpoint format version {version}; this saelab reads version "
+                f"{FORMAT_VERSION}: re-export it or use a matching saelab"
+            )
+        sae = _build_from_block(block, folder)
+        sae.load_checkpoint_tensors(load_file(str(Path(folder) / WEIGHTS_FILE)))
+        sae.to(device)
+    if architecture is not None and sae.architecture != architecture:
+        raise UserError(
+            f"{folder} holds a {sae.architecture!r} SAE, not {architecture!r}; "
+            "pick the matching architecture or another folder"
+        )
+    return sae.eval()
+
+
+def _build_from_block(block: dict, folder: str | Path) -> SAE:
+    arch = block.get("architecture")
+    if arch not in REGISTRY:
+        raise UserError(
+            f"{folder} holds an SAE of unknown architecture {arch!r}; known: "
+            f"{', '.join(sorted(REGISTRY))}"
+        )
+    cfg = config_from_dict({**block["config"], "architecture": arch})
+    return REGISTRY[arch](cfg)
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically save the training state (one file for the whole sweep)."""
+    state = {"format_version": FORMAT_VERSION, **state}
+    atomic_write(Path(path), lambda p: torch.save(state, p))
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"nothing to resume: {path} does not exist (drop --resume to start fresh)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{path} has training-state version {state.get('format_version')}, expected "
+            f"{FORMAT_VERSION}; it was written by another saelab version"
+        )
+    return state

@@ -1,0 +1,150 @@
+"""Configs shared by every architecture (`SAEConfig`) and by the trainer (`TrainConfig`).
+
+Each architecture subclasses `SAEConfig` in its own module and adds its own fields. Where the
+field disagrees on a convention (REFERENCE.md), the choice is a field here, so it is recorded
+in every checkpoint's resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from saelab.errors import UserError
+
+
+@dataclass
+class SAEConfig:
+    """Fields every SAE has; architectures add theirs in a subclass."""
+
+    architecture: ClassVar[str] = ""
+
+    d_sae: int = 4096
+    """Number of latents (dictionary size)."""
+    d_in: int | None = None
+    """Input width; None takes it from the activation loader (the store's hook width)."""
+    name: str | None = None
+    """Name of this SAE in a sweep (its subfolder); None derives one from the config."""
+    lr: float | None = None
+    """Adam learning rate; None uses 2e-4 / sqrt(d_sae / 2**14) (the OpenAI TopK rule,
+    used here for every architecture)."""
+    seed: int = 0
+    """Seed of the weight initialisation."""
+    apply_b_dec_to_input: bool = True
+    """Subtract b_dec from the input before encoding (the "pre-bias")."""
+    unit_norm_decoder: bool = True
+    """Keep decoder rows at unit norm: remove the gradient parallel to each row before the
+    step and renormalise after it."""
+    b_dec_init: str = "geometric_median"
+    """How b_dec starts: "geometric_median" or "mean" of the first sample, or "zeros"."""
+    init_encoder_scale: bool = True
+    """After b_dec, scale the encoder (the decoder transpose) by the least-squares factor
+    that gives the first sample's reconstruction the right size; without it a fresh ReLU,
+    JumpReLU or Gated SAE, with half its latents active, overshoots the input several-fold."""
+    dtype: str = "float32"
+    """Parameter (master weight) dtype; keep float32 (bf16 autocast is a trainer option)."""
+
+    def resolved_lr(self) -> float:
+        """The learning rate actually used."""
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 / math.sqrt(self.d_sae / 2**14)
+
+    def default_name(self) -> str:
+        """A readable, unique-enough name built from the distinguishing fields."""
+        return f"{self.architecture}-{self.d_sae}"
+
+    def resolved_name(self) -> str:
+        return self.name or self.default_name()
+
+    def validate(self) -> None:
+        """Raise UserError for impossible settings (called before training or building)."""
+        if self.d_sae < 1:
+            raise UserError(f"d_sae must be positive, got {self.d_sae}")
+        if self.d_in is not None and self.d_in < 1:
+            raise UserError(f"d_in must be positive, got {self.d_in}")
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise UserError(
+                f"b_dec_init must be geometric_median, mean or zeros, got {self.b_dec_init!r}"
+            )
+        if self.dtype != "float32":
+            raise UserError("SAE parameters are kept in float32; use bf16 autocast instead")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["architecture"] = self.architecture
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
+        """Build from a dict, rejecting unknown keys with a clear message."""
+        data = {k: v for k, v in data.items() if k != "architecture"}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(
+                f"unknown option(s) {', '.join(unknown)} for a {cls.architecture!r} SAE; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+
+@dataclass
+class TrainConfig:
+    """How to train (shared by every SAE of a sweep)."""
+
+    tokens: int = 10_000_000
+    """Training tokens; the LR and coefficient schedules are laid out over them."""
+    hook: str | None = None
+    """Hook the SAEs read; checked against the loader's hook when both are known."""
+    lr_warmup_steps: int | None = None
+    """Linear LR warm-up steps; None uses min(1000, 5% of the steps)."""
+    lr_decay_fraction: float = 0.2
+    """Fraction of the run at the end over which the LR decays linearly to 0."""
+    sparsity_warmup_fraction: float = 0.05
+    """Fraction of the run over which sparsity coefficients warm up linearly from 0."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    dead_window_tokens: int | None = None
+    """Tokens without firing after which a latent counts as dead (for AuxK and the metric);
+    None uses min(10M, tokens // 10), the 10M-token window scaled down for small runs."""
+    init_tokens: int = 16384
+    """Tokens of the first sample used for the input scale and the b_dec initialisation."""
+    normalize_inputs: bool = True
+    """Scale inputs to unit mean squared norm during training (folded into the saved weights)."""
+    save_every_tokens: int | None = None
+    """Write checkpoints and training state every this many tokens (None: only at the end)."""
+    log_every: int = 10
+    """Steps between metric rows in metrics.jsonl (and progress-bar updates)."""
+    max_loss: float = 1e3
+    """Loss above which a run counts as exploding (the trivial x_hat = 0 gives about 1 on
+    normalised inputs); a NaN or infinite loss always stops the run."""
+    device: str = "cpu"
+    """Torch device."""
+    autocast_bf16: bool = False
+    """bf16 autocast of the forward pass on CUDA, with float32 master weights."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+    wandb: bool = False
+    """Log metrics to Weights & Biases (imported only when true)."""
+    wandb_project: str = "saelab"
+    """W&B project name."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form metadata recorded with the run (model, dataset, store path...)."""
+
+    def validate(self) -> None:
+        if self.tokens < 1:
+            raise UserError(f"tokens must be positive, got {self.tokens}")
+        if not 0 <= self.lr_decay_fraction <= 1:
+            raise UserError("lr_decay_fraction must be between 0 and 1")
+        if self.save_every_tokens is not None and self.save_every_tokens < 1:
+            raise UserError("save_every_tokens must be positive")
+        if self.log_every < 1:
+            raise UserError("log_every must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

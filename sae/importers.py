@@ -1,0 +1,133 @@
+"""Importers for SAEs trained elsewhere: SAELens folders, Gemma Scope `params.npz`, sparsify.
+
+Each returns a saelab `SAE` (eval mode) whose encode/decode match the source's definition.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from sae.base import SAE
+from sae.registry import make_config
+from saelab.errors import UserError
+
+SAELENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+
+
+def load_saelens(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """A SAELens folder: cfg.json + sae_weights.safetensors (standard, topk, jumprelu, gated)."""
+    folder = Path(folder)
+    cfg = _read_json(folder / "cfg.json")
+    arch = cfg.get("architecture", "standard")
+    if arch not in SAELENS_ARCH:
+        raise UserError(
+            f"{folder}: SAELens architecture {arch!r} is not supported; "
+            f"supported: {', '.join(SAELENS_ARCH)}"
+        )
+    if cfg.get("normalize_activations", "none") not in ("none", None):
+        raise UserError(
+            f"{folder}: normalize_activations={cfg['normalize_activations']!r} is not "
+            "supported; fold the scaling into the weights first"
+        )
+    tensors = load_file(str(_require(folder / "sae_weights.safetensors")))
+    d_in, d_sae = tensors["W_enc"].shape
+    fields: dict[str, Any] = {"d_sae": int(d_sae), "d_in": int(d_in), "unit_norm_decoder": False}
+    fields["apply_b_dec_to_input"] = bool(cfg.get("apply_b_dec_to_input", True))
+    if arch == "topk":
+        fields["k"] = int(cfg.get("k") or cfg.get("activation_fn_kwargs", {}).get("k"))
+    sae = _build(SAELENS_ARCH[arch], fields, tensors)
+    return sae.to(device).eval()
+
+
+def load_gemma_scope(path: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """A Gemma Scope `params.npz` (W_enc, W_dec, b_enc, b_dec, threshold): a JumpReLU SAE.
+
+    Gemma Scope does not subtract b_dec from the input before encoding.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "params.npz"
+    with np.load(_require(path)) as npz:
+        missing = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"} - set(npz.files)
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(sorted(missing))}; not a Gemma Scope file")
+        tensors = {k: torch.from_numpy(np.asarray(npz[k], dtype=np.float32)) for k in npz.files}
+    d_in, d_sae = tensors["W_enc"].shape
+    fields = {
+        "d_sae": int(d_sae),
+        "d_in": int(d_in),
+        "unit_norm_decoder": False,
+        "apply_b_dec_to_input": False,
+    }
+    return _build("jumprelu", fields, tensors).to(device).eval()
+
+
+def load_sparsify(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """A sparsify folder: cfg.json (d_in, k, ...) + sae.safetensors with encoder.weight
+    [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec: a TopK SAE."""
+    folder = Path(folder)
+    cfg = _read_json(folder / "cfg.json")
+    raw = load_file(str(_require(folder / "sae.safetensors")))
+    if "encoder.weight" not in raw or "W_dec" not in raw:
+        raise UserError(f"{folder}/sae.safetensors lacks encoder.weight or W_dec; not sparsify")
+    if cfg.get("activation", "topk") != "topk" or cfg.get("transcode"):
+        raise UserError(
+            f"{folder}: only sparsify TopK autoencoders (not transcoders) are supported"
+        )
+    enc = raw["encoder.weight"]
+    d_sae, d_in = enc.shape
+    if "d_in" in cfg and int(cfg["d_in"]) != d_in:
+        raise UserError(f"{folder}: cfg.json says d_in={cfg['d_in']} but the weights have {d_in}")
+    tensors = {
+        "W_enc": enc.t().contiguous(),
+        "b_enc": raw["encoder.bias"],
+        "W_dec": raw["W_dec"],
+        "b_dec": raw["b_dec"],
+    }
+    fields = {
+        "d_sae": int(d_sae),
+        "d_in": int(d_in),
+        "k": int(cfg["k"]),
+        "unit_norm_decoder": False,
+    }
+    return _build("topk", fields, tensors).to(device).eval()
+
+
+def load_any(path: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """Guess the format from the files present."""
+    path = Path(path)
+    if path.suffix == ".npz" or (path / "params.npz").is_file():
+        return load_gemma_scope(path, device)
+    if (path / "sae.safetensors").is_file():
+        return load_sparsify(path, device)
+    from sae.checkpoint import load_sae
+
+    return load_sae(path, device=device)
+
+
+def _build(arch: str, fields: dict[str, Any], tensors: dict[str, Tensor]) -> SAE:
+    from sae.registry import build_sae
+
+    sae = build_sae(make_config(arch, **fields))
+    sae.load_checkpoint_tensors({k: v.float() for k, v in tensors.items()})
+    return sae
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(_require(path).read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from None
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    return path

@@ -1,0 +1,477 @@
+"""The sweep trainer: one pass over the activations trains every SAE of a sweep on each batch.
+
+Per batch and per SAE: forward (loss terms), divergence check, backward, data-parallel
+gradient average, decoder-gradient projection, Adam step with the scheduled LR, decoder
+renormalisation, running estimates, dead-latent bookkeeping. Checkpoints (SAE folders with
+the input scale folded in, plus one training-state file) are written every N tokens and at
+the end; resuming from the state file continues bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sae import checkpoint as ckpt
+from sae.base import SAE, StepContext, TrainOutput
+from sae.config import SAEConfig, TrainConfig
+from sae.dead import DeadLatentTracker
+from sae.distributed import DistContext, current
+from sae.init import b_dec_init, input_scale
+from sae.logger import MetricsLogger, start_wandb
+from sae.optim import build_optimizer, lr_multiplier, set_lr, sparsity_multiplier, warmup_steps
+from sae.registry import build_sae
+from sae.stream import BatchStream
+from saelab.errors import UserError
+
+
+@dataclass
+class Member:
+    """One SAE of the sweep with its optimiser and bookkeeping."""
+
+    name: str
+    sae: SAE
+    optimizer: torch.optim.Optimizer
+    dead: DeadLatentTracker
+    folder: Path | None
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    steps_in_window: int = 0
+
+
+class Diverged(Exception):
+    def __init__(self, name: str, step: int, value: float) -> None:
+        super().__init__(name, step, value)
+        self.name, self.step, self.value = name, step, value
+
+
+class Trainer:
+    """Trains a sweep of SAE configs on one iterable of `[batch, d_in]` tensors."""
+
+    def __init__(
+        self,
+        saes: SAEConfig | Sequence[SAEConfig],
+        loader: Iterable[Tensor],
+        cfg: TrainConfig,
+        out: str | Path | None = None,
+        resume: bool = False,
+        state_source: Any | None = None,
+        dist: DistContext | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        configs = [saes] if isinstance(saes, SAEConfig) else list(saes)
+        if not configs:
+            raise UserError("the sweep is empty: give at least one SAE config")
+        cfg.validate()
+        for c in configs:
+            c.validate()
+        self.configs = _unique_names(configs)
+        self.cfg, self.loader = cfg, loader
+        self.out = Path(out) if out is not None else None
+        self.resume = resume
+        self.dist = dist or current()
+        self.device = _device(cfg.device, self.dist)
+        self.meta = {**_loader_meta(loader), **(meta or {})}
+        self.stream = BatchStream(loader, state_source)
+        self.members: list[Member] = []
+        self.step = self.tokens = 0
+        self.total_steps = self.batch_rows = 0
+        self.scale = 1.0
+        self.last_saved_step: int | None = None
+        self._check_hook()
+        self._check_output_folder()
+
+    # -- setup --------------------------------------------------------------------------
+
+    def _check_hook(self) -> None:
+        hook = getattr(self.loader, "hook", None)
+        wanted = self.cfg.hook
+        if wanted and hook and wanted != hook:
+            raise UserError(f"the SAEs are for hook {wanted!r} but the loader reads {hook!r}")
+        hooks = self.meta.get("hooks")
+        if wanted and isinstance(hooks, (dict, list)) and hooks and wanted not in hooks:
+            raise UserError(
+                f"hook {wanted!r} is not in the store; it has: {', '.join(sorted(hooks))}"
+            )
+
+    def _check_output_folder(self) -> None:
+        if self.out is None:
+            if self.resume:
+                raise UserError("--resume needs the output folder of the run to resume")
+            return
+        state = self.out / ckpt.STATE_FILE
+        if self.resume and not state.is_file():
+            raise UserError(f"nothing to resume in {self.out}: no {ckpt.STATE_FILE} there")
+        if not self.resume and state.is_file():
+            raise UserError(
+                f"{self.out} already holds a training run; pass --resume to continue it "
+                "or choose another output folder"
+            )
+
+    def _resolve_d_in(self, first: Tensor) -> int:
+        d_in = int(getattr(self.loader, "d_in", None) or first.shape[1])
+        if first.shape[1] != d_in:
+            raise UserError(
+                f"the loader says d_in={d_in} but yields rows of width {first.shape[1]}"
+            )
+        for c in self.configs:
+            if c.d_in is not None and c.d_in != d_in:
+                raise UserError(
+                    f"SAE {c.resolved_name()!r} expects inputs of width {c.d_in} but the hook "
+                    f"{self.cfg.hook or getattr(self.loader, 'hook', '')!r} has width {d_in}; "
+                    "drop d_in from its config or use the matching hook"
+                )
+        return d_in
+
+    def _build_members(self, d_in: int) -> None:
+        flat = len(self.configs) == 1
+        for c in self.configs:
+            c.d_in = d_in
+            if c.lr is None:
+                c.lr = c.resolved_lr()
+            if getattr(c, "aux_k", "absent") is None:
+                c.aux_k = c.resolved_aux_k()  # type: ignore[attr-defined]
+            sae = build_sae(c, d_in).to(self.device)
+            opt = build_optimizer(sae, c.lr, self.cfg.adam_betas, self.cfg.adam_eps)
+            dead = DeadLatentTracker(c.d_sae, self._dead_window(), self.device)
+            name = c.resolved_name()
+            folder = None if self.out is None else (self.out if flat else self.out / name)
+            self.members.append(Member(name, sae, opt, dead, folder))
+
+    def _dead_window(self) -> int:
+        if self.cfg.dead_window_tokens is not None:
+            return self.cfg.dead_window_tokens
+        return max(1, min(10_000_000, self.cfg.tokens // 10))
+
+    def _initialise_from_data(self) -> None:
+        sample = self.stream.peek_rows(self.cfg.init_tokens).to(self.device, torch.float32)
+        self.scale = input_scale(sample) if self.cfg.normalize_inputs else 1.0
+        sample = sample * self.scale
+        inits: dict[str, Tensor | None] = {}
+        for m in self.members:
+            how = m.sae.cfg.b_dec_init
+            if how not in inits:
+                inits[how] = b_dec_init(sample, how)
+            if inits[how] is not None:
+                with torch.no_grad():
+                    m.sae.b_dec.copy_(inits[how])
+            if m.sae.cfg.init_encoder_scale:
+                m.sae.init_encoder_scale_(sample)
+
+    # -- main loop ----------------------------------------------------------------------
+
+    def run(self) -> dict[str, SAE]:
+        """Train to `cfg.tokens`; returns each SAE (scale folded in, eval mode) by name."""
+        self.setup()
+        logger = self._make_logger()
+        try:
+            self._loop(logger)
+        finally:
+            logger.close()
+        self.save()
+        return {m.name: folded_copy(m.sae, self.scale) for m in self.members}
+
+    def setup(self) -> None:
+        """Build the SAEs and initialise them from the first sample (or the saved state)."""
+        if self.members:
+            return
+        first = self.stream.peek_rows(1)
+        d_in = self._resolve_d_in(first)
+        self._build_members(d_in)
+        if self.resume:
+            self._load_state()
+        else:
+            self.batch_rows = self.stream.pending[0].shape[0]
+            self.total_steps = math.ceil(self.cfg.tokens / self.batch_rows)
+            self._initialise_from_data()
+
+    def _make_logger(self) -> MetricsLogger:
+        main = self.dist.is_main
+        run = None
+        if self.cfg.wandb and main:
+            run = start_wandb(self.cfg.wandb_project, self.run_config())
+        logger = MetricsLogger(
+            self.out, self.total_steps * self.batch_rows, self.tokens, main, self.cfg.progress, run
+        )
+        if self.resume and main:
+            logger.truncate_after(self.step)
+        elif main and self.out is not None:
+            ckpt.write_json(self.out / "train_config.json", self.run_config())
+        return logger
+
+    def _loop(self, logger: MetricsLogger) -> None:
+        t0, tokens0 = time.perf_counter(), self.tokens
+        while self.step < self.total_steps:
+            batch = self.stream.next()
+            if batch is None:
+                logger.write(
+                    f"the data ran out after {self.tokens:,} tokens (asked for "
+                    f"{self.cfg.tokens:,}); saving what was trained"
+                )
+                break
+            prev_tokens = self.tokens
+            try:
+                self.train_step(batch)
+            except Diverged as d:
+                self._raise_divergence(d)
+            logger.advance(batch.shape[0])
+            if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                rate = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
+                logger.log(self._metric_rows(rate))
+            every = self.cfg.save_every_tokens
+            if (
+                every
+                and self.tokens // every > prev_tokens // every
+                and self.step < self.total_steps
+            ):
+                self.save()
+
+    def train_step(self, batch: Tensor) -> None:
+        """One step of every SAE on one batch."""
+        x = batch.to(self.device, torch.float32, non_blocking=True) * self.scale
+        local = self.dist.shard(x)
+        sparsity = sparsity_multiplier(
+            self.step, self.total_steps, self.cfg.sparsity_warmup_fraction
+        )
+        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps)
+        lr_mult = lr_multiplier(self.step, self.total_steps, warm, self.cfg.lr_decay_fraction)
+        for m in self.members:
+            self._step_member(m, local, x.shape[0], sparsity, lr_mult)
+        self.step += 1
+        self.tokens += x.shape[0]
+
+    def _step_member(
+        self, m: Member, x: Tensor, global_rows: int, sparsity: float, lr_mult: float
+    ) -> None:
+        ctx = StepContext(sparsity_scale=sparsity, dead_mask=m.dead.dead_mask())
+        with self._autocast():
+            out = m.sae.training_forward(x, ctx)
+        value = float(out.loss.detach())
+        if not math.isfinite(value) or value > self.cfg.max_loss:
+            raise Diverged(m.name, self.step, value)
+        m.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.dist.all_reduce_grads(m.sae, x.shape[0], global_rows)
+        m.sae.before_optimizer_step()
+        set_lr(m.optimizer, m.sae.cfg.lr * lr_mult)  # type: ignore[operator]
+        m.optimizer.step()
+        m.sae.after_optimizer_step()
+        m.sae.after_step_update(out)
+        self.dist.average_buffers(m.sae)
+        m.dead.update(self.dist.sum(out.code.fire_counts()), global_rows)
+        self._accumulate(m, x, out)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.autocast_bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- metrics ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _accumulate(self, m: Member, x: Tensor, out: TrainOutput) -> None:
+        err = (out.x_hat.detach().float() - x).pow(2).sum()
+        var = (x - x.mean(0)).pow(2).sum()
+        vals = {
+            "sq_err": err,
+            "var": var,
+            "l0": out.code.l0().sum(),
+            "rows": torch.tensor(float(x.shape[0]), device=x.device),
+            "loss": out.loss.detach().float() * x.shape[0],
+        }
+        vals.update({k: v.detach().float() * x.shape[0] for k, v in out.terms.items()})
+        for k, v in vals.items():
+            m.sums[k] = m.sums[k] + v if k in m.sums else v.clone()
+        m.steps_in_window += 1
+
+    def _metric_rows(self, tokens_per_s: float) -> list[dict[str, Any]]:
+        rows = []
+        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps)
+        lr_mult = lr_multiplier(self.step - 1, self.total_steps, warm, self.cfg.lr_decay_fraction)
+        for m in self.members:
+            keys = sorted(m.sums)
+            totals = self.dist.sum(torch.stack([m.sums[k] for k in keys]).float())
+            s = dict(zip(keys, totals.tolist(), strict=True))
+            rows_n = max(s.pop("rows"), 1.0)
+            row: dict[str, Any] = {
+                "step": self.step,
+                "tokens": self.tokens,
+                "sae": m.name,
+                "lr": m.sae.cfg.lr * lr_mult,  # type: ignore[operator]
+                "l0": s.pop("l0") / rows_n,
+                "fvu": s.pop("sq_err") / max(s.pop("var"), 1e-30),
+                "dead_pct": 100 * m.dead.dead_fraction(),
+                "tokens_per_s": tokens_per_s,
+            }
+            row.update({k: v / rows_n for k, v in s.items()})
+            rows.append(row)
+            m.sums, m.steps_in_window = {}, 0
+        return rows
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def run_config(self) -> dict[str, Any]:
+        return {
+            "train": self.cfg.to_dict(),
+            "dead_window_tokens": self._dead_window(),
+            "input_scale": self.scale,
+            "world_size": self.dist.world_size,
+            "saes": {m.name: {**m.sae.cfg.to_dict()} for m in self.members},
+            "meta": self.meta,
+        }
+
+    def save(self) -> None:
+        """Write every SAE folder and the training state (rank 0), atomically."""
+        if self.out is None:
+            return
+        if self.dist.is_main:
+            meta = {
+                **self.meta,
+                "hook_name": self.cfg.hook or self.meta.get("hook_name"),
+                "trained_tokens": self.tokens,
+                "step": self.step,
+            }
+            for m in self.members:
+                ckpt.save_sae(m.sae, m.folder, self.scale, meta)
+            ckpt.save_training_state(self.out / ckpt.STATE_FILE, self._state())
+        self.dist.barrier()
+        self.last_saved_step = self.step
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "total_steps": self.total_steps,
+            "batch_rows": self.batch_rows,
+            "scale": self.scale,
+            "rng": torch.get_rng_state(),
+            "stream": self.stream.state_dict(),
+            "members": {
+                m.name: {
+                    "architecture": m.sae.architecture,
+                    "config": m.sae.cfg.to_dict(),
+                    "model": m.sae.state_dict(),
+                    "optimizer": m.optimizer.state_dict(),
+                    "dead": m.dead.state_dict(),
+                }
+                for m in self.members
+            },
+        }
+
+    def _load_state(self) -> None:
+        assert self.out is not None
+        state = ckpt.load_training_state(self.out / ckpt.STATE_FILE)
+        saved = state["members"]
+        names = [m.name for m in self.members]
+        if sorted(saved) != sorted(names):
+            raise UserError(
+                f"the run in {self.out} trained SAEs {sorted(saved)}, but this sweep has "
+                f"{sorted(names)}; resume with the same sweep"
+            )
+        for m in self.members:
+            s = saved[m.name]
+            if s["architecture"] != m.sae.architecture:
+                raise UserError(
+                    f"the checkpoint of {m.name!r} in {self.out} is a {s['architecture']!r} SAE "
+                    f"but the sweep asks for {m.sae.architecture!r}; resume with the same sweep"
+                )
+            if s["config"] != m.sae.cfg.to_dict():
+                raise UserError(
+                    f"the checkpoint of {m.name!r} in {self.out} was trained with another "
+                    f"config ({_config_diff(s['config'], m.sae.cfg.to_dict())}); resume with "
+                    "the same sweep"
+                )
+            m.sae.load_state_dict(s["model"])
+            m.optimizer.load_state_dict(s["optimizer"])
+            m.dead.load_state_dict(s["dead"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.total_steps, self.batch_rows = state["total_steps"], state["batch_rows"]
+        self.scale = state["scale"]
+        torch.set_rng_state(state["rng"])
+        self.stream.load_state_dict(state["stream"])
+        self.last_saved_step = self.step
+
+    def _raise_divergence(self, d: Diverged) -> None:
+        where = (
+            f"the last good checkpoint (step {self.last_saved_step}) is kept in {self.out}"
+            if self.last_saved_step is not None and self.out is not None
+            else "no checkpoint had been written yet"
+        )
+        kind = "NaN/infinite" if not math.isfinite(d.value) else f"exploding ({d.value:.3g})"
+        raise UserError(
+            f"SAE {d.name!r} stopped at step {d.step}: {kind} loss; {where}. "
+            "Lower its learning rate or sparsity coefficient and resume or restart"
+        )
+
+
+def train(
+    saes: SAEConfig | Sequence[SAEConfig],
+    loader: Iterable[Tensor],
+    cfg: TrainConfig | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    **kwargs: Any,
+) -> dict[str, SAE]:
+    """Train one SAE or a sweep on `loader`; returns the trained SAEs by name."""
+    return Trainer(saes, loader, cfg or TrainConfig(), out=out, resume=resume, **kwargs).run()
+
+
+def folded_copy(sae: SAE, scale: float) -> SAE:
+    """A copy of `sae` that works on raw inputs (training scale folded in), in eval mode."""
+    cfg = dataclasses.replace(sae.cfg)
+    copy = build_sae(cfg, sae.d_in).to(sae.W_dec.device)
+    copy.load_checkpoint_tensors(sae.checkpoint_tensors(scale))
+    return copy.eval()
+
+
+def _unique_names(configs: list[SAEConfig]) -> list[SAEConfig]:
+    seen: dict[str, int] = {}
+    out = []
+    for c in configs:
+        name = c.resolved_name()
+        if name in seen:
+            seen[name] += 1
+            c = dataclasses.replace(c, name=f"{name}-{seen[name]}")
+        else:
+            seen[name] = 0
+        out.append(c)
+    return out
+
+
+def _device(name: str, dist: DistContext) -> torch.device:
+    if name == "cuda" and dist.enabled:
+        import os
+
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', dist.rank)}")
+    return torch.device(name)
+
+
+def _loader_meta(loader: Any) -> dict[str, Any]:
+    info = getattr(loader, "store_info", None)
+    meta: dict[str, Any] = {}
+    if isinstance(info, dict):
+        meta.update(
+            {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, dict, list))}
+        )
+        model = info.get("model")
+        if isinstance(model, dict):
+            meta["model_name"] = model.get("name") or model.get("spec")
+        elif isinstance(model, str):
+            meta["model_name"] = model
+    hook = getattr(loader, "hook", None)
+    if hook:
+        meta["hook_name"] = hook
+    return meta
+
+
+def _config_diff(saved: dict, now: dict) -> str:
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys)

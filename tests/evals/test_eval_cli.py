@@ -1,0 +1,123 @@
+"""`saelab train` → `saelab eval` → `saelab compare` on a real store, and eval's bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sae import store as results
+
+HOOK = "blocks.2.hook_resid_post"
+
+
+def saelab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "saelab.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep(small_store, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    toml = folder / "sweep.toml"
+    toml.write_text(
+        '[train]\nhook = "blocks.2.hook_resid_post"\n\n'
+        '[[sae]]\narchitecture = "topk"\nd_sae = 64\nk = 4\n\n'
+        '[[sae]]\narchitecture = "relu"\nd_sae = 96\nl1_coefficient = 1.0\n'
+    )
+    out = folder / "run"
+    result = saelab(
+        "train",
+        "--acts",
+        small_store,
+        "--sweep",
+        str(toml),
+        "--out",
+        str(out),
+        "--batch-size",
+        "128",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_eval_and_compare_a_sweep(sweep, small_store, tmp_path):
+    db = tmp_path / "results.duckdb"
+    result = saelab(
+        "eval",
+        "--sae",
+        str(sweep),
+        "--acts",
+        small_store,
+        "--db",
+        str(db),
+        "--evals",
+        "core",
+        "loss",
+        "features",
+        "--loss-sequences",
+        "4",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saes = results.list_saes(db)
+    assert len(saes) == 2 and {s["architecture"] for s in saes} == {"topk", "relu"}
+    rows = {(r["name"], r["metric"]): r["value"] for r in results.metrics_table(db)}
+    names = {s["name"] for s in saes}
+    for name in names:
+        assert 0 < rows[(name, "l0")] and -1 < rows[(name, "explained_variance")] <= 1
+        assert (name, "ce_loss_score") in rows and (name, "features_dead_fraction") in rows
+    topk = next(s for s in saes if s["architecture"] == "topk")
+    assert rows[(topk["name"], "l0")] == pytest.approx(4.0)  # TopK: exactly k active
+    with results.connect(db, read_only=True) as con:
+        n_features = con.execute(
+            "SELECT count(*) FROM features WHERE sae_id = ?", [topk["sae_id"]]
+        ).fetchone()[0]
+        dash = results.feature_dashboard(con, topk["sae_id"], 0)
+        vocab = con.execute("SELECT count(*) FROM vocab").fetchone()[0]
+    assert n_features == 64 and vocab == 49152 and dash["histograms"]
+    # re-running one eval replaces its rows only
+    again = saelab(
+        "eval",
+        "--sae",
+        str(sweep / topk["name"]),
+        "--acts",
+        small_store,
+        "--db",
+        str(db),
+        "--evals",
+        "core",
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(results.metrics_table(db)) == sum(1 for _ in rows)
+    html = tmp_path / "frontiers.html"
+    shown = saelab("compare", "--db", str(db), "--html", str(html))
+    assert shown.returncode == 0 and "topk" in shown.stdout and "relu" in shown.stdout
+    assert html.stat().st_size > 10_000 and "plotly" in html.read_text()[:5000].lower()
+
+
+def test_eval_refuses_mismatched_hook_and_width(sweep, small_store, tmp_path):
+    folder = next(p for p in sweep.iterdir() if (p / "cfg.json").is_file())
+    result = saelab(
+        "eval",
+        "--sae",
+        str(folder),
+        "--acts",
+        small_store,
+        "--db",
+        str(tmp_path / "r.duckdb"),
+        "--hook",
+        "blocks.4.hook_mlp_out",
+        "--evals",
+        "core",
+    )
+    assert result.returncode == 2 and "was trained on blocks.2.hook_resid_post" in result.stderr
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["hook_name"] == HOOK
+    missing = saelab(
+        "eval", "--sae", str(tmp_path), "--acts", small_store, "--db", str(tmp_path / "r.duckdb")
+    )
+    assert missing.returncode == 2 and "neither an SAE folder nor a sweep folder" in missing.stderr

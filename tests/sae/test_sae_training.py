@@ -1,0 +1,173 @@
+"""The sweep trainer on synthetic data with a known dictionary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sae import TrainConfig, Trainer, make_config, train
+from sae.synthetic import SyntheticActivations, recovery_fraction
+
+# One sweep trains every architecture, and three coefficients each of ReLU, JumpReLU and
+# Gated, in one pass over the data; the tests below read its results.
+L1 = (0.1, 0.4)
+L0 = (3e-4, 1e-2)
+STEPS = 400
+RECOVERY_FLOOR = 0.8
+
+
+def synthetic(**kw):
+    args = dict(d_in=32, n_features=96, batch_size=256, active=3, noise=0.01, seed=0, offset=0.5)
+    args.update(kw)
+    return SyntheticActivations(**args)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("sweep")
+    data = synthetic()
+    configs = [make_config(a, d_sae=192, k=3) for a in ("topk", "batchtopk", "matryoshka")]
+    configs += [make_config("relu", d_sae=192, l1_coefficient=c) for c in L1]
+    configs += [make_config("gated", d_sae=192, l1_coefficient=c) for c in L1]
+    configs += [make_config("jumprelu", d_sae=192, l0_coefficient=c) for c in L0]
+    cfg = TrainConfig(tokens=256 * STEPS, progress=False, log_every=20)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add overhead
+    try:
+        saes = train(configs, data, cfg, out=out)
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = {r["sae"]: r for r in rows}
+    return data, saes, last, out
+
+
+def test_ground_truth_recovery_per_architecture(sweep):
+    data, saes, last, _ = sweep
+    chosen = {
+        "topk": "topk-192-k3",
+        "batchtopk": "batchtopk-192-k3",
+        "matryoshka": "matryoshka-192-k3",
+        "relu": "relu-192-l1_0.4",
+        "gated": "gated-192-l1_0.4",
+        "jumprelu": "jumprelu-192-l0_0.01",
+    }
+    fractions = {
+        arch: recovery_fraction(data.directions, saes[name].W_dec.detach())
+        for arch, name in chosen.items()
+    }
+    print("ground-truth recovery (cos > 0.9):", fractions)
+    for arch, frac in fractions.items():
+        assert frac >= RECOVERY_FLOOR, (arch, frac)
+        assert last[chosen[arch]]["fvu"] < 0.6, (arch, last[chosen[arch]]["fvu"])
+
+
+@pytest.mark.parametrize("arch,coefs", [("relu", L1), ("gated", L1), ("jumprelu", L0)])
+def test_l0_responds_to_the_sparsity_coefficient(sweep, arch, coefs):
+    _, _, last, _ = sweep
+    key = "l0" if arch == "jumprelu" else "l1"
+    l0 = [last[f"{arch}-192-{key}_{c:g}"]["l0"] for c in coefs]
+    print(arch, dict(zip(coefs, l0)))
+    assert l0[1] < 0.5 * l0[0], l0
+
+
+def test_sweep_outputs_one_folder_per_sae_with_resolved_config(sweep):
+    _, saes, last, out = sweep
+    for name in saes:
+        cfg = json.loads((out / name / "cfg.json").read_text())
+        assert cfg["saelab"]["config"]["d_in"] == 32
+        assert cfg["saelab"]["config"]["lr"] > 0
+        assert (out / name / "sae_weights.safetensors").is_file()
+    assert (out / "training_state.pt").is_file()
+    assert (out / "train_config.json").is_file()
+    assert {"step", "tokens", "l0", "fvu", "dead_pct", "tokens_per_s", "mse"} <= set(
+        last["topk-192-k3"]
+    )
+
+
+def test_topk_l0_is_k_and_unit_norm_decoder_in_training_units():
+    data = synthetic()
+    tr = Trainer(
+        make_config("topk", d_sae=64, k=3), data, TrainConfig(tokens=256 * 5, progress=False)
+    )
+    tr.run()
+    sae = tr.members[0].sae
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
+
+
+class KilledAfter:
+    """Yields the source's batches, then dies like a killed process after `n` of them."""
+
+    def __init__(self, source, n):
+        self.source, self.n = source, n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.source):
+            if i == self.n:
+                raise KeyboardInterrupt
+            yield batch
+
+
+def _sweep_configs():
+    return [
+        make_config("topk", d_sae=64, k=3),
+        make_config("jumprelu", d_sae=64),
+        make_config("batchtopk", d_sae=64, k=3),
+        make_config("gated", d_sae=64),
+    ]
+
+
+def _resume_cfg(total, cut):
+    return TrainConfig(
+        tokens=256 * total,
+        progress=False,
+        dead_window_tokens=512,
+        log_every=2,
+        init_tokens=512,
+        save_every_tokens=256 * cut,
+    )
+
+
+def test_kill_and_resume_is_bitwise_identical(tmp_path):
+    total, cut = 12, 6
+    straight = Trainer(_sweep_configs(), synthetic(), _resume_cfg(total, cut), out=tmp_path / "a")
+    straight.run()
+
+    data = synthetic()
+    killed = Trainer(
+        _sweep_configs(),
+        KilledAfter(data, cut + 3),
+        _resume_cfg(total, cut),
+        out=tmp_path / "b",
+        state_source=data,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()  # dies three steps after the checkpoint at step `cut`
+    assert killed.step == cut + 3 and killed.last_saved_step == cut
+
+    resumed = Trainer(
+        _sweep_configs(), synthetic(), _resume_cfg(total, cut), out=tmp_path / "b", resume=True
+    )
+    resumed.run()
+    assert resumed.step == straight.step == total
+    for a, b in zip(straight.members, resumed.members, strict=True):
+        sa, sb = a.sae.state_dict(), b.sae.state_dict()
+        assert list(sa) == list(sb)
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), (a.name, key)
+        assert torch.equal(a.dead.since_fired, b.dead.since_fired)
+        oa, ob = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+        for key in oa:
+            assert torch.equal(oa[key]["exp_avg_sq"], ob[key]["exp_avg_sq"])
+    # The saved folders are identical too.
+    for m in straight.members:
+        assert (tmp_path / "a" / m.name / "sae_weights.safetensors").read_bytes() == (
+            tmp_path / "b" / m.name / "sae_weights.safetensors"
+        ).read_bytes()
+    # Rows the killed run logged after its checkpoint were replaced, not duplicated.
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["sae"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len(straight.members) * total // 2
