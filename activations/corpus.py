@@ -28,7 +28,10 @@ from activations.cache import cache_dir
 from saelab.errors import UserError
 
 BUILTIN_SOURCES = ("wikipedia", "news")
-BUILTIN_VERSION = 1
+BUILTIN_VERSION = 2
+WIKI_PIECE_CHARS = 2000
+"""Wikipedia articles are cut at paragraph ends into pieces of about this many characters, so a
+small harvest of the shuffled corpus spans many articles rather than the first few long ones."""
 BOS_POLICIES = ("prepend", "none")
 _LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -151,8 +154,23 @@ def _wikipedia(root: Path) -> Iterator[tuple[str, str]]:
             text = filter_wiki(markup)
             text = re.sub(r"'{2,}", "", text)  # bold/italic quotes
             text = re.sub(r"\n{3,}", "\n\n", text).strip()
-            if len(text) > 200:
-                yield title, text
+            for part, piece in enumerate(_pieces(text, WIKI_PIECE_CHARS)):
+                if len(piece) > 200:
+                    yield f"{title} ({part + 1})", piece
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """Consecutive runs of whole paragraphs, each about `size` characters."""
+    piece: list[str] = []
+    length = 0
+    for paragraph in text.split("\n\n"):
+        piece.append(paragraph)
+        length += len(paragraph)
+        if length >= size:
+            yield "\n\n".join(piece)
+            piece, length = [], 0
+    if piece:
+        yield "\n\n".join(piece)
 
 
 @dataclass(frozen=True)

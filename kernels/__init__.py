@@ -4,7 +4,11 @@
     gather_preacts(x, W_enc, b_enc, idx, pre)   (x @ W_enc + b_enc) at idx, sparse backward
     encode_topk(x, W_enc, b_enc, k)             the TopK encoder: (vals, idx), differentiable
     topk_select / threshold_select / batch_topk_select   selections (padded layout for variable k)
-    backend(device)                             "triton" or "torch"
+    backend(device)                             "triton" or "torch" (SAELAB_DISABLE_TRITON=1)
+
+Padded layout (variable k): `idx [N, kmax]` plus a bool `mask`; padded slots hold idx 0 and
+must carry vals 0, so they add nothing to the output nor to any weight gradient (the backward
+skips zero-weight entries altogether).
 
 Imports nothing from the rest of saelab. Bad input raises ValueError.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels import checks
 from kernels.autograd import GatherPreacts, SparseDecode
 from kernels.dispatch import backend
 from kernels.select import batch_topk_select, pad_active, threshold_select, topk_select
@@ -30,44 +35,63 @@ __all__ = [
 ]
 
 
-def _check_idx(idx: Tensor, n: int, n_latents: int, name: str) -> None:
-    if idx.dim() != 2 or idx.shape[0] != n:
-        raise ValueError(f"{name}: idx must be [N, k] with N={n}, got {tuple(idx.shape)}")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_latents):
-        raise ValueError(f"{name}: idx holds latents outside 0..{n_latents - 1}")
-
-
 def sparse_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None = None) -> Tensor:
-    """`[N, d_in]` reconstruction from k active latents per row (padded slots: vals 0)."""
+    """`[N, d_in]` reconstruction `b_dec + Σ_j vals[n, j] · W_dec[idx[n, j]]`.
+
+    `idx`, `vals`: `[N, k]` (padded slots: any valid idx, vals 0); `W_dec`: `[d_sae, d_in]`.
+    Differentiable w.r.t. vals (a gather-dot), W_dec (only selected rows are non-zero) and
+    b_dec. The output has W_dec's dtype."""
+    op = "sparse_decode"
+    checks.matrix(W_dec, "W_dec", op)
+    checks.matrix(vals, "vals", op)
     if vals.shape != idx.shape:
-        raise ValueError(
-            f"sparse_decode: vals {tuple(vals.shape)} and idx {tuple(idx.shape)} differ"
-        )
-    _check_idx(idx, idx.shape[0], W_dec.shape[0], "sparse_decode")
+        raise ValueError(f"{op}: vals {tuple(vals.shape)} and idx {tuple(idx.shape)} differ")
+    checks.indices(idx, vals.shape[0], W_dec.shape[0], op)
+    checks.vector(b_dec, W_dec.shape[1], "b_dec", op)
+    checks.same_device(op, idx=idx, vals=vals, W_dec=W_dec, b_dec=b_dec)
     return SparseDecode.apply(idx.long().contiguous(), vals.contiguous(), W_dec, b_dec)
 
 
 def gather_preacts(
     x: Tensor, W_enc: Tensor, b_enc: Tensor | None, idx: Tensor, pre: Tensor | None = None
 ) -> Tensor:
-    """Pre-activations `(x @ W_enc + b_enc)[n, idx[n, j]]`; W_enc is `[d_in, d_sae]`, ideally the
-    transpose view of a contiguous `[d_sae, d_in]` parameter. `pre`, the same dense product
-    already computed for the selection, saves recomputing it (it gets no gradient)."""
+    """Pre-activations `(x @ W_enc + b_enc)[n, idx[n, j]]`, `[N, k]`.
+
+    `W_enc` is `[d_in, d_sae]`; fastest as the transpose view of a contiguous `[d_sae, d_in]`
+    parameter (latent rows contiguous), any layout works. Backward: grad x is a gather of the
+    selected encoder rows, grad W_enc / b_enc are non-zero only at selected latents (built by
+    a sort-and-segment reduction, never from a dense `[N, d_sae]` gradient); grad W_enc has
+    W_enc's shape. `pre`, the same dense product already computed (no grad) for the
+    selection, spares recomputing the selected values; it must include the same bias."""
+    op = "gather_preacts"
+    checks.matrix(x, "x", op)
+    checks.matrix(W_enc, "W_enc", op)
     if x.shape[1] != W_enc.shape[0]:
+        raise ValueError(f"{op}: x has width {x.shape[1]} but W_enc is {tuple(W_enc.shape)}")
+    checks.indices(idx, x.shape[0], W_enc.shape[1], op)
+    checks.vector(b_enc, W_enc.shape[1], "b_enc", op)
+    if pre is not None and tuple(pre.shape) != (x.shape[0], W_enc.shape[1]):
         raise ValueError(
-            f"gather_preacts: x has width {x.shape[1]} but W_enc is {tuple(W_enc.shape)}"
+            f"{op}: pre must be [N, d_sae] = {(x.shape[0], W_enc.shape[1])}, got {tuple(pre.shape)}"
         )
-    _check_idx(idx, x.shape[0], W_enc.shape[1], "gather_preacts")
+    checks.same_device(op, x=x, W_enc=W_enc, b_enc=b_enc, idx=idx, pre=pre)
     return GatherPreacts.apply(
         x, W_enc.t(), b_enc, idx.long().contiguous(), None if pre is None else pre.detach()
     )
 
 
 def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
-    """TopK encoder: ReLU of the k largest pre-activations per row, `(vals, idx)`.
+    """TopK encoder: `(vals, idx)`, each `[N, k]`, vals = ReLU of the k largest pre-activations.
 
     The dense pre-activations are computed once without autograd (the selection needs them)
-    and freed before backward; only the `[N, k]` values carry gradient."""
+    and dropped on return; only `[N, k]` values carry gradient, so nothing `[N, d_sae]` is
+    kept for backward. (Top-k of the raw pre-activations picks the same latents as top-k of
+    their ReLU, up to ties among values that ReLU makes 0 anyway.)"""
+    checks.matrix(x, "x", "encode_topk")
+    checks.matrix(W_enc, "W_enc", "encode_topk")
+    if x.shape[1] != W_enc.shape[0]:
+        raise ValueError(f"encode_topk: x has width {x.shape[1]} but W_enc is {tuple(W_enc.shape)}")
+    checks.vector(b_enc, W_enc.shape[1], "b_enc", "encode_topk")
     with torch.no_grad():
         pre = x @ W_enc if b_enc is None else torch.addmm(b_enc, x, W_enc)
         _, idx = topk_select(pre, k)

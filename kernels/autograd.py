@@ -2,13 +2,15 @@
 
 Both backward passes touch only the selected latents: the gradient buffers of W_dec and of
 the encoder are written by `scatter_rows` (a sort-and-segment reduction), and no dense
-`[N, d_sae]` tensor is built.
+`[N, d_sae]` tensor is built or saved. Padded slots (vals 0, or a zero incoming gradient)
+are skipped by that reduction. First-order gradients only (no double backward).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from kernels.dispatch import ops_for
 
@@ -27,6 +29,7 @@ class SparseDecode(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         idx, vals, W_dec = ctx.saved_tensors
         ops = ops_for(W_dec.device)
@@ -59,6 +62,7 @@ class GatherPreacts(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         x, W_enc_rows, idx = ctx.saved_tensors
         ops = ops_for(x.device)
@@ -71,6 +75,9 @@ class GatherPreacts(torch.autograd.Function):
         )
         grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(W_enc_rows.shape[0], dtype=grad_out.dtype, device=grad_out.device)
-            grad_b.index_add_(0, idx.reshape(-1), grad_out.reshape(-1))
+            # at least fp32: a popular latent sums thousands of entries, too many for bf16
+            acc = torch.promote_types(grad_out.dtype, torch.float32)
+            grad_b = torch.zeros(W_enc_rows.shape[0], dtype=acc, device=grad_out.device)
+            grad_b.index_add_(0, idx.reshape(-1), grad_out.reshape(-1).to(acc))
+            grad_b = grad_b.to(grad_out.dtype)
         return grad_x, grad_w, grad_b, None, None

@@ -1,14 +1,21 @@
 """The one place that picks an implementation: Triton for CUDA tensors, torch otherwise.
 
-Set `SAELAB_DISABLE_TRITON=1` to force the torch path everywhere (it gives the same numbers).
+- `SAELAB_DISABLE_TRITON=1` forces the torch path everywhere (same numbers up to rounding).
+- Triton is imported only when a CUDA tensor (or the interpreter) asks for it, so the package
+  imports and runs on machines without triton.
+- Under `TRITON_INTERPRET=1` (read by triton at import) CPU tensors go to the Triton kernels
+  too: that is how the test suite runs them without a GPU. Slow; for checking only.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from types import ModuleType
 
 import torch
+
+DISABLE_ENV = "SAELAB_DISABLE_TRITON"
 
 
 @functools.cache
@@ -20,23 +27,20 @@ def triton_available() -> bool:
     return True
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def backend(device: torch.device | str) -> str:
-    """`"triton"` or `"torch"` for tensors on `device`."""
-    if os.environ.get("SAELAB_DISABLE_TRITON", "") not in ("", "0"):
+    """`"triton"` or `"torch"`: the implementation the ops use for tensors on `device`."""
+    if _flag(DISABLE_ENV):
         return "torch"
     device = torch.device(device)
-    if not triton_available():
-        return "torch"
-    if device.type == "cuda" or (_interpreting() and device.type == "cpu"):
-        return "triton"
-    return "torch"
+    wants_triton = device.type == "cuda" or (device.type == "cpu" and _flag("TRITON_INTERPRET"))
+    return "triton" if wants_triton and triton_available() else "torch"
 
 
-def ops_for(device: torch.device | str):
+def ops_for(device: torch.device | str) -> ModuleType:
     """The primitive-op module for `device` (see `torch_ops` for the three primitives)."""
     if backend(device) == "triton":
         from kernels import triton_ops

@@ -7,21 +7,35 @@ and callers give them vals 0, so they add nothing to the output or to any weight
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
+
+from kernels import checks
 
 
 @torch.no_grad()
 def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k largest entries of each row: `(vals, idx)`, each `[N, k]`."""
+    """The k largest entries of each row: `(vals, idx)`, each `[N, k]`, in no particular order."""
+    checks.matrix(pre, "pre", "topk_select")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise ValueError(f"topk_select: k must be an int, got {k!r}") from None
     if not 1 <= k <= pre.shape[-1]:
-        raise ValueError(f"k must be in 1..{pre.shape[-1]} (the number of latents), got {k}")
+        raise ValueError(
+            f"topk_select: k must be in 1..{pre.shape[-1]} (the number of latents), got {k}"
+        )
     return pre.topk(k, dim=-1, sorted=False)
 
 
 @torch.no_grad()
 def pad_active(active: Tensor) -> tuple[Tensor, Tensor]:
-    """Bool `[N, d_sae]` → padded `(idx, mask)`."""
+    """Bool `[N, d_sae]` → padded `(idx, mask)`; each row's latents in increasing order."""
+    checks.matrix(active, "active", "pad_active", floating=False)
+    if active.dtype != torch.bool:
+        raise ValueError(f"pad_active: active must be a bool tensor, got {active.dtype}")
     n = active.shape[0]
     counts = active.sum(1)
     width = max(int(counts.max()) if n else 0, 1)
@@ -37,23 +51,35 @@ def pad_active(active: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def threshold_select(pre: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
-    """Entries strictly above a scalar or per-latent `[d_sae]` threshold, padded."""
+    """Entries strictly above a scalar or per-latent `[d_sae]` threshold, padded:
+    `(idx, mask)`, each `[N, kmax]`, kmax the largest count in the batch (at least 1)."""
+    checks.matrix(pre, "pre", "threshold_select")
+    if isinstance(threshold, Tensor) and threshold.numel() != 1:
+        checks.vector(threshold, pre.shape[1], "threshold", "threshold_select")
+    elif not isinstance(threshold, (Tensor, int, float)):
+        raise ValueError(
+            f"threshold_select: threshold must be a float or a tensor, got {threshold!r}"
+        )
     return pad_active(pre > threshold)
 
 
 @torch.no_grad()
 def batch_topk_select(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
-    """The `round(k · N)` largest entries of the whole batch, padded per row.
+    """The `round(k · N)` largest entries of the whole batch, padded per row: `(idx, mask)`.
+    `k` (the mean per row) may be fractional.
 
     An exact top-k over N·d_sae values is costly; a sampled threshold first cuts the
     candidates to a few times the number kept, then an exact top-k runs on those (falling
     back to the full batch when the sample misjudged).
     """
+    checks.matrix(pre, "pre", "batch_topk_select")
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise ValueError(f"batch_topk_select: k must be a number, got {k!r}")
     n, d_sae = pre.shape
     keep = int(round(k * n))
     if not 1 <= keep <= n * d_sae:
         raise ValueError(
-            f"batch top-k keeps {keep} of {n * d_sae} entries: choose 0 < k <= {d_sae}"
+            f"batch_topk_select: keeps {keep} of {n * d_sae} entries; choose 0 < k <= {d_sae}"
         )
     flat = pre.reshape(-1)
     chosen = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sae.evals.core import DENSE_THRESHOLD
-from sae.evals.features import HIST_EDGES, FeatureStats
+from sae.evals.features import HIST_EDGES, FeatureStats, _RunningTop
 from sae.evals.logits import LogitEffects
 
 
@@ -107,7 +107,7 @@ def _top(stats: FeatureStats) -> dict:
 def _reservoir(stats: FeatureStats, cfg: dict) -> list[dict]:
     """Quantile bands (equal count by rank over the sample) and random picks, per latent."""
     sample = stats.sample
-    valid = np.isfinite(sample.score.numpy())  # [R, d_sae]; reservoir rows are in random-key order
+    valid = sample.filled.numpy()  # [R, d_sae]; reservoir rows are in random-key order
     value = sample.value.numpy()
     bands, randoms = [], []
     n_bands, per_band, n_random = cfg["n_bands"], cfg["per_band"], cfg["n_random"]
@@ -153,7 +153,7 @@ def _gather(sample, kind_code: int, groups: list[tuple[int, int, np.ndarray]]) -
 
 def _nonactivating(stats: FeatureStats, n: int) -> dict:
     bg = stats.background
-    valid = np.isfinite(bg["score"].numpy())
+    valid = (bg["score"] > _RunningTop.EMPTY).numpy()  # filled slots of the shared position sample
     acts = bg["acts"].numpy()[valid]  # [Q, d_sae, window]
     seq, pos, start = (bg[k].numpy()[valid] for k in ("seq", "pos", "start"))
     center = acts[np.arange(len(pos)), :, pos - start]  # [Q, d_sae]

@@ -54,38 +54,89 @@ class FeatureStatsConfig:
     """Tokens before the example token, when the sequence allows."""
     min_examples: int = 20
     """Latents firing on fewer tokens are flagged `too_few_examples`."""
-    seqs_per_batch: int = 16
+    seqs_per_batch: int = 32
     """Sequences encoded at once (whole sequences, so windows can be cut from the batch)."""
     seed: int = 0
     """Seed of the reservoir keys."""
 
 
 class _RunningTop:
-    """Per-latent best-k entries by a score, merged batch by batch (largest score wins)."""
+    """Per-latent best-k entries by a score (largest wins).
+
+    Slots are unordered: entries that enter overwrite the ones they evict in place, so a batch
+    costs work in proportion to what changes (after the first batches, very little) rather
+    than to k · d_sae. `ordered()` sorts once at the end.
+    """
+
+    EMPTY = -1e30
+    """Score of an empty slot: below any real score, above the -inf padding of candidates,
+    so an empty slot is never evicted for padding."""
 
     def __init__(self, k: int, d_sae: int, window: int) -> None:
-        self.score = torch.full((k, d_sae), -torch.inf)
+        self.k = k
+        self.score = torch.full((k, d_sae), self.EMPTY)
         self.value = torch.zeros(k, d_sae)
         self.seq = torch.zeros(k, d_sae, dtype=torch.long)
         self.pos = torch.zeros(k, d_sae, dtype=torch.long)
         self.start = torch.zeros(k, d_sae, dtype=torch.long)
         self.acts = torch.zeros(k, d_sae, window)
 
-    def merge(
-        self, score: Tensor, value: Tensor, seq: Tensor, pos: Tensor, start: Tensor, acts: Tensor
+    def offer(
+        self, score: Tensor, value: Tensor, rows: Tensor, feats: Tensor, cut: _Cutter
     ) -> None:
-        k = self.score.shape[0]
-        cat = lambda a, b: torch.cat([a, b])  # noqa: E731
-        all_score = cat(self.score, score)
-        best = all_score.topk(k, dim=0).indices  # [k, d_sae]
-        self.score = all_score.gather(0, best)
-        self.value = cat(self.value, value).gather(0, best)
-        self.seq = cat(self.seq, seq).gather(0, best)
-        self.pos = cat(self.pos, pos).gather(0, best)
-        self.start = cat(self.start, start).gather(0, best)
-        self.acts = cat(self.acts, acts).gather(
-            0, best.unsqueeze(-1).expand(-1, -1, self.acts.shape[-1])
+        """Candidate entries as flat lists (score, value, batch row, latent)."""
+        worst = self.score.min(0).values
+        keep = score > worst[feats]
+        if not keep.any():
+            return
+        score, value, rows, feats = score[keep], value[keep], rows[keep], feats[keep]
+        # at most k candidates per latent, best first: sort by score, then (stably) by latent
+        order = torch.argsort(score, descending=True)
+        order = order[torch.argsort(feats[order], stable=True)]
+        score, value, rows, feats = score[order], value[order], rows[order], feats[order]
+        touched, col = torch.unique_consecutive(feats, return_inverse=True)
+        first = torch.searchsorted(feats, touched)
+        rank = torch.arange(len(feats)) - first[col]
+        keep = rank < self.k
+        score, value, rows, col, rank = score[keep], value[keep], rows[keep], col[keep], rank[keep]
+        cand = torch.full((self.k, len(touched)), -torch.inf)
+        cand[rank, col] = score
+        best = torch.cat([self.score[:, touched], cand]).topk(self.k, dim=0).indices  # [k, T]
+        enter = best >= self.k
+        kept = torch.zeros(self.k + 1, len(touched), dtype=torch.bool)
+        kept.scatter_(0, torch.where(enter, self.k, best), True)
+        # pair evicted slots with entering candidates, latent by latent (equal counts)
+        ev_col, ev_slot = (~kept[: self.k]).t().nonzero(as_tuple=True)
+        en_col, en_j = enter.t().nonzero(as_tuple=True)
+        src_rank = best[en_j, en_col] - self.k
+        lookup = torch.full((self.k, len(touched)), -1, dtype=torch.long)
+        lookup[rank, col] = torch.arange(len(rank))
+        src = lookup[src_rank, en_col]
+        latent = touched[ev_col]
+        seq, pos, start = cut.where(rows[src])
+        self.score[ev_slot, latent] = score[src]
+        self.value[ev_slot, latent] = value[src]
+        self.seq[ev_slot, latent], self.pos[ev_slot, latent], self.start[ev_slot, latent] = (
+            seq,
+            pos,
+            start,
         )
+        self.acts[ev_slot, latent] = cut.windows(rows[src], latent)
+
+    @property
+    def filled(self) -> Tensor:
+        """Bool `[k, d_sae]`: slots holding a real entry."""
+        return self.score > self.EMPTY
+
+    def ordered(self) -> _RunningTop:
+        """The same entries with each latent's slots sorted best first."""
+        order = self.score.argsort(dim=0, descending=True)
+        out = _RunningTop.__new__(_RunningTop)
+        out.k = self.k
+        for name in ("score", "value", "seq", "pos", "start"):
+            setattr(out, name, getattr(self, name).gather(0, order))
+        out.acts = self.acts.gather(0, order.unsqueeze(-1).expand_as(self.acts))
+        return out
 
 
 @dataclass
@@ -130,7 +181,7 @@ def feature_stats(
     top = _RunningTop(cfg.n_top, d_sae, window)
     sample = _RunningTop(cfg.reservoir, d_sae, window)
     background = {
-        "score": torch.full((cfg.token_sample,), -torch.inf),
+        "score": torch.full((cfg.token_sample,), _RunningTop.EMPTY),
         "seq": torch.zeros(cfg.token_sample, dtype=torch.long),
         "pos": torch.zeros(cfg.token_sample, dtype=torch.long),
         "start": torch.zeros(cfg.token_sample, dtype=torch.long),
@@ -139,7 +190,8 @@ def feature_stats(
     fire = torch.zeros(d_sae, dtype=torch.float64)
     total = torch.zeros(d_sae, dtype=torch.float64)
     peak = torch.zeros(d_sae)
-    hist = torch.zeros(d_sae * (len(HIST_EDGES) - 1), dtype=torch.float64)
+    n_bins = len(HIST_EDGES) - 1
+    hist = torch.zeros(d_sae * n_bins, dtype=torch.float64)
     log_edges = torch.from_numpy(np.log10(HIST_EDGES)).float()
     n_tokens = 0
     for chunk in chunks if chunks is not None else store.committed_chunks():
@@ -149,28 +201,20 @@ def feature_stats(
         for s0 in range(0, acts.shape[0], cfg.seqs_per_batch):
             x = acts[s0 : s0 + cfg.seqs_per_batch]
             m = mask[s0 : s0 + cfg.seqs_per_batch].reshape(-1)
-            n_seq = x.shape[0]
             f = sae.encode(x.reshape(-1, sae.d_in)).float()
-            f[~m] = 0
             n_tokens += int(m.sum())
-            fire += (f > 0).sum(0)
-            total += f.sum(0)
-            peak = torch.maximum(peak, f.max(0).values)
-            nz = f > 0
-            feat = nz.nonzero()[:, 1]
-            bins = torch.bucketize(f[nz].log10(), log_edges[1:-1])
-            hist.index_add_(
-                0, feat * (len(HIST_EDGES) - 1) + bins, torch.ones_like(bins, dtype=hist.dtype)
-            )
-            cut = _Cutter(f, n_seq, seq_len, window, cfg.before, first_seq + s0)
-            k = min(cfg.n_top, f.shape[0])
-            vals, rows = f.topk(k, dim=0)
-            top.merge(vals, vals, *cut.where(rows), cut.windows(rows))
-            keys = torch.full_like(f, -torch.inf)
-            keys[nz] = torch.rand(int(nz.sum()), generator=gen)
-            r = min(cfg.reservoir, f.shape[0])
-            kv, rows = keys.topk(r, dim=0)
-            sample.merge(kv, f.gather(0, rows), *cut.where(rows), cut.windows(rows))
+            rows, feats = (f > 0).nonzero(as_tuple=True)
+            eligible = m[rows]
+            rows, feats = rows[eligible], feats[eligible]
+            vals = f[rows, feats]
+            fire += torch.bincount(feats, minlength=d_sae)
+            total += torch.bincount(feats, weights=vals.double(), minlength=d_sae)
+            peak.scatter_reduce_(0, feats, vals, reduce="amax")
+            bins = torch.bucketize(vals.log10(), log_edges[1:-1])
+            hist += torch.bincount(feats * n_bins + bins, minlength=d_sae * n_bins)
+            cut = _Cutter(f, m, seq_len, window, cfg.before, first_seq + s0)
+            top.offer(vals, vals, rows, feats, cut)
+            sample.offer(torch.rand(len(vals), generator=gen), vals, rows, feats, cut)
             _sample_positions(background, m, cut, gen)
         if progress is not None:
             progress(n_tokens)
@@ -181,8 +225,8 @@ def feature_stats(
         sum_acts=total.numpy(),
         max_acts=peak.numpy(),
         hist_counts=hist.view(d_sae, -1).numpy(),
-        top=top,
-        sample=sample,
+        top=top.ordered(),
+        sample=sample.ordered(),
         background=background,
         tokens=store.group["tokens"][:],
     )
@@ -192,51 +236,49 @@ class _Cutter:
     """Maps rows of a batch of whole sequences to (sequence, position, window)."""
 
     def __init__(
-        self, f: Tensor, n_seq: int, seq_len: int, window: int, before: int, first_seq: int
+        self, f: Tensor, mask: Tensor, seq_len: int, window: int, before: int, first_seq: int
     ) -> None:
-        self.f, self.seq_len, self.window, self.before, self.first_seq = (
-            f,
-            seq_len,
-            window,
-            before,
-            first_seq,
-        )
+        self.f, self.mask = f, mask
+        self.seq_len, self.window, self.before, self.first_seq = seq_len, window, before, first_seq
 
     def where(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(sequence in the store, position, window start) of each batch row."""
         seq, pos = rows // self.seq_len, rows % self.seq_len
         start = (pos - self.before).clamp(0, self.seq_len - self.window)
         return seq + self.first_seq, pos, start
 
-    def windows(self, rows: Tensor) -> Tensor:
-        """Activations of each row's own latent over its window: `[k, d_sae, window]`."""
+    def _window_rows(self, rows: Tensor) -> Tensor:
         seq, pos = rows // self.seq_len, rows % self.seq_len
         start = (pos - self.before).clamp(0, self.seq_len - self.window)
-        win_rows = (seq * self.seq_len + start).unsqueeze(-1) + torch.arange(self.window)
-        d_sae = self.f.shape[1]
-        latent = torch.arange(d_sae).view(1, d_sae, 1)
-        return self.f.reshape(-1)[win_rows * d_sae + latent]
+        return (seq * self.seq_len + start).unsqueeze(-1) + torch.arange(self.window)
+
+    def windows(self, rows: Tensor, latents: Tensor) -> Tensor:
+        """Activation of latent `latents[i]` over the window of `rows[i]`: `[n, window]`
+        (zero at BOS and special tokens, which the statistics exclude)."""
+        win = self._window_rows(rows)
+        return self.f[win, latents.unsqueeze(-1)] * self.mask[win]
 
     def all_latent_windows(self, rows: Tensor) -> Tensor:
         """Activations of every latent over each row's window: `[n, d_sae, window]`."""
-        seq, pos = rows // self.seq_len, rows % self.seq_len
-        start = (pos - self.before).clamp(0, self.seq_len - self.window)
-        win_rows = (seq * self.seq_len + start).unsqueeze(-1) + torch.arange(self.window)
-        return self.f[win_rows].permute(0, 2, 1)
+        win = self._window_rows(rows)
+        return (self.f[win] * self.mask[win].unsqueeze(-1)).permute(0, 2, 1)
 
 
 def _sample_positions(background: dict, mask: Tensor, cut: _Cutter, gen: torch.Generator) -> None:
-    """Keep a uniform sample of eligible positions (bottom-k of random keys) with all latents' windows."""
-    keys = torch.where(mask, torch.rand(mask.shape, generator=gen), torch.tensor(-torch.inf))
-    n = min(len(background["score"]), len(keys))
-    kv, rows = keys.topk(n)
-    seq, pos, start = cut.where(rows)
-    merged = torch.cat([background["score"], kv])
-    best = merged.topk(len(background["score"])).indices
-    background["score"] = merged[best]
-    for name, new in (
-        ("seq", seq),
-        ("pos", pos),
-        ("start", start),
-        ("acts", cut.all_latent_windows(rows)),
-    ):
-        background[name] = torch.cat([background[name], new])[best]
+    """Keep a uniform sample of eligible positions (the largest random keys) with every
+    latent's window; windows are cut only for the positions that enter the sample."""
+    keys = torch.rand(mask.shape, generator=gen)
+    rows = (mask & (keys > background["score"].min())).nonzero().squeeze(1)
+    if len(rows) == 0:
+        return
+    size = len(background["score"])
+    best = torch.cat([background["score"], keys[rows]]).topk(size).indices
+    enter = best[best >= size] - size
+    kept = torch.zeros(size, dtype=torch.bool)
+    kept[best[best < size]] = True
+    slots = (~kept).nonzero().squeeze(1)  # as many as enter
+    new_rows = rows[enter]
+    background["score"][slots] = keys[new_rows]
+    seq, pos, start = cut.where(new_rows)
+    background["seq"][slots], background["pos"][slots], background["start"][slots] = seq, pos, start
+    background["acts"][slots] = cut.all_latent_windows(new_rows)

@@ -250,14 +250,14 @@ def _run_probing(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
     from sae.evals import probing
 
     result = probing.source_probing(sae, store, hook)
-    return result.metrics(), None, result.n_tokens, asdict(result.config)
+    return result.metrics(), None, result.n_tokens, result.conventions()
 
 
 def _run_absorption(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
     from sae.evals import absorption
 
     result = absorption.first_letter_absorption(sae, store, hook)
-    return result.metrics(), None, result.n_tokens, asdict(result.config)
+    return result.metrics(), None, result.n_tokens, result.conventions()
 
 
 _RUNNERS = {

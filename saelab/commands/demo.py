@@ -35,26 +35,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"saelab demo: harvest done ({result.tokens} new tokens)")
 
     _step(2, f"train a TopK SAE (d_sae {args.d_sae}, k {args.k}) -> {sae}")
-    _run(
-        main,
-        [
-            "train",
-            "--acts",
-            store,
-            "--hook",
-            args.hook,
-            "--arch",
-            "topk",
-            "--d-sae",
-            str(args.d_sae),
-            "--k",
-            str(args.k),
-            "--batch-size",
-            "1024",
-            "--out",
-            str(sae),
-        ],
-    )
+    train = ["train", "--acts", store, "--hook", args.hook, "--arch", "topk", "--out", str(sae)]
+    train += ["--d-sae", str(args.d_sae), "--k", str(args.k), "--batch-size", "1024"]
+    if (sae / "training_state.pt").is_file():
+        train.append("--resume")  # a rerun continues the finished run, which just reuses it
+    _run(main, train)
 
     _step(3, f"evaluate it into {db}")
     _run(main, ["eval", "--sae", str(sae), "--acts", store, "--db", str(db)])
