@@ -44,9 +44,9 @@ def sparse_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None
     op = "sparse_decode"
     checks.matrix(W_dec, "W_dec", op)
     checks.matrix(vals, "vals", op)
+    checks.indices(idx, vals.shape[0], W_dec.shape[0], op)
     if vals.shape != idx.shape:
         raise ValueError(f"{op}: vals {tuple(vals.shape)} and idx {tuple(idx.shape)} differ")
-    checks.indices(idx, vals.shape[0], W_dec.shape[0], op)
     checks.vector(b_dec, W_dec.shape[1], "b_dec", op)
     checks.same_device(op, idx=idx, vals=vals, W_dec=W_dec, b_dec=b_dec)
     return SparseDecode.apply(idx.long().contiguous(), vals.contiguous(), W_dec, b_dec)

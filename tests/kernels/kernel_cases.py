@@ -212,7 +212,7 @@ def check_jumprelu_pipeline(n: int, d: int, d_sae: int, dtype: torch.dtype = tor
     assert torch.equal(active, pre > theta.to(dtype))
     f = pre2 * active
     (f @ w2 + bd2 - x.to(dtype).double()).pow(2).sum().backward()
-    # bf16 chains several rounded tensors here (vals, out): allow 4x
-    tol = TOL[dtype] * (4 if dtype == torch.bfloat16 else 1)
+    # bf16 chains several rounded tensors here (pre, vals, out): allow 2x
+    tol = TOL[dtype] * (2 if dtype == torch.bfloat16 else 1)
     for name, a, r in zip(("W_enc", "b_enc", "W_dec", "b_dec"), (e, be, w, bd), (e2, be2, w2, bd2)):
         assert_close(f"jumprelu {dtype} grad {name}", a.grad, r.grad, tol, seed)

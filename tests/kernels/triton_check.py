@@ -1,6 +1,11 @@
-"""Run by test_kernels.py with TRITON_INTERPRET=1: Triton kernels against float64 references.
+"""Run by `test_kernels_triton.py` as `TRITON_INTERPRET=1 python triton_check.py`: the Triton
+kernels, executed on CPU tensors by triton's interpreter, through the same checks as the torch
+path (`kernel_cases.py`). The variable must be set before triton is imported, hence a separate
+process. Shapes are tiny (the interpreter runs each program in Python) but chosen to cross
+every block boundary: k > BLOCK_K, d > BLOCK_D and not a multiple of it, a latent's segment
+longer than BLOCK_E, N not a multiple of anything, k = 1, k = d_sae.
 
-Exits non-zero on the first mismatch. Under the interpreter CPU tensors dispatch to Triton.
+Exits non-zero (an AssertionError naming the case and its seed) on the first mismatch.
 """
 
 from __future__ import annotations
@@ -9,81 +14,51 @@ import os
 import sys
 
 import torch
+from kernel_cases import check_decode, check_gather, check_jumprelu_pipeline
 
-assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-
-import kernels  # noqa: E402
-from kernels import triton_ops  # noqa: E402
-from kernels.reference import dense_decode, dense_preacts  # noqa: E402
-
-
-def check(name, got, ref, tol):
-    err = (got.double() - ref.double()).abs().max().item() if got.numel() else 0.0
-    scale = max(1.0, ref.double().abs().max().item() if ref.numel() else 1.0)
-    if err > tol * scale:
-        print(f"FAIL {name}: max error {err:.3g}")
-        sys.exit(1)
-    print(f"ok {name} ({err:.2g})")
+import kernels
+from kernels import torch_ops, triton_ops
+from kernels.dispatch import ops_for
 
 
 def main() -> None:
-    assert kernels.backend("cpu") == "triton"
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    assert kernels.backend("cpu") == "triton" and ops_for("cpu") is triton_ops
+    assert triton_ops.BLOCK_K < 20 and triton_ops.BLOCK_D < 300 and triton_ops.BLOCK_E < 40
+    f32, bf16 = torch.float32, torch.bfloat16
+    decode_cases = [
+        dict(n=13, k=20, d=300, d_sae=40, empty_rows=(1,)),  # k-blocks and d-blocks, tails
+        dict(n=40, k=3, d=20, d_sae=3),  # k = d_sae; segments of 40 entries > BLOCK_E
+        dict(n=9, k=1, d=33, d_sae=17),  # k = 1
+        dict(n=11, k=6, d=24, d_sae=30, padded=True, empty_rows=(0,)),  # variable k
+        dict(n=7, k=5, d=40, d_sae=25, strided=True, bias=False),  # non-contiguous inputs
+        dict(n=7, k=4, d=64, d_sae=30, dtype=bf16, empty_rows=(2,)),
+    ]
+    for case in decode_cases:
+        check_decode(**case)
+        print("ok decode", case, flush=True)
+    gather_cases = [
+        dict(n=13, k=20, d=300, d_sae=40),
+        dict(n=9, k=1, d=33, d_sae=17, use_pre=True),
+        dict(n=40, k=3, d=20, d_sae=3, bias=False),
+        dict(n=7, k=5, d=40, d_sae=25, layout="cols", strided_x=True),  # strided table, no copy
+        dict(n=7, k=4, d=64, d_sae=30, dtype=bf16),
+    ]
+    for case in gather_cases:
+        check_gather(**case)
+        print("ok gather", case, flush=True)
+    check_jumprelu_pipeline(n=12, d=16, d_sae=24, dtype=f32)
+    print("ok jumprelu pipeline", flush=True)
+    # the primitives against the torch ones, including zero weights and unused latents
     g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
-    for n, k, d, d_sae, dtype, tol in [
-        (13, 5, 70, 40, torch.float32, 1e-5),
-        (9, 1, 33, 17, torch.float32, 1e-5),
-        (5, 12, 20, 12, torch.float32, 1e-5),
-        (7, 4, 64, 30, torch.bfloat16, 3e-2),
-    ]:
-        tag = f"n{n} k{k} d{d} dsae{d_sae} {dtype}"
-        idx = torch.stack([torch.randperm(d_sae, generator=g)[:k] for _ in range(n)])
-        vals = torch.randn(n, k, generator=g)
-        idx[1], vals[1] = 0, 0.0  # padded row
-        W = torch.randn(d_sae, d, generator=g)
-        b = torch.randn(d, generator=g)
-        grad = torch.randn(n, d, generator=g)
-        v, w, c = (t.to(dtype).clone().requires_grad_() for t in (vals, W, b))
-        out = kernels.sparse_decode(idx, v, w, c)
-        out.backward(grad.to(dtype))
-        v2, w2, c2 = (t.detach().to(dtype).double().requires_grad_() for t in (vals, W, b))
-        ref = dense_decode(idx, v2, w2, c2)
-        ref.backward(grad.to(dtype).double())
-        for name, a, r in (
-            ("decode", out, ref),
-            ("grad vals", v.grad, v2.grad),
-            ("grad W_dec", w.grad, w2.grad),
-            ("grad b_dec", c.grad, c2.grad),
-        ):
-            check(f"{name} {tag}", a, r.detach(), tol)
-        x = torch.randn(n, d, generator=g).requires_grad_()
-        enc = torch.randn(d_sae, d, generator=g).requires_grad_()
-        be = torch.randn(d_sae, generator=g).requires_grad_()
-        pre = kernels.gather_preacts(x, enc.t(), be, idx)
-        gp = torch.randn(n, k, generator=g)
-        pre.backward(gp)
-        x2, e2, b2 = (t.detach().double().requires_grad_() for t in (x, enc, be))
-        pref = dense_preacts(x2, e2.t(), b2, idx)
-        pref.backward(gp.double())
-        for name, a, r in (
-            ("preacts", pre, pref),
-            ("grad x", x.grad, x2.grad),
-            ("grad W_enc", enc.grad, e2.grad),
-            ("grad b_enc", be.grad, b2.grad),
-        ):
-            check(f"{name} {tag}", a, r.detach(), 1e-5)
-    # the primitives directly, against the torch ones, with an unused latent range
     idx = torch.randint(0, 8, (11, 3), generator=g)
-    vals, a = torch.randn(11, 3, generator=g), torch.randn(11, 50, generator=g)
-    from kernels import torch_ops
-
-    check(
-        "scatter_rows unused rows",
-        triton_ops.scatter_rows(idx, vals, a, 20),
-        torch_ops.scatter_rows(idx, vals, a, 20),
-        1e-5,
-    )
+    vals, a = torch.randn(11, 3, generator=g), torch.randn(11, 150, generator=g)
+    vals[vals < -0.5] = 0.0
+    got, want = triton_ops.scatter_rows(idx, vals, a, 20), torch_ops.scatter_rows(idx, vals, a, 20)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got[8:] == 0).all()
     print("triton interpreter: all checks passed")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
