@@ -141,8 +141,11 @@ class HarvestResult:
 def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> HarvestResult:
     """Fill (or continue filling) the store `cfg.out`; returns what this call wrote."""
     cfg.validate()
-    if not (cfg.resume or cfg.overwrite):
-        _refuse_existing(cfg.out)  # before the model loads: fail fast
+    # Before the model loads: fail fast. This also refuses (with --resume or --overwrite too)
+    # a location that holds something other than a saelab store, which creating would wipe.
+    existing = _existing_attrs(cfg.out)
+    if existing is not None and not (cfg.resume or cfg.overwrite):
+        _refuse_existing(cfg.out, existing)
     model = model or load_model(cfg.model, device=cfg.device)
     model.validate_hooks(cfg.hooks)
     dataset = corpus_mod.load_corpus(cfg.dataset, cfg.split, cfg.text_column)
@@ -193,7 +196,7 @@ def _open_or_create(cfg: HarvestConfig, attrs: dict, n_seq: int):
     existing = _existing_attrs(cfg.out)
     if existing is not None and not cfg.overwrite:
         if not cfg.resume:
-            _refuse_existing(cfg.out)
+            _refuse_existing(cfg.out, existing)
         diffs = [k for k in FINGERPRINT if _norm(existing.get(k)) != _norm(attrs.get(k))]
         if diffs:
             detail = "; ".join(
@@ -207,13 +210,11 @@ def _open_or_create(cfg: HarvestConfig, attrs: dict, n_seq: int):
     return store_mod.create(cfg.out, attrs, hooks, n_seq, cfg.chunk_seqs, cfg.shard[1])
 
 
-def _refuse_existing(url: str) -> None:
-    existing = _existing_attrs(url)
-    if existing is not None:
-        raise UserError(
-            f"store {url!r} already exists ({existing.get('committed_sequences', '?')} sequences "
-            "committed); pass --resume to continue it or --overwrite to replace it"
-        )
+def _refuse_existing(url: str, existing: dict) -> None:
+    raise UserError(
+        f"store {url!r} already exists ({existing.get('committed_sequences', '?')} sequences "
+        "committed); pass --resume to continue it or --overwrite to replace it"
+    )
 
 
 def _norm(value):
@@ -221,16 +222,10 @@ def _norm(value):
 
 
 def _existing_attrs(url: str) -> dict | None:
-    try:
-        group = store_mod.open_group(url, mode="r")
-    except UserError:
-        return None
-    attrs = dict(group.attrs)
-    if "format_version" not in attrs:
-        raise UserError(
-            f"{url!r} exists and is not a saelab activation store; choose another --out"
-        )
-    return attrs
+    """The saelab store's attributes at `url`; None where nothing is there or an empty folder.
+
+    Anything else (a file, a folder with files, a foreign zarr group) is a `UserError`."""
+    return store_mod.existing_attrs(url)
 
 
 def _run(cfg: HarvestConfig, model: LoadedModel, group, stream, n_seq: int) -> HarvestResult:

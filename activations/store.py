@@ -59,6 +59,45 @@ def open_group(url: str, mode: str):
         raise UserError(f"cannot open store {url!r}: {err.strerror or err}") from None
 
 
+def existing_attrs(url: str) -> dict | None:
+    """The attributes of the saelab store at `url`, or None where nothing (or an empty folder)
+    is there. Anything else there (a file, a folder with files in it, a zarr group that is not
+    a saelab store) raises a `UserError`: writing a store there would delete it."""
+    try:
+        group = open_group(url, mode="r")
+    except UserError:
+        if _holds_something(url):
+            raise UserError(_NOT_A_STORE.format(url=url)) from None
+        return None
+    attrs = dict(group.attrs)
+    if "format_version" not in attrs:
+        raise UserError(_NOT_A_STORE.format(url=url))
+    return attrs
+
+
+_NOT_A_STORE = (
+    "{url!r} exists and is not a saelab activation store; nothing was changed: choose another "
+    "--out (--overwrite replaces only a saelab store)"
+)
+
+
+def _holds_something(url: str) -> bool:
+    """Whether `url` is a file or a non-empty folder (a location zarr's mode "w" would wipe)."""
+    import fsspec
+
+    location = url[len("file://") :] if url.startswith("file://") else url
+    try:
+        fs, path = fsspec.core.url_to_fs(location)
+        if fs.isfile(path):
+            return True
+        return fs.isdir(path) and bool(fs.ls(path, detail=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as err:
+        # Cannot tell what is there: refuse rather than risk deleting it.
+        raise UserError(f"cannot inspect {url!r}: {err.strerror or err}") from None
+
+
 def shard_chunks(n_chunks: int, shard: int, n_shards: int) -> range:
     """The contiguous chunk range that shard `shard` of `n_shards` owns."""
     return range(shard * n_chunks // n_shards, (shard + 1) * n_chunks // n_shards)
@@ -67,7 +106,11 @@ def shard_chunks(n_chunks: int, shard: int, n_shards: int) -> range:
 def create(
     url: str, attrs: dict, hooks: dict[str, int], n_seq: int, chunk_seqs: int, n_shards: int
 ):
-    """Create an empty store (the caller has decided that overwriting is allowed)."""
+    """Create an empty store (the caller has decided that overwriting is allowed).
+
+    Only a saelab store, an empty folder or nothing is ever replaced: zarr's mode "w" deletes
+    whatever is at `url`, so anything else there is refused with a `UserError`."""
+    existing_attrs(url)
     group = open_group(url, mode="w")
     seq_len = attrs["seq_len"]
     zdtype = STORAGE_DTYPES[attrs["dtype"]][0]

@@ -22,6 +22,7 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }
     for pkg in ("transformers", "transformer_lens", "zarr", "numpy", "triton"):
         try:

@@ -86,11 +86,14 @@ def dataset_labels(dataset, label_column: str, positive: Any = None) -> BinaryLa
     return BinaryLabels(labels.y, labels.classes, f"{label_column}: {labels.task}")
 
 
-def store_source_labels(store, positive: str | None = None) -> tuple[BinaryLabels, np.ndarray]:
-    """Per-sequence labels of a store's corpus `source` column, and each sequence's document.
+def store_column_labels(
+    store, column: str = "source", positive: str | None = None
+) -> tuple[BinaryLabels, np.ndarray]:
+    """Per-sequence labels from a column of the store's corpus, and each sequence's document.
 
     Returns (labels over all `n_seq` sequences of the store, document row of each sequence).
-    The builtin corpus has sources "news" and "wikipedia" (positive: wikipedia).
+    Any `datasets` dataset or local file with a label column works: harvest it, then probe that
+    column. The builtin corpus's `source` column has "news" and "wikipedia" (positive: wikipedia).
     """
     from activations.corpus import load_corpus
 
@@ -98,12 +101,21 @@ def store_source_labels(store, positive: str | None = None) -> tuple[BinaryLabel
     dataset = load_corpus(
         attrs["dataset"], attrs.get("split", "train"), attrs.get("text_column", "text")
     )
-    docs = np.asarray(store.group["doc"][:], dtype=np.int64)
-    sources = np.asarray(dataset["source"], dtype=object)
-    if len(np.unique(sources)) < 2:
+    if column not in dataset.column_names:
         raise UserError(
-            f"the store's corpus {attrs['dataset']!r} has a single source: nothing to probe; "
-            "probe your own labels with sae.evals.probing.probe_activations"
+            f"the store's corpus {attrs['dataset']!r} has no column {column!r} "
+            f"(columns: {', '.join(dataset.column_names)}); pass --probe-column"
         )
-    labels = binary_labels(sources[docs].astype(str), positive)
-    return BinaryLabels(labels.y, labels.classes, f"source: {labels.task}"), docs
+    docs = np.asarray(store.group["doc"][:], dtype=np.int64)
+    feature = dataset.features.get(column)
+    names = list(feature.names) if hasattr(feature, "names") else None
+    values = np.asarray(dataset[column], dtype=object)[docs]
+    if names is None:
+        values = values.astype(str)
+    if len(np.unique(values)) < 2:
+        raise UserError(
+            f"the store's corpus {attrs['dataset']!r} has a single {column!r} value: nothing to "
+            "probe; probe your own labels with sae.evals.probing.probe_activations"
+        )
+    labels = binary_labels(values, positive, names=names)
+    return BinaryLabels(labels.y, labels.classes, f"{column}: {labels.task}"), docs

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.evals.labels import BinaryLabels, binary_labels, dataset_labels, store_source_labels
+from sae.evals.labels import BinaryLabels, binary_labels, dataset_labels, store_column_labels
 from saelab.errors import UserError
 
 POOLINGS = ("mean", "token")
@@ -428,15 +428,23 @@ def _sample_tokens(mask: np.ndarray, per_seq: int, rng: np.random.Generator) -> 
     return out
 
 
-def source_probing(sae, store, hook: str, cfg: ProbingConfig | None = None) -> ProbingResult:
-    """Probe which corpus source each sequence (or token) of a store came from.
+def source_probing(
+    sae,
+    store,
+    hook: str,
+    cfg: ProbingConfig | None = None,
+    column: str = "source",
+    positive: str | None = None,
+) -> ProbingResult:
+    """Probe a label column of the store's corpus (default: which source each sequence came from).
 
-    Needs a corpus with exactly two sources (the builtin one: news, wikipedia). The split is by
-    sequence or document (`cfg.split_by`), stratified by source.
+    The column needs exactly two values, or a named positive class (one vs rest); the builtin
+    corpus's `source` has news and wikipedia. The split is by sequence or document
+    (`cfg.split_by`), stratified by label.
     """
     cfg = cfg or ProbingConfig()
     cfg.validate()
-    seq_labels, docs = store_source_labels(store)
+    seq_labels, docs = store_column_labels(store, column, positive)
     x, f, seqs, n_tokens = pooled_store(sae, store, hook, cfg)
     labels = BinaryLabels(seq_labels.y[seqs], seq_labels.classes, seq_labels.task)
     groups = docs[seqs] if cfg.split_by == "document" else seqs

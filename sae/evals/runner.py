@@ -46,6 +46,10 @@ class EvalConfig:
     """Store split the feature statistics and dashboards read."""
     features: FeatureStatsConfig = field(default_factory=FeatureStatsConfig)
     """Example counts and windows for the dashboards."""
+    probe_column: str = "source"
+    """Label column of the store's corpus that the probing eval classifies."""
+    probe_positive: str | None = None
+    """Positive class of that column (one vs rest); None: the column must have two values."""
     device: str = "cpu"
     """Torch device."""
 
@@ -54,6 +58,20 @@ class EvalConfig:
         if unknown or not self.evals:
             raise UserError(
                 f"unknown eval {unknown[0] if unknown else '(none)'}: choose from {', '.join(EVALS)}"
+            )
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UserError(
+                f"--max-tokens must be a positive number of tokens, got {self.max_tokens}; "
+                "pass e.g. --max-tokens 100000, or leave it out to use the whole split"
+            )
+        if self.loss_sequences < 1:
+            raise UserError(
+                f"--loss-sequences must be at least 1, got {self.loss_sequences}; pass e.g. "
+                "--loss-sequences 32, or leave loss out of --evals"
+            )
+        if self.batch_size < 1:
+            raise UserError(
+                f"batch_size must be a positive number of tokens, got {self.batch_size}"
             )
 
 
@@ -249,7 +267,9 @@ def _run_features(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
 def _run_probing(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
     from sae.evals import probing
 
-    result = probing.source_probing(sae, store, hook)
+    result = probing.source_probing(
+        sae, store, hook, column=cfg.probe_column, positive=cfg.probe_positive
+    )
     return result.metrics(), None, result.n_tokens, result.conventions()
 
 

@@ -29,6 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-tokens", type=int, help="cap on core-metric tokens")
     p.add_argument("--loss-sequences", type=int, default=32)
+    p.add_argument(
+        "--probe-column",
+        default="source",
+        help="label column of the store's corpus for the probing eval (harvest any labelled "
+        "dataset or file, then probe its column)",
+    )
+    p.add_argument("--probe-positive", help="positive class of that column (one vs rest)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
@@ -45,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         max_tokens=args.max_tokens,
         loss_sequences=args.loss_sequences,
+        probe_column=args.probe_column,
+        probe_positive=args.probe_positive,
         device=args.device,
     )
     out = evaluate(cfg)

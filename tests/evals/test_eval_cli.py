@@ -121,3 +121,23 @@ def test_eval_refuses_mismatched_hook_and_width(sweep, small_store, tmp_path):
         "eval", "--sae", str(tmp_path), "--acts", small_store, "--db", str(tmp_path / "r.duckdb")
     )
     assert missing.returncode == 2 and "neither an SAE folder nor a sweep folder" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--evals", "core", "--max-tokens", "0"), "--max-tokens must be a positive"),
+        (("--evals", "core", "--max-tokens", "-5"), "--max-tokens must be a positive"),
+        (("--evals", "loss", "--loss-sequences", "0"), "--loss-sequences must be at least 1"),
+        (("--evals", "loss", "--loss-sequences", "-1"), "--loss-sequences must be at least 1"),
+    ],
+)
+def test_eval_rejects_non_positive_counts(sweep, small_store, tmp_path, flags, message):
+    db = tmp_path / "r.duckdb"
+    result = saelab("eval", "--sae", str(sweep), "--acts", small_store, "--db", str(db), *flags)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "pass e.g." in lines[0]  # says what to pass instead
+    assert not db.exists()

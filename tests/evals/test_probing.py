@@ -139,14 +139,14 @@ def test_probe_dataset_reads_the_label_column():
 def test_token_examples_of_a_store_split_by_sequence(small_store):
     """Token pooling makes many examples per sequence; none of their sequences straddles the split."""
     from activations.store import ActivationStore
-    from sae.evals.labels import store_source_labels
+    from sae.evals.labels import store_column_labels
 
     store = ActivationStore(small_store)
     sae = build_sae(make_config("topk", d_sae=64, k=8, seed=fresh_seed()), d_in=576).eval()
     cfg = ProbingConfig(pooling="token", max_tokens_per_sequence=6, seed=fresh_seed())
     x, f, seqs, n_tokens = pooled_store(sae, store, HOOK, cfg)
     assert len(x) == f.shape[0] == len(seqs) == n_tokens and np.bincount(seqs).max() <= 6
-    labels, _ = store_source_labels(store)
+    labels, _ = store_column_labels(store)
     train, test = split_groups(seqs, labels.y[seqs], cfg.test_fraction, cfg.seed)
     assert len(train) and len(test) and not set(seqs[train]) & set(seqs[test])
 
@@ -224,3 +224,48 @@ def test_document_split_needs_two_documents_per_source(model, tmp_path):
     sae = build_sae(make_config("topk", d_sae=64, k=8), d_in=576).eval()
     with pytest.raises(UserError, match="split by sequence"):
         source_probing(sae, ActivationStore(out), HOOK, ProbingConfig(split_by="document"))
+
+
+def test_any_labelled_dataset_probes_its_column(model, tmp_path):
+    """A local JSONL with a label column (Python code vs English prose): harvest it, probe `topic`."""
+    import json
+
+    from activations.harvest import HarvestConfig, harvest
+    from activations.store import ActivationStore
+    from saelab.errors import UserError
+
+    rng = np.random.default_rng(fresh_seed())
+    words = "the river town market winter letter garden morning story music family".split()
+    names = "count total value index result items size offset".split()
+    lines = []
+    for i in range(48):
+        if i % 2:
+            a, b = rng.choice(names, 2)
+            text = f"def f{i}({a}, {b}):\n    return {a} + {b} * {i}\n" * 3
+            lines.append({"text": text, "topic": "code"})
+        else:
+            text = " ".join(rng.choice(words, 60)).capitalize() + "."
+            lines.append({"text": text, "topic": "prose"})
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("\n".join(json.dumps(x) for x in lines))
+    out = str(tmp_path / "acts.zarr")
+    harvest(
+        HarvestConfig(
+            out=out,
+            dataset=str(data),
+            hooks=[HOOK],
+            tokens=48 * 16,
+            seq_len=16,
+            batch_size=8,
+            chunk_seqs=8,
+            progress=False,
+        ),  # fmt: skip
+        model=model,
+    )
+    store = ActivationStore(out)
+    sae = build_sae(make_config("topk", d_sae=64, k=8, seed=fresh_seed()), d_in=576).eval()
+    cfg = ProbingConfig(ks=(1, 2), seed=fresh_seed())
+    result = source_probing(sae, store, HOOK, cfg, column="topic", positive="code")
+    assert result.task == "topic: code vs prose" and result.full_accuracy >= 0.9
+    with pytest.raises(UserError, match="has no column 'label'.*pass --probe-column"):
+        source_probing(sae, store, HOOK, cfg, column="label")
