@@ -23,7 +23,7 @@ from typing import Any
 
 from saelab.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Ordered migrations: MIGRATIONS[i] takes the schema from version i to i + 1. Later issues
 # (explanations, scores, circuits, steering) append their tables as new entries.
@@ -63,7 +63,29 @@ MIGRATIONS: list[list[str]] = [
             model_sha256 VARCHAR, token_id INTEGER, token VARCHAR,
             PRIMARY KEY (model_sha256, token_id))""",
     ],
+    [  # 2: auto-interpretation (explanations, scores with intervals, the LLM response cache)
+        """CREATE TABLE explanations (
+            sae_id VARCHAR, feature INTEGER, explainer VARCHAR, status VARCHAR,
+            explanation VARCHAR, n_examples INTEGER, provenance_json VARCHAR,
+            config_hash VARCHAR, run_id VARCHAR, created_at TIMESTAMP,
+            PRIMARY KEY (sae_id, feature, explainer))""",
+        """CREATE TABLE scores (
+            sae_id VARCHAR, feature INTEGER, explainer VARCHAR, scorer VARCHAR, status VARCHAR,
+            value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n_windows INTEGER, n_valid INTEGER,
+            n_failures INTEGER, n_positive INTEGER, n_negative INTEGER, provenance_json VARCHAR,
+            config_hash VARCHAR, run_id VARCHAR, created_at TIMESTAMP,
+            PRIMARY KEY (sae_id, feature, explainer, scorer))""",
+        """CREATE TABLE autointerp_runs (
+            run_id VARCHAR PRIMARY KEY, sae_id VARCHAR, config_json VARCHAR, config_hash VARCHAR,
+            status VARCHAR, started_at TIMESTAMP, updated_at TIMESTAMP, latents_done INTEGER,
+            requests BIGINT, cache_hits BIGINT, retries BIGINT, unparsable BIGINT,
+            prompt_tokens BIGINT, completion_tokens BIGINT, saelab_version VARCHAR)""",
+        """CREATE TABLE llm_cache (
+            key VARCHAR PRIMARY KEY, sae_id VARCHAR, feature INTEGER, model VARCHAR,
+            request_json VARCHAR, response_json VARCHAR, created_at TIMESTAMP)""",
+    ],
 ]
+INTERP_TABLES = ("explanations", "scores")
 FEATURE_TABLES = ("features", "feature_examples", "feature_histograms", "feature_logits")
 
 
@@ -81,7 +103,13 @@ def connect(path: str | Path, read_only: bool = False) -> Iterator[Any]:
     if read_only and not Path(path).exists():
         raise UserError(f"no results database at {path!r}; run `saelab eval` first")
     if not read_only:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(
+                f"cannot create the folder of results database {path!r}: {err.strerror or err}; "
+                "choose a writable --db"
+            ) from None
     try:
         con = duckdb.connect(path, read_only=read_only)
     except duckdb.IOException as err:
@@ -360,3 +388,158 @@ def token_strings(con, model_sha256: str, token_ids: list[int]) -> dict[int, str
 def _dicts(cursor) -> list[dict]:
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+# -- auto-interpretation rows ------------------------------------------------------------------
+
+
+def find_sae(con, sae: str) -> dict:
+    """An SAE row by id, id prefix or name; a one-line error listing the known ones otherwise."""
+    rows = _dicts(
+        con.execute(
+            "SELECT * FROM saes WHERE sae_id = ? OR name = ? OR sae_id LIKE ? ORDER BY name",
+            [sae, sae, sae.replace("%", "") + "%"],
+        )
+    )
+    if len(rows) == 1:
+        return rows[0]
+    exact = [r for r in rows if sae in (r["sae_id"], r["name"])]
+    if len(exact) == 1:
+        return exact[0]
+    known = con.execute("SELECT name, sae_id FROM saes ORDER BY name").fetchall()
+    listing = ", ".join(f"{n} ({i})" for n, i in known) or "none: run `saelab eval` first"
+    what = "matches several SAEs" if rows else "is not in the results database"
+    raise UserError(f"SAE {sae!r} {what}; known SAEs: {listing}")
+
+
+def feature_examples(con, sae_id: str, features: list[int]) -> list[dict]:
+    """Every stored example window of these latents, with each latent's statistics."""
+    return _dicts(
+        con.execute(
+            "SELECT e.feature, e.kind, e.band, e.rank, e.seq, e.window_start, e.activation, e.tokens, "
+            "e.acts, e.run_id "
+            "FROM feature_examples e WHERE e.sae_id = ? AND e.feature IN (SELECT unnest(?)) "
+            "ORDER BY e.feature, e.kind, e.band, e.rank",
+            [sae_id, features],
+        )
+    )
+
+
+def feature_stats(con, sae_id: str, features: list[int]) -> dict[int, dict]:
+    rows = _dicts(
+        con.execute(
+            "SELECT * FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
+            [sae_id, features],
+        )
+    )
+    return {r["feature"]: r for r in rows}
+
+
+def finished_features(con, sae_id: str, config_hash: str, n_rows: int) -> set[int]:
+    """Latents whose explanation and score rows (n_rows of them) came from this configuration."""
+    rows = con.execute(
+        "SELECT feature FROM (SELECT sae_id, feature, config_hash FROM explanations UNION ALL "
+        "SELECT sae_id, feature, config_hash FROM scores) WHERE sae_id = ? AND config_hash = ? "
+        "GROUP BY feature HAVING count(*) = ?",
+        [sae_id, config_hash, n_rows],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def cached_responses(con, sae_id: str, features: list[int]) -> dict[str, str]:
+    rows = con.execute(
+        "SELECT key, response_json FROM llm_cache WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
+        [sae_id, features],
+    ).fetchall()
+    return dict(rows)
+
+
+@dataclass
+class InterpBatch:
+    """Finished latents of one auto-interp run, written together in one transaction."""
+
+    explanations: list[dict]
+    scores: list[dict]
+    cache: list[dict]
+    run: dict
+    """The run's row (counters as they stand now)."""
+
+
+_COLUMNS = {
+    "explanations": [
+        "sae_id", "feature", "explainer", "status", "explanation", "n_examples",
+        "provenance_json", "config_hash", "run_id",
+    ],
+    "scores": [
+        "sae_id", "feature", "explainer", "scorer", "status", "value", "ci_low", "ci_high",
+        "n_windows", "n_valid", "n_failures", "n_positive", "n_negative", "provenance_json",
+        "config_hash", "run_id",
+    ],
+}  # fmt: skip
+_RUN_COLUMNS = [
+    "run_id", "sae_id", "config_json", "config_hash", "status", "latents_done", "requests",
+    "cache_hits", "retries", "unparsable", "prompt_tokens", "completion_tokens", "saelab_version",
+]  # fmt: skip
+
+
+def write_interp_batch(path: str | Path, batch: InterpBatch) -> None:
+    """Replace these latents' explanation and score rows, add cache entries, update the run."""
+    with connect(path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in INTERP_TABLES:
+                rows = batch.explanations if table == "explanations" else batch.scores
+                cols = _COLUMNS[table]
+                keys = {(r["sae_id"], r["feature"]) for r in rows}
+                con.executemany(
+                    f"DELETE FROM {table} WHERE sae_id = ? AND feature = ?",
+                    [list(k) for k in keys],
+                )  # table names are constants
+                if rows:
+                    marks = ", ".join("?" * len(cols))
+                    con.executemany(
+                        f"INSERT INTO {table} ({', '.join(cols)}, created_at) VALUES ({marks}, now())",
+                        [[r[c] for c in cols] for r in rows],
+                    )
+            if batch.cache:
+                con.executemany(
+                    "INSERT OR REPLACE INTO llm_cache VALUES (?, ?, ?, ?, ?, ?, now())",
+                    [
+                        [
+                            c["key"],
+                            c["sae_id"],
+                            c["feature"],
+                            c["model"],
+                            c["request"],
+                            c["response"],
+                        ]
+                        for c in batch.cache
+                    ],
+                )
+            run = batch.run
+            marks = ", ".join("?" * len(_RUN_COLUMNS))
+            con.execute(
+                f"INSERT INTO autointerp_runs ({', '.join(_RUN_COLUMNS)}, started_at, updated_at) "
+                f"VALUES ({marks}, now(), now()) ON CONFLICT (run_id) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in _RUN_COLUMNS[4:])
+                + ", updated_at = now()",
+                [run[c] for c in _RUN_COLUMNS],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def interp_scores(path: str | Path, sae_id: str | None = None) -> list[dict]:
+    """Score rows joined with their explanation (for reports and the app)."""
+    with connect(path, read_only=True) as con:
+        query = (
+            "SELECT s.*, e.explanation, e.status AS explanation_status FROM scores s "
+            "LEFT JOIN explanations e USING (sae_id, feature, explainer)"
+        )
+        params: list[Any] = []
+        if sae_id:
+            query += " WHERE s.sae_id = ?"
+            params.append(sae_id)
+        return _dicts(con.execute(query + " ORDER BY s.feature, s.explainer, s.scorer", params))

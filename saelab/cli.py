@@ -14,7 +14,7 @@ import sys
 from saelab import __version__
 from saelab.errors import UserError
 
-COMMANDS = ["hooks", "harvest", "train", "eval", "compare", "demo"]
+COMMANDS = ["hooks", "harvest", "train", "eval", "compare", "explain", "llm-serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"saelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"saelab.commands.{name}").register(sub)
+        importlib.import_module(f"saelab.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            f"saelab {args.command}: interrupted (finished work is kept; rerun with --resume)",
+            f"saelab {args.command}: interrupted (finished work is kept; rerun the same command "
+            "to continue, with --resume for harvest and train)",
             file=sys.stderr,
         )
         return 130

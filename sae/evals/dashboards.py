@@ -158,7 +158,8 @@ def _nonactivating(stats: FeatureStats, n: int) -> dict:
     seq, pos, start = (bg[k].numpy()[valid] for k in ("seq", "pos", "start"))
     center = acts[np.arange(len(pos)), :, pos - start]  # [Q, d_sae]
     q_idx, feat = np.nonzero(center == 0)
-    order = np.lexsort((q_idx, feat))
+    window_active = (acts[q_idx, feat] > 0).any(-1)
+    order = np.lexsort((q_idx, window_active, feat))  # per latent: silent windows first
     q_idx, feat = q_idx[order], feat[order]
     rank = np.arange(len(feat)) - np.searchsorted(feat, feat)  # position within each latent's run
     keep = rank < n

@@ -44,8 +44,10 @@ class FeatureStatsConfig:
     """Examples per quantile band."""
     n_random: int = 8
     """Random activating examples per latent."""
-    n_nonactivating: int = 8
-    """Non-activating examples per latent (from a shared uniform sample of positions)."""
+    n_nonactivating: int = 12
+    """Non-activating examples per latent (from a shared uniform sample of positions): the
+    latent is silent at the example token, and windows silent throughout come first (the
+    auto-interp scorers' negatives)."""
     token_sample: int = 64
     """Size of that shared sample of positions."""
     window: int = 24

@@ -1,6 +1,8 @@
 """`saelab demo`: the whole pipeline on the embedded model and corpus, offline.
 
-harvest → train a TopK SAE → evaluate it into the results database → compare. Each step is
+harvest → train a TopK SAE → evaluate it into the results database → compare → explain a
+few latents through the embedded model served locally (a 135M model explains poorly; the
+pipeline is the real one, and `--base-url`/`--llm` point it at a strong model). Each step is
 the same command a user would type; rerunning the demo reuses a finished harvest.
 """
 
@@ -19,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hook", default="blocks.8.hook_resid_post")
     p.add_argument("--d-sae", type=int, default=2304)
     p.add_argument("--k", type=int, default=32)
+    p.add_argument("--explain", type=int, default=3, help="latents to explain (0 skips the step)")
     p.set_defaults(func=run)
 
 
@@ -46,12 +49,20 @@ def run(args: argparse.Namespace) -> int:
 
     _step(4, "compare")
     _run(main, ["compare", "--db", str(db)])
+
+    if args.explain:
+        _step(
+            5, f"explain and score {args.explain} latents with the embedded model, served locally"
+        )
+        explain = ["explain", "--db", str(db), "--sae", "sae-topk", "--sample", str(args.explain)]
+        explain += ["--explain-top", "6", "--score-windows", "4", "--simulation-windows", "1"]
+        _run(main, explain)
     print(f"saelab demo: done. Store {store}, SAE {sae}, results {db}")
     return 0
 
 
 def _step(n: int, text: str) -> None:
-    print(f"\nsaelab demo: step {n}/4: {text}", flush=True)
+    print(f"\nsaelab demo: step {n}/5: {text}", flush=True)
 
 
 def _run(main, argv: list[str]) -> None:

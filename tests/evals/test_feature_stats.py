@@ -94,6 +94,7 @@ def test_windows_hold_the_right_tokens_and_activations(reference):
     tokens = store.group["tokens"][:]
     rows = dashboards.example_rows("s", stats).to_pylist()
     assert {r["kind"] for r in rows} == {"top", "quantile", "random", "nonactivating"}
+    silent_first: dict[int, list[bool]] = {}
     for r in rows:
         start = r["window_start"]
         assert len(r["tokens"]) == len(r["acts"]) == cfg.window
@@ -105,8 +106,11 @@ def test_windows_hold_the_right_tokens_and_activations(reference):
         center = float(f[r["seq"], r["pos"], r["feature"]])
         if r["kind"] == "nonactivating":
             assert center == 0.0
+            silent_first.setdefault(r["feature"], []).append(max(r["acts"]) == 0)
         else:
             assert center > 0 and r["activation"] == pytest.approx(center, rel=1e-6)
+    for flags in silent_first.values():  # windows silent throughout come before the others
+        assert flags == sorted(flags, reverse=True)
 
 
 def test_quantile_bands_increase_and_random_examples_activate(reference):

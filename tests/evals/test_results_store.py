@@ -171,3 +171,30 @@ def test_newer_schema_and_foreign_files_are_refused(tmp_path):
         results.list_saes(junk)
     with pytest.raises(UserError, match="no results database"):
         results.list_saes(tmp_path / "missing.duckdb")
+
+
+def test_unwritable_database_location_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot create the folder of results database"):
+        with results.connect(blocker / "sub" / "results.duckdb"):
+            pass
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_version_1_file_is_migrated_with_its_rows_kept(tmp_path):
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    for statement in results.MIGRATIONS[0]:
+        con.execute(statement)
+    con.execute("INSERT INTO schema_info VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO metrics VALUES ('s1', 'core', 'l0', 3.5, 'r')")
+    con.close()
+    with pytest.raises(UserError, match="older schema"):
+        with results.connect(path, read_only=True):
+            pass
+    with results.connect(path) as con:
+        assert con.execute("SELECT value FROM metrics").fetchall() == [(3.5,)]
+        assert con.execute("SELECT count(*) FROM scores").fetchone() == (0,)
+        version = con.execute("SELECT value FROM schema_info").fetchone()[0]
+    assert int(version) == results.SCHEMA_VERSION == 2

@@ -1,0 +1,331 @@
+"""`explain_features`: explain and score latents of one SAE from the results store.
+
+Latents run concurrently (the client caps requests in flight). Finished latents are written in
+batches, each in one transaction with its LLM-cache entries and the run's counters, so a killed
+run loses at most the last second of work, and a rerun with the same configuration skips every
+latent already written (and pays nothing for requests already cached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+
+from autointerp.client import EndpointError, LLMClient, Usage
+from autointerp.config import ExplainConfig
+from autointerp.latent import LatentResult, interpret
+from autointerp.windows import split_windows
+from sae import store as results
+from saelab.errors import UserError
+
+BLOCK = 256
+"""Latents whose examples are read from the store at a time."""
+FLUSH_S = 1.0
+
+
+@dataclass
+class ExplainSummary:
+    run_id: str
+    sae_id: str
+    features: list[int]
+    skipped: int
+    """Latents already finished by an earlier run with this configuration."""
+    usage: Usage
+    seconds: float
+
+
+def select_features(cfg: ExplainConfig, d_sae: int) -> list[int]:
+    if cfg.sample is not None:
+        rng = random.Random(cfg.llm.seed)
+        return sorted(rng.sample(range(d_sae), min(cfg.sample, d_sae)))
+    spec = cfg.features or "0:20"
+    try:
+        if ":" in spec:
+            start, stop = (p.strip() for p in spec.split(":", 1))
+            start, stop = int(start or 0), int(stop or d_sae)
+            chosen = list(range(start, stop))
+        else:
+            chosen = sorted({int(p) for p in spec.split(",") if p.strip()})
+    except ValueError:
+        raise UserError(f"--features {spec!r}: give a range a:b or a list like 3,7,9") from None
+    bad = [f for f in chosen if not 0 <= f < d_sae][-1:]
+    if bad or not chosen:
+        raise UserError(
+            f"--features {spec!r} selects {'latent ' + str(bad[0]) if bad else 'no latents'}; "
+            f"this SAE has latents 0 … {d_sae - 1}"
+        )
+    return chosen
+
+
+def explain_features(cfg: ExplainConfig) -> ExplainSummary:
+    """Explain and score the chosen latents (starting the local server if no endpoint is given)."""
+    cfg.validate()
+    with results.connect(cfg.db) as con:
+        sae = results.find_sae(con, cfg.sae)
+        has_examples = con.execute(
+            "SELECT count(*) FROM features WHERE sae_id = ?", [sae["sae_id"]]
+        ).fetchone()[0]
+    if not has_examples:
+        raise UserError(
+            f"SAE {sae['name']} has no feature examples in {cfg.db}; "
+            "run `saelab eval --evals features` on it first"
+        )
+    features = select_features(cfg, sae["d_sae"])
+    with contextlib.ExitStack() as stack:
+        if not cfg.llm.base_url:  # the offline default: the embedded model, served locally
+            from autointerp.server import LocalServer
+
+            server = stack.enter_context(LocalServer())
+            llm = replace(cfg.llm, base_url=server.base_url, model=cfg.llm.model or server.model_id)
+            cfg = replace(cfg, llm=llm)
+        return asyncio.run(_run(cfg, sae, features))
+
+
+async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSummary:
+    started = time.monotonic()
+    if not cfg.llm.model:
+        cfg = replace(cfg, llm=replace(cfg.llm, model=await _first_model(cfg)))
+    fingerprint = cfg.fingerprint()
+    config_hash = results.config_hash(fingerprint)
+    n_rows = len(cfg.explainers) * (1 + len(cfg.scorers))
+    sae_id = sae["sae_id"]
+    db_lock = threading.Lock()
+
+    def read(fn, *args):
+        with db_lock, results.connect(cfg.db) as con:
+            return fn(con, *args)
+
+    done = await asyncio.to_thread(read, results.finished_features, sae_id, config_hash, n_rows)
+    todo = [f for f in features if f not in done]
+    cache = await asyncio.to_thread(read, results.cached_responses, sae_id, todo)
+    client = LLMClient(cfg.llm, cache=cache)
+    run = _RunRecord(uuid.uuid4().hex[:16], sae_id, cfg, fingerprint, config_hash)
+    writer = _Writer(cfg.db, db_lock, run, client, sae)
+    source = _ExampleSource(read, sae, cfg)
+    progress = _progress(cfg, len(todo), client.usage, started)
+    in_flight = asyncio.Semaphore(max(2, 2 * cfg.llm.concurrency))
+
+    async def one(feature: int) -> None:
+        async with in_flight:
+            windows = await source.windows(feature)
+            result = await interpret(client, windows, feature, (sae_id, feature), cfg)
+            writer.add(result, windows_run_id=source.run_id)
+            progress.update()
+
+    flusher = asyncio.create_task(writer.loop())
+    tasks = [asyncio.create_task(one(f)) for f in todo]
+    status = "interrupted"
+    try:
+        await asyncio.gather(*tasks)
+        status = "finished"
+    except EndpointError as err:
+        status = "failed"
+        raise EndpointError(
+            f"{err}; {writer.latents_done} latents of {len(todo)} finished and saved, "
+            "rerun the same command to continue"
+        ) from None
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        await asyncio.to_thread(writer.flush, status)
+        progress.close()
+        await client.close()
+    return ExplainSummary(
+        run.run_id, sae_id, features, len(done), client.usage, time.monotonic() - started
+    )
+
+
+async def _first_model(cfg: ExplainConfig) -> str:
+    from openai import AsyncOpenAI, OpenAIError
+
+    from autointerp.client import _api_key
+
+    client = AsyncOpenAI(
+        base_url=cfg.llm.base_url,
+        api_key=_api_key(cfg.llm.api_key_env),
+        max_retries=2,
+        timeout=cfg.llm.timeout_s,
+    )
+    try:
+        models = [m.id async for m in client.models.list()]
+    except OpenAIError as err:
+        raise EndpointError(
+            f"cannot list the models of {cfg.llm.base_url} ({type(err).__name__}); "
+            "check that it is up, or name the model with --llm"
+        ) from None
+    finally:
+        await client.close()
+    if not models:
+        raise EndpointError(f"{cfg.llm.base_url} lists no models; name one with --llm")
+    return models[0]
+
+
+class _ExampleSource:
+    """Reads latents' example windows from the store a block at a time."""
+
+    def __init__(self, read, sae: dict, cfg: ExplainConfig) -> None:
+        self.read, self.sae, self.cfg = read, sae, cfg
+        self.blocks: dict[int, asyncio.Task] = {}
+        self.run_id = None
+
+    async def windows(self, feature: int):
+        block = feature // BLOCK
+        if block not in self.blocks:
+            self.blocks[block] = asyncio.create_task(asyncio.to_thread(self._load, block))
+        rows, stats, vocab = await self.blocks[block]
+        mine = [r for r in rows if r["feature"] == feature]
+        self.run_id = self.run_id or (mine[0]["run_id"] if mine else None)
+        max_act = float((stats.get(feature) or {}).get("max_act") or 0.0)
+        seed = self.cfg.llm.seed * 1_000_003 + feature
+        return split_windows(mine, vocab, max_act, self.cfg.windows, seed)
+
+    def _load(self, block: int):
+        features = list(range(block * BLOCK, (block + 1) * BLOCK))
+        rows = self.read(results.feature_examples, self.sae["sae_id"], features)
+        stats = self.read(results.feature_stats, self.sae["sae_id"], features)
+        ids = sorted({t for r in rows for t in r["tokens"]})
+        vocab = self.read(results.token_strings, self.sae["model_sha256"], ids)
+        return rows, stats, vocab
+
+
+@dataclass
+class _RunRecord:
+    run_id: str
+    sae_id: str
+    cfg: ExplainConfig
+    fingerprint: dict
+    config_hash: str
+
+    def row(self, status: str, latents_done: int, usage: Usage, unparsable: int) -> dict:
+        from saelab import __version__
+
+        config = asdict(self.cfg)
+        config["llm"].pop(
+            "api_key_env", None
+        )  # the variable's name is harmless, but keep rows lean
+        return {
+            "run_id": self.run_id,
+            "sae_id": self.sae_id,
+            "config_json": json.dumps(config, default=str),
+            "config_hash": self.config_hash,
+            "status": status,
+            "latents_done": latents_done,
+            "requests": usage.requests,
+            "cache_hits": usage.cache_hits,
+            "retries": usage.retries,
+            "unparsable": unparsable,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "saelab_version": __version__,
+        }
+
+
+class _Writer:
+    """Collects finished latents and writes them in batches (one transaction each)."""
+
+    def __init__(
+        self, db: str, lock: threading.Lock, run: _RunRecord, client: LLMClient, sae: dict
+    ):
+        self.db, self.lock, self.run, self.client, self.sae = db, lock, run, client, sae
+        self.pending: list[tuple[LatentResult, list, str | None]] = []
+        self.latents_done = 0
+        self.unparsable = 0
+
+    def add(self, result: LatentResult, windows_run_id: str | None) -> None:
+        entries = self.client.take_new_entries((self.sae["sae_id"], result.feature))
+        self.pending.append((result, entries, windows_run_id))
+
+    async def loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            if self.pending:
+                await asyncio.to_thread(self.flush, "running")
+
+    def flush(self, status: str) -> None:
+        batch, self.pending = self.pending, []
+        explanations, scores, cache = [], [], []
+        sae_id, run = self.sae["sae_id"], self.run
+        for result, entries, features_run in batch:
+            by_explainer = {}
+            for e in result.explanations:
+                provenance = dict(e.provenance, features_run=features_run)
+                by_explainer[e.explainer] = provenance
+                self.unparsable += e.status == "unparsable"
+                explanations.append(
+                    {
+                        "sae_id": sae_id, "feature": result.feature, "explainer": e.explainer,
+                        "status": e.status, "explanation": e.text,
+                        "n_examples": provenance.get("n_examples"),
+                        "provenance_json": json.dumps(provenance), "config_hash": run.config_hash,
+                        "run_id": run.run_id,
+                    }
+                )  # fmt: skip
+            for explainer, s in result.scores:
+                self.unparsable += s.n_failures
+                provenance = {
+                    "explainer": by_explainer.get(explainer),
+                    "scorer": s.provenance,
+                    "bootstrap": run.cfg.bootstrap,
+                    "ci_level": 0.95,
+                }
+                scores.append(
+                    {
+                        "sae_id": sae_id, "feature": result.feature, "explainer": explainer,
+                        "scorer": s.scorer, "status": s.status, "value": s.value,
+                        "ci_low": s.ci[0] if s.ci else None, "ci_high": s.ci[1] if s.ci else None,
+                        "n_windows": s.n_windows, "n_valid": s.n_valid, "n_failures": s.n_failures,
+                        "n_positive": s.n_positive, "n_negative": s.n_negative,
+                        "provenance_json": json.dumps(provenance), "config_hash": run.config_hash,
+                        "run_id": run.run_id,
+                    }
+                )  # fmt: skip
+            cache += [
+                {"key": k, "sae_id": sae_id, "feature": result.feature, "model": self.client.cfg.model,
+                 "request": req, "response": resp}
+                for k, req, resp in entries
+            ]  # fmt: skip
+        self.latents_done += len(batch)
+        row = run.row(status, self.latents_done, self.client.usage, self.unparsable)
+        with self.lock:
+            results.write_interp_batch(
+                self.db, results.InterpBatch(explanations, scores, cache, row)
+            )
+
+
+class _Progress:
+    def __init__(self, bar, usage: Usage, started: float):
+        self.bar, self.usage, self.started = bar, usage, started
+
+    def update(self) -> None:
+        if self.bar is None:
+            return
+        minutes = max(time.monotonic() - self.started, 1e-9) / 60
+        self.bar.set_postfix_str(
+            f"{(self.bar.n + 1) / minutes:.1f} latents/min, {self.usage.tokens} tokens, "
+            f"{self.usage.cache_hits} cached"
+        )
+        self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress(cfg: ExplainConfig, total: int, usage: Usage, started: float) -> _Progress:
+    from tqdm import tqdm
+
+    bar = (
+        tqdm(total=total, unit="latent", desc="explain", disable=not cfg.progress)
+        if cfg.progress
+        else None
+    )
+    return _Progress(bar, usage, started)

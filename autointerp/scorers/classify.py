@@ -1,0 +1,104 @@
+"""Detection and fuzzing: the LLM labels batches of windows 1/0; balanced accuracy over valid answers.
+
+Detection: activating windows (label 1) and silent ones (label 0), unmarked, shuffled.
+Fuzzing: activating windows with marks; half marked where the latent is active (label 1), half
+with the same number of marks at random silent positions (label 0).
+A batch whose answer cannot be read makes every window in it a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+
+from autointerp import answers, stats
+from autointerp.prompts import prompt
+from autointerp.scorers import Score, ScoringContext, finish
+from autointerp.windows import Window, escape, numbered, render
+
+CONVENTION = {
+    "detection": "activating = stored quantile/top/random windows not shown to the explainer; "
+    "negatives = windows where the latent is silent on every token; order shuffled with the seed",
+    "fuzzing": "activating windows not shown to the explainer; half marked on the active tokens, "
+    "half on as many random silent tokens (seeded)",
+}
+
+
+async def detection(ctx: ScoringContext, explanation: str) -> Score:
+    items = [(render(w), True) for w in ctx.windows.activating]
+    items += [(render(w), False) for w in ctx.windows.silent]
+    return await _classify("detection", ctx, explanation, items)
+
+
+async def fuzzing(ctx: ScoringContext, explanation: str) -> Score:
+    rng = random.Random(ctx.seed + 1)
+    items = []
+    for i, w in enumerate(ctx.windows.activating):
+        fake = _random_marks(w, rng) if i % 2 else None
+        items.append((render(w, w.active), True) if fake is None else (render(w, fake), False))
+    return await _classify("fuzzing", ctx, explanation, items)
+
+
+def _random_marks(w: Window, rng: random.Random) -> np.ndarray | None:
+    silent = np.nonzero(~w.active)[0].tolist()
+    n = int(w.active.sum())
+    if n == 0 or len(silent) < n:
+        return None  # cannot mislabel this one: keep it correctly marked
+    marks = np.zeros(len(w.tokens), bool)
+    marks[rng.sample(silent, n)] = True
+    return marks
+
+
+async def _classify(
+    name: str, ctx: ScoringContext, explanation: str, items: list[tuple[str, bool]]
+) -> Score:
+    random.Random(ctx.seed).shuffle(items)
+    batches = [items[i : i + ctx.batch_size] for i in range(0, len(items), ctx.batch_size)]
+    template = prompt(name)
+
+    async def ask(batch):
+        reply = await ctx.client.complete(
+            template.messages(
+                explanation=escape(explanation),
+                examples=numbered([text for text, _ in batch]),
+                count=str(len(batch)),
+            ),
+            max_tokens=8 + 4 * len(batch),
+            owner=ctx.owner,
+        )
+        return answers.int_list(reply.text, len(batch), 0, 1)
+
+    replies = await asyncio.gather(*(ask(b) for b in batches))
+    predicted, labels, failures = [], [], 0
+    for batch, reply in zip(batches, replies):
+        if reply is None:
+            failures += len(batch)
+            continue
+        predicted += reply
+        labels += [label for _, label in batch]
+    predicted_arr, label_arr = np.array(predicted, bool), np.array(labels, bool)
+    value = stats.balanced_accuracy(predicted_arr, label_arr) if labels else float("nan")
+    ci = stats.balanced_accuracy_interval(predicted_arr, label_arr, ctx.bootstrap, ctx.seed)
+    provenance = {
+        "scorer": name,
+        "model": ctx.client.cfg.model,
+        "prompt": template.version,
+        "temperature": ctx.client.cfg.temperature,
+        "seed": ctx.seed,
+        "batch_size": ctx.batch_size,
+        "sampling": CONVENTION[name],
+        "statistic": "balanced accuracy over valid answers",
+    }
+    return finish(
+        name,
+        value,
+        ci,
+        provenance,
+        n_windows=len(items),
+        n_valid=len(labels),
+        n_failures=failures,
+        n_positive=sum(1 for _, label in items if label),
+        n_negative=sum(1 for _, label in items if not label),
+    )
