@@ -84,7 +84,19 @@ def explain_features(cfg: ExplainConfig) -> ExplainSummary:
             server = stack.enter_context(LocalServer())
             llm = replace(cfg.llm, base_url=server.base_url, model=cfg.llm.model or server.model_id)
             cfg = replace(cfg, llm=llm)
-        return asyncio.run(_run(cfg, sae, features))
+        return _run_to_completion(_run(cfg, sae, features))
+
+
+def _run_to_completion(coroutine):
+    """asyncio.run, also from inside a running event loop (a notebook): then in a thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSummary:
@@ -127,14 +139,14 @@ async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSum
     except EndpointError as err:
         status = "failed"
         raise EndpointError(
-            f"{err}; {writer.latents_done} latents of {len(todo)} finished and saved, "
+            f"{err}; {writer.finished} latents of {len(todo)} finished and saved, "
             "rerun the same command to continue"
         ) from None
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        flusher.cancel()
+        writer.stop.set()
         await asyncio.gather(flusher, return_exceptions=True)
         await asyncio.to_thread(writer.flush, status)
         progress.close()
@@ -239,18 +251,30 @@ class _Writer:
         self.pending: list[tuple[LatentResult, list, str | None]] = []
         self.latents_done = 0
         self.unparsable = 0
+        self.stop = asyncio.Event()
+        """Set when the run ends; the periodic flusher then returns (the caller flushes last)."""
+
+    @property
+    def finished(self) -> int:
+        """Latents finished so far, written or about to be."""
+        return self.latents_done + len(self.pending)
 
     def add(self, result: LatentResult, windows_run_id: str | None) -> None:
         entries = self.client.take_new_entries((self.sae["sae_id"], result.feature))
         self.pending.append((result, entries, windows_run_id))
 
     async def loop(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_S)
-            if self.pending:
+        while not self.stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), FLUSH_S)
+            if self.pending and not self.stop.is_set():
                 await asyncio.to_thread(self.flush, "running")
 
     def flush(self, status: str) -> None:
+        with self.lock:  # one flush at a time, so the last status written is the last one set
+            self._flush(status)
+
+    def _flush(self, status: str) -> None:
         batch, self.pending = self.pending, []
         explanations, scores, cache = [], [], []
         sae_id, run = self.sae["sae_id"], self.run
@@ -295,10 +319,7 @@ class _Writer:
             ]  # fmt: skip
         self.latents_done += len(batch)
         row = run.row(status, self.latents_done, self.client.usage, self.unparsable)
-        with self.lock:
-            results.write_interp_batch(
-                self.db, results.InterpBatch(explanations, scores, cache, row)
-            )
+        results.write_interp_batch(self.db, results.InterpBatch(explanations, scores, cache, row))
 
 
 class _Progress:

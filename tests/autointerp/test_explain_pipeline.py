@@ -166,16 +166,22 @@ def test_killed_run_resumes_without_redoing_finished_latents(db, tmp_path):
     clean = str(tmp_path / "clean.duckdb")
     shutil.copy(path, clean)
     args = ["--features", "0:64", "--concurrency", "2"]
-    with FakeEndpoint(latency_s=0.02) as fake:
+    with FakeEndpoint(latency_s=0.05) as fake:
         assert explain(clean, sae_id, fake, *args) == 0
         uninterrupted = sum(fake.actions.values())
-    with FakeEndpoint(latency_s=0.02) as fake:
+    with FakeEndpoint(latency_s=0.05) as fake:
         command = [sys.executable, "-m", "saelab.cli", "explain", "--db", path, "--sae", sae_id,
                    "--base-url", fake.base_url, *FAST, *args]  # fmt: skip
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while sum(fake.actions.values()) < uninterrupted // 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not fake.actions and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first = time.monotonic()  # then let a few flushes (one a second) land before the kill
+        while (
+            sum(fake.actions.values()) < uninterrupted // 2 or time.monotonic() - first < 2.5
+        ) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert child.poll() is None, "the run ended before it could be killed"
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
         before_rerun = sum(fake.actions.values())
