@@ -101,7 +101,16 @@ def child_saelab(spec: dict) -> dict:
     }
 
 
+def _peer_sys_path() -> None:
+    """Keep this script's folder off sys.path in a peer child: benchmarks/kernels.py would
+    shadow Hugging Face's `kernels` package, which transformers probes for (sparsify and
+    SAELens import transformers)."""
+    here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != here]
+
+
 def child_saelens(spec: dict) -> dict:
+    _peer_sys_path()
     import torch
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -147,6 +156,7 @@ def child_saelens(spec: dict) -> dict:
 
 
 def child_sparsify(spec: dict) -> dict:
+    _peer_sys_path()
     from importlib.metadata import version
 
     import torch

@@ -1,6 +1,7 @@
 """Fused sparse encode/decode ops for SAEs: Triton on CUDA, torch everywhere else.
 
     sparse_decode(idx, vals, W_dec, b_dec)      out[n] = b_dec + Σ_j vals[n,j] W_dec[idx[n,j]]
+    banded_decode(idx, vals, W_dec, bounds)     the same sum split by latent band: [N, L, d_in]
     gather_preacts(x, W_enc, b_enc, idx, pre)   (x @ W_enc + b_enc) at idx, sparse backward
     encode_topk(x, W_enc, b_enc, k)             the TopK encoder: (vals, idx), differentiable
     topk_select / threshold_select / batch_topk_select   selections (padded layout for variable k)
@@ -19,12 +20,13 @@ import torch
 from torch import Tensor
 
 from kernels import checks
-from kernels.autograd import GatherPreacts, SparseDecode
+from kernels.autograd import BandedDecode, GatherPreacts, SparseDecode
 from kernels.dispatch import backend
 from kernels.select import batch_topk_select, pad_active, threshold_select, topk_select
 
 __all__ = [
     "backend",
+    "banded_decode",
     "batch_topk_select",
     "encode_topk",
     "gather_preacts",
@@ -50,6 +52,39 @@ def sparse_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None
     checks.vector(b_dec, W_dec.shape[1], "b_dec", op)
     checks.same_device(op, idx=idx, vals=vals, W_dec=W_dec, b_dec=b_dec)
     return SparseDecode.apply(idx.long().contiguous(), vals.contiguous(), W_dec, b_dec)
+
+
+def banded_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, bounds: list[int]) -> Tensor:
+    """`[N, L, d_in]` parts of `sparse_decode` (no bias) by latent band: part l sums the
+    entries with `bounds[l-1] <= idx < bounds[l]` (`bounds[-1]` = d_sae, increasing).
+
+    One pass over the entries whatever L (the bands of a row are bags of one `embedding_bag`),
+    so `parts.cumsum(1)` gives every nested prefix's reconstruction for one decode's work.
+    Differentiable w.r.t. vals and W_dec like `sparse_decode`."""
+    op = "banded_decode"
+    checks.matrix(W_dec, "W_dec", op)
+    checks.matrix(vals, "vals", op)
+    checks.indices(idx, vals.shape[0], W_dec.shape[0], op)
+    if vals.shape != idx.shape:
+        raise ValueError(f"{op}: vals {tuple(vals.shape)} and idx {tuple(idx.shape)} differ")
+    checks.same_device(op, idx=idx, vals=vals, W_dec=W_dec)
+    bounds = [int(b) for b in bounds]
+    if (
+        not bounds
+        or bounds[-1] != W_dec.shape[0]
+        or any(a >= b for a, b in zip(bounds, bounds[1:]))
+    ):
+        raise ValueError(f"{op}: bounds must increase to d_sae = {W_dec.shape[0]}, got {bounds}")
+    idx = idx.long().contiguous()
+    if backend(W_dec.device) == "torch":
+        edges = torch.tensor(bounds, dtype=torch.long, device=idx.device)
+        return BandedDecode.apply(idx, vals.contiguous(), W_dec, edges)
+    parts, lower = [], 0
+    for upper in bounds:
+        band = ((idx >= lower) & (idx < upper)).to(vals.dtype)
+        parts.append(SparseDecode.apply(idx, (vals * band).contiguous(), W_dec, None))
+        lower = upper
+    return torch.stack(parts, 1)
 
 
 def gather_preacts(

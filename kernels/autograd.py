@@ -44,6 +44,34 @@ class SparseDecode(torch.autograd.Function):
         return None, grad_vals, grad_w, grad_b
 
 
+class BandedDecode(torch.autograd.Function):
+    """parts[n, l] = Σ_{j: idx[n, j] in band l} vals[n, j] · W_dec[idx[n, j]] (torch ops)."""
+
+    @staticmethod
+    def forward(ctx, idx: Tensor, vals: Tensor, W_dec: Tensor, bounds: Tensor) -> Tensor:
+        from kernels import torch_ops
+
+        perm, idx_s, vals_s, crow = torch_ops.band_plan(idx, vals, bounds)
+        out = torch_ops.banded_rows(idx_s, vals_s, crow, W_dec)
+        ctx.save_for_backward(perm, idx_s, vals_s, crow, W_dec)
+        return out.view(idx.shape[0], bounds.numel(), W_dec.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        from kernels import torch_ops
+
+        perm, idx_s, vals_s, crow, W_dec = ctx.saved_tensors
+        grad_flat = grad_out.reshape(-1, W_dec.shape[1]).contiguous()
+        grad_vals = grad_w = None
+        if ctx.needs_input_grad[1]:
+            dots = torch_ops.banded_dot(idx_s, crow, grad_flat, W_dec).view(perm.shape)
+            grad_vals = torch.empty_like(dots).scatter_(1, perm, dots)
+        if ctx.needs_input_grad[2]:
+            grad_w = torch_ops.banded_scatter(idx_s, vals_s, crow, grad_flat, W_dec.shape[0])
+        return None, grad_vals, grad_w, None
+
+
 class GatherPreacts(torch.autograd.Function):
     """out[n, j] = x[n] · W_enc[:, idx[n, j]] + b_enc[idx[n, j]], with `W_enc_rows = W_enc.T`."""
 

@@ -98,6 +98,11 @@ class SAE(nn.Module):
     def center(self, x: Tensor) -> Tensor:
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
 
+    @property
+    def input_shift(self) -> Tensor | None:
+        """What `center` subtracts (b_dec, or None): `ops.gather(x, ..., shift=...)`."""
+        return self.b_dec if self.cfg.apply_b_dec_to_input else None
+
     # -- inference API ------------------------------------------------------------------
 
     def encode_sparse(self, x: Tensor) -> Code:

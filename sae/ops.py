@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 import kernels
 
@@ -48,16 +49,62 @@ def batch_topk(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
 
 
 def gather(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor | None, idx: Tensor, pre: Tensor | None = None
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor | None,
+    idx: Tensor,
+    pre: Tensor | None = None,
+    shift: Tensor | None = None,
 ) -> Tensor:
-    """Differentiable pre-activations at `idx` ([N, k]); sparse backward to W_enc.
+    """Differentiable pre-activations of `x − shift` at `idx` ([N, k]); sparse backward to
+    W_enc (and to `shift`, the `b_dec` a centring SAE subtracts from its input).
 
-    `pre`, the no-grad `preacts` already computed for the selection (same bias), spares the
-    kernels recomputing the selected values."""
+    `pre`, the no-grad `preacts` of `x − shift` already computed for the selection (same
+    bias), spares recomputing the selected values (on the dense path, the whole encoder
+    matmul). Passing `shift` rather than a centred `x` lets the dense path get shift's
+    gradient from a matrix-vector product instead of a whole `[N, d_in]` input gradient."""
     if _dense(idx.shape[1], W_enc.shape[1]):
-        dense = x @ W_enc if b_enc is None else torch.addmm(b_enc, x, W_enc)
-        return dense.gather(1, idx)
-    return kernels.gather_preacts(x, W_enc, b_enc, idx, pre=pre)
+        if pre is None:
+            pre = preacts(x if shift is None else x - shift, W_enc, b_enc)
+        return _DenseGather.apply(x, shift, W_enc.t(), b_enc, idx, pre.detach())
+    xc = x if shift is None else x - shift
+    return kernels.gather_preacts(xc, W_enc, b_enc, idx, pre=pre)
+
+
+class _DenseGather(torch.autograd.Function):
+    """`pre.gather(1, idx)` with the gradient of `(x − shift) @ W_rows.T + b_enc` at `idx`.
+
+    The forward reuses the no-grad pre-activations; the backward scatters the incoming
+    gradient into a dense `[N, d_sae]` buffer G (duplicate slots add up, as in `gather`'s own
+    backward) and runs only the products asked for: G.T (x − shift) for W, G W for x, and
+    −(Σ_n G[n]) W, a matrix-vector product, for shift."""
+
+    @staticmethod
+    def forward(ctx, x, shift, W_rows, b_enc, idx, pre):
+        ctx.save_for_backward(x, shift, W_rows, idx)
+        ctx.bias_dtype = None if b_enc is None else b_enc.dtype
+        return pre.gather(1, idx)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, shift, W_rows, idx = ctx.saved_tensors
+        acc = torch.promote_types(grad.dtype, W_rows.dtype)
+        full = torch.zeros(grad.shape[0], W_rows.shape[0], dtype=acc, device=grad.device)
+        full.scatter_add_(1, idx, grad.to(acc))
+        w = W_rows.to(acc)
+        grad_x = grad_shift = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (full @ w).to(x.dtype)
+        if ctx.needs_input_grad[2]:
+            xc = x if shift is None else x - shift
+            grad_w = (full.t() @ xc.to(acc)).to(W_rows.dtype)
+        col = full.sum(0) if ctx.needs_input_grad[1] or ctx.needs_input_grad[3] else None
+        if ctx.needs_input_grad[1]:
+            grad_shift = -(col @ w).to(shift.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
+            grad_b = col.to(ctx.bias_dtype)
+        return grad_x, grad_shift, grad_w, grad_b, None, None
 
 
 def decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
@@ -67,6 +114,20 @@ def decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Te
         out = dense @ W_dec.to(dense.dtype)
         return out if b_dec is None else out + b_dec
     return kernels.sparse_decode(idx, vals, W_dec, b_dec)
+
+
+def decode_bands(idx: Tensor, vals: Tensor, W_dec: Tensor, bounds: list[int]) -> Tensor:
+    """`decode` without bias split by latent band: `[N, L, d_in]`, part l from the latents in
+    `bounds[l-1] <= i < bounds[l]`; the whole split costs one decode."""
+    if _dense(idx.shape[1], W_dec.shape[0]):
+        dense = vals.new_zeros(vals.shape[0], W_dec.shape[0]).scatter_add(1, idx, vals)
+        w = W_dec.to(dense.dtype)
+        parts, lower = [], 0
+        for upper in bounds:
+            parts.append(dense[:, lower:upper] @ w[lower:upper])
+            lower = upper
+        return torch.stack(parts, 1)
+    return kernels.banded_decode(idx, vals, W_dec, bounds)
 
 
 def mask_like(mask: Tensor | None, vals: Tensor) -> Tensor | None:

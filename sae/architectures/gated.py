@@ -58,8 +58,10 @@ class GatedSAE(SAE):
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(idx, mask, π_gate, π_mag) at the latents whose gate is open."""
         xc = self.center(x)
-        idx, mask = ops.threshold(ops.preacts(xc, self.W_enc, self.b_enc), 0.0)
-        g = ops.gather(xc, self.W_enc, None, idx)
+        # gate open: x·W_gate > −b_gate; the bias-free product serves the gather too
+        pre = ops.preacts(xc, self.W_enc, None)
+        idx, mask = ops.threshold(pre, -self.b_enc.detach())
+        g = ops.gather(x, self.W_enc, None, idx, pre=pre, shift=self.input_shift)
         m = ops.mask_like(mask, g)
         pi_gate = (g + self.b_enc[idx]) * m
         pi_mag = g * torch.exp(self.r_mag)[idx] + self.b_mag[idx]

@@ -123,7 +123,8 @@ class JumpReLUSAE(SAE):
         pre = ops.preacts(xc, self.W_enc, self.b_enc)
         idx, mask = ops.threshold(pre, theta - eps / 2)
         m = ops.mask_like(mask, xc)
-        z = ops.gather(xc, self.W_enc, self.b_enc, idx, pre=pre).float().relu()
+        z = ops.gather(x, self.W_enc, self.b_enc, idx, pre=pre, shift=self.input_shift)
+        z = z.float().relu()
         th = self.threshold[idx]
         vals = JumpReLUFn.apply(z, th, eps) * m
         x_hat = ops.decode(idx, vals, self.W_dec, self.b_dec)

@@ -2,8 +2,8 @@
 
 One (Batch)TopK selection over the whole dictionary is shared by every level; level l
 reconstructs x from the selected latents with index < m_l, and the loss sums the levels'
-squared errors. Levels are decoded as disjoint bands and summed cumulatively, so the cost is
-one sparse decode per level.
+squared errors. The levels' disjoint bands are decoded in one pass (`ops.decode_bands`) and
+summed cumulatively, so all levels together cost one sparse decode.
 """
 
 from __future__ import annotations
@@ -71,16 +71,12 @@ class MatryoshkaSAE(BatchTopKSAE):
     def reconstruction_terms(self, code: Code, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         terms: dict[str, Tensor] = {}
         prefixes = self.cfg.resolved_prefixes()
-        x_hat = None
-        lower = 0
-        for level, upper in enumerate(prefixes):
-            band = (code.idx >= lower) & (code.idx < upper)
-            part = ops.decode(code.idx, code.vals * band.to(code.vals.dtype), self.W_dec, None)
-            x_hat = part + self.b_dec if x_hat is None else x_hat + part
+        parts = ops.decode_bands(code.idx, code.vals, self.W_dec, prefixes).unbind(1)
+        x_hat = self.b_dec
+        for level, (upper, part) in enumerate(zip(prefixes, parts)):
+            x_hat = x_hat + part  # level l: the bands up to l
             name = "mse" if level == len(prefixes) - 1 else f"mse_prefix_{upper}"
             terms[name] = self.mse(x_hat, x)
-            lower = upper
-        assert x_hat is not None
         return x_hat, terms
 
     def after_step_update(self, out: TrainOutput) -> None:

@@ -42,7 +42,8 @@ class ReLUSAE(SAE):
         xc = self.center(x)
         pre = ops.preacts(xc, self.W_enc, self.b_enc)
         idx, mask = ops.threshold(pre, 0.0)
-        vals = ops.gather(xc, self.W_enc, self.b_enc, idx, pre=pre).relu() * ops.mask_like(mask, xc)
+        gathered = ops.gather(x, self.W_enc, self.b_enc, idx, pre=pre, shift=self.input_shift)
+        vals = gathered.relu() * ops.mask_like(mask, xc)
         return Code(idx, vals, self.d_sae), xc
 
     def encode_sparse(self, x: Tensor) -> Code:

@@ -265,3 +265,60 @@ def test_backward_is_deterministic():
     vals, a = torch.randn(300, 8, generator=g), torch.randn(300, 16, generator=g)
     first = torch_ops.scatter_rows(idx, vals, a, 20)
     assert torch.equal(first, torch_ops.scatter_rows(idx, vals, a, 20))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("bounds", [[6, 12, 24, 48, 96], [1, 95, 96], [96]], ids=str)
+def test_banded_decode(dtype, bounds):
+    """`banded_decode` forward and grads (vals, W_dec) against a float64 dense decode of
+    each band; padded slots, duplicate latents, empty rows and empty bands included."""
+    from kernel_cases import TOL, assert_close, leaf, randn, random_idx
+
+    seed = new_seed()
+    g = torch.Generator().manual_seed(seed)
+    n, k, d, d_sae = 37, 10, 24, 96
+    idx = random_idx(n, k, d_sae, g)
+    idx[:, 1] = idx[:, 0]  # a latent twice in a row
+    vals = randn(n, k, g=g)
+    pad = torch.rand(n, k, generator=g) < 0.3
+    idx[pad], vals[pad] = 0, 0.0
+    idx[3], vals[3] = 0, 0.0
+    W = randn(d_sae, d, g=g, scale=d**-0.5)
+    grad = randn(n, len(bounds), d, g=g)
+
+    v, w = leaf(vals, dtype), leaf(W, dtype)
+    out = kernels.banded_decode(idx, v, w, bounds)
+    assert out.shape == (n, len(bounds), d) and out.dtype == dtype
+    out.backward(grad.to(dtype))
+
+    v2, w2 = leaf(leaf(vals, dtype), torch.float64), leaf(leaf(W, dtype), torch.float64)
+    parts, lower = [], 0
+    for upper in bounds:
+        band = ((idx >= lower) & (idx < upper)).double()
+        dense = torch.zeros(n, d_sae, dtype=torch.float64).scatter_add(1, idx, v2 * band)
+        parts.append(dense @ w2)
+        lower = upper
+    ref = torch.stack(parts, 1)
+    ref.backward(grad.to(dtype).double())
+    tol, tag = TOL[dtype], f"banded {bounds} {dtype}"
+    for name, a, r in (
+        ("out", out, ref),
+        ("grad vals", v.grad, v2.grad),
+        ("grad W", w.grad, w2.grad),
+    ):
+        assert a.dtype == dtype, f"{tag} {name}: dtype {a.dtype}"
+        assert_close(f"{tag} {name}", a.detach(), r.detach(), tol, seed)
+    # the bands add up to the plain decode
+    torch.testing.assert_close(
+        out.detach().sum(1).double(),
+        kernels.sparse_decode(idx, v.detach(), w.detach()).double(),
+        rtol=tol * 10,
+        atol=tol * 10,
+    )
+
+
+def test_banded_decode_bad_bounds():
+    idx, vals, W = torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3), torch.zeros(8, 4)
+    for bounds in ([], [4], [4, 4, 8], [5, 3, 8]):
+        with pytest.raises(ValueError, match="bounds"):
+            kernels.banded_decode(idx, vals, W, bounds)

@@ -185,3 +185,79 @@ def test_impossible_configs_are_user_errors():
         make_config("relu", k=3)
     with pytest.raises(UserError, match="prefix_sizes"):
         make("matryoshka", d_sae=32, prefix_sizes=[8, 64])
+
+
+@pytest.mark.parametrize("shifted", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_gather_and_bands_match_float64(monkeypatch, bias, shifted):
+    """The dense paths of `ops.gather` (reusing `pre`, or not; with a differentiable shift,
+    or not) and `ops.decode_bands` against float64 autograd through the plain dense formulas;
+    duplicate idx (padding) included."""
+    monkeypatch.setattr(ops, "DENSE_FRACTION", 0.0)
+    g = torch.Generator().manual_seed(1)
+    n, d_in, d_sae, k = 12, 8, 20, 6
+    x = torch.randn(n, d_in, generator=g, requires_grad=True)
+    w_rows = torch.randn(d_sae, d_in, generator=g, requires_grad=True)
+    b = torch.randn(d_sae, generator=g, requires_grad=True) if bias else None
+    shift = torch.randn(d_in, generator=g, requires_grad=True) if shifted else None
+    idx = torch.randint(0, d_sae, (n, k), generator=g)
+    idx[:, -2:] = 0  # padding repeats latent 0
+    grad = torch.randn(n, k, generator=g)
+    leaves = [t for t in (x, w_rows, b, shift) if t is not None]
+    refs = {id(t): t.detach().double().requires_grad_() for t in leaves}
+    x64, w64 = refs[id(x)], refs[id(w_rows)]
+    xc64 = x64 - refs[id(shift)] if shifted else x64
+    pre64 = xc64 @ w64.t() + (refs[id(b)] if bias else 0)
+    pre64.gather(1, idx).backward(grad.double())
+    for with_pre in (True, False):
+        xc = x.detach() - shift.detach() if shifted else x
+        pre = ops.preacts(xc, w_rows.t(), b) if with_pre else None
+        out = ops.gather(x, w_rows.t(), b, idx, pre=pre, shift=shift)
+        torch.testing.assert_close(
+            out.double(), pre64.gather(1, idx).detach(), rtol=1e-5, atol=1e-5
+        )
+        out.backward(grad)
+        for t in leaves:
+            torch.testing.assert_close(t.grad.double(), refs[id(t)].grad, rtol=1e-5, atol=1e-5)
+            t.grad = None
+
+    bounds = [3, 7, 20]
+    vals = torch.randn(n, k, generator=g, requires_grad=True)
+    w_dec = torch.randn(d_sae, d_in, generator=g, requires_grad=True)
+    parts = ops.decode_bands(idx, vals, w_dec, bounds)
+    gp = torch.randn(parts.shape, generator=g)
+    parts.backward(gp)
+    v64, wd64 = vals.detach().double().requires_grad_(), w_dec.detach().double().requires_grad_()
+    ref, lower = [], 0
+    for upper in bounds:
+        band = ((idx >= lower) & (idx < upper)).double()
+        ref.append(torch.zeros(n, d_sae).double().scatter_add(1, idx, v64 * band) @ wd64)
+        lower = upper
+    ref = torch.stack(ref, 1)
+    ref.backward(gp.double())
+    torch.testing.assert_close(parts.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vals.grad.double(), v64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w_dec.grad.double(), wd64.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu", "gated", "matryoshka"])
+def test_dense_path_matches_float64_sparse_path(monkeypatch, arch):
+    """Loss and every gradient of a training step through the dense paths (float32) equal
+    those of the sparse kernels in float64."""
+    torch.manual_seed(0)
+    sae = make(arch)
+    ref = make(arch).double()
+    ref.load_state_dict(sae.state_dict())
+    x = torch.randn(24, 16)
+    monkeypatch.setattr(ops, "DENSE_FRACTION", 1.0)  # never dense
+    out_ref = ref.training_forward(x.double(), StepContext())
+    out_ref.loss.backward()
+    monkeypatch.setattr(ops, "DENSE_FRACTION", 0.0)  # always dense
+    out = sae.training_forward(x, StepContext())
+    out.loss.backward()
+    torch.testing.assert_close(out.loss.double(), out_ref.loss.double(), rtol=1e-5, atol=1e-6)
+    for (name, p), p_ref in zip(sae.named_parameters(), ref.parameters()):
+        if p_ref.grad is None:
+            assert p.grad is None or not p.grad.any(), name
+            continue
+        torch.testing.assert_close(p.grad.double(), p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
