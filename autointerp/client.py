@@ -161,6 +161,30 @@ class LLMClient:
         await self._openai.close()
 
 
+async def first_model(cfg: LLMConfig) -> str:
+    """The first model the endpoint lists (the default when the user names none)."""
+    from openai import AsyncOpenAI, OpenAIError
+
+    client = AsyncOpenAI(
+        base_url=cfg.base_url,
+        api_key=_api_key(cfg.api_key_env),
+        max_retries=2,
+        timeout=cfg.timeout_s,
+    )
+    try:
+        models = [m.id async for m in client.models.list()]
+    except OpenAIError as err:
+        raise EndpointError(
+            f"cannot list the models of {cfg.base_url} ({type(err).__name__}); "
+            "check that it is up, or name the model with --llm"
+        ) from None
+    finally:
+        await client.close()
+    if not models:
+        raise EndpointError(f"{cfg.base_url} lists no models; name one with --llm")
+    return models[0]
+
+
 class _MalformedBody(Exception):
     pass
 

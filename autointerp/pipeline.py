@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 
-from autointerp.client import EndpointError, LLMClient, Usage
+from autointerp.client import EndpointError, LLMClient, Usage, first_model
 from autointerp.config import ExplainConfig
 from autointerp.latent import LatentResult, interpret
 from autointerp.windows import split_windows
@@ -102,7 +102,7 @@ def _run_to_completion(coroutine):
 async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSummary:
     started = time.monotonic()
     if not cfg.llm.model:
-        cfg = replace(cfg, llm=replace(cfg.llm, model=await _first_model(cfg)))
+        cfg = replace(cfg, llm=replace(cfg.llm, model=await first_model(cfg.llm)))
     fingerprint = cfg.fingerprint()
     config_hash = results.config_hash(fingerprint)
     n_rows = len(cfg.explainers) * (1 + len(cfg.scorers))
@@ -154,31 +154,6 @@ async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSum
     return ExplainSummary(
         run.run_id, sae_id, features, len(done), client.usage, time.monotonic() - started
     )
-
-
-async def _first_model(cfg: ExplainConfig) -> str:
-    from openai import AsyncOpenAI, OpenAIError
-
-    from autointerp.client import _api_key
-
-    client = AsyncOpenAI(
-        base_url=cfg.llm.base_url,
-        api_key=_api_key(cfg.llm.api_key_env),
-        max_retries=2,
-        timeout=cfg.llm.timeout_s,
-    )
-    try:
-        models = [m.id async for m in client.models.list()]
-    except OpenAIError as err:
-        raise EndpointError(
-            f"cannot list the models of {cfg.llm.base_url} ({type(err).__name__}); "
-            "check that it is up, or name the model with --llm"
-        ) from None
-    finally:
-        await client.close()
-    if not models:
-        raise EndpointError(f"{cfg.llm.base_url} lists no models; name one with --llm")
-    return models[0]
 
 
 class _ExampleSource:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -102,6 +103,9 @@ def test_a_perfect_judge_scores_one_and_every_latent_gets_rows(db):
     statuses = {r["status"] for r in scores.values()}
     assert statuses <= {"ok", "insufficient_examples", "undefined"}
     assert "insufficient_examples" in statuses
+    detection = next(r for r in ok if r["scorer"] == "detection")
+    provenance = json.loads(detection["provenance_json"])  # no --llm: the endpoint's first model
+    assert provenance["explainer"]["model"] == provenance["scorer"]["model"] == "fake-llm"
     rare = next(r for r in scores.values() if r["status"] == "insufficient_examples")
     assert rare["value"] is None and "need" in rare["provenance_json"]
 
