@@ -196,7 +196,6 @@ def test_source_probing_on_a_real_store(probe_store, split_by):
 
 def test_document_split_needs_two_documents_per_source(model, tmp_path):
     """Two sources of one document each (two text files): a document split is refused, with advice."""
-    from activations.harvest import HarvestConfig, harvest
     from activations.store import ActivationStore
 
     corpus = tmp_path / "corpus"
@@ -207,20 +206,7 @@ def test_document_split_needs_two_documents_per_source(model, tmp_path):
     (corpus / "ships.txt").write_text(
         "Ships carry grain across the cold northern sea in winter. " * 40
     )
-    out = str(tmp_path / "acts.zarr")
-    harvest(
-        HarvestConfig(
-            out=out,
-            dataset=str(corpus),
-            hooks=[HOOK],
-            tokens=40 * 32,
-            seq_len=32,
-            batch_size=8,
-            chunk_seqs=8,
-            progress=False,
-        ),
-        model=model,
-    )
+    out = harvest_files(model, corpus, tmp_path / "acts.zarr", 40, 32)
     sae = build_sae(make_config("topk", d_sae=64, k=8), d_in=576).eval()
     with pytest.raises(UserError, match="split by sequence"):
         source_probing(sae, ActivationStore(out), HOOK, ProbingConfig(split_by="document"))
@@ -230,7 +216,6 @@ def test_any_labelled_dataset_probes_its_column(model, tmp_path):
     """A local JSONL with a label column (Python code vs English prose): harvest it, probe `topic`."""
     import json
 
-    from activations.harvest import HarvestConfig, harvest
     from activations.store import ActivationStore
     from saelab.errors import UserError
 
@@ -248,20 +233,7 @@ def test_any_labelled_dataset_probes_its_column(model, tmp_path):
             lines.append({"text": text, "topic": "prose"})
     data = tmp_path / "labelled.jsonl"
     data.write_text("\n".join(json.dumps(x) for x in lines))
-    out = str(tmp_path / "acts.zarr")
-    harvest(
-        HarvestConfig(
-            out=out,
-            dataset=str(data),
-            hooks=[HOOK],
-            tokens=48 * 16,
-            seq_len=16,
-            batch_size=8,
-            chunk_seqs=8,
-            progress=False,
-        ),  # fmt: skip
-        model=model,
-    )
+    out = harvest_files(model, data, tmp_path / "acts.zarr", 48, 16)
     store = ActivationStore(out)
     sae = build_sae(make_config("topk", d_sae=64, k=8, seed=fresh_seed()), d_in=576).eval()
     cfg = ProbingConfig(ks=(1, 2), seed=fresh_seed())
@@ -269,3 +241,15 @@ def test_any_labelled_dataset_probes_its_column(model, tmp_path):
     assert result.task == "topic: code vs prose" and result.full_accuracy >= 0.9
     with pytest.raises(UserError, match="has no column 'label'.*pass --probe-column"):
         source_probing(sae, store, HOOK, cfg, column="label")
+
+
+def harvest_files(model, data, out, n_seq: int, seq_len: int) -> str:
+    """A small store of local text files (a folder or a JSONL file) at one hook."""
+    from activations.harvest import HarvestConfig, harvest
+
+    cfg = HarvestConfig(
+        out=str(out), dataset=str(data), hooks=[HOOK], tokens=n_seq * seq_len, seq_len=seq_len,
+        batch_size=8, chunk_seqs=8, progress=False,
+    )  # fmt: skip
+    harvest(cfg, model=model)
+    return str(out)
