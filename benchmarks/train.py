@@ -7,8 +7,13 @@
 Every measurement runs in its own subprocess (clean peak memory, no cross-talk) on the same
 activations: synthetic sparse combinations of a random dictionary at d_in = 576, saved once
 to a temporary file that the peers load too. Throughput is reported as tokens/s and as a
-fraction of the encoder-matmul limit: the sgemm rate measured for [batch, d_in] x
-[d_in, d_sae] divided by 2 * d_in * d_sae FLOP per token. FVU is measured on a held-out
+fraction of the encoder-matmul limit: the sgemm rate for [batch, d_in] x [d_in, d_sae]
+(into a preallocated output) divided by 2 * d_in * d_sae FLOP per token. Each child times
+that sgemm itself, before and after its steps, so the fraction (= sgemm time / step time)
+does not drift with the load of a shared machine; the separate sgemm child gives the
+headline rate. ReLU, JumpReLU and Gated are measured from their reference start (about half
+the latents active: dense steps) and from a sparse start (`init_l0 = k`, the L0 they train
+towards), the latter being the step time of most of a run. FVU is measured on a held-out
 batch after the same number of training tokens, in raw units, with each tool's defaults.
 Results are printed and saved as JSON in benchmarks/results/.
 """
@@ -29,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 D_IN = 576
 ARCHES = ["topk", "batchtopk", "matryoshka", "jumprelu", "relu", "gated"]
+THRESHOLD_ARCHES = ["jumprelu", "relu", "gated"]
+"""Measured twice: from the reference (dense) start, and with `init_l0 = k` (sparse start)."""
 
 
 # -- children: one measurement each ------------------------------------------------------
@@ -43,18 +50,55 @@ def _fvu(x, x_hat) -> float:
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
-def child_sgemm(spec: dict) -> dict:
+def sgemm_seconds(batch: int, d_sae: int, reps: int = 5) -> float:
+    """Fastest of `reps` timings of the encoder's product `[batch, d_in] x [d_in, d_sae]` (plus bias) into
+    a preallocated output: the machine's sgemm rate, without allocation costs."""
     import torch
 
-    x = torch.randn(spec["batch"], D_IN)
-    w = torch.randn(spec["d_sae"], D_IN)
-    b = torch.zeros(spec["d_sae"])
-    torch.addmm(b, x, w.t())
-    t0 = time.perf_counter()
-    reps = spec.get("reps", 3)
+    x = torch.randn(batch, D_IN)
+    w = torch.randn(d_sae, D_IN)
+    b = torch.randn(d_sae)
+    out = torch.empty(batch, d_sae)
+    torch.addmm(b, x, w.t(), out=out)
+    times = []
     for _ in range(reps):
-        torch.addmm(b, x, w.t())
-    dt = (time.perf_counter() - t0) / reps
+        t0 = time.perf_counter()
+        torch.addmm(b, x, w.t(), out=out)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _with_sgemm(spec: dict, measure) -> dict:
+    """Run `measure()` between two sgemm timings of the same shape, in the same process, so
+    its fraction of the matmul limit is immune to the machine's drift between children."""
+    before = sgemm_seconds(spec["batch"], spec["d_sae"])
+    result = measure()
+    after = sgemm_seconds(spec["batch"], spec["d_sae"])
+    gemm = (before + after) / 2
+    result["sgemm_seconds"] = gemm
+    result["sgemm_gflops"] = 2 * spec["batch"] * D_IN * spec["d_sae"] / gemm / 1e9
+    result["fraction_of_matmul_limit"] = gemm / result["step_seconds"]
+    return result
+
+
+def _timed_steps(spec: dict, batches: list, step) -> dict:
+    """Run `step(i, batch)` over the batches; the mean time of those after the warm-up,
+    between two sgemm timings (`_with_sgemm`)."""
+
+    def measure() -> dict:
+        times = []
+        for i, batch in enumerate(batches):
+            t0 = time.perf_counter()
+            step(i, batch)
+            times.append(time.perf_counter() - t0)
+        timed = times[spec["warmup"] :]
+        return {"step_seconds": sum(timed) / len(timed)}
+
+    return _with_sgemm(spec, measure)
+
+
+def child_sgemm(spec: dict) -> dict:
+    dt = sgemm_seconds(spec["batch"], spec["d_sae"], spec.get("reps", 5))
     return {"seconds": dt, "gflops": 2 * spec["batch"] * D_IN * spec["d_sae"] / dt / 1e9}
 
 
@@ -71,27 +115,24 @@ def child_saelab(spec: dict) -> dict:
     batches, held_out = _load_acts(spec["acts"])
     configs = []
     for arch in spec["arches"]:
-        kw = {"k": spec["k"]} if arch in ("topk", "batchtopk", "matryoshka") else {}
+        if arch in ("topk", "batchtopk", "matryoshka"):
+            kw = {"k": spec["k"]}
+        else:
+            kw = {"init_l0": float(spec["k"])} if spec.get("sparse_start") else {}
         configs.append(make_config(arch, d_sae=spec["d_sae"], **kw))
     cfg = TrainConfig(tokens=sum(b.shape[0] for b in batches), progress=False, init_tokens=4096)
     trainer = Trainer(configs, iter(batches), cfg)
     trainer.setup()
-    times = []
-    for batch in batches:
-        t0 = time.perf_counter()
-        trainer.train_step(batch)
-        times.append(time.perf_counter() - t0)
-    timed = times[spec["warmup"] :]
-    step = sum(timed) / len(timed)
+    step = _timed_steps(spec, batches, lambda i, batch: trainer.train_step(batch))
     with torch.no_grad():
         fvus = {
             m.name: _fvu(held_out, folded_copy(m.sae, trainer.scale)(held_out))
             for m in trainer.members
         }
     return {
+        **step,
         "kernels": kernels_impl,
-        "step_seconds": step,
-        "tokens_per_s": batches[0].shape[0] / step,
+        "tokens_per_s": batches[0].shape[0] / step["step_seconds"],
         "peak_rss_mb": _peak_rss_mb(),
         "fvu": fvus,
         "l0": {
@@ -119,9 +160,8 @@ def child_saelens(spec: dict) -> dict:
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=spec["d_sae"], k=spec["k"]))
     opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.9, 0.999))  # SAELens defaults
     fired_steps = torch.zeros(spec["d_sae"])
-    times = []
-    for i, x in enumerate(batches):
-        t0 = time.perf_counter()
+
+    def step(i, x):
         out = sae.training_forward_pass(
             TrainStepInput(
                 sae_in=x,
@@ -136,20 +176,19 @@ def child_saelens(spec: dict) -> dict:
         opt.step()
         opt.zero_grad()
         with torch.no_grad():
-            fired_steps += 1
+            fired_steps.add_(1)
             fired_steps[(out.feature_acts > 0).any(0)] = 0
-        times.append(time.perf_counter() - t0)
-    timed = times[spec["warmup"] :]
-    step = sum(timed) / len(timed)
+
+    result = _timed_steps(spec, batches, step)
     with torch.no_grad():
         sae.eval()
         x_hat = sae.decode(sae.encode(held_out))
     import sae_lens
 
     return {
+        **result,
         "version": sae_lens.__version__,
-        "step_seconds": step,
-        "tokens_per_s": batches[0].shape[0] / step,
+        "tokens_per_s": batches[0].shape[0] / result["step_seconds"],
         "peak_rss_mb": _peak_rss_mb(),
         "fvu": _fvu(held_out, x_hat),
     }
@@ -174,9 +213,8 @@ def child_sparsify(spec: dict) -> dict:
     opt.train()
     sae.b_dec.data = batches[0].mean(0)  # sparsify initialises b_dec from the first batch
     steps_since = torch.zeros(spec["d_sae"], dtype=torch.long)
-    times = []
-    for x in batches:
-        t0 = time.perf_counter()
+
+    def step(i, x):
         out = sae(x, dead_mask=steps_since > 10_000_000)
         out.fvu.backward()  # auxk_alpha defaults to 0
         sae.remove_gradient_parallel_to_decoder_directions()
@@ -184,18 +222,17 @@ def child_sparsify(spec: dict) -> dict:
         opt.zero_grad()
         sae.set_decoder_norm_to_unit_norm()
         with torch.no_grad():
-            steps_since += x.shape[0]
+            steps_since.add_(x.shape[0])
             steps_since[out.latent_indices.flatten()] = 0
-        times.append(time.perf_counter() - t0)
-    timed = times[spec["warmup"] :]
-    step = sum(timed) / len(timed)
+
+    result = _timed_steps(spec, batches, step)
     opt.eval()
     with torch.no_grad():
         x_hat = sae(held_out).sae_out
     return {
+        **result,
         "version": version("eai-sparsify"),
-        "step_seconds": step,
-        "tokens_per_s": batches[0].shape[0] / step,
+        "tokens_per_s": batches[0].shape[0] / result["step_seconds"],
         "peak_rss_mb": _peak_rss_mb(),
         "fvu": _fvu(held_out, x_hat),
     }
@@ -289,9 +326,6 @@ def main() -> None:
     def limit(d_sae: int) -> float:
         return results["sgemm"][str(d_sae)]["gflops"] * 1e9 / (2 * D_IN * d_sae)
 
-    def frac(tps: float, d_sae: int) -> float:
-        return tps / limit(d_sae)
-
     for d_sae, _ in sizes:
         results["sgemm"][str(d_sae)] = run_child(py, "sgemm", {**base, "d_sae": d_sae})
         print(
@@ -301,18 +335,26 @@ def main() -> None:
 
     if "arches" not in skip:
         for d_sae, k in sizes:
-            for arch in ARCHES:
-                r = run_child(py, "saelab", {**base, "arches": [arch], "d_sae": d_sae, "k": k})
-                key = f"{arch}-{d_sae}-k{k}"
-                if "error" not in r:
-                    r["fraction_of_matmul_limit"] = frac(r["tokens_per_s"], d_sae)
-                results["arches"][key] = r
-                _show(key, r)
+            runs = [(arch, False) for arch in ARCHES] + [(a, True) for a in THRESHOLD_ARCHES]
+            for arch, sparse_start in runs:
+                spec = {**base, "arches": [arch], "d_sae": d_sae, "k": k}
+                key = f"{arch}-{d_sae}-k{k}" + ("-sparse-start" if sparse_start else "")
+                results["arches"][key] = run_child(
+                    py, "saelab", {**spec, "sparse_start": sparse_start}
+                )
+                _show(key, results["arches"][key])
             topk = results["arches"].get(f"topk-{d_sae}-k{k}", {})
-            for arch in ARCHES:
-                r = results["arches"].get(f"{arch}-{d_sae}-k{k}", {})
-                if "step_seconds" in r and "step_seconds" in topk:
+            for key, r in results["arches"].items():
+                if (
+                    key.split("-")[1] == str(d_sae)
+                    and "step_seconds" in r
+                    and "step_seconds" in topk
+                ):
                     r["step_time_vs_topk"] = r["step_seconds"] / topk["step_seconds"]
+                    # the same ratio with each step in units of its own process's sgemm time
+                    r["step_time_vs_topk_sgemm_units"] = (
+                        topk["fraction_of_matmul_limit"] / r["fraction_of_matmul_limit"]
+                    )
 
     d_big, k_big = sizes[-1]
     if "dense" not in skip:
@@ -322,8 +364,6 @@ def main() -> None:
                 "saelab",
                 {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big, "dense": dense},
             )
-            if "error" not in r:
-                r["fraction_of_matmul_limit"] = frac(r["tokens_per_s"], d_big)
             results["dense_vs_sparse"]["dense" if dense else "sparse"] = r
             _show(f"topk-{d_big} {'dense' if dense else 'sparse'} decode", r)
 
@@ -358,8 +398,6 @@ def main() -> None:
         spec = {**base, "d_sae": d_big, "k": k_big}
         for name in ("sparsify", "saelens"):
             r = run_child(args.peers_python, name, spec)
-            if "error" not in r:
-                r["fraction_of_matmul_limit"] = frac(r["tokens_per_s"], d_big)
             results["peers"][name] = r
             _show(f"{name} topk-{d_big}-k{k_big}", r)
         ours = results["arches"].get(f"topk-{d_big}-k{k_big}") or results["dense_vs_sparse"].get(

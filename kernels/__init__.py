@@ -2,9 +2,11 @@
 
     sparse_decode(idx, vals, W_dec, b_dec)      out[n] = b_dec + Σ_j vals[n,j] W_dec[idx[n,j]]
     banded_decode(idx, vals, W_dec, bounds)     the same sum split by latent band: [N, L, d_in]
-    gather_preacts(x, W_enc, b_enc, idx, pre)   (x @ W_enc + b_enc) at idx, sparse backward
+    decode_probe(idx, vals, W_dec, mask)        zeros whose backward gives vals the decode's gradient
+    gather_preacts(x, W_enc, b_enc, idx, pre, shift)   ((x - shift) @ W_enc + b_enc) at idx
     encode_topk(x, W_enc, b_enc, k)             the TopK encoder: (vals, idx), differentiable
     topk_select / threshold_select / batch_topk_select   selections (padded layout for variable k)
+    split_selection(idx, mask, first)           one padded selection split in two
     backend(device)                             "triton" or "torch" (SAELAB_DISABLE_TRITON=1)
 
 Padded layout (variable k): `idx [N, kmax]` plus a bool `mask`; padded slots hold idx 0 and
@@ -20,18 +22,26 @@ import torch
 from torch import Tensor
 
 from kernels import checks
-from kernels.autograd import BandedDecode, GatherPreacts, SparseDecode
+from kernels.autograd import BandedDecode, DecodeProbe, GatherPreacts, SparseDecode
 from kernels.dispatch import backend
-from kernels.select import batch_topk_select, pad_active, threshold_select, topk_select
+from kernels.select import (
+    batch_topk_select,
+    pad_active,
+    split_selection,
+    threshold_select,
+    topk_select,
+)
 
 __all__ = [
     "backend",
     "banded_decode",
     "batch_topk_select",
+    "decode_probe",
     "encode_topk",
     "gather_preacts",
     "pad_active",
     "sparse_decode",
+    "split_selection",
     "threshold_select",
     "topk_select",
 ]
@@ -52,6 +62,23 @@ def sparse_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None
     checks.vector(b_dec, W_dec.shape[1], "b_dec", op)
     checks.same_device(op, idx=idx, vals=vals, W_dec=W_dec, b_dec=b_dec)
     return SparseDecode.apply(idx.long().contiguous(), vals.contiguous(), W_dec, b_dec)
+
+
+def decode_probe(idx: Tensor, vals: Tensor, W_dec: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Zeros `[N, d_in]` (W_dec's dtype) that give `vals` the gradient `sparse_decode` would,
+    at the entries `mask` keeps (all when None; 0 elsewhere): add it to a reconstruction to
+    train entries that are exactly 0 in the forward (only a gather-dot over the kept entries
+    in the backward, no decode, no W_dec gradient)."""
+    op = "decode_probe"
+    checks.matrix(W_dec, "W_dec", op)
+    checks.matrix(vals, "vals", op)
+    checks.indices(idx, vals.shape[0], W_dec.shape[0], op)
+    if vals.shape != idx.shape or (mask is not None and mask.shape != idx.shape):
+        raise ValueError(f"{op}: vals {tuple(vals.shape)}, idx and mask must have one shape")
+    checks.same_device(op, idx=idx, vals=vals, W_dec=W_dec, mask=mask)
+    if mask is None:
+        mask = torch.ones(idx.shape, dtype=torch.bool, device=idx.device)
+    return DecodeProbe.apply(idx.long().contiguous(), vals, W_dec.detach(), mask.bool())
 
 
 def banded_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, bounds: list[int]) -> Tensor:
@@ -88,16 +115,24 @@ def banded_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, bounds: list[int]) -
 
 
 def gather_preacts(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor | None, idx: Tensor, pre: Tensor | None = None
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor | None,
+    idx: Tensor,
+    pre: Tensor | None = None,
+    shift: Tensor | None = None,
 ) -> Tensor:
-    """Pre-activations `(x @ W_enc + b_enc)[n, idx[n, j]]`, `[N, k]`.
+    """Pre-activations `((x − shift) @ W_enc + b_enc)[n, idx[n, j]]`, `[N, k]`.
 
     `W_enc` is `[d_in, d_sae]`; fastest as the transpose view of a contiguous `[d_sae, d_in]`
     parameter (latent rows contiguous), any layout works. Backward: grad x is a gather of the
     selected encoder rows, grad W_enc / b_enc are non-zero only at selected latents (built by
     a sort-and-segment reduction, never from a dense `[N, d_sae]` gradient); grad W_enc has
     W_enc's shape. `pre`, the same dense product already computed (no grad) for the
-    selection, spares recomputing the selected values; it must include the same bias."""
+    selection, spares recomputing the selected values; it must include the same bias (and
+    the same shift). `shift [d_in]`, optional, is subtracted from every row (a centring SAE's
+    b_dec); its gradient comes from a matrix-vector product, so pass it rather than a centred
+    `x` when it is trained."""
     op = "gather_preacts"
     checks.matrix(x, "x", op)
     checks.matrix(W_enc, "W_enc", op)
@@ -105,13 +140,19 @@ def gather_preacts(
         raise ValueError(f"{op}: x has width {x.shape[1]} but W_enc is {tuple(W_enc.shape)}")
     checks.indices(idx, x.shape[0], W_enc.shape[1], op)
     checks.vector(b_enc, W_enc.shape[1], "b_enc", op)
+    checks.vector(shift, x.shape[1], "shift", op)
     if pre is not None and tuple(pre.shape) != (x.shape[0], W_enc.shape[1]):
         raise ValueError(
             f"{op}: pre must be [N, d_sae] = {(x.shape[0], W_enc.shape[1])}, got {tuple(pre.shape)}"
         )
-    checks.same_device(op, x=x, W_enc=W_enc, b_enc=b_enc, idx=idx, pre=pre)
+    checks.same_device(op, x=x, W_enc=W_enc, b_enc=b_enc, idx=idx, pre=pre, shift=shift)
     return GatherPreacts.apply(
-        x, W_enc.t(), b_enc, idx.long().contiguous(), None if pre is None else pre.detach()
+        x,
+        shift,
+        W_enc.t(),
+        b_enc,
+        idx.long().contiguous(),
+        None if pre is None else pre.detach(),
     )
 
 

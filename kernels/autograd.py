@@ -44,6 +44,35 @@ class SparseDecode(torch.autograd.Function):
         return None, grad_vals, grad_w, grad_b
 
 
+class DecodeProbe(torch.autograd.Function):
+    """Zeros `[N, d]` whose backward gives `vals` the gradient `SparseDecode` would, at the
+    entries `mask` keeps (0 elsewhere): for entries that are 0 in the forward but need their
+    gradient (JumpReLU's latents just below θ). W_dec gets nothing (its gradient there is
+    vals-weighted: 0). The dot products run over the kept entries only (a CSR gather-dot),
+    so a wide padded selection costs what its entries cost, not its padding."""
+
+    @staticmethod
+    def forward(ctx, idx: Tensor, vals: Tensor, W_dec: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(idx, W_dec, mask)
+        return W_dec.new_zeros(idx.shape[0], W_dec.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        from kernels import torch_ops
+
+        idx, W_dec, mask = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        rows, slots = mask.nonzero(as_tuple=True)  # row-major: each row's entries together
+        crow = torch.zeros(idx.shape[0] + 1, dtype=torch.long, device=idx.device)
+        crow[1:] = torch.bincount(rows, minlength=idx.shape[0]).cumsum(0)
+        dots = torch_ops.banded_dot(idx[rows, slots], crow, grad_out.contiguous(), W_dec)
+        grad_vals = torch.zeros(idx.shape, dtype=dots.dtype, device=dots.device)
+        grad_vals[rows, slots] = dots
+        return None, grad_vals, None, None
+
+
 class BandedDecode(torch.autograd.Function):
     """parts[n, l] = Σ_{j: idx[n, j] in band l} vals[n, j] · W_dec[idx[n, j]] (torch ops)."""
 
@@ -73,39 +102,57 @@ class BandedDecode(torch.autograd.Function):
 
 
 class GatherPreacts(torch.autograd.Function):
-    """out[n, j] = x[n] · W_enc[:, idx[n, j]] + b_enc[idx[n, j]], with `W_enc_rows = W_enc.T`."""
+    """out[n, j] = (x[n] − shift) · W_enc[:, idx[n, j]] + b_enc[idx[n, j]], with
+    `W_enc_rows = W_enc.T` and `shift` optional (a centring SAE's b_dec).
+
+    shift's gradient is −Σ_i c_i W_enc_rows[i], with c_i the summed incoming gradient of
+    latent i (b_enc's gradient): a matrix-vector product, never an `[N, d_in]` input gradient.
+    """
 
     @staticmethod
     def forward(
-        ctx, x: Tensor, W_enc_rows: Tensor, b_enc: Tensor | None, idx: Tensor, pre: Tensor | None
+        ctx,
+        x: Tensor,
+        shift: Tensor | None,
+        W_enc_rows: Tensor,
+        b_enc: Tensor | None,
+        idx: Tensor,
+        pre: Tensor | None,
     ) -> Tensor:
+        xc = x if shift is None else x - shift
         if pre is not None:
             out = pre.gather(1, idx)
         else:
-            out = ops_for(x.device).gather_dot(idx, x, W_enc_rows)
+            out = ops_for(x.device).gather_dot(idx, xc, W_enc_rows)
             if b_enc is not None:
                 out = out + b_enc[idx]
-        ctx.save_for_backward(x, W_enc_rows, idx)
+        ctx.save_for_backward(xc, W_enc_rows, idx)
         ctx.has_bias = b_enc is not None
+        ctx.shift_dtype = None if shift is None else shift.dtype
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        x, W_enc_rows, idx = ctx.saved_tensors
-        ops = ops_for(x.device)
+        xc, W_enc_rows, idx = ctx.saved_tensors
+        ops = ops_for(xc.device)
         grad_out = grad_out.contiguous()
         grad_x = ops.weighted_rows(idx, grad_out, W_enc_rows) if ctx.needs_input_grad[0] else None
         grad_w = (
-            ops.scatter_rows(idx, grad_out, x, W_enc_rows.shape[0])
-            if ctx.needs_input_grad[1]
+            ops.scatter_rows(idx, grad_out, xc, W_enc_rows.shape[0])
+            if ctx.needs_input_grad[2]
             else None
         )
-        grad_b = None
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        want_b = ctx.has_bias and ctx.needs_input_grad[3]
+        want_shift = ctx.shift_dtype is not None and ctx.needs_input_grad[1]
+        grad_shift = grad_b = None
+        if want_b or want_shift:
             # at least fp32: a popular latent sums thousands of entries, too many for bf16
             acc = torch.promote_types(grad_out.dtype, torch.float32)
-            grad_b = torch.zeros(W_enc_rows.shape[0], dtype=acc, device=grad_out.device)
-            grad_b.index_add_(0, idx.reshape(-1), grad_out.reshape(-1).to(acc))
-            grad_b = grad_b.to(grad_out.dtype)
-        return grad_x, grad_w, grad_b, None, None
+            col = torch.zeros(W_enc_rows.shape[0], dtype=acc, device=grad_out.device)
+            col.index_add_(0, idx.reshape(-1), grad_out.reshape(-1).to(acc))
+            if want_b:
+                grad_b = col.to(grad_out.dtype)
+            if want_shift:
+                grad_shift = -(col @ W_enc_rows.to(acc)).to(ctx.shift_dtype)
+        return grad_x, grad_shift, grad_w, grad_b, None, None

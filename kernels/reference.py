@@ -18,8 +18,16 @@ def dense_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None 
     return out if b_dec is None else out + b_dec
 
 
-def dense_preacts(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, idx: Tensor) -> Tensor:
-    pre = x @ W_enc
+def dense_preacts(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor | None,
+    idx: Tensor,
+    pre: Tensor | None = None,
+    shift: Tensor | None = None,
+) -> Tensor:
+    """`((x − shift) @ W_enc + b_enc)` at idx; `pre` is accepted and ignored (recomputed)."""
+    pre = (x if shift is None else x - shift) @ W_enc
     if b_enc is not None:
         pre = pre + b_enc
     return pre.gather(1, idx)

@@ -27,7 +27,40 @@ def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         raise ValueError(
             f"topk_select: k must be in 1..{pre.shape[-1]} (the number of latents), got {k}"
         )
+    if _chunked_pays(pre, k):
+        return _chunked_topk(pre, k)
     return pre.topk(k, dim=-1, sorted=False)
+
+
+_CHUNK = 32
+"""Columns per chunk of the chunked CPU top-k."""
+
+
+def _chunked_pays(pre: Tensor, k: int) -> bool:
+    """CPU, a row width that splits into chunks, and at least 4k chunks per row (so the
+    candidates are at most a quarter of the row); elsewhere `torch.topk` is as fast."""
+    n, d = pre.shape
+    return pre.device.type == "cpu" and d % _CHUNK == 0 and d // _CHUNK >= 4 * k and n > 0
+
+
+def _chunked_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Exact per-row top-k in two passes, ~1.5x faster than `torch.topk` at d 18432, k 64.
+
+    The row's k-th largest value is at least the k-th largest of its chunk maxima (those k
+    maxima are k entries of the row), so every top-k entry lies in one of the k chunks with
+    the largest maxima: a top-k over those `k * _CHUNK` candidates is the row's top-k (equal
+    values may be broken differently than `torch.topk` would; NaN counts as largest in
+    both). `torch.topk`'s cost is mostly per row, not per entry, hence the gain."""
+    pre = pre.contiguous()
+    n, d = pre.shape
+    per_row = d // _CHUNK
+    chunk_max = pre.view(n, per_row, _CHUNK).amax(2)
+    chunks = chunk_max.topk(k, dim=1, sorted=False).indices  # [n, k]
+    rows = torch.arange(n, device=pre.device)[:, None] * per_row
+    cand = pre.view(n * per_row, _CHUNK).index_select(0, (chunks + rows).view(-1))
+    vals, j = cand.view(n, k * _CHUNK).topk(k, dim=1, sorted=False)
+    idx = chunks.gather(1, j // _CHUNK) * _CHUNK + j % _CHUNK
+    return vals, idx
 
 
 @torch.no_grad()
@@ -36,16 +69,39 @@ def pad_active(active: Tensor) -> tuple[Tensor, Tensor]:
     checks.matrix(active, "active", "pad_active", floating=False)
     if active.dtype != torch.bool:
         raise ValueError(f"pad_active: active must be a bool tensor, got {active.dtype}")
-    n = active.shape[0]
     rows, cols = active.nonzero(as_tuple=True)  # row-major, so each row's entries are contiguous
+    return _pad_rows(rows, cols, active.shape[0])
+
+
+@torch.no_grad()
+def split_selection(
+    idx: Tensor, mask: Tensor, first: Tensor
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Split a padded selection in two, each padded to its own width: the entries where
+    `first [N, kmax]` is True, and the other valid ones. Rows keep their entries' order."""
+    checks.matrix(idx, "idx", "split_selection", floating=False)
+    if mask.shape != idx.shape or first.shape != idx.shape:
+        raise ValueError(
+            f"split_selection: idx {tuple(idx.shape)}, mask {tuple(mask.shape)} and first "
+            f"{tuple(first.shape)} must have one shape"
+        )
+    parts = []
+    for keep in (mask & first, mask & ~first):
+        rows, slots = keep.nonzero(as_tuple=True)
+        parts.append(_pad_rows(rows, idx[rows, slots], idx.shape[0]))
+    return parts[0], parts[1]
+
+
+def _pad_rows(rows: Tensor, cols: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Entries `(rows[e], cols[e])`, sorted by row, in the padded layout."""
     counts = torch.bincount(rows, minlength=n)  # ~300x faster than active.sum(1) on CPU
     width = max(int(counts.max()) if n else 0, 1)
-    starts = torch.zeros(n + 1, dtype=torch.long, device=active.device)
+    starts = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
     starts[1:] = counts.cumsum(0)
-    slot = torch.arange(len(rows), device=active.device) - starts[rows]
-    idx = torch.zeros(n, width, dtype=torch.long, device=active.device)
+    slot = torch.arange(len(rows), device=rows.device) - starts[rows]
+    idx = torch.zeros(n, width, dtype=torch.long, device=rows.device)
     idx[rows, slot] = cols
-    mask = torch.arange(width, device=active.device)[None, :] < counts[:, None]
+    mask = torch.arange(width, device=rows.device)[None, :] < counts[:, None]
     return idx, mask
 
 
@@ -99,9 +155,8 @@ def batch_topk_select(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
             chosen = candidates[flat[candidates].topk(keep, sorted=False).indices]
     if chosen is None:
         chosen = flat.topk(keep, sorted=False).indices
-    active = torch.zeros(flat.numel(), dtype=torch.bool, device=pre.device)
-    active[chosen] = True
-    return pad_active(active.view(n, d_sae))
+    chosen = chosen.sort().values  # row-major: each row's latents contiguous and increasing
+    return _pad_rows(torch.div(chosen, d_sae, rounding_mode="floor"), chosen % d_sae, n)
 
 
 _GENERATORS: dict[str, torch.Generator] = {}

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from sae import ops
 from sae.config import SAEConfig
+from sae.init import firing_thresholds
 
 
 @dataclass
@@ -160,6 +161,20 @@ class SAE(nn.Module):
         c = float(((target * centred).sum() / denom).clamp(1e-3, 1e3))
         self.scale_encoder_(c)
         return c
+
+    @torch.no_grad()
+    def init_sparsity_(self, x: Tensor) -> None:
+        """Apply the config's `init_l0` (threshold architectures) on a sample of inputs."""
+        l0 = getattr(self.cfg, "init_l0", None)
+        if l0 is None:
+            return
+        pre = ops.preacts(self.center(x), self.W_enc, self.b_enc)
+        self.set_firing_thresholds_(firing_thresholds(pre, l0))
+
+    def set_firing_thresholds_(self, t: Tensor) -> None:
+        """Make latent i fire only where its pre-activation exceeds `t[i]` (or its current
+        threshold, if higher)."""
+        raise NotImplementedError(f"a {self.architecture} SAE has no threshold to set")
 
     @torch.no_grad()
     def scale_encoder_(self, c: float) -> None:

@@ -92,6 +92,26 @@ class SAEConfig:
 
 
 @dataclass
+class ThresholdSAEConfig(SAEConfig):
+    """Fields of the architectures whose sparsity comes from a threshold (ReLU, JumpReLU,
+    Gated) rather than from a count (the TopK family)."""
+
+    init_l0: float | None = None
+    """Start sparse: set each latent's threshold (ReLU: b_enc, Gated: b_gate, JumpReLU: θ)
+    from the first sample so that it fires on init_l0 / d_sae of the tokens, about init_l0
+    active latents per token from the first step. None keeps the reference start, where about
+    half the latents fire and the first steps run dense (several times slower) until the
+    sparsity penalty has bitten."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.init_l0 is not None and not 0 < self.init_l0 < self.d_sae:
+            raise UserError(
+                f"init_l0 must be between 0 and d_sae ({self.d_sae}), got {self.init_l0}"
+            )
+
+
+@dataclass
 class TrainConfig:
     """How to train (shared by every SAE of a sweep)."""
 
@@ -125,6 +145,11 @@ class TrainConfig:
     normalised inputs); a NaN or infinite loss always stops the run."""
     device: str = "cpu"
     """Torch device."""
+    keep_freed_cpu_memory: bool = True
+    """On a CPU device under glibc, keep freed memory in the process for reuse instead of
+    handing big blocks back to the OS, so each step's fresh buffers skip their page faults
+    (~20% of a TopK step at d_sae 18432); the process then keeps its peak memory (see
+    `sae/memory.py`)."""
     autocast_bf16: bool = False
     """bf16 autocast of the forward pass on CUDA, with float32 master weights."""
     progress: bool = True

@@ -1,4 +1,5 @@
-"""Data-dependent initialisation: input scale and the geometric median for b_dec."""
+"""Data-dependent initialisation: input scale, the geometric median for b_dec, and the
+per-latent firing thresholds of a sparse start."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def b_dec_init(x: Tensor, how: str) -> Tensor | None:
     if how == "mean":
         return x.mean(0)
     return None
+
+
+@torch.no_grad()
+def firing_thresholds(pre: Tensor, l0: float) -> Tensor:
+    """Per latent, the value its pre-activations `pre [N, d_sae]` exceed on a fraction
+    l0 / d_sae of the rows (at least one row, at most N - 1): latent i thresholded there
+    fires on that fraction of the sample, so a row has about l0 active latents."""
+    n, d_sae = pre.shape
+    above = min(n - 1, max(1, round(n * l0 / d_sae)))
+    return pre.float().kthvalue(n - above, dim=0).values.to(pre.dtype)

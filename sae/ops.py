@@ -43,6 +43,11 @@ def threshold(pre: Tensor, thresh: Tensor | float) -> tuple[Tensor, Tensor]:
     return kernels.threshold_select(pre, thresh)
 
 
+def split(idx: Tensor, mask: Tensor, first: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
+    """A padded selection's entries where `first` holds, and the rest: two `(idx, mask)`."""
+    return kernels.split_selection(idx, mask, first)
+
+
 def batch_topk(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
     """The top k * rows entries of the whole batch, padded per row: `(idx, mask)`."""
     return kernels.batch_topk_select(pre, k)
@@ -61,14 +66,13 @@ def gather(
 
     `pre`, the no-grad `preacts` of `x − shift` already computed for the selection (same
     bias), spares recomputing the selected values (on the dense path, the whole encoder
-    matmul). Passing `shift` rather than a centred `x` lets the dense path get shift's
-    gradient from a matrix-vector product instead of a whole `[N, d_in]` input gradient."""
+    matmul). Passing `shift` rather than a centred `x` lets both paths get shift's gradient
+    from a matrix-vector product instead of a whole `[N, d_in]` input gradient."""
     if _dense(idx.shape[1], W_enc.shape[1]):
         if pre is None:
             pre = preacts(x if shift is None else x - shift, W_enc, b_enc)
         return _DenseGather.apply(x, shift, W_enc.t(), b_enc, idx, pre.detach())
-    xc = x if shift is None else x - shift
-    return kernels.gather_preacts(xc, W_enc, b_enc, idx, pre=pre)
+    return kernels.gather_preacts(x, W_enc, b_enc, idx, pre=pre, shift=shift)
 
 
 class _DenseGather(torch.autograd.Function):
@@ -114,6 +118,30 @@ def decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Te
         out = dense @ W_dec.to(dense.dtype)
         return out if b_dec is None else out + b_dec
     return kernels.sparse_decode(idx, vals, W_dec, b_dec)
+
+
+def probe(idx: Tensor, vals: Tensor, W_dec: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Zeros `[N, d_in]` that give `vals` (entries 0 in the forward) the gradient `decode`
+    would, at the entries `mask` keeps; add to a reconstruction. Dense selections get it
+    from one matmul."""
+    if _dense(idx.shape[1], W_dec.shape[0]):
+        return _DenseProbe.apply(idx, vals, W_dec.detach())
+    return kernels.decode_probe(idx, vals, W_dec, mask)
+
+
+class _DenseProbe(torch.autograd.Function):
+    """`probe` for wide selections: grad vals = (grad_out @ W_dec.T) at idx."""
+
+    @staticmethod
+    def forward(ctx, idx, vals, W_dec):
+        ctx.save_for_backward(idx, W_dec)
+        return W_dec.new_zeros(idx.shape[0], W_dec.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        idx, W_dec = ctx.saved_tensors
+        return None, (grad @ W_dec.t().to(grad.dtype)).gather(1, idx), None
 
 
 def decode_bands(idx: Tensor, vals: Tensor, W_dec: Tensor, bounds: list[int]) -> Tensor:

@@ -28,6 +28,7 @@ from sae.dead import DeadLatentTracker
 from sae.distributed import DistContext, current
 from sae.init import b_dec_init, input_scale
 from sae.logger import MetricsLogger, start_wandb
+from sae.memory import keep_freed_cpu_memory
 from sae.optim import build_optimizer, lr_multiplier, set_lr, sparsity_multiplier, warmup_steps
 from sae.registry import build_sae
 from sae.stream import BatchStream
@@ -163,6 +164,7 @@ class Trainer:
             if inits[how] is not None:
                 with torch.no_grad():
                     m.sae.b_dec.copy_(inits[how])
+            m.sae.init_sparsity_(sample)  # first: the encoder scale fits the sparse start
             if m.sae.cfg.init_encoder_scale:
                 m.sae.init_encoder_scale_(sample)
 
@@ -183,6 +185,8 @@ class Trainer:
         """Build the SAEs and initialise them from the first sample (or the saved state)."""
         if self.members:
             return
+        if self.device.type == "cpu" and self.cfg.keep_freed_cpu_memory:
+            keep_freed_cpu_memory()
         first = self.stream.peek_rows(1)
         d_in = self._resolve_d_in(first)
         self._build_members(d_in)

@@ -18,12 +18,12 @@ from torch import Tensor, nn
 
 from sae import ops
 from sae.base import SAE, Code, StepContext, TrainOutput
-from sae.config import SAEConfig
+from sae.config import ThresholdSAEConfig
 from saelab.errors import UserError
 
 
 @dataclass
-class GatedConfig(SAEConfig):
+class GatedConfig(ThresholdSAEConfig):
     """Gated SAE with an L1 penalty on the gate pre-activations."""
 
     architecture = "gated"
@@ -83,6 +83,10 @@ class GatedSAE(SAE):
         aux = self.mse(via_gate, x)
         loss = mse + self.cfg.l1_coefficient * ctx.sparsity_scale * l1 + aux
         return TrainOutput(loss, {"mse": mse, "l1": l1, "aux_gate": aux}, code, x_hat)
+
+    @torch.no_grad()
+    def set_firing_thresholds_(self, t: Tensor) -> None:
+        self.b_enc.sub_(t.clamp_min(0))  # the gate opens exactly where x·W_gate + b_gate > t
 
     @torch.no_grad()
     def scale_encoder_(self, c: float) -> None:

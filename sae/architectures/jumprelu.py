@@ -4,7 +4,8 @@
 bandwidth ε. θ is a plain (not log-) parameter kept in float32 with its Adam state, since a
 log-parameterised or bf16 θ barely moves. The selection keeps every latent with z > θ − ε/2,
 so the latents just below the threshold, whose pseudo-derivative is non-zero, get their
-gradient while the decode stays sparse.
+gradient; those are split off and only probed for the gradient at their (zero) value, so
+the decode covers the active latents alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from sae import ops
 from sae.base import SAE, Code, StepContext, TrainOutput
-from sae.config import SAEConfig
+from sae.config import ThresholdSAEConfig
 from saelab.errors import UserError
 
 
@@ -70,7 +71,7 @@ def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
 
 
 @dataclass
-class JumpReLUConfig(SAEConfig):
+class JumpReLUConfig(ThresholdSAEConfig):
     """JumpReLU with an L0 (or target-L0) sparsity loss."""
 
     architecture = "jumprelu"
@@ -117,32 +118,45 @@ class JumpReLUSAE(SAE):
         return Code(idx, vals, self.d_sae)
 
     def training_forward(self, x: Tensor, ctx: StepContext) -> TrainOutput:
-        xc = self.center(x)
         eps = self.cfg.bandwidth
         theta = self.threshold.detach()
-        pre = ops.preacts(xc, self.W_enc, self.b_enc)
+        pre = ops.preacts(self.center(x), self.W_enc, self.b_enc)
         idx, mask = ops.threshold(pre, theta - eps / 2)
-        m = ops.mask_like(mask, xc)
-        z = ops.gather(x, self.W_enc, self.b_enc, idx, pre=pre, shift=self.input_shift)
+        # Latents above θ are decoded; those within ε/2 below it are 0 in the forward but
+        # their pseudo-derivative moves θ, which needs only the gradient at their value
+        # (`ops.probe`): apart they cost no decode and no weight gradient.
+        (on, on_mask), (near, near_mask) = ops.split(idx, mask, pre.gather(1, idx) > theta[idx])
+        z = ops.gather(x, self.W_enc, self.b_enc, on, pre=pre, shift=self.input_shift)
         z = z.float().relu()
-        th = self.threshold[idx]
+        th = self.threshold[on]
+        m = ops.mask_like(on_mask, z)
         vals = JumpReLUFn.apply(z, th, eps) * m
-        x_hat = ops.decode(idx, vals, self.W_dec, self.b_dec)
+        z_near, th_near = pre.gather(1, near).float().relu(), self.threshold[near]
+        m_near = ops.mask_like(near_mask, z_near)
+        vals_near = JumpReLUFn.apply(z_near, th_near, eps) * m_near  # all 0
+        x_hat = ops.decode(on, vals, self.W_dec, self.b_dec) + ops.probe(
+            near, vals_near, self.W_dec, near_mask
+        )
         mse = self.mse(x_hat, x)
         l0 = (StepFn.apply(z, th, eps) * m).sum(-1).mean()
+        l0 = l0 + (StepFn.apply(z_near, th_near, eps) * m_near).sum(-1).mean()
         coef = self.cfg.l0_coefficient * ctx.sparsity_scale
         if self.cfg.target_l0 is not None:
             sparsity = (l0 / self.cfg.target_l0 - 1) ** 2
         else:
             sparsity = l0
         loss = mse + coef * sparsity
-        code = Code(idx, vals, self.d_sae)
+        code = Code(on, vals, self.d_sae)
         return TrainOutput(loss, {"mse": mse, "l0_loss": sparsity}, code, x_hat)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
         super().after_optimizer_step()
         self.threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
+    def set_firing_thresholds_(self, t: Tensor) -> None:
+        torch.maximum(self.threshold, t.to(self.threshold.dtype), out=self.threshold)
 
     @torch.no_grad()
     def scale_encoder_(self, c: float) -> None:

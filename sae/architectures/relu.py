@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from sae import ops
 from sae.base import SAE, Code, StepContext, TrainOutput
-from sae.config import SAEConfig
+from sae.config import ThresholdSAEConfig
 from saelab.errors import UserError
 
 
 @dataclass
-class ReLUConfig(SAEConfig):
+class ReLUConfig(ThresholdSAEConfig):
     """ReLU + L1: f = ReLU((x - b_dec) W_enc + b_enc)."""
 
     architecture = "relu"
@@ -58,3 +59,7 @@ class ReLUSAE(SAE):
         coef = self.cfg.l1_coefficient * ctx.sparsity_scale
         loss = mse + coef * l1
         return TrainOutput(loss, {"mse": mse, "l1": l1}, code, x_hat)
+
+    @torch.no_grad()
+    def set_firing_thresholds_(self, t: Tensor) -> None:
+        self.b_enc.sub_(t.clamp_min(0))  # pre − t > 0 exactly where pre > t

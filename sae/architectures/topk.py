@@ -61,27 +61,24 @@ class TopKSAE(SAE):
     def select_inference(self, pre: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.select(pre)
 
-    def _code(
-        self, xc: Tensor, idx: Tensor, mask: Tensor | None, pre: Tensor | None = None
-    ) -> Code:
-        vals = ops.gather(xc, self.W_enc, self.b_enc, idx, pre=pre).relu()
+    def _code(self, x: Tensor, idx: Tensor, mask: Tensor | None, pre: Tensor | None = None) -> Code:
+        """The selected latents' values on raw `x` (centring inside the gather)."""
+        vals = ops.gather(x, self.W_enc, self.b_enc, idx, pre=pre, shift=self.input_shift).relu()
         if mask is not None:
             vals = vals * ops.mask_like(mask, vals)
         return Code(idx, vals, self.d_sae)
 
     def encode_sparse(self, x: Tensor) -> Code:
-        xc = self.center(x)
-        pre = ops.preacts(xc, self.W_enc, self.b_enc)
+        pre = ops.preacts(self.center(x), self.W_enc, self.b_enc)
         idx, mask = self.select_inference(pre)
-        return self._code(xc, idx, mask, pre)
+        return self._code(x, idx, mask, pre)
 
     def training_forward(self, x: Tensor, ctx: StepContext) -> TrainOutput:
-        xc = self.center(x)
-        pre = ops.preacts(xc, self.W_enc, self.b_enc)
-        code = self._code(xc, *self.select(pre), pre)
+        pre = ops.preacts(self.center(x), self.W_enc, self.b_enc)
+        code = self._code(x, *self.select(pre), pre)
         x_hat, terms = self.reconstruction_terms(code, x)
         loss = sum(terms.values())
-        aux = self.aux_k_loss(xc, pre, (x - x_hat).detach(), ctx.dead_mask)
+        aux = self.aux_k_loss(x, pre, (x - x_hat).detach(), ctx.dead_mask)
         if aux is not None:
             terms["aux_k"] = aux
             loss = loss + self.cfg.aux_coefficient * aux
@@ -93,9 +90,13 @@ class TopKSAE(SAE):
         return x_hat, {"mse": self.mse(x_hat, x)}
 
     def aux_k_loss(
-        self, xc: Tensor, pre: Tensor, residual: Tensor, dead_mask: Tensor | None
+        self, x: Tensor, pre: Tensor, residual: Tensor, dead_mask: Tensor | None
     ) -> Tensor | None:
-        """Reconstruct the (detached) residual with the top-k_aux dead latents."""
+        """Reconstruct the (detached) residual with the top-k_aux dead latents.
+
+        Runs on the dead latents' slice of the weights: with few dead latents (the usual
+        case) `ops` then takes its dense path on an `[N, n_dead]` block, far cheaper than
+        a sparse pass of k_aux latents per row over the whole dictionary."""
         if dead_mask is None:
             return None
         dead = dead_mask.nonzero().squeeze(1)
@@ -103,10 +104,13 @@ class TopKSAE(SAE):
         if n_dead == 0:
             return None
         k_aux = min(self.cfg.resolved_aux_k(), n_dead)
-        local = ops.topk(pre[:, dead], k_aux)[1]
-        idx = dead[local]
-        vals = ops.gather(xc, self.W_enc, self.b_enc, idx, pre=pre).relu()
-        e_hat = ops.decode(idx, vals, self.W_dec, None)
+        pre_dead = pre[:, dead]
+        local = ops.topk(pre_dead, k_aux)[1]
+        w_enc = self.encoder_weight[dead].t()
+        vals = ops.gather(
+            x, w_enc, self.b_enc[dead], local, pre=pre_dead, shift=self.input_shift
+        ).relu()
+        e_hat = ops.decode(local, vals, self.W_dec[dead], None)
         scale = min(n_dead / self.cfg.resolved_aux_k(), 1.0)
         return scale * (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
 

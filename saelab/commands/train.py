@@ -18,6 +18,7 @@ ARCH_FLAGS = {
     "bandwidth": "bandwidth",
     "aux_k": "aux_k",
     "prefix_sizes": "prefix_sizes",
+    "init_l0": "init_l0",
 }
 
 
@@ -37,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--l1-coefficient", type=float, help="L1 coefficient (relu, gated)")
     p.add_argument("--l0-coefficient", type=float, help="L0 coefficient (jumprelu)")
     p.add_argument("--bandwidth", type=float, help="JumpReLU kernel bandwidth")
+    p.add_argument(
+        "--init-l0",
+        type=float,
+        help="start sparse at about this L0 (relu, jumprelu, gated; default: the dense start)",
+    )
     p.add_argument("--aux-k", type=int, help="AuxK dead latents (TopK family; default d_in/2)")
     p.add_argument(
         "--prefix-sizes",

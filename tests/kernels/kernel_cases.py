@@ -123,9 +123,11 @@ def check_gather(
     bias: bool = True,
     use_pre: bool = False,
     strided_x: bool = False,
+    shift: bool = False,
     device: str = "cpu",
 ) -> None:
-    """`gather_preacts` forward and grads (x, W_enc, b_enc) against the dense reference.
+    """`gather_preacts` forward and grads (x, W_enc, b_enc, and shift when given) against the
+    dense reference.
 
     layout "rows": W_enc passed as the transpose view of a contiguous [d_sae, d_in] parameter
     (how saelab stores it); "cols": a contiguous [d_in, d_sae] W_enc."""
@@ -135,6 +137,7 @@ def check_gather(
     x = randn(n, d, g=g)
     enc = randn(d_sae, d, g=g, scale=d**-0.5)
     b = randn(d_sae, g=g) if bias else None
+    s = randn(d, g=g) if shift else None
     grad = randn(n, k, g=g)
 
     def run(dt: torch.dtype, dev: str, **kw):
@@ -147,25 +150,34 @@ def check_gather(
         param = leaf(leaf(enc if layout == "rows" else enc.t().contiguous(), dtype), dt, dev)
         W_enc = param.t() if layout == "rows" else param
         bb = leaf(leaf(b, dtype), dt, dev) if bias else None
+        ss = leaf(leaf(s, dtype), dt, dev) if shift else None
         fn = kernels.gather_preacts if dt != torch.float64 else dense_preacts
-        out = fn(xx, W_enc, bb, idx.to(dev), **kw)
+        out = fn(xx, W_enc, bb, idx.to(dev), shift=ss, **kw)
         out.backward(grad.to(dtype).to(dev, dt))
         assert param.grad.shape == param.shape
         x_grad = base.grad[::2] if strided_x else base.grad
         return [
             t.cpu() if t is not None else None
-            for t in (out.detach(), x_grad, param.grad, bb.grad if bias else None)
+            for t in (
+                out.detach(),
+                x_grad,
+                param.grad,
+                bb.grad if bias else None,
+                ss.grad if shift else None,
+            )
         ]
 
     kw = {}
     if use_pre:
         with torch.no_grad():
             xe, ee = x.to(device, dtype), enc.to(device, dtype)
+            if shift:
+                xe = xe - s.to(device, dtype)
             kw["pre"] = xe @ ee.t() + (b.to(device, dtype) if bias else 0)
     ours = run(dtype, device, **kw)
     ref = run(torch.float64, "cpu")
     tol, tag = TOL[dtype], f"gather n{n} k{k} d{d} d_sae{d_sae} {dtype} {layout} {device}"
-    names = ("out", "grad x", "grad W_enc", "grad b_enc")
+    names = ("out", "grad x", "grad W_enc", "grad b_enc", "grad shift")
     for name, a, r in zip(names, ours, ref):
         if r is not None:
             assert a.dtype == dtype, f"{tag} {name} dtype {a.dtype}"

@@ -65,6 +65,14 @@ def test_gather_preacts_layouts(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gather_preacts_shift(dtype):
+    """A subtracted shift (a centring SAE's b_dec): its gradient, and x's, match the dense
+    reference, with and without the precomputed pre-activations and the bias."""
+    check_gather(n=23, k=7, d=31, d_sae=90, dtype=dtype, shift=True)
+    check_gather(n=23, k=7, d=31, d_sae=90, dtype=dtype, shift=True, use_pre=True, bias=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_jumprelu_pipeline(dtype):
     check_jumprelu_pipeline(n=40, d=24, d_sae=80, dtype=dtype)
 
@@ -129,6 +137,66 @@ def test_topk_select():
         vals, idx = kernels.topk_select(pre, k)
         assert torch.equal(idx.sort(1).values, pre.topk(k).indices.sort(1).values)
         assert torch.equal(vals, pre.gather(1, idx))
+
+
+@pytest.mark.parametrize("values", ["normal", "ties", "nan-and-inf"])
+def test_topk_select_chunked_path_is_exact(values):
+    """Wide rows take the chunked CPU path; its values equal torch.topk's, row by row, and
+    its indices point at them, even with ties, NaN (ranked largest) and -inf rows."""
+    from kernels.select import _chunked_pays
+
+    g = gen()
+    pre = torch.randn(300, 1024, generator=g)
+    if values == "ties":  # few distinct values: many ties at the k-th place
+        pre = (pre * 2).round()
+    if values == "nan-and-inf":
+        pre[3, 100] = float("nan")
+        pre[4] = float("-inf")
+        pre[5, :40] = float("inf")
+    for k in (1, 5, 8):
+        assert _chunked_pays(pre, k)
+        vals, idx = kernels.topk_select(pre, k)
+        ref = pre.topk(k, dim=1).values
+        torch.testing.assert_close(vals.sort(1).values, ref.sort(1).values, equal_nan=True)
+        torch.testing.assert_close(vals, pre.gather(1, idx), equal_nan=True)
+        assert (idx.sort(1).values.diff(1) > 0).all(), "a latent chosen twice"
+    narrow = torch.randn(10, 1000, generator=g)  # not a multiple of the chunk: torch.topk
+    assert not _chunked_pays(narrow, 4)
+    assert torch.equal(
+        kernels.topk_select(narrow, 4)[0].sort(1).values, narrow.topk(4).values.sort(1).values
+    )
+
+
+def test_split_selection_partitions_each_row_in_order():
+    g = gen()
+    pre = torch.randn(30, 50, generator=g)
+    idx, mask = kernels.threshold_select(pre, 0.3)
+    first = pre.gather(1, idx) > 1.0
+    (a, ma), (b, mb) = kernels.split_selection(idx, mask, first)
+    for r in range(30):
+        row = idx[r][mask[r]]
+        hi = row[pre[r, row] > 1.0]
+        assert torch.equal(a[r][ma[r]], hi) and torch.equal(b[r][mb[r]], row[pre[r, row] <= 1.0])
+    assert ma.shape[1] == max(1, int(ma.sum(1).max())) and (a[~ma] == 0).all()
+    assert (b[~mb] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_decode_probe_is_zero_with_the_decode_gradient(dtype):
+    g = gen()
+    idx = torch.randint(0, 70, (25, 9), generator=g)
+    W = torch.randn(70, 12, generator=g, dtype=torch.float64)
+    grad = torch.randn(25, 12, generator=g, dtype=torch.float64)
+    vals = torch.zeros(25, 9, dtype=dtype, requires_grad=True)
+    w = W.to(dtype).requires_grad_()
+    mask = torch.rand(25, 9, generator=g) < 0.7
+    mask[3] = False  # a row with nothing kept
+    out = kernels.decode_probe(idx, vals, w, mask)
+    assert out.dtype == dtype and not out.any()
+    out.backward(grad.to(dtype))
+    want = (grad @ W.to(dtype).double().t()).gather(1, idx) * mask
+    torch.testing.assert_close(vals.grad.double(), want, rtol=1e-5, atol=1e-5)
+    assert w.grad is None
 
 
 def test_threshold_select():

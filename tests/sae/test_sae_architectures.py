@@ -147,6 +147,38 @@ def test_jumprelu_threshold_gets_gradient_from_latents_just_below_it():
     assert sae.threshold.grad is not None and sae.threshold.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse-path", "dense-path"])
+def test_jumprelu_training_loss_and_gradients_match_a_dense_float64_definition(monkeypatch, dense):
+    """The split selection (latents above θ decoded, those within ε/2 below only probed)
+    gives the loss and every gradient of the whole dense computation: z = ReLU(pre) for all
+    latents, f = JumpReLU(z), L0 by the step pseudo-derivative, in float64."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    g = torch.Generator().manual_seed(seed)
+    sae = make("jumprelu", threshold_init=0.3, bandwidth=0.2, l0_coefficient=0.05)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    x = torch.randn(40, 16, generator=g)
+    monkeypatch.setattr(ops, "DENSE_FRACTION", 0.0 if dense else 1.0)
+    out = sae.training_forward(x, StepContext())
+    out.loss.backward()
+
+    ref = {n: p.detach().double().requires_grad_() for n, p in sae.named_parameters()}
+    z = ((x.double() - ref["b_dec"]) @ ref["encoder_weight"].t() + ref["b_enc"]).relu()
+    theta = ref["threshold"].expand_as(z)
+    x_hat = JumpReLUFn.apply(z, theta, 0.2) @ ref["W_dec"] + ref["b_dec"]
+    mse = (x_hat - x.double()).pow(2).sum(-1).mean()
+    loss = mse + 0.05 * StepFn.apply(z, theta, 0.2).sum(-1).mean()
+    loss.backward()
+    near = ((z - theta).abs() < 0.1) & (z <= theta)
+    assert near.any(), f"no latent just below θ to test (seed {seed})"
+    torch.testing.assert_close(out.loss.double(), loss, rtol=1e-5, atol=1e-6)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(
+            p.grad.double(), ref[name].grad, rtol=1e-4, atol=1e-5, msg=f"{name}, seed {seed}"
+        )
+
+
 def test_parallel_gradient_removal_and_renormalisation():
     sae = make("topk")
     sae.W_dec.grad = torch.randn_like(sae.W_dec)
@@ -185,6 +217,10 @@ def test_impossible_configs_are_user_errors():
         make_config("relu", k=3)
     with pytest.raises(UserError, match="prefix_sizes"):
         make("matryoshka", d_sae=32, prefix_sizes=[8, 64])
+    with pytest.raises(UserError, match="init_l0 must be between 0 and d_sae"):
+        make("jumprelu", d_sae=32, init_l0=32)
+    with pytest.raises(UserError, match="unknown option"):
+        make_config("topk", init_l0=3)  # a count, not a threshold: nothing to start sparse
 
 
 @pytest.mark.parametrize("shifted", [True, False])
@@ -261,3 +297,40 @@ def test_dense_path_matches_float64_sparse_path(monkeypatch, arch):
             assert p.grad is None or not p.grad.any(), name
             continue
         torch.testing.assert_close(p.grad.double(), p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("n_dead", [3, 40, 64], ids=["few-dead", "many-dead", "all-dead"])
+def test_aux_k_matches_float64_definition(n_dead):
+    """AuxK (residual reconstructed by each row's top-k_aux dead latents) and its gradients
+    to every parameter equal a dense float64 computation of the definition, on the dense
+    path over the dead latents' block (few or many dead) and the sparse one (all dead)."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    g = torch.Generator().manual_seed(seed)
+    sae = make("topk", aux_k=8)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    x = torch.randn(32, 16, generator=g)
+    residual = torch.randn(32, 16, generator=g)
+    dead = torch.randperm(64, generator=g)[:n_dead].sort().values
+    dead_mask = torch.zeros(64, dtype=torch.bool)
+    dead_mask[dead] = True
+
+    pre = ops.preacts(sae.center(x), sae.W_enc, sae.b_enc)
+    loss = sae.aux_k_loss(x, pre, residual, dead_mask)
+    loss.backward()
+
+    ref = {n: p.detach().double().requires_grad_() for n, p in sae.named_parameters()}
+    pre_ref = (x.double() - ref["b_dec"]) @ ref["encoder_weight"].t() + ref["b_enc"]
+    pre_dead = pre_ref[:, dead]
+    k_aux = min(8, n_dead)
+    chosen = torch.zeros_like(pre_dead).scatter(1, pre_dead.topk(k_aux).indices, 1.0)
+    e_hat = (pre_dead.relu() * chosen) @ ref["W_dec"][dead]
+    loss_ref = min(n_dead / 8, 1.0) * (e_hat - residual.double()).pow(2).sum(-1).mean()
+    loss_ref.backward()
+    msg = f"seed {seed}"
+    torch.testing.assert_close(loss.double(), loss_ref, rtol=1e-5, atol=1e-6, msg=msg)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(
+            p.grad.double(), ref[name].grad, rtol=1e-4, atol=1e-6, msg=f"{name}, {msg}"
+        )

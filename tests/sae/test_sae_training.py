@@ -171,3 +171,36 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     keys = [(r["sae"], r["step"]) for r in rows]
     assert len(keys) == len(set(keys)) == len(straight.members) * total // 2
+
+
+@pytest.mark.parametrize(
+    "arch, coef",
+    [
+        ("relu", {"l1_coefficient": 0.4}),
+        ("gated", {"l1_coefficient": 0.4}),
+        ("jumprelu", {"l0_coefficient": 1e-2}),
+    ],
+)
+def test_init_l0_starts_sparse_and_still_recovers_the_dictionary(arch, coef):
+    """`init_l0` puts a fresh threshold SAE at about that L0 on unseen data from the first
+    step (the reference start has about half the latents active), and it still learns the
+    true directions."""
+    data = synthetic()
+    cfg = TrainConfig(tokens=256 * STEPS, progress=False)
+
+    def start_l0(init_l0):
+        trainer = Trainer([make_config(arch, d_sae=192, init_l0=init_l0, **coef)], data, cfg)
+        trainer.setup()
+        fresh = data.batch(10_000) * trainer.scale
+        return float(trainer.members[0].sae.encode_sparse(fresh).l0().mean())
+
+    assert start_l0(None) > 40
+    assert 4 <= start_l0(6.0) <= 9
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sae = train([make_config(arch, d_sae=192, init_l0=6.0, **coef)], data, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    (trained,) = sae.values()
+    assert recovery_fraction(data.directions, trained.W_dec.detach()) >= RECOVERY_FLOOR
