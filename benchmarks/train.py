@@ -314,6 +314,9 @@ def main() -> None:
 
     import torch
 
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.machine import machine_info
+
     skip = set(filter(None, args.skip.split(",")))
     tmp = Path(tempfile.mkdtemp(prefix="saelab-bench-"))
     acts = tmp / "acts.pt"
@@ -424,12 +427,7 @@ def main() -> None:
     record = {
         "benchmark": "train",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": machine_info(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "config": {
             "d_in": D_IN,
