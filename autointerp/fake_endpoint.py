@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import threading
 import time
 from collections import Counter
@@ -110,6 +111,13 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 refuses connections under concurrency
     daemon_threads = True
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (a timeout, a closed pooled connection) is not an error of
+        the endpoint: say nothing, where socketserver would print a traceback to stderr."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 def _logprobs(content: str) -> list[dict]:
     """Tokens of the answer; each number n comes with alternative n+1 (p 0.25) beside it (p 0.75)."""
@@ -135,15 +143,18 @@ def _handler(fake: FakeEndpoint):
             pass
 
         def _send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
             try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                if status >= 400:  # the client must not reuse a connection after an error
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
                 self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+            except ConnectionError:  # the client gave up (timeout)
                 self.close_connection = True
 
         def do_GET(self) -> None:

@@ -148,7 +148,7 @@ class TrainConfig:
     keep_freed_cpu_memory: bool = True
     """On a CPU device under glibc, keep freed memory in the process for reuse instead of
     handing big blocks back to the OS, so each step's fresh buffers skip their page faults
-    (~20% of a TopK step at d_sae 18432); the process then keeps its peak memory (see
+    (~15-20% of a TopK step at d_sae 18432); the process then keeps its peak memory (see
     `sae/memory.py`)."""
     autocast_bf16: bool = False
     """bf16 autocast of the forward pass on CUDA, with float32 master weights."""

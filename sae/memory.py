@@ -1,9 +1,9 @@
 """Keep freed CPU memory in the process for reuse (glibc only).
 
-glibc serves every allocation above ~32 MB with its own `mmap` and returns it to the OS on
-free, so a training step's fresh `[batch, d_sae]` buffers (the pre-activations, the weight
-gradients) fault all their pages in again on every step: ~20% of a CPU TopK step at d_sae
-18432, batch 4096. With mmap off for big blocks and the heap never trimmed, freed blocks are
+glibc serves big allocations (above its mmap threshold, at most 32 MB on 64-bit) with their
+own `mmap` and returns them to the OS on free, so a training step's fresh `[batch, d_sae]`
+buffers (the pre-activations, the weight gradients) fault all their pages in again on every
+step: ~15-20% of a CPU TopK step at d_sae 18432, batch 4096. With mmap off for big blocks and the heap never trimmed, freed blocks are
 reused as they are. The cost: the process keeps its peak heap until it exits.
 """
 

@@ -123,7 +123,7 @@ def decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Te
 def probe(idx: Tensor, vals: Tensor, W_dec: Tensor, mask: Tensor | None = None) -> Tensor:
     """Zeros `[N, d_in]` that give `vals` (entries 0 in the forward) the gradient `decode`
     would, at the entries `mask` keeps; add to a reconstruction. Dense selections get it
-    from one matmul."""
+    from one matmul, for every entry (callers zero padded slots through their vals)."""
     if _dense(idx.shape[1], W_dec.shape[0]):
         return _DenseProbe.apply(idx, vals, W_dec.detach())
     return kernels.decode_probe(idx, vals, W_dec, mask)

@@ -84,13 +84,15 @@ def test_train_a_sweep_file(small_store, tmp_path):
     sweep.write_text(
         "[train]\ntokens = 640\n\n[defaults]\nd_sae = 96\n\n"
         '[[sae]]\narchitecture = "batchtopk"\nk = 4\n\n'
-        '[[sae]]\narchitecture = "jumprelu"\ngrid = { l0_coefficient = [0.001, 0.01] }\n'
+        '[[sae]]\narchitecture = "jumprelu"\ninit_l0 = 6.0\n'
+        "grid = { l0_coefficient = [0.001, 0.01] }\n"
     )
     out = tmp_path / "sweep"
     assert _train(small_store, out, "--sweep", str(sweep)) == 0
     names = sorted(p.name for p in out.iterdir() if (p / "cfg.json").is_file())
     assert names == ["batchtopk-96-k4", "jumprelu-96-l0_0.001", "jumprelu-96-l0_0.01"]
     assert load_sae(out / "batchtopk-96-k4").running_threshold > 0
+    assert load_sae(out / "jumprelu-96-l0_0.01").cfg.init_l0 == 6.0
 
 
 @pytest.mark.parametrize(
@@ -98,6 +100,7 @@ def test_train_a_sweep_file(small_store, tmp_path):
     [
         (["--hook", "blocks.9.hook_nothing", "--arch", "topk"], "blocks.9.hook_nothing"),
         (["--arch", "relu", "--k", "4"], "--k does not apply to a 'relu' SAE"),
+        (["--arch", "topk", "--init-l0", "8"], "--init-l0 does not apply to a 'topk' SAE"),
         (["--arch", "topk", "--d-sae", "8", "--k", "16"], "k must be between 1 and d_sae"),
         (["--arch", "topk", "--resume"], "nothing to resume"),
     ],
