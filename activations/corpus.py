@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from activations.cache import cache_dir
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 BUILTIN_SOURCES = ("wikipedia", "news")
 BUILTIN_VERSION = 2

@@ -23,7 +23,7 @@ import torch
 from activations import corpus as corpus_mod
 from activations import store as store_mod
 from activations.models import DEFAULT_MODEL, LoadedModel, load_model
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 NONFINITE_POLICIES = ("error", "drop", "keep")
 # What must match for `--resume` to continue a store rather than refuse it.

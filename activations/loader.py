@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from activations.store import ActivationStore
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 @dataclass

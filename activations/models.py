@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from activations.cache import cache_dir
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_MODELS = {

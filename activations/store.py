@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = {

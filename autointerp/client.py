@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, field
 
 from autointerp.config import LLMConfig
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 TOP_LOGPROBS = 5
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 EXPLAINERS = ("llm", "baseline")
 SCORERS = ("detection", "fuzzing", "embedding", "simulation")

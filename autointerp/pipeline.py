@@ -17,12 +17,12 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 
+import resultstore as results
 from autointerp.client import EndpointError, LLMClient, Usage, first_model
 from autointerp.config import ExplainConfig
 from autointerp.latent import LatentResult, interpret
 from autointerp.windows import split_windows
-from sae import store as results
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 BLOCK = 256
 """Latents whose examples are read from the store at a time."""
@@ -193,7 +193,7 @@ class _RunRecord:
     config_hash: str
 
     def row(self, status: str, latents_done: int, usage: Usage, unparsable: int) -> dict:
-        from saelab import __version__
+        from saelab_base import __version__
 
         config = asdict(self.cfg)
         config["llm"].pop(

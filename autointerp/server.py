@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 @dataclass

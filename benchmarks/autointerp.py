@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import resultstore as results  # noqa: E402
 from autointerp.config import SCORERS, ExplainConfig, LLMConfig  # noqa: E402
 from autointerp.pipeline import explain_features  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
-from sae import store as results  # noqa: E402
 
 WINDOW, VOCAB = 24, 2000
 KINDS = {"top": 20, "quantile": 16, "random": 8, "nonactivating": 12}

@@ -27,15 +27,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import resultstore as results  # noqa: E402
 from activations.harvest import HarvestConfig, harvest  # noqa: E402
 from activations.loader import ActivationLoader  # noqa: E402
 from activations.store import ActivationStore  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
+from evaluation.core import reconstruction_stats  # noqa: E402
+from evaluation.features import FeatureStatsConfig, feature_stats  # noqa: E402
+from evaluation.runner import EvalConfig, evaluate  # noqa: E402
 from sae import build_sae, make_config, save_sae  # noqa: E402
-from sae import store as results  # noqa: E402
-from sae.evals.core import reconstruction_stats  # noqa: E402
-from sae.evals.features import FeatureStatsConfig, feature_stats  # noqa: E402
-from sae.evals.runner import EvalConfig, evaluate  # noqa: E402
 
 HOOK = "blocks.2.hook_resid_post"
 

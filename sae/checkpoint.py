@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from sae.base import SAE
 from sae.registry import REGISTRY, config_from_dict
-from saelab import __version__
-from saelab.errors import UserError
+from saelab_base import __version__
+from saelab_base.errors import UserError
 
 FORMAT_VERSION = 1
 CFG_FILE = "cfg.json"

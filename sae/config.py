@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from sae.base import SAE
 from sae.registry import make_config
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 SAELENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 

@@ -1,4 +1,8 @@
-"""Architecture registry: name -> SAE class (its `config_class` is the config dataclass)."""
+"""Architecture registry: name -> SAE class (its `config_class` is the config dataclass).
+
+The registry is open: `register_architecture(MySAE)` from a notebook or another package makes
+`MySAE.architecture` a name the trainer, sweeps, checkpoints and `saelab train --arch` accept.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,31 @@ from sae.architectures.relu import ReLUSAE
 from sae.architectures.topk import TopKSAE
 from sae.base import SAE
 from sae.config import SAEConfig
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
-REGISTRY: dict[str, type[SAE]] = {
-    cls.architecture: cls
-    for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, MatryoshkaSAE)
-}
+REGISTRY: dict[str, type[SAE]] = {}
+
+
+def register_architecture(cls: type[SAE], *, replace: bool = False) -> type[SAE]:
+    """Add an SAE class under its `architecture` name (usable as a class decorator).
+
+    The class needs `architecture` (a name) and `config_class` (an `SAEConfig` subclass).
+    Registering a taken name is an error unless `replace=True`.
+    """
+    name = getattr(cls, "architecture", None)
+    config_class = getattr(cls, "config_class", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} needs a class attribute `architecture` (its name)")
+    if not (isinstance(config_class, type) and issubclass(config_class, SAEConfig)):
+        raise ValueError(f"{cls.__name__}.config_class must be an SAEConfig subclass")
+    if name in REGISTRY and REGISTRY[name] is not cls and not replace:
+        raise ValueError(f"architecture {name!r} is already registered ({REGISTRY[name].__name__})")
+    REGISTRY[name] = cls
+    return cls
+
+
+for _cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, MatryoshkaSAE):
+    register_architecture(_cls)
 
 
 def get_architecture(name: str) -> type[SAE]:

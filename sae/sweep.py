@@ -27,7 +27,7 @@ from typing import Any
 
 from sae.config import SAEConfig, TrainConfig
 from sae.registry import config_from_dict
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 try:
     import tomllib

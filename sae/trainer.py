@@ -32,7 +32,7 @@ from sae.memory import keep_freed_cpu_memory
 from sae.optim import build_optimizer, lr_multiplier, set_lr, sparsity_multiplier, warmup_steps
 from sae.registry import build_sae
 from sae.stream import BatchStream
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 @dataclass

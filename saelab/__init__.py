@@ -1,3 +1,5 @@
 """saelab: sparse autoencoders on language-model activations, end to end."""
 
-__version__ = "0.1.0"
+from saelab_base import __version__
+
+__all__ = ["__version__"]

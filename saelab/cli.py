@@ -11,8 +11,8 @@ import argparse
 import importlib
 import sys
 
-from saelab import __version__
-from saelab.errors import UserError
+from saelab_base import __version__
+from saelab_base.errors import UserError
 
 COMMANDS = ["hooks", "harvest", "train", "eval", "compare", "explain", "llm-serve", "demo"]
 

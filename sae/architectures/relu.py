@@ -10,7 +10,7 @@ from torch import Tensor
 from sae import ops
 from sae.base import SAE, Code, StepContext, TrainOutput
 from sae.config import ThresholdSAEConfig
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 @dataclass

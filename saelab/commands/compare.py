@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sae.evals.compare import comparison_rows, format_table, frontier_html
-    from saelab.errors import UserError
+    from evaluation.compare import comparison_rows, format_table, frontier_html
+    from saelab_base.errors import UserError
 
     rows = comparison_rows(args.db)
     if not rows:

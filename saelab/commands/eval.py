@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from sae.evals.runner import DEFAULT_EVALS, EVALS
+    from evaluation.runner import DEFAULT_EVALS, EVALS
 
     p = sub.add_parser("eval", help="evaluate SAEs into the results database")
     p.add_argument("--sae", required=True, help="an SAE folder or a sweep folder of them")
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.evals.runner import EvalConfig, evaluate
+    from evaluation.runner import EvalConfig, evaluate
 
     cfg = EvalConfig(
         sae=args.sae,

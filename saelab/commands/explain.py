@@ -83,7 +83,7 @@ def _report(db: str, sae_id: str, features: list[int]) -> None:
     """Mean score per explainer and scorer (the baseline row is the floor to beat)."""
     from collections import defaultdict
 
-    from sae import store as results
+    import resultstore as results
 
     chosen = set(features)
     cells = defaultdict(list)

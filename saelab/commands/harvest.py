@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

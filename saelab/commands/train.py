@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 ARCHES = ["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"]
 

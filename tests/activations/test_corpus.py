@@ -7,7 +7,7 @@ import json
 import pytest
 
 from activations.corpus import iter_sequences, load_corpus
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 def test_builtin_is_real_english_from_both_sources():

@@ -16,7 +16,7 @@ import zarr
 
 from activations.harvest import FINGERPRINT, HarvestConfig, harvest
 from activations.store import ActivationStore
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 from tests.conftest import SMALL_HARVEST
 
 HOOKS = ["blocks.2.hook_resid_post", "blocks.4.hook_mlp_out"]

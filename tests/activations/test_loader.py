@@ -7,7 +7,7 @@ import torch
 
 from activations.loader import ActivationLoader
 from activations.store import ActivationStore
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 HOOK = "blocks.2.hook_resid_post"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from activations.models import load_model, resolve_model_folder
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 # The bridge runs the HF module but may pick another attention kernel; fp32 logits of
 # magnitude ~20 agree to this absolute tolerance (measured max ≈ 3e-4).

@@ -12,7 +12,7 @@ HOOK = "blocks.2.hook_resid_post"
 @pytest.fixture(scope="session")
 def interp_db(small_store, tmp_path_factory):
     """(db path, sae id): a TopK SAE (128 latents, k 2) with its feature statistics stored."""
-    from sae import store as results
+    import resultstore as results
 
     folder = tmp_path_factory.mktemp("interp")
     sae, db = folder / "sae", folder / "results.duckdb"

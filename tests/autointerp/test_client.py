@@ -10,7 +10,7 @@ import pytest
 from autointerp.client import EndpointError, LLMClient
 from autointerp.config import LLMConfig
 from autointerp.fake_endpoint import FakeEndpoint
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 MESSAGES = [{"role": "user", "content": "Reply with exactly 3 numbers as a JSON list."}]
 

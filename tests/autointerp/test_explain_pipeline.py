@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 
+import resultstore as results
 from autointerp.fake_endpoint import FakeEndpoint, shaped_answer
 from autointerp.scorers.simulation import true_levels
 from autointerp.windows import Window, escape, render
-from sae import store as results
 from saelab.cli import main
 
 FAST = ["--timeout", "5", "--no-progress", "--concurrency", "4"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from sae import store as results
+import resultstore as results
 from saelab.cli import main
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sae import store as results
+import resultstore as results
 
 
 @pytest.mark.slow

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sae import build_sae, make_config
-from sae.evals.absorption import (
+from evaluation.absorption import (
     AbsorptionConfig,
     absorbed_mask,
     absorption,
@@ -18,6 +17,7 @@ from sae.evals.absorption import (
     split_words,
     word_of,
 )
+from sae import build_sae, make_config
 
 D_IN, A, B, C, MARK, CONTENT = 16, 0, 1, 2, 7, 8
 

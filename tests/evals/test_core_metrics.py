@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sae.evals.core import ReconstructionStats, loss_stats
+from evaluation.core import ReconstructionStats, loss_stats
 
 
 def stats_of(x, x_hat, f, batch_size=None):

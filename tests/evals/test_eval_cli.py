@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sae import store as results
+import resultstore as results
 
 HOOK = "blocks.2.hook_resid_post"
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from activations.store import ActivationStore
-from sae.evals import dashboards
-from sae.evals.features import HIST_EDGES, FeatureStatsConfig, feature_stats
-from sae.evals.logits import logit_effects
+from evaluation import dashboards
+from evaluation.features import HIST_EDGES, FeatureStatsConfig, feature_stats
+from evaluation.logits import logit_effects
 
 HOOK = "blocks.2.hook_resid_post"
 

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae import build_sae, make_config
-from sae.evals.labels import binary_labels, dataset_labels
-from sae.evals.probing import (
+from evaluation.labels import binary_labels, dataset_labels
+from evaluation.probing import (
     ProbingConfig,
     pooled_store,
     probe_activations,
@@ -16,7 +15,8 @@ from sae.evals.probing import (
     source_probing,
     split_groups,
 )
-from saelab.errors import UserError
+from sae import build_sae, make_config
+from saelab_base.errors import UserError
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -139,7 +139,7 @@ def test_probe_dataset_reads_the_label_column():
 def test_token_examples_of_a_store_split_by_sequence(small_store):
     """Token pooling makes many examples per sequence; none of their sequences straddles the split."""
     from activations.store import ActivationStore
-    from sae.evals.labels import store_column_labels
+    from evaluation.labels import store_column_labels
 
     store = ActivationStore(small_store)
     sae = build_sae(make_config("topk", d_sae=64, k=8, seed=fresh_seed()), d_in=576).eval()
@@ -217,7 +217,7 @@ def test_any_labelled_dataset_probes_its_column(model, tmp_path):
     import json
 
     from activations.store import ActivationStore
-    from saelab.errors import UserError
+    from saelab_base.errors import UserError
 
     rng = np.random.default_rng(fresh_seed())
     words = "the river town market winter letter garden morning story music family".split()

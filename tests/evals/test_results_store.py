@@ -9,8 +9,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from sae import store as results
-from saelab.errors import UserError
+import resultstore as results
+from saelab_base.errors import UserError
 
 
 def record(sae_id="s1", d_sae=8):

@@ -9,7 +9,7 @@ from sae import ops
 from sae.architectures.jumprelu import JumpReLUFn, StepFn
 from sae.base import StepContext
 from sae.registry import REGISTRY, build_sae, get_architecture, make_config
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
 

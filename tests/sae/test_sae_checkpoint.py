@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from sae import build_sae, load_sae, make_config, save_sae
 from sae.importers import load_any, load_gemma_scope, load_saelens, load_sparsify
 from sae.registry import REGISTRY
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 def _trained_like(arch: str, d_in: int = 12, d_sae: int = 40):

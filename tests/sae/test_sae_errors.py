@@ -11,7 +11,7 @@ from sae import TrainConfig, Trainer, make_config
 from sae.checkpoint import STATE_FILE
 from sae.sweep import parse_sweep
 from sae.synthetic import SyntheticActivations
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 def data(**kw):

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.evals.labels import BinaryLabels, binary_labels, dataset_labels, store_column_labels
-from saelab.errors import UserError
+from evaluation.labels import BinaryLabels, binary_labels, dataset_labels, store_column_labels
+from saelab_base.errors import UserError
 
 POOLINGS = ("mean", "token")
 SPLIT_UNITS = ("sequence", "document")

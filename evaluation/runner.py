@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
+import resultstore as results
 from activations.loader import ActivationLoader, split_chunks
 from activations.store import ActivationStore
-from sae import store as results
+from evaluation.features import FeatureStatsConfig
 from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, load_sae, read_cfg
-from sae.evals.features import FeatureStatsConfig
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 EVALS = ("core", "loss", "features", "probing", "absorption")
 DEFAULT_EVALS = ("core", "loss", "features")
@@ -178,7 +178,7 @@ def evaluate(cfg: EvalConfig, model=None, log=print) -> dict[str, dict[str, dict
 
 
 def _run_core(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
-    from sae.evals.core import reconstruction_stats
+    from evaluation.core import reconstruction_stats
 
     loader = ActivationLoader(
         store, hook, batch_size=cfg.batch_size, split=cfg.split, drop_last=False, prefetch=1
@@ -210,7 +210,7 @@ def _capped(batches, max_tokens: int):
 def _run_loss(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
     import numpy as np
 
-    from sae.evals.core import loss_stats
+    from evaluation.core import loss_stats
 
     chunks = split_chunks(store.committed_chunks(), cfg.split, 0.1)
     tokens, masks = [], []
@@ -232,9 +232,9 @@ def _run_loss(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
 
 
 def _run_features(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
-    from sae.evals import dashboards
-    from sae.evals.features import feature_stats
-    from sae.evals.logits import logit_effects, unembedding
+    from evaluation import dashboards
+    from evaluation.features import feature_stats
+    from evaluation.logits import logit_effects, unembedding
 
     chunks = split_chunks(store.committed_chunks(), cfg.feature_split, 0.1)
     stats = feature_stats(sae, store, hook, cfg.features, chunks=chunks)
@@ -265,7 +265,7 @@ def _run_features(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
 
 
 def _run_probing(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
-    from sae.evals import probing
+    from evaluation import probing
 
     result = probing.source_probing(
         sae, store, hook, column=cfg.probe_column, positive=cfg.probe_positive
@@ -274,7 +274,7 @@ def _run_probing(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
 
 
 def _run_absorption(sae, store, hook, cfg: EvalConfig, model, sae_id: str):
-    from sae.evals import absorption
+    from evaluation import absorption
 
     result = absorption.first_letter_absorption(sae, store, hook)
     return result.metrics(), None, result.n_tokens, result.conventions()

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from saelab.errors import UserError
+from saelab_base.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def store_column_labels(
     if len(np.unique(values)) < 2:
         raise UserError(
             f"the store's corpus {attrs['dataset']!r} has a single {column!r} value: nothing to "
-            "probe; probe your own labels with sae.evals.probing.probe_activations"
+            "probe; probe your own labels with evaluation.probing.probe_activations"
         )
     labels = binary_labels(values, positive, names=names)
     return BinaryLabels(labels.y, labels.classes, f"{column}: {labels.task}"), docs

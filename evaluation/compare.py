@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sae import store as results
+import resultstore as results
 
 COLUMNS = (
     "l0",

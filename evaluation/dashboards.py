@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sae.evals.core import DENSE_THRESHOLD
-from sae.evals.features import HIST_EDGES, FeatureStats, _RunningTop
-from sae.evals.logits import LogitEffects
+from evaluation.core import DENSE_THRESHOLD
+from evaluation.features import HIST_EDGES, FeatureStats, _RunningTop
+from evaluation.logits import LogitEffects
 
 
 def _list_column(values: np.ndarray, pa_type):

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.evals.probing import dense_rows, encode_sparse, fit_probe, probe_direction, top_latents
-from saelab.errors import UserError
+from evaluation.probing import dense_rows, encode_sparse, fit_probe, probe_direction, top_latents
+from saelab_base.errors import UserError
 
 WORD = re.compile(r"^ ?[A-Za-z]{2,}$")
 """A single whole word as a decoded token: optional leading space, ASCII letters, length ≥ 2."""

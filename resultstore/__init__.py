@@ -1,0 +1,57 @@
+"""The results store: one DuckDB file holding every SAE, eval run, metric, feature, explanation
+and score. Importable without torch (the app reads it on every page).
+
+The schema and its migrations live in `schema`; reads and writes are grouped by what owns the
+rows: `saes` (the SAE registry and vocab), `evals` (eval runs, metrics, feature tables),
+`features` (dashboard reads), `autointerp` (explanations, scores, runs, cache). Every query is
+parameterised. Writers hold the file only for the short transaction that replaces their rows, so
+readers can open it read-only in between; a second writer gets a one-line "busy" error.
+"""
+
+from resultstore.autointerp import (
+    INTERP_TABLES,
+    InterpBatch,
+    cached_responses,
+    finished_features,
+    interp_scores,
+    write_interp_batch,
+)
+from resultstore.evals import FEATURE_TABLES, EvalRun, metrics_table, write_eval_run
+from resultstore.features import feature_dashboard, feature_examples, feature_stats
+from resultstore.saes import (
+    SAERecord,
+    config_hash,
+    find_sae,
+    list_saes,
+    register_sae,
+    token_strings,
+    write_vocab,
+)
+from resultstore.schema import MIGRATIONS, SCHEMA_VERSION, connect, dicts
+
+__all__ = [
+    "FEATURE_TABLES",
+    "INTERP_TABLES",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "EvalRun",
+    "InterpBatch",
+    "SAERecord",
+    "cached_responses",
+    "config_hash",
+    "connect",
+    "dicts",
+    "feature_dashboard",
+    "feature_examples",
+    "feature_stats",
+    "find_sae",
+    "finished_features",
+    "interp_scores",
+    "list_saes",
+    "metrics_table",
+    "register_sae",
+    "token_strings",
+    "write_eval_run",
+    "write_interp_batch",
+    "write_vocab",
+]

@@ -1,0 +1,164 @@
+"""The results store's schema: creation, the one ordered list of migrations, and connections.
+
+Every table of the results file is created and migrated here and nowhere else. A migration is
+appended, never edited: MIGRATIONS[i] takes a file from schema version i to i + 1, in place, so
+rows keep their ids. A file with a newer version than this code knows is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from saelab_base.errors import UserError
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)""",
+        """CREATE TABLE saes (
+            sae_id VARCHAR PRIMARY KEY,      -- hash of config + weights
+            name VARCHAR, path VARCHAR, architecture VARCHAR,
+            d_in INTEGER, d_sae INTEGER, hook VARCHAR, model VARCHAR, model_sha256 VARCHAR,
+            cfg_json VARCHAR, cfg_hash VARCHAR, weights_sha256 VARCHAR,
+            registered_at TIMESTAMP)""",
+        """CREATE TABLE eval_runs (
+            run_id VARCHAR PRIMARY KEY, sae_id VARCHAR, eval VARCHAR,
+            config_json VARCHAR, config_hash VARCHAR, acts_url VARCHAR, n_tokens BIGINT,
+            seconds DOUBLE, finished_at TIMESTAMP, saelab_version VARCHAR)""",
+        """CREATE TABLE metrics (
+            sae_id VARCHAR, eval VARCHAR, metric VARCHAR, value DOUBLE, run_id VARCHAR,
+            PRIMARY KEY (sae_id, eval, metric))""",
+        """CREATE TABLE features (
+            sae_id VARCHAR, feature INTEGER, n_tokens BIGINT, n_active BIGINT,
+            density DOUBLE, log10_density DOUBLE, max_act DOUBLE, mean_act DOUBLE,
+            dead BOOLEAN, dense BOOLEAN, too_few_examples BOOLEAN, run_id VARCHAR,
+            PRIMARY KEY (sae_id, feature))""",
+        """CREATE TABLE feature_examples (
+            sae_id VARCHAR, feature INTEGER, kind VARCHAR, band INTEGER, rank INTEGER,
+            seq BIGINT, pos INTEGER, window_start INTEGER, activation DOUBLE,
+            tokens INTEGER[], acts FLOAT[], run_id VARCHAR)""",
+        """CREATE TABLE feature_histograms (
+            sae_id VARCHAR, feature INTEGER, kind VARCHAR,
+            bin_edges DOUBLE[], counts BIGINT[], run_id VARCHAR,
+            PRIMARY KEY (sae_id, feature, kind))""",
+        """CREATE TABLE feature_logits (
+            sae_id VARCHAR, feature INTEGER, side VARCHAR, rank INTEGER,
+            token_id INTEGER, value DOUBLE, run_id VARCHAR)""",
+        """CREATE TABLE vocab (
+            model_sha256 VARCHAR, token_id INTEGER, token VARCHAR,
+            PRIMARY KEY (model_sha256, token_id))""",
+    ],
+    [  # 2: auto-interpretation (explanations, scores with intervals, the LLM response cache)
+        """CREATE TABLE explanations (
+            sae_id VARCHAR, feature INTEGER, explainer VARCHAR, status VARCHAR,
+            explanation VARCHAR, n_examples INTEGER, provenance_json VARCHAR,
+            config_hash VARCHAR, run_id VARCHAR, created_at TIMESTAMP,
+            PRIMARY KEY (sae_id, feature, explainer))""",
+        """CREATE TABLE scores (
+            sae_id VARCHAR, feature INTEGER, explainer VARCHAR, scorer VARCHAR, status VARCHAR,
+            value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, n_windows INTEGER, n_valid INTEGER,
+            n_failures INTEGER, n_positive INTEGER, n_negative INTEGER, provenance_json VARCHAR,
+            config_hash VARCHAR, run_id VARCHAR, created_at TIMESTAMP,
+            PRIMARY KEY (sae_id, feature, explainer, scorer))""",
+        """CREATE TABLE autointerp_runs (
+            run_id VARCHAR PRIMARY KEY, sae_id VARCHAR, config_json VARCHAR, config_hash VARCHAR,
+            status VARCHAR, started_at TIMESTAMP, updated_at TIMESTAMP, latents_done INTEGER,
+            requests BIGINT, cache_hits BIGINT, retries BIGINT, unparsable BIGINT,
+            prompt_tokens BIGINT, completion_tokens BIGINT, saelab_version VARCHAR)""",
+        """CREATE TABLE llm_cache (
+            key VARCHAR PRIMARY KEY, sae_id VARCHAR, feature INTEGER, model VARCHAR,
+            request_json VARCHAR, response_json VARCHAR, created_at TIMESTAMP)""",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _duckdb():
+    import duckdb
+
+    return duckdb
+
+
+@contextlib.contextmanager
+def connect(path: str | Path, read_only: bool = False) -> Iterator[Any]:
+    """A connection with the schema at the current version (created or migrated if writable)."""
+    duckdb = _duckdb()
+    path = str(path)
+    if read_only and not Path(path).exists():
+        raise UserError(f"no results database at {path!r}; run `saelab eval` first")
+    if not read_only:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(
+                f"cannot create the folder of results database {path!r}: {err.strerror or err}; "
+                "choose a writable --db"
+            ) from None
+    try:
+        con = duckdb.connect(path, read_only=read_only)
+    except duckdb.IOException as err:
+        if "lock" in str(err).lower():
+            raise UserError(
+                f"results database {path!r} is busy: another process holds it for writing; "
+                "wait for it to finish (or close the app's writer) and retry"
+            ) from None
+        raise UserError(
+            f"cannot open results database {path!r}: {str(err).splitlines()[0]}"
+        ) from None
+    except duckdb.Error as err:
+        raise UserError(
+            f"{path!r} is not a DuckDB results database: {str(err).splitlines()[0]}"
+        ) from None
+    try:
+        _ensure_schema(con, path, read_only)
+        yield con
+    finally:
+        con.close()
+
+
+def _schema_version(con) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_info'"
+    ).fetchone()[0]
+    if not exists:
+        return 0
+    row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _ensure_schema(con, path: str, read_only: bool) -> None:
+    version = _schema_version(con)
+    if version > SCHEMA_VERSION:
+        raise UserError(
+            f"results database {path!r} has schema version {version}, newer than this saelab "
+            f"understands ({SCHEMA_VERSION}); upgrade saelab"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    if read_only:
+        raise UserError(
+            f"results database {path!r} has an older schema ({version}); open it once for writing to migrate"
+        )
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for step in MIGRATIONS[version:]:
+            for statement in step:
+                con.execute(statement)
+        con.execute(
+            "INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def dicts(cursor) -> list[dict]:
+    """A cursor's rows as dicts keyed by column name."""
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
