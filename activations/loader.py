@@ -25,6 +25,10 @@ import torch
 from activations.store import ActivationStore
 from saelab_base.errors import UserError
 
+TEST_FRACTION = 0.1
+"""Fraction of a store's committed chunks (the last ones) held out as the `test` split: the one
+definition that training (`train`), evaluation (`test`) and the loader share."""
+
 
 @dataclass
 class LoaderConfig:
@@ -50,7 +54,7 @@ class LoaderConfig:
     """Windows prepared ahead by the background thread (0: no thread)."""
     split: str = "all"
     """Which committed chunks: `all`, `train` (all but the held-out tail) or `test` (the tail)."""
-    test_fraction: float = 0.1
+    test_fraction: float = TEST_FRACTION
     """Fraction of committed chunks (the last ones, at least one) held out as `test`."""
     rank: int = 0
     """Data-parallel rank: this process takes batches rank, rank + world, ..."""

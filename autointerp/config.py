@@ -6,8 +6,22 @@ from dataclasses import asdict, dataclass, field
 
 from saelab_base.errors import UserError
 
-EXPLAINERS = ("llm", "baseline")
-SCORERS = ("detection", "fuzzing", "embedding", "simulation")
+
+def _registry():
+    # imported late: the registry imports the scorers, which import the client, which imports this
+    from autointerp import registry
+
+    return registry
+
+
+def default_explainers() -> list[str]:
+    """The registered explainers that run when none is named."""
+    return _registry().defaults(_registry().EXPLAINERS)
+
+
+def default_scorers() -> list[str]:
+    """The registered scorers that run when none is named."""
+    return _registry().defaults(_registry().SCORERS)
 
 
 @dataclass
@@ -75,10 +89,10 @@ class ExplainConfig:
     """A range `a:b`, or a comma list `3,7,9`. None with sample None: the first 20 latents."""
     sample: int | None = None
     """Explain a seeded uniform sample of this many latents instead of a range."""
-    explainers: list[str] = field(default_factory=lambda: list(EXPLAINERS))
-    """Any of llm, baseline (the non-LLM floor)."""
-    scorers: list[str] = field(default_factory=lambda: list(SCORERS))
-    """Any of detection, fuzzing, embedding, simulation."""
+    explainers: list[str] = field(default_factory=default_explainers)
+    """Registered explainers (`autointerp.registry`): llm, baseline (the non-LLM floor), ..."""
+    scorers: list[str] = field(default_factory=default_scorers)
+    """Registered scorers: detection, fuzzing, embedding, simulation, ..."""
     llm: LLMConfig = field(default_factory=LLMConfig)
     """The endpoint (explainer and scorer use the same model)."""
     windows: WindowConfig = field(default_factory=WindowConfig)
@@ -93,9 +107,10 @@ class ExplainConfig:
     """Show a progress bar (latents/min, tokens spent)."""
 
     def validate(self) -> None:
+        registry = _registry()
         for name, chosen, known in (
-            ("explainer", self.explainers, EXPLAINERS),
-            ("scorer", self.scorers, SCORERS),
+            ("explainer", self.explainers, registry.names(registry.EXPLAINERS)),
+            ("scorer", self.scorers, registry.names(registry.SCORERS)),
         ):
             bad = [c for c in chosen if c not in known]
             if bad or not chosen:

@@ -7,19 +7,10 @@ from dataclasses import dataclass
 
 from autointerp.client import LLMClient
 from autointerp.config import ExplainConfig
-from autointerp.explainers import Explanation, baseline, llm
+from autointerp.explainers import Explanation
+from autointerp.registry import EXPLAINERS, SCORERS
 from autointerp.scorers import Score, ScoringContext
-from autointerp.scorers.classify import detection, fuzzing
-from autointerp.scorers.embedding import embedding
-from autointerp.scorers.simulation import simulation
 from autointerp.windows import LatentWindows
-
-SCORERS = {
-    "detection": detection,
-    "fuzzing": fuzzing,
-    "embedding": embedding,
-    "simulation": simulation,
-}
 
 
 @dataclass
@@ -36,14 +27,9 @@ async def interpret(
     short = windows.insufficient(cfg.windows)
     if short:
         return _insufficient(feature, cfg, short)
-    explanations = []
-    for name in cfg.explainers:
-        if name == "llm":
-            explanations.append(
-                await llm.explain(client, windows.explain, owner, cfg.explanation_tokens)
-            )
-        else:
-            explanations.append(baseline.explain(windows.explain))
+    explanations = [
+        await EXPLAINERS[name].fn(client, windows, owner, cfg) for name in cfg.explainers
+    ]
     ctx = ScoringContext(
         windows=windows,
         client=client,
@@ -60,7 +46,7 @@ async def interpret(
             if expl.text is None:
                 pairs.append((expl.explainer, Score(scorer, "explanation_failed")))
             else:
-                jobs.append((expl.explainer, SCORERS[scorer](ctx, expl.text)))
+                jobs.append((expl.explainer, SCORERS[scorer].fn(ctx, expl.text)))
     done = await asyncio.gather(*(job for _, job in jobs))
     pairs += [(explainer, score) for (explainer, _), score in zip(jobs, done)]
     return LatentResult(feature, explanations, pairs)

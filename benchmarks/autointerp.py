@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import resultstore as results  # noqa: E402
-from autointerp.config import SCORERS, ExplainConfig, LLMConfig  # noqa: E402
+from autointerp.config import ExplainConfig, LLMConfig, default_scorers  # noqa: E402
 from autointerp.pipeline import explain_features  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 
@@ -156,6 +156,7 @@ def main() -> None:
     per_latent_guess = 26
     # every concurrency with all scorers; then the highest once more without the embedding
     # scorer, whose local model (not the endpoint) is what limits it on a small CPU
+    SCORERS = default_scorers()
     settings = [(c, list(SCORERS)) for c in args.concurrency]
     settings.append((max(args.concurrency), [s for s in SCORERS if s != "embedding"]))
     sizes = [max(4, int(args.seconds * c / args.latency / per_latent_guess)) for c, _ in settings]

@@ -159,3 +159,12 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
             f"{FORMAT_VERSION}; it was written by another saelab version"
         )
     return state
+
+
+def trained_model_sha256(cfg: dict[str, Any]) -> str | None:
+    """The SHA-256 of the weights of the model whose activations the SAE was trained on.
+
+    saelab checkpoints keep it in the store's provenance; imported checkpoints have none.
+    """
+    block = cfg.get("saelab") or {}
+    return block.get("model_sha256") or (block.get("provenance") or {}).get("model_sha256")

@@ -1,7 +1,8 @@
 """Architecture registry: name -> SAE class (its `config_class` is the config dataclass).
 
 The registry is open: `register_architecture(MySAE)` from a notebook or another package makes
-`MySAE.architecture` a name the trainer, sweeps, checkpoints and `saelab train --arch` accept.
+`MySAE.architecture` a name the trainer, sweeps, checkpoints and `saelab train --arch` accept;
+a package can also advertise its classes under the entry-point group `saelab.architectures`.
 """
 
 from __future__ import annotations
@@ -43,8 +44,20 @@ for _cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, MatryoshkaSA
     register_architecture(_cls)
 
 
+def _load_entry_points() -> None:
+    """Register the SAE classes other installed packages advertise under the entry-point group
+    `saelab.architectures` (so `saelab train --arch NAME` finds them without an import)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="saelab.architectures"):
+        if ep.name not in REGISTRY:
+            register_architecture(ep.load())
+
+
 def get_architecture(name: str) -> type[SAE]:
     """The SAE class registered as `name`; UserError listing the known ones otherwise."""
+    if name not in REGISTRY:
+        _load_entry_points()
     try:
         return REGISTRY[name]
     except KeyError:

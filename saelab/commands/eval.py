@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from evaluation.runner import DEFAULT_EVALS, EVALS
+    from evaluation.registry import default_evals, eval_names
 
     p = sub.add_parser("eval", help="evaluate SAEs into the results database")
     p.add_argument("--sae", required=True, help="an SAE folder or a sweep folder of them")
@@ -15,10 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--evals",
         nargs="+",
-        default=list(DEFAULT_EVALS),
-        choices=EVALS,
+        default=default_evals(),
+        choices=eval_names(),
         metavar="EVAL",
-        help=f"any of {', '.join(EVALS)} (default: {' '.join(DEFAULT_EVALS)})",
+        help=f"any of {', '.join(eval_names())} (default: {' '.join(default_evals())})",
     )
     p.add_argument("--hook", help="hook to read (default: the SAE's)")
     p.add_argument(

@@ -6,7 +6,10 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from autointerp.config import EXPLAINERS, SCORERS, LLMConfig, WindowConfig
+    from autointerp import registry
+    from autointerp.config import LLMConfig, WindowConfig
+
+    explainers, scorers = registry.names(registry.EXPLAINERS), registry.names(registry.SCORERS)
 
     p = sub.add_parser("explain", help="explain and score latents with an LLM")
     p.add_argument("--db", required=True, help="the DuckDB results file")
@@ -21,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)"
     )
-    p.add_argument("--explainers", nargs="+", default=list(EXPLAINERS), choices=EXPLAINERS)
-    p.add_argument("--scorers", nargs="+", default=list(SCORERS), choices=SCORERS)
+    p.add_argument("--explainers", nargs="+", choices=explainers,
+                   default=registry.defaults(registry.EXPLAINERS))  # fmt: skip
+    p.add_argument("--scorers", nargs="+", choices=scorers,
+                   default=registry.defaults(registry.SCORERS))  # fmt: skip
     d = LLMConfig()
     p.add_argument("--concurrency", type=int, default=d.concurrency)
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")

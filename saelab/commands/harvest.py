@@ -8,7 +8,9 @@ from saelab_base.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from activations.harvest import HarvestConfig
+    from activations.corpus import BOS_POLICIES
+    from activations.harvest import NONFINITE_POLICIES, HarvestConfig
+    from activations.store import STORAGE_DTYPES
 
     d = HarvestConfig(out="")
     p = sub.add_parser("harvest", help="harvest model activations into a zarr store")
@@ -26,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hooks", nargs="+", default=d.hooks, help="transformer-lens hook names")
     p.add_argument("--tokens", type=int, default=d.tokens, help="tokens to harvest")
     p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--bos", choices=["prepend", "none"], default=d.bos)
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=d.dtype)
+    p.add_argument("--bos", choices=BOS_POLICIES, default=d.bos)
+    p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default=d.dtype)
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help="sequences per forward pass"
     )
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=d.split)
     p.add_argument("--text-column", default=d.text_column)
     p.add_argument("--shard", default="0/1", help="i/n: fill the i-th of n disjoint ranges")
-    p.add_argument("--nonfinite", choices=["error", "drop", "keep"], default=d.nonfinite)
+    p.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default=d.nonfinite)
     p.add_argument("--resume", action="store_true", help="continue an interrupted store")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--device", default=d.device)

@@ -8,18 +8,18 @@ from typing import Any
 
 from saelab_base.errors import UserError
 
-ARCHES = ["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"]
-
-# CLI flag -> config field, for the flags that only some architectures have.
-ARCH_FLAGS = {
-    "k": "k",
-    "l1_coefficient": "l1_coefficient",
-    "l0_coefficient": "l0_coefficient",
-    "bandwidth": "bandwidth",
-    "aux_k": "aux_k",
-    "prefix_sizes": "prefix_sizes",
-    "init_l0": "init_l0",
-}
+# Convenience flags for config fields that only some architectures have; any field of any
+# registered architecture (built-in or added with sae.registry.register_architecture) can also
+# be set with --set FIELD=VALUE.
+ARCH_FLAGS = (
+    "k",
+    "l1_coefficient",
+    "l0_coefficient",
+    "bandwidth",
+    "aux_k",
+    "prefix_sizes",
+    "init_l0",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--acts", required=True, help="activation store (path or fsspec URL)")
     p.add_argument("--hook", help="hook name in the store (or [train] hook in the sweep file)")
-    p.add_argument("--arch", choices=ARCHES, help="architecture of a single SAE (default topk)")
+    p.add_argument(
+        "--arch",
+        help="architecture of a single SAE (default topk): relu, topk, batchtopk, jumprelu, "
+        "gated, matryoshka, or any registered with sae.registry.register_architecture",
+    )
     p.add_argument("--sweep", help="TOML file with [[sae]] entries (see sweeps/example.toml)")
     p.add_argument("--d-sae", type=int, help="number of latents (default 4096)")
     p.add_argument("--k", type=float, help="active latents per token (topk, batchtopk, matryoshka)")
@@ -48,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--prefix-sizes",
         type=lambda s: [int(v) for v in s.split(",")],
         help="Matryoshka prefix sizes, comma-separated",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set any config field of the architecture (JSON value, e.g. --set k=32); repeatable",
     )
     p.add_argument("--lr", type=float, help="learning rate (default 2e-4/sqrt(d_sae/2^14))")
     p.add_argument("--tokens", type=int, help="training tokens (default: one pass over the store)")
@@ -113,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
 def _sae_configs(args: argparse.Namespace, load_sweep: Any) -> tuple[list, dict[str, Any]]:
     from sae.registry import make_config
 
-    flags = {f: getattr(args, a) for a, f in ARCH_FLAGS.items() if getattr(args, a) is not None}
+    flags = {f: getattr(args, f) for f in ARCH_FLAGS if getattr(args, f) is not None}
+    flags.update(_set_fields(args.set))
     common = {"d_sae": args.d_sae, "lr": args.lr}
     if args.sweep:
         if args.arch or flags:
@@ -138,6 +150,22 @@ def _sae_configs(args: argparse.Namespace, load_sweep: Any) -> tuple[list, dict[
     if "k" in flags and arch == "topk" and float(flags["k"]).is_integer():
         flags["k"] = int(flags["k"])
     return [make_config(arch, **fields, **flags)], {}
+
+
+def _set_fields(pairs: list[str]) -> dict[str, Any]:
+    """--set FIELD=VALUE pairs; VALUE is read as JSON when it parses, else kept as text."""
+    import json
+
+    fields: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--set takes FIELD=VALUE, got {pair!r}")
+        try:
+            fields[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[name.strip()] = value
+    return fields
 
 
 def _config_class(arch: str) -> type:

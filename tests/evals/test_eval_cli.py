@@ -9,6 +9,9 @@ import sys
 import pytest
 
 import resultstore as results
+from activations.store import ActivationStore
+from evaluation.registry import describe
+from sae.checkpoint import trained_model_sha256
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -70,6 +73,8 @@ def test_eval_and_compare_a_sweep(sweep, small_store, tmp_path):
     for name in names:
         assert 0 < rows[(name, "l0")] and -1 < rows[(name, "explained_variance")] <= 1
         assert (name, "ce_loss_score") in rows and (name, "features_dead_fraction") in rows
+    for r in results.metrics_table(db):  # every stored metric has its one-line definition
+        assert describe(r["eval"], r["metric"]), (r["eval"], r["metric"])
     topk = next(s for s in saes if s["architecture"] == "topk")
     assert rows[(topk["name"], "l0")] == pytest.approx(4.0)  # TopK: exactly k active
     with results.connect(db, read_only=True) as con:
@@ -121,6 +126,26 @@ def test_eval_refuses_mismatched_hook_and_width(sweep, small_store, tmp_path):
         "eval", "--sae", str(tmp_path), "--acts", small_store, "--db", str(tmp_path / "r.duckdb")
     )
     assert missing.returncode == 2 and "neither an SAE folder nor a sweep folder" in missing.stderr
+
+
+def test_eval_refuses_an_sae_trained_on_another_models_activations(sweep, small_store, tmp_path):
+    source = next(p for p in sweep.iterdir() if (p / "cfg.json").is_file())
+    cfg = json.loads((source / "cfg.json").read_text())
+    # the check reads the hash where checkpoints keep it: the same as the store's here
+    assert trained_model_sha256(cfg) == ActivationStore(small_store).attrs["model_sha256"]
+    other = tmp_path / "other-model"
+    other.mkdir()
+    (other / "sae_weights.safetensors").write_bytes(
+        (source / "sae_weights.safetensors").read_bytes()
+    )
+    cfg["saelab"]["provenance"]["model_sha256"] = "0" * 64
+    (other / "cfg.json").write_text(json.dumps(cfg))
+    db = tmp_path / "r.duckdb"
+    result = saelab("eval", "--sae", str(other), "--acts", small_store, "--db", str(db))
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "trained on another model's activations" in lines[0]
+    assert not db.exists()
 
 
 @pytest.mark.parametrize(
