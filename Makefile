@@ -42,8 +42,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Every benchmark the README lists, one after another (each prints and writes its JSON into
+# benchmarks/results/). `make bench BENCHMARKS=kernels` runs one.
+BENCHMARKS ?= harvest kernels train evals autointerp
+
 bench: $(STAMP)
-	$(PY) benchmarks/harvest.py
+	@set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(PY) benchmarks/$$b.py; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

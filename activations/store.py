@@ -1,4 +1,4 @@
-"""The activation store: a zarr v3 group, as DESIGN.md's contract describes.
+"""The activation store: a zarr v3 group (the contract is in docs/architecture.md).
 
 Layout
     tokens          int32  [n_seq, seq_len]

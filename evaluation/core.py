@@ -1,6 +1,6 @@
 """Core evaluation: reconstruction metrics, sparsity, and loss with the SAE spliced in.
 
-Definitions follow ../shared/REFERENCE.md exactly; each is pinned by a hand-computed test:
+The definitions (also in the metric catalogue, `evaluation.builtin`), each pinned by a test:
 - L0 = mean number of non-zero latents per token.
 - MSE = mean over tokens of ‖x − x̂‖² (summed over d, then averaged: batch-size independent).
 - Explained variance = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the mean over the eval set, numerator and

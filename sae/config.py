@@ -1,8 +1,8 @@
 """Configs shared by every architecture (`SAEConfig`) and by the trainer (`TrainConfig`).
 
 Each architecture subclasses `SAEConfig` in its own module and adds its own fields. Where the
-field disagrees on a convention (REFERENCE.md), the choice is a field here, so it is recorded
-in every checkpoint's resolved config.
+field disagrees on a convention (say, whether the L1 penalty is weighted by decoder norms), the
+choice is a field here, so it is recorded in every checkpoint's resolved config.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Core metrics pinned against hand-computed references (REFERENCE.md's definitions)."""
+"""Core metrics pinned against hand-computed references (the definitions in evaluation/core.py)."""
 
 from __future__ import annotations
 
