@@ -50,9 +50,9 @@ class LLMConfig:
 
     def validate(self) -> None:
         if self.concurrency < 1:
-            raise UserError(f"--concurrency must be at least 1 (got {self.concurrency})")
+            raise UserError(f"`concurrency` must be at least 1 (got {self.concurrency})")
         if self.max_retries < 0 or self.timeout_s <= 0:
-            raise UserError("--max-retries must be >= 0 and --timeout positive")
+            raise UserError("`max_retries` must be >= 0 and `timeout_s` positive")
 
 
 @dataclass
@@ -118,7 +118,7 @@ class ExplainConfig:
                     f"unknown {name} {bad[0] if bad else '(none)'}: choose from {', '.join(known)}"
                 )
         if self.sample is not None and self.sample < 1:
-            raise UserError(f"--sample must be at least 1 (got {self.sample})")
+            raise UserError(f"`sample` must be at least 1 (got {self.sample})")
         self.llm.validate()
 
     def fingerprint(self) -> dict:

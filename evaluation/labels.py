@@ -104,7 +104,7 @@ def store_column_labels(
     if column not in dataset.column_names:
         raise UserError(
             f"the store's corpus {attrs['dataset']!r} has no column {column!r} "
-            f"(columns: {', '.join(dataset.column_names)}); pass --probe-column"
+            f"(columns: {', '.join(dataset.column_names)}); choose one as the `probe_column`"
         )
     docs = np.asarray(store.group["doc"][:], dtype=np.int64)
     feature = dataset.features.get(column)

@@ -58,13 +58,13 @@ class EvalConfig:
             get_eval(name)
         if self.max_tokens is not None and self.max_tokens < 1:
             raise UserError(
-                f"--max-tokens must be a positive number of tokens, got {self.max_tokens}; "
-                "pass e.g. --max-tokens 100000, or leave it out to use the whole split"
+                f"`max_tokens` must be a positive number of tokens, got {self.max_tokens}; "
+                "give e.g. 100000, or leave it unset to use the whole split"
             )
         if self.loss_sequences < 1:
             raise UserError(
-                f"--loss-sequences must be at least 1, got {self.loss_sequences}; pass e.g. "
-                "--loss-sequences 32, or leave loss out of --evals"
+                f"`loss_sequences` must be at least 1, got {self.loss_sequences}; give e.g. 32, "
+                "or leave loss out of `evals`"
             )
         if self.batch_size < 1:
             raise UserError(
@@ -116,7 +116,7 @@ def check_compatible(folder: Path, sae, cfg_json: dict, store: ActivationStore, 
     sae_hook = cfg_json.get("hook_name")
     if sae_hook and sae_hook != hook:
         raise UserError(
-            f"SAE {folder.name} was trained on {sae_hook}, not {hook}; pass the matching --hook"
+            f"SAE {folder.name} was trained on {sae_hook}, not {hook}; give the matching `hook`"
         )
     sae_sha = trained_model_sha256(cfg_json)
     if sae_sha and sae_sha != store.attrs.get("model_sha256"):
@@ -137,7 +137,7 @@ def evaluate(cfg: EvalConfig, model=None, log=print) -> dict[str, dict[str, dict
         sae = load_sae(folder, device=cfg.device)
         hook = cfg.hook or cfg_json.get("hook_name")
         if not hook:
-            raise UserError(f"SAE {folder.name} records no hook; pass --hook")
+            raise UserError(f"SAE {folder.name} records no hook; give the `hook` to read")
         check_compatible(folder, sae, cfg_json, store, hook)
         record = sae_record(folder, sae, cfg_json, store, hook)
         specs = [get_eval(name) for name in cfg.evals]

@@ -94,7 +94,7 @@ def connect(path: str | Path, read_only: bool = False) -> Iterator[Any]:
         except OSError as err:
             raise UserError(
                 f"cannot create the folder of results database {path!r}: {err.strerror or err}; "
-                "choose a writable --db"
+                "choose a writable `db`"
             ) from None
     try:
         con = duckdb.connect(path, read_only=read_only)

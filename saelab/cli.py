@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from saelab_base import __version__
 from saelab_base.errors import UserError
 
 COMMANDS = ["hooks", "harvest", "train", "eval", "compare", "explain", "llm-serve", "demo"]
+
+
+# Library messages name config fields in backticks (`max_tokens`); the command line shows the
+# flag that sets the field instead (--max-tokens), so the library never speaks in flags.
+_FIELD = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def in_command_terms(message: str, command: argparse.ArgumentParser | None) -> str:
+    """`message` with each backticked config field that `command` has a flag for as that flag."""
+    flags = {
+        action.dest: action.option_strings[0]
+        for action in (command._actions if command else [])
+        if action.option_strings and action.option_strings[0].startswith("--")
+    }
+    return _FIELD.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except UserError as err:
-        print(f"saelab {args.command}: error: {err}", file=sys.stderr)
+        command = _subcommand(parser, args.command)
+        print(
+            f"saelab {args.command}: error: {in_command_terms(str(err), command)}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print(
@@ -48,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     return int(result or 0)
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
 
 
 if __name__ == "__main__":

@@ -164,5 +164,5 @@ def test_eval_rejects_non_positive_counts(sweep, small_store, tmp_path, flags, m
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "pass e.g." in lines[0]  # says what to pass instead
+    assert "give e.g." in lines[0]  # says what to pass instead
     assert not db.exists()

@@ -239,7 +239,7 @@ def test_any_labelled_dataset_probes_its_column(model, tmp_path):
     cfg = ProbingConfig(ks=(1, 2), seed=fresh_seed())
     result = source_probing(sae, store, HOOK, cfg, column="topic", positive="code")
     assert result.task == "topic: code vs prose" and result.full_accuracy >= 0.9
-    with pytest.raises(UserError, match="has no column 'label'.*pass --probe-column"):
+    with pytest.raises(UserError, match="has no column 'label'.*`probe_column`"):
         source_probing(sae, store, HOOK, cfg, column="label")
 
 
