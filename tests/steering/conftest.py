@@ -51,3 +51,18 @@ def live_features(steer_db_master):
             [sae_id],
         ).fetchall()
     return [r[0] for r in rows]
+
+
+@pytest.fixture(scope="session")
+def scorable_feature(steer_db_master):
+    """A rare latent with enough stored windows to be explained and scored."""
+    import resultstore as results
+
+    db, _, sae_id = steer_db_master
+    with results.connect(db, read_only=True) as con:
+        (feature,) = con.execute(
+            "SELECT feature FROM features WHERE sae_id = ? AND max_act > 0 AND density < 0.05 "
+            "AND NOT too_few_examples ORDER BY max_act DESC LIMIT 1",
+            [sae_id],
+        ).fetchone()
+    return feature
