@@ -32,7 +32,7 @@ def check_strength(s: float) -> float:
     s = float(s)
     if not math.isfinite(s) or abs(s) > MAX_STRENGTH:
         raise UserError(
-            f"steering strength {s} is not usable: give a finite number within ±{MAX_STRENGTH:g} "
+            f"`strength` {s} is not usable: give a finite number within ±{MAX_STRENGTH:g} "
             "(in units of the latent's typical activation)"
         )
     return s
@@ -214,7 +214,7 @@ def strength_for_kl(
     """The strength s ≥ 0 whose KL is within rel_tol of target, by bracketing and bisection
     (KL grows with the strength of an addition or a clamp)."""
     if not (math.isfinite(target) and target > 0):
-        raise UserError(f"target KL must be a positive number of nats (got {target})")
+        raise UserError(f"`target_kl` must be a positive number of nats (got {target})")
     lo, hi = 0.0, start
     kl_lo, kl_hi = 0.0, kl_of(hi)
     steps = 0

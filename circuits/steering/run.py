@@ -79,13 +79,15 @@ class SteerConfig:
 
     def validate(self) -> None:
         if self.mode not in MODES:
-            raise UserError(f"unknown steering mode {self.mode!r}: choose {', '.join(MODES)}")
+            raise UserError(f"unknown steering `mode` {self.mode!r}: choose {', '.join(MODES)}")
         if self.positions not in POSITIONS:
-            raise UserError(f"unknown positions {self.positions!r}: choose {', '.join(POSITIONS)}")
+            raise UserError(
+                f"unknown `positions` {self.positions!r}: choose {', '.join(POSITIONS)}"
+            )
         if self.unit not in UNITS:
-            raise UserError(f"unknown strength unit {self.unit!r}: choose {', '.join(UNITS)}")
+            raise UserError(f"unknown strength `unit` {self.unit!r}: choose {', '.join(UNITS)}")
         if self.ablation not in ("zero", "mean"):
-            raise UserError(f"unknown ablation {self.ablation!r}: choose zero or mean")
+            raise UserError(f"unknown `ablation` {self.ablation!r}: choose zero or mean")
         if not self.features:
             raise UserError("name at least one latent to steer")
         given = sum(x is not None for x in (self.strength, self.sweep, self.target_kl))

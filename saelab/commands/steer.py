@@ -70,7 +70,6 @@ def _sweep(text: str | None) -> list[float] | None:
 def run(args: argparse.Namespace) -> int:
     from circuits.steering.generate import Sampling
     from circuits.steering.run import PROMPTS, SteerConfig, frontier_html, steer
-    from saelab_base.errors import UserError
 
     cfg = SteerConfig(
         db=args.db, sae=args.sae, features=list(args.feature), mode=args.mode,
@@ -82,10 +81,7 @@ def run(args: argparse.Namespace) -> int:
         n_samples=args.samples, explanation=args.explanation, baseline=not args.no_baseline,
         model=args.model,
     )  # fmt: skip
-    try:
-        report = steer(cfg)
-    except UserError as err:
-        raise UserError(str(err).replace("strength ", "--strength ", 1)) from None
+    report = steer(cfg)
     for row in report.runs:
         s = "-" if row["strength"] is None else f"{row['strength']:.3g}"
         print(

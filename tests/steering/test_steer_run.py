@@ -62,8 +62,8 @@ def test_a_zero_strength_changes_nothing_and_a_large_one_moves_the_output(
     "extra, message",
     [
         (["--feature", "64", "--strength", "1"], "latent 64 is out of range"),
-        (["--feature", "0", "--mode", "boost", "--strength", "1"], "unknown steering mode"),
-        (["--feature", "0", "--strength", "nan"], "not usable"),
+        (["--feature", "0", "--mode", "boost", "--strength", "1"], "unknown steering --mode"),
+        (["--feature", "0", "--strength", "nan"], "--strength nan is not usable"),
         (["--feature", "0", "--strength", "1e6"], "not usable"),
         (["--feature", "0", "--sweep", "1,x"], "--sweep"),
     ],
