@@ -28,7 +28,7 @@ class InterventionBackend:
             return h.feature_edits("add", s, "max_act", "zero")
 
         strength, kl = strength_for_kl(lambda s: h.kl(edits(s))[0], settings.target_kl)
-        steered = h.texts(h._generate(edits(strength)))
+        steered = h.texts(h.generate_samples(edits(strength)))
         return {
             "steered": steered, "unsteered": h.texts(h.clean), "strength": strength,
             "unit": "max_act", "unit_value": unit, "kl": kl, "hook": self.target.hook,

@@ -81,7 +81,7 @@ class Harness:
         self.concept_kind = "embedding" if explanation is not None else "logit_lift"
         with torch.no_grad():
             self.clean_neutral = self.bridge(self.neutral, return_type="logits")
-        self.clean = self._generate(None)
+        self.clean = self.generate_samples(None)
 
     def encode(self, text: str) -> Tensor:
         from activations.corpus import bos_token_id
@@ -150,7 +150,7 @@ class Harness:
         kl = metrics.kl_per_token(self.clean_neutral[:, 1:], steered[:, 1:])
         return float(kl.mean()), steered
 
-    def _generate(self, edits: list[Edit] | None) -> list[tuple[int, Tensor, Tensor]]:
+    def generate_samples(self, edits: list[Edit] | None) -> list[tuple[int, Tensor, Tensor]]:
         """(seed, prompt ids, new tokens [n_samples, T]) per prompt."""
         out = []
         for i, ids in enumerate(self.prompts):
@@ -179,7 +179,7 @@ class Harness:
             kl, steered_neutral, generated = 0.0, self.clean_neutral, self.clean
         else:
             kl, steered_neutral = self.kl(edits)
-            generated = self._generate(edits)
+            generated = self.generate_samples(edits)
         acts, ppl, tokens = [], [], []
         for _, ids, new in generated:
             full = torch.cat([ids[None].repeat(new.shape[0], 1), new], 1)
