@@ -39,6 +39,7 @@ async def interpret(
         simulation_windows=cfg.windows.simulation_windows,
         bootstrap=cfg.bootstrap,
         logprobs=cfg.logprobs,
+        db=cfg.db,
     )
     jobs, pairs = [], []
     for expl in explanations:

@@ -17,6 +17,7 @@ from autointerp.explainers import Explanation, baseline, llm
 from autointerp.scorers import Score, ScoringContext
 from autointerp.scorers.classify import detection, fuzzing
 from autointerp.scorers.embedding import embedding
+from autointerp.scorers.intervention import intervention
 from autointerp.scorers.simulation import simulation
 
 ExplainerFn = Callable[[Any, Any, tuple, Any], Awaitable[Explanation]]
@@ -71,3 +72,4 @@ register_scorer("detection", detection)
 register_scorer("fuzzing", fuzzing)
 register_scorer("embedding", embedding)
 register_scorer("simulation", simulation)
+register_scorer("intervention", intervention, default=False)  # runs the model: only when named

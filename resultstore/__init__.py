@@ -28,6 +28,7 @@ from resultstore.saes import (
     write_vocab,
 )
 from resultstore.schema import MIGRATIONS, SCHEMA_VERSION, connect, dicts
+from resultstore.steering import steering_runs, steering_samples, write_steering_runs
 
 __all__ = [
     "FEATURE_TABLES",
@@ -38,6 +39,9 @@ __all__ = [
     "InterpBatch",
     "SAERecord",
     "cached_responses",
+    "steering_runs",
+    "steering_samples",
+    "write_steering_runs",
     "config_hash",
     "connect",
     "dicts",

@@ -52,6 +52,10 @@ _COLUMNS = {
         "config_hash", "run_id",
     ],
 }  # fmt: skip
+_KEYS = {
+    "explanations": ("sae_id", "feature", "explainer"),
+    "scores": ("sae_id", "feature", "explainer", "scorer"),
+}
 _RUN_COLUMNS = [
     "run_id", "sae_id", "config_json", "config_hash", "status", "latents_done", "requests",
     "cache_hits", "retries", "unparsable", "prompt_tokens", "completion_tokens", "saelab_version",
@@ -59,18 +63,21 @@ _RUN_COLUMNS = [
 
 
 def write_interp_batch(path: str | Path, batch: InterpBatch) -> None:
-    """Replace these latents' explanation and score rows, add cache entries, update the run."""
+    """Replace the explanation and score rows with these keys, add cache entries, update the run."""
     with connect(path) as con:
         con.execute("BEGIN TRANSACTION")
         try:
             for table in INTERP_TABLES:
                 rows = batch.explanations if table == "explanations" else batch.scores
                 cols = _COLUMNS[table]
-                keys = {(r["sae_id"], r["feature"]) for r in rows}
+                # Each row replaces only the row with its own key (its explainer, and for scores
+                # its scorer): a scorer run later on its own never erases another's rows.
+                key = _KEYS[table]
+                keys = {tuple(r[c] for c in key) for r in rows}
+                where = " AND ".join(f"{c} = ?" for c in key)
                 con.executemany(
-                    f"DELETE FROM {table} WHERE sae_id = ? AND feature = ?",
-                    [list(k) for k in keys],
-                )  # table names are constants
+                    f"DELETE FROM {table} WHERE {where}", [list(k) for k in keys]
+                )  # table and column names are constants
                 if rows:
                     marks = ", ".join("?" * len(cols))
                     con.executemany(

@@ -71,6 +71,20 @@ MIGRATIONS: list[list[str]] = [
             key VARCHAR PRIMARY KEY, sae_id VARCHAR, feature INTEGER, model VARCHAR,
             request_json VARCHAR, response_json VARCHAR, created_at TIMESTAMP)""",
     ],
+    [  # issue 14: steering runs (one row per strength and method) and their generated samples
+        """CREATE TABLE steering_runs (
+            run_id VARCHAR PRIMARY KEY, sweep_id VARCHAR, sae_id VARCHAR, features INTEGER[],
+            method VARCHAR, mode VARCHAR, strength DOUBLE, unit VARCHAR, unit_values DOUBLE[],
+            positions VARCHAR, hook VARCHAR, model VARCHAR, model_sha256 VARCHAR,
+            kl DOUBLE, feature_act DOUBLE, concept DOUBLE, concept_kind VARCHAR,
+            perplexity DOUBLE, target_kl DOUBLE, prompts_json VARCHAR, neutral_json VARCHAR,
+            sampling_json VARCHAR, config_json VARCHAR, config_hash VARCHAR,
+            saelab_version VARCHAR, created_at TIMESTAMP)""",
+        """CREATE TABLE steering_samples (
+            run_id VARCHAR, sample INTEGER, prompt VARCHAR, seed BIGINT, clean_text VARCHAR,
+            steered_text VARCHAR, steered_tokens INTEGER[], feature_act DOUBLE,
+            perplexity DOUBLE, concept DOUBLE, PRIMARY KEY (run_id, sample))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

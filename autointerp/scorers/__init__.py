@@ -26,6 +26,8 @@ class ScoringContext:
     simulation_windows: int
     bootstrap: int
     logprobs: bool = True
+    db: str | None = None
+    """The results file (the intervention scorer finds the SAE's checkpoint and model there)."""
 
 
 @dataclass
