@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuits.splice import SpliceState, SplicedModel
+from circuits.splice import SplicedModel, SpliceState
 from saelab_base.errors import UserError
 
 METHODS = ("atp", "ig")
@@ -133,9 +133,7 @@ def store_means(
                 break
         if n == 0:
             raise UserError(f"activation store {acts} has no usable tokens for {hook}")
-        out[hook] = HookStats(
-            (f_sum / n).float(), (e_sum / n).float(), (x_sum / n).float(), n
-        )
+        out[hook] = HookStats((f_sum / n).float(), (e_sum / n).float(), (x_sum / n).float(), n)
     return out
 
 
@@ -192,6 +190,8 @@ class HookEffects:
     """`[B, T]`: effect of each error node."""
     activation: Tensor
     """Sparse COO `[B, T, d_sae]`: the clean feature activations (for reports)."""
+    error_norm: Tensor
+    """`[B, T]`: the clean error node's norm (for reports)."""
 
 
 def _grad_dot(g: Tensor, idx: Tensor, W_dec: Tensor) -> Tensor:
@@ -238,7 +238,8 @@ def hook_effects(
     d_err = side.err(clean.err) - clean.err.detach()
     error = (d_err.reshape(-1, d) * g).sum(-1).reshape(B, T)
     activation = _sparse(B, T, sae.d_sae, clean.idx, vals_c)
-    return HookEffects(hook, feature, error, activation)
+    err_norm = clean.err.detach().norm(dim=-1)
+    return HookEffects(hook, feature, error, activation, err_norm)
 
 
 def attribute(
@@ -295,7 +296,7 @@ def path_gradient(
         reps = len(chunk)
         leaf: dict[str, Tensor] = {}
 
-        def edit(x: Tensor, chunk=chunk, reps=reps) -> Tensor:
+        def edit(x: Tensor, chunk=chunk, reps=reps, leaf=leaf) -> Tensor:
             moved = x.detach() + chunk.repeat_interleave(B).view(-1, 1, 1) * delta.repeat(
                 reps, 1, 1
             )

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from circuits.attribution import PatchSide
 from circuits.nodes import ERROR, SUMMED, Node, NodeKey
-from circuits.splice import SpliceState, SplicedModel, hook_order
+from circuits.splice import SplicedModel, SpliceState, hook_order
 
 
 @dataclass

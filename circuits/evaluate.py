@@ -30,7 +30,7 @@ from torch import Tensor
 from circuits.attribution import HookStats, PatchSide, metric_values, node_delta
 from circuits.edges import Edge
 from circuits.nodes import ERROR, SUMMED, Node, NodeKey
-from circuits.splice import SpliceState, SplicedModel, hook_order
+from circuits.splice import SplicedModel, SpliceState, hook_order
 from saelab_base.errors import UserError
 
 ABLATIONS = ("mean", "zero", "resample")
@@ -215,8 +215,10 @@ def curves(
         return float(values.mean())
 
     everything = [n.key for n in ranked]
-    m_full = m(everything, True) if errors == "remove" else float(
-        metric_values(spliced, tokens, metric).mean()
+    m_full = (
+        m(everything, True)
+        if errors == "remove"
+        else float(metric_values(spliced, tokens, metric).mean())
     )
     m_empty = m([], True)
     denom = m_full - m_empty
@@ -264,11 +266,11 @@ def measure_edges(
         for h in spliced.hooks:
             if hook_order(a) < hook_order(h) < hook_order(b):
                 edits[h] = lambda x, h=h: states[h].out.detach()
-        edits[b] = lambda x: raw.setdefault("x", x)
+        edits[b] = lambda x, raw=raw: raw.setdefault("x", x)
         with torch.no_grad():
             spliced.forward(tokens, edits, stop_at_layer=_stop(spliced, b))
             d_delta = _down_delta(spliced, b, states[b], raw["x"], down)
-            after = metric_values(spliced, tokens, metric, {b: lambda x: x + d_delta})
+            after = metric_values(spliced, tokens, metric, {b: lambda x, d=d_delta: x + d})
         out.append(EdgeCheck(edge, float((after - base).mean())))
         if progress is not None:
             progress.update(1)

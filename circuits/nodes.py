@@ -42,10 +42,11 @@ class Node:
     effect: float
     """Mean over prompts of the node's attributed effect on the metric."""
     activation: float
-    """Mean clean activation (features; the error node's mean norm)."""
+    """Mean clean activation (features), or the error node's mean norm (summed nodes: summed
+    over positions)."""
 
 
-def aggregate(effects: dict[str, HookEffects], per_position: bool, err_norms=None) -> list[Node]:
+def aggregate(effects: dict[str, HookEffects], per_position: bool) -> list[Node]:
     """Every node with a non-zero effect, mean over prompts; sorted by |effect|, largest first."""
     nodes: list[Node] = []
     for hook, eff in effects.items():
@@ -60,7 +61,7 @@ def aggregate(effects: dict[str, HookEffects], per_position: bool, err_norms=Non
                 nodes.append(Node(NodeKey(hook, i, t), v / B, act_map.get((t, i), 0.0) / B))
             e_eff = eff.error.mean(0)
             for t in range(1, e_eff.shape[0]):
-                norm = 0.0 if err_norms is None else float(err_norms[hook][:, t].mean())
+                norm = float(eff.error_norm[:, t].mean())
                 nodes.append(Node(NodeKey(hook, ERROR, t), float(e_eff[t]), norm))
         else:
             f_eff = torch.sparse.sum(feat, (0, 1)).coalesce()
@@ -68,7 +69,7 @@ def aggregate(effects: dict[str, HookEffects], per_position: bool, err_norms=Non
             act_map = _as_dict(f_act) if f_act is not None else {}
             for (i,), v in _as_dict(f_eff).items():
                 nodes.append(Node(NodeKey(hook, i, SUMMED), v / B, act_map.get((i,), 0.0) / B))
-            norm = 0.0 if err_norms is None else float(err_norms[hook][:, 1:].sum(1).mean())
+            norm = float(eff.error_norm[:, 1:].sum(1).mean())
             nodes.append(Node(NodeKey(hook, ERROR, SUMMED), float(eff.error.sum(1).mean()), norm))
     nodes = [n for n in nodes if n.effect != 0.0 or n.key.is_error]
     nodes.sort(key=lambda n: (-abs(n.effect), hook_order(n.key.hook), n.key.feature, n.key.pos))

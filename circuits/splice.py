@@ -167,7 +167,10 @@ class SplicedModel:
         return edit
 
     def run_spliced(
-        self, tokens: Tensor, grads: bool = False, extra: dict[str, HookEdit] | None = None,
+        self,
+        tokens: Tensor,
+        grads: bool = False,
+        extra: dict[str, HookEdit] | None = None,
         capture: tuple[str, ...] = (),
     ) -> tuple[Tensor, dict[str, SpliceState], dict[str, Tensor]]:
         """A forward pass with every SAE spliced in; returns (logits, states, captured)."""

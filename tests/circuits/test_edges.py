@@ -69,7 +69,9 @@ def test_an_edge_equals_a_finite_difference_along_the_direct_path(random_spliced
     a, b = "blocks.2.hook_mlp_out", "blocks.3.hook_resid_post"
     mine = [n for n in kept if n.key.hook in (a, b) and n.key.feature != ERROR]
     edges = edge_effects(random_spliced, tokens, states, grads, sides, mine)
-    edge = max((e for e in edges if e.up.hook == a and e.down.hook == b), key=lambda e: abs(e.effect))
+    edge = max(
+        (e for e in edges if e.up.hook == a and e.down.hook == b), key=lambda e: abs(e.effect)
+    )
     # finite difference: move u by eps·Δu along its decoder direction, attn/mlp of block 3
     # respond (not spliced), nothing spliced between; read d; weight by ∂m/∂d.
     from circuits.attribution import node_delta

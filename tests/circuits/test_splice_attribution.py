@@ -13,8 +13,8 @@ from circuits.attribution import (
     exact_effect,
     metric_values,
     node_delta,
-    path_gradient,
     patch_sides,
+    path_gradient,
 )
 from circuits.nodes import ERROR, aggregate
 
