@@ -95,9 +95,10 @@ def test_integrated_gradients_approach_exact_patching(random_spliced, sva_small)
     """On the real logit difference: IG of one hook's whole patch, and of one node along its
     own path, converge to exact patching as N grows (errors printed for the report)."""
     hook = "blocks.2.hook_mlp_out"
-    metric = LogitDiff(sva_small.correct, sva_small.wrong)
-    tokens = sva_small.clean
-    sides = patch_sides(random_spliced, sva_small.patch, "patch")
+    task = sva_small.subset(range(4))
+    metric = LogitDiff(task.correct, task.wrong)
+    tokens = task.clean
+    sides = patch_sides(random_spliced, task.patch, "patch")
     _, states, _ = random_spliced.run_spliced(tokens)
     base = metric_values(random_spliced, tokens, metric)
     whole = sides[hook].x(random_spliced, hook, states[hook].x) - states[hook].x
