@@ -95,6 +95,20 @@ def one(kind: str, args) -> dict:
         values = metric(logits, {})
         outs = [states[h].out for h in spliced.hooks]
         grads = dict(zip(spliced.hooks, torch.autograd.grad(values.sum(), outs)))
+        if kind == "edges-compare":  # both ways in one process, alternating, twice
+            before, times = _rss_mb(), {"batched": [], "looped": []}
+            for _ in range(2):
+                for name, flag in (("batched", True), ("looped", False)):
+                    t = time.perf_counter()
+                    edge_effects(
+                        spliced, task.clean, states, grads, sides, kept, batch=64, batched=flag
+                    )
+                    times[name].append(time.perf_counter() - t)
+            out.update(seconds=times, kept_nodes=len(kept), node_threshold=args.node_threshold)
+            out["speedup_best_of_two"] = min(times["looped"]) / min(times["batched"])
+            out["peak_rss_mb"] = _peak_mb()
+            out["rss_rise_mb"] = _peak_mb() - before
+            return out
         batched = kind != "edges-looped"
         before, t = _rss_mb(), time.perf_counter()
         edges = edge_effects(
@@ -203,6 +217,8 @@ def main() -> None:
         # scaling: longer prompts (sva-rc: 7 tokens vs 3), and more kept nodes
         ("edges-batched", {"--task": "sva-rc"}),
         ("edges-batched", {"--node-threshold": str(args.node_threshold / 4)}),
+        ("edges-compare", {}),
+        ("edges-compare", {"--node-threshold": str(args.node_threshold / 4)}),
     ]
     if args.only:
         runs = [r for r in runs if r[0] in args.only]
