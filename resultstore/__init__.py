@@ -3,7 +3,8 @@ and score. Importable without torch (the app reads it on every page).
 
 The schema and its migrations live in `schema`; reads and writes are grouped by what owns the
 rows: `saes` (the SAE registry and vocab), `evals` (eval runs, metrics, feature tables),
-`features` (dashboard reads), `autointerp` (explanations, scores, runs, cache). Every query is
+`features` (dashboard reads), `autointerp` (explanations, scores, runs, cache), `circuits`
+(circuit runs, nodes, edges, curves). Every query is
 parameterised. Writers hold the file only for the short transaction that replaces their rows, so
 readers can open it read-only in between; a second writer gets a one-line "busy" error.
 """
@@ -15,6 +16,14 @@ from resultstore.autointerp import (
     finished_features,
     interp_scores,
     write_interp_batch,
+)
+from resultstore.circuits import (
+    CIRCUIT_TABLES,
+    CircuitRecord,
+    circuit_rows,
+    feature_notes,
+    list_circuits,
+    write_circuit,
 )
 from resultstore.evals import FEATURE_TABLES, EvalRun, metrics_table, write_eval_run
 from resultstore.features import feature_dashboard, feature_examples, feature_stats
@@ -31,6 +40,12 @@ from resultstore.schema import MIGRATIONS, SCHEMA_VERSION, connect, dicts
 from resultstore.steering import steering_runs, steering_samples, write_steering_runs
 
 __all__ = [
+    "CIRCUIT_TABLES",
+    "CircuitRecord",
+    "circuit_rows",
+    "feature_notes",
+    "list_circuits",
+    "write_circuit",
     "FEATURE_TABLES",
     "INTERP_TABLES",
     "MIGRATIONS",

@@ -85,6 +85,27 @@ MIGRATIONS: list[list[str]] = [
             steered_text VARCHAR, steered_tokens INTEGER[], feature_act DOUBLE,
             perplexity DOUBLE, concept DOUBLE, PRIMARY KEY (run_id, sample))""",
     ],
+    [  # issue 13: sparse feature circuits (nodes, edges, faithfulness/completeness curves)
+        """CREATE TABLE circuits (
+            circuit_id VARCHAR PRIMARY KEY, task VARCHAR, task_source VARCHAR,
+            prompts_hash VARCHAR, n_prompts INTEGER, model VARCHAR, model_sha256 VARCHAR,
+            sae_ids VARCHAR[], hooks VARCHAR[], method VARCHAR, baseline VARCHAR,
+            steps INTEGER, per_position BOOLEAN, node_threshold DOUBLE, edge_threshold DOUBLE,
+            ablation VARCHAR, error_policy VARCHAR, m_clean DOUBLE, m_patch DOUBLE,
+            m_empty DOUBLE, clean_accuracy DOUBLE, faithfulness DOUBLE, completeness DOUBLE,
+            n_nodes INTEGER, n_edges INTEGER, edge_correlation DOUBLE, config_json VARCHAR,
+            config_hash VARCHAR, seconds DOUBLE, saelab_version VARCHAR, created_at TIMESTAMP)""",
+        """CREATE TABLE circuit_nodes (
+            circuit_id VARCHAR, node INTEGER, hook VARCHAR, submodule VARCHAR, layer INTEGER,
+            pos INTEGER, feature INTEGER, is_error BOOLEAN, sae_id VARCHAR, effect DOUBLE,
+            activation DOUBLE, kept BOOLEAN, PRIMARY KEY (circuit_id, node))""",
+        """CREATE TABLE circuit_edges (
+            circuit_id VARCHAR, up_node INTEGER, down_node INTEGER, effect DOUBLE,
+            measured DOUBLE, PRIMARY KEY (circuit_id, up_node, down_node))""",
+        """CREATE TABLE circuit_curves (
+            circuit_id VARCHAR, kind VARCHAR, n_nodes INTEGER, value DOUBLE, metric DOUBLE,
+            PRIMARY KEY (circuit_id, kind, n_nodes))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

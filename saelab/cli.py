@@ -15,7 +15,18 @@ import sys
 from saelab_base import __version__
 from saelab_base.errors import UserError
 
-COMMANDS = ["hooks", "harvest", "train", "eval", "compare", "explain", "steer", "llm-serve", "demo"]
+COMMANDS = [
+    "hooks",
+    "harvest",
+    "train",
+    "eval",
+    "compare",
+    "explain",
+    "circuit",
+    "steer",
+    "llm-serve",
+    "demo",
+]
 
 
 # Library messages name config fields in backticks (`max_tokens`); the command line shows the

@@ -1,0 +1,190 @@
+"""Edge attribution: the direct effect u → d between kept nodes of two spliced hooks.
+
+E(u → d) = Σ (∂m/∂d) · (∂d/∂u) · Δu, mean over prompts (summed over positions for summed
+nodes), where ∂d/∂u follows only the direct path: every spliced hook between u's and d's is
+frozen (its output detached), so paths through other nodes do not count. One forward per
+upstream hook makes the upstream hook's output a leaf and detaches every later spliced hook
+after capturing its raw input x_b, which then depends on the leaf through direct paths only.
+
+For a downstream node d the vector c_d = (∂m/∂d) ∂d/∂x_b is a cheap backward through the SAE
+encoder alone; the expensive part, J^T c_d through the model between the two hooks, runs for a
+whole batch of downstream nodes in one vector-Jacobian product (`is_grads_batched`), not one
+backward per node. `batched=False` runs the same products one at a time (the reference).
+Edges are kept as a sparse list (u, d, effect), never a dense adjacency.
+
+Candidate hook pairs: a before b with no spliced `hook_resid_post` strictly between them (the
+residual stream is a bottleneck: nothing before it reaches past it directly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuits.attribution import PatchSide
+from circuits.nodes import ERROR, SUMMED, Node, NodeKey
+from circuits.splice import SplicedModel, SpliceState, hook_order
+
+
+@dataclass
+class Edge:
+    up: NodeKey
+    down: NodeKey
+    effect: float
+
+
+def hook_pairs(hooks: list[str]) -> list[tuple[str, str]]:
+    """Pairs (a, b) of spliced hooks with a direct path from a to b."""
+    ordered = sorted(hooks, key=hook_order)
+    pairs = []
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1 :]:
+            between = [c for c in ordered if hook_order(a) < hook_order(c) < hook_order(b)]
+            if any(c.endswith("hook_resid_post") for c in between):
+                continue
+            pairs.append((a, b))
+    return pairs
+
+
+def edge_effects(
+    spliced: SplicedModel,
+    tokens: Tensor,
+    states: dict[str, SpliceState],
+    grads: dict[str, Tensor],
+    sides: dict[str, PatchSide],
+    nodes: list[Node],
+    batch: int = 64,
+    batched: bool = True,
+    progress=None,
+) -> list[Edge]:
+    """Direct effects between every pair of kept nodes in connected hooks (all non-zero)."""
+    by_hook: dict[str, list[NodeKey]] = {}
+    for n in nodes:
+        by_hook.setdefault(n.key.hook, []).append(n.key)
+    pairs = [(a, b) for a, b in hook_pairs(spliced.hooks) if a in by_hook and b in by_hook]
+    edges: list[Edge] = []
+    for a in dict.fromkeys(a for a, _ in pairs):
+        downs = [b for x, b in pairs if x == a]
+        leaf, raw = _direct_forward(spliced, tokens, states[a].x, a, downs)
+        ups = by_hook[a]
+        up_f, up_e = _upstream_deltas(spliced, a, states[a], sides[a], ups)
+        for b in downs:
+            cots = _cotangents(spliced, b, states[b].x, grads[b], by_hook[b])
+            for start in range(0, len(cots), batch):
+                C = torch.stack(cots[start : start + batch])
+                G = _vjp(raw[b], leaf, C, batched)
+                E = _contract(G, spliced.saes[a].W_dec.detach(), up_f, up_e, ups)
+                for k, down in enumerate(by_hook[b][start : start + batch]):
+                    for j, up in enumerate(ups):
+                        v = float(E[k, j])
+                        if v != 0.0:
+                            edges.append(Edge(up, down, v))
+                if progress is not None:
+                    progress.update(len(C))
+    return edges
+
+
+def _direct_forward(spliced, tokens, x_a, a, downs):
+    """Forward with hook a's output a leaf and every later spliced hook frozen."""
+    leaf = x_a.detach().clone().requires_grad_(True)
+    raw: dict[str, Tensor] = {}
+    edits = {a: lambda x: leaf}
+    later = [h for h in spliced.hooks if hook_order(h) > hook_order(a)]
+    for h in later:
+
+        def freeze(x: Tensor, h=h) -> Tensor:
+            raw[h] = x
+            return x.detach()
+
+        edits[h] = freeze
+    stop = max(hook_order(b)[0] for b in downs) + 1
+    stop = None if stop >= spliced.model.n_layers else stop
+    with torch.enable_grad():
+        spliced.forward(tokens, edits, stop_at_layer=stop)
+    return leaf, raw
+
+
+def _vjp(out: Tensor, leaf: Tensor, C: Tensor, batched: bool) -> Tensor:
+    """J^T c for each c in C `[K, B, T, d]` (J = ∂out/∂leaf)."""
+    if batched:
+        (G,) = torch.autograd.grad(out, leaf, C, retain_graph=True, is_grads_batched=True)
+        return G
+    return torch.stack([torch.autograd.grad(out, leaf, c, retain_graph=True)[0] for c in C])
+
+
+def _pos_mask(T: int, pos: int) -> Tensor:
+    mask = torch.zeros(T)
+    if pos == SUMMED:
+        mask[1:] = 1
+    else:
+        mask[pos] = 1
+    return mask
+
+
+def _cotangents(spliced, b: str, x_b: Tensor, g_b: Tensor, downs: list[NodeKey]) -> list[Tensor]:
+    """c_d = (∂m/∂d) ∂d/∂x_b for each downstream node, through the SAE encoder only."""
+    sae = spliced.saes[b]
+    B, T, d = x_b.shape
+    x = x_b.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        code = sae.encode_sparse(x.reshape(-1, d))
+        x_hat = sae.decode_sparse(code).reshape(B, T, d)
+        err = x - x_hat
+    g = g_b.detach()
+    W = sae.W_dec.detach()
+    out = []
+    for key in downs:
+        mask = _pos_mask(T, key.pos).view(1, T, 1)
+        if key.feature == ERROR:
+            (c,) = torch.autograd.grad(err, x, g * mask, retain_graph=True)
+        else:
+            w = (g * mask) @ W[key.feature]  # ∂m/∂d per row [B, T]
+            grad_vals = (code.idx == key.feature).to(w.dtype) * w.reshape(-1, 1)
+            (c,) = torch.autograd.grad(code.vals, x, grad_vals, retain_graph=True)
+        out.append(c)
+    return out
+
+
+def _upstream_deltas(spliced, a, clean: SpliceState, side: PatchSide, ups: list[NodeKey]):
+    """Δf `[B, T, F]` for the kept upstream features (ids in first-seen order) and Δε."""
+    B, T, d = clean.x.shape
+    feats = list(dict.fromkeys(k.feature for k in ups if k.feature != ERROR))
+    ids = torch.tensor(feats, dtype=torch.long)
+
+    def dense(idx: Tensor, vals: Tensor) -> Tensor:
+        hit = (idx.unsqueeze(-1) == ids).to(vals.dtype)  # [N, k, F]
+        return torch.einsum("nk,nkf->nf", vals.detach(), hit).view(B, T, -1)
+
+    f_c = dense(clean.idx, clean.vals)
+    if side.kind == "patch":
+        f_p = dense(side.state.idx, side.state.vals)
+    elif side.kind == "mean":
+        f_p = side.stats.feature_mean[ids].expand(B, T, -1)
+    else:
+        f_p = torch.zeros_like(f_c)
+    d_f = f_p - f_c
+    d_e = (side.err(clean.err) - clean.err).detach()
+    d_f[:, 0] = 0
+    d_e = d_e.clone()
+    d_e[:, 0] = 0
+    return (feats, d_f), d_e
+
+
+def _contract(G: Tensor, W_dec: Tensor, up_f, d_e: Tensor, ups: list[NodeKey]) -> Tensor:
+    """E[k, j] for downstream batch k and upstream node j (mean over prompts)."""
+    feats, d_f = up_f
+    K, B, T, _ = G.shape
+    col = {f: i for i, f in enumerate(feats)}
+    per_f = (
+        torch.einsum("kbtd,fd,btf->ktf", G, W_dec[feats], d_f) / B
+        if feats
+        else G.new_zeros(K, T, 0)
+    )
+    per_e = torch.einsum("kbtd,btd->kt", G, d_e) / B
+    out = G.new_zeros(K, len(ups))
+    for j, key in enumerate(ups):
+        src = per_e if key.feature == ERROR else per_f[:, :, col[key.feature]]
+        out[:, j] = src.sum(1) if key.pos == SUMMED else src[:, key.pos]
+    return out

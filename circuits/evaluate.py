@@ -1,0 +1,309 @@
+"""Evaluating circuits: faithfulness and completeness curves, and measured edges.
+
+Faithfulness(C) = (m(C) − m(∅)) / (m(M) − m(∅)), where m(C) runs the model with every node
+outside C ablated (C's nodes are computed normally, so they respond to the ablations upstream of
+them) and the metric is the mean over prompts. Completeness uses the complement M∖C (only C's
+nodes ablated; near 0 = C is complete). Ablation values: the store mean, zero, or the node's
+value on another prompt of the task (resample, a seeded derangement of the prompts).
+
+Error nodes follow an explicit policy:
+- `ablate`: an error node is a node like any other, ablated unless it is in the circuit;
+- `keep`: error nodes are never ablated (not ranked; present in C, ∅ and M∖C);
+- `remove`: error nodes are always ablated (not ranked; the "full model" M is then all
+  features with every error ablated).
+Position 0 (BOS) is never ablated.
+
+Edges are evaluated against measurement: for an edge u → d, patch u (to its patch value) with
+every spliced hook between the two frozen at its clean output, read d's new value, then patch d
+alone to that value and measure the metric's change. That is the direct effect the edge
+attribution linearises.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from circuits.attribution import HookStats, PatchSide, metric_values, node_delta
+from circuits.edges import Edge
+from circuits.nodes import ERROR, SUMMED, Node, NodeKey
+from circuits.splice import SplicedModel, SpliceState, hook_order
+from saelab_base.errors import UserError
+
+ABLATIONS = ("mean", "zero", "resample")
+ERROR_POLICIES = ("ablate", "keep", "remove")
+
+
+@dataclass
+class Ablation:
+    """Where ablated nodes go: store means, zero, or another prompt's values."""
+
+    kind: str
+    stats: dict[str, HookStats] | None = None
+    resample: dict[str, SpliceState] | None = None
+
+    def base(self, spliced: SplicedModel, hook: str, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂, ε) with every node of the hook ablated."""
+        sae = spliced.saes[hook]
+        if self.kind == "zero":
+            return sae.b_dec.detach().expand_as(x), torch.zeros_like(x)
+        if self.kind == "mean":
+            st = self.stats[hook]
+            return (st.x_mean - st.error_mean).expand_as(x), st.error_mean.expand_as(x)
+        rs = self.resample[hook]
+        return rs.x_hat, rs.err
+
+    def features(self, hook: str, ids: Tensor, shape: tuple[int, int]) -> Tensor:
+        """Ablated values `[B, T, F]` of the latents `ids`."""
+        B, T = shape
+        if self.kind == "zero":
+            return torch.zeros(B, T, len(ids))
+        if self.kind == "mean":
+            return self.stats[hook].feature_mean[ids].expand(B, T, -1)
+        rs = self.resample[hook]
+        return dense_features(rs.idx, rs.vals, ids).view(B, T, -1)
+
+
+def make_ablation(
+    kind: str, spliced: SplicedModel, tokens: Tensor, stats=None, seed: int = 0
+) -> Ablation:
+    if kind not in ABLATIONS:
+        raise UserError(f"unknown ablation {kind!r}: choose {', '.join(ABLATIONS)}")
+    if kind == "mean":
+        if stats is None:
+            raise UserError("mean ablation needs an activation store holding every spliced hook")
+        return Ablation(kind, stats=stats)
+    if kind == "resample":
+        n = tokens.shape[0]
+        if n < 2:
+            raise UserError("resample ablation needs at least 2 prompts")
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(n, generator=g)
+        perm = torch.where(perm == torch.arange(n), (perm + 1) % n, perm)  # no prompt keeps itself
+        _, states, _ = spliced.run_spliced(tokens[perm])
+        return Ablation(kind, resample=states)
+    return Ablation(kind)
+
+
+def dense_features(idx: Tensor, vals: Tensor, ids: Tensor) -> Tensor:
+    """Values of latents `ids` per row `[N, F]` from a sparse code."""
+    hit = (idx.unsqueeze(-1) == ids).to(vals.dtype)
+    return torch.einsum("nk,nkf->nf", vals.detach(), hit)
+
+
+@dataclass
+class NodeSet:
+    """Per hook: kept (or ablated) latents × positions, and error positions."""
+
+    feats: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    """hook → (latent ids `[F]`, mask `[T, F]`)."""
+    errors: dict[str, Tensor] = field(default_factory=dict)
+    """hook → bool `[T]`."""
+
+    @staticmethod
+    def build(keys: list[NodeKey], hooks: list[str], T: int) -> NodeSet:
+        out = NodeSet()
+        for hook in hooks:
+            mine = [k for k in keys if k.hook == hook]
+            ids = list(dict.fromkeys(k.feature for k in mine if k.feature != ERROR))
+            col = {f: i for i, f in enumerate(ids)}
+            mask = torch.zeros(T, len(ids))
+            err = torch.zeros(T, dtype=torch.bool)
+            for k in mine:
+                rows = slice(1, None) if k.pos == SUMMED else slice(k.pos, k.pos + 1)
+                if k.feature == ERROR:
+                    err[rows] = True
+                else:
+                    mask[rows, col[k.feature]] = 1
+            out.feats[hook] = (torch.tensor(ids, dtype=torch.long), mask)
+            out.errors[hook] = err
+        return out
+
+
+def ablation_edits(
+    spliced: SplicedModel, nodes: NodeSet, abl: Ablation, keep_only: bool, errors: str
+) -> dict:
+    """Hook edits that ablate everything outside `nodes` (keep_only) or only `nodes`."""
+
+    def make(hook: str):
+        sae = spliced.saes[hook]
+        ids, mask = nodes.feats[hook]
+        err_sel = nodes.errors[hook]
+
+        def edit(x: Tensor) -> Tensor:
+            B, T, d = x.shape
+            idx, vals, x_hat = spliced.encode(hook, x)
+            err = x - x_hat
+            base_hat, base_err = abl.base(spliced, hook, x)
+            W = sae.W_dec.detach()[ids]
+            f_cur = dense_features(idx, vals, ids).view(B, T, -1)
+            moved = (f_cur - abl.features(hook, ids, (B, T))) * mask
+            if keep_only:
+                new_hat = base_hat + moved @ W
+                keep_err = err_sel
+            else:
+                new_hat = x_hat - moved @ W
+                keep_err = ~err_sel
+            if errors == "keep":
+                keep_err = torch.ones_like(keep_err)
+            elif errors == "remove":
+                keep_err = torch.zeros_like(keep_err)
+            new_err = torch.where(keep_err.view(1, T, 1), err, base_err)
+            out = new_hat + new_err
+            out[:, 0] = x[:, 0]
+            return out
+
+        return edit
+
+    return {h: make(h) for h in spliced.hooks}
+
+
+@dataclass
+class CurvePoint:
+    n_nodes: int
+    faithfulness: float
+    completeness: float
+    m_circuit: float
+    m_complement: float
+
+
+@dataclass
+class Curves:
+    ablation: str
+    error_policy: str
+    m_full: float
+    m_empty: float
+    points: list[CurvePoint]
+
+
+def rankable(nodes: list[Node], errors: str) -> list[Node]:
+    """Nodes ranked for circuits: error nodes compete only under the `ablate` policy."""
+    return [n for n in nodes if errors == "ablate" or not n.key.is_error]
+
+
+def default_sizes(total: int) -> list[int]:
+    sizes = [0]
+    for decade in (1, 10, 100, 1000, 10000, 100000):
+        sizes += [s * decade for s in (1, 2, 5)]
+    return sorted({s for s in sizes if s <= total} | {total})
+
+
+def curves(
+    spliced: SplicedModel,
+    tokens: Tensor,
+    metric,
+    nodes: list[Node],
+    abl: Ablation,
+    errors: str = "ablate",
+    sizes: list[int] | None = None,
+    progress=None,
+) -> Curves:
+    """Faithfulness and completeness of the top-n nodes for each n in `sizes`."""
+    if errors not in ERROR_POLICIES:
+        raise UserError(f"unknown error-node policy {errors!r}: choose {', '.join(ERROR_POLICIES)}")
+    ranked = rankable(nodes, errors)
+    T = tokens.shape[1]
+    sizes = default_sizes(len(ranked)) if sizes is None else sizes
+
+    def m(keys: list[NodeKey], keep_only: bool) -> float:
+        ns = NodeSet.build(keys, spliced.hooks, T)
+        edits = ablation_edits(spliced, ns, abl, keep_only, errors)
+        values = metric_values(spliced, tokens, metric, edits)
+        return float(values.mean())
+
+    everything = [n.key for n in ranked]
+    m_full = (
+        m(everything, True)
+        if errors == "remove"
+        else float(metric_values(spliced, tokens, metric).mean())
+    )
+    m_empty = m([], True)
+    denom = m_full - m_empty
+    points = []
+    for n in sizes:
+        keys = [x.key for x in ranked[:n]]
+        mc, mk = m(keys, True), m(keys, False)
+        faith = (mc - m_empty) / denom if denom != 0 else math.nan
+        comp = (mk - m_empty) / denom if denom != 0 else math.nan
+        points.append(CurvePoint(n, faith, comp, mc, mk))
+        if progress is not None:
+            progress.update(1)
+    return Curves(abl.kind, errors, m_full, m_empty, points)
+
+
+# -- edges -----------------------------------------------------------------------------------
+
+
+@dataclass
+class EdgeCheck:
+    edge: Edge
+    measured: float
+
+
+def measure_edges(
+    spliced: SplicedModel,
+    tokens: Tensor,
+    metric,
+    states: dict[str, SpliceState],
+    sides: dict[str, PatchSide],
+    edges: list[Edge],
+    progress=None,
+) -> list[EdgeCheck]:
+    """The measured direct-path effect of each edge (two patched forwards per edge)."""
+    base = metric_values(spliced, tokens, metric)
+    out = []
+    for edge in edges:
+        up, down = edge.up, edge.down
+        a, b = up.hook, down.hook
+        feature = None if up.feature == ERROR else up.feature
+        pos = None if up.pos == SUMMED else up.pos
+        delta = node_delta(spliced, a, states[a], sides[a], feature, pos)
+        raw: dict[str, Tensor] = {}
+        edits = {a: (lambda x, delta=delta: x + delta)}
+        for h in spliced.hooks:
+            if hook_order(a) < hook_order(h) < hook_order(b):
+                edits[h] = lambda x, h=h: states[h].out.detach()
+        edits[b] = lambda x, raw=raw: raw.setdefault("x", x)
+        with torch.no_grad():
+            spliced.forward(tokens, edits, stop_at_layer=_stop(spliced, b))
+            d_delta = _down_delta(spliced, b, states[b], raw["x"], down)
+            after = metric_values(spliced, tokens, metric, {b: lambda x, d=d_delta: x + d})
+        out.append(EdgeCheck(edge, float((after - base).mean())))
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
+def _stop(spliced: SplicedModel, hook: str) -> int | None:
+    stop = hook_order(hook)[0] + 1
+    return None if stop >= spliced.model.n_layers else stop
+
+
+def _down_delta(spliced, b: str, clean: SpliceState, x_new: Tensor, down: NodeKey) -> Tensor:
+    """The change of hook b's output that moves node `down` to its value under x_new."""
+    B, T, d = x_new.shape
+    idx, vals, x_hat = spliced.encode(b, x_new)
+    mask = torch.zeros(1, T, 1)
+    if down.pos == SUMMED:
+        mask[:, 1:] = 1
+    else:
+        mask[:, down.pos] = 1
+    if down.feature == ERROR:
+        return ((x_new - x_hat) - clean.err) * mask
+    ids = torch.tensor([down.feature])
+    f_new = dense_features(idx, vals, ids).view(B, T, 1)
+    f_old = dense_features(clean.idx, clean.vals, ids).view(B, T, 1)
+    return (f_new - f_old) * spliced.saes[b].W_dec.detach()[down.feature] * mask
+
+
+def pearson(xs: list[float], ys: list[float]) -> float:
+    if len(xs) < 2:
+        return math.nan
+    x = torch.tensor(xs, dtype=torch.float64)
+    y = torch.tensor(ys, dtype=torch.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denom = x.norm() * y.norm()
+    return float((x @ y) / denom) if denom > 0 else math.nan

@@ -1,0 +1,379 @@
+"""`run_circuit`: find and evaluate a sparse feature circuit end to end (the CLI's engine).
+
+load model + SAEs → task → clean accuracy → node effects (AtP or IG) → nodes above the
+threshold → edges between them → faithfulness/completeness curves → measured edges → store
+rows and the HTML graph. Every check that can fail on bad input runs before anything is
+written; the store write is one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from circuits.attribution import (
+    BASELINES,
+    METHODS,
+    LogitDiff,
+    attribute,
+    check_finite,
+    metric_values,
+    patch_sides,
+    store_means,
+)
+from circuits.edges import Edge, edge_effects
+from circuits.evaluate import (
+    ABLATIONS,
+    ERROR_POLICIES,
+    Curves,
+    EdgeCheck,
+    curves,
+    default_sizes,
+    make_ablation,
+    measure_edges,
+    pearson,
+    rankable,
+)
+from circuits.nodes import Node, aggregate
+from circuits.splice import SplicedModel, load_spliced
+from circuits.tasks import TASK_VERSION, TaskBatch, load_task
+from saelab_base.errors import UserError
+
+
+@dataclass
+class CircuitConfig:
+    """What circuit to find, how, and where to write it."""
+
+    sae: list[str]
+    """SAE folders (one per hook) or sweep folders of them."""
+    task: str = "sva"
+    """Built-in task (sva, sva-rc, sva-pp, ioi) or a JSONL file (clean, patch, correct, wrong)."""
+    n_prompts: int = 32
+    """Prompts to use (built-in tasks generate this many; files are cut to it)."""
+    seed: int = 0
+    """Seed of the built-in task's word choices and of resample ablation."""
+    method: str = "atp"
+    """Node attribution: atp (attribution patching) or ig (integrated gradients)."""
+    steps: int = 10
+    """Integrated-gradients steps."""
+    baseline: str | None = None
+    """What nodes are patched to for attribution: patch (the task's patch prompts), zero or
+    mean; None: patch when the task has patch prompts, else mean."""
+    per_position: bool = True
+    """Nodes per position (False: summed over positions)."""
+    node_threshold: float = 0.1
+    """Keep nodes whose |mean effect| reaches this (metric units)."""
+    edge_threshold: float = 0.01
+    """Keep edges whose |mean effect| reaches this."""
+    ablation: str = "mean"
+    """How nodes outside a circuit are ablated in evaluation: mean, zero or resample."""
+    error_policy: str = "ablate"
+    """Error nodes in evaluation: ablate (unless kept), keep (always) or remove (always ablated)."""
+    acts: str | None = None
+    """Activation store for mean ablation (means of every spliced hook)."""
+    curve_sizes: list[int] | None = None
+    """Circuit sizes of the curves (None: 0, 1, 2, 5, 10, 20, 50, … up to all nodes)."""
+    check_edges: int = 32
+    """Top edges whose effect is measured by direct-path patching (0 skips)."""
+    edge_batch: int = 64
+    """Downstream nodes per batched vector-Jacobian product."""
+    db: str | None = None
+    """DuckDB results file to write the circuit into (None: nothing written)."""
+    html: str | None = None
+    """Where to write the self-contained HTML graph (None: nothing written)."""
+    model: str = "smollm2-135m"
+    """Model spec (must be the model the SAEs were trained on)."""
+    device: str = "cpu"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.sae:
+            raise UserError("give at least one SAE folder")
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}: choose {', '.join(METHODS)}")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise UserError(f"unknown baseline {self.baseline!r}: choose {', '.join(BASELINES)}")
+        if self.ablation not in ABLATIONS:
+            raise UserError(f"unknown ablation {self.ablation!r}: choose {', '.join(ABLATIONS)}")
+        if self.error_policy not in ERROR_POLICIES:
+            raise UserError(
+                f"unknown error-node policy {self.error_policy!r}: choose "
+                f"{', '.join(ERROR_POLICIES)}"
+            )
+        for name, v in (("node", self.node_threshold), ("edge", self.edge_threshold)):
+            if not (v >= 0 and math.isfinite(v)):
+                raise UserError(f"the {name} threshold must be a finite number >= 0, got {v}")
+        if self.steps < 1 or self.n_prompts < 1:
+            raise UserError("steps and the number of prompts must be at least 1")
+
+
+@dataclass
+class CircuitResult:
+    config: CircuitConfig
+    task: str
+    n_prompts: int
+    clean_accuracy: float
+    m_clean: float
+    m_patch: float | None
+    nodes: list[Node]
+    """Every node with a non-zero effect, largest |effect| first."""
+    kept: list[Node]
+    edges: list[Edge]
+    curves: Curves
+    faithfulness: float
+    """At the kept circuit."""
+    completeness: float
+    edge_checks: list[EdgeCheck] = field(default_factory=list)
+    edge_correlation: float = math.nan
+    circuit_id: str | None = None
+    seconds: float = 0.0
+
+
+def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
+    """Find, evaluate and (optionally) store a circuit; see the module docstring."""
+    cfg.validate()
+    start = time.perf_counter()
+    if model is None:
+        from activations.models import load_model
+
+        model = load_model(cfg.model, device=cfg.device)
+    from activations.corpus import bos_token_id
+
+    spliced = load_spliced(model, cfg.sae, device=cfg.device)
+    task = load_task(
+        cfg.task, model.tokenizer, bos_token_id(model.tokenizer), cfg.n_prompts, cfg.seed
+    )
+    baseline = cfg.baseline or ("patch" if task.patch is not None else "mean")
+    stats = None
+    if "mean" in (baseline, cfg.ablation):
+        if cfg.acts is None:
+            raise UserError(
+                "mean ablation needs the activation store (its per-hook means): give acts, or "
+                "use zero or resample ablation"
+            )
+        stats = store_means(spliced, cfg.acts)
+    metric = LogitDiff(task.correct, task.wrong)
+    clean_values = metric_values(spliced, task.clean, metric)
+    check_finite(clean_values, "clean prompts")
+    patch_values = None
+    if task.patch is not None:
+        patch_values = metric_values(spliced, task.patch, metric)
+        check_finite(patch_values, "patch prompts")
+    accuracy = float((clean_values > 0).float().mean())
+    log(
+        f"task {task.name}: {len(task)} prompts, clean accuracy {accuracy:.2f}, "
+        f"mean logit diff {float(clean_values.mean()):.3f}"
+    )
+
+    bar = _bar(cfg, len(spliced.hooks), "nodes")
+    sides = patch_sides(spliced, task.patch, baseline, stats)
+    effects, _ = attribute(spliced, task.clean, metric, sides, cfg.method, cfg.steps, progress=bar)
+    bar.close()
+    nodes = aggregate(effects, cfg.per_position)
+    for n in nodes:
+        if not math.isfinite(n.effect):
+            raise UserError("a node effect is NaN or infinite; check the SAEs and the model")
+    kept = [n for n in nodes if abs(n.effect) >= cfg.node_threshold and n.effect != 0]
+    if not kept:
+        largest = max((abs(n.effect) for n in nodes), default=0.0)
+        raise UserError(
+            f"no node reaches the node threshold {cfg.node_threshold:g} (largest |effect| "
+            f"{largest:.3g}); lower the threshold"
+        )
+
+    edges = _edges(cfg, spliced, task, metric, sides, kept)
+    abl = make_ablation(cfg.ablation, spliced, task.clean, stats, cfg.seed)
+    # the kept nodes are the top n_kept of the ranking (sorted by |effect|): one more size
+    n_kept = len(rankable(kept, cfg.error_policy))
+    ranked = len(rankable(nodes, cfg.error_policy))
+    sizes = sorted(set(cfg.curve_sizes or default_sizes(ranked)) | {n_kept})
+    bar = _bar(cfg, len(sizes), "curves")
+    curve = curves(spliced, task.clean, metric, nodes, abl, cfg.error_policy, sizes, bar)
+    point = next(p for p in curve.points if p.n_nodes == n_kept)
+    bar.close()
+    checks: list[EdgeCheck] = []
+    corr = math.nan
+    if cfg.check_edges and edges:
+        top = sorted(edges, key=lambda e: -abs(e.effect))[: cfg.check_edges]
+        _, states, _ = spliced.run_spliced(task.clean)
+        bar = _bar(cfg, len(top), "edge checks")
+        checks = measure_edges(spliced, task.clean, metric, states, sides, top, bar)
+        bar.close()
+        corr = pearson([c.edge.effect for c in checks], [c.measured for c in checks])
+    result = CircuitResult(
+        config=cfg,
+        task=task.name,
+        n_prompts=len(task),
+        clean_accuracy=accuracy,
+        m_clean=float(clean_values.mean()),
+        m_patch=None if patch_values is None else float(patch_values.mean()),
+        nodes=nodes,
+        kept=kept,
+        edges=edges,
+        curves=curve,
+        faithfulness=point.faithfulness,
+        completeness=point.completeness,
+        edge_checks=checks,
+        edge_correlation=corr,
+    )
+    result.seconds = time.perf_counter() - start
+    records = _records(spliced, model)
+    if cfg.html:
+        from circuits.graph import write_html
+
+        write_html(result, spliced, cfg.html, records, cfg.db, model.tokenizer)
+    if cfg.db:
+        result.circuit_id = _store(cfg, result, spliced, task, baseline, model, records)
+    return result
+
+
+def _bar(cfg: CircuitConfig, total, what: str):
+    return tqdm(total=total, desc=f"circuit {what}", disable=not cfg.progress, leave=False)
+
+
+def _edges(cfg, spliced: SplicedModel, task: TaskBatch, metric, sides, kept) -> list[Edge]:
+    logits, states, _ = spliced.run_spliced(task.clean, grads=True)
+    values = metric(logits, {})
+    outs = [states[h].out for h in spliced.hooks]
+    grads = dict(zip(spliced.hooks, torch.autograd.grad(values.sum(), outs, allow_unused=True)))
+    grads = {h: torch.zeros_like(states[h].out) if g is None else g for h, g in grads.items()}
+    bar = _bar(cfg, len(kept), "edges")
+    edges = edge_effects(
+        spliced, task.clean, states, grads, sides, kept, batch=cfg.edge_batch, progress=bar
+    )
+    bar.close()
+    return [e for e in edges if abs(e.effect) >= cfg.edge_threshold]
+
+
+def _prompts_hash(task: TaskBatch) -> str:
+    payload = json.dumps([asdict(e) for e in task.examples], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _records(spliced: SplicedModel, model) -> dict:
+    """The store's SAE record per hook (ids as `saelab eval` computes them)."""
+    from sae.checkpoint import read_cfg
+
+    return {
+        hook: _record(Path(folder), spliced.saes[hook], read_cfg(folder), hook, model)
+        for hook, folder in spliced.folders.items()
+    }
+
+
+def _store(cfg, result: CircuitResult, spliced, task, baseline, model, records) -> str:
+    import resultstore as results
+    from circuits.splice import hook_order
+
+    index = {n.key: i for i, n in enumerate(result.nodes)}
+    kept = {n.key for n in result.kept}
+    nodes = []
+    for i, n in enumerate(result.nodes):
+        if n.key not in kept and i >= 2000:
+            continue  # the ranked tail beyond 2000 nodes is not stored
+        layer, place = hook_order(n.key.hook)
+        nodes.append(
+            {
+                "node": i,
+                "hook": n.key.hook,
+                "submodule": n.key.hook.split(".")[-1].removeprefix("hook_"),
+                "layer": layer,
+                "pos": n.key.pos,
+                "feature": n.key.feature,
+                "is_error": n.key.is_error,
+                "sae_id": records[n.key.hook].sae_id,
+                "effect": n.effect,
+                "activation": n.activation,
+                "kept": n.key in kept,
+            }
+        )
+    measured = {(c.edge.up, c.edge.down): c.measured for c in result.edge_checks}
+    edges = [
+        {
+            "up_node": index[e.up],
+            "down_node": index[e.down],
+            "effect": e.effect,
+            "measured": measured.get((e.up, e.down)),
+        }
+        for e in result.edges
+    ]
+    curves_rows = []
+    for p in result.curves.points:
+        curves_rows.append(
+            {
+                "kind": "faithfulness",
+                "n_nodes": p.n_nodes,
+                "value": p.faithfulness,
+                "metric": p.m_circuit,
+            }
+        )
+        curves_rows.append(
+            {
+                "kind": "completeness",
+                "n_nodes": p.n_nodes,
+                "value": p.completeness,
+                "metric": p.m_complement,
+            }
+        )
+    summary = {
+        "task": task.name,
+        "task_source": cfg.task if cfg.task.endswith(".jsonl") else f"builtin v{TASK_VERSION}",
+        "prompts_hash": _prompts_hash(task),
+        "n_prompts": len(task),
+        "model": model.name,
+        "model_sha256": model.weights_sha256,
+        "sae_ids": [records[h].sae_id for h in spliced.hooks],
+        "hooks": spliced.hooks,
+        "method": cfg.method,
+        "baseline": baseline,
+        "steps": cfg.steps,
+        "per_position": cfg.per_position,
+        "node_threshold": cfg.node_threshold,
+        "edge_threshold": cfg.edge_threshold,
+        "ablation": cfg.ablation,
+        "error_policy": cfg.error_policy,
+        "m_clean": result.m_clean,
+        "m_patch": result.m_patch,
+        "m_empty": result.curves.m_empty,
+        "clean_accuracy": result.clean_accuracy,
+        "faithfulness": _finite(result.faithfulness),
+        "completeness": _finite(result.completeness),
+        "n_nodes": len(result.kept),
+        "n_edges": len(result.edges),
+        "edge_correlation": _finite(result.edge_correlation),
+        "seconds": result.seconds,
+    }
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "db", "html")}
+    record = results.CircuitRecord(summary, config, nodes, edges, curves_rows)
+    return results.write_circuit(cfg.db, record, list(records.values()))
+
+
+def _finite(v: float) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _record(folder: Path, sae, cfg_json: dict, hook: str, model):
+    import resultstore as results
+    from sae.checkpoint import WEIGHTS_FILE
+
+    weights = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
+    sae_id = hashlib.sha256((weights + results.config_hash(cfg_json)).encode()).hexdigest()[:16]
+    return results.SAERecord(
+        sae_id=sae_id,
+        name=folder.name,
+        path=str(folder.resolve()),
+        architecture=sae.architecture,
+        d_in=sae.d_in,
+        d_sae=sae.d_sae,
+        hook=hook,
+        model=cfg_json.get("model_name") or model.name,
+        model_sha256=model.weights_sha256,
+        cfg=cfg_json,
+        weights_sha256=weights,
+    )
