@@ -42,8 +42,11 @@ class DemoConfig:
     """Latents explained and scored (0 skips the step)."""
     explain_sae: str | None = None
     """Which SAE of the sweep to explain (default: the middle k)."""
-    scorers: tuple[str, ...] = ("detection", "fuzzing", "embedding", "simulation")
-    """Scorers of the explain step."""
+    scorers: tuple[str, ...] = ("detection", "fuzzing", "embedding")
+    """Scorers of the explain step (simulation is left out: a small model writes up to 4
+    tokens per window token, which alone takes minutes on a CPU; `saelab explain` runs it)."""
+    loss_sequences: int = 32
+    """Sequences the loss eval splices the SAEs into."""
     progress: bool = True
     """Progress bars."""
 
@@ -113,6 +116,7 @@ def harvest_step(demo: Demo) -> None:
         tokens=demo.cfg.tokens,
         seq_len=demo.cfg.seq_len,
         chunk_seqs=demo.cfg.chunk_seqs,
+        batch_size=min(16, demo.cfg.chunk_seqs),
         resume=True,
         progress=demo.cfg.progress,
     )
@@ -142,7 +146,8 @@ def train_step(demo: Demo) -> None:
 
 
 def eval_step(demo: Demo) -> None:
-    _cli(["eval", "--sae", str(demo.saes), "--acts", demo.store, "--db", demo.db])
+    _cli(["eval", "--sae", str(demo.saes), "--acts", demo.store, "--db", demo.db,
+          "--loss-sequences", str(demo.cfg.loss_sequences)])  # fmt: skip
 
 
 def compare_step(demo: Demo) -> None:

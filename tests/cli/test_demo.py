@@ -12,7 +12,7 @@ from saelab.commands.demo import STEPS, DemoConfig, run_demo
 def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys):
     cfg = DemoConfig(
         out=str(tmp_path / "demo"), tokens=4096, seq_len=64, chunk_seqs=8, d_sae=128, ks=(4, 8, 16),
-        explain=1, scorers=("detection", "fuzzing"), progress=False,
+        explain=1, scorers=("detection", "fuzzing"), loss_sequences=8, progress=False,
     )  # fmt: skip
     demo = run_demo(cfg, model=model, generator=local_generator)
     out = capsys.readouterr().out
