@@ -246,6 +246,9 @@ class LocalServer:
         self._http: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._threads_before: int | None = None
+        self.busy = threading.Lock()
+        """Held while a request is generated (one at a time)."""
+        self.stopping = threading.Event()
 
     def __enter__(self) -> LocalServer:
         self.start()
@@ -257,6 +260,7 @@ class LocalServer:
     def start(self) -> None:
         import torch
 
+        self.stopping.clear()
         if self.generator is None:
             self.generator = Generator.load(self.cfg.model)
         self.model_id = self.cfg.model
@@ -281,6 +285,9 @@ class LocalServer:
         return self.generator.stats
 
     def stop(self) -> None:
+        self.stopping.set()  # a request in progress stops at its next decode step
+        if self.busy.acquire(timeout=60):  # torch must not be mid-forward when the process exits
+            self.busy.release()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -322,8 +329,6 @@ def _hung_up(sock: socket.socket) -> bool:
 
 
 def _handler(server: LocalServer):
-    lock = threading.Lock()
-
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
@@ -368,10 +373,10 @@ def _handler(server: LocalServer):
                 return self._error(404, f"no route {self.path}")
 
             def cancelled() -> bool:
-                return _hung_up(self.connection)
+                return server.stopping.is_set() or _hung_up(self.connection)
 
             try:
-                with lock:
+                with server.busy:
                     result = server.generator.generate(**request, cancelled=cancelled)
             except Cancelled:
                 server.generator.stats.cancelled += 1
