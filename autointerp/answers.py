@@ -62,3 +62,26 @@ def expected_values(logprobs: list[dict] | None, count: int, high: int = 10) -> 
                 total += p
         values.append(weights / total if total > 0 else float(token))
     return values if len(values) == count else None
+
+
+YES, NO = frozenset({"1", "yes"}), frozenset({"0", "no"})
+"""The allowed answers of a one-excerpt yes/no question (compared stripped and lower-cased)."""
+
+
+def yes_probability(logprobs: list[dict] | None) -> float | None:
+    """P(yes) / (P(yes) + P(no)) at the first answer token, from its top logprobs.
+
+    The probabilities of every alternative that reads as an allowed answer ("1", " Yes", ...)
+    are summed on each side. None when there is no token or neither answer is among the
+    alternatives (the caller counts a failure).
+    """
+    if not logprobs:
+        return None
+    yes = no = 0.0
+    for alt, logprob in logprobs[0]["top"]:
+        word = alt.strip().lower()
+        if word in YES:
+            yes += math.exp(logprob)
+        elif word in NO:
+            no += math.exp(logprob)
+    return yes / (yes + no) if yes + no > 0 else None

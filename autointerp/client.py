@@ -66,6 +66,8 @@ class LLMClient:
     usage: Usage = field(default_factory=Usage)
     logprobs_refused: bool = False
     """Set once the endpoint rejects a request for asking for logprobs."""
+    logprobs_missing: bool = False
+    """Set once the endpoint answers a request for logprobs without them (it ignores the ask)."""
 
     def __post_init__(self) -> None:
         from openai import AsyncOpenAI
@@ -78,12 +80,18 @@ class LLMClient:
             max_retries=0,  # retries are counted here
             timeout=self.cfg.timeout_s,
         )
-        self._slots = asyncio.Semaphore(self.cfg.concurrency)
+        self._slots = asyncio.Semaphore(self.cfg.concurrency or 8)
         self._pending: list[_Pending] = []
         self._jitter = random.Random(self.cfg.seed)
 
     async def complete(
-        self, messages: list[dict], *, max_tokens: int, owner: tuple, logprobs: bool = False
+        self,
+        messages: list[dict],
+        *,
+        max_tokens: int,
+        owner: tuple,
+        logprobs: bool = False,
+        top_logprobs: int = TOP_LOGPROBS,
     ) -> Completion:
         """One chat completion (from the cache when this exact request was made before)."""
         logprobs = logprobs and not self.logprobs_refused
@@ -95,7 +103,7 @@ class LLMClient:
             "seed": self.cfg.seed,
         }
         if logprobs:
-            params |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
+            params |= {"logprobs": True, "top_logprobs": top_logprobs}
         request = json.dumps(params, sort_keys=True, ensure_ascii=False)
         key = hashlib.sha256(request.encode()).hexdigest()
         if key in self.cache:
@@ -107,7 +115,10 @@ class LLMClient:
         response = json.dumps(body, ensure_ascii=False)
         self.cache[key] = response
         self._pending.append(_Pending(key, owner, request, response))
-        return _completion(body)
+        completion = _completion(body)
+        if logprobs and completion.logprobs is None:
+            self.logprobs_missing = True
+        return completion
 
     def take_new_entries(self, owner: tuple) -> list[tuple[str, str, str]]:
         """New (key, request, response) cache entries made for `owner`, removed from the queue."""
@@ -206,7 +217,7 @@ def _completion(body: dict, cached: bool = False) -> Completion:
     text = (choice.get("message") or {}).get("content") or ""
     content = (choice.get("logprobs") or {}).get("content")
     logprobs = None
-    if content:
+    if isinstance(content, list):  # given, if maybe empty (the answer stopped at once)
         logprobs = [
             {
                 "token": item.get("token", ""),

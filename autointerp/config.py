@@ -35,8 +35,9 @@ class LLMConfig:
     api_key_env: str | None = None
     """Name of the environment variable holding the API key (the key itself is never stored).
     None: OPENAI_API_KEY if set, else no key (local servers need none)."""
-    concurrency: int = 8
-    """Requests in flight at once."""
+    concurrency: int | None = None
+    """Requests in flight at once. None: 8 against a remote endpoint, 1 against the local server
+    (it answers one request at a time on the CPU)."""
     timeout_s: float = 60.0
     """Seconds before one request counts as timed out (and is retried)."""
     max_retries: int = 5
@@ -49,7 +50,7 @@ class LLMConfig:
     """Sampling seed sent with every request, and the seed of window sampling."""
 
     def validate(self) -> None:
-        if self.concurrency < 1:
+        if self.concurrency is not None and self.concurrency < 1:
             raise UserError(f"`concurrency` must be at least 1 (got {self.concurrency})")
         if self.max_retries < 0 or self.timeout_s <= 0:
             raise UserError("`max_retries` must be >= 0 and `timeout_s` positive")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import random
+import signal
 import threading
 import time
 import uuid
@@ -27,6 +28,10 @@ from saelab_base.errors import UserError
 BLOCK = 256
 """Latents whose examples are read from the store at a time."""
 FLUSH_S = 1.0
+LOCAL_CONCURRENCY = 1
+"""Requests in flight against the local server (it answers one at a time on the CPU)."""
+REMOTE_CONCURRENCY = 8
+"""Requests in flight against a remote endpoint unless the user says otherwise."""
 
 
 @dataclass
@@ -63,8 +68,14 @@ def select_features(cfg: ExplainConfig, d_sae: int) -> list[int]:
     return chosen
 
 
-def explain_features(cfg: ExplainConfig) -> ExplainSummary:
-    """Explain and score the chosen latents (starting the local server if no endpoint is given)."""
+def explain_features(cfg: ExplainConfig, generator=None) -> ExplainSummary:
+    """Explain and score the chosen latents (serving the embedded model locally if no endpoint
+    is given; `generator` is an already-loaded `autointerp.server.Generator` to serve).
+
+    Every way out leaves the run's row in `autointerp_runs` saying how it ended: finished,
+    failed (with the endpoint's error) or interrupted (Ctrl-C, SIGTERM); a killed process leaves
+    it at running with its last counters. A rerun with the same configuration continues.
+    """
     cfg.validate()
     with results.connect(cfg.db) as con:
         sae = results.find_sae(con, cfg.sae)
@@ -81,10 +92,20 @@ def explain_features(cfg: ExplainConfig) -> ExplainSummary:
         if not cfg.llm.base_url:  # the offline default: the embedded model, served locally
             from autointerp.server import LocalServer
 
-            server = stack.enter_context(LocalServer())
-            llm = replace(cfg.llm, base_url=server.base_url, model=cfg.llm.model or server.model_id)
+            server = stack.enter_context(LocalServer(generator=generator))
+            llm = replace(
+                cfg.llm,
+                base_url=server.base_url,
+                model=cfg.llm.model or server.model_id,
+                concurrency=cfg.llm.concurrency or LOCAL_CONCURRENCY,
+            )
             cfg = replace(cfg, llm=llm)
-        return _run_to_completion(_run(cfg, sae, features))
+        elif not cfg.llm.concurrency:
+            cfg = replace(cfg, llm=replace(cfg.llm, concurrency=REMOTE_CONCURRENCY))
+        try:
+            return _run_to_completion(_run(cfg, sae, features))
+        except asyncio.CancelledError:  # SIGTERM cancels the run: report it as an interruption
+            raise KeyboardInterrupt from None
 
 
 def _run_to_completion(coroutine):
@@ -99,13 +120,23 @@ def _run_to_completion(coroutine):
         return pool.submit(asyncio.run, coroutine).result()
 
 
+@contextlib.contextmanager
+def _sigterm_cancels(task: asyncio.Task):
+    """SIGTERM cancels the run like Ctrl-C does (only possible in the main thread)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSummary:
     started = time.monotonic()
-    if not cfg.llm.model:
-        cfg = replace(cfg, llm=replace(cfg.llm, model=await first_model(cfg.llm)))
-    fingerprint = cfg.fingerprint()
-    config_hash = results.config_hash(fingerprint)
-    n_rows = len(cfg.explainers) * (1 + len(cfg.scorers))
     sae_id = sae["sae_id"]
     db_lock = threading.Lock()
 
@@ -113,12 +144,23 @@ async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSum
         with db_lock, results.connect(cfg.db) as con:
             return fn(con, *args)
 
+    if not cfg.llm.model:
+        try:
+            cfg = replace(cfg, llm=replace(cfg.llm, model=await first_model(cfg.llm)))
+        except EndpointError as err:  # no model to name the run by; record it all the same
+            run = _RunRecord(uuid.uuid4().hex[:16], sae_id, cfg, cfg.fingerprint(), "")
+            await asyncio.to_thread(_write_run_only, cfg.db, db_lock, run, "failed", str(err))
+            raise
+    fingerprint = cfg.fingerprint()
+    config_hash = results.config_hash(fingerprint)
+    n_rows = len(cfg.explainers) * (1 + len(cfg.scorers))
     done = await asyncio.to_thread(read, results.finished_features, sae_id, config_hash, n_rows)
     todo = [f for f in features if f not in done]
     cache = await asyncio.to_thread(read, results.cached_responses, sae_id, todo)
     client = LLMClient(cfg.llm, cache=cache)
     run = _RunRecord(uuid.uuid4().hex[:16], sae_id, cfg, fingerprint, config_hash)
     writer = _Writer(cfg.db, db_lock, run, client, sae)
+    await asyncio.to_thread(writer.flush, "running")  # the row exists before any request
     source = _ExampleSource(read, sae, cfg)
     progress = _progress(cfg, len(todo), client.usage, started)
     in_flight = asyncio.Semaphore(max(2, 2 * cfg.llm.concurrency))
@@ -132,28 +174,43 @@ async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSum
 
     flusher = asyncio.create_task(writer.loop())
     tasks = [asyncio.create_task(one(f)) for f in todo]
-    status = "interrupted"
+    status, message = "interrupted", "interrupted (Ctrl-C or SIGTERM)"
     try:
-        await asyncio.gather(*tasks)
-        status = "finished"
+        with _sigterm_cancels(asyncio.current_task()):
+            await asyncio.gather(*tasks)
+        status, message = "finished", None
     except EndpointError as err:
-        status = "failed"
+        status, message = "failed", str(err)
         raise EndpointError(
             f"{err}; {writer.finished} latents of {len(todo)} finished and saved, "
             "rerun the same command to continue"
         ) from None
+    except Exception as err:
+        status, message = "failed", f"{type(err).__name__}: {err}"
+        raise
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         writer.stop.set()
         await asyncio.gather(flusher, return_exceptions=True)
-        await asyncio.to_thread(writer.flush, status)
         progress.close()
         await client.close()
+        # last: whatever ended the run, its row says so
+        try:
+            await asyncio.to_thread(writer.flush, status, message)
+        except Exception:
+            if status == "finished":
+                raise  # otherwise the error that ended the run is the one to report
     return ExplainSummary(
         run.run_id, sae_id, features, len(done), client.usage, time.monotonic() - started
     )
+
+
+def _write_run_only(db: str, lock: threading.Lock, run: _RunRecord, status: str, message: str):
+    row = run.row(status, 0, Usage(), 0, message)
+    with lock:
+        results.write_interp_batch(db, results.InterpBatch([], [], [], row))
 
 
 class _ExampleSource:
@@ -192,7 +249,9 @@ class _RunRecord:
     fingerprint: dict
     config_hash: str
 
-    def row(self, status: str, latents_done: int, usage: Usage, unparsable: int) -> dict:
+    def row(
+        self, status: str, latents_done: int, usage: Usage, unparsable: int, message: str | None
+    ) -> dict:
         from saelab_base import __version__
 
         config = asdict(self.cfg)
@@ -213,6 +272,7 @@ class _RunRecord:
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "saelab_version": __version__,
+            "message": message,
         }
 
 
@@ -245,11 +305,11 @@ class _Writer:
             if self.pending and not self.stop.is_set():
                 await asyncio.to_thread(self.flush, "running")
 
-    def flush(self, status: str) -> None:
+    def flush(self, status: str, message: str | None = None) -> None:
         with self.lock:  # one flush at a time, so the last status written is the last one set
-            self._flush(status)
+            self._flush(status, message)
 
-    def _flush(self, status: str) -> None:
+    def _flush(self, status: str, message: str | None) -> None:
         batch, self.pending = self.pending, []
         explanations, scores, cache = [], [], []
         sae_id, run = self.sae["sae_id"], self.run
@@ -293,7 +353,7 @@ class _Writer:
                 for k, req, resp in entries
             ]  # fmt: skip
         self.latents_done += len(batch)
-        row = run.row(status, self.latents_done, self.client.usage, self.unparsable)
+        row = run.row(status, self.latents_done, self.client.usage, self.unparsable, message)
         results.write_interp_batch(self.db, results.InterpBatch(explanations, scores, cache, row))
 
 

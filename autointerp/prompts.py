@@ -16,7 +16,8 @@ from string import Template
 
 FOLDER = Path(__file__).with_name("prompts")
 CURRENT = {"explain": "explain.v1", "detection": "detection.v1", "fuzzing": "fuzzing.v1",
-           "simulation": "simulation.v1", "intervention": "intervention.v1"}  # fmt: skip
+           "simulation": "simulation.v1", "intervention": "intervention.v1",
+           "detection_one": "detection_one.v1", "fuzzing_one": "fuzzing_one.v1"}  # fmt: skip
 SEPARATOR = "=== user ==="
 
 

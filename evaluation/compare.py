@@ -18,7 +18,7 @@ COLUMNS = (
     "dense_fraction",
 )
 FRONTIERS = (
-    ("l0", "fvu", "FVU vs L0 (lower right is better)"),
+    ("l0", "fvu", "FVU vs L0 (lower left is better)"),
     ("l0", "ce_loss_score", "CE loss score vs L0"),
     ("d_sae", "dead_fraction", "Dead fraction vs width"),
 )

@@ -38,7 +38,8 @@ class InterpBatch:
     scores: list[dict]
     cache: list[dict]
     run: dict
-    """The run's row (counters as they stand now)."""
+    """The run's row (counters as they stand now; `message` says why it stopped, if it did not
+    finish)."""
 
 
 _COLUMNS = {
@@ -59,6 +60,7 @@ _KEYS = {
 _RUN_COLUMNS = [
     "run_id", "sae_id", "config_json", "config_hash", "status", "latents_done", "requests",
     "cache_hits", "retries", "unparsable", "prompt_tokens", "completion_tokens", "saelab_version",
+    "message",
 ]  # fmt: skip
 
 
@@ -75,6 +77,8 @@ def write_interp_batch(path: str | Path, batch: InterpBatch) -> None:
                 key = _KEYS[table]
                 keys = {tuple(r[c] for c in key) for r in rows}
                 where = " AND ".join(f"{c} = ?" for c in key)
+                if not keys:  # DuckDB refuses executemany with no parameters
+                    continue
                 con.executemany(
                     f"DELETE FROM {table} WHERE {where}", [list(k) for k in keys]
                 )  # table and column names are constants

@@ -106,6 +106,9 @@ MIGRATIONS: list[list[str]] = [
             circuit_id VARCHAR, kind VARCHAR, n_nodes INTEGER, value DOUBLE, metric DOUBLE,
             PRIMARY KEY (circuit_id, kind, n_nodes))""",
     ],
+    [  # issue 10: why an auto-interp run stopped (an endpoint failure, an interruption)
+        "ALTER TABLE autointerp_runs ADD COLUMN IF NOT EXISTS message VARCHAR",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -33,3 +33,11 @@ def small_store(model, tmp_path_factory):
     )
     harvest(cfg, model=model)
     return out
+
+
+@pytest.fixture(scope="session")
+def local_generator():
+    """The embedded model as the local endpoint's generator (loaded once, shared)."""
+    from autointerp.server import Generator
+
+    return Generator.load("smollm2-135m")

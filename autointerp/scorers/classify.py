@@ -1,4 +1,9 @@
-"""Detection and fuzzing: the LLM labels batches of windows 1/0; balanced accuracy over valid answers.
+"""Detection and fuzzing: the LLM labels windows 1/0; balanced accuracy over valid answers.
+
+Where the endpoint gives logprobs (the local server always does), each window is asked alone
+and the answer is read from the next-token probabilities of the allowed answers (1/yes against
+0/no), so even a small model that cannot keep to an answer format gives a valid (if weak)
+answer. Elsewhere the windows go in batches and the reply's JSON list of 0/1 is parsed.
 
 Detection: activating windows (label 1) and silent ones (label 0), unmarked, shuffled.
 Fuzzing: activating windows with marks; half marked where the latent is active (label 1), half
@@ -18,6 +23,8 @@ from autointerp.prompts import prompt
 from autointerp.scorers import Score, ScoringContext, finish
 from autointerp.windows import Window, escape, numbered, render
 
+ANSWER_TOP_LOGPROBS = 20
+"""Alternatives asked for at the answer token (the most OpenAI-compatible endpoints give)."""
 CONVENTION = {
     "detection": "activating = stored quantile/top/random windows not shown to the explainer; "
     "negatives = windows where the latent is silent on every token; order shuffled with the seed",
@@ -55,6 +62,59 @@ async def _classify(
     name: str, ctx: ScoringContext, explanation: str, items: list[tuple[str, bool]]
 ) -> Score:
     random.Random(ctx.seed).shuffle(items)
+    client = ctx.client
+    if ctx.logprobs and not (client.logprobs_refused or client.logprobs_missing):
+        score = await _classify_by_logprobs(name, ctx, explanation, items)
+        if score is not None:
+            return score
+    return await _classify_by_text(name, ctx, explanation, items)
+
+
+async def _classify_by_logprobs(
+    name: str, ctx: ScoringContext, explanation: str, items: list[tuple[str, bool]]
+) -> Score | None:
+    """One excerpt per request; the answer is the next-token probability of yes against no.
+
+    None when the endpoint gives no logprobs (the caller parses free text instead).
+    """
+    template = prompt(f"{name}_one")
+
+    async def ask(text: str):
+        return await ctx.client.complete(
+            template.messages(explanation=escape(explanation), example=text),
+            max_tokens=1,
+            owner=ctx.owner,
+            logprobs=True,
+            top_logprobs=ANSWER_TOP_LOGPROBS,
+        )
+
+    first = await ask(items[0][0]) if items else None
+    if first is not None and first.logprobs is None:
+        return None
+    replies = [first] + list(await asyncio.gather(*(ask(text) for text, _ in items[1:])))
+    predicted, labels, p_yes, failures = [], [], [], 0
+    for (_, label), reply in zip(items, replies):
+        p = answers.yes_probability(reply.logprobs)
+        if p is None:
+            failures += 1
+            continue
+        p_yes.append(p)
+        predicted.append(p > 0.5)
+        labels.append(label)
+    answer = {
+        "answer": f"next-token probabilities of the allowed answers (1/yes vs 0/no among the "
+        f"top {ANSWER_TOP_LOGPROBS} logprobs of the first answer token), one excerpt per "
+        "request; predicted 1 when P(yes) > P(no)",
+        "batch_size": 1,
+        "mean_p_yes": float(np.mean(p_yes)) if p_yes else None,
+    }
+    return _score(name, ctx, template, items, predicted, labels, failures, answer)
+
+
+async def _classify_by_text(
+    name: str, ctx: ScoringContext, explanation: str, items: list[tuple[str, bool]]
+) -> Score:
+    """Batches of excerpts; the answer is a JSON list of 0/1 parsed from the reply."""
     batches = [items[i : i + ctx.batch_size] for i in range(0, len(items), ctx.batch_size)]
     template = prompt(name)
 
@@ -78,6 +138,14 @@ async def _classify(
             continue
         predicted += reply
         labels += [label for _, label in batch]
+    answer = {
+        "answer": "a JSON list of 0/1 parsed from the reply (an unreadable reply fails its batch)",
+        "batch_size": ctx.batch_size,
+    }
+    return _score(name, ctx, template, items, predicted, labels, failures, answer)
+
+
+def _score(name, ctx, template, items, predicted, labels, failures, answer: dict) -> Score:
     predicted_arr, label_arr = np.array(predicted, bool), np.array(labels, bool)
     value = stats.balanced_accuracy(predicted_arr, label_arr) if labels else float("nan")
     ci = stats.balanced_accuracy_interval(predicted_arr, label_arr, ctx.bootstrap, ctx.seed)
@@ -87,7 +155,7 @@ async def _classify(
         "prompt": template.version,
         "temperature": ctx.client.cfg.temperature,
         "seed": ctx.seed,
-        "batch_size": ctx.batch_size,
+        **answer,
         "sampling": CONVENTION[name],
         "statistic": "balanced accuracy over valid answers",
     }

@@ -1,71 +1,260 @@
 """`saelab demo`: the whole pipeline on the embedded model and corpus, offline.
 
-harvest → train a TopK SAE → evaluate it into the results database → compare → explain a
-few latents through the embedded model served locally (a 135M model explains poorly; the
-pipeline is the real one, and `--base-url`/`--llm` point it at a strong model). Each step is
-the same command a user would type; rerunning the demo reuses a finished harvest.
+harvest → train a small sweep of TopK SAEs (three k, one pass over the data) → evaluate them
+into the results database → compare (the frontier plots) → explain a few latents of one of
+them through the embedded model, served by saelab's local endpoint (a 135M model explains
+poorly; the pipeline is the real one, and `saelab explain --base-url/--llm` points it at a
+strong model). Each step is timed; rerunning the demo reuses a finished harvest and sweep.
+
+The steps are the list `STEPS`: a later stage adds itself with `STEPS.append(Step(...))` (or
+inserts before "explain"), each a function of the `Demo` state that may read the earlier
+steps' outputs from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the pipeline end to end on the embedded defaults")
-    p.add_argument("--out", default="runs/demo", help="folder for the demo's outputs")
-    p.add_argument(
-        "--tokens", type=int, default=200_000, help="tokens to harvest (~2 min on 2 CPU cores)"
+@dataclass
+class DemoConfig:
+    """What the demo runs on (the defaults finish in a few minutes on 2 CPU cores)."""
+
+    out: str = "runs/demo"
+    """Folder for every output."""
+    tokens: int = 100_000
+    """Tokens to harvest from the builtin corpus."""
+    seq_len: int = 128
+    """Tokens per harvested sequence."""
+    chunk_seqs: int = 64
+    """Sequences per store chunk (the eval holds out whole chunks: keep several)."""
+    hook: str = "blocks.8.hook_resid_post"
+    """Where activations are read."""
+    d_sae: int = 2304
+    """Latents of every SAE of the sweep."""
+    ks: tuple[int, ...] = (16, 32, 64)
+    """The sweep: one TopK SAE per k, trained together in one pass."""
+    explain: int = 3
+    """Latents explained and scored (0 skips the step)."""
+    explain_sae: str | None = None
+    """Which SAE of the sweep to explain (default: the middle k)."""
+    scorers: tuple[str, ...] = ("detection", "fuzzing", "embedding")
+    """Scorers of the explain step (simulation is left out: a small model writes up to 4
+    tokens per window token, which alone takes minutes on a CPU; `saelab explain` runs it)."""
+    loss_sequences: int = 32
+    """Sequences the loss eval splices the SAEs into."""
+    progress: bool = True
+    """Progress bars."""
+
+
+@dataclass
+class Demo:
+    """The demo's state: its config, its outputs' paths, and objects loaded once and shared."""
+
+    cfg: DemoConfig
+    model: object = None
+    """A loaded `activations.models.LoadedModel` (loaded by the harvest when None)."""
+    generator: object = None
+    """A loaded `autointerp.server.Generator` for the local endpoint (loaded when None)."""
+    times: dict[str, float] = field(default_factory=dict)
+    """Seconds per finished step."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """One line per step, printed with its time."""
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def store(self) -> str:
+        return str(self.folder / "acts.zarr")
+
+    @property
+    def saes(self) -> Path:
+        return self.folder / "saes"
+
+    @property
+    def db(self) -> str:
+        return str(self.folder / "results.duckdb")
+
+    @property
+    def compare_html(self) -> Path:
+        return self.folder / "compare.html"
+
+    @property
+    def explained_sae(self) -> str:
+        ks = sorted(self.cfg.ks)
+        return self.cfg.explain_sae or f"topk-{self.cfg.d_sae}-k{ks[len(ks) // 2]}"
+
+
+@dataclass
+class Step:
+    name: str
+    describe: Callable[[Demo], str]
+    run: Callable[[Demo], None]
+    enabled: Callable[[Demo], bool] = lambda demo: True
+
+
+def _cli(argv: list[str]) -> None:
+    from saelab.cli import main
+
+    code = main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def harvest_step(demo: Demo) -> None:
+    from activations.harvest import HarvestConfig, harvest
+
+    cfg = HarvestConfig(
+        out=demo.store,
+        hooks=[demo.cfg.hook],
+        tokens=demo.cfg.tokens,
+        seq_len=demo.cfg.seq_len,
+        chunk_seqs=demo.cfg.chunk_seqs,
+        batch_size=min(16, demo.cfg.chunk_seqs),
+        resume=True,
+        progress=demo.cfg.progress,
     )
-    p.add_argument("--hook", default="blocks.8.hook_resid_post")
-    p.add_argument("--d-sae", type=int, default=2304)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--explain", type=int, default=3, help="latents to explain (0 skips the step)")
+    result = harvest(cfg, model=demo.model)
+    demo.notes["harvest"] = f"{result.tokens} new tokens"
+
+
+def sweep_toml(demo: Demo) -> str:
+    ks = ", ".join(str(k) for k in demo.cfg.ks)
+    return (
+        "# The demo's sweep: TopK SAEs at several k, trained together in one pass.\n"
+        f'[train]\nhook = "{demo.cfg.hook}"\n\n[defaults]\nd_sae = {demo.cfg.d_sae}\n\n'
+        f'[[sae]]\narchitecture = "topk"\ngrid = {{ k = [{ks}] }}\n'
+    )
+
+
+def train_step(demo: Demo) -> None:
+    sweep = demo.folder / "sweep.toml"
+    sweep.write_text(sweep_toml(demo))
+    argv = ["train", "--acts", demo.store, "--sweep", str(sweep), "--out", str(demo.saes)]
+    argv += ["--batch-size", "1024"]
+    if not demo.cfg.progress:
+        argv.append("--no-progress")
+    if (demo.saes / "training_state.pt").exists():
+        argv.append("--resume")  # a rerun continues the finished sweep, which just reuses it
+    _cli(argv)
+
+
+def eval_step(demo: Demo) -> None:
+    _cli(["eval", "--sae", str(demo.saes), "--acts", demo.store, "--db", demo.db,
+          "--loss-sequences", str(demo.cfg.loss_sequences)])  # fmt: skip
+
+
+def compare_step(demo: Demo) -> None:
+    _cli(["compare", "--db", demo.db, "--html", str(demo.compare_html)])
+
+
+def explain_step(demo: Demo) -> None:
+    from autointerp.config import ExplainConfig, WindowConfig
+    from autointerp.pipeline import explain_features
+    from saelab.commands.explain import print_summary
+
+    cfg = ExplainConfig(
+        db=demo.db,
+        sae=demo.explained_sae,
+        sample=demo.cfg.explain,
+        scorers=list(demo.cfg.scorers),
+        windows=WindowConfig(
+            explain_top=6, score_activating=4, score_nonactivating=4, simulation_windows=1
+        ),
+        progress=demo.cfg.progress,
+    )
+    summary = explain_features(cfg, generator=demo.generator)
+    print_summary(demo.db, summary)
+
+
+STEPS: list[Step] = [
+    Step(
+        "harvest",
+        lambda d: f"harvest {d.cfg.tokens} tokens of smollm2-135m at {d.cfg.hook} -> {d.store}",
+        harvest_step,
+    ),
+    Step(
+        "train",
+        lambda d: (
+            f"train TopK SAEs (d_sae {d.cfg.d_sae}, k {', '.join(map(str, d.cfg.ks))}) "
+            f"in one pass -> {d.saes}"
+        ),
+        train_step,
+    ),
+    Step("eval", lambda d: f"evaluate them into {d.db}", eval_step),
+    Step("compare", lambda d: f"compare them -> {d.compare_html}", compare_step),
+    Step(
+        "explain",
+        lambda d: (
+            f"explain and score {d.cfg.explain} latents of {d.explained_sae} with the "
+            "embedded model, served locally"
+        ),
+        explain_step,
+        enabled=lambda d: d.cfg.explain > 0,
+    ),
+]
+
+
+def run_demo(cfg: DemoConfig, model=None, generator=None) -> Demo:
+    """Run every enabled step in order, printing each one's time; returns the demo's state."""
+    import torch
+
+    from autointerp.server import free_cores
+
+    demo = Demo(cfg, model=model, generator=generator)
+    demo.folder.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(free_cores())  # on a busy machine, more threads than cores crawl
+    steps = [s for s in STEPS if s.enabled(demo)]
+    for i, step in enumerate(steps, start=1):
+        print(
+            f"\nsaelab demo: step {i}/{len(steps)} ({step.name}): {step.describe(demo)}", flush=True
+        )
+        started = time.monotonic()
+        step.run(demo)
+        demo.times[step.name] = time.monotonic() - started
+        note = f" ({demo.notes[step.name]})" if step.name in demo.notes else ""
+        print(f"saelab demo: {step.name} took {demo.times[step.name]:.1f} s{note}", flush=True)
+    total = sum(demo.times.values())
+    print(
+        "\nsaelab demo: step times: " + ", ".join(f"{k} {v:.0f} s" for k, v in demo.times.items())
+    )
+    print(
+        f"saelab demo: done in {total:.0f} s. Store {demo.store}, SAEs {demo.saes}, "
+        f"results {demo.db}, comparison {demo.compare_html}"
+    )
+    return demo
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="run the pipeline end to end on the embedded defaults")
+    p.add_argument("--out", default=d.out, help="folder for the demo's outputs")
+    p.add_argument("--tokens", type=int, default=d.tokens, help="tokens to harvest")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sequence")
+    p.add_argument("--hook", default=d.hook)
+    p.add_argument("--d-sae", type=int, default=d.d_sae)
+    p.add_argument("--k", type=int, nargs="+", default=list(d.ks), help="k of each TopK SAE")
+    p.add_argument("--explain", type=int, default=d.explain, help="latents to explain (0 skips)")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from activations.harvest import HarvestConfig, harvest
-    from saelab.cli import main
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    store, sae, db = str(out / "acts.zarr"), out / "sae-topk", out / "results.duckdb"
-
-    _step(1, f"harvest {args.tokens} tokens of smollm2-135m at {args.hook} -> {store}")
-    result = harvest(HarvestConfig(out=store, hooks=[args.hook], tokens=args.tokens, resume=True))
-    print(f"saelab demo: harvest done ({result.tokens} new tokens)")
-
-    _step(2, f"train a TopK SAE (d_sae {args.d_sae}, k {args.k}) -> {sae}")
-    train = ["train", "--acts", store, "--hook", args.hook, "--arch", "topk", "--out", str(sae)]
-    train += ["--d-sae", str(args.d_sae), "--k", str(args.k), "--batch-size", "1024"]
-    if (sae / "training_state.pt").is_file():
-        train.append("--resume")  # a rerun continues the finished run, which just reuses it
-    _run(main, train)
-
-    _step(3, f"evaluate it into {db}")
-    _run(main, ["eval", "--sae", str(sae), "--acts", store, "--db", str(db)])
-
-    _step(4, "compare")
-    _run(main, ["compare", "--db", str(db)])
-
-    if args.explain:
-        _step(
-            5, f"explain and score {args.explain} latents with the embedded model, served locally"
-        )
-        explain = ["explain", "--db", str(db), "--sae", "sae-topk", "--sample", str(args.explain)]
-        explain += ["--explain-top", "6", "--score-windows", "4", "--simulation-windows", "1"]
-        _run(main, explain)
-    print(f"saelab demo: done. Store {store}, SAE {sae}, results {db}")
+    cfg = DemoConfig(
+        out=args.out,
+        tokens=args.tokens,
+        seq_len=args.seq_len,
+        hook=args.hook,
+        d_sae=args.d_sae,
+        ks=tuple(args.k),
+        explain=args.explain,
+        progress=not args.no_progress,
+    )
+    run_demo(cfg)
     return 0
-
-
-def _step(n: int, text: str) -> None:
-    print(f"\nsaelab demo: step {n}/5: {text}", flush=True)
-
-
-def _run(main, argv: list[str]) -> None:
-    code = main(argv)
-    if code:
-        raise SystemExit(code)

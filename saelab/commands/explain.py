@@ -29,7 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scorers", nargs="+", choices=scorers,
                    default=registry.defaults(registry.SCORERS))  # fmt: skip
     d = LLMConfig()
-    p.add_argument("--concurrency", type=int, default=d.concurrency)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=d.concurrency,
+        help="requests in flight (default: 8, or 1 against the local server)",
+    )
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request")
     p.add_argument("--max-retries", type=int, default=d.max_retries)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -72,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
         logprobs=not args.no_logprobs,
         progress=not args.no_progress,
     )
-    summary = explain_features(cfg)
+    print_summary(args.db, explain_features(cfg))
+    return 0
+
+
+def print_summary(db: str, summary) -> None:
+    """The run's one-line account and its mean scores."""
     u = summary.usage
     print(
         f"saelab explain: {len(summary.features) - summary.skipped} latents explained and scored "
@@ -80,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
         f"{u.requests} requests, {u.cache_hits} cached, {u.retries} retries, "
         f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens; run {summary.run_id}"
     )
-    _report(args.db, summary.sae_id, summary.features)
-    return 0
+    _report(db, summary.sae_id, summary.features)
 
 
 def _report(db: str, sae_id: str, features: list[int]) -> None:

@@ -1,9 +1,9 @@
-"""`saelab llm-serve`: the embedded model behind a local OpenAI-compatible server."""
+"""`saelab llm-serve`: the embedded model behind saelab's local OpenAI-compatible server."""
 
 from __future__ import annotations
 
 import argparse
-import time
+import signal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,18 +13,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="smollm2-135m", help="embedded name, HF folder or .gguf")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--threads", type=int, help="torch threads (default: the free cores)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from autointerp.server import LocalServer, ServeConfig
 
-    with LocalServer(ServeConfig(model=args.model, host=args.host, port=args.port)) as server:
-        print(
-            f"saelab llm-serve: {args.model} at {server.base_url} (model name {server.model_id}); "
-            f"use it with `saelab explain --base-url {server.base_url}`. Ctrl-C stops it.",
-            flush=True,
-        )
-        while server.process and server.process.poll() is None:
-            time.sleep(1)
+    cfg = ServeConfig(model=args.model, host=args.host, port=args.port, threads=args.threads)
+    # SIGTERM stops it like Ctrl-C: the server is a thread of this process, nothing outlives it
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with LocalServer(cfg) as server:
+            print(
+                f"saelab llm-serve: {args.model} at {server.base_url} (model name "
+                f"{server.model_id}); use it with `saelab explain --base-url {server.base_url}`. "
+                "Ctrl-C stops it.",
+                flush=True,
+            )
+            server.wait()
+    except KeyboardInterrupt:
+        print("saelab llm-serve: stopped", flush=True)
     return 0

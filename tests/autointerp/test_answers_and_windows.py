@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from autointerp import answers
 from autointerp.config import WindowConfig
@@ -90,3 +91,16 @@ def test_split_is_disjoint_and_negatives_are_silent():
 def test_rare_latent_is_flagged_not_dropped():
     split = split_windows(rows("top", 2), {}, 1.0, WindowConfig(), seed=0)
     assert "explanation windows" in split.insufficient(WindowConfig())
+
+
+def test_yes_probability_sums_the_allowed_answers_hand_worked():
+    top = [
+        [" 1", math.log(0.3)],
+        ["Yes", math.log(0.1)],
+        ["0", math.log(0.2)],
+        ["The", math.log(0.4)],
+    ]
+    # (0.3 + 0.1) / (0.3 + 0.1 + 0.2) = 2/3; "The" is no answer and is left out
+    assert answers.yes_probability([{"token": " 1", "top": top}]) == pytest.approx(2 / 3)
+    assert answers.yes_probability([{"token": "The", "top": [["The", 0.0]]}]) is None
+    assert answers.yes_probability([]) is None and answers.yes_probability(None) is None

@@ -218,9 +218,11 @@ def test_markup_in_corpus_text_cannot_reach_the_prompt_as_markup(db):
         text = body["messages"][-1]["content"]
         assert "<<forged>>" not in text and "\n2. Explanation" not in text
         assert "‹‹forged››⏎2. Explanation" in text
-        if "Feature explanation:" in text:  # a detection prompt: one numbered line per excerpt
+        if "Feature explanation:" in text and "Excerpts:" in text:  # one numbered line each
             count = re.findall(r"exactly (\d+) numbers as", text)[-1]
             assert len(re.findall(r"^\d+\. ", text, re.M)) == int(count)
+        elif "Feature explanation:" in text:  # one excerpt per request, on one line
+            assert len(re.findall(r"^Excerpt: ", text, re.M)) == 1
 
 
 def test_api_key_is_never_stored_or_printed(db, monkeypatch, capfd):

@@ -1,31 +1,39 @@
-"""`saelab demo` end to end on tiny settings (slow: run with `make test-all` or `-m slow`)."""
+"""`saelab demo`, reduced (a few thousand tokens, tiny SAEs, one latent explained), end to end
+through the local endpoint: every step's output exists."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-import pytest
+import json
 
 import resultstore as results
+from saelab.commands.demo import STEPS, DemoConfig, run_demo
 
 
-@pytest.mark.slow
-def test_demo_runs_every_step_and_fills_the_results_file(tmp_path):
-    out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--tokens", "16384", "--d-sae", "256", "--k", "8"]
-    done = subprocess.run(
-        [sys.executable, "-m", "saelab.cli", *argv, "--explain", "2"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "step 5/5" in done.stdout and "saelab demo: done" in done.stdout
-    db = out / "results.duckdb"
-    (sae,) = results.list_saes(db)
-    metrics = {(m["eval"], m["metric"]) for m in results.metrics_table(db)}
-    assert ("core", "fvu") in metrics and ("loss", "ce_loss_score") in metrics
-    scores = results.interp_scores(db, sae["sae_id"])
-    assert len({r["feature"] for r in scores}) == 2
-    assert {r["explainer"] for r in scores} == {"llm", "baseline"}
+def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys):
+    cfg = DemoConfig(
+        out=str(tmp_path / "demo"), tokens=4096, seq_len=64, chunk_seqs=8, d_sae=128, ks=(4, 8, 16),
+        explain=1, scorers=("detection", "fuzzing"), loss_sequences=8, progress=False,
+    )  # fmt: skip
+    demo = run_demo(cfg, model=model, generator=local_generator)
+    out = capsys.readouterr().out
+    assert list(demo.times) == [s.name for s in STEPS]
+    for i, step in enumerate(STEPS, start=1):
+        assert f"step {i}/{len(STEPS)} ({step.name})" in out and f"{step.name} took" in out
+    assert "step times:" in out
+    saes = {s["name"]: s for s in results.list_saes(demo.db)}
+    assert set(saes) == {"topk-128-k4", "topk-128-k8", "topk-128-k16"}  # one sweep, three SAEs
+    for name in saes:
+        assert (demo.saes / name / "sae_weights.safetensors").is_file()
+        assert (demo.saes / name / "cfg.json").is_file()
+    metrics = {(m["name"], m["metric"]) for m in results.metrics_table(demo.db)}
+    assert all((name, "fvu") in metrics and (name, "l0") in metrics for name in saes)
+    html = demo.compare_html.read_text()
+    assert "lower left is better" in html and all(name in html for name in saes)
+    explained = saes[demo.explained_sae]["sae_id"]
+    scores = results.interp_scores(demo.db, explained)
+    assert len({r["feature"] for r in scores}) == 1
+    llm = [r for r in scores if r["explainer"] == "llm"]
+    assert llm and llm[0]["explanation"]
+    ok = [r for r in llm if r["status"] == "ok"]
+    assert ok, [(r["scorer"], r["status"], r["provenance_json"]) for r in llm]
+    assert all("next-token" in json.loads(r["provenance_json"])["scorer"]["answer"] for r in ok)
