@@ -1,10 +1,12 @@
 """`saelab demo`: the whole pipeline on the embedded model and corpus, offline.
 
-harvest → train a small sweep of TopK SAEs (three k, one pass over the data) → evaluate them
-into the results database → compare (the frontier plots) → explain a few latents of one of
-them through the embedded model, served by saelab's local endpoint (a 135M model explains
-poorly; the pipeline is the real one, and `saelab explain --base-url/--llm` points it at a
-strong model). Each step is timed; rerunning the demo reuses a finished harvest and sweep.
+harvest (three layers in one pass) → train a small sweep of TopK SAEs (three k, one pass over
+the data) → evaluate them into the results database → compare (the frontier plots) → explain a
+few latents of one of them through the embedded model, served by saelab's local endpoint (a
+135M model explains poorly; the pipeline is the real one, and `saelab explain --base-url/--llm`
+points it at a strong model) → train one SAE at each of the two earlier layers and find and
+evaluate a subject-verb agreement circuit across the three. Each step is timed; rerunning the
+demo reuses a finished harvest and sweep.
 
 The steps are the list `STEPS`: a later stage adds itself with `STEPS.append(Step(...))` (or
 inserts before "explain"), each a function of the `Demo` state that may read the earlier
@@ -34,6 +36,12 @@ class DemoConfig:
     """Sequences per store chunk (the eval holds out whole chunks: keep several)."""
     hook: str = "blocks.8.hook_resid_post"
     """Where activations are read."""
+    circuit_hooks: tuple[str, ...] = ("blocks.4.hook_resid_post", "blocks.6.hook_resid_post")
+    """Earlier layers harvested in the same pass, one SAE each, for the circuit (empty: skip)."""
+    circuit_prompts: int = 32
+    """Subject-verb agreement prompts the circuit is found and evaluated on."""
+    circuit_node_threshold: float = 0.02
+    """Nodes kept in the circuit: |mean effect| at least this (logit-difference units)."""
     d_sae: int = 2304
     """Latents of every SAE of the sweep."""
     ks: tuple[int, ...] = (16, 32, 64)
@@ -64,6 +72,8 @@ class Demo:
     """Seconds per finished step."""
     notes: dict[str, str] = field(default_factory=dict)
     """One line per step, printed with its time."""
+    circuit: object = None
+    """The circuit step's `circuits.run.CircuitResult`."""
 
     @property
     def folder(self) -> Path:
@@ -84,6 +94,14 @@ class Demo:
     @property
     def compare_html(self) -> Path:
         return self.folder / "compare.html"
+
+    @property
+    def circuit_saes(self) -> Path:
+        return self.folder / "circuit-saes"
+
+    @property
+    def circuit_html(self) -> Path:
+        return self.folder / "circuit.html"
 
     @property
     def explained_sae(self) -> str:
@@ -112,7 +130,7 @@ def harvest_step(demo: Demo) -> None:
 
     cfg = HarvestConfig(
         out=demo.store,
-        hooks=[demo.cfg.hook],
+        hooks=[demo.cfg.hook, *demo.cfg.circuit_hooks],
         tokens=demo.cfg.tokens,
         seq_len=demo.cfg.seq_len,
         chunk_seqs=demo.cfg.chunk_seqs,
@@ -173,6 +191,38 @@ def explain_step(demo: Demo) -> None:
     print_summary(demo.db, summary)
 
 
+def circuit_step(demo: Demo) -> None:
+    from circuits.run import CircuitConfig, run_circuit
+    from saelab.commands.circuit import report
+
+    k = sorted(demo.cfg.ks)[len(demo.cfg.ks) // 2]
+    folders = []
+    for hook in demo.cfg.circuit_hooks:
+        folder = demo.circuit_saes / hook.replace(".", "_")
+        if not (folder / "sae_weights.safetensors").is_file():
+            argv = ["train", "--acts", demo.store, "--hook", hook, "--arch", "topk", "--out",
+                    str(folder), "--d-sae", str(demo.cfg.d_sae), "--k", str(k),
+                    "--batch-size", "1024"]  # fmt: skip
+            _cli(argv + ([] if demo.cfg.progress else ["--no-progress"]))
+        folders.append(str(folder))
+    folders.append(str(demo.saes / demo.explained_sae))
+    result = run_circuit(
+        CircuitConfig(
+            sae=folders,
+            task="sva",
+            n_prompts=demo.cfg.circuit_prompts,
+            acts=demo.store,
+            db=demo.db,
+            html=str(demo.circuit_html),
+            node_threshold=demo.cfg.circuit_node_threshold,
+            progress=demo.cfg.progress,
+        ),
+        model=demo.model,
+    )
+    demo.circuit = result
+    print(report(result))
+
+
 STEPS: list[Step] = [
     Step(
         "harvest",
@@ -197,6 +247,15 @@ STEPS: list[Step] = [
         ),
         explain_step,
         enabled=lambda d: d.cfg.explain > 0,
+    ),
+    Step(
+        "circuit",
+        lambda d: (
+            f"train an SAE at {', '.join(d.cfg.circuit_hooks)}; find and evaluate a "
+            f"subject-verb agreement circuit across them and {d.explained_sae} -> {d.circuit_html}"
+        ),
+        circuit_step,
+        enabled=lambda d: bool(d.cfg.circuit_hooks),
     ),
 ]
 

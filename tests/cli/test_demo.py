@@ -12,7 +12,8 @@ from saelab.commands.demo import STEPS, DemoConfig, run_demo
 def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys):
     cfg = DemoConfig(
         out=str(tmp_path / "demo"), tokens=4096, seq_len=64, chunk_seqs=8, d_sae=128, ks=(4, 8, 16),
-        explain=1, scorers=("detection", "fuzzing"), loss_sequences=8, progress=False,
+        explain=1, scorers=("detection", "fuzzing"), loss_sequences=8, circuit_prompts=8,
+        progress=False,
     )  # fmt: skip
     demo = run_demo(cfg, model=model, generator=local_generator)
     out = capsys.readouterr().out
@@ -20,7 +21,9 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys):
     for i, step in enumerate(STEPS, start=1):
         assert f"step {i}/{len(STEPS)} ({step.name})" in out and f"{step.name} took" in out
     assert "step times:" in out
-    saes = {s["name"]: s for s in results.list_saes(demo.db)}
+    saes = {
+        s["name"]: s for s in results.list_saes(demo.db) if s["path"].startswith(str(demo.saes))
+    }
     assert set(saes) == {"topk-128-k4", "topk-128-k8", "topk-128-k16"}  # one sweep, three SAEs
     for name in saes:
         assert (demo.saes / name / "sae_weights.safetensors").is_file()
@@ -37,3 +40,11 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys):
     ok = [r for r in llm if r["status"] == "ok"]
     assert ok, [(r["scorer"], r["status"], r["provenance_json"]) for r in llm]
     assert all("next-token" in json.loads(r["provenance_json"])["scorer"]["answer"] for r in ok)
+    # the circuit: SAEs at three layers, nodes kept, curves and edges stored, the graph written
+    (circuit,) = results.list_circuits(demo.db)
+    rows = results.circuit_rows(demo.db, circuit["circuit_id"])
+    hooks = {r["hook"] for r in rows["circuit_nodes"]}
+    assert hooks == {"blocks.4.hook_resid_post", "blocks.6.hook_resid_post", cfg.hook}, hooks
+    assert demo.circuit.kept and rows["circuit_curves"]
+    assert demo.circuit_html.stat().st_size > 10_000
+    assert "faithfulness" in out
