@@ -4,8 +4,6 @@ steering tables the page says how to make some."""
 
 from __future__ import annotations
 
-import html
-
 import streamlit as st
 
 from app import common
@@ -13,7 +11,7 @@ from app.tokens import visible
 
 EMPTY = (
     "No steering runs in this results file yet. Steer the model with a feature using "
-    "`saelab steer` (when available); runs will show here."
+    "`saelab steer --db FILE --sae DIR --feature N --strength S --prompt TEXT`; runs will show here."
 )
 _TEXT = {
     "clean": ("clean", "clean_text", "baseline"),
@@ -27,6 +25,9 @@ def render() -> None:
     if not runs:
         st.info(EMPTY)
         return
+    runs = sorted(
+        runs, key=lambda r: (r.get("method") == "none", str(r.get("created_at"))), reverse=False
+    )
     id_col = next((c for c in ("run_id", "steering_id", "id") if c in runs[0]), next(iter(runs[0])))
     ids = [r[id_col] for r in runs]
     labels = {r[id_col]: _label(r, id_col) for r in runs}
@@ -65,4 +66,4 @@ def _label(r: dict, id_col: str) -> str:
     bits = [str(r[id_col])[:12]] + [
         f"{k} {r[k]}" for k in ("feature", "strength", "sae_id") if r.get(k) is not None
     ]
-    return html.unescape(" · ".join(bits))
+    return " · ".join(bits)

@@ -135,11 +135,26 @@ def test_compare_page_marks_winners(app_db, monkeypatch):
     assert not any(v.startswith("★") for v in table.value.loc["core / l0"])  # no direction
 
 
-def test_circuits_and_steering_empty_states(app_db, monkeypatch):
+def test_circuits_empty_state_and_steering_runs(app_db, monkeypatch, tmp_path):
+    import resultstore as results
+
     path, _ = app_db
     at = page("circuits", monkeypatch, path)
     assert not at.exception and "No circuits" in at.info[0].value
     at = page("steering", monkeypatch, path)
+    assert not at.exception, at.exception
+    with results.connect(path, read_only=True) as con:
+        clean, steered = con.execute(
+            "SELECT clean_text, steered_text FROM steering_samples LIMIT 1"
+        ).fetchone()
+    shown = "\n".join(str(e.proto.body) for e in at.get("html"))
+    assert html.escape(clean) in shown and html.escape(steered) in shown
+    empty = tmp_path / "empty.duckdb"
+    shutil.copy(path, empty)
+    with results.connect(empty) as con:
+        con.execute("DELETE FROM steering_samples")
+        con.execute("DELETE FROM steering_runs")
+    at = page("steering", monkeypatch, str(empty))
     assert not at.exception and "No steering runs" in at.info[0].value
 
 
