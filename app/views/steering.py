@@ -1,6 +1,6 @@
-"""Steering: past steering runs from the file (clean and steered text side by side with their
-metrics). The live playground arrives with the steering issue; until the file holds
-steering tables the page says how to make some."""
+"""Steering: past steering runs from the file (settings and metrics, clean and steered text
+side by side); an empty file says how to make some. The live playground (generate from the
+page) is not built yet."""
 
 from __future__ import annotations
 
