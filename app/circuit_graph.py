@@ -88,6 +88,8 @@ def build_graph(nodes: list[dict], edges: list[dict]) -> Graph:
     by_key: dict = {}
     out: list[Node] = []
     for row in nodes:
+        if row.get("kept") is False:  # stored for the record, outside the circuit
+            continue
         layer, sub = get(row, "layer"), _submodule(get(row, "submodule"))
         feature, pos = _feature(row), get(row, "position")
         effect = float(get(row, "effect") or 0.0)

@@ -164,32 +164,28 @@ def test_circuits_page_draws_planted_circuit(app_db, monkeypatch, tmp_path):
     path, ids = app_db
     copy = tmp_path / "results.duckdb"
     shutil.copy(path, copy)
-    con = duckdb.connect(str(copy))
+    con = duckdb.connect(str(copy))  # rows shaped as `saelab circuit` writes them
     con.execute(
-        "CREATE TABLE circuits (circuit_id VARCHAR, task VARCHAR, method VARCHAR, n_nodes INTEGER)"
-    )
-    con.execute("INSERT INTO circuits VALUES ('c1', 'sva', 'atp', 3)")
-    con.execute(
-        "CREATE TABLE circuit_nodes (circuit_id VARCHAR, node_id INTEGER, layer INTEGER, "
-        "submodule VARCHAR, feature INTEGER, is_error BOOLEAN, effect DOUBLE, sae_id VARCHAR)"
+        "INSERT INTO circuits (circuit_id, task, method, n_nodes, faithfulness) "
+        "VALUES ('c1', 'sva', 'atp', 3, 0.9)"
     )
     con.execute(
-        "INSERT INTO circuit_nodes VALUES ('c1', 0, 2, 'resid', 5, false, 0.8, ?), "
-        "('c1', 1, 2, 'resid', NULL, true, -0.2, ?), ('c1', 2, 4, 'mlp', 7, false, 0.5, ?)",
-        [ids[0], ids[0], ids[1]],
+        "INSERT INTO circuit_nodes (circuit_id, node, hook, submodule, layer, pos, feature, "
+        "is_error, sae_id, effect, kept) VALUES "
+        "('c1', 0, 'blocks.2.hook_resid_post', 'resid', 2, NULL, 5, false, ?, 0.8, true), "
+        "('c1', 1, 'blocks.2.hook_resid_post', 'resid', 2, NULL, NULL, true, ?, -0.2, true), "
+        "('c1', 2, 'blocks.4.hook_mlp_out', 'mlp', 4, NULL, 7, false, ?, 0.5, true), "
+        "('c1', 3, 'blocks.4.hook_mlp_out', 'mlp', 4, NULL, 9, false, ?, 0.01, false)",
+        [ids[0], ids[0], ids[1], ids[1]],
     )
     con.execute(
-        "CREATE TABLE circuit_edges (circuit_id VARCHAR, src_node INTEGER, dst_node INTEGER, "
-        "effect DOUBLE)"
-    )
-    con.execute("INSERT INTO circuit_edges VALUES ('c1', 0, 2, 0.3), ('c1', 1, 2, -0.1)")
-    con.execute(
-        "CREATE TABLE circuit_curves (circuit_id VARCHAR, curve VARCHAR, n_nodes INTEGER, "
-        "value DOUBLE)"
+        "INSERT INTO circuit_edges (circuit_id, up_node, down_node, effect) "
+        "VALUES ('c1', 0, 2, 0.3), ('c1', 1, 2, -0.1)"
     )
     con.execute(
-        "INSERT INTO circuit_curves VALUES ('c1', 'faithfulness', 1, 0.4), "
-        "('c1', 'faithfulness', 2, 0.9), ('c1', 'completeness', 1, 0.7)"
+        "INSERT INTO circuit_curves (circuit_id, kind, n_nodes, value) VALUES "
+        "('c1', 'faithfulness', 1, 0.4), ('c1', 'faithfulness', 2, 0.9), "
+        "('c1', 'completeness', 1, 0.7)"
     )
     con.close()
     at = page("circuits", monkeypatch, str(copy))
