@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all lint format bench clean chromium
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -28,10 +28,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/saelab demo
 
-test: $(STAMP)
+# The web app's browser tests drive Debian's Chromium (Playwright cannot download browsers
+# offline). Installed here when running as root; otherwise the one command is printed (under
+# CI=true the tests then fail rather than skip).
+CHROMIUM ?= /usr/bin/chromium
+
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "the web app's browser tests need Chromium: sudo apt-get install -y chromium"; fi
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) chromium
 	$(PY) -m pytest -q -m ''
 
 lint: $(STAMP)
@@ -44,7 +56,7 @@ format: $(STAMP)
 
 # Every benchmark the README lists, one after another (each prints and writes its JSON into
 # benchmarks/results/). `make bench BENCHMARKS=kernels` runs one.
-BENCHMARKS ?= harvest kernels train evals autointerp
+BENCHMARKS ?= harvest kernels train evals autointerp app
 
 bench: $(STAMP)
 	@set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(PY) benchmarks/$$b.py; done

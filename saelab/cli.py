@@ -25,6 +25,7 @@ COMMANDS = [
     "circuit",
     "steer",
     "llm-serve",
+    "app",
     "demo",
 ]
 

@@ -287,6 +287,7 @@ def run_demo(cfg: DemoConfig, model=None, generator=None) -> Demo:
         f"saelab demo: done in {total:.0f} s. Store {demo.store}, SAEs {demo.saes}, "
         f"results {demo.db}, comparison {demo.compare_html}"
     )
+    print(f"saelab demo: browse the results with: saelab app --db {demo.db}")
     return demo
 
 

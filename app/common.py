@@ -1,0 +1,122 @@
+"""Streamlit helpers every page shares: the session's reader, cached queries, the SAE picker,
+URL query parameters, and links to the feature page."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamlit as st
+
+from app import db
+
+_READER = "_saelab_reader"
+_GOTO = "_saelab_goto"
+PAGES: dict = {}
+"""The current run's `st.Page` objects by name (set by `app.main.run`)."""
+
+
+def db_path() -> str:
+    path = os.environ.get(db.DB_ENV, "")
+    if not path:
+        raise db.UserError("no results database given; start the app with `saelab app --db FILE`")
+    return path
+
+
+def reader() -> db.Reader:
+    r = st.session_state.get(_READER)
+    path = db_path()
+    if r is None or r.path != path:
+        r = db.Reader(path)
+        st.session_state[_READER] = r
+    return r
+
+
+def close_reader() -> None:
+    r = st.session_state.get(_READER)
+    if r is not None:
+        r.close()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _schema(path: str, stamp: tuple) -> int:
+    return db.browse.schema_version(reader().con)
+
+
+def file_key() -> tuple:
+    """(path, stamp, schema version): the cache key of every query."""
+    path = db_path()
+    stamp = db.stamp(path)
+    if stamp[0] == 0:
+        db.open_read_only(path)  # raises the "no results database" message
+    return (path, stamp, _schema(path, stamp))
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _cached(key: tuple, name: str, args: tuple) -> Any:
+    return db.call(reader(), name, *args)
+
+
+def q(name: str, *args: Any) -> Any:
+    """`resultstore.browse.<name>(con, *args)`, cached by the file's state."""
+    return _cached(file_key(), name, tuple(args))
+
+
+# -- selection in the URL --------------------------------------------------------------------
+
+
+def apply_goto() -> None:
+    """Carry query parameters set by `goto` across a page switch."""
+    params = st.session_state.pop(_GOTO, None)
+    if params:
+        for k, v in params.items():
+            st.query_params[k] = str(v)
+
+
+def goto(page: str, **params: Any) -> None:
+    """Open another page with these query parameters (SAE, feature)."""
+    params = {k: str(v) for k, v in params.items()}
+    if page in PAGES:
+        st.switch_page(PAGES[page], query_params=params)
+    st.session_state[_GOTO] = params  # a single page (tests, benchmark): stay, new parameters
+    st.rerun()
+
+
+def param_int(name: str) -> int | None:
+    value = st.query_params.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def pick_sae(saes: list[dict], key: str = "sae") -> dict | None:
+    """The SAE picker (sidebar), in step with the `sae` query parameter."""
+    if not saes:
+        st.info("This results file holds no SAE yet. Run `saelab eval` (or `saelab demo`).")
+        return None
+    ids = [s["sae_id"] for s in saes]
+    wanted = st.query_params.get("sae") or st.session_state.get("_saelab_sae")
+    matches = [s for s in saes if wanted in (s["sae_id"], s["name"])]
+    index = ids.index(matches[0]["sae_id"]) if matches else 0
+    labels = {s["sae_id"]: f"{s['name']} · {s['architecture']} · {s['d_sae']}" for s in saes}
+    choice = st.sidebar.selectbox(
+        "SAE", ids, index=index, format_func=lambda i: labels[i], key=f"pick_{key}"
+    )
+    if st.query_params.get("sae") != choice:
+        st.query_params["sae"] = choice
+    st.session_state["_saelab_sae"] = choice  # kept when the sidebar opens another page
+    return next(s for s in saes if s["sae_id"] == choice)
+
+
+def feature_button(sae_id: str, feature: int, label: str | None = None, key: str = "") -> None:
+    if st.button(label or f"feature {feature}", key=f"open_{key}_{sae_id}_{feature}"):
+        goto("feature", sae=sae_id, feature=feature)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

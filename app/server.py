@@ -1,0 +1,76 @@
+"""Start the Streamlit server for a results file (what `saelab app` runs)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from app import db
+from saelab_base.errors import UserError
+
+MAIN = Path(__file__).with_name("main.py")
+
+
+@dataclass
+class AppConfig:
+    """How to serve the app."""
+
+    db: str
+    """The results file (DuckDB) to browse; opened read-only."""
+    port: int = 8501
+    """TCP port to listen on."""
+    host: str = "127.0.0.1"
+    """Address to bind; the default keeps the app on this machine."""
+    migrate: bool = False
+    """Bring an older-schema file to the current schema first (the only write the app makes)."""
+
+
+def url(cfg: AppConfig) -> str:
+    return f"http://{cfg.host}:{cfg.port}"
+
+
+def prepare(cfg: AppConfig) -> str:
+    """Check the file (migrating it when asked) and the port; the absolute path to serve."""
+    path = str(Path(cfg.db).expanduser().resolve())
+    if cfg.migrate and Path(path).is_file():
+        db.migrate(path)
+    db.check_file(path)
+    if not 0 < cfg.port < 65536:
+        raise UserError(f"port {cfg.port} is out of range (1 … 65535)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((cfg.host, cfg.port))
+        except OSError as err:
+            raise UserError(
+                f"cannot listen on {cfg.host}:{cfg.port} ({err.strerror or err}); choose another port"
+            ) from None
+    return path
+
+
+def command(cfg: AppConfig) -> list[str]:
+    """The streamlit command line (headless, no usage statistics, no file watcher)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(MAIN),
+        "--server.port", str(cfg.port), "--server.address", cfg.host,
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+        "--server.runOnSave", "false", "--client.toolbarMode", "minimal",
+    ]  # fmt: skip
+
+
+def serve(cfg: AppConfig) -> int:
+    """Serve until interrupted; returns the server's exit status."""
+    path = prepare(cfg)
+    env = dict(os.environ, **{db.DB_ENV: path})
+    print(f"saelab app: browsing {path} at {url(cfg)} (Ctrl-C stops it)", flush=True)
+    proc = subprocess.Popen(command(cfg), env=env, stdout=subprocess.DEVNULL)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=10)
+        raise

@@ -1,0 +1,254 @@
+"""Feature: one latent's dashboard (examples, histograms, logit effects, explanations with
+their scores, nearest features by decoder cosine), with previous/next/random navigation."""
+
+from __future__ import annotations
+
+import html
+import math
+import random
+
+import streamlit as st
+
+from app import common, decoder
+from app.tokens import TokenBytes, highlight_html, merge_pieces, visible
+
+SCORE_COLUMNS = [
+    "scorer", "status", "value", "ci_low", "ci_high", "n_windows", "n_valid", "n_failures",
+    "n_positive", "n_negative",
+]  # fmt: skip
+KIND_TITLES = {"top": "Top activations", "random": "Random activating examples"}
+
+
+@st.cache_resource(show_spinner=False)
+def token_bytes(model: str | None) -> TokenBytes | None:
+    """The model's byte table (tokenizer file only; no model weights), None when unavailable."""
+    if not model:
+        return None
+    try:
+        from activations.models import resolve_model_folder
+
+        folder, _ = resolve_model_folder(model)
+        return TokenBytes(folder / "tokenizer.json")
+    except Exception:  # any failure: fall back to the stored per-id strings
+        return None
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _unit_decoder(weights: str, mtime_ns: int):
+    return decoder.unit_decoder(weights)
+
+
+def render() -> None:
+    sae = common.pick_sae(common.q("sae_list"), key="feature")
+    if sae is None:
+        return
+    sae_id, d_sae = sae["sae_id"], int(sae["d_sae"])
+    current = common.param_int("feature")
+    st.title(f"Feature {0 if current is None else min(max(current, 0), d_sae - 1)}")
+    st.caption(f"SAE {sae['name']} · {sae['architecture']} · {d_sae} latents · {sae['hook']}")
+    feature = _navigation(sae_id, d_sae)
+
+    stats = common.q("feature_stats_row", sae_id, feature)
+    if stats is None:
+        st.info("No feature statistics for this SAE yet: run `saelab eval --evals features` on it.")
+        return
+    _stats(stats)
+    if stats["dead"]:
+        st.warning(
+            f"Dead latent: it never fired on the {stats['n_tokens']:,} tokens the features eval "
+            "read, so there are no examples, histograms or explanations to show."
+        )
+        _neighbours(sae, feature)
+        return
+    if stats["too_few_examples"]:
+        st.info(
+            f"Rare latent: it fired on only {stats['n_active']} tokens, fewer than the eval's "
+            "minimum, so its examples and any explanation rest on little evidence."
+        )
+    left, right = st.columns([3, 2])
+    with left:
+        _examples(sae, feature, stats)
+    with right:
+        _explanations(sae_id, feature)
+        _histograms(sae_id, feature, stats)
+        _logits(sae_id, feature)
+        _neighbours(sae, feature)
+
+
+def _navigation(sae_id: str, d_sae: int) -> int:
+    current = common.param_int("feature")
+    current = 0 if current is None else min(max(current, 0), d_sae - 1)
+    cols = st.columns([2, 1, 1, 1, 4])
+    chosen = cols[0].number_input(
+        "Feature", min_value=0, max_value=d_sae - 1, value=current, step=1, key=f"num_{current}"
+    )
+    target = int(chosen)
+    if cols[1].button("◀ Previous", disabled=current == 0, key="prev"):
+        target = current - 1
+    if cols[2].button("Next ▶", disabled=current >= d_sae - 1, key="next"):
+        target = current + 1
+    if cols[3].button("Random", key="random"):
+        picked = common.q("random_feature", sae_id, random.randrange(1 << 30))
+        target = picked if picked is not None else random.randrange(d_sae)
+    if target != current or st.query_params.get("feature") != str(current):
+        st.query_params["feature"] = str(target)
+        if target != current:
+            st.rerun()
+    return current
+
+
+def _stats(stats: dict) -> None:
+    cols = st.columns(5)
+    cols[0].metric("Density", f"{stats['density']:.3g}")
+    ld = stats["log10_density"]
+    cols[1].metric("log10 density", "–" if ld is None or math.isinf(ld) else f"{ld:.2f}")
+    cols[2].metric("Max activation", f"{stats['max_act']:.3g}")
+    cols[3].metric("Mean activation", f"{stats['mean_act']:.3g}")
+    cols[4].metric("Active tokens", f"{stats['n_active']:,}")
+
+
+def _examples(sae: dict, feature: int, stats: dict) -> None:
+    examples = common.q("feature_examples", sae["sae_id"], feature)
+    if not examples:
+        st.info("No example windows stored for this latent.")
+        return
+    ids = sorted({int(t) for e in examples for t in e["tokens"]})
+    vocab = common.q("vocab_strings", sae["model_sha256"], ids)
+    table = token_bytes(sae.get("model"))
+    scale = float(stats["max_act"] or 0)
+
+    def show(rows: list[dict]) -> None:
+        blocks = []
+        for e in rows:
+            pieces = merge_pieces(e["tokens"], table, vocab)
+            label = html.escape(f"{e['activation']:.3g}")
+            blocks.append(
+                f'<div style="display:flex;gap:8px"><div style="min-width:3.5em;color:#888;'
+                f'font-family:monospace">{label}</div>'
+                f"{highlight_html(pieces, e['acts'], scale, e['tokens'])}</div>"
+            )
+        st.html("".join(blocks))
+
+    by_kind: dict[str, list[dict]] = {}
+    for e in examples:
+        by_kind.setdefault(e["kind"], []).append(e)
+    if "top" in by_kind:
+        st.subheader(KIND_TITLES["top"])
+        show(by_kind["top"])
+    bands = sorted({e["band"] for e in by_kind.get("quantile", [])}, reverse=True)
+    if bands:
+        st.subheader("Quantile bands")
+        for band in bands:
+            rows = [e for e in by_kind["quantile"] if e["band"] == band]
+            lo, hi = min(r["activation"] for r in rows), max(r["activation"] for r in rows)
+            with st.expander(
+                f"Band {band + 1} of {len(bands)}: {lo:.3g} … {hi:.3g}", expanded=band == bands[0]
+            ):
+                show(rows)
+    for kind in sorted(set(by_kind) - {"top", "quantile"}):
+        with st.expander(KIND_TITLES.get(kind, f"{kind.capitalize()} examples")):
+            show(by_kind[kind])
+
+
+def _histograms(sae_id: str, feature: int, stats: dict) -> None:
+    import plotly.graph_objects as go
+
+    hists = {h["kind"]: h for h in common.q("feature_histograms", sae_id, feature)}
+    act = hists.get("activation")
+    if act and sum(act["counts"]):
+        edges, counts = act["bin_edges"], act["counts"]
+        centres = [
+            math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2 for a, b in zip(edges, edges[1:])
+        ]
+        fig = go.Figure(
+            go.Bar(x=centres, y=counts, width=[b - a for a, b in zip(edges, edges[1:])])
+        )
+        fig.update_layout(
+            title="Activation histogram (active tokens)",
+            height=260,
+            xaxis_type="log",
+            margin={"t": 40, "b": 20},
+        )
+        st.plotly_chart(fig, key="hist_act")
+    density = common.q("density_histogram", sae_id)
+    ld = stats["log10_density"]
+    if density and ld is not None and not math.isinf(ld):
+        fig = go.Figure(
+            go.Bar(x=[d["lo"] for d in density], y=[d["n"] for d in density], marker_color="#bbb")
+        )
+        fig.add_vline(x=ld, line_color="#d62728", annotation_text="this latent")
+        fig.update_layout(
+            title="log10 density among the SAE's live latents",
+            height=220,
+            margin={"t": 40, "b": 20},
+        )
+        st.plotly_chart(fig, key="hist_density")
+
+
+def _logits(sae_id: str, feature: int) -> None:
+    import pandas as pd
+
+    rows = common.q("feature_logits", sae_id, feature)
+    if not rows:
+        return
+    st.subheader("Logit effects")
+    cols = st.columns(2)
+    for col, side in zip(cols, ("top", "bottom")):
+        part = [
+            {
+                "token": repr(r["token"]) if r["token"] is not None else f"<{r['token_id']}>",
+                "effect": r["value"],
+            }
+            for r in rows
+            if r["side"] == side
+        ]
+        col.caption("Promoted" if side == "top" else "Suppressed")
+        col.dataframe(pd.DataFrame(part), hide_index=True, key=f"logits_{side}")
+
+
+def _explanations(sae_id: str, feature: int) -> None:
+    import pandas as pd
+
+    explanations = common.q("feature_explanations", sae_id, feature)
+    st.subheader("Explanations")
+    if not explanations:
+        st.caption("No explanation yet: run `saelab explain` on this SAE.")
+        return
+    for e in explanations:
+        text = e["explanation"] if e["explanation"] else f"({e['status']})"
+        st.html(
+            f'<div class="saelab-explanation" style="font-size:1.05em;padding:6px 10px;'
+            f'border-left:3px solid #ff7800;white-space:pre-wrap">{visible(text)}</div>'
+            f'<div style="color:#888;font-size:0.85em">explainer {html.escape(str(e["explainer"]))}'
+            f" · status {html.escape(str(e['status']))} · {e['n_examples'] or 0} examples</div>"
+        )
+        if e["scores"]:
+            frame = pd.DataFrame(e["scores"])
+            frame["interval"] = [
+                f"[{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "–"
+                for lo, hi in zip(frame["ci_low"], frame["ci_high"])
+            ]
+            st.dataframe(
+                frame[[*SCORE_COLUMNS, "interval"]], hide_index=True, key=f"scores_{e['explainer']}"
+            )
+        else:
+            st.caption("Not scored.")
+
+
+def _neighbours(sae: dict, feature: int) -> None:
+    st.subheader("Nearest features (decoder cosine)")
+    weights = decoder.weights_file(sae.get("path"))
+    if weights is None:
+        st.caption(
+            f"The SAE's checkpoint is not at {sae.get('path')!r} any more, so decoder directions cannot be compared."
+        )
+        return
+    unit = _unit_decoder(str(weights), weights.stat().st_mtime_ns)
+    near = decoder.nearest(unit, feature, k=8)
+    texts = common.q("explanation_texts", sae["sae_id"], [f for f, _ in near])
+    for f, cos in near:
+        cols = st.columns([1, 1, 4])
+        with cols[0]:
+            common.feature_button(sae["sae_id"], f, key="near")
+        cols[1].write(f"{cos:.3f}")
+        cols[2].text(texts.get(f, ""))

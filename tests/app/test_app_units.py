@@ -1,0 +1,97 @@
+"""The app's pure pieces against independent references: token text, decoder neighbours,
+compare winners, circuit layout; and the command line's messages for bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app import decoder
+from app.tokens import TokenBytes, highlight_html, merge_pieces
+from app.views.compare import winners
+from saelab.cli import main
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json():
+    from activations.models import resolve_model_folder
+
+    folder, _ = resolve_model_folder("smollm2-135m")
+    return folder / "tokenizer.json"
+
+
+def test_pieces_merge_byte_level_tokens_into_the_decoded_text(tokenizer_json):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    table = TokenBytes(tokenizer_json)
+    text = "naïve café in 東京 🙂 costs 5€\n\tnext line"
+    ids = tok.encode(text).ids
+    vocab = {i: tok.decode([i]) for i in ids}
+    assert any("�" in vocab[i] for i in ids)  # per-id strings break the multi-byte characters
+    pieces = merge_pieces(ids, table, vocab)
+    assert "".join(p.text for p in pieces) == tok.decode(ids) == text
+    assert all("�" not in p.text for p in pieces)
+    assert [i for p in pieces for i in range(p.first, p.last + 1)] == list(range(len(ids)))
+    assert any(p.last > p.first for p in pieces)  # some characters span several tokens
+
+
+def test_highlight_escapes_text_and_titles_and_shades_by_activation():
+    pieces = merge_pieces([1, 2], None, {1: '<b x="1">', 2: " & \n"})
+    out = highlight_html(pieces, [2.0, 0.0], 4.0, [1, 2])
+    assert "<b " not in out and "&lt;b x=&quot;1&quot;&gt;" in out
+    assert "&amp; ↵<br>" in out and "rgba(255, 120, 0, 0.500)" in out
+    assert 'title="activation 2 · token 1"' in out
+
+
+def test_nearest_matches_a_float64_cosine(tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng()
+    w = rng.normal(size=(50, 12)).astype(np.float32)
+    w[7] = 0.0
+    save_file({"W_dec": w}, str(tmp_path / decoder.WEIGHTS_FILE))
+    unit = decoder.unit_decoder(decoder.weights_file(str(tmp_path)))
+    f = int(rng.integers(0, 50))
+    if f == 7:
+        f = 8
+    w64 = w.astype(np.float64)
+    norms = np.linalg.norm(w64, axis=1)
+    cos = w64 @ w64[f] / np.where(norms > 0, norms, 1) / norms[f]
+    cos[f] = -np.inf
+    expected = np.argsort(-cos, kind="stable")[:5]
+    got = decoder.nearest(unit, f, k=5)
+    assert [i for i, _ in got] == expected.tolist()
+    np.testing.assert_allclose([c for _, c in got], cos[expected], rtol=1e-5)
+    assert decoder.weights_file(str(tmp_path / "gone")) is None
+
+
+def test_winners_follow_each_metrics_direction():
+    from app.views.compare import better_of
+
+    rules = [
+        (__import__("re").compile("^fvu$"), "lower"),
+        (__import__("re").compile("^ev$"), "higher"),
+    ]
+    table = {
+        "core / fvu": {"a": 0.3, "b": 0.1, "c": 0.1},
+        "core / ev": {"a": 0.9, "b": 0.5, "c": None},
+        "core / l0": {"a": 3.0, "b": 9.0},
+    }
+    assert winners(table, rules) == {"core / fvu": {"b", "c"}, "core / ev": {"a"}}
+    assert better_of("autointerp:llm:detection", rules) == "higher"
+
+
+def test_app_command_refuses_missing_and_older_files(tmp_path, capsys):
+    import duckdb
+
+    assert main(["app", "--db", str(tmp_path / "none.duckdb")]) == 2
+    assert "no results database" in capsys.readouterr().err
+    older = tmp_path / "older.duckdb"
+    con = duckdb.connect(str(older))
+    con.execute("CREATE TABLE schema_info (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO schema_info VALUES ('schema_version', '1')")
+    con.close()
+    assert main(["app", "--db", str(older)]) == 2
+    err = capsys.readouterr().err
+    assert "older schema (1" in err and "--migrate" in err and err.count("\n") == 1

@@ -1,0 +1,209 @@
+"""The web app in a real browser: `saelab app` as a subprocess, Debian's Chromium driven by
+Playwright. Clicks through SAE → feature → explanation, screenshots every page, and checks that
+planted `<script>`/`<img onerror>` tokens and explanations show as text and never run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("SAELAB_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+SCRIPT_TOKEN = "<script>window.__xss = 1</script>"
+IMG_TOKEN = '<img src=x onerror="window.__xss = 2">'
+SCRIPT_EXPLANATION = "fires on <script>window.__xss = 3</script> tags"
+IMG_EXPLANATION = '<img src=x onerror="window.__xss = 4"> images'
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        message = f"no Chromium at {CHROMIUM}: apt-get install -y chromium"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`saelab app --db FILE --port P` in a subprocess, ready when its health check answers."""
+
+    def __init__(self, db: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "saelab.cli", "app", "--db", db, "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        line = self.proc.stdout.readline()
+        assert f"at {self.url}" in line, line
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.errors = []
+    page.on("pageerror", lambda err: page.errors.append(str(err)))
+    page.on("dialog", lambda d: (page.errors.append(f"dialog {d.message}"), d.dismiss()))
+    page.goto(url)
+    return page
+
+
+def settle(page, text: str) -> None:
+    """Wait until `text` shows and Streamlit has finished running the script."""
+    page.get_by_text(text, exact=False).first.wait_for(timeout=20_000)
+    page.wait_for_function(
+        "!document.querySelector('[data-testid=stStatusWidget] [data-testid=stStatusWidgetRunningIcon]')",
+        timeout=20_000,
+    )
+    page.wait_for_timeout(400)
+
+
+def test_click_through_every_page(browser, app_db, tmp_path):
+    import resultstore as results
+
+    path, ids = app_db
+    with results.connect(path, read_only=True) as con:
+        sae_id, feature, explanation = con.execute(
+            "SELECT sae_id, feature, explanation FROM explanations WHERE status = 'ok' "
+            "AND explainer = 'baseline' ORDER BY sae_id, feature LIMIT 1"
+        ).fetchone()
+        name = con.execute("SELECT name FROM saes WHERE sae_id = ?", [sae_id]).fetchone()[0]
+    server = Server(path)
+    shots = []
+    try:
+        page = open_page(browser, server.url)
+        settle(page, "L0 vs FVU")
+        shots.append(_shot(page, tmp_path, "saes"))
+        # SAE -> its features
+        page.get_by_label("Open an SAE's features").click()
+        page.get_by_role("option", name=name).click()
+        page.get_by_role("button", name="Browse features").click()
+        page.wait_for_url("**/feature?*")
+        settle(page, "Top activations")
+        assert f"sae={sae_id}" in page.url
+        shots.append(_shot(page, tmp_path, "feature"))
+        # -> the feature with an explanation, through the URL a user would share
+        page.goto(f"{server.url}/feature?sae={sae_id}&feature={feature}")
+        settle(page, "Explanations")
+        main = page.inner_text("[data-testid=stMain]")
+        assert f"Feature {feature}" in main and explanation in main
+        assert "�" not in main
+        shots.append(_shot(page, tmp_path, "feature_explained"))
+        # Search by explanation text, open the result
+        page.get_by_role("link", name="Search").click()
+        settle(page, "Search features")
+        page.get_by_label("Explanation contains").fill(explanation[:12])
+        page.keyboard.press("Enter")
+        settle(page, "features (strongest first)")
+        shots.append(_shot(page, tmp_path, "search"))
+        page.get_by_role("button", name=f"feature {feature}", exact=True).first.click()
+        page.wait_for_url(f"**/feature?*feature={feature}*")
+        settle(page, "Explanations")
+        assert explanation in page.inner_text("[data-testid=stMain]")
+        for link, text in (
+            ("Circuits", "No circuits"),
+            ("Steering", "steered"),
+            ("Compare", "best value"),
+        ):
+            page.get_by_role("link", name=link).click()
+            settle(page, text)
+            shots.append(_shot(page, tmp_path, link.lower()))
+        assert not page.errors, page.errors
+    finally:
+        server.close()
+    print("screenshots:", *shots, sep="\n  ")
+    assert all(s.stat().st_size > 10_000 for s in shots)
+
+
+def test_planted_markup_shows_as_text_and_never_runs(browser, app_db, tmp_path):
+    import resultstore as results
+
+    path, _ = app_db
+    db = tmp_path / "xss.duckdb"
+    shutil.copy(path, db)
+    with results.connect(db) as con:
+        sae_id, feature, tokens, acts, sha = con.execute(
+            "SELECT e.sae_id, e.feature, e.tokens, e.acts, s.model_sha256 FROM feature_examples e "
+            "JOIN saes s USING (sae_id) WHERE e.kind = 'top' ORDER BY e.activation DESC LIMIT 1"
+        ).fetchone()
+        peak = max(range(len(acts)), key=acts.__getitem__)
+        planted = {tokens[peak]: SCRIPT_TOKEN, tokens[0 if peak else 1]: IMG_TOKEN}
+        for token_id, text in planted.items():
+            con.execute(
+                "UPDATE vocab SET token = ? WHERE model_sha256 = ? AND token_id = ?",
+                [text, sha, token_id],
+            )
+        # no tokenizer for this model name: windows are drawn from the planted vocab strings
+        con.execute("UPDATE saes SET model = 'planted-model' WHERE sae_id = ?", [sae_id])
+        con.execute("DELETE FROM explanations WHERE sae_id = ? AND feature = ?", [sae_id, feature])
+        for explainer, text in (("llm", SCRIPT_EXPLANATION), ("baseline", IMG_EXPLANATION)):
+            con.execute(
+                "INSERT INTO explanations (sae_id, feature, explainer, status, explanation, "
+                "n_examples) VALUES (?, ?, ?, 'ok', ?, 3)",
+                [sae_id, feature, explainer, text],
+            )
+    server = Server(str(db))
+    try:
+        page = open_page(browser, f"{server.url}/feature?sae={sae_id}&feature={feature}")
+        settle(page, "Explanations")
+        page.wait_for_timeout(1000)  # time for anything planted to fire
+        main = page.inner_text("[data-testid=stMain]")
+        for text in (SCRIPT_TOKEN, IMG_TOKEN, SCRIPT_EXPLANATION, IMG_EXPLANATION):
+            assert text in main, text
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("[data-testid=stMain] img[onerror]").count() == 0
+        assert page.locator("[data-testid=stMain] script").count() == 0
+        _shot(page, tmp_path, "xss_feature")
+        page.get_by_role("link", name="Search").click()
+        settle(page, "Search features")
+        page.get_by_label("Explanation contains").fill("<script>")
+        page.keyboard.press("Enter")
+        settle(page, "features (strongest first)")
+        assert page.evaluate("window.__xss") is None
+        assert not page.errors, page.errors
+    finally:
+        server.close()
+
+
+def _shot(page, folder: Path, name: str) -> Path:
+    out = folder / f"{name}.png"
+    page.screenshot(path=str(out), full_page=True)
+    return out
