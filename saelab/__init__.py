@@ -41,10 +41,11 @@ _EXPORTS = {
     "ExplainConfig": "autointerp.config",
     "LLMConfig": "autointerp.config",
     "WindowConfig": "autointerp.config",
+    "steer": "circuits.steering.run",
+    "SteerConfig": "circuits.steering.run",
 }
 _LATER = {
     "circuit": "the circuits issue (sparse feature circuits)",
-    "steer": "the steering issue",
 }
 """Names the API will offer once the modules behind them land."""
 

@@ -67,7 +67,7 @@ def test_import_saelab_is_cheap_and_offers_the_api():
     code = (
         "import sys, saelab\n"
         "assert 'torch' not in sys.modules, 'import saelab pulled in torch'\n"
-        "names = ['harvest', 'train', 'evaluate', 'explain', 'load_sae', 'open_results']\n"
+        "names = ['harvest', 'train', 'evaluate', 'explain', 'load_sae', 'open_results', 'steer']\n"
         "for n in names:\n"
         "    fn = getattr(saelab, n)\n"
         "    assert fn.__doc__, n\n"
