@@ -41,12 +41,12 @@ _EXPORTS = {
     "ExplainConfig": "autointerp.config",
     "LLMConfig": "autointerp.config",
     "WindowConfig": "autointerp.config",
+    "circuit": "saelab.api",
+    "CircuitConfig": "circuits.run",
     "steer": "circuits.steering.run",
     "SteerConfig": "circuits.steering.run",
 }
-_LATER = {
-    "circuit": "the circuits issue (sparse feature circuits)",
-}
+_LATER: dict[str, str] = {}
 """Names the API will offer once the modules behind them land."""
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

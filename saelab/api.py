@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from activations.loader import ActivationLoader
     from autointerp.config import ExplainConfig
     from autointerp.pipeline import ExplainSummary
+    from circuits.run import CircuitConfig, CircuitResult
     from evaluation.runner import EvalConfig
     from sae.base import SAE
     from sae.config import SAEConfig, TrainConfig
@@ -100,6 +101,13 @@ def explain(cfg: ExplainConfig) -> ExplainSummary:
         llm = replace(cfg.llm, base_url="http://127.0.0.1:9/v1", model=cfg.llm.model or "none")
         cfg = replace(cfg, llm=llm)
     return explain_features(cfg)
+
+
+def circuit(cfg: CircuitConfig, model: Any = None) -> CircuitResult:
+    """Find and evaluate a sparse feature circuit (`saelab circuit`'s function)."""
+    from circuits.run import run_circuit
+
+    return run_circuit(cfg, model=model, log=lambda *_: None)
 
 
 def load_sae(path: str | Path, device: str = "cpu") -> SAE:
