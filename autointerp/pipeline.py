@@ -377,7 +377,7 @@ class _Progress:
 
 
 def _progress(cfg: ExplainConfig, total: int, usage: Usage, started: float) -> _Progress:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # notebook-aware
 
     bar = (
         tqdm(total=total, unit="latent", desc="explain", disable=not cfg.progress)

@@ -66,14 +66,24 @@ def _fmt(value) -> str:
 
 
 def frontier_html(rows: list[dict], path: str | Path) -> Path:
-    """Scatter plots of the frontiers, one colour per architecture, hover shows the SAE name."""
+    """The frontiers (`frontier_figure`) as a self-contained HTML file."""
+    fig = frontier_figure(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(path), include_plotlyjs=True)
+    return path
+
+
+def frontier_figure(rows: list[dict], frontiers=FRONTIERS):
+    """Scatter plots of the frontiers, one colour per architecture, hover shows the SAE name
+    (a plotly figure: shown inline in a notebook, or written with `frontier_html`)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=len(FRONTIERS), subplot_titles=[t for *_, t in FRONTIERS])
+    fig = make_subplots(rows=1, cols=len(frontiers), subplot_titles=[t for *_, t in frontiers])
     archs = sorted({r["architecture"] for r in rows})
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
-    for col, (xkey, ykey, _) in enumerate(FRONTIERS, start=1):
+    for col, (xkey, ykey, _) in enumerate(frontiers, start=1):
         for i, arch in enumerate(archs):
             pts = [
                 r
@@ -99,8 +109,5 @@ def frontier_html(rows: list[dict], path: str | Path) -> Path:
             title_text=xkey, row=1, col=col, type="log" if xkey == "d_sae" else "linear"
         )
         fig.update_yaxes(title_text=ykey, row=1, col=col)
-    fig.update_layout(title="saelab: SAE variants", height=460, width=420 * len(FRONTIERS))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True)
-    return path
+    fig.update_layout(title="saelab: SAE variants", height=460, width=420 * len(frontiers))
+    return fig

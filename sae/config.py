@@ -103,8 +103,29 @@ class ThresholdSAEConfig(SAEConfig):
     half the latents fire and the first steps run dense (several times slower) until the
     sparsity penalty has bitten."""
 
+    target_l0: float | None = None
+    """Target-L0 mode: a controller scales the sparsity coefficient after every step (by
+    exp(target_l0_gain · log(L0 / target_l0))) so that L0 settles at target_l0; the configured
+    coefficient is then only the starting value and the sparsity warm-up is off. None keeps
+    the coefficient fixed. The scale reached is in the training state and the metrics."""
+    target_l0_gain: float = 0.05
+    """Step size of the target-L0 controller in log space (per step, per unit of log-ratio)."""
+
+    def sparsity_target(self) -> float | None:
+        """The L0 the trainer's controller steers to (None: a fixed coefficient)."""
+        return self.target_l0
+
+    def target_suffix(self) -> str:
+        return "" if self.target_l0 is None else f"-l0target_{self.target_l0:g}"
+
     def validate(self) -> None:
         super().validate()
+        if self.target_l0 is not None and not 0 < self.target_l0 < self.d_sae:
+            raise UserError(
+                f"target_l0 must be between 0 and d_sae ({self.d_sae}), got {self.target_l0}"
+            )
+        if not 0 < self.target_l0_gain <= 1:
+            raise UserError(f"target_l0_gain must be in (0, 1], got {self.target_l0_gain}")
         if self.init_l0 is not None and not 0 < self.init_l0 < self.d_sae:
             raise UserError(
                 f"init_l0 must be between 0 and d_sae ({self.d_sae}), got {self.init_l0}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -47,3 +49,48 @@ def sparsity_multiplier(step: int, total_steps: int, warmup_fraction: float) -> 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+class L0Controller:
+    """Steers a sparsity coefficient so that L0 settles at a target (the target-L0 mode).
+
+    The coefficient is `base · exp(log_scale)`; after each step `log_scale` moves by
+    `gain · log(L0 / target)` (an integral controller in log space: too many active latents
+    raise the coefficient, too few lower it, by the same factor for the same ratio). The
+    controller replaces the sparsity warm-up: its scale starts at 1 and ramps itself. Its
+    state is part of the training state, so a resumed run continues bit for bit.
+    """
+
+    PROPORTIONAL = 1.0
+    """Weight of the latest log-ratio itself (the proportional term): the coefficient reacts at
+    once, so the integral needs less wind-up."""
+    LIMIT = 30.0
+    """Bound on |log_scale| (a factor of ~1e13): keeps a hopeless target from overflowing."""
+
+    def __init__(self, target: float, gain: float) -> None:
+        if target <= 0:
+            raise ValueError(f"target L0 must be positive, got {target}")
+        self.target, self.gain = float(target), float(gain)
+        self.log_scale = 0.0
+        self.error = 0.0
+
+    def scale(self) -> float:
+        """The current multiplier of the configured coefficient."""
+        return math.exp(self.log_scale + self.PROPORTIONAL * self.error)
+
+    def update(self, l0: float) -> None:
+        """Move the coefficient after a step whose mean L0 per token was `l0`."""
+        self.error = math.log(max(l0, 1e-3) / self.target)
+        integral = self.log_scale + self.gain * self.error
+        self.log_scale = min(self.LIMIT, max(-self.LIMIT, integral))
+
+    def state_dict(self) -> dict[str, float]:
+        return {
+            "target": self.target,
+            "gain": self.gain,
+            "log_scale": self.log_scale,
+            "error": self.error,
+        }
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.log_scale, self.error = float(state["log_scale"]), float(state["error"])

@@ -29,7 +29,14 @@ from sae.distributed import DistContext, current
 from sae.init import b_dec_init, input_scale
 from sae.logger import MetricsLogger, start_wandb
 from sae.memory import keep_freed_cpu_memory
-from sae.optim import build_optimizer, lr_multiplier, set_lr, sparsity_multiplier, warmup_steps
+from sae.optim import (
+    L0Controller,
+    build_optimizer,
+    lr_multiplier,
+    set_lr,
+    sparsity_multiplier,
+    warmup_steps,
+)
 from sae.registry import build_sae
 from sae.stream import BatchStream
 from saelab_base.errors import UserError
@@ -46,6 +53,8 @@ class Member:
     folder: Path | None
     sums: dict[str, Tensor] = field(default_factory=dict)
     steps_in_window: int = 0
+    controller: L0Controller | None = None
+    """The target-L0 controller of a threshold SAE with `target_l0` (else None)."""
 
 
 class Diverged(Exception):
@@ -145,7 +154,8 @@ class Trainer:
             dead = DeadLatentTracker(c.d_sae, self._dead_window(), self.device)
             name = c.resolved_name()
             folder = None if self.out is None else (self.out if flat else self.out / name)
-            self.members.append(Member(name, sae, opt, dead, folder))
+            member = Member(name, sae, opt, dead, folder, controller=_controller(c))
+            self.members.append(member)
 
     def _dead_window(self) -> int:
         if self.cfg.dead_window_tokens is not None:
@@ -255,6 +265,8 @@ class Trainer:
     def _step_member(
         self, m: Member, x: Tensor, global_rows: int, sparsity: float, lr_mult: float
     ) -> None:
+        if m.controller is not None:
+            sparsity = m.controller.scale()
         ctx = StepContext(sparsity_scale=sparsity, dead_mask=m.dead.dead_mask())
         with self._autocast():
             out = m.sae.training_forward(x, ctx)
@@ -271,6 +283,8 @@ class Trainer:
         m.sae.after_step_update(out)
         self.dist.average_buffers(m.sae)
         m.dead.update(self.dist.sum(out.code.fire_counts()), global_rows)
+        if m.controller is not None:
+            m.controller.update(float(self.dist.sum(out.code.l0().sum().detach())) / global_rows)
         self._accumulate(m, x, out)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -316,6 +330,8 @@ class Trainer:
                 "tokens_per_s": tokens_per_s,
             }
             row.update({k: v / rows_n for k, v in s.items()})
+            if m.controller is not None:
+                row["sparsity_scale"] = m.controller.scale()
             rows.append(row)
             m.sums, m.steps_in_window = {}, 0
         return rows
@@ -344,7 +360,8 @@ class Trainer:
                 "step": self.step,
             }
             for m in self.members:
-                ckpt.save_sae(m.sae, m.folder, self.scale, meta)
+                extra = {} if m.controller is None else {"target_l0": m.controller.state_dict()}
+                ckpt.save_sae(m.sae, m.folder, self.scale, {**meta, **extra})
             ckpt.save_training_state(self.out / ckpt.STATE_FILE, self._state())
         self.dist.barrier()
         self.last_saved_step = self.step
@@ -365,6 +382,7 @@ class Trainer:
                     "model": m.sae.state_dict(),
                     "optimizer": m.optimizer.state_dict(),
                     "dead": m.dead.state_dict(),
+                    "controller": None if m.controller is None else m.controller.state_dict(),
                 }
                 for m in self.members
             },
@@ -396,6 +414,8 @@ class Trainer:
             m.sae.load_state_dict(s["model"])
             m.optimizer.load_state_dict(s["optimizer"])
             m.dead.load_state_dict(s["dead"])
+            if m.controller is not None:
+                m.controller.load_state_dict(s["controller"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.total_steps, self.batch_rows = state["total_steps"], state["batch_rows"]
         self.scale = state["scale"]
@@ -448,6 +468,13 @@ def _unique_names(configs: list[SAEConfig]) -> list[SAEConfig]:
             seen[name] = 0
         out.append(c)
     return out
+
+
+def _controller(cfg: SAEConfig) -> L0Controller | None:
+    target = getattr(cfg, "sparsity_target", lambda: None)()
+    if target is None:
+        return None
+    return L0Controller(target, cfg.target_l0_gain)  # type: ignore[attr-defined]
 
 
 def _device(name: str, dist: DistContext) -> torch.device:

@@ -1,5 +1,66 @@
-"""saelab: sparse autoencoders on language-model activations, end to end."""
+"""saelab: sparse autoencoders on language-model activations, end to end.
+
+The notebook-facing API, in a handful of names, each taking the same dataclass config as the
+command line:
+
+    import saelab
+    saelab.harvest(saelab.HarvestConfig(out="runs/acts.zarr", tokens=200_000))
+    saes = saelab.train([saelab.make_config("topk", d_sae=4608, k=32)], acts="runs/acts.zarr",
+                        hook="blocks.8.hook_resid_post", out="runs/sweep")
+    saelab.evaluate(saelab.EvalConfig(sae="runs/sweep", acts="runs/acts.zarr", db="runs/r.duckdb"))
+    saelab.explain(saelab.ExplainConfig(db="runs/r.duckdb", sae="topk-4608-k32"))
+    res = saelab.open_results("runs/r.duckdb")   # pandas frames, plotly figures, dashboards
+    sae = saelab.load_sae("runs/sweep/topk-4608-k32")
+
+Names load lazily (PEP 562): `import saelab` imports neither torch nor the pipeline until a
+name is used. Library packages import `saelab_base`, never `saelab`.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from saelab_base import __version__
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "harvest": "saelab.api",
+    "train": "saelab.api",
+    "evaluate": "saelab.api",
+    "explain": "saelab.api",
+    "load_sae": "saelab.api",
+    "open_results": "saelab.api",
+    "load_model": "activations.models",
+    "training_loader": "saelab.api",
+    "Results": "saelab.results",
+    "FeatureView": "saelab.results",
+    "make_config": "sae.registry",
+    "register_architecture": "sae.registry",
+    "HarvestConfig": "activations.harvest",
+    "TrainConfig": "sae.config",
+    "EvalConfig": "evaluation.runner",
+    "ExplainConfig": "autointerp.config",
+    "LLMConfig": "autointerp.config",
+    "WindowConfig": "autointerp.config",
+    "circuit": "saelab.api",
+    "CircuitConfig": "circuits.run",
+    "steer": "circuits.steering.run",
+    "SteerConfig": "circuits.steering.run",
+}
+_LATER: dict[str, str] = {}
+"""Names the API will offer once the modules behind them land."""
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if name in _LATER:
+        raise AttributeError(f"saelab.{name} is not available yet: it arrives with {_LATER[name]}")
+    raise AttributeError(f"module 'saelab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -32,6 +32,8 @@ class GatedConfig(ThresholdSAEConfig):
     """λ of λ Σ_i ReLU(π_gate,i) ‖W_dec,i‖ (inputs normalised to unit mean squared norm)."""
 
     def default_name(self) -> str:
+        if self.target_l0 is not None:
+            return f"gated-{self.d_sae}{self.target_suffix()}"
         return f"gated-{self.d_sae}-l1_{self.l1_coefficient:g}"
 
     def validate(self) -> None:

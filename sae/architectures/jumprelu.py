@@ -82,12 +82,15 @@ class JumpReLUConfig(ThresholdSAEConfig):
     """ε of the rectangle kernel, in units of the normalised input (E‖x‖² = 1)."""
     threshold_init: float = 0.01
     """Initial θ of every latent (same units as the bandwidth)."""
-    target_l0: float | None = None
-    """When set, the sparsity loss is λ · (L0 / target_l0 − 1)² instead of λ · L0."""
+    penalty_target_l0: float | None = None
+    """When set, the sparsity loss is λ · (L0 / penalty_target_l0 − 1)² instead of λ · L0
+    (the target-L0 penalty; `target_l0` is the controller every threshold SAE has)."""
 
     def default_name(self) -> str:
         if self.target_l0 is not None:
-            return f"jumprelu-{self.d_sae}-l0target_{self.target_l0:g}"
+            return f"jumprelu-{self.d_sae}{self.target_suffix()}"
+        if self.penalty_target_l0 is not None:
+            return f"jumprelu-{self.d_sae}-l0penalty_{self.penalty_target_l0:g}"
         return f"jumprelu-{self.d_sae}-l0_{self.l0_coefficient:g}"
 
     def validate(self) -> None:
@@ -96,8 +99,8 @@ class JumpReLUConfig(ThresholdSAEConfig):
             raise UserError(f"bandwidth must be positive, got {self.bandwidth}")
         if self.l0_coefficient < 0:
             raise UserError("l0_coefficient must be >= 0")
-        if self.target_l0 is not None and self.target_l0 <= 0:
-            raise UserError("target_l0 must be positive")
+        if self.penalty_target_l0 is not None and self.penalty_target_l0 <= 0:
+            raise UserError("penalty_target_l0 must be positive")
 
 
 class JumpReLUSAE(SAE):
@@ -141,8 +144,8 @@ class JumpReLUSAE(SAE):
         l0 = (StepFn.apply(z, th, eps) * m).sum(-1).mean()
         l0 = l0 + (StepFn.apply(z_near, th_near, eps) * m_near).sum(-1).mean()
         coef = self.cfg.l0_coefficient * ctx.sparsity_scale
-        if self.cfg.target_l0 is not None:
-            sparsity = (l0 / self.cfg.target_l0 - 1) ** 2
+        if self.cfg.penalty_target_l0 is not None:
+            sparsity = (l0 / self.cfg.penalty_target_l0 - 1) ** 2
         else:
             sparsity = l0
         loss = mse + coef * sparsity

@@ -25,6 +25,8 @@ class ReLUConfig(ThresholdSAEConfig):
     """April-2024 variant: no norm constraint; the penalty is weighted by decoder norms."""
 
     def default_name(self) -> str:
+        if self.target_l0 is not None:
+            return f"relu-{self.d_sae}{self.target_suffix()}"
         return f"relu-{self.d_sae}-l1_{self.l1_coefficient:g}"
 
     def validate(self) -> None:

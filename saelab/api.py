@@ -1,0 +1,124 @@
+"""The pipeline as Python functions (what `import saelab` offers; the CLI's counterpart).
+
+Each takes the dataclass config the command line builds. Progress bars are tqdm's
+notebook-aware ones (`tqdm.auto`); figures come back as plotly objects (see `saelab.results`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from activations.harvest import HarvestConfig, HarvestResult
+    from activations.loader import ActivationLoader
+    from autointerp.config import ExplainConfig
+    from autointerp.pipeline import ExplainSummary
+    from circuits.run import CircuitConfig, CircuitResult
+    from evaluation.runner import EvalConfig
+    from sae.base import SAE
+    from sae.config import SAEConfig, TrainConfig
+    from saelab.results import Results
+
+OFFLINE_EXPLAINERS = frozenset({"baseline"})
+OFFLINE_SCORERS = frozenset({"embedding"})
+"""Explainers and scorers that never ask the LLM (no endpoint or local server is needed)."""
+
+
+def harvest(cfg: HarvestConfig, model: Any = None) -> HarvestResult:
+    """Run the model over the corpus and write the activation store `cfg.out`."""
+    from activations.harvest import harvest as run
+
+    return run(cfg, model=model)
+
+
+def training_loader(
+    acts: str, hook: str, tokens: int | None = None, batch_size: int = 4096, seed: int = 0
+) -> ActivationLoader:
+    """The store's train split (its held-out tail is for evaluation), with enough epochs for
+    `tokens` (None: one pass)."""
+    from activations.loader import ActivationLoader
+
+    loader = ActivationLoader(acts, hook=hook, batch_size=batch_size, seed=seed, split="train")
+    if tokens and tokens > loader.tokens_per_epoch:
+        epochs = math.ceil(tokens / loader.tokens_per_epoch)
+        loader = ActivationLoader(
+            acts, hook=hook, batch_size=batch_size, seed=seed, split="train", epochs=epochs
+        )
+    return loader
+
+
+def train(
+    saes: SAEConfig | Sequence[SAEConfig],
+    acts: str,
+    hook: str,
+    cfg: TrainConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    batch_size: int = 4096,
+    seed: int = 0,
+    resume: bool = False,
+) -> dict[str, SAE]:
+    """Train one SAE, or a sweep of them in one pass over the store `acts` at `hook`.
+
+    `cfg.tokens` defaults to one pass over the store's train split. Returns the trained SAEs
+    by name (input scaling folded in); with `out`, each is also saved as a checkpoint folder
+    (a sweep: one subfolder per SAE) that `load_sae` and `evaluate` read.
+    """
+    from sae.config import TrainConfig
+    from sae.trainer import Trainer
+
+    cfg = cfg or TrainConfig(tokens=0)
+    loader = training_loader(acts, hook, cfg.tokens or None, batch_size, seed)
+    tokens = cfg.tokens or loader.tokens_per_epoch
+    extra = {"acts": acts, "batch_size": batch_size, "seed": seed, **cfg.extra}
+    cfg = replace(cfg, tokens=tokens, hook=hook, extra=extra)
+    return Trainer(saes, loader, cfg, out=out, resume=resume, meta={"store": acts}).run()
+
+
+def evaluate(cfg: EvalConfig, model: Any = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Evaluate every SAE under `cfg.sae` into the results file `cfg.db`;
+    returns {sae name: {eval: metrics}}."""
+    from evaluation.runner import evaluate as run
+
+    return run(cfg, model=model, log=lambda *_: None)
+
+
+def explain(cfg: ExplainConfig) -> ExplainSummary:
+    """Explain and score latents of one SAE into `cfg.db` (auto-interp).
+
+    With only explainers and scorers that never ask an LLM (the baseline explainer and the
+    embedding scorer) no endpoint is contacted and no local server is started.
+    """
+    from autointerp.pipeline import explain_features
+
+    offline = set(cfg.explainers) <= OFFLINE_EXPLAINERS and set(cfg.scorers) <= OFFLINE_SCORERS
+    if offline and not cfg.llm.base_url:
+        # The pipeline wants an endpoint; none of the chosen steps will call it.
+        llm = replace(cfg.llm, base_url="http://127.0.0.1:9/v1", model=cfg.llm.model or "none")
+        cfg = replace(cfg, llm=llm)
+    return explain_features(cfg)
+
+
+def circuit(cfg: CircuitConfig, model: Any = None) -> CircuitResult:
+    """Find and evaluate a sparse feature circuit (`saelab circuit`'s function)."""
+    from circuits.run import run_circuit
+
+    return run_circuit(cfg, model=model, log=lambda *_: None)
+
+
+def load_sae(path: str | Path, device: str = "cpu") -> SAE:
+    """An SAE from a checkpoint folder (saelab's own or SAELens layout), in eval mode."""
+    from sae.checkpoint import load_sae as load
+
+    return load(path, device=device)
+
+
+def open_results(db: str | Path) -> Results:
+    """The results file as pandas frames, plotly figures and feature dashboards."""
+    from saelab.results import Results
+
+    return Results(db)
