@@ -56,10 +56,10 @@ format: $(STAMP)
 
 # Every benchmark the README lists, one after another (each prints and writes its JSON into
 # benchmarks/results/). `make bench BENCHMARKS=kernels` runs one.
-BENCHMARKS ?= harvest kernels train evals autointerp app
+BENCHMARKS ?= harvest kernels train evals autointerp llm_server steering circuits app variants
 
 bench: $(STAMP)
-	@set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(PY) benchmarks/$$b.py; done
+	@set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(PY) -m benchmarks.$$b; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
