@@ -17,16 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from sae import importers
 from sae.base import SAE
+from sae.formats import (
+    CFG_FILE,
+    WEIGHTS_FILE,
+    check_tensors,
+    detect_format,
+    read_json,
+    read_safetensors,
+)
 from sae.registry import REGISTRY, config_from_dict
 from saelab_base import __version__
 from saelab_base.errors import UserError
 
 FORMAT_VERSION = 1
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
 STATE_FILE = "training_state.pt"
 _BLOCK_KEYS = ("model_name", "hook_name", "trained_tokens", "step")
 
@@ -94,41 +101,59 @@ def save_sae(sae: SAE, folder: str | Path, scale: float = 1.0, meta: dict | None
 
 
 def read_cfg(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / CFG_FILE
-    if not path.is_file():
-        raise UserError(f"{folder} is not an SAE folder: {CFG_FILE} is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
+    return read_json(Path(folder) / CFG_FILE, what="an SAE folder")
 
 
 def load_sae(
     folder: str | Path, architecture: str | None = None, device: str | torch.device = "cpu"
 ) -> SAE:
-    """Load a saelab SAE folder; `architecture` (when given) must match the saved one."""
-    cfg = read_cfg(folder)
-    block = cfg.get("saelab")
-    if block is None:
-        from sae.importers import load_saelens
-
-        sae = load_saelens(folder, device=device)
+    """Load an SAE folder of any known format (saelab's own, SAELens, Gemma Scope, sparsify);
+    `architecture` (when given) must match the saved one."""
+    fmt = detect_format(folder)
+    if fmt == "saelab":
+        sae = _load_saelab(Path(folder), read_cfg(folder)).to(device)
     else:
-        version = block.get("format_version")
-        if version != FORMAT_VERSION:
-            raise UserError(
-                f"{folder} has checkpoint format version {version}; this saelab reads version "
-                f"{FORMAT_VERSION}: re-export it or use a matching saelab"
-            )
-        sae = _build_from_block(block, folder)
-        sae.load_checkpoint_tensors(load_file(str(Path(folder) / WEIGHTS_FILE)))
-        sae.to(device)
+        sae = importers.LOADERS[fmt](folder, device=device)
     if architecture is not None and sae.architecture != architecture:
         raise UserError(
             f"{folder} holds a {sae.architecture!r} SAE, not {architecture!r}; "
             "pick the matching architecture or another folder"
         )
     return sae.eval()
+
+
+def load_any(path: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """Load an SAE from any known format, guessed from the files present."""
+    return load_sae(path, device=device)
+
+
+def _load_saelab(folder: Path, cfg: dict[str, Any]) -> SAE:
+    block = cfg["saelab"]
+    cfg_path = folder / CFG_FILE
+    if not isinstance(block, dict):
+        raise UserError(f"{cfg_path}: its 'saelab' entry should be an object")
+    version = block.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{folder} has checkpoint format version {version}; this saelab reads version "
+            f"{FORMAT_VERSION}: re-export it or use a matching saelab"
+        )
+    sae = _build_from_block(block, folder)
+    for key in ("d_in", "d_sae"):  # SAELens's top-level copies must agree with saelab's own
+        if key in cfg and cfg[key] != getattr(sae, key):
+            raise UserError(
+                f"{cfg_path} says {key}={cfg[key]!r} at the top but {getattr(sae, key)} in its "
+                "saelab config; the file was edited: restore it or train again"
+            )
+    path = folder / WEIGHTS_FILE
+    tensors = read_safetensors(path)
+    expected = {k: tuple(v.shape) for k, v in sae.checkpoint_tensors(1.0).items()}
+    check_tensors(path, tensors, expected, f"{CFG_FILE} (d_in={sae.d_in}, d_sae={sae.d_sae})")
+    try:
+        sae.load_checkpoint_tensors(tensors)
+    except (KeyError, RuntimeError) as err:
+        raise UserError(f"{path} does not fit the SAE its {CFG_FILE} describes ({err})") from None
+    return sae
 
 
 def _build_from_block(block: dict, folder: str | Path) -> SAE:
@@ -138,7 +163,18 @@ def _build_from_block(block: dict, folder: str | Path) -> SAE:
             f"{folder} holds an SAE of unknown architecture {arch!r}; known: "
             f"{', '.join(sorted(REGISTRY))}"
         )
-    cfg = config_from_dict({**block["config"], "architecture": arch})
+    config = block.get("config")
+    cfg_path = Path(folder) / CFG_FILE
+    if not isinstance(config, dict):
+        raise UserError(f"{cfg_path} lacks the saelab config of the SAE; the file is incomplete")
+    # The shape fields never fall back to defaults: a missing one means a damaged file.
+    missing = [k for k in ("d_in", "d_sae") if not isinstance(config.get(k), int)]
+    if missing:
+        raise UserError(
+            f"{cfg_path} lacks a valid {' and '.join(missing)} in its saelab config; "
+            "the file is damaged: restore it or train again"
+        )
+    cfg = config_from_dict({**config, "architecture": arch})
     return REGISTRY[arch](cfg)
 
 
