@@ -142,6 +142,7 @@ class HarvestResult:
 def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> HarvestResult:
     """Fill (or continue filling) the store `cfg.out`; returns what this call wrote."""
     cfg.validate()
+    store_mod.refuse_inside_store(_parent(cfg.out), "a new store")
     # Before the model loads: fail fast. This also refuses (with --resume or --overwrite too)
     # a location that holds something other than a saelab store, which creating would wipe.
     existing = _existing_attrs(cfg.out)
@@ -247,6 +248,10 @@ def _open_or_create(cfg: HarvestConfig, attrs: dict, n_seq: int):
         return store_mod.open_group(cfg.out, mode="r+")
     hooks = attrs.pop("hooks")
     return store_mod.create(cfg.out, attrs, hooks, n_seq, cfg.chunk_seqs, cfg.shard[1])
+
+
+def _parent(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[0] if "/" in url.rstrip("/") else "."
 
 
 def _refuse_existing(url: str, existing: dict) -> None:

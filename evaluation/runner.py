@@ -70,6 +70,9 @@ class EvalConfig:
             raise UserError(
                 f"batch_size must be a positive number of tokens, got {self.batch_size}"
             )
+        from activations.store import refuse_inside_store
+
+        refuse_inside_store(self.db, "the results database")
 
 
 def sae_folders(path: str) -> list[Path]:

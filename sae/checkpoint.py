@@ -10,6 +10,7 @@ The training state (model in training units, optimisers, step, RNG, loader posit
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -32,6 +33,7 @@ from sae.formats import (
 from sae.registry import REGISTRY, config_from_dict
 from saelab_base import __version__
 from saelab_base.errors import UserError
+from saelab_base.fs import disk_error
 
 FORMAT_VERSION = 1
 STATE_FILE = "training_state.pt"
@@ -40,14 +42,21 @@ _BLOCK_KEYS = ("model_name", "hook_name", "trained_tokens", "step")
 
 def atomic_write(path: Path, write: Any) -> None:
     """Call `write(tmp_path)` then rename over `path`, so readers never see a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise disk_error(err, str(path)) from None
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise disk_error(err, str(path)) from None
+        if "No space left on device" in str(err):  # safetensors wraps the OSError
+            raise disk_error(OSError(errno.ENOSPC, str(err)), str(path)) from None
         raise
 
 
@@ -181,7 +190,13 @@ def _build_from_block(block: dict, folder: str | Path) -> SAE:
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
     """Atomically save the training state (one file for the whole sweep)."""
     state = {"format_version": FORMAT_VERSION, **state}
-    atomic_write(Path(path), lambda p: torch.save(state, p))
+    atomic_write(Path(path), lambda p: _torch_save(state, p))
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    # Through a Python file, so a full disk surfaces as OSError(ENOSPC), not a torch message.
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
