@@ -385,11 +385,10 @@ class Trainer:
         train["extra"] = {k: v for k, v in train.get("extra", {}).items() if k != "acts"}
         store = {k: self.meta.get(k) for k in STORE_IDENTITY if k in self.meta}
         return {
-            "hook": self.cfg.hook or self.meta.get("hook_name"),
+            "hook": self.cfg.hook,
             "store": store,
             "train": train,
-            "saes": {m.name: m.sae.cfg.to_dict() for m in self.members},
-        }
+        }  # the SAEs' own configs are compared member by member in _load_state
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -566,7 +565,10 @@ STORE_IDENTITY = (
 
 
 def _first_difference(saved: Any, now: Any, path: str = "") -> tuple[str, Any, Any] | None:
-    """The first (dotted field, saved, now) where two nested dicts differ."""
+    """The first (dotted field, saved, now) where two nested dicts differ; a field that one
+    side does not know (None: a source without store metadata) is not compared."""
+    if saved is None or now is None:
+        return None
     if isinstance(saved, dict) and isinstance(now, dict):
         for key in sorted(set(saved) | set(now), key=str):
             diff = _first_difference(
