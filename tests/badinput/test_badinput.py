@@ -226,7 +226,7 @@ def test_nan_metrics_never_overwrite_stored_ones(small_store, sae_dir, tmp_path,
         db,
         "--evals",
         "core",
-        match="non-finite metrics",
+        match="nothing was written",
     )
     assert results.metrics_table(db) == before
 
@@ -578,3 +578,41 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(
     new = tmp_path / "new"
     assert not [p for p in new.rglob(".*") if p.is_file()]  # no temporary files left behind
     assert digest(copy) == before
+
+
+def test_results_store_refuses_non_finite_metrics(tmp_path):
+    """The writer itself (not only the eval runner) keeps good rows from NaN runs."""
+    db = tmp_path / "r.duckdb"
+    record = results.SAERecord(
+        sae_id="s1",
+        name="s",
+        path="/x",
+        architecture="topk",
+        d_in=4,
+        d_sae=8,
+        hook=HOOK,
+        model="m",
+        model_sha256="h",
+        cfg={},
+        weights_sha256="w",
+    )
+
+    def run(value):
+        return results.EvalRun(
+            sae_id="s1",
+            eval="core",
+            config={},
+            acts_url="a",
+            n_tokens=1,
+            seconds=0.0,
+            metrics={"fvu": value, "l0": 3.0},
+        )
+
+    results.write_eval_run(db, record, run(0.25))
+    before = digest(db)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(UserError, match="non-finite metrics") as err:
+            results.write_eval_run(db, record, run(bad))
+        assert "\n" not in str(err.value)
+    assert digest(db) == before
+    assert {r["metric"]: r["value"] for r in results.metrics_table(db)}["fvu"] == 0.25
