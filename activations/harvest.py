@@ -24,6 +24,7 @@ from activations import corpus as corpus_mod
 from activations import store as store_mod
 from activations.models import DEFAULT_MODEL, LoadedModel, load_model
 from saelab_base.errors import UserError
+from saelab_base.fs import disk_error
 
 NONFINITE_POLICIES = ("error", "drop", "keep")
 # What must match for `--resume` to continue a store rather than refuse it.
@@ -141,13 +142,15 @@ class HarvestResult:
 def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> HarvestResult:
     """Fill (or continue filling) the store `cfg.out`; returns what this call wrote."""
     cfg.validate()
+    store_mod.refuse_inside_store(_parent(cfg.out), "a new store")
     # Before the model loads: fail fast. This also refuses (with --resume or --overwrite too)
     # a location that holds something other than a saelab store, which creating would wipe.
     existing = _existing_attrs(cfg.out)
     if existing is not None and not (cfg.resume or cfg.overwrite):
         _refuse_existing(cfg.out, existing)
     model = model or load_model(cfg.model, device=cfg.device)
-    model.validate_hooks(cfg.hooks)
+    # Each hook's real per-token shape; refuses what cannot be stored before any harvesting.
+    shapes = model.hook_shapes(cfg.hooks)
     dataset = corpus_mod.load_corpus(cfg.dataset, cfg.split, cfg.text_column)
     stream = corpus_mod.iter_sequences(dataset, model.tokenizer, cfg.seq_len, cfg.bos)
     first = next(stream, None)
@@ -157,13 +160,47 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> HarvestResu
             "use a shorter --seq-len or more text"
         )
     stream = itertools.chain([first], stream)
-    attrs = _store_attrs(cfg, model)
+    attrs = _store_attrs(cfg, model, shapes)
     n_seq = attrs["requested_sequences"]
+    if existing is None or cfg.overwrite:
+        check_size(cfg, dataset, attrs["hooks"])
     group = _open_or_create(cfg, attrs, n_seq)
     return _run(cfg, model, group, stream, n_seq)
 
 
-def _store_attrs(cfg: HarvestConfig, model: LoadedModel) -> dict:
+def check_size(cfg: HarvestConfig, dataset, widths: dict[str, int]) -> None:
+    """Refuse a size the corpus cannot fill or the disk cannot hold, before any work.
+
+    The corpus bound is generous: every text token covers at least one byte of UTF-8 text
+    (plus one spare token per document for a tokenizer's word-start marker)."""
+    import pyarrow.compute as pc
+
+    column = dataset.data.column("text")
+    text_bytes = int(pc.sum(pc.binary_length(column)).as_py() or 0)
+    body = cfg.seq_len - (1 if cfg.bos == "prepend" else 0)
+    max_seqs = (text_bytes + len(dataset)) // max(body, 1)
+    n_seq = math.ceil(cfg.tokens / cfg.seq_len)
+    if n_seq > max_seqs:
+        raise UserError(
+            f"{cfg.tokens:,} tokens asked, but corpus {cfg.dataset!r} holds at most "
+            f"{max_seqs * cfg.seq_len:,} ({text_bytes:,} bytes of text in {len(dataset):,} "
+            "documents); ask for fewer tokens or a bigger corpus"
+        )
+    itemsize = 4 if cfg.dtype == "float32" else 2
+    need = n_seq * (cfg.seq_len * (4 + itemsize * sum(widths.values())) + 17)
+    free = store_mod.free_bytes(cfg.out)
+    if free is not None and need > free:
+        raise UserError(
+            f"the store would need about {_gib(need)} but only {_gib(free)} is free at "
+            f"{cfg.out!r}; harvest fewer tokens, fewer hooks, a 16-bit dtype or another location"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**27 else f"{n / 2**20:.3g} MiB"
+
+
+def _store_attrs(cfg: HarvestConfig, model: LoadedModel, shapes: dict[str, list[int]]) -> dict:
     tok = model.tokenizer
     return {
         "model": cfg.model,
@@ -183,7 +220,10 @@ def _store_attrs(cfg: HarvestConfig, model: LoadedModel) -> dict:
         "seq_len": cfg.seq_len,
         "bos": cfg.bos,
         "dtype": cfg.dtype,
-        "hooks": {h: model.d_model for h in cfg.hooks},
+        # Stored flat: [n_seq, seq_len, width]; `hook_layout` records how to unflatten
+        # (per-head hooks such as attn.hook_z are [n_heads, d_head]).
+        "hooks": {h: math.prod(shapes[h]) for h in cfg.hooks},
+        "hook_layout": {h: {"shape": shapes[h]} for h in cfg.hooks},
         "requested_sequences": math.ceil(cfg.tokens / cfg.seq_len),
         "chunk_seqs": cfg.chunk_seqs,
         "n_shards": cfg.shard[1],
@@ -210,6 +250,10 @@ def _open_or_create(cfg: HarvestConfig, attrs: dict, n_seq: int):
     return store_mod.create(cfg.out, attrs, hooks, n_seq, cfg.chunk_seqs, cfg.shard[1])
 
 
+def _parent(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[0] if "/" in url.rstrip("/") else "."
+
+
 def _refuse_existing(url: str, existing: dict) -> None:
     raise UserError(
         f"store {url!r} already exists ({existing.get('committed_sequences', '?')} sequences "
@@ -232,10 +276,13 @@ def _run(cfg: HarvestConfig, model: LoadedModel, group, stream, n_seq: int) -> H
     chunk_seqs, (shard, n_shards) = cfg.chunk_seqs, cfg.shard
     owned = store_mod.shard_chunks(math.ceil(n_seq / chunk_seqs), shard, n_shards)
     done = int(group["progress"][shard])
-    todo = [] if group.attrs.get("exhausted") else owned[done:]
+    # A resumed harvest also recomputes committed chunks whose files are missing or damaged.
+    repair = _damaged_chunks(cfg.out, owned[:done]) if cfg.resume and done else []
+    todo = repair + ([] if group.attrs.get("exhausted") else list(owned[done:]))
     first_seq = owned.start * chunk_seqs
     stop_seq = min(owned.stop * chunk_seqs, n_seq)
-    stream = itertools.islice(stream, first_seq + done * chunk_seqs, stop_seq)
+    begin = todo[0] if todo else owned.start + done
+    stream = itertools.islice(stream, begin * chunk_seqs, stop_seq)
     stop_layer = model.stop_layer(cfg.hooks)
     writer = _ChunkWriter(group, cfg, shard, done)
     bar = _progress_bar(
@@ -243,12 +290,16 @@ def _run(cfg: HarvestConfig, model: LoadedModel, group, stream, n_seq: int) -> H
     )
     t0, written, nonfinite, short_at = time.perf_counter(), 0, 0, None
     try:
-        for chunk in todo:
+        wanted = set(todo)
+        for chunk in range(begin, owned.stop) if todo else ():
             expected = min((chunk + 1) * chunk_seqs, n_seq) - chunk * chunk_seqs
             seqs = list(itertools.islice(stream, expected))
+            if chunk not in wanted:
+                continue  # intact and committed: the stream just moves past it
             if seqs:
                 payload = _compute_chunk(model, seqs, cfg, stop_layer)
-                nonfinite += int(payload["nonfinite"].sum())
+                payload["repair"] = chunk in repair
+                nonfinite += int(payload["nonfinite"].sum()) * (not payload["repair"])
                 writer.put(chunk, payload)
                 written += len(seqs)
                 bar.update(len(seqs) * cfg.seq_len)
@@ -283,7 +334,8 @@ def _compute_chunk(
                 return_cache_object=False,
             )
             for hook in cfg.hooks:
-                acts[hook].append(cache[hook].float().cpu())
+                value = cache[hook]
+                acts[hook].append(value.reshape(*value.shape[:2], -1).float().cpu())
     stored, nonfinite = {}, np.zeros(len(seqs), dtype=bool)
     for hook, parts in acts.items():
         values = torch.cat(parts)
@@ -356,12 +408,15 @@ class _ChunkWriter:
         cs = self.cfg.chunk_seqs
         rows = slice(chunk * cs, chunk * cs + len(payload["tokens"]))
         g = self.group
-        g["tokens"][rows] = payload["tokens"]
-        g["doc"][rows] = payload["doc"]
-        g["offset"][rows] = payload["offset"]
-        g["valid"][rows] = payload["valid"]
-        for hook, values in payload["acts"].items():
-            g[f"hooks/{hook}"][rows] = values
+        try:
+            for name in store_mod.DATA_ARRAYS:
+                store_mod.writable(g, name)[rows] = payload[name]
+            for hook, values in payload["acts"].items():
+                store_mod.writable(g, f"hooks/{hook}")[rows] = values
+        except OSError as err:
+            raise disk_error(err, f"chunk {chunk} of store {self.cfg.out!r}") from None
+        if payload.get("repair"):
+            return  # a committed chunk rewritten in place: the commit log already counts it
         # The commit: only now does the chunk count.
         self.done += 1
         g["progress"][self.shard] = self.done
@@ -371,6 +426,20 @@ class _ChunkWriter:
             g.attrs["nonfinite_sequences"] = int(g.attrs.get("nonfinite_sequences", 0)) + int(
                 payload["nonfinite"].sum()
             )
+
+
+def _damaged_chunks(url: str, chunks) -> list[int]:
+    """Committed chunks whose files are missing or unreadable (each reported on stderr)."""
+    import sys
+
+    store = store_mod.ActivationStore(url)
+    damaged = []
+    for chunk in chunks:
+        problem = store.chunk_problem(chunk)
+        if problem:
+            print(f"saelab harvest: repairing {problem}", file=sys.stderr)
+            damaged.append(chunk)
+    return damaged
 
 
 def _shrink(group, cfg: HarvestConfig, n_seq: int) -> None:

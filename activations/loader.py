@@ -160,16 +160,24 @@ class ActivationLoader:
         window, offset, carried = self._position
         pending = self._tail_rows(window, carried)
         n_windows = self.windows_per_epoch * self.cfg.epochs
+        fresh, yielded = self._position == (0, 0, 0), False
         for g, rows in self._windows(window):
             rows = torch.cat([pending, rows]) if len(pending) else rows
             start = offset if g == window else 0
             carried_here = len(pending)
             while start + size <= len(rows):
                 start += size
+                yielded = True
                 yield rows[start - size : start], (g, start, carried_here)
             pending = rows[start:]
             if g + 1 == n_windows and len(pending) and not self.cfg.drop_last:
                 yield pending, (g + 1, 0, 0)
+        if fresh and not yielded and self.cfg.drop_last:
+            raise UserError(
+                f"store {self.store.url!r} has {len(pending):,} usable tokens of {self.hook} in "
+                f"its {self.cfg.split!r} split, fewer than one batch of {size:,}; lower the "
+                "batch size or harvest more tokens"
+            )
 
     # -- windows --------------------------------------------------------------------------
 

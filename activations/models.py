@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,66 @@ class LoadedModel:
             raise UserError(
                 f"unknown hook {hook!r} for {self.name}{hint} (see `saelab hooks --model {self.spec}`)"
             )
+
+    def hook_shapes(self, hooks: list[str]) -> dict[str, list[int]]:
+        """Each hook's per-token shape (`[d]`, or `[n_heads, d_head]` for per-head hooks).
+
+        Two tiny forward passes (batch 2, lengths 5 and 6) tell per-token hooks `[batch, pos,
+        ...]` from the rest; a hook that the adapter never computes, that is not per token
+        (attention patterns: `[batch, head, pos, pos]`), or that does not hold floats is
+        refused with a `UserError`, so nothing that cannot be stored reaches a harvest."""
+        self.validate_hooks(hooks)
+        stop = self.stop_layer(hooks)
+        probes = []
+        for length in (5, 6):
+            tokens = torch.ones(2, length, dtype=torch.long, device=self.device)
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # gated-off hooks: reported below, one line
+                _, cache = self.bridge.run_with_cache(
+                    tokens,
+                    names_filter=list(hooks),
+                    stop_at_layer=stop,
+                    return_cache_object=False,
+                )
+            probes.append((length, cache))
+        shapes = {}
+        for hook in hooks:
+            seen = [cache.get(hook) for _, cache in probes]
+            if any(not isinstance(v, torch.Tensor) for v in seen):
+                raise UserError(
+                    f"hook {hook!r} is never computed by {self.name}'s adapter (switched off "
+                    "or not reached), so it cannot be harvested; choose another hook"
+                )
+            per_token = all(
+                v.dim() >= 2 and tuple(v.shape[:2]) == (2, length)
+                for v, (length, _) in zip(seen, probes, strict=True)
+            )
+            if not per_token or seen[0].shape[2:] != seen[1].shape[2:]:
+                raise UserError(
+                    f"hook {hook!r} is not one vector per token (shape "
+                    f"{list(seen[0].shape)} for 2 sequences of 5 tokens), so it cannot be "
+                    "stored; harvest a per-token hook such as hook_z or hook_resid_post"
+                )
+            if not seen[0].is_floating_point():
+                raise UserError(
+                    f"hook {hook!r} holds {seen[0].dtype} values, not activations; "
+                    "choose a hook with float outputs"
+                )
+            shapes[hook] = [int(d) for d in seen[0].shape[2:]] or [1]
+        return shapes
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    def layer_hooks(self, layer: int) -> list[str]:
+        """The hook names of block `layer`; a layer outside the model is a `UserError`."""
+        if not 0 <= layer < self.n_layers:
+            raise UserError(
+                f"layer {layer} is outside {self.name}: it has {self.n_layers} layers "
+                f"(0 … {self.n_layers - 1})"
+            )
+        return [n for n in self.hook_names if n.startswith(f"blocks.{layer}.")]
 
     def stop_layer(self, hooks: list[str]) -> int | None:
         """The `stop_at_layer` that still computes every hook (None: run the whole model)."""

@@ -10,7 +10,8 @@ Layout
 Every array is chunked by `chunk_seqs` whole sequences. Shard i of n owns a contiguous range
 of chunks and commits them in order; a chunk counts only once `progress[i]` has moved past
 it, which happens after all of its arrays are written. So a killed writer loses at most the
-chunk in flight, and a resumed one rewrites exactly that chunk.
+chunk in flight, and a resumed one rewrites exactly that chunk. A committed chunk whose file is
+missing or unreadable is an error when read (never zeros), and a resumed harvest rewrites it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from saelab_base.errors import UserError
 
 FORMAT_VERSION = 1
+_REPAIR = "resume the harvest to recompute it"
 STORAGE_DTYPES = {
     # name: (zarr dtype, torch dtype of the values)
     "float16": ("float16", torch.float16),
@@ -110,18 +112,30 @@ def create(
 
     Only a saelab store, an empty folder or nothing is ever replaced: zarr's mode "w" deletes
     whatever is at `url`, so anything else there is refused with a `UserError`."""
-    existing_attrs(url)
-    group = open_group(url, mode="w")
+    old = existing_attrs(url)
+    if old is None:
+        group = open_group(url, mode="w")
+    else:
+        # Remove only what the old store's own metadata lists (its arrays and groups): other
+        # files that were put inside its folder (an SAE trained there, notes) stay.
+        remove_store_nodes(open_group(url, mode="r+"))
+        group = open_group(url, mode="a")
     seq_len = attrs["seq_len"]
     zdtype = STORAGE_DTYPES[attrs["dtype"]][0]
-    kw = {"compressors": [_codec()], "fill_value": 0}
+    # Every chunk is written, even an all-zero one, so a missing chunk always means damage.
+    kw = {"compressors": [_codec()], "fill_value": 0, "config": WRITE_CONFIG}
     group.create_array(
         "tokens", shape=(n_seq, seq_len), chunks=(chunk_seqs, seq_len), dtype="int32", **kw
     )
     for name in ("doc", "offset"):
         group.create_array(name, shape=(n_seq,), chunks=(chunk_seqs,), dtype="int64", **kw)
     group.create_array(
-        "valid", shape=(n_seq,), chunks=(chunk_seqs,), dtype="bool", fill_value=False
+        "valid",
+        shape=(n_seq,),
+        chunks=(chunk_seqs,),
+        dtype="bool",
+        fill_value=False,
+        config=WRITE_CONFIG,
     )
     for hook, width in hooks.items():
         group.create_array(
@@ -142,9 +156,83 @@ def create(
             "hooks": hooks,
             "committed_sequences": 0,
             "complete": False,
+            "all_chunks_written": True,
         }
     )
     return group
+
+
+WRITE_CONFIG = {"write_empty_chunks": True}
+DATA_ARRAYS = ("tokens", "doc", "offset", "valid")
+
+
+def writable(group, name: str):
+    """An array of `group` opened for writing every chunk (all-zero ones too)."""
+    return group[name].with_config(WRITE_CONFIG)
+
+
+def remove_store_nodes(group) -> None:
+    """Delete the arrays and groups that a store's metadata lists, and nothing else."""
+    from zarr.core.sync import sync
+
+    store, root = group.store, group.store_path.path
+    prefix = f"{root}/" if root else ""
+    for path, node in sorted(group.members(max_depth=None), key=lambda m: -m[0].count("/")):
+        if hasattr(node, "shape"):
+            sync(store.delete_dir(prefix + path))
+        else:
+            sync(store.delete(f"{prefix}{path}/zarr.json"))
+    sync(store.delete(f"{prefix}zarr.json"))
+
+
+def free_bytes(url: str) -> int | None:
+    """Free disk space where a local store would go (None for remote locations)."""
+    import shutil
+    from pathlib import Path
+
+    location = url[len("file://") :] if url.startswith("file://") else url
+    if "://" in location:
+        return None
+    path = Path(location).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return None
+    return usage.free if usage.total else None  # pseudo file systems report no size
+
+
+def enclosing_store(path: str) -> str | None:
+    """The saelab activation store that holds local `path` (or is it), if any."""
+    from pathlib import Path
+
+    location = path[len("file://") :] if path.startswith("file://") else path
+    if "://" in location:
+        return None
+    here = Path(location).expanduser().absolute()
+    for folder in (here, *here.parents):
+        meta = folder / "zarr.json"
+        if meta.is_file():
+            try:
+                import json
+
+                attrs = json.loads(meta.read_text()).get("attributes", {})
+            except (OSError, ValueError):
+                continue
+            if "format_version" in attrs and "hooks" in attrs:
+                return str(folder)
+    return None
+
+
+def refuse_inside_store(path: str, what: str = "an output") -> None:
+    """`UserError` when `path` lies inside an activation store (overwriting the store would
+    delete it, and the store's readers would trip over it)."""
+    store = enclosing_store(path)
+    if store is not None:
+        raise UserError(
+            f"{path!r} is inside the activation store {store!r}; put {what} outside the store"
+        )
 
 
 def to_storage(acts: torch.Tensor, dtype: str) -> np.ndarray:
@@ -227,10 +315,63 @@ class ActivationStore:
         )
 
     def read_tokens(self, chunk: int) -> np.ndarray:
-        return self.group["tokens"][self.chunk_rows(chunk)]
+        return self._read("tokens", chunk)
 
     def read_valid(self, chunk: int) -> np.ndarray:
-        return self.group["valid"][self.chunk_rows(chunk)]
+        return self._read("valid", chunk)
+
+    def checked_arrays(self) -> list[str]:
+        """Arrays whose chunks must exist once committed (stores written before every chunk
+        was written, all-zero ones included, only guarantee tokens and activations)."""
+        hooks = [f"hooks/{h}" for h in self.hooks]
+        if self.attrs.get("all_chunks_written"):
+            return [*DATA_ARRAYS, *hooks]
+        return ["tokens", *hooks]
+
+    def chunk_key(self, name: str, chunk: int) -> str:
+        arr = self.group[name]
+        coords = (chunk,) + (0,) * (len(arr.shape) - 1)
+        return f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
+
+    def chunk_problem(self, chunk: int, decode: bool = True) -> str | None:
+        """What is wrong with a committed chunk's files (None: all present and readable)."""
+        from zarr.core.sync import sync
+
+        for name in self.checked_arrays():
+            key = self.chunk_key(name, chunk)
+            if not sync(self.group.store.exists(key)):
+                return f"chunk {chunk} of {name} ({key}) is missing"
+            if decode:
+                try:
+                    self.group[name][self.chunk_rows(chunk)]
+                except Exception as err:  # a codec or I/O error: the file is damaged
+                    return f"chunk {chunk} of {name} ({key}) is unreadable ({type(err).__name__})"
+        return None
+
+    def _read(self, name: str, chunk: int) -> np.ndarray:
+        """Read one chunk; a committed chunk whose file is missing or damaged is an error
+        (zarr would otherwise return zeros for a missing chunk)."""
+        committed = chunk in self._committed_set()
+        try:
+            values = self.group[name][self.chunk_rows(chunk)]
+        except Exception:
+            problem = self.chunk_problem(chunk) or f"chunk {chunk} of {name} is unreadable"
+            raise UserError(f"store {self.url!r} is damaged: {problem}; {_REPAIR}") from None
+        if committed and name in self.checked_arrays():
+            from zarr.core.sync import sync
+
+            key = self.chunk_key(name, chunk)
+            if not sync(self.group.store.exists(key)):
+                raise UserError(
+                    f"store {self.url!r} is damaged: chunk {chunk} of {name} ({key}) is "
+                    f"missing; {_REPAIR}"
+                )
+        return values
+
+    def _committed_set(self) -> set[int]:
+        if not hasattr(self, "_committed"):
+            self._committed = set(self.committed_chunks())
+        return self._committed
 
     def token_mask(
         self, chunk: int, mask_bos: bool = True, mask_special: bool = True
@@ -251,5 +392,13 @@ class ActivationStore:
 
     def read_acts(self, hook: str, chunk: int) -> torch.Tensor:
         """One chunk of activations `[chunk_seqs, seq_len, d]` in the stored value dtype."""
-        raw = self.group[f"hooks/{hook}"][self.chunk_rows(chunk)]
+        raw = self._read(f"hooks/{hook}", chunk)
         return from_storage(raw, self.attrs["dtype"])
+
+    def layout(self, hook: str) -> list[int]:
+        """The per-token shape of a hook's values (`[d]`, or `[n_heads, d_head]` for per-head
+        hooks, which are stored flattened to `n_heads * d_head`)."""
+        self.check_hook(hook)
+        return list(
+            self.attrs.get("hook_layout", {}).get(hook, {}).get("shape", [self.width(hook)])
+        )

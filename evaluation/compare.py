@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import resultstore as results
+from saelab_base.errors import UserError
+from saelab_base.fs import disk_error
 
 COLUMNS = (
     "l0",
@@ -65,12 +67,34 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def check_html_path(path: str | Path) -> Path:
+    """Refuse an HTML output that is a folder, sits under a file, or lies inside an
+    activation store, before any work."""
+    from activations.store import refuse_inside_store
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(
+            f"{path} is a folder; give a file name for the HTML, such as {path / 'compare.html'}"
+        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
+    refuse_inside_store(str(path), "the HTML file")
+    return path
+
+
 def frontier_html(rows: list[dict], path: str | Path) -> Path:
     """The frontiers (`frontier_figure`) as a self-contained HTML file."""
+    path = check_html_path(path)
     fig = frontier_figure(rows)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.write_html(str(path), include_plotlyjs=True)
+    except OSError as err:
+        raise disk_error(err, str(path)) from None
     return path
 
 

@@ -70,6 +70,9 @@ class EvalConfig:
             raise UserError(
                 f"batch_size must be a positive number of tokens, got {self.batch_size}"
             )
+        from activations.store import refuse_inside_store
+
+        refuse_inside_store(self.db, "the results database")
 
 
 def sae_folders(path: str) -> list[Path]:
@@ -132,43 +135,65 @@ def evaluate(cfg: EvalConfig, model=None, log=print) -> dict[str, dict[str, dict
     cfg.validate()
     store = ActivationStore(cfg.acts)
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for folder in sae_folders(cfg.sae):
-        cfg_json = read_cfg(folder)
-        sae = load_sae(folder, device=cfg.device)
-        hook = cfg.hook or cfg_json.get("hook_name")
-        if not hook:
-            raise UserError(f"SAE {folder.name} records no hook; give the `hook` to read")
-        check_compatible(folder, sae, cfg_json, store, hook)
-        record = sae_record(folder, sae, cfg_json, store, hook)
-        specs = [get_eval(name) for name in cfg.evals]
-        if any(spec.needs_model for spec in specs) and model is None:
-            from activations.models import load_model
-
-            model = load_model(store.attrs["model"], device=cfg.device)
-            if model.weights_sha256 != store.attrs.get("model_sha256"):
-                raise UserError(
-                    f"the model {store.attrs['model']!r} found here differs from the one that filled the store"
-                )
-        out[folder.name] = {}
-        ctx = EvalContext(sae, store, hook, cfg, model, record.sae_id)
-        for spec in specs:
-            t0 = time.perf_counter()
-            result = spec.run(ctx)
-            check_result(spec, result)
-            run = results.EvalRun(
-                sae_id=record.sae_id,
-                eval=spec.name,
-                config=result.conventions,
-                acts_url=cfg.acts,
-                n_tokens=result.n_tokens,
-                seconds=time.perf_counter() - t0,
-                metrics=result.metrics,
-                tables=result.tables,
-            )
-            results.write_eval_run(cfg.db, record, run)
-            out[folder.name][spec.name] = result.metrics
-            log(
-                f"saelab eval: {folder.name} {spec.name}: "
-                + ", ".join(f"{k}={v:.4g}" for k, v in list(result.metrics.items())[:6])
-            )
+    folders = sae_folders(cfg.sae)
+    failed: dict[str, str] = {}
+    for folder in folders:
+        try:
+            model = _evaluate_one(folder, cfg, store, model, out, log)
+        except UserError as err:
+            if len(folders) == 1:
+                raise
+            # One damaged SAE of a sweep must not stop the others; it is reported at the end.
+            failed[folder.name] = str(err)
+            out.pop(folder.name, None)
+            log(f"saelab eval: {folder.name}: skipped: {err}")
+    if failed:
+        raise UserError(
+            f"{len(failed)} of {len(folders)} SAEs could not be evaluated "
+            f"({'; '.join(f'{k}: {v}' for k, v in failed.items())}); the other "
+            f"{len(folders) - len(failed)} were written to {cfg.db}"
+        )
     return out
+
+
+def _evaluate_one(folder: Path, cfg: EvalConfig, store: ActivationStore, model, out, log):
+    """Evaluate one SAE folder into `out` and the database; returns the model (loaded once)."""
+    cfg_json = read_cfg(folder)
+    sae = load_sae(folder, device=cfg.device)
+    hook = cfg.hook or cfg_json.get("hook_name")
+    if not hook:
+        raise UserError(f"SAE {folder.name} records no hook; give the `hook` to read")
+    check_compatible(folder, sae, cfg_json, store, hook)
+    record = sae_record(folder, sae, cfg_json, store, hook)
+    specs = [get_eval(name) for name in cfg.evals]
+    if any(spec.needs_model for spec in specs) and model is None:
+        from activations.models import load_model
+
+        model = load_model(store.attrs["model"], device=cfg.device)
+        if model.weights_sha256 != store.attrs.get("model_sha256"):
+            raise UserError(
+                f"the model {store.attrs['model']!r} found here differs from the one that filled the store"
+            )
+    out[folder.name] = {}
+    ctx = EvalContext(sae, store, hook, cfg, model, record.sae_id)
+    for spec in specs:
+        t0 = time.perf_counter()
+        result = spec.run(ctx)
+        check_result(spec, result)
+        run = results.EvalRun(
+            sae_id=record.sae_id,
+            eval=spec.name,
+            config=result.conventions,
+            acts_url=cfg.acts,
+            n_tokens=result.n_tokens,
+            seconds=time.perf_counter() - t0,
+            metrics=result.metrics,
+            tables=result.tables,
+        )
+        results.write_eval_run(cfg.db, record, run)
+        out[folder.name][spec.name] = result.metrics
+        log(
+            f"saelab eval: {folder.name} {spec.name}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in list(result.metrics.items())[:6])
+        )
+    return model

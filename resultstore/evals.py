@@ -5,6 +5,7 @@ tables. An eval run of kind E on SAE S replaces exactly the rows of (S, E), in o
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from resultstore.saes import SAERecord, config_hash, register_sae
 from resultstore.schema import connect, dicts
 from saelab_base import __version__
+from saelab_base.errors import UserError
 
 FEATURE_TABLES = ("features", "feature_examples", "feature_histograms", "feature_logits")
 
@@ -33,7 +35,17 @@ class EvalRun:
 
 
 def write_eval_run(path: str | Path, record: SAERecord, run: EvalRun) -> str:
-    """Replace the (SAE, eval) rows with this run's, in one transaction; returns the run id."""
+    """Replace the (SAE, eval) rows with this run's, in one transaction; returns the run id.
+
+    A run with a NaN or infinite metric is refused (`UserError`) before the file is opened: a
+    broken input (a damaged store, a diverged SAE) must never replace good stored numbers."""
+    bad = {k: v for k, v in run.metrics.items() if not math.isfinite(float(v))}
+    if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in list(bad.items())[:4])
+        raise UserError(
+            f"the {run.eval} eval of SAE {record.name} gave non-finite metrics ({shown}); "
+            f"nothing was written to {path}, its earlier rows are kept"
+        )
     run_id = uuid.uuid4().hex[:16]
     with connect(path) as con:
         con.execute("BEGIN TRANSACTION")

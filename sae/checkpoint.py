@@ -10,6 +10,7 @@ The training state (model in training units, optimisers, step, RNG, loader posit
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -17,30 +18,45 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from sae import importers
 from sae.base import SAE
+from sae.formats import (
+    CFG_FILE,
+    WEIGHTS_FILE,
+    check_tensors,
+    detect_format,
+    read_json,
+    read_safetensors,
+)
 from sae.registry import REGISTRY, config_from_dict
 from saelab_base import __version__
 from saelab_base.errors import UserError
+from saelab_base.fs import disk_error
 
 FORMAT_VERSION = 1
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
 STATE_FILE = "training_state.pt"
 _BLOCK_KEYS = ("model_name", "hook_name", "trained_tokens", "step")
 
 
 def atomic_write(path: Path, write: Any) -> None:
     """Call `write(tmp_path)` then rename over `path`, so readers never see a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise disk_error(err, str(path)) from None
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise disk_error(err, str(path)) from None
+        if "No space left on device" in str(err):  # safetensors wraps the OSError
+            raise disk_error(OSError(errno.ENOSPC, str(err)), str(path)) from None
         raise
 
 
@@ -94,41 +110,59 @@ def save_sae(sae: SAE, folder: str | Path, scale: float = 1.0, meta: dict | None
 
 
 def read_cfg(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / CFG_FILE
-    if not path.is_file():
-        raise UserError(f"{folder} is not an SAE folder: {CFG_FILE} is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
+    return read_json(Path(folder) / CFG_FILE, what="an SAE folder")
 
 
 def load_sae(
     folder: str | Path, architecture: str | None = None, device: str | torch.device = "cpu"
 ) -> SAE:
-    """Load a saelab SAE folder; `architecture` (when given) must match the saved one."""
-    cfg = read_cfg(folder)
-    block = cfg.get("saelab")
-    if block is None:
-        from sae.importers import load_saelens
-
-        sae = load_saelens(folder, device=device)
+    """Load an SAE folder of any known format (saelab's own, SAELens, Gemma Scope, sparsify);
+    `architecture` (when given) must match the saved one."""
+    fmt = detect_format(folder)
+    if fmt == "saelab":
+        sae = _load_saelab(Path(folder), read_cfg(folder)).to(device)
     else:
-        version = block.get("format_version")
-        if version != FORMAT_VERSION:
-            raise UserError(
-                f"{folder} has checkpoint format version {version}; this saelab reads version "
-                f"{FORMAT_VERSION}: re-export it or use a matching saelab"
-            )
-        sae = _build_from_block(block, folder)
-        sae.load_checkpoint_tensors(load_file(str(Path(folder) / WEIGHTS_FILE)))
-        sae.to(device)
+        sae = importers.LOADERS[fmt](folder, device=device)
     if architecture is not None and sae.architecture != architecture:
         raise UserError(
             f"{folder} holds a {sae.architecture!r} SAE, not {architecture!r}; "
             "pick the matching architecture or another folder"
         )
     return sae.eval()
+
+
+def load_any(path: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """Load an SAE from any known format, guessed from the files present."""
+    return load_sae(path, device=device)
+
+
+def _load_saelab(folder: Path, cfg: dict[str, Any]) -> SAE:
+    block = cfg["saelab"]
+    cfg_path = folder / CFG_FILE
+    if not isinstance(block, dict):
+        raise UserError(f"{cfg_path}: its 'saelab' entry should be an object")
+    version = block.get("format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{folder} has checkpoint format version {version}; this saelab reads version "
+            f"{FORMAT_VERSION}: re-export it or use a matching saelab"
+        )
+    sae = _build_from_block(block, folder)
+    for key in ("d_in", "d_sae"):  # SAELens's top-level copies must agree with saelab's own
+        if key in cfg and cfg[key] != getattr(sae, key):
+            raise UserError(
+                f"{cfg_path} says {key}={cfg[key]!r} at the top but {getattr(sae, key)} in its "
+                "saelab config; the file was edited: restore it or train again"
+            )
+    path = folder / WEIGHTS_FILE
+    tensors = read_safetensors(path)
+    expected = {k: tuple(v.shape) for k, v in sae.checkpoint_tensors(1.0).items()}
+    check_tensors(path, tensors, expected, f"{CFG_FILE} (d_in={sae.d_in}, d_sae={sae.d_sae})")
+    try:
+        sae.load_checkpoint_tensors(tensors)
+    except (KeyError, RuntimeError) as err:
+        raise UserError(f"{path} does not fit the SAE its {CFG_FILE} describes ({err})") from None
+    return sae
 
 
 def _build_from_block(block: dict, folder: str | Path) -> SAE:
@@ -138,14 +172,31 @@ def _build_from_block(block: dict, folder: str | Path) -> SAE:
             f"{folder} holds an SAE of unknown architecture {arch!r}; known: "
             f"{', '.join(sorted(REGISTRY))}"
         )
-    cfg = config_from_dict({**block["config"], "architecture": arch})
+    config = block.get("config")
+    cfg_path = Path(folder) / CFG_FILE
+    if not isinstance(config, dict):
+        raise UserError(f"{cfg_path} lacks the saelab config of the SAE; the file is incomplete")
+    # The shape fields never fall back to defaults: a missing one means a damaged file.
+    missing = [k for k in ("d_in", "d_sae") if not isinstance(config.get(k), int)]
+    if missing:
+        raise UserError(
+            f"{cfg_path} lacks a valid {' and '.join(missing)} in its saelab config; "
+            "the file is damaged: restore it or train again"
+        )
+    cfg = config_from_dict({**config, "architecture": arch})
     return REGISTRY[arch](cfg)
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
     """Atomically save the training state (one file for the whole sweep)."""
     state = {"format_version": FORMAT_VERSION, **state}
-    atomic_write(Path(path), lambda p: torch.save(state, p))
+    atomic_write(Path(path), lambda p: _torch_save(state, p))
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    # Through a Python file, so a full disk surfaces as OSError(ENOSPC), not a torch message.
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

@@ -71,6 +71,9 @@ class SAEConfig:
             )
         if self.dtype != "float32":
             raise UserError("SAE parameters are kept in float32; use bf16 autocast instead")
+        check_numbers(self, f"the {self.architecture or 'SAE'} config")
+        if self.lr is not None and not self.lr > 0:
+            raise UserError(f"the learning rate must be positive, got {self.lr}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -89,6 +92,16 @@ class SAEConfig:
                 f"known: {', '.join(sorted(known))}"
             )
         return cls(**data)
+
+
+def check_numbers(cfg: Any, where: str) -> None:
+    """Refuse NaN or infinite values in a config's float fields (and in float lists)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"{f.name} must be a finite number in {where}, got {v}")
 
 
 @dataclass
@@ -183,6 +196,7 @@ class TrainConfig:
     """Free-form metadata recorded with the run (model, dataset, store path...)."""
 
     def validate(self) -> None:
+        check_numbers(self, "the training config")
         if self.tokens < 1:
             raise UserError(f"tokens must be positive, got {self.tokens}")
         if not 0 <= self.lr_decay_fraction <= 1:

@@ -5,16 +5,15 @@ Each returns a saelab `SAE` (eval mode) whose encode/decode match the source's d
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from sae.base import SAE
+from sae.formats import SPARSIFY_WEIGHTS, WEIGHTS_FILE, check_tensors, read_json, read_safetensors
 from sae.registry import make_config
 from saelab_base.errors import UserError
 
@@ -24,7 +23,7 @@ SAELENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gat
 def load_saelens(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
     """A SAELens folder: cfg.json + sae_weights.safetensors (standard, topk, jumprelu, gated)."""
     folder = Path(folder)
-    cfg = _read_json(folder / "cfg.json")
+    cfg = read_json(folder / "cfg.json")
     arch = cfg.get("architecture", "standard")
     if arch not in SAELENS_ARCH:
         raise UserError(
@@ -36,13 +35,16 @@ def load_saelens(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
             f"{folder}: normalize_activations={cfg['normalize_activations']!r} is not "
             "supported; fold the scaling into the weights first"
         )
-    tensors = load_file(str(_require(folder / "sae_weights.safetensors")))
+    weights = folder / WEIGHTS_FILE
+    tensors = read_safetensors(weights)
+    if "W_enc" not in tensors or tensors["W_enc"].dim() != 2:
+        raise UserError(f"{weights} lacks a 2-D W_enc; not a SAELens SAE")
     d_in, d_sae = tensors["W_enc"].shape
     fields: dict[str, Any] = {"d_sae": int(d_sae), "d_in": int(d_in), "unit_norm_decoder": False}
     fields["apply_b_dec_to_input"] = bool(cfg.get("apply_b_dec_to_input", True))
     if arch == "topk":
         fields["k"] = int(cfg.get("k") or cfg.get("activation_fn_kwargs", {}).get("k"))
-    sae = _build(SAELENS_ARCH[arch], fields, tensors)
+    sae = _build(SAELENS_ARCH[arch], fields, tensors, weights)
     return sae.to(device).eval()
 
 
@@ -66,15 +68,16 @@ def load_gemma_scope(path: str | Path, device: str | torch.device = "cpu") -> SA
         "unit_norm_decoder": False,
         "apply_b_dec_to_input": False,
     }
-    return _build("jumprelu", fields, tensors).to(device).eval()
+    return _build("jumprelu", fields, tensors, path).to(device).eval()
 
 
 def load_sparsify(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
     """A sparsify folder: cfg.json (d_in, k, ...) + sae.safetensors with encoder.weight
     [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec: a TopK SAE."""
     folder = Path(folder)
-    cfg = _read_json(folder / "cfg.json")
-    raw = load_file(str(_require(folder / "sae.safetensors")))
+    cfg = read_json(folder / "cfg.json")
+    weights = folder / SPARSIFY_WEIGHTS
+    raw = read_safetensors(weights)
     if "encoder.weight" not in raw or "W_dec" not in raw:
         raise UserError(f"{folder}/sae.safetensors lacks encoder.weight or W_dec; not sparsify")
     if cfg.get("activation", "topk") != "topk" or cfg.get("transcode"):
@@ -97,37 +100,24 @@ def load_sparsify(folder: str | Path, device: str | torch.device = "cpu") -> SAE
         "k": int(cfg["k"]),
         "unit_norm_decoder": False,
     }
-    return _build("topk", fields, tensors).to(device).eval()
+    return _build("topk", fields, tensors, weights).to(device).eval()
 
 
-def load_any(path: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """Guess the format from the files present."""
-    path = Path(path)
-    if path.suffix == ".npz" or (path / "params.npz").is_file():
-        return load_gemma_scope(path, device)
-    if (path / "sae.safetensors").is_file():
-        return load_sparsify(path, device)
-    from sae.checkpoint import load_sae
-
-    return load_sae(path, device=device)
-
-
-def _build(arch: str, fields: dict[str, Any], tensors: dict[str, Tensor]) -> SAE:
+def _build(arch: str, fields: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> SAE:
     from sae.registry import build_sae
 
     sae = build_sae(make_config(arch, **fields))
+    expected = {k: tuple(v.shape) for k, v in sae.checkpoint_tensors(1.0).items()}
+    check_tensors(path, tensors, expected, f"d_in={sae.d_in}, d_sae={sae.d_sae}")
     sae.load_checkpoint_tensors({k: v.float() for k, v in tensors.items()})
     return sae
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(_require(path).read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
 
 
 def _require(path: Path) -> Path:
     if not path.is_file():
         raise UserError(f"{path} does not exist")
     return path
+
+
+LOADERS = {"saelens": load_saelens, "gemma_scope": load_gemma_scope, "sparsify": load_sparsify}
+"""Format name (`sae.formats.FORMATS`) -> loader, for the formats saelab did not write."""

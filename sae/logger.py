@@ -8,6 +8,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from saelab_base.fs import disk_error
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -47,10 +49,13 @@ class MetricsLogger:
 
     def log(self, rows: list[dict[str, Any]]) -> None:
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as f:
+                    for row in rows:
+                        f.write(json.dumps(row) + "\n")
+            except OSError as err:
+                raise disk_error(err, str(self.path)) from None
         if self.wandb is not None:
             for row in rows:
                 name = row["sae"]

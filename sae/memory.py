@@ -34,3 +34,23 @@ def keep_freed_cpu_memory() -> bool:
         libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
     )
     return _applied
+
+
+def free_memory(device) -> int | None:
+    """Bytes free for new tensors on `device` (None when it cannot be told)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: line.split()[1] for line in fh if ":" in line}
+        return int(info["MemAvailable"]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return None

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from activations.store import refuse_inside_store
 from sae import checkpoint as ckpt
 from sae.base import SAE, StepContext, TrainOutput
 from sae.config import SAEConfig, TrainConfig
@@ -117,6 +118,9 @@ class Trainer:
             if self.resume:
                 raise UserError("--resume needs the output folder of the run to resume")
             return
+        refuse_inside_store(str(self.out), "the SAE output folder")
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"{self.out} is a file, not a folder; choose another output folder")
         state = self.out / ckpt.STATE_FILE
         if self.resume and not state.is_file():
             raise UserError(f"nothing to resume in {self.out}: no {ckpt.STATE_FILE} there")
@@ -124,6 +128,12 @@ class Trainer:
             raise UserError(
                 f"{self.out} already holds a training run; pass --resume to continue it "
                 "or choose another output folder"
+            )
+        if not self.resume and self.out.is_dir() and any(self.out.iterdir()):
+            # Not a saelab run (that has a state file) but not empty either: never mix files in.
+            raise UserError(
+                f"{self.out} is not empty and holds no saelab training run; choose a new or "
+                "empty output folder"
             )
 
     def _resolve_d_in(self, first: Tensor) -> int:
@@ -199,6 +209,7 @@ class Trainer:
             keep_freed_cpu_memory()
         first = self.stream.peek_rows(1)
         d_in = self._resolve_d_in(first)
+        check_memory(self.configs, d_in, first.shape[0], self.device)
         self._build_members(d_in)
         if self.resume:
             self._load_state()
@@ -359,6 +370,8 @@ class Trainer:
                 "trained_tokens": self.tokens,
                 "step": self.step,
             }
+            # Each file is written atomically, the state last: a failure (a full disk) leaves
+            # the previous checkpoint whole.
             for m in self.members:
                 extra = {} if m.controller is None else {"target_l0": m.controller.state_dict()}
                 ckpt.save_sae(m.sae, m.folder, self.scale, {**meta, **extra})
@@ -366,8 +379,20 @@ class Trainer:
         self.dist.barrier()
         self.last_saved_step = self.step
 
+    def identity(self) -> dict[str, Any]:
+        """What the run is trained on; a resume must match it field for field."""
+        train = {k: v for k, v in self.cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+        train["extra"] = {k: v for k, v in train.get("extra", {}).items() if k != "acts"}
+        store = {k: self.meta.get(k) for k in STORE_IDENTITY if k in self.meta}
+        return {
+            "hook": self.cfg.hook,
+            "store": store,
+            "train": train,
+        }  # the SAEs' own configs are compared member by member in _load_state
+
     def _state(self) -> dict[str, Any]:
         return {
+            "identity": self.identity(),
             "step": self.step,
             "tokens": self.tokens,
             "total_steps": self.total_steps,
@@ -391,6 +416,15 @@ class Trainer:
     def _load_state(self) -> None:
         assert self.out is not None
         state = ckpt.load_training_state(self.out / ckpt.STATE_FILE)
+        if "identity" in state:  # states written before it was recorded skip this check
+            diff = _first_difference(state["identity"], self.identity())
+            if diff:
+                field_name, was, now = diff
+                raise UserError(
+                    f"cannot resume the run in {self.out}: {field_name} differs (trained with "
+                    f"{was!r}, now {now!r}); resume with the same settings, or train into a "
+                    "new output folder"
+                )
         saved = state["members"]
         names = [m.name for m in self.members]
         if sorted(saved) != sorted(names):
@@ -501,6 +535,69 @@ def _loader_meta(loader: Any) -> dict[str, Any]:
     if hook:
         meta["hook_name"] = hook
     return meta
+
+
+# TrainConfig fields that may change on resume: they do not change what is trained.
+RESUMABLE_CHANGES = (
+    "save_every_tokens",
+    "log_every",
+    "device",
+    "keep_freed_cpu_memory",
+    "progress",
+    "wandb",
+    "wandb_project",
+)
+# Store attributes that identify the activations a run reads.
+STORE_IDENTITY = (
+    "model",
+    "model_sha256",
+    "dataset",
+    "split",
+    "text_column",
+    "seq_len",
+    "bos",
+    "dtype",
+    "hooks",
+    "n_seq",
+    "chunk_seqs",
+    "committed_sequences",
+)
+
+
+def _first_difference(saved: Any, now: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first (dotted field, saved, now) where two nested dicts differ; a field that one
+    side does not know (None: a source without store metadata) is not compared."""
+    if saved is None or now is None:
+        return None
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for key in sorted(set(saved) | set(now), key=str):
+            diff = _first_difference(
+                saved.get(key), now.get(key), f"{path}.{key}" if path else str(key)
+            )
+            if diff:
+                return diff
+        return None
+    if isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple)):
+        saved, now = list(saved), list(now)
+    return None if saved == now else (path or "config", saved, now)
+
+
+def check_memory(configs: Sequence[SAEConfig], d_in: int, batch: int, device: torch.device) -> None:
+    """Refuse a sweep whose parameters, Adam state and per-batch buffers cannot fit in the
+    device's free memory, before anything is allocated."""
+    from sae.memory import free_memory
+
+    # Per SAE: encoder + decoder, each with a gradient and two Adam moments (4 copies of
+    # float32), plus the dense [batch, d_sae] pre-activations a step builds (a few buffers).
+    need = sum(16 * 2 * d_in * c.d_sae + 3 * 4 * batch * c.d_sae for c in configs)
+    free = free_memory(device)
+    if free is not None and need > free:
+        widths = ", ".join(str(c.d_sae) for c in configs)
+        raise UserError(
+            f"the SAEs (d_sae {widths}, d_in {d_in}) need about {need / 2**30:.3g} GiB of "
+            f"{device.type} memory but {free / 2**30:.3g} GiB is free; choose a smaller d_sae, "
+            "fewer SAEs in the sweep or a smaller batch"
+        )
 
 
 def _config_diff(saved: dict, now: dict) -> str:

@@ -15,13 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from evaluation.compare import comparison_rows, format_table, frontier_html
+    from evaluation.compare import check_html_path, comparison_rows, format_table, frontier_html
     from saelab_base.errors import UserError
 
+    html_path = args.html or Path(args.db).with_suffix(".compare.html")
+    check_html_path(html_path)
     rows = comparison_rows(args.db)
     if not rows:
         raise UserError(f"{args.db} holds no evaluated SAE yet; run `saelab eval` first")
     print(format_table(rows))
-    html = frontier_html(rows, args.html or Path(args.db).with_suffix(".compare.html"))
+    html = frontier_html(rows, html_path)
     print(f"saelab compare: frontiers written to {html}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from saelab.commands.numbers import count
 from saelab_base.errors import UserError
 
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="builtin[:wikipedia|:news], a local file/folder, or a datasets name[:split]",
     )
     p.add_argument("--hooks", nargs="+", default=d.hooks, help="transformer-lens hook names")
-    p.add_argument("--tokens", type=int, default=d.tokens, help="tokens to harvest")
+    p.add_argument("--tokens", type=count, default=d.tokens, help="tokens to harvest (2e5 works)")
     p.add_argument("--seq-len", type=int, default=d.seq_len)
     p.add_argument("--bos", choices=BOS_POLICIES, default=d.bos)
     p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default=d.dtype)

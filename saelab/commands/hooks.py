@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +16,6 @@ def run(args: argparse.Namespace) -> int:
     from activations.models import load_model
 
     model = load_model(args.model)
-    names = model.hook_names
-    if args.layer is not None:
-        names = [n for n in names if re.match(rf"blocks\.{args.layer}\.", n)]
+    names = model.hook_names if args.layer is None else model.layer_hooks(args.layer)
     print("\n".join(names))
     return 0

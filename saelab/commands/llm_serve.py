@@ -17,9 +17,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A one-line `UserError` when `port` on `host` cannot be bound (taken, or not allowed)."""
+    import errno
+    import socket
+
+    from saelab_base.errors import UserError
+
+    if not 0 < port < 65536:
+        raise UserError(f"--port {port} is not a TCP port (1-65535)")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise UserError(
+                    f"port {port} on {host} is already in use (another server?); pass a free "
+                    "--port, or stop what is listening there"
+                ) from None
+            raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from autointerp.server import LocalServer, ServeConfig
 
+    if args.port:  # 0 lets the server pick a free port
+        check_port_free(args.host, args.port)
     cfg = ServeConfig(model=args.model, host=args.host, port=args.port, threads=args.threads)
     # SIGTERM stops it like Ctrl-C: the server is a thread of this process, nothing outlives it
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from saelab.commands.numbers import count
 from saelab_base.errors import UserError
 
 # Convenience flags for config fields that only some architectures have; any field of any
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "gated, matryoshka, or any registered with sae.registry.register_architecture",
     )
     p.add_argument("--sweep", help="TOML file with [[sae]] entries (see sweeps/example.toml)")
-    p.add_argument("--d-sae", type=int, help="number of latents (default 4096)")
+    p.add_argument("--d-sae", type=count, help="number of latents (default 4096)")
     p.add_argument("--k", type=float, help="active latents per token (topk, batchtopk, matryoshka)")
     p.add_argument("--l1-coefficient", type=float, help="L1 coefficient (relu, gated)")
     p.add_argument("--l0-coefficient", type=float, help="L0 coefficient (jumprelu)")
@@ -61,13 +62,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="set any config field of the architecture (JSON value, e.g. --set k=32); repeatable",
     )
     p.add_argument("--lr", type=float, help="learning rate (default 2e-4/sqrt(d_sae/2^14))")
-    p.add_argument("--tokens", type=int, help="training tokens (default: one pass over the store)")
-    p.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (default 4096)")
+    p.add_argument(
+        "--tokens", type=count, help="training tokens (default: one pass over the store)"
+    )
+    p.add_argument("--batch-size", type=count, default=4096, help="tokens per batch (default 4096)")
     p.add_argument("--out", required=True, help="output folder (one subfolder per SAE of a sweep)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order and initialisation")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--save-every", type=int, metavar="TOKENS", help="checkpoint every N tokens")
+    p.add_argument("--save-every", type=count, metavar="TOKENS", help="checkpoint every N tokens")
     p.add_argument("--log-every", type=int, default=10, help="steps between metric rows")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (fp32 weights)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

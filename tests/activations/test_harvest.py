@@ -174,7 +174,10 @@ def test_corpus_exhaustion_shrinks_the_store(model, tmp_path):
     doc.write_text("A short text about the weather in Paris and the rivers of France. " * 12)
     out = str(tmp_path / "tiny.zarr")
     result = harvest(
-        HarvestConfig(out=out, dataset=str(doc), hooks=[HOOKS[0]], **SMALL_HARVEST), model=model
+        HarvestConfig(
+            out=out, dataset=str(doc), hooks=[HOOKS[0]], **dict(SMALL_HARVEST, tokens=24 * 32)
+        ),
+        model=model,
     )
     store = ActivationStore(out)
     assert 0 < result.sequences < 48

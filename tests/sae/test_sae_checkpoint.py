@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae import build_sae, load_sae, make_config, save_sae
-from sae.importers import load_any, load_gemma_scope, load_saelens, load_sparsify
+from sae.checkpoint import load_any
+from sae.importers import load_gemma_scope, load_saelens, load_sparsify
 from sae.registry import REGISTRY
 from saelab_base.errors import UserError
 
