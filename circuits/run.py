@@ -362,18 +362,8 @@ def _record(folder: Path, sae, cfg_json: dict, hook: str, model):
     import resultstore as results
     from sae.checkpoint import WEIGHTS_FILE
 
-    weights = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
-    sae_id = hashlib.sha256((weights + results.config_hash(cfg_json)).encode()).hexdigest()[:16]
-    return results.SAERecord(
-        sae_id=sae_id,
-        name=folder.name,
-        path=str(folder.resolve()),
-        architecture=sae.architecture,
-        d_in=sae.d_in,
-        d_sae=sae.d_sae,
-        hook=hook,
-        model=cfg_json.get("model_name") or model.name,
+    return results.record_for_folder(
+        folder, WEIGHTS_FILE, cfg_json, architecture=sae.architecture, d_in=sae.d_in,
+        d_sae=sae.d_sae, hook=hook, model=cfg_json.get("model_name") or model.name,
         model_sha256=model.weights_sha256,
-        cfg=cfg_json,
-        weights_sha256=weights,
-    )
+    )  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,21 +90,12 @@ def sae_folders(path: str) -> list[Path]:
 def sae_record(
     folder: Path, sae, cfg_json: dict, store: ActivationStore, hook: str
 ) -> results.SAERecord:
-    weights = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
-    sae_id = hashlib.sha256((weights + results.config_hash(cfg_json)).encode()).hexdigest()[:16]
-    return results.SAERecord(
-        sae_id=sae_id,
-        name=folder.name,
-        path=str(folder.resolve()),
-        architecture=sae.architecture,
-        d_in=sae.d_in,
-        d_sae=sae.d_sae,
-        hook=hook,
+    return results.record_for_folder(
+        folder, WEIGHTS_FILE, cfg_json, architecture=sae.architecture, d_in=sae.d_in,
+        d_sae=sae.d_sae, hook=hook,
         model=cfg_json.get("model_name") or store.attrs.get("model"),
         model_sha256=trained_model_sha256(cfg_json) or store.attrs.get("model_sha256"),
-        cfg=cfg_json,
-        weights_sha256=weights,
-    )
+    )  # fmt: skip
 
 
 def check_compatible(folder: Path, sae, cfg_json: dict, store: ActivationStore, hook: str) -> None:

@@ -28,6 +28,29 @@ class SAERecord:
     weights_sha256: str
 
 
+def record_for_folder(
+    folder: Path,
+    weights_file: str,
+    cfg: dict,
+    *,
+    architecture: str,
+    d_in: int,
+    d_sae: int,
+    hook: str,
+    model: str | None,
+    model_sha256: str | None,
+) -> SAERecord:
+    """The record of the SAE saved in `folder`: its id is the hash of its weight file and its
+    cfg.json, so every stage that registers the same SAE gives it the same id."""
+    weights = hashlib.sha256((Path(folder) / weights_file).read_bytes()).hexdigest()
+    sae_id = hashlib.sha256((weights + config_hash(cfg)).encode()).hexdigest()[:16]
+    return SAERecord(
+        sae_id=sae_id, name=Path(folder).name, path=str(Path(folder).resolve()),
+        architecture=architecture, d_in=d_in, d_sae=d_sae, hook=hook, model=model,
+        model_sha256=model_sha256, cfg=cfg, weights_sha256=weights,
+    )  # fmt: skip
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
