@@ -234,7 +234,9 @@ def _store_attrs(cfg: HarvestConfig, model: LoadedModel, shapes: dict[str, list[
 
 def _open_or_create(cfg: HarvestConfig, attrs: dict, n_seq: int):
     existing = _existing_attrs(cfg.out)
-    if existing is not None and not cfg.overwrite:
+    # a store killed while it was being created holds nothing committed: resume recreates it
+    unfinished = existing is not None and existing.get("creating") and cfg.resume
+    if existing is not None and not cfg.overwrite and not unfinished:
         if not cfg.resume:
             _refuse_existing(cfg.out, existing)
         diffs = [k for k in FINGERPRINT if _norm(existing.get(k)) != _norm(attrs.get(k))]

@@ -122,6 +122,22 @@ def create(
         group = open_group(url, mode="a")
     seq_len = attrs["seq_len"]
     zdtype = STORAGE_DTYPES[attrs["dtype"]][0]
+    # The attributes come first, marked `creating` until every array exists: a store killed
+    # while being created is still recognised as one, and `--resume` recreates it.
+    group.attrs.update(
+        {
+            **attrs,
+            "format_version": FORMAT_VERSION,
+            "n_seq": n_seq,
+            "chunk_seqs": chunk_seqs,
+            "n_shards": n_shards,
+            "hooks": hooks,
+            "committed_sequences": 0,
+            "complete": False,
+            "all_chunks_written": True,
+            "creating": True,
+        }
+    )
     # Every chunk is written, even an all-zero one, so a missing chunk always means damage.
     kw = {"compressors": [_codec()], "fill_value": 0, "config": WRITE_CONFIG}
     group.create_array(
@@ -146,19 +162,7 @@ def create(
             **kw,
         )
     group.create_array("progress", shape=(n_shards,), chunks=(1,), dtype="int64", fill_value=0)
-    group.attrs.update(
-        {
-            **attrs,
-            "format_version": FORMAT_VERSION,
-            "n_seq": n_seq,
-            "chunk_seqs": chunk_seqs,
-            "n_shards": n_shards,
-            "hooks": hooks,
-            "committed_sequences": 0,
-            "complete": False,
-            "all_chunks_written": True,
-        }
-    )
+    group.attrs.update({"creating": False})
     return group
 
 

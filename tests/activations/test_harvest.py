@@ -129,6 +129,34 @@ def test_sigkill_then_resume_is_identical(small_store, model, tmp_path, kill_aft
     assert_same_store(out, small_store)
 
 
+def test_a_store_killed_while_being_created_is_recreated_by_resume(small_store, model, tmp_path):
+    """Killed between writing the attributes and creating the last array: the store is still
+    recognised (not "foreign"), and --resume recreates it, identical to an uninterrupted run."""
+    out = str(tmp_path / "unfinished.zarr")
+    calls = {"n": 0}
+    original = zarr.Group.create_array
+
+    def dies_on_the_third_array(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the process stops here, mid-creation
+        return original(self, *args, **kwargs)
+
+    zarr.Group.create_array = dies_on_the_third_array
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            harvest(HarvestConfig(out=out, hooks=HOOKS, **SMALL_HARVEST), model=model)
+    finally:
+        zarr.Group.create_array = original
+    attrs = dict(zarr.open_group(out, mode="r").attrs)
+    assert attrs["creating"] is True and attrs["complete"] is False
+    with pytest.raises(UserError, match="already exists"):
+        harvest(HarvestConfig(out=out, hooks=HOOKS, **SMALL_HARVEST), model=model)
+    harvest(HarvestConfig(out=out, hooks=HOOKS, resume=True, **SMALL_HARVEST), model=model)
+    assert_same_store(out, small_store)
+    assert zarr.open_group(out, mode="r").attrs["creating"] is False
+
+
 def test_shards_fill_one_store(small_store, model, tmp_path):
     out = f"file://{tmp_path}/sharded.zarr"  # also exercises an fsspec URL
     for i in (2, 0, 1):

@@ -39,7 +39,7 @@ def _batch(run_id: str, scorer: str, value: float) -> results.InterpBatch:
     run = {
         "run_id": run_id, "sae_id": "s", "config_json": "{}", "config_hash": run_id,
         "status": "finished", "latents_done": 1, "requests": 1, "cache_hits": 0, "retries": 0,
-        "unparsable": 0, "prompt_tokens": 1, "completion_tokens": 1, "saelab_version": "x",
+        "unparsable": 0, "prompt_tokens": 1, "completion_tokens": 1, "saelab_version": "x", "message": None,
     }  # fmt: skip
     return results.InterpBatch([explanation], [score], [], run)
 
