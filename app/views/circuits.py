@@ -65,6 +65,7 @@ def _draw(graph: circuit_graph.Graph) -> None:
 
     largest = max(abs(n.effect) for n in graph.nodes) or 1.0
     strongest = max((abs(e) for *_, e in graph.edges), default=1.0) or 1.0
+    tallest = max(sum(n.x == x for n in graph.nodes) for x in {n.x for n in graph.nodes})
     fig = go.Figure()
     for up, down, effect in graph.edges:
         fig.add_trace(
@@ -87,7 +88,7 @@ def _draw(graph: circuit_graph.Graph) -> None:
             y=[n.y for n in graph.nodes],
             mode="markers+text",
             text=[html.escape(n.label) for n in graph.nodes],
-            textposition="top center",
+            textposition="middle right",  # beside: stacked labels never overlap
             customdata=[
                 [n.feature if n.feature is not None else -1, n.sae_id or ""] for n in graph.nodes
             ],
@@ -104,12 +105,14 @@ def _draw(graph: circuit_graph.Graph) -> None:
         )
     )
     fig.update_xaxes(
+        range=[-0.3, len(graph.columns) - 0.4],  # room for the last column's labels
         tickvals=list(range(len(graph.columns))),
         ticktext=[f"L{layer} {sub}" for layer, sub in graph.columns],
     )
     fig.update_yaxes(visible=False)
     fig.update_layout(
-        height=520, title="Nodes (size: |effect|, square: SAE error) and edges (blue +, red −)"
+        height=max(420, 160 + 50 * tallest),
+        title="Nodes (size: |effect|, square: SAE error) and edges (blue +, red −)",
     )
     event = st.plotly_chart(fig, key="circuit_graph", on_select="rerun", selection_mode="points")
     picked = [p for p in (event.selection.points if event else []) if p.get("customdata")]

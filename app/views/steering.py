@@ -1,6 +1,6 @@
 """Steering: past steering runs from the file (settings and metrics, clean and steered text
-side by side); an empty file says how to make some. The live playground (generate from the
-page) is not built yet."""
+side by side); an empty file says how to make some. Below them the live playground
+(`app.views.playground`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ _TEXT = {
 
 
 def render() -> None:
+    from app.views import playground
+
     st.title("Steering")
+    _past_runs()
+    playground.render()
+
+
+def _past_runs() -> None:
     runs = common.q("rows_of", "steering_runs", None)
     if not runs:
         st.info(EMPTY)
