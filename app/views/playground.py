@@ -52,16 +52,20 @@ def render() -> None:
     labels = {s["sae_id"]: f"{s['name']} · {s['architecture']} · {s['d_sae']}" for s in saes}
     ids = list(labels)
     wanted = st.query_params.get("sae")
+    first = wanted if wanted in ids else ids[0]
+    # a live latent of the first SAE by default: a dead one has nothing to steer with
+    live = common.q("random_feature", first, 0)
+    default = st.query_params.get("feature", str(live if live is not None else 0))
     with st.form("playground"):
         prompt = st.text_area("Prompt", "The city of", key="pg_prompt")
         sae_id = st.selectbox(
             "SAE",
             ids,
-            index=ids.index(wanted) if wanted in ids else 0,
+            index=ids.index(first),
             format_func=labels.get,
             key="pg_sae",
         )
-        features = st.text_input("Latent(s)", st.query_params.get("feature", "0"), key="pg_feat")
+        features = st.text_input("Latent(s)", default, key="pg_feat")
         mode = st.selectbox("Mode", list(MODES), key="pg_mode")
         strength = st.number_input("Strength (× the latent's max activation)", value=4.0,
                                    key="pg_strength")  # fmt: skip
