@@ -46,9 +46,6 @@ _EXPORTS = {
     "steer": "circuits.steering.run",
     "SteerConfig": "circuits.steering.run",
 }
-_LATER: dict[str, str] = {}
-"""Names the API will offer once the modules behind them land."""
-
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
@@ -57,8 +54,6 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later look-ups skip this function
         return value
-    if name in _LATER:
-        raise AttributeError(f"saelab.{name} is not available yet: it arrives with {_LATER[name]}")
     raise AttributeError(f"module 'saelab' has no attribute {name!r}")
 
 
