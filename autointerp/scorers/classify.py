@@ -115,8 +115,22 @@ async def _classify_by_text(
     name: str, ctx: ScoringContext, explanation: str, items: list[tuple[str, bool]]
 ) -> Score:
     """Batches of excerpts; the answer is a JSON list of 0/1 parsed from the reply."""
-    batches = [items[i : i + ctx.batch_size] for i in range(0, len(items), ctx.batch_size)]
     template = prompt(name)
+    predicted, labels, failures = await ask_in_batches(ctx, template, explanation, items)
+    answer = {
+        "answer": "a JSON list of 0/1 parsed from the reply (an unreadable reply fails its batch)",
+        "batch_size": ctx.batch_size,
+    }
+    return _score(name, ctx, template, items, predicted, labels, failures, answer)
+
+
+async def ask_in_batches(
+    ctx: ScoringContext, template, explanation: str, items: list[tuple[str, bool]]
+) -> tuple[list[bool], list[bool], int]:
+    """Ask which of `items` (rendered text, label) fit the explanation, `ctx.batch_size` at a
+    time, each reply a JSON list of 0/1; returns (predicted, labels, failures), where every
+    item of a batch whose reply cannot be read is a failure."""
+    batches = [items[i : i + ctx.batch_size] for i in range(0, len(items), ctx.batch_size)]
 
     async def ask(batch):
         reply = await ctx.client.complete(
@@ -138,11 +152,7 @@ async def _classify_by_text(
             continue
         predicted += reply
         labels += [label for _, label in batch]
-    answer = {
-        "answer": "a JSON list of 0/1 parsed from the reply (an unreadable reply fails its batch)",
-        "batch_size": ctx.batch_size,
-    }
-    return _score(name, ctx, template, items, predicted, labels, failures, answer)
+    return predicted, labels, failures
 
 
 def _score(name, ctx, template, items, predicted, labels, failures, answer: dict) -> Score:

@@ -21,10 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from autointerp import answers, stats
+from autointerp import stats
 from autointerp.prompts import prompt
 from autointerp.scorers import Score, ScoringContext, finish
-from autointerp.windows import escape, numbered
+from autointerp.scorers.classify import ask_in_batches
+from autointerp.windows import escape
 from saelab_base.errors import UserError
 
 
@@ -90,31 +91,11 @@ async def intervention(ctx: ScoringContext, explanation: str) -> Score:
         raise UserError("the intervention scorer needs the results file (ScoringContext.db)")
     sae_id, feature = ctx.owner
     made = await asyncio.to_thread(_texts, ctx.db, sae_id, feature, ctx.seed)
-    items = [(t, True) for t in made["steered"]] + [(t, False) for t in made["unsteered"]]
+    items = [(escape(t), True) for t in made["steered"]]
+    items += [(escape(t), False) for t in made["unsteered"]]
     random.Random(ctx.seed).shuffle(items)
-    batches = [items[i : i + ctx.batch_size] for i in range(0, len(items), ctx.batch_size)]
     template = prompt("intervention")
-
-    async def ask(batch):
-        reply = await ctx.client.complete(
-            template.messages(
-                explanation=escape(explanation),
-                examples=numbered([escape(text) for text, _ in batch]),
-                count=str(len(batch)),
-            ),
-            max_tokens=8 + 4 * len(batch),
-            owner=ctx.owner,
-        )
-        return answers.int_list(reply.text, len(batch), 0, 1)
-
-    replies = await asyncio.gather(*(ask(b) for b in batches))
-    predicted, labels, failures = [], [], 0
-    for batch, reply in zip(batches, replies):
-        if reply is None:
-            failures += len(batch)
-            continue
-        predicted += reply
-        labels += [label for _, label in batch]
+    predicted, labels, failures = await ask_in_batches(ctx, template, explanation, items)
     p, y = np.array(predicted, bool), np.array(labels, bool)
     value = stats.balanced_accuracy(p, y) if labels else float("nan")
     ci = stats.balanced_accuracy_interval(p, y, ctx.bootstrap, ctx.seed)
