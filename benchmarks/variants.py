@@ -98,34 +98,39 @@ def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     if model is None:
         model = load_model("smollm2-135m")
-    if not (out / "acts.zarr").exists():
-        saelab.harvest(
-            HarvestConfig(
-                out=acts,
-                hooks=[cfg.hook],
-                tokens=cfg.tokens,
-                seq_len=cfg.seq_len,
-                progress=cfg.progress,
-                chunk_seqs=64 if cfg.tokens // cfg.seq_len >= 2000 else 16,
-            ),
-            model=model,
-        )
+    # A finished store returns at once; an interrupted one resumes.
+    saelab.harvest(
+        HarvestConfig(
+            out=acts,
+            hooks=[cfg.hook],
+            tokens=cfg.tokens,
+            seq_len=cfg.seq_len,
+            progress=cfg.progress,
+            chunk_seqs=64 if cfg.tokens // cfg.seq_len >= 2000 else 16,
+            resume=(out / "acts.zarr").exists(),
+        ),
+        model=model,
+    )
     timings["harvest_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     train_cfg = saelab.TrainConfig(
-        tokens=cfg.train_tokens or 0, progress=cfg.progress, log_every=10
+        tokens=cfg.train_tokens or 0,
+        progress=cfg.progress,
+        log_every=10,
+        save_every_tokens=500_000,
     )
-    if not (sweep / "training_state.pt").exists():
-        saelab.train(
-            sweep_configs(cfg),
-            acts,
-            cfg.hook,
-            train_cfg,
-            out=sweep,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-        )
+    # An interrupted sweep resumes from its last checkpoint; a finished one returns at once.
+    saelab.train(
+        sweep_configs(cfg),
+        acts,
+        cfg.hook,
+        train_cfg,
+        out=sweep,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        resume=(sweep / "training_state.pt").exists(),
+    )
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
