@@ -26,6 +26,7 @@ For each letter L with enough data:
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from dataclasses import asdict, dataclass
@@ -228,54 +229,100 @@ def absorbed_mask(
     return silent, silent & aligned & carries
 
 
-@torch.no_grad()
-def absorption(
-    sae, acts: Tensor, words: list[str], cfg: AbsorptionConfig | None = None
-) -> AbsorptionResult:
-    """First-letter absorption of `sae` on whole-word token activations `acts [N, d_in]` (raw,
-    as the SAE reads them) with each token's word."""
-    cfg = cfg or AbsorptionConfig()
-    cfg.validate()
+@dataclass
+class LetterProbes:
+    """The half of the evaluation that does not depend on the SAE: the word split and, per
+    letter, its probe's direction and the test tokens it classifies correctly. Computed once
+    and shared by every SAE evaluated on the same word tokens."""
+
+    x: np.ndarray
+    """Raw whole-word token activations `[N, d_in]`."""
+    words: list[str]
+    """Each row's lower-case word."""
+    first: np.ndarray
+    """Each row's first letter."""
+    train: np.ndarray
+    """Train row indices (whole words on one side of the split)."""
+    test: np.ndarray
+    """Test row indices."""
+    by_letter: dict[str, tuple[np.ndarray, Tensor] | None]
+    """Per letter: (scored test rows, unit probe direction), or None where no probe could be
+    trained (fewer than two train tokens on one side)."""
+
+
+def letter_probes(acts: Tensor, words: list[str], cfg: AbsorptionConfig) -> LetterProbes:
+    """Split the words and train the 26 first-letter probes on raw activations `acts [N, d_in]`."""
     if len(words) != len(acts):
         raise UserError(f"{len(words)} words for {len(acts)} activation rows")
     words = [w.strip().lower() for w in words]
     first = np.array([w[0] for w in words])
     train, test = split_words(words, cfg.test_fraction, cfg.seed)
     x = acts.detach().float().cpu().numpy()
+    by_letter: dict[str, tuple[np.ndarray, Tensor] | None] = {}
+    for letter in string.ascii_lowercase:
+        y = first == letter
+        n_train = int(y[train].sum())
+        if n_train < 2 or n_train > len(train) - 2:
+            by_letter[letter] = None
+            continue
+        probe = fit_probe(x[train], y[train], cfg.C, cfg.max_iter, balanced=True)
+        test_pos = test[y[test]]
+        scored = test_pos[probe.predict(x[test_pos]).astype(bool)] if len(test_pos) else test_pos
+        by_letter[letter] = (scored, torch.from_numpy(probe_direction(probe)))
+    return LetterProbes(x, words, first, train, test, by_letter)
+
+
+@torch.no_grad()
+def absorption(
+    sae,
+    acts: Tensor,
+    words: list[str],
+    cfg: AbsorptionConfig | None = None,
+    probes: LetterProbes | None = None,
+) -> AbsorptionResult:
+    """First-letter absorption of `sae` on whole-word token activations `acts [N, d_in]` (raw,
+    as the SAE reads them) with each token's word. `probes` (from `letter_probes` on the same
+    activations, words and config) skips retraining the probes."""
+    cfg = cfg or AbsorptionConfig()
+    cfg.validate()
+    if probes is None:
+        probes = letter_probes(acts, words, cfg)
+    elif len(probes.words) != len(acts):
+        raise UserError(f"probes trained on {len(probes.words)} rows, given {len(acts)}")
     f = encode_sparse(sae, acts, cfg.batch_size)
-    f_train = f.index_select(0, torch.from_numpy(train))  # sparse: only class sums are needed
+    f_train = f.index_select(0, torch.from_numpy(probes.train))  # sparse: only class sums needed
     W_dec = sae.W_dec.detach().double().cpu()
     b_dec = getattr(sae, "b_dec", None)
     b_dec = torch.zeros(W_dec.shape[1]) if b_dec is None else b_dec.detach().cpu()
-    ctx = (x, f, f_train, W_dec, b_dec.double(), train, test)
-    letters = [_letter(letter, first == letter, *ctx, cfg) for letter in string.ascii_lowercase]
-    return AbsorptionResult(cfg, letters, n_tokens=len(words), n_words=len(set(words)))
+    letters = [
+        _letter(letter, probes, f, f_train, W_dec, b_dec.double(), cfg)
+        for letter in string.ascii_lowercase
+    ]
+    return AbsorptionResult(
+        cfg, letters, n_tokens=len(probes.words), n_words=len(set(probes.words))
+    )
 
 
 def _letter(
     letter: str,
-    y: np.ndarray,
-    x: np.ndarray,
+    probes: LetterProbes,
     f: Tensor,
     f_train: Tensor,
     W_dec: Tensor,
     b_dec: Tensor,
-    train: np.ndarray,
-    test: np.ndarray,
     cfg: AbsorptionConfig,
 ) -> LetterResult:
-    """Probe, main latents and absorption counts of one letter (`y`: which tokens start with it)."""
-    n_train, n_test = int(y[train].sum()), int(y[test].sum())
-    if n_train < 2 or n_train > len(train) - 2:
+    """Main latents and absorption counts of one letter, with its probe from `probes`."""
+    y = probes.first == letter
+    n_train, n_test = int(y[probes.train].sum()), int(y[probes.test].sum())
+    probe = probes.by_letter[letter]
+    if probe is None:
         return LetterResult(letter, n_train, n_test, 0, 0, 0, [], None)
-    probe = fit_probe(x[train], y[train], cfg.C, cfg.max_iter, balanced=True)
-    main = top_latents(f_train, y[train], cfg.k_main, signed=True)
-    test_pos = test[y[test]]
-    scored = test_pos[probe.predict(x[test_pos]).astype(bool)] if len(test_pos) else test_pos
-    p = torch.from_numpy(probe_direction(probe))
+    scored, p = probe
+    main = top_latents(f_train, y[probes.train], cfg.k_main, signed=True)
     silent, absorbed = absorbed_mask(
         dense_rows(f, scored).double(),
-        torch.from_numpy(x[scored]).double(),
+        torch.from_numpy(probes.x[scored]).double(),
         main,
         W_dec,
         b_dec,
@@ -288,6 +335,11 @@ def _letter(
     return LetterResult(
         letter, n_train, n_test, n_scored, int(silent.sum()), n_absorbed, main, rate
     )
+
+
+_SHARED: dict[tuple, tuple[Tensor, list[str], LetterProbes]] = {}
+"""The last store's word tokens and probes, keyed by what they depend on (one entry), so an
+evaluation of many SAEs on one store reads the words and trains the probes once."""
 
 
 def first_letter_absorption(
@@ -307,5 +359,16 @@ def first_letter_absorption(
         tokenizer = AutoTokenizer.from_pretrained(
             str(resolve_model_folder(store.attrs["model"])[0])
         )
-    acts, words = word_tokens(store, hook, tokenizer, cfg)
-    return absorption(sae, acts, words, cfg)
+    key = (
+        str(store.url),
+        json.dumps(dict(store.attrs), sort_keys=True, default=str),  # what and how much it holds
+        hook,
+        getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+        tuple(sorted(asdict(cfg).items())),
+    )
+    if key not in _SHARED:
+        acts, words = word_tokens(store, hook, tokenizer, cfg)
+        _SHARED.clear()
+        _SHARED[key] = (acts, words, letter_probes(acts, words, cfg))
+    acts, words, probes = _SHARED[key]
+    return absorption(sae, acts, words, cfg, probes)

@@ -172,3 +172,36 @@ def test_first_letter_absorption_on_a_real_store(small_store, model):
     m = result.metrics()
     assert 0.0 <= m["absorption_mean"] <= 1.0
     assert m["absorption_letters_scored"] + m["absorption_letters_insufficient"] == 26
+
+
+def test_probes_are_trained_once_per_store_and_give_the_same_result(
+    small_store, model, monkeypatch
+):
+    """Evaluating several SAEs on one store reuses the word tokens and the letter probes; each
+    SAE's result equals the one computed from scratch."""
+    from activations.store import ActivationStore
+    from evaluation import absorption as module
+
+    hook, cfg = "blocks.2.hook_resid_post", AbsorptionConfig(min_examples=5, max_per_word=2)
+    store = ActivationStore(small_store)
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    saes = [
+        build_sae(make_config("topk", d_sae=256, k=k, seed=seed + k), d_in=576).eval()
+        for k in (8, 16)
+    ]
+    module._SHARED.clear()
+    fits = []
+    real_fit = module.fit_probe
+    monkeypatch.setattr(module, "fit_probe", lambda *a, **kw: fits.append(1) or real_fit(*a, **kw))
+    shared = [
+        first_letter_absorption(sae, store, hook, cfg, tokenizer=model.tokenizer) for sae in saes
+    ]
+    trained = sum(
+        p is not None for p in module._SHARED[next(iter(module._SHARED))][2].by_letter.values()
+    )
+    assert len(fits) == trained > 0  # the second SAE trained no probe
+    acts, words = module.word_tokens(store, hook, model.tokenizer, cfg)
+    for sae, got in zip(saes, shared):
+        fresh = absorption(sae, acts, words, cfg)  # no probes given: trains its own
+        assert got.letters == fresh.letters and got.n_tokens == fresh.n_tokens
+    assert len(fits) == 3 * trained
