@@ -337,6 +337,8 @@ def main() -> None:
     device = "cpu" if summary["machine"]["device"] == "cpu" else "gpu"
     path = Path(args.result or Path(__file__).parent / "results" / f"variants-{device}{label}.json")
     path.write_text(json.dumps(summary, indent=2) + "\n")
+    # The frontier plots beside the JSON (plotly.js from its CDN keeps the file small).
+    frontier_figure(summary["rows"]).write_html(path.with_suffix(".html"), include_plotlyjs="cdn")
     print(format_table(summary["rows"]))
     print(json.dumps(summary["comparisons"], indent=2))
     print(f"-> {path}")
