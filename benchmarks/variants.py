@@ -11,9 +11,12 @@ explainer and the embedding scorer on a seeded sample of latents (no LLM needed)
 
 Notebook 04 calls `run()` at tiny size; the full run is
 
-    python benchmarks/variants.py --tokens 2000000 --d-sae 4608 --hook blocks.8.hook_resid_post
+    python benchmarks/variants.py --tokens 2000000 --d-sae 4608 --hook blocks.8.hook_resid_post \
+        --dataset <a corpus of >= 2M tokens>
 
-(harvest ≥2M tokens, train on them, JSON to benchmarks/results/variants-<device>.json).
+(harvest ≥2M tokens, train on them, JSON to benchmarks/results/variants-<device>.json). The
+builtin corpus runs out at about 698k tokens (seq_len 128): with it the store is the whole
+corpus, and the JSON's `store` says how many tokens it really holds.
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ class VariantsConfig:
     out: str
     """Working folder: the store, the sweep's checkpoints and the results file go here."""
     tokens: int = 2_000_000
-    """Tokens harvested into the store (its train split is what the sweep trains on)."""
+    """Tokens harvested into the store (its train split is what the sweep trains on). The
+    builtin corpus holds about 698k tokens at seq_len 128; a bigger store needs `dataset`."""
+    dataset: str = "builtin"
+    """Corpus spec of the harvest (`builtin`, a local text/JSON/parquet file or folder, or a
+    `datasets` name where the network allows)."""
     train_tokens: int | None = None
     """Training tokens per SAE; None: one pass over the store's train split."""
     hook: str = "blocks.8.hook_resid_post"
@@ -102,6 +109,7 @@ def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
     saelab.harvest(
         HarvestConfig(
             out=acts,
+            dataset=cfg.dataset,
             hooks=[cfg.hook],
             tokens=cfg.tokens,
             seq_len=cfg.seq_len,
@@ -200,9 +208,30 @@ def summarise(cfg: VariantsConfig, db: str, sweep: Path, timings: dict) -> dict[
     rows.sort(key=lambda r: (r["target_l0"], ARCHS.index(r["architecture"])))
     return {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        "store": store_summary(Path(cfg.out) / "acts.zarr", sweep),
         "timings": timings,
         "rows": rows,
         "comparisons": compare_with_papers(rows),
+    }
+
+
+def store_summary(acts: Path, sweep: Path) -> dict[str, Any]:
+    """What the store really holds (the corpus may run out before `tokens`) and what each SAE
+    was trained on."""
+    from activations.store import ActivationStore
+
+    store = ActivationStore(str(acts))
+    seqs, seq_len = store.committed_sequences(), int(store.attrs["seq_len"])
+    trained = {
+        p.name: json.loads((p / "cfg.json").read_text())["saelab"].get("trained_tokens")
+        for p in sorted(sweep.iterdir())
+        if (p / "cfg.json").is_file()
+    }
+    return {
+        "dataset": store.attrs.get("dataset"),
+        "sequences": seqs,
+        "tokens": seqs * seq_len,
+        "trained_tokens": sorted({t for t in trained.values() if t is not None}),
     }
 
 
@@ -303,6 +332,7 @@ def main() -> None:
     d = VariantsConfig(out="")
     p.add_argument("--out", default="runs/bench-variants", help="working folder")
     p.add_argument("--tokens", type=int, default=d.tokens, help="tokens harvested")
+    p.add_argument("--dataset", default=d.dataset, help="corpus spec (builtin: ~698k tokens)")
     p.add_argument("--train-tokens", type=int, help="training tokens (default: one pass)")
     p.add_argument("--hook", default=d.hook)
     p.add_argument("--d-sae", type=int, default=d.d_sae)
@@ -318,6 +348,7 @@ def main() -> None:
     cfg = VariantsConfig(
         out=args.out,
         tokens=args.tokens,
+        dataset=args.dataset,
         train_tokens=args.train_tokens,
         hook=args.hook,
         d_sae=args.d_sae,
