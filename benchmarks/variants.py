@@ -69,6 +69,9 @@ class VariantsConfig:
     """Cap on the tokens of the core metrics (None: the store's whole test split)."""
     loss_sequences: int = 32
     """Sequences for the CE-loss evaluation."""
+    features_probing_split: str = "all"
+    """Store split the feature dashboards and the probing eval read ("test": the held-out
+    tenth of the store, several times faster and noisier)."""
     interp_sample: int = 20
     """Latents per SAE explained (baseline) and scored (embedding); 0 skips auto-interp."""
     seed: int = 0
@@ -150,6 +153,8 @@ def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
             evals=list(cfg.evals),
             max_tokens=cfg.max_eval_tokens,
             loss_sequences=cfg.loss_sequences,
+            feature_split=cfg.features_probing_split,
+            probe_split=cfg.features_probing_split,
         ),
         model=model,
     )
@@ -341,6 +346,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--max-eval-tokens", type=int)
     p.add_argument("--loss-sequences", type=int, default=d.loss_sequences)
+    p.add_argument(
+        "--features-probing-split",
+        default=d.features_probing_split,
+        choices=["all", "train", "test"],
+        help="store split of the dashboards and probing (test: faster)",
+    )
     p.add_argument("--interp-sample", type=int, default=d.interp_sample)
     p.add_argument("--label", default="", help="suffix of the result file (e.g. small)")
     p.add_argument("--result", help="result JSON path (default benchmarks/results/variants-…)")
@@ -357,6 +368,7 @@ def main() -> None:
         batch_size=args.batch_size,
         max_eval_tokens=args.max_eval_tokens,
         loss_sequences=args.loss_sequences,
+        features_probing_split=args.features_probing_split,
         interp_sample=args.interp_sample,
     )
     from benchmarks.machine import machine_info

@@ -122,10 +122,13 @@ def run_probing(ctx: EvalContext) -> EvalResult:
     sae, store, hook, cfg = ctx.sae, ctx.store, ctx.hook, ctx.cfg
     from evaluation import probing
 
+    chunks = split_chunks(store.committed_chunks(), cfg.probe_split, cfg.test_fraction)
     result = probing.source_probing(
-        sae, store, hook, column=cfg.probe_column, positive=cfg.probe_positive
+        sae, store, hook, column=cfg.probe_column, positive=cfg.probe_positive, chunks=chunks
     )
-    return EvalResult(result.metrics(), result.n_tokens, result.conventions())
+    return EvalResult(
+        result.metrics(), result.n_tokens, {**result.conventions(), "store_split": cfg.probe_split}
+    )
 
 
 def run_absorption(ctx: EvalContext) -> EvalResult:

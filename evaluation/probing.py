@@ -368,14 +368,15 @@ def probe_dataset(
 
 @torch.no_grad()
 def pooled_store(
-    sae, store, hook: str, cfg: ProbingConfig
+    sae, store, hook: str, cfg: ProbingConfig, chunks: list[int] | None = None
 ) -> tuple[Tensor, Tensor, np.ndarray, int]:
-    """Examples of a store's committed sequences: raw `[E, d]`, latents (sparse `[E, d_sae]`),
-    the sequence index of each example, and the number of tokens used."""
+    """Examples of a store's committed sequences (of `chunks`, default all): raw `[E, d]`,
+    latents (sparse `[E, d_sae]`), the sequence index of each example, and the number of
+    tokens used."""
     store.check_hook(hook)
     rng = np.random.default_rng(cfg.seed)
     xs, fs, seqs, n_tokens = [], [], [], 0
-    for chunk in store.committed_chunks():
+    for chunk in store.committed_chunks() if chunks is None else chunks:
         acts = store.read_acts(hook, chunk).float()
         mask = store.token_mask(chunk)
         if cfg.pooling == "token":
@@ -435,8 +436,10 @@ def source_probing(
     cfg: ProbingConfig | None = None,
     column: str = "source",
     positive: str | None = None,
+    chunks: list[int] | None = None,
 ) -> ProbingResult:
-    """Probe a label column of the store's corpus (default: which source each sequence came from).
+    """Probe a label column of the store's corpus (default: which source each sequence came
+    from), on the sequences of `chunks` (default: every committed chunk).
 
     The column needs exactly two values, or a named positive class (one vs rest); the builtin
     corpus's `source` has news and wikipedia. The split is by sequence or document
@@ -445,7 +448,7 @@ def source_probing(
     cfg = cfg or ProbingConfig()
     cfg.validate()
     seq_labels, docs = store_column_labels(store, column, positive)
-    x, f, seqs, n_tokens = pooled_store(sae, store, hook, cfg)
+    x, f, seqs, n_tokens = pooled_store(sae, store, hook, cfg, chunks)
     labels = BinaryLabels(seq_labels.y[seqs], seq_labels.classes, seq_labels.task)
     groups = docs[seqs] if cfg.split_by == "document" else seqs
     return _result(x, f, labels, groups, cfg, n_tokens, cfg.split_by, cfg.pooling)

@@ -43,6 +43,9 @@ class EvalConfig:
     """Store split the feature statistics and dashboards read."""
     features: FeatureStatsConfig = field(default_factory=FeatureStatsConfig)
     """Example counts and windows for the dashboards."""
+    probe_split: str = "all"
+    """Store split whose sequences the probing eval splits into its own train and test sets
+    ("test" reads a tenth of the store: faster, noisier)."""
     probe_column: str = "source"
     """Label column of the store's corpus that the probing eval classifies."""
     probe_positive: str | None = None
