@@ -253,3 +253,17 @@ def harvest_files(model, data, out, n_seq: int, seq_len: int) -> str:
     )  # fmt: skip
     harvest(cfg, model=model)
     return str(out)
+
+
+def test_source_probing_reads_only_the_given_chunks(probe_store):
+    """`chunks` limits the sequences probed: the examples are exactly those chunks' sequences."""
+    from activations.loader import split_chunks
+    from activations.store import ActivationStore
+
+    store = ActivationStore(probe_store)
+    sae = build_sae(make_config("topk", d_sae=64, k=8, seed=fresh_seed()), d_in=576).eval()
+    chunks = split_chunks(store.committed_chunks(), "train", 0.25)
+    x, f, seqs, n_tokens = pooled_store(sae, store, HOOK, ProbingConfig(), chunks)
+    expected = np.concatenate([np.arange(*store.chunk_rows(c).indices(10**9)) for c in chunks])
+    assert sorted(seqs.tolist()) == expected.tolist() and n_tokens == len(expected) * 31
+    assert len(expected) < store.committed_sequences()
