@@ -170,7 +170,7 @@ def api_result(model, trained_folders, small_store, tmp_path_factory):
     db = tmp_path_factory.mktemp("circuit-api") / "r.duckdb"
     cfg = saelab.CircuitConfig(
         sae=trained_folders, task="sva", n_prompts=3, acts=small_store, db=str(db),
-        node_threshold=0.005, check_edges=0, curve_sizes=[0, 1, 3], progress=False,
+        node_threshold=0.02, check_edges=0, curve_sizes=[0, 1, 3], progress=False,
     )  # fmt: skip
     return saelab.circuit(cfg, model=model)
 
