@@ -29,7 +29,7 @@ _EXPORTS = {
     "explain": "saelab.api",
     "load_sae": "saelab.api",
     "open_results": "saelab.api",
-    "load_model": "activations.models",
+    "load_model": "saelab.api",
     "training_loader": "saelab.api",
     "Results": "saelab.results",
     "FeatureView": "saelab.results",
@@ -42,9 +42,12 @@ _EXPORTS = {
     "LLMConfig": "autointerp.config",
     "WindowConfig": "autointerp.config",
     "circuit": "saelab.api",
+    "circuit_graph": "saelab.api",
+    "circuit_curves": "saelab.api",
     "CircuitConfig": "circuits.run",
     "steer": "circuits.steering.run",
     "SteerConfig": "circuits.steering.run",
+    "Sampling": "circuits.steering.generate",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from activations.harvest import HarvestConfig, HarvestResult
     from activations.loader import ActivationLoader
+    from activations.models import LoadedModel
     from autointerp.config import ExplainConfig
     from autointerp.pipeline import ExplainSummary
     from circuits.run import CircuitConfig, CircuitResult
@@ -26,6 +27,22 @@ if TYPE_CHECKING:
 OFFLINE_EXPLAINERS = frozenset({"baseline"})
 OFFLINE_SCORERS = frozenset({"embedding"})
 """Explainers and scorers that never ask the LLM (no endpoint or local server is needed)."""
+
+
+_MODELS: dict[tuple[str, str], LoadedModel] = {}
+
+
+def load_model(spec: str = "smollm2-135m", device: str = "cpu") -> LoadedModel:
+    """The model by spec (embedded name, HF folder, .gguf file or hub name), loaded once per
+    process: a re-run cell, or another notebook in the same kernel, gets the same object back.
+
+    Sharing it is safe: every hook saelab attaches is a context manager that comes off.
+    """
+    if (spec, device) not in _MODELS:
+        from activations.models import load_model as load
+
+        _MODELS[spec, device] = load(spec, device=device)
+    return _MODELS[spec, device]
 
 
 def harvest(cfg: HarvestConfig, model: Any = None) -> HarvestResult:
@@ -108,6 +125,56 @@ def circuit(cfg: CircuitConfig, model: Any = None) -> CircuitResult:
     from circuits.run import run_circuit
 
     return run_circuit(cfg, model=model, log=lambda *_: None)
+
+
+def circuit_graph(result: CircuitResult, model: Any = None):
+    """The circuit's node/edge graph as a plotly figure (what `saelab circuit` writes as HTML).
+
+    Columns are the spliced hooks in computation order, nodes sized by |effect| and coloured by
+    its sign; hover text names each node and, when the circuit was stored in a results file,
+    its latent's top logit tokens and explanation. `model` is the loaded model the circuit ran
+    on (None: load `result.config.model`); the SAEs are read again from their folders.
+    """
+    from circuits.graph import figure
+    from circuits.run import _records
+    from circuits.splice import load_spliced
+
+    cfg = result.config
+    if model is None:
+        from activations.models import load_model
+
+        model = load_model(cfg.model, device=cfg.device)
+    spliced = load_spliced(model, cfg.sae, device=cfg.device)
+    return figure(result, spliced, _records(spliced, model), cfg.db, model.tokenizer)
+
+
+def circuit_curves(result: CircuitResult):
+    """Faithfulness and completeness against circuit size, as a plotly figure.
+
+    Faithfulness: the metric with only the top-n nodes kept (the rest ablated), relative to the
+    full model (1) and the empty circuit (0). Completeness: the same with the top-n nodes
+    ablated instead (near 0 when the circuit holds everything that matters). Sizes are on a log
+    axis, so the empty circuit (faithfulness 0, completeness 1 by definition) is left out. The
+    dashed line marks the circuit the node threshold kept.
+    """
+    import plotly.graph_objects as go
+
+    from circuits.evaluate import rankable
+
+    points = sorted((p for p in result.curves.points if p.n_nodes > 0), key=lambda p: p.n_nodes)
+    sizes = [p.n_nodes for p in points]
+    fig = go.Figure()
+    for name in ("faithfulness", "completeness"):
+        values = [getattr(p, name) for p in points]
+        fig.add_trace(go.Scatter(x=sizes, y=values, mode="lines+markers", name=name))
+    kept = len(rankable(result.kept, result.curves.error_policy))
+    fig.add_vline(x=math.log10(max(kept, 1)), line_dash="dash", annotation_text="kept circuit")
+    fig.update_layout(
+        title=f"{result.task}: {result.curves.ablation} ablation, errors {result.curves.error_policy}",
+        xaxis={"title": "nodes in the circuit (largest |effect| first)", "type": "log"},
+        yaxis={"title": "fraction of the full model's logit difference"},
+    )
+    return fig
 
 
 def load_sae(path: str | Path, device: str = "cpu") -> SAE:

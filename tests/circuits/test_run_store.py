@@ -9,7 +9,9 @@ import duckdb
 import pytest
 
 import resultstore as results
+import saelab
 from circuits.run import CircuitConfig, run_circuit
+from circuits.splice import hook_label
 from saelab_base.errors import UserError
 
 
@@ -158,3 +160,40 @@ def test_nan_metric_is_refused(model, trained_folders):
     sides = patch_sides(spliced, task.patch, "zero")
     with pytest.raises(UserError, match="NaN"):
         attribute(spliced, task.clean, LogitDiff(task.correct, task.wrong), sides)
+
+
+# -- the notebook API's figures (saelab.circuit_graph, saelab.circuit_curves) ------------
+
+
+@pytest.fixture(scope="module")
+def api_result(model, trained_folders, small_store, tmp_path_factory):
+    db = tmp_path_factory.mktemp("circuit-api") / "r.duckdb"
+    cfg = saelab.CircuitConfig(
+        sae=trained_folders, task="sva", n_prompts=3, acts=small_store, db=str(db),
+        node_threshold=0.02, check_edges=0, curve_sizes=[0, 1, 3], progress=False,
+    )  # fmt: skip
+    return saelab.circuit(cfg, model=model)
+
+
+def test_api_graph_has_one_marker_per_kept_node_in_hook_columns(api_result, model):
+    fig = saelab.circuit_graph(api_result, model=model)
+    (markers,) = [t for t in fig.data if t.mode == "markers"]
+    assert len(markers.x) == len(api_result.kept) > 0
+    hooks = ["blocks.2.hook_resid_post", "blocks.4.hook_mlp_out"]  # computation order
+    assert list(fig.layout.xaxis.ticktext) == [hook_label(h) for h in hooks]
+    column = {h: i for i, h in enumerate(hooks)}
+    for x, node in zip(markers.x, api_result.kept):
+        # per-position nodes sit inside their hook's column, right of its tick
+        assert column[node.key.hook] <= x < column[node.key.hook] + 1
+    assert all("effect" in t for t in markers.hovertext)
+
+
+def test_api_curves_plot_the_results_own_points(api_result):
+    fig = saelab.circuit_curves(api_result)
+    points = {p.n_nodes: p for p in api_result.curves.points if p.n_nodes > 0}
+    by_name = {t.name: t for t in fig.data}
+    assert set(by_name) == {"faithfulness", "completeness"}
+    for name, trace in by_name.items():
+        assert list(trace.x) == sorted(points)
+        assert list(trace.y) == [getattr(points[n], name) for n in sorted(points)]
+    assert fig.layout.xaxis.type == "log"
