@@ -5,19 +5,26 @@ dense pre-activations: each row's top-k values and latents, and (for AuxK) the c
 `cols` of the dead latents. The pre-activations themselves never leave the call: they are
 written into a per-thread workspace that is reused from step to step.
 
-Why a workspace rather than blocks of columns: on CPU the cost beside the sgemm was not the
-write of the `[4096, 18432]` product (it stays in cache about as badly in column blocks, and
-torch's top-k costs per row, so block-wise candidates plus a merge cost more than one
-chunked top-k) but the allocation of 300 MB each step: torch's CPU allocator hands it back
-to the system, so every step page-faults it in again (measured ~150 ms of CPU time beside a
-~650 ms sgemm on the 2-core machine, about the whole gap to the matmul limit that the top-k
-did not account for). Rows are processed in blocks only when the product would exceed
-`WORKSPACE_BYTES`, which bounds the memory held between steps; rows are independent, so the
-blocks change nothing but the matmul's rounding (the same exact top-k as `topk_select` runs
-on each row).
+What was measured on the 2-core CPU (fp32, N 4096, d_in 576, d_sae 18432, k 64; CPU time,
+the machine shared with a long benchmark):
+- A fresh `[4096, 18432]` product costs ~150 ms of page faults beside a ~650 ms sgemm when
+  torch's allocator hands the 300 MB back to the system each call. The trainer already keeps
+  freed memory (`sae/memory.py`); the workspace spares those faults everywhere else too
+  (evaluations' `encode_sparse`, `encode_topk`) and keeps the product from escaping.
+- Blocks small enough to stay in cache are not worth it in pure torch: row blocks of
+  256-1024 rows made the sgemm 17-60% slower and the per-block top-k calls slower than one
+  call (torch's top-k costs mostly per row and per call); column blocks would add a
+  candidate merge, itself a top-k per row. Narrowing the chunked top-k's 2048 candidates
+  further (a second level of chunk maxima, or a threshold and compaction) was slower than
+  `torch.topk` over them. A real gain needs the selection inside the GEMM's tiles: a
+  compiled kernel, left out (see docs/architecture.md).
+Rows are processed in blocks only when the product would exceed `WORKSPACE_BYTES` (bounding
+the memory held between calls); rows are independent, so blocks change nothing but the
+matmul's rounding (the same exact top-k as `topk_select` runs on each row).
 
-CPU only, and one dtype for x, W_enc and b_enc: on CUDA the caching allocator already reuses the memory and a fused Triton
-selection is future work, so other devices take the unfused path (same results).
+CPU only, and one dtype for x, W_enc and b_enc: on CUDA the caching allocator already
+reuses the memory and a fused Triton selection is future work, so other devices take the
+unfused path (same results).
 `SAELAB_DISABLE_FUSED=1` forces the unfused path everywhere (for before/after benchmarks).
 """
 
