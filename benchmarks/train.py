@@ -3,6 +3,7 @@
     python benchmarks/train.py                      # all measurements, ~10 min on 2 cores
     python benchmarks/train.py --quick              # d_sae 4608 only, fewer steps
     python benchmarks/train.py --peers-python /tmp/peers-venv/bin/python   # + SAELens, sparsify
+    python benchmarks/train.py --skip arches,dense,sweep --peers-python ...  # TopK 18432 only
 
 Every measurement runs in its own subprocess (clean peak memory, no cross-talk) on the same
 activations: synthetic sparse combinations of a random dictionary at d_in = 576, saved once
@@ -11,7 +12,9 @@ fraction of the encoder-matmul limit: the sgemm rate for [batch, d_in] x [d_in, 
 (into a preallocated output) divided by 2 * d_in * d_sae FLOP per token. Each child times
 that sgemm itself, before and after its steps, so the fraction (= sgemm time / step time)
 does not drift with the load of a shared machine; the separate sgemm child gives the
-headline rate. ReLU, JumpReLU and Gated are measured from their reference start (about half
+headline rate. The `fused` section runs TopK at the large size with the fused CPU matmul +
+top-k (kernels/fused.py) off and on, alternately, for a before/after ratio in one run.
+ReLU, JumpReLU and Gated are measured from their reference start (about half
 the latents active: dense steps) and from a sparse start (`init_l0 = k`, the L0 they train
 towards), the latter being the step time of most of a run. FVU is measured on a held-out
 batch after the same number of training tokens, in raw units, with each tool's defaults.
@@ -110,6 +113,8 @@ def child_saelab(spec: dict) -> dict:
     from sae import TrainConfig, Trainer, make_config, ops
     from sae.trainer import folded_copy
 
+    if spec.get("unfused"):
+        os.environ["SAELAB_DISABLE_FUSED"] = "1"  # the dense product + a separate top-k
     if spec.get("dense"):
         ops.DENSE_FRACTION = 0.0  # every gather/decode through dense matmuls
     batches, held_out = _load_acts(spec["acts"])
@@ -132,6 +137,7 @@ def child_saelab(spec: dict) -> dict:
     return {
         **step,
         "kernels": kernels_impl,
+        "fused_topk": not spec.get("unfused", False),
         "tokens_per_s": batches[0].shape[0] / step["step_seconds"],
         "peak_rss_mb": _peak_rss_mb(),
         "fvu": fvus,
@@ -301,7 +307,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="d_sae 4608 only")
     p.add_argument("--peers-python", help="python of a scratch venv with sae-lens and eai-sparsify")
     p.add_argument(
-        "--skip", default="", help="comma list of sections to skip: arches,dense,sweep,peers"
+        "--skip",
+        default="",
+        help="comma list of sections to skip: arches,fused,dense,sweep,peers",
     )
     p.add_argument("--out", help="result JSON (default benchmarks/results/train-<date>.json)")
     args = p.parse_args()
@@ -324,7 +332,14 @@ def main() -> None:
     sizes = [(4608, 32)] if args.quick else [(4608, 32), (18432, 64)]
     base = {"acts": str(acts), "warmup": args.warmup, "batch": args.batch}
     py = sys.executable
-    results: dict = {"sgemm": {}, "arches": {}, "dense_vs_sparse": {}, "sweep": {}, "peers": {}}
+    results: dict = {
+        "sgemm": {},
+        "arches": {},
+        "fused_vs_unfused": {},
+        "dense_vs_sparse": {},
+        "sweep": {},
+        "peers": {},
+    }
 
     def limit(d_sae: int) -> float:
         return results["sgemm"][str(d_sae)]["gflops"] * 1e9 / (2 * D_IN * d_sae)
@@ -360,6 +375,9 @@ def main() -> None:
                     )
 
     d_big, k_big = sizes[-1]
+    if "fused" not in skip:
+        _fused_section(py, {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big}, results)
+
     if "dense" not in skip:
         for dense in (False, True):
             r = run_child(
@@ -452,6 +470,35 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {out}")
+
+
+def _fused_section(py: str, spec: dict, results: dict) -> None:
+    """TopK with the fused matmul + top-k off, on, off, on: the before/after ratio of the
+    step time, and of the fraction of the matmul limit (each run's own sgemm time)."""
+    runs: dict[str, list] = {"unfused": [], "fused": []}
+    for _ in range(2):
+        for name in ("unfused", "fused"):
+            r = run_child(py, "saelab", {**spec, "unfused": name == "unfused"})
+            runs[name].append(r)
+            _show(f"topk-{spec['d_sae']} {name}", r)
+    out: dict = dict(runs)
+    ok = {n: [r for r in rs if "step_seconds" in r] for n, rs in runs.items()}
+    if ok["unfused"] and ok["fused"]:
+        for name, rs in ok.items():
+            out[f"{name}_fraction_of_matmul_limit"] = sum(
+                r["fraction_of_matmul_limit"] for r in rs
+            ) / len(rs)
+            out[f"{name}_step_seconds"] = sum(r["step_seconds"] for r in rs) / len(rs)
+        out["speedup"] = out["unfused_step_seconds"] / out["fused_step_seconds"]
+        out["speedup_sgemm_units"] = (
+            out["fused_fraction_of_matmul_limit"] / out["unfused_fraction_of_matmul_limit"]
+        )
+        print(
+            f"fused top-k: {100 * out['unfused_fraction_of_matmul_limit']:.0f}% -> "
+            f"{100 * out['fused_fraction_of_matmul_limit']:.0f}% of the matmul limit "
+            f"({out['speedup']:.2f}x step time, {out['speedup_sgemm_units']:.2f}x in sgemm units)"
+        )
+    results["fused_vs_unfused"] = out
 
 
 def _show(label: str, r: dict) -> None:

@@ -5,6 +5,8 @@
     decode_probe(idx, vals, W_dec, mask)        zeros whose backward gives vals the decode's gradient
     gather_preacts(x, W_enc, b_enc, idx, pre, shift)   ((x - shift) @ W_enc + b_enc) at idx
     encode_topk(x, W_enc, b_enc, k)             the TopK encoder: (vals, idx), differentiable
+    topk_preacts(x, W_enc, b_enc, k, cols)      matmul + top-k fused (CPU): (vals, idx, pre[:, cols])
+    shared_segments(idx, n_rows)                one sort of a selection for all its backward scatters
     topk_select / threshold_select / batch_topk_select   selections (padded layout for variable k)
     split_selection(idx, mask, first)           one padded selection split in two
     backend(device)                             "triton" or "torch" (SAELAB_DISABLE_TRITON=1)
@@ -24,6 +26,7 @@ from torch import Tensor
 from kernels import checks
 from kernels.autograd import BandedDecode, DecodeProbe, GatherPreacts, SparseDecode
 from kernels.dispatch import backend
+from kernels.fused import fused_available, release_workspace, topk_preacts
 from kernels.select import (
     batch_topk_select,
     pad_active,
@@ -31,6 +34,7 @@ from kernels.select import (
     threshold_select,
     topk_select,
 )
+from kernels.torch_ops import SharedSegments
 
 __all__ = [
     "backend",
@@ -38,21 +42,41 @@ __all__ = [
     "batch_topk_select",
     "decode_probe",
     "encode_topk",
+    "fused_available",
     "gather_preacts",
     "pad_active",
+    "release_workspace",
+    "shared_segments",
     "sparse_decode",
     "split_selection",
     "threshold_select",
+    "topk_preacts",
     "topk_select",
 ]
 
 
-def sparse_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None = None) -> Tensor:
+def shared_segments(idx: Tensor, n_rows: int) -> SharedSegments:
+    """A sort of `idx [N, k]` (no padding) by latent, for `sparse_decode` and
+    `gather_preacts` over the same selection to share: pass it as their `shared` and the
+    backward sorts the entries once instead of once per weight gradient. The sort runs on
+    first use; zero-weight entries are kept (they add 0), so do not share it over a padded
+    selection. Ignored by the Triton backend."""
+    checks.indices(idx, idx.shape[0], n_rows, "shared_segments")
+    return SharedSegments(idx.long().contiguous(), n_rows)
+
+
+def sparse_decode(
+    idx: Tensor,
+    vals: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor | None = None,
+    shared: SharedSegments | None = None,
+) -> Tensor:
     """`[N, d_in]` reconstruction `b_dec + Σ_j vals[n, j] · W_dec[idx[n, j]]`.
 
     `idx`, `vals`: `[N, k]` (padded slots: any valid idx, vals 0); `W_dec`: `[d_sae, d_in]`.
     Differentiable w.r.t. vals (a gather-dot), W_dec (only selected rows are non-zero) and
-    b_dec. The output has W_dec's dtype."""
+    b_dec. The output has W_dec's dtype. `shared`: see `shared_segments`."""
     op = "sparse_decode"
     checks.matrix(W_dec, "W_dec", op)
     checks.matrix(vals, "vals", op)
@@ -61,7 +85,18 @@ def sparse_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None
         raise ValueError(f"{op}: vals {tuple(vals.shape)} and idx {tuple(idx.shape)} differ")
     checks.vector(b_dec, W_dec.shape[1], "b_dec", op)
     checks.same_device(op, idx=idx, vals=vals, W_dec=W_dec, b_dec=b_dec)
-    return SparseDecode.apply(idx.long().contiguous(), vals.contiguous(), W_dec, b_dec)
+    idx = _shared_idx(idx, shared)
+    return SparseDecode.apply(idx, vals.contiguous(), W_dec, b_dec, shared)
+
+
+def _shared_idx(idx: Tensor, shared: SharedSegments | None) -> Tensor:
+    """`idx` as long and contiguous: the plan's own tensor when `shared` was made from it
+    (so the backward recognises the sort as its own)."""
+    if shared is not None and tuple(idx.shape) == tuple(shared.idx.shape):
+        same = idx is shared.idx or idx.long().contiguous().data_ptr() == shared.idx.data_ptr()
+        if same or torch.equal(idx.long(), shared.idx):
+            return shared.idx
+    return idx.long().contiguous()
 
 
 def decode_probe(idx: Tensor, vals: Tensor, W_dec: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -121,6 +156,8 @@ def gather_preacts(
     idx: Tensor,
     pre: Tensor | None = None,
     shift: Tensor | None = None,
+    values: Tensor | None = None,
+    shared: SharedSegments | None = None,
 ) -> Tensor:
     """Pre-activations `((x − shift) @ W_enc + b_enc)[n, idx[n, j]]`, `[N, k]`.
 
@@ -132,7 +169,9 @@ def gather_preacts(
     selection, spares recomputing the selected values; it must include the same bias (and
     the same shift). `shift [d_in]`, optional, is subtracted from every row (a centring SAE's
     b_dec); its gradient comes from a matrix-vector product, so pass it rather than a centred
-    `x` when it is trained."""
+    `x` when it is trained. `values [N, k]`, the selected pre-activations themselves (as
+    `topk_preacts` returns them), spares even the gather from `pre`. `shared`: see
+    `shared_segments`."""
     op = "gather_preacts"
     checks.matrix(x, "x", op)
     checks.matrix(W_enc, "W_enc", op)
@@ -145,31 +184,37 @@ def gather_preacts(
         raise ValueError(
             f"{op}: pre must be [N, d_sae] = {(x.shape[0], W_enc.shape[1])}, got {tuple(pre.shape)}"
         )
-    checks.same_device(op, x=x, W_enc=W_enc, b_enc=b_enc, idx=idx, pre=pre, shift=shift)
+    if values is not None and values.shape != idx.shape:
+        raise ValueError(
+            f"{op}: values {tuple(values.shape)} and idx {tuple(idx.shape)} must have one shape"
+        )
+    checks.same_device(
+        op, x=x, W_enc=W_enc, b_enc=b_enc, idx=idx, pre=pre, shift=shift, values=values
+    )
     return GatherPreacts.apply(
         x,
         shift,
         W_enc.t(),
         b_enc,
-        idx.long().contiguous(),
+        _shared_idx(idx, shared),
         None if pre is None else pre.detach(),
+        None if values is None else values.detach(),
+        shared,
     )
 
 
 def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
     """TopK encoder: `(vals, idx)`, each `[N, k]`, vals = ReLU of the k largest pre-activations.
 
-    The dense pre-activations are computed once without autograd (the selection needs them)
-    and dropped on return; only `[N, k]` values carry gradient, so nothing `[N, d_sae]` is
-    kept for backward. (Top-k of the raw pre-activations picks the same latents as top-k of
+    The dense pre-activations are computed once without autograd (`topk_preacts`: on CPU in
+    a reused workspace) and never returned; only `[N, k]` values carry gradient, so nothing
+    `[N, d_sae]` is kept for backward. (Top-k of the raw pre-activations picks the same latents as top-k of
     their ReLU, up to ties among values that ReLU makes 0 anyway.)"""
     checks.matrix(x, "x", "encode_topk")
     checks.matrix(W_enc, "W_enc", "encode_topk")
     if x.shape[1] != W_enc.shape[0]:
         raise ValueError(f"encode_topk: x has width {x.shape[1]} but W_enc is {tuple(W_enc.shape)}")
     checks.vector(b_enc, W_enc.shape[1], "b_enc", "encode_topk")
-    with torch.no_grad():
-        pre = x @ W_enc if b_enc is None else torch.addmm(b_enc, x, W_enc)
-        _, idx = topk_select(pre, k)
-    vals = gather_preacts(x, W_enc, b_enc, idx, pre=pre)
+    sel, idx, _ = topk_preacts(x, W_enc, b_enc, k)
+    vals = gather_preacts(x, W_enc, b_enc, idx, values=sel)
     return torch.relu(vals), idx

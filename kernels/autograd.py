@@ -3,7 +3,9 @@
 Both backward passes touch only the selected latents: the gradient buffers of W_dec and of
 the encoder are written by `scatter_rows` (a sort-and-segment reduction), and no dense
 `[N, d_sae]` tensor is built or saved. Padded slots (vals 0, or a zero incoming gradient)
-are skipped by that reduction. First-order gradients only (no double backward).
+are skipped by that reduction (unless a `SharedSegments` sort is passed: then one sort of
+the selection serves both the encoder's and the decoder's scatter, zero weights included).
+First-order gradients only (no double backward).
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ class SparseDecode(torch.autograd.Function):
     """out[n] = b_dec + Σ_j vals[n, j] · W_dec[idx[n, j]]."""
 
     @staticmethod
-    def forward(ctx, idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
+    def forward(
+        ctx, idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None, shared=None
+    ) -> Tensor:
         ops = ops_for(W_dec.device)
         out = ops.weighted_rows(idx, vals, W_dec)
         if b_dec is not None:
             out = out + b_dec
         ctx.save_for_backward(idx, vals, W_dec)
         ctx.has_bias = b_dec is not None
+        ctx.shared = shared
         return out
 
     @staticmethod
@@ -36,12 +41,12 @@ class SparseDecode(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_vals = ops.gather_dot(idx, grad_out, W_dec) if ctx.needs_input_grad[1] else None
         grad_w = (
-            ops.scatter_rows(idx, vals, grad_out, W_dec.shape[0])
+            ops.scatter_rows(idx, vals, grad_out, W_dec.shape[0], ctx.shared)
             if ctx.needs_input_grad[2]
             else None
         )
         grad_b = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        return None, grad_vals, grad_w, grad_b
+        return None, grad_vals, grad_w, grad_b, None
 
 
 class DecodeProbe(torch.autograd.Function):
@@ -103,7 +108,9 @@ class BandedDecode(torch.autograd.Function):
 
 class GatherPreacts(torch.autograd.Function):
     """out[n, j] = (x[n] − shift) · W_enc[:, idx[n, j]] + b_enc[idx[n, j]], with
-    `W_enc_rows = W_enc.T` and `shift` optional (a centring SAE's b_dec).
+    `W_enc_rows = W_enc.T` and `shift` optional (a centring SAE's b_dec). The forward takes
+    the values from `values` (the selected pre-activations, already computed), else from
+    `pre` (the whole no-grad product), else computes them.
 
     shift's gradient is −Σ_i c_i W_enc_rows[i], with c_i the summed incoming gradient of
     latent i (b_enc's gradient): a matrix-vector product, never an `[N, d_in]` input gradient.
@@ -118,9 +125,13 @@ class GatherPreacts(torch.autograd.Function):
         b_enc: Tensor | None,
         idx: Tensor,
         pre: Tensor | None,
+        values: Tensor | None = None,
+        shared=None,
     ) -> Tensor:
         xc = x if shift is None else x - shift
-        if pre is not None:
+        if values is not None:
+            out = values.clone()
+        elif pre is not None:
             out = pre.gather(1, idx)
         else:
             out = ops_for(x.device).gather_dot(idx, xc, W_enc_rows)
@@ -129,6 +140,7 @@ class GatherPreacts(torch.autograd.Function):
         ctx.save_for_backward(xc, W_enc_rows, idx)
         ctx.has_bias = b_enc is not None
         ctx.shift_dtype = None if shift is None else shift.dtype
+        ctx.shared = shared
         return out
 
     @staticmethod
@@ -139,7 +151,7 @@ class GatherPreacts(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_x = ops.weighted_rows(idx, grad_out, W_enc_rows) if ctx.needs_input_grad[0] else None
         grad_w = (
-            ops.scatter_rows(idx, grad_out, xc, W_enc_rows.shape[0])
+            ops.scatter_rows(idx, grad_out, xc, W_enc_rows.shape[0], ctx.shared)
             if ctx.needs_input_grad[2]
             else None
         )
@@ -155,4 +167,4 @@ class GatherPreacts(torch.autograd.Function):
                 grad_b = col.to(grad_out.dtype)
             if want_shift:
                 grad_shift = -(col @ W_enc_rows.to(acc)).to(ctx.shift_dtype)
-        return grad_x, grad_shift, grad_w, grad_b, None, None
+        return grad_x, grad_shift, grad_w, grad_b, None, None, None, None

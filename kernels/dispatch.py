@@ -3,6 +3,7 @@
 - `SAELAB_DISABLE_TRITON=1` forces the torch path everywhere (same numbers up to rounding).
 - Triton is imported only when a CUDA tensor (or the interpreter) asks for it, so the package
   imports and runs on machines without triton.
+- `SAELAB_DISABLE_FUSED=1` turns off the fused CPU matmul + top-k (`kernels/fused.py`).
 - Under `TRITON_INTERPRET=1` (read by triton at import) CPU tensors go to the Triton kernels
   too: that is how the test suite runs them without a GPU. Slow; for checking only.
 """
@@ -16,6 +17,7 @@ from types import ModuleType
 import torch
 
 DISABLE_ENV = "SAELAB_DISABLE_TRITON"
+DISABLE_FUSED_ENV = "SAELAB_DISABLE_FUSED"
 
 
 @functools.cache
@@ -29,6 +31,11 @@ def triton_available() -> bool:
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def fused_enabled() -> bool:
+    """Whether the fused matmul + top-k may run (`SAELAB_DISABLE_FUSED` unset)."""
+    return not _flag(DISABLE_FUSED_ENV)
 
 
 def backend(device: torch.device | str) -> str:

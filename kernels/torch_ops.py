@@ -167,10 +167,55 @@ def _stable_argsort(key: Tensor) -> Tensor:
         torch.set_num_threads(threads)
 
 
-def scatter_rows(idx: Tensor, vals: Tensor, a: Tensor, n_rows: int) -> Tensor:
+class SharedSegments:
+    """One selection's entries grouped by latent, sorted once for every `scatter_rows` over
+    it (a TopK step's encoder and decoder weight gradients): `order` (entry of each sorted
+    position), `owner` (its token row) and `starts` (latent r's entries at
+    `starts[r]:starts[r + 1]`), built on first use.
+
+    Every entry is kept, whatever its weight: a zero weight adds 0 to its latent's row
+    (unlike `segment_plan`, which skips zeros so padded slots do not pile onto latent 0;
+    use it for selections without padding)."""
+
+    def __init__(self, idx: Tensor, n_rows: int) -> None:
+        self.idx = idx
+        self.n_rows = n_rows
+        self._plan: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def matches(self, idx: Tensor, n_rows: int) -> bool:
+        """Whether this plan was made for `idx` (the same storage and shape) and `n_rows`."""
+        return (
+            n_rows == self.n_rows
+            and idx.shape == self.idx.shape
+            and idx.device == self.idx.device
+            and idx.data_ptr() == self.idx.data_ptr()
+            and idx.stride() == self.idx.stride()
+        )
+
+    def plan(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._plan is None:
+            n, k = self.idx.shape
+            key = self.idx.reshape(-1)
+            order = _stable_argsort(key.int() if self.n_rows < 2**31 - 1 else key)
+            counts = torch.bincount(key, minlength=self.n_rows)
+            starts = torch.zeros(self.n_rows + 1, dtype=torch.long, device=key.device)
+            starts[1:] = counts.cumsum(0)
+            owner = torch.div(order, max(k, 1), rounding_mode="floor")
+            self._plan = order, owner, starts
+        return self._plan
+
+
+def scatter_rows(
+    idx: Tensor, vals: Tensor, a: Tensor, n_rows: int, shared: SharedSegments | None = None
+) -> Tensor:
+    """`shared`, a `SharedSegments` made for this `idx`, spares sorting it again."""
     if idx.numel() == 0:
         return a.new_zeros(n_rows, a.shape[1])
-    owner, weight, starts = segment_plan(idx, vals, n_rows)
+    if shared is not None and shared.matches(idx, n_rows):
+        order, owner, starts = shared.plan()
+        weight = vals.reshape(-1)[order]
+    else:
+        owner, weight, starts = segment_plan(idx, vals, n_rows)
     return F.embedding_bag(
         owner,
         a.contiguous(),

@@ -171,7 +171,8 @@ def gather_dot(idx: Tensor, a: Tensor, table: Tensor) -> Tensor:
     return out
 
 
-def scatter_rows(idx: Tensor, vals: Tensor, a: Tensor, n_rows: int) -> Tensor:
+def scatter_rows(idx: Tensor, vals: Tensor, a: Tensor, n_rows: int, shared=None) -> Tensor:
+    """(`shared`, torch_ops' shared sort, is not used here: the sort is not the cost on GPU.)"""
     d = a.shape[1]
     a = _rows_unit_stride(a)
     out = torch.empty(n_rows, d, dtype=a.dtype, device=a.device)

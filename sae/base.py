@@ -25,6 +25,9 @@ class Code:
     idx: Tensor
     vals: Tensor
     d_sae: int
+    shared: object | None = None
+    """`ops.shared_segments(idx, d_sae)` when the encoder's gather already holds it, so the
+    decode's backward reuses its sort (None: the decode sorts for itself)."""
 
     def l0(self) -> Tensor:
         """Active latents per row, float [N]."""
@@ -116,7 +119,7 @@ class SAE(nn.Module):
         return self.encode_sparse(x.reshape(-1, self.d_in)).to_dense().reshape(*lead, self.d_sae)
 
     def decode_sparse(self, code: Code) -> Tensor:
-        return ops.decode(code.idx, code.vals, self.W_dec, self.b_dec)
+        return ops.decode(code.idx, code.vals, self.W_dec, self.b_dec, code.shared)
 
     def decode(self, f: Tensor) -> Tensor:
         """Reconstruction from dense latents `[..., d_sae]`."""

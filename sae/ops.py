@@ -33,6 +33,22 @@ def preacts(x: Tensor, W_enc: Tensor, b_enc: Tensor | None) -> Tensor:
         return torch.addmm(b_enc, x.detach(), W_enc)
 
 
+def topk_preacts(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor | None, k: int, cols: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`preacts` and `topk` in one call that never returns the dense product (on CPU it is
+    written into a reused workspace): `(vals, idx, pre[:, cols])`, no autograd."""
+    return kernels.topk_preacts(x.detach(), W_enc, b_enc, k, cols)
+
+
+def shared_segments(idx: Tensor, d_sae: int) -> object | None:
+    """One sort of a TopK selection (no padding) for the backward scatters of `gather` and
+    `decode` over it to share (None where the sparse kernels are not used)."""
+    if _dense(idx.shape[1], d_sae):
+        return None
+    return kernels.shared_segments(idx, d_sae)
+
+
 def topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Per-row top-k: `(vals, idx)`, no autograd."""
     return kernels.topk_select(pre, k)
@@ -60,34 +76,43 @@ def gather(
     idx: Tensor,
     pre: Tensor | None = None,
     shift: Tensor | None = None,
+    values: Tensor | None = None,
+    shared: object | None = None,
 ) -> Tensor:
     """Differentiable pre-activations of `x − shift` at `idx` ([N, k]); sparse backward to
     W_enc (and to `shift`, the `b_dec` a centring SAE subtracts from its input).
+    `values`, those pre-activations already computed without grad (`topk_preacts`), spare
+    the forward's work; `shared` is `shared_segments` of `idx`.
 
     `pre`, the no-grad `preacts` of `x − shift` already computed for the selection (same
     bias), spares recomputing the selected values (on the dense path, the whole encoder
     matmul). Passing `shift` rather than a centred `x` lets both paths get shift's gradient
     from a matrix-vector product instead of a whole `[N, d_in]` input gradient."""
     if _dense(idx.shape[1], W_enc.shape[1]):
-        if pre is None:
-            pre = preacts(x if shift is None else x - shift, W_enc, b_enc)
-        return _DenseGather.apply(x, shift, W_enc.t(), b_enc, idx, pre.detach())
-    return kernels.gather_preacts(x, W_enc, b_enc, idx, pre=pre, shift=shift)
+        if values is None:
+            if pre is None:
+                pre = preacts(x if shift is None else x - shift, W_enc, b_enc)
+            values = pre.detach().gather(1, idx)
+        return _DenseGather.apply(x, shift, W_enc.t(), b_enc, idx, values.detach())
+    return kernels.gather_preacts(
+        x, W_enc, b_enc, idx, pre=pre, shift=shift, values=values, shared=shared
+    )
 
 
 class _DenseGather(torch.autograd.Function):
-    """`pre.gather(1, idx)` with the gradient of `(x − shift) @ W_rows.T + b_enc` at `idx`.
+    """`values` (the no-grad pre-activations at `idx`) with the gradient of
+    `(x − shift) @ W_rows.T + b_enc` at `idx`.
 
-    The forward reuses the no-grad pre-activations; the backward scatters the incoming
+    The forward reuses the no-grad values; the backward scatters the incoming
     gradient into a dense `[N, d_sae]` buffer G (duplicate slots add up, as in `gather`'s own
     backward) and runs only the products asked for: G.T (x − shift) for W, G W for x, and
     −(Σ_n G[n]) W, a matrix-vector product, for shift."""
 
     @staticmethod
-    def forward(ctx, x, shift, W_rows, b_enc, idx, pre):
+    def forward(ctx, x, shift, W_rows, b_enc, idx, values):
         ctx.save_for_backward(x, shift, W_rows, idx)
         ctx.bias_dtype = None if b_enc is None else b_enc.dtype
-        return pre.gather(1, idx)
+        return values.clone()
 
     @staticmethod
     @once_differentiable
@@ -111,13 +136,16 @@ class _DenseGather(torch.autograd.Function):
         return grad_x, grad_shift, grad_w, grad_b, None, None
 
 
-def decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
-    """`b_dec + sum_j vals[n, j] W_dec[idx[n, j]]`; padded slots must carry vals == 0."""
+def decode(
+    idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None, shared: object | None = None
+) -> Tensor:
+    """`b_dec + sum_j vals[n, j] W_dec[idx[n, j]]`; padded slots must carry vals == 0.
+    `shared`: `shared_segments` of `idx` (one backward sort for `gather` and `decode`)."""
     if _dense(idx.shape[1], W_dec.shape[0]):
         dense = vals.new_zeros(vals.shape[0], W_dec.shape[0]).scatter_add(1, idx, vals)
         out = dense @ W_dec.to(dense.dtype)
         return out if b_dec is None else out + b_dec
-    return kernels.sparse_decode(idx, vals, W_dec, b_dec)
+    return kernels.sparse_decode(idx, vals, W_dec, b_dec, shared)
 
 
 def probe(idx: Tensor, vals: Tensor, W_dec: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -61,24 +61,59 @@ class TopKSAE(SAE):
     def select_inference(self, pre: Tensor) -> tuple[Tensor, Tensor | None]:
         return self.select(pre)
 
-    def _code(self, x: Tensor, idx: Tensor, mask: Tensor | None, pre: Tensor | None = None) -> Code:
-        """The selected latents' values on raw `x` (centring inside the gather)."""
-        vals = ops.gather(x, self.W_enc, self.b_enc, idx, pre=pre, shift=self.input_shift).relu()
+    def _code(
+        self,
+        x: Tensor,
+        idx: Tensor,
+        mask: Tensor | None,
+        pre: Tensor | None = None,
+        values: Tensor | None = None,
+    ) -> Code:
+        """The selected latents' values on raw `x` (centring inside the gather); `values`,
+        the pre-activations at `idx` when `topk_preacts` already gave them."""
+        shared = ops.shared_segments(idx, self.d_sae) if mask is None else None
+        vals = ops.gather(
+            x,
+            self.W_enc,
+            self.b_enc,
+            idx,
+            pre=pre,
+            shift=self.input_shift,
+            values=values,
+            shared=shared,
+        ).relu()
         if mask is not None:
             vals = vals * ops.mask_like(mask, vals)
-        return Code(idx, vals, self.d_sae)
+        return Code(idx, vals, self.d_sae, shared)
+
+    def _plain_topk(self) -> bool:
+        """Whether selection is this class's own per-row top-k, which `ops.topk_preacts`
+        fuses with the matmul (subclasses that select otherwise need the dense product)."""
+        return type(self).select is TopKSAE.select
 
     def encode_sparse(self, x: Tensor) -> Code:
+        if self._plain_topk() and type(self).select_inference is TopKSAE.select_inference:
+            sel, idx, _ = ops.topk_preacts(self.center(x), self.W_enc, self.b_enc, int(self.cfg.k))
+            return self._code(x, idx, None, values=sel)
         pre = ops.preacts(self.center(x), self.W_enc, self.b_enc)
         idx, mask = self.select_inference(pre)
         return self._code(x, idx, mask, pre)
 
     def training_forward(self, x: Tensor, ctx: StepContext) -> TrainOutput:
-        pre = ops.preacts(self.center(x), self.W_enc, self.b_enc)
-        code = self._code(x, *self.select(pre), pre)
+        dead = None if ctx.dead_mask is None else ctx.dead_mask.nonzero().squeeze(1)
+        if self._plain_topk():
+            k = int(self.cfg.k)
+            sel, idx, pre_dead = ops.topk_preacts(
+                self.center(x), self.W_enc, self.b_enc, k, cols=dead
+            )
+            code = self._code(x, idx, None, values=sel)
+        else:
+            pre = ops.preacts(self.center(x), self.W_enc, self.b_enc)
+            code = self._code(x, *self.select(pre), pre)
+            pre_dead = None if dead is None else pre[:, dead]
         x_hat, terms = self.reconstruction_terms(code, x)
         loss = sum(terms.values())
-        aux = self.aux_k_loss(x, pre, (x - x_hat).detach(), ctx.dead_mask)
+        aux = self.aux_k_dead(x, dead, pre_dead, (x - x_hat).detach())
         if aux is not None:
             terms["aux_k"] = aux
             loss = loss + self.cfg.aux_coefficient * aux
@@ -100,11 +135,16 @@ class TopKSAE(SAE):
         if dead_mask is None:
             return None
         dead = dead_mask.nonzero().squeeze(1)
-        n_dead = dead.numel()
-        if n_dead == 0:
+        return self.aux_k_dead(x, dead, pre[:, dead], residual)
+
+    def aux_k_dead(
+        self, x: Tensor, dead: Tensor | None, pre_dead: Tensor | None, residual: Tensor
+    ) -> Tensor | None:
+        """`aux_k_loss` given the dead latents' indices and their pre-activation columns."""
+        if dead is None or pre_dead is None or dead.numel() == 0:
             return None
+        n_dead = dead.numel()
         k_aux = min(self.cfg.resolved_aux_k(), n_dead)
-        pre_dead = pre[:, dead]
         local = ops.topk(pre_dead, k_aux)[1]
         w_enc = self.encoder_weight[dead].t()
         vals = ops.gather(

@@ -334,3 +334,47 @@ def test_aux_k_matches_float64_definition(n_dead):
         torch.testing.assert_close(
             p.grad.double(), ref[name].grad, rtol=1e-4, atol=1e-6, msg=f"{name}, {msg}"
         )
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_topk_training_step_matches_float64_definition(monkeypatch, fused):
+    """A TopK training step (fused matmul + top-k, AuxK's dead columns taken in the same
+    pass, one segment sort shared by the encoder's and decoder's backward) gives the loss
+    and gradients of a dense float64 computation of MSE + AuxK; and the same with the
+    fused path disabled."""
+    if fused:
+        monkeypatch.delenv("SAELAB_DISABLE_FUSED", raising=False)
+    else:
+        monkeypatch.setenv("SAELAB_DISABLE_FUSED", "1")
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    g = torch.Generator().manual_seed(seed)
+    sae = make("topk", d_sae=512, aux_k=8)  # 512 latents: wide enough for the chunked top-k
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    x = torch.randn(48, 16, generator=g)
+    dead = torch.randperm(512, generator=g)[:20].sort().values
+    dead_mask = torch.zeros(512, dtype=torch.bool)
+    dead_mask[dead] = True
+    out = sae.training_forward(x, StepContext(dead_mask=dead_mask))
+    out.loss.backward()
+
+    ref = {n: p.detach().double().requires_grad_() for n, p in sae.named_parameters()}
+    pre = (x.double() - ref["b_dec"]) @ ref["encoder_weight"].t() + ref["b_enc"]
+    chosen = torch.zeros_like(pre).scatter(1, pre.topk(4).indices, 1.0)
+    x_hat = (pre.relu() * chosen) @ ref["W_dec"] + ref["b_dec"]
+    mse = (x_hat - x.double()).pow(2).sum(-1).mean()
+    residual = (x.double() - x_hat).detach()
+    pre_dead = pre[:, dead]
+    chosen_dead = torch.zeros_like(pre_dead).scatter(1, pre_dead.topk(8).indices, 1.0)
+    e_hat = (pre_dead.relu() * chosen_dead) @ ref["W_dec"][dead]
+    aux = min(20 / 8, 1.0) * (e_hat - residual).pow(2).sum(-1).mean()
+    (mse + sae.cfg.aux_coefficient * aux).backward()
+    msg = f"seed {seed}"
+    torch.testing.assert_close(out.terms["mse"].double(), mse, rtol=1e-5, atol=1e-6, msg=msg)
+    torch.testing.assert_close(out.terms["aux_k"].double(), aux, rtol=1e-5, atol=1e-6, msg=msg)
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(
+            p.grad.double(), ref[name].grad, rtol=1e-4, atol=1e-6, msg=f"{name}, {msg}"
+        )
+    assert out.code.shared is not None and out.code.shared._plan is not None, "no shared sort"
