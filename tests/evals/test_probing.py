@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -184,8 +186,14 @@ def test_source_probing_on_a_real_store(probe_store, split_by):
     assert result.pooling == "mean" and result.split_unit == split_by
     assert result.n_examples == 640 and result.n_tokens == 640 * 31  # BOS masked
     assert result.n_test >= 10 and result.test_positive_fraction == 0.5
-    if split_by == "sequence":  # 0.82-1.0 over 12 seeds; chance is 0.5
-        assert result.full_accuracy >= 0.75
+    if split_by == "sequence":
+        # One split leaves ~28 balanced test sequences, so one seed's accuracy is coarse (0.71-1.0
+        # seen; chance is 0.5): the mean over three fresh splits must clear 0.75.
+        others = [
+            source_probing(sae, ActivationStore(probe_store), HOOK, replace(cfg, seed=fresh_seed()))
+            for _ in range(2)
+        ]
+        assert np.mean([r.full_accuracy for r in (result, *others)]) >= 0.75
     # by document only ~16 balanced test sequences remain here (0.53-0.92 over 12 seeds): too few
     # to pin a level, so that variant only has to run
     assert all(0 <= a <= 1 for a in result.accuracy.values())
