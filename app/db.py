@@ -13,13 +13,14 @@ server.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import resultstore as results
 from resultstore import browse
+from resultstore.schema import BusyError as BusyError  # the pages catch db.BusyError
+from resultstore.schema import open_database
 from saelab_base.errors import UserError
 
 DB_ENV = "SAELAB_APP_DB"
@@ -27,10 +28,6 @@ DB_ENV = "SAELAB_APP_DB"
 
 BUSY_RETRY_S = 3.0
 """How long an open waits for a writer to let go of the file before saying "busy"."""
-
-
-class BusyError(UserError):
-    """A writer holds the results file; the page offers a retry."""
 
 
 class OlderSchemaError(UserError):
@@ -60,34 +57,11 @@ def stamp(path: str) -> tuple:
 
 def open_read_only(path: str, retry_s: float | None = None):
     """A read-only connection, waiting up to `retry_s` for a writer; one-line errors otherwise."""
-    import duckdb
-
     if not Path(path).is_file():
         raise UserError(
             f"no results database at {path!r}; run `saelab demo` or `saelab eval` to make one"
         )
-    deadline = time.monotonic() + (BUSY_RETRY_S if retry_s is None else retry_s)
-    delay = 0.05
-    while True:
-        try:
-            con = duckdb.connect(path, read_only=True)
-            break
-        except duckdb.IOException as err:
-            if "lock" not in str(err).lower():
-                raise UserError(
-                    f"cannot open results database {path!r}: {str(err).splitlines()[0]}"
-                ) from None
-            if time.monotonic() >= deadline:
-                raise BusyError(
-                    f"results database {path!r} is busy: a pipeline is writing to it; "
-                    "retry in a moment"
-                ) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-        except duckdb.Error as err:
-            raise UserError(
-                f"{path!r} is not a DuckDB results database: {str(err).splitlines()[0]}"
-            ) from None
+    con = open_database(path, True, BUSY_RETRY_S if retry_s is None else retry_s)
     try:
         check_schema(con, path)
     except BaseException:

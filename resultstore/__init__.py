@@ -6,7 +6,8 @@ rows: `saes` (the SAE registry and vocab), `evals` (eval runs, metrics, feature 
 `features` (dashboard reads), `autointerp` (explanations, scores, runs, cache), `circuits`
 (circuit runs, nodes, edges, curves). Every query is
 parameterised. Writers hold the file only for the short transaction that replaces their rows, so
-readers can open it read-only in between; a second writer gets a one-line "busy" error.
+readers can open it read-only in between; an open waits `schema.BUSY_WAIT_S` for the lock,
+then a second writer gets a one-line "busy" error.
 """
 
 from resultstore.autointerp import (

@@ -8,6 +8,7 @@ rows keep their ids. A file with a newer version than this code knows is refused
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,10 +120,45 @@ def _duckdb():
     return duckdb
 
 
+BUSY_WAIT_S = 10.0
+"""How long an open waits for another process to let go of the file before saying "busy".
+Readers (the app, a notebook) hold it for a moment; a pipeline writes in short transactions."""
+
+
+class BusyError(UserError):
+    """Another process held the results file for longer than the wait."""
+
+
+def open_database(path: str, read_only: bool, wait_s: float | None = None) -> Any:
+    """A DuckDB connection to `path`, retrying while another process holds the file's lock
+    (DuckDB lets one process write or many read, not both); one-line errors otherwise."""
+    duckdb = _duckdb()
+    deadline = time.monotonic() + (BUSY_WAIT_S if wait_s is None else wait_s)
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise UserError(
+                    f"cannot open results database {path!r}: {str(err).splitlines()[0]}"
+                ) from None
+            if time.monotonic() >= deadline:
+                raise BusyError(
+                    f"results database {path!r} is busy: another process is writing to it; "
+                    "retry when it has finished (or close the app's writer)"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        except duckdb.Error as err:
+            raise UserError(
+                f"{path!r} is not a DuckDB results database: {str(err).splitlines()[0]}"
+            ) from None
+
+
 @contextlib.contextmanager
 def connect(path: str | Path, read_only: bool = False) -> Iterator[Any]:
     """A connection with the schema at the current version (created or migrated if writable)."""
-    duckdb = _duckdb()
     path = str(path)
     if read_only and not Path(path).exists():
         raise UserError(f"no results database at {path!r}; run `saelab eval` first")
@@ -134,21 +170,7 @@ def connect(path: str | Path, read_only: bool = False) -> Iterator[Any]:
                 f"cannot create the folder of results database {path!r}: {err.strerror or err}; "
                 "choose a writable `db`"
             ) from None
-    try:
-        con = duckdb.connect(path, read_only=read_only)
-    except duckdb.IOException as err:
-        if "lock" in str(err).lower():
-            raise UserError(
-                f"results database {path!r} is busy: another process holds it for writing; "
-                "wait for it to finish (or close the app's writer) and retry"
-            ) from None
-        raise UserError(
-            f"cannot open results database {path!r}: {str(err).splitlines()[0]}"
-        ) from None
-    except duckdb.Error as err:
-        raise UserError(
-            f"{path!r} is not a DuckDB results database: {str(err).splitlines()[0]}"
-        ) from None
+    con = open_database(path, read_only)
     try:
         _ensure_schema(con, path, read_only)
         yield con

@@ -101,7 +101,8 @@ def _default_sigint() -> None:
 
 def test_ctrl_c_during_the_first_request(db, ready, capsys):
     path, sae_id = db
-    with FakeEndpoint(script=["timeout"], hang_s=60) as fake:
+    # Every request hangs: with several in flight, answered ones would finish latents first.
+    with FakeEndpoint(script=["timeout"] * 1000, hang_s=60) as fake:
         command = [sys.executable, "-m", "saelab.cli", *argv(path, sae_id, fake.base_url, ready)]
         # A shell that starts a job in the background (`make test &`) makes it ignore SIGINT,
         # and the child would inherit that; a user's Ctrl-C reaches a default disposition.

@@ -137,7 +137,8 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
     assert [(r["eval"], r["value"]) for r in rows] == [("core", 3.0)]
 
 
-def test_second_writer_gets_busy_error(tmp_path):
+def test_second_writer_gets_busy_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(results.schema, "BUSY_WAIT_S", 0.3)
     db = tmp_path / "r.duckdb"
     results.write_eval_run(db, record("a"), run("a", "core", {"l0": 3.0}))
     holder = subprocess.Popen(
@@ -198,3 +199,22 @@ def test_a_version_1_file_is_migrated_with_its_rows_kept(tmp_path):
         assert con.execute("SELECT count(*) FROM scores").fetchone() == (0,)
         version = con.execute("SELECT value FROM schema_info").fetchone()[0]
     assert int(version) == results.SCHEMA_VERSION == len(results.MIGRATIONS)
+
+
+def test_a_writer_waits_for_a_reader_that_lets_go(tmp_path):
+    """A reader (the app, a notebook, a script polling progress) holds the file for a moment;
+    a pipeline's write waits for it instead of failing."""
+    db = tmp_path / "r.duckdb"
+    results.write_eval_run(db, record("a"), run("a", "core", {"l0": 3.0}))
+    hold = (
+        f"import duckdb, time; c = duckdb.connect({str(db)!r}, read_only=True); "
+        "print('held', flush=True); time.sleep(1.5); c.close(); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        results.write_eval_run(db, record("a"), run("a", "core", {"l0": 9.0}))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert results.metrics_table(db)[0]["value"] == 9.0
