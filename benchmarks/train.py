@@ -245,14 +245,10 @@ def child_sparsify(spec: dict) -> dict:
 
 
 def _ensure_kernels() -> str:
-    import kernels
+    import saelab_kernels as kernels
 
-    if all(hasattr(kernels, n) for n in ("sparse_decode", "gather_preacts", "topk_select")):
-        return "kernels"
-    sys.path.insert(0, str(ROOT / "tests" / "sae"))
-    import _kernels_shim  # noqa: F401
-
-    return "test-shim (kernels/ not written yet)"
+    assert all(hasattr(kernels, n) for n in ("sparse_decode", "gather_preacts", "topk_select"))
+    return "saelab_kernels"
 
 
 def _load_acts(path: str):

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Each package may import the packages of earlier layers only; a layer's members not each other.
 LAYERS = [
-    ["saelab_base", "kernels"],
+    ["saelab_base", "saelab_kernels"],
     ["activations", "resultstore"],
     ["sae"],
     ["evaluation"],
@@ -24,7 +24,7 @@ LAYERS = [
     ["app"],
     ["saelab"],
 ]
-ISOLATED = {"kernels"}  # imports nothing from the project
+ISOLATED = {"saelab_kernels"}  # imports nothing from the project
 PACKAGES = [p for layer in LAYERS for p in layer]
 
 

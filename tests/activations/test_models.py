@@ -93,12 +93,17 @@ def test_folder_without_config(tmp_path):
         load_model(str(tmp_path))
 
 
-def test_saelab_does_not_fool_transformers_kernel_probe():
-    """saelab's `kernels` package shares its import name with Hugging Face's kernel loader."""
+def test_saelab_and_hugging_faces_kernels_package_live_side_by_side():
+    """transformers (5.25 on) requires Hugging Face's `kernels` and imports it by that name;
+    saelab's sparse ops are `saelab_kernels`, so neither shadows the other, and a model
+    loads with both installed."""
     code = (
-        "import kernels, circuits, transformers\n"
+        "import saelab_kernels, circuits, transformers\n"
         "from transformers.utils.import_utils import is_kernels_available\n"
-        "assert not is_kernels_available(), 'transformers mistook saelab kernels for HF kernels'\n"
+        "import importlib.util\n"
+        "spec = importlib.util.find_spec('kernels')\n"  # Hugging Face's, where installed
+        "assert spec is None or 'saelab_kernels' not in str(spec.origin), spec.origin\n"
+        "assert hasattr(saelab_kernels, 'sparse_decode')\n"
         "from activations.models import load_model\n"
         "m = load_model('smollm2-135m')\n"
         "print('ok', m.d_model)\n"

@@ -15,7 +15,7 @@ import resultstore as results
 from autointerp.fake_endpoint import FakeEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["saelab_base", "activations", "kernels", "sae", "resultstore", "evaluation",
+PACKAGES = ["saelab_base", "activations", "saelab_kernels", "sae", "resultstore", "evaluation",
             "autointerp", "circuits", "app", "saelab"]  # fmt: skip
 
 

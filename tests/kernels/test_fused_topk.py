@@ -8,8 +8,8 @@ import pytest
 import torch
 from kernel_cases import assert_close, new_seed
 
-import kernels
-from kernels import fused, torch_ops
+import saelab_kernels as kernels
+from saelab_kernels import fused, torch_ops
 
 
 @pytest.fixture(autouse=True)

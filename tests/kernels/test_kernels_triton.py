@@ -41,7 +41,7 @@ def test_triton_kernels_on_cuda(dtype):
     pytest.importorskip("triton")
     from kernel_cases import check_decode, check_gather
 
-    import kernels
+    import saelab_kernels as kernels
 
     assert kernels.backend("cuda") == "triton"
     dt = getattr(torch, dtype)

@@ -120,7 +120,7 @@ def test_import_saelab_is_cheap_and_offers_the_api():
 def test_library_packages_never_import_the_command_line_package():
     root = Path(__file__).resolve().parents[2]
     offenders = []
-    for pkg in ("activations", "kernels", "sae", "resultstore", "evaluation", "autointerp"):
+    for pkg in ("activations", "saelab_kernels", "sae", "resultstore", "evaluation", "autointerp"):
         for f in (root / pkg).rglob("*.py"):
             text = f.read_text()
             if "import saelab\n" in text or "from saelab." in text or "from saelab import" in text:

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.torch_ops import segment_plan
+from saelab_kernels.torch_ops import segment_plan
 
 BLOCK_D = 128
 BLOCK_K = 16

@@ -50,9 +50,9 @@ def backend(device: torch.device | str) -> str:
 def ops_for(device: torch.device | str) -> ModuleType:
     """The primitive-op module for `device` (see `torch_ops` for the three primitives)."""
     if backend(device) == "triton":
-        from kernels import triton_ops
+        from saelab_kernels import triton_ops
 
         return triton_ops
-    from kernels import torch_ops
+    from saelab_kernels import torch_ops
 
     return torch_ops

@@ -12,7 +12,7 @@ import operator
 import torch
 from torch import Tensor
 
-from kernels import checks
+from saelab_kernels import checks
 
 
 @torch.no_grad()

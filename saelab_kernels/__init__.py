@@ -23,18 +23,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels import checks
-from kernels.autograd import BandedDecode, DecodeProbe, GatherPreacts, SparseDecode
-from kernels.dispatch import backend
-from kernels.fused import fused_available, release_workspace, topk_preacts
-from kernels.select import (
+from saelab_kernels import checks
+from saelab_kernels.autograd import BandedDecode, DecodeProbe, GatherPreacts, SparseDecode
+from saelab_kernels.dispatch import backend
+from saelab_kernels.fused import fused_available, release_workspace, topk_preacts
+from saelab_kernels.select import (
     batch_topk_select,
     pad_active,
     split_selection,
     threshold_select,
     topk_select,
 )
-from kernels.torch_ops import SharedSegments
+from saelab_kernels.torch_ops import SharedSegments
 
 __all__ = [
     "backend",

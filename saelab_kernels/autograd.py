@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from kernels.dispatch import ops_for
+from saelab_kernels.dispatch import ops_for
 
 
 class SparseDecode(torch.autograd.Function):
@@ -64,7 +64,7 @@ class DecodeProbe(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        from kernels import torch_ops
+        from saelab_kernels import torch_ops
 
         idx, W_dec, mask = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
@@ -83,7 +83,7 @@ class BandedDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, idx: Tensor, vals: Tensor, W_dec: Tensor, bounds: Tensor) -> Tensor:
-        from kernels import torch_ops
+        from saelab_kernels import torch_ops
 
         perm, idx_s, vals_s, crow = torch_ops.band_plan(idx, vals, bounds)
         out = torch_ops.banded_rows(idx_s, vals_s, crow, W_dec)
@@ -93,7 +93,7 @@ class BandedDecode(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        from kernels import torch_ops
+        from saelab_kernels import torch_ops
 
         perm, idx_s, vals_s, crow, W_dec = ctx.saved_tensors
         grad_flat = grad_out.reshape(-1, W_dec.shape[1]).contiguous()

@@ -35,9 +35,9 @@ import threading
 import torch
 from torch import Tensor
 
-from kernels import checks
-from kernels.dispatch import fused_enabled
-from kernels.select import topk_select
+from saelab_kernels import checks
+from saelab_kernels.dispatch import fused_enabled
+from saelab_kernels.select import topk_select
 
 WORKSPACE_BYTES = 1 << 30
 """Largest pre-activation block kept between calls (per thread); wider products go in row
