@@ -268,17 +268,22 @@ def run_demo(cfg: DemoConfig, model=None, generator=None) -> Demo:
 
     demo = Demo(cfg, model=model, generator=generator)
     demo.folder.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(free_cores())  # on a busy machine, more threads than cores crawl
-    steps = [s for s in STEPS if s.enabled(demo)]
-    for i, step in enumerate(steps, start=1):
-        print(
-            f"\nsaelab demo: step {i}/{len(steps)} ({step.name}): {step.describe(demo)}", flush=True
-        )
-        started = time.monotonic()
-        step.run(demo)
-        demo.times[step.name] = time.monotonic() - started
-        note = f" ({demo.notes[step.name]})" if step.name in demo.notes else ""
-        print(f"saelab demo: {step.name} took {demo.times[step.name]:.1f} s{note}", flush=True)
+    try:
+        steps = [s for s in STEPS if s.enabled(demo)]
+        for i, step in enumerate(steps, start=1):
+            print(
+                f"\nsaelab demo: step {i}/{len(steps)} ({step.name}): {step.describe(demo)}",
+                flush=True,
+            )
+            started = time.monotonic()
+            step.run(demo)
+            demo.times[step.name] = time.monotonic() - started
+            note = f" ({demo.notes[step.name]})" if step.name in demo.notes else ""
+            print(f"saelab demo: {step.name} took {demo.times[step.name]:.1f} s{note}", flush=True)
+    finally:  # the calling process (a notebook, a test run) keeps its own setting
+        torch.set_num_threads(threads_before)
     total = sum(demo.times.values())
     print(
         "\nsaelab demo: step times: " + ", ".join(f"{k} {v:.0f} s" for k, v in demo.times.items())

@@ -9,13 +9,22 @@ import resultstore as results
 from saelab.commands.demo import STEPS, DemoConfig, run_demo
 
 
-def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys):
+def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, monkeypatch):
+    import torch
+
+    from autointerp import server
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(server, "free_cores", lambda: max(1, threads - 1) if threads > 1 else 2)
     cfg = DemoConfig(
         out=str(tmp_path / "demo"), tokens=4096, seq_len=64, chunk_seqs=8, d_sae=128, ks=(4, 8, 16),
         explain=1, scorers=("detection", "fuzzing"), loss_sequences=8, circuit_prompts=8,
         progress=False,
     )  # fmt: skip
     demo = run_demo(cfg, model=model, generator=local_generator)
+    # The demo picks its own thread count but hands the caller's back (a changed count changes
+    # the numbers of every later computation in the process, a notebook's or the test run's).
+    assert torch.get_num_threads() == threads
     out = capsys.readouterr().out
     assert list(demo.times) == [s.name for s in STEPS]
     for i, step in enumerate(STEPS, start=1):
