@@ -154,11 +154,18 @@ class TrainConfig:
     hook: str | None = None
     """Hook the SAEs read; checked against the loader's hook when both are known."""
     lr_warmup_steps: int | None = None
-    """Linear LR warm-up steps; None uses min(1000, 5% of the steps)."""
+    """Linear LR warm-up steps; None uses min(1000, lr_warmup_fraction of the steps)."""
+    lr_warmup_fraction: float = 0.05
+    """Fraction of the run the LR warms up over when lr_warmup_steps is None (at most 1000
+    steps)."""
     lr_decay_fraction: float = 0.2
     """Fraction of the run at the end over which the LR decays linearly to 0."""
     sparsity_warmup_fraction: float = 0.05
     """Fraction of the run over which sparsity coefficients warm up linearly from 0."""
+    optimizer: str = "adam"
+    """"adam" (torch's fused Adam) or "schedule_free_adam" (schedule-free AdamW from the
+    `schedulefree` package: it trains at an extrapolated point and evaluates, saves and folds
+    the running average of its iterates; pair it with lr_decay_fraction 0)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     adam_eps: float = 1e-8
@@ -199,6 +206,10 @@ class TrainConfig:
         check_numbers(self, "the training config")
         if self.tokens < 1:
             raise UserError(f"tokens must be positive, got {self.tokens}")
+        if self.optimizer not in ("adam", "schedule_free_adam"):
+            raise UserError(f"optimizer must be adam or schedule_free_adam, got {self.optimizer!r}")
+        if not 0 <= self.lr_warmup_fraction <= 1:
+            raise UserError("lr_warmup_fraction must be between 0 and 1")
         if not 0 <= self.lr_decay_fraction <= 1:
             raise UserError("lr_decay_fraction must be between 0 and 1")
         if self.save_every_tokens is not None and self.save_every_tokens < 1:

@@ -33,6 +33,7 @@ from sae.memory import keep_freed_cpu_memory
 from sae.optim import (
     L0Controller,
     build_optimizer,
+    eval_state,
     lr_multiplier,
     set_lr,
     sparsity_multiplier,
@@ -160,7 +161,9 @@ class Trainer:
             if getattr(c, "aux_k", "absent") is None:
                 c.aux_k = c.resolved_aux_k()  # type: ignore[attr-defined]
             sae = build_sae(c, d_in).to(self.device)
-            opt = build_optimizer(sae, c.lr, self.cfg.adam_betas, self.cfg.adam_eps)
+            opt = build_optimizer(
+                sae, c.lr, self.cfg.adam_betas, self.cfg.adam_eps, self.cfg.optimizer
+            )
             dead = DeadLatentTracker(c.d_sae, self._dead_window(), self.device)
             name = c.resolved_name()
             folder = None if self.out is None else (self.out if flat else self.out / name)
@@ -199,7 +202,22 @@ class Trainer:
         finally:
             logger.close()
         self.save()
-        return {m.name: folded_copy(m.sae, self.scale) for m in self.members}
+        return self.eval_saes()
+
+    def eval_saes(self) -> dict[str, SAE]:
+        """Each SAE as it stands now (scale folded in, eval mode, the optimiser's evaluation
+        weights), by name."""
+        return {m.name: folded_copy(self.eval_module(m), self.scale) for m in self.members}
+
+    def eval_module(self, m: Member) -> SAE:
+        """The member's SAE with the weights to evaluate and save (training units): itself, or
+        for a schedule-free optimiser a copy holding its averaged `x` weights."""
+        weights = eval_state(m.sae, m.optimizer)
+        if weights is None:
+            return m.sae
+        copy = build_sae(dataclasses.replace(m.sae.cfg), m.sae.d_in).to(m.sae.W_dec.device)
+        copy.load_state_dict(weights)
+        return copy
 
     def setup(self) -> None:
         """Build the SAEs and initialise them from the first sample (or the saved state)."""
@@ -266,7 +284,7 @@ class Trainer:
         sparsity = sparsity_multiplier(
             self.step, self.total_steps, self.cfg.sparsity_warmup_fraction
         )
-        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps)
+        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps, self.cfg.lr_warmup_fraction)
         lr_mult = lr_multiplier(self.step, self.total_steps, warm, self.cfg.lr_decay_fraction)
         for m in self.members:
             self._step_member(m, local, x.shape[0], sparsity, lr_mult)
@@ -323,7 +341,7 @@ class Trainer:
 
     def _metric_rows(self, tokens_per_s: float) -> list[dict[str, Any]]:
         rows = []
-        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps)
+        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps, self.cfg.lr_warmup_fraction)
         lr_mult = lr_multiplier(self.step - 1, self.total_steps, warm, self.cfg.lr_decay_fraction)
         for m in self.members:
             keys = sorted(m.sums)
@@ -374,7 +392,7 @@ class Trainer:
             # the previous checkpoint whole.
             for m in self.members:
                 extra = {} if m.controller is None else {"target_l0": m.controller.state_dict()}
-                ckpt.save_sae(m.sae, m.folder, self.scale, {**meta, **extra})
+                ckpt.save_sae(self.eval_module(m), m.folder, self.scale, {**meta, **extra})
             ckpt.save_training_state(self.out / ckpt.STATE_FILE, self._state())
         self.dist.barrier()
         self.last_saved_step = self.step
