@@ -71,6 +71,7 @@ SPARSIFY_WARMUP = 1000
 
 ABLATIONS: dict[str, dict] = {
     "defaults": {},
+    "before_issue_17": {"lr_scale": 1.0, "train": {"lr_decay_fraction": 0.2}},
     "lr_x4": {"lr_scale": 4.0},
     "lr_x16": {"lr_scale": 16.0},
     "lr_x32": {"lr_scale": 32.0},
@@ -87,9 +88,25 @@ ABLATIONS: dict[str, dict] = {
         "train": {"optimizer": "schedule_free_adam", "lr_decay_fraction": 0.0},
     },
     "lr_x16_warmup_25pct": {"lr_scale": 16.0, "train": {"lr_warmup_fraction": 0.25}},
+    "lr_x16_w25_no_auxk": {
+        "lr_scale": 16.0,
+        "sae": {"aux_coefficient": 0.0},
+        "train": {"lr_warmup_fraction": 0.25},
+    },
+    "lr_x16_w25_window_1m": {
+        "lr_scale": 16.0,
+        "train": {"lr_warmup_fraction": 0.25, "dead_window_tokens": 1_000_000},
+    },
+    "lr_x8_w25": {"lr_scale": 8.0, "train": {"lr_warmup_fraction": 0.25}},
+    "lr_x16_decay_all": {"lr_scale": 16.0, "train": {"lr_decay_fraction": 1.0}},
+    "lr_x16_w10_decay_all": {
+        "lr_scale": 16.0,
+        "train": {"lr_warmup_fraction": 0.1, "lr_decay_fraction": 1.0},
+    },
 }
 """saelab variants for `--ablate`: name -> {"sae": SAEConfig overrides, "train": TrainConfig
-overrides, "lr_scale": factor on the default LR rule}. Filled by the study in
+overrides, "lr_scale": the LR as a factor on the OpenAI rule 2e-4 / sqrt(d_sae / 2**14)}; the
+others keep saelab's current defaults. Filled by the study in
 docs/architecture.md (training defaults)."""
 
 
@@ -214,8 +231,8 @@ def child_saelab(spec: dict) -> dict:
     for horizon in [2 * batch, *spec["runs"]]:  # the first, untimed, warms the process up
         sae_kw = dict(variant.get("sae", {}))
         sae_cfg = TopKConfig(d_sae=spec["d_sae"], k=spec["k"], seed=spec["seed"], **sae_kw)
-        if "lr_scale" in variant:
-            sae_cfg.lr = sae_cfg.resolved_lr() * variant["lr_scale"]
+        if "lr_scale" in variant:  # a factor on the OpenAI rule, 2e-4 / sqrt(d_sae / 2**14)
+            sae_cfg.lr = 2e-4 / math.sqrt(spec["d_sae"] / 2**14) * variant["lr_scale"]
         cfg = TrainConfig(tokens=horizon, progress=False, **variant.get("train", {}))
         evals = sorted(h for h in spec["evals"] if h <= horizon)
         points, elapsed = [], 0.0
@@ -543,6 +560,12 @@ def main() -> None:
     p.add_argument("--hook", default="blocks.8.hook_resid_post")
     p.add_argument("--peers-python", help="python of a scratch venv with eai-sparsify")
     p.add_argument("--ablate", help="comma list of ABLATIONS names (saelab variants) to run")
+    p.add_argument(
+        "--reuse",
+        help="comma list of result JSONs of earlier runs with the same sizes and data: their "
+        "tools' results join this run's (recorded as reused, with each run's date); with "
+        "--tools '' this only merges",
+    )
     p.add_argument("--out", help="result JSON (default benchmarks/results/learning-<tag>.json)")
     p.add_argument(
         "--tmp", help="folder for the data files, kept there for later runs (default: a temp dir)"
@@ -590,6 +613,12 @@ def main() -> None:
         if not args.tmp:
             path.unlink(missing_ok=True)
 
+    reused: dict = {}
+    for earlier in filter(None, (args.reuse or "").split(",")):
+        for data, tools in _reuse(earlier, base, hs, results).items():
+            reused.setdefault(data, {}).update(
+                {t: {"file": earlier, "date and command": d} for t, d in tools.items()}
+            )
     summary = summarise(results) if not args.ablate else {}
     if summary:
         print_summary(summary)
@@ -610,12 +639,34 @@ def main() -> None:
             "ablations": {n: ABLATIONS[n] for n in (args.ablate or "").split(",") if n},
         },
         "results": results,
+        "reused": reused,
         "summary": summary,
     }
     out.write_text(json.dumps(record, indent=2) + "\n")
     if not args.ablate:
         plot(results, out.with_suffix(".html"))
     print(f"saved {out}")
+
+
+def _reuse(path: str, base: dict, hs: list[int], results: dict) -> dict:
+    """Add the tools of an earlier result file (same sizes, seed and horizons) that this run
+    did not measure; returns {data: {tool: date of that run}}."""
+    earlier = json.loads(Path(path).read_text())
+    cfg = earlier["config"]
+    for key in ("d_sae", "k", "batch", "seed"):
+        if cfg[key] != base[key]:
+            raise SystemExit(f"{path} has {key}={cfg[key]}, this run {base[key]}")
+    if cfg["horizons"] != hs:
+        raise SystemExit(f"{path} has horizons {cfg['horizons']}, this run {hs}")
+    reused: dict = {}
+    for data, tools in earlier["results"].items():
+        if data not in results:
+            continue
+        for tool, r in tools.items():
+            if tool not in results[data]:
+                results[data][tool] = r
+                reused.setdefault(data, {})[tool] = earlier["date"] + " " + earlier["command"]
+    return reused
 
 
 FULL_SIZE_COMMAND = (

@@ -28,8 +28,10 @@ class SAEConfig:
     name: str | None = None
     """Name of this SAE in a sweep (its subfolder); None derives one from the config."""
     lr: float | None = None
-    """Adam learning rate; None uses 2e-4 / sqrt(d_sae / 2**14) (the OpenAI TopK rule,
-    used here for every architecture)."""
+    """Learning rate; None uses lr_base / sqrt(d_sae / 2**14) (the OpenAI TopK scaling)."""
+    lr_base: float = 2e-4
+    """The learning rate of the default rule at d_sae 2**14 (used when lr is None): 2e-4, the
+    OpenAI TopK value, for the threshold architectures; the TopK family sets its own."""
     seed: int = 0
     """Seed of the weight initialisation."""
     apply_b_dec_to_input: bool = True
@@ -50,7 +52,7 @@ class SAEConfig:
         """The learning rate actually used."""
         if self.lr is not None:
             return self.lr
-        return 2e-4 / math.sqrt(self.d_sae / 2**14)
+        return self.lr_base / math.sqrt(self.d_sae / 2**14)
 
     def default_name(self) -> str:
         """A readable, unique-enough name built from the distinguishing fields."""
@@ -72,6 +74,8 @@ class SAEConfig:
         if self.dtype != "float32":
             raise UserError("SAE parameters are kept in float32; use bf16 autocast instead")
         check_numbers(self, f"the {self.architecture or 'SAE'} config")
+        if not self.lr_base > 0:
+            raise UserError(f"lr_base must be positive, got {self.lr_base}")
         if self.lr is not None and not self.lr > 0:
             raise UserError(f"the learning rate must be positive, got {self.lr}")
 
@@ -155,9 +159,10 @@ class TrainConfig:
     """Hook the SAEs read; checked against the loader's hook when both are known."""
     lr_warmup_steps: int | None = None
     """Linear LR warm-up steps; None uses min(1000, lr_warmup_fraction of the steps)."""
-    lr_warmup_fraction: float = 0.05
+    lr_warmup_fraction: float = 0.25
     """Fraction of the run the LR warms up over when lr_warmup_steps is None (at most 1000
-    steps)."""
+    steps). A quarter: at the TopK family's LR a short run with 5% (no warm-up at all below
+    20 steps) ends several points of FVU worse (docs/architecture.md, training defaults)."""
     lr_decay_fraction: float = 0.2
     """Fraction of the run at the end over which the LR decays linearly to 0."""
     sparsity_warmup_fraction: float = 0.05

@@ -16,6 +16,10 @@ from sae.config import SAEConfig
 from saelab_base.errors import UserError
 
 
+LR_BASE = 3.2e-3
+"""The TopK family's default `lr_base`."""
+
+
 @dataclass
 class TopKConfig(SAEConfig):
     """TopK: keep the k largest pre-activations (after ReLU) of each token."""
@@ -24,6 +28,10 @@ class TopKConfig(SAEConfig):
 
     k: int = 32
     """Active latents per token."""
+    lr_base: float = LR_BASE
+    """The learning rate of the default rule at d_sae 2**14 (used when lr is None): 16× the
+    OpenAI TopK value, measured best across horizons by benchmarks/learning.py (see
+    docs/architecture.md, training defaults)."""
     aux_k: int | None = None
     """Dead latents AuxK reconstructs the residual with; None uses d_in // 2."""
     aux_coefficient: float = 1 / 32
