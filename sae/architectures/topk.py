@@ -15,7 +15,6 @@ from sae.base import SAE, Code, StepContext, TrainOutput
 from sae.config import SAEConfig
 from saelab_base.errors import UserError
 
-
 LR_BASE = 3.2e-3
 """The TopK family's default `lr_base`."""
 
