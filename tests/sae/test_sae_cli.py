@@ -11,6 +11,10 @@ from saelab import cli
 from saelab.cli import main
 
 HOOK = "blocks.2.hook_resid_post"
+TINY_LR = ("--lr", "2e-3")
+"""An explicit LR for the 8-step, 128-latent run: the TopK default rule (3.2e-3 /
+sqrt(d_sae / 2**14), chosen on 2304+ latents) gives 0.036 at d_sae 128, which overshoots in
+8 steps; this test is about training and resuming through the command line."""
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +57,7 @@ def test_train_one_sae_and_resume(small_store, tmp_path):
         "1024",
         "--save-every",
         "512",
+        *TINY_LR,
     )
     assert rc == 0
     sae = load_sae(out, architecture="topk")
@@ -74,6 +79,7 @@ def test_train_one_sae_and_resume(small_store, tmp_path):
             "--tokens",
             "1024",
             "--resume",
+            *TINY_LR,
         )
         == 0
     )
