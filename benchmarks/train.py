@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -329,7 +330,7 @@ def main() -> None:
                 spec = {**base, "arches": [arch], "d_sae": d_sae, "k": k}
                 key = f"{arch}-{d_sae}-k{k}" + ("-sparse-start" if sparse_start else "")
                 results["arches"][key] = run_child(
-                    py, "saelab", {**spec, "sparse_start": sparse_start}
+                    __file__, py, "saelab", {**spec, "sparse_start": sparse_start}
                 )
                 _show(key, results["arches"][key])
             topk = results["arches"].get(f"topk-{d_sae}-k{k}", {})
@@ -352,6 +353,7 @@ def main() -> None:
     if "dense" not in skip:
         for dense in (False, True):
             r = run_child(
+                __file__,
                 py,
                 "saelab",
                 {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big, "dense": dense},
@@ -450,7 +452,7 @@ def _fused_section(py: str, spec: dict, results: dict) -> None:
     runs: dict[str, list] = {"unfused": [], "fused": []}
     for _ in range(2):
         for name in ("unfused", "fused"):
-            r = run_child(py, "saelab", {**spec, "unfused": name == "unfused"})
+            r = run_child(__file__, py, "saelab", {**spec, "unfused": name == "unfused"})
             runs[name].append(r)
             _show(f"topk-{spec['d_sae']} {name}", r)
     out: dict = dict(runs)
