@@ -98,6 +98,7 @@ ABLATIONS: dict[str, dict] = {
         "train": {"lr_warmup_fraction": 0.25, "dead_window_tokens": 1_000_000},
     },
     "lr_x8_w25": {"lr_scale": 8.0, "train": {"lr_warmup_fraction": 0.25}},
+    "lr_x16_w50": {"lr_scale": 16.0, "train": {"lr_warmup_fraction": 0.5}},
     "lr_x16_decay_all": {"lr_scale": 16.0, "train": {"lr_decay_fraction": 1.0}},
     "lr_x16_w10_decay_all": {
         "lr_scale": 16.0,
