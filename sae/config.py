@@ -32,6 +32,9 @@ class SAEConfig:
     lr_base: float = 2e-4
     """The learning rate of the default rule at d_sae 2**14 (used when lr is None): 2e-4, the
     OpenAI TopK value, for the threshold architectures; the TopK family sets its own."""
+    lr_min_width: int = 1
+    """The default rule uses max(d_sae, lr_min_width) for d_sae, so narrow SAEs do not get an
+    ever larger LR (1: no floor, the threshold architectures; the TopK family sets its own)."""
     seed: int = 0
     """Seed of the weight initialisation."""
     apply_b_dec_to_input: bool = True
@@ -52,7 +55,7 @@ class SAEConfig:
         """The learning rate actually used."""
         if self.lr is not None:
             return self.lr
-        return self.lr_base / math.sqrt(self.d_sae / 2**14)
+        return self.lr_base / math.sqrt(max(self.d_sae, self.lr_min_width) / 2**14)
 
     def default_name(self) -> str:
         """A readable, unique-enough name built from the distinguishing fields."""
@@ -74,6 +77,8 @@ class SAEConfig:
         if self.dtype != "float32":
             raise UserError("SAE parameters are kept in float32; use bf16 autocast instead")
         check_numbers(self, f"the {self.architecture or 'SAE'} config")
+        if self.lr_min_width < 1:
+            raise UserError(f"lr_min_width must be at least 1, got {self.lr_min_width}")
         if not self.lr_base > 0:
             raise UserError(f"lr_base must be positive, got {self.lr_base}")
         if self.lr is not None and not self.lr > 0:

@@ -122,3 +122,14 @@ def test_warmup_length_follows_the_fraction():
 def test_unknown_optimizer_is_refused():
     with pytest.raises(UserError, match="optimizer must be"):
         TrainConfig(optimizer="sgd").validate()
+
+
+def test_default_lr_rule_scales_with_width_above_the_floor():
+    """lr_base / sqrt(d_sae / 2**14), with d_sae floored at lr_min_width (TopK family)."""
+    topk = make_config("topk", d_sae=4 * 2**14, k=8)
+    assert topk.resolved_lr() == pytest.approx(topk.lr_base / 2)
+    narrow, floor = make_config("topk", d_sae=64, k=8), make_config("topk", d_sae=2048, k=8)
+    assert narrow.resolved_lr() == floor.resolved_lr() < 2 * topk.resolved_lr() * 4
+    relu = make_config("relu", d_sae=64)  # no floor for the threshold architectures
+    assert relu.resolved_lr() == pytest.approx(relu.lr_base * 16)
+    assert make_config("topk", d_sae=64, k=8, lr=1e-3).resolved_lr() == 1e-3

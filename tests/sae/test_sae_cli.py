@@ -12,9 +12,8 @@ from saelab.cli import main
 
 HOOK = "blocks.2.hook_resid_post"
 TINY_LR = ("--lr", "2e-3")
-"""An explicit LR for the 8-step, 128-latent run: the TopK default rule (3.2e-3 /
-sqrt(d_sae / 2**14), chosen on 2304+ latents) gives 0.036 at d_sae 128, which overshoots in
-8 steps; this test is about training and resuming through the command line."""
+"""An explicit LR for the 8-step, 128-latent run: this test is about training and resuming
+through the command line, not about the default LR of a 128-latent SAE."""
 
 
 @pytest.fixture(autouse=True)
