@@ -133,3 +133,79 @@ def test_default_lr_rule_scales_with_width_above_the_floor():
     relu = make_config("relu", d_sae=64)  # no floor for the threshold architectures
     assert relu.resolved_lr() == pytest.approx(relu.lr_base * 16)
     assert make_config("topk", d_sae=64, k=8, lr=1e-3).resolved_lr() == 1e-3
+
+
+def _strip_to_pre_issue_17(state_file) -> None:
+    """Make a training state look written before the LR-rule and warm-up fields existed."""
+    from sae.checkpoint import load_training_state, save_training_state
+
+    state = load_training_state(state_file)
+    for name in ("lr_warmup_fraction", "optimizer"):
+        del state["identity"]["train"][name]
+    for member in state["members"].values():
+        del member["config"]["lr_base"], member["config"]["lr_min_width"]
+    del state["legacy_fields"]
+    save_training_state(state_file, {k: v for k, v in state.items() if k != "format_version"})
+
+
+def test_a_run_saved_before_the_new_defaults_resumes_as_it_was_started(tmp_path):
+    """A run started with the old defaults (LR rule 2e-4, 5% warm-up) and killed, resumed with
+    the same command under today's defaults, ends bit for bit where the old run ends; so
+    does a second kill and resume (the adopted values are remembered)."""
+    total, cut = 12, 4
+    old = dict(lr_base=2e-4, lr_min_width=1)
+    legacy = dict(lr_warmup_fraction=0.05, lr_decay_fraction=0.2, dead_window_tokens=512)
+
+    def cfg(**kw) -> TrainConfig:
+        return TrainConfig(tokens=256 * total, progress=False, init_tokens=512,
+                           save_every_tokens=256 * cut, log_every=2, **kw)  # fmt: skip
+
+    straight = Trainer(
+        [make_config("topk", d_sae=64, k=3, seed=5, **old)], _data(), cfg(**legacy),
+        out=tmp_path / "a",
+    )  # fmt: skip
+    straight.run()
+
+    data = _data()
+    killed = Trainer(
+        [make_config("topk", d_sae=64, k=3, seed=5, **old)], _StopAfter(data, cut + 1),
+        cfg(**legacy), out=tmp_path / "b", state_source=data,
+    )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    _strip_to_pre_issue_17(tmp_path / "b" / "training_state.pt")
+
+    # Today's command: no LR, warm-up or optimizer given.
+    data = _data()
+    today = [make_config("topk", d_sae=64, k=3, seed=5)]
+    again = Trainer(
+        today, _StopAfter(data, 2 * cut + 1 - cut), cfg(dead_window_tokens=512),
+        out=tmp_path / "b", resume=True, state_source=data,
+    )  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        again.run()
+    assert again.members[0].sae.cfg.lr == straight.members[0].sae.cfg.lr
+    assert again.cfg.lr_warmup_fraction == 0.05
+    assert sorted(again.legacy_fields) == ["lr_base", "lr_min_width", "lr_warmup_fraction", "optimizer"]  # fmt: skip
+
+    resumed = Trainer(
+        [make_config("topk", d_sae=64, k=3, seed=5)], _data(), cfg(dead_window_tokens=512),
+        out=tmp_path / "b", resume=True,
+    )  # fmt: skip
+    resumed.run()
+    a, b = straight.members[0].sae.state_dict(), resumed.members[0].sae.state_dict()
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+
+
+def test_a_pre_issue_17_run_resumed_with_another_lr_base_is_refused(tmp_path):
+    data = _data()
+    sae = [make_config("topk", d_sae=64, k=3, seed=5, lr_base=2e-4, lr_min_width=1)]
+    cfg = TrainConfig(tokens=256 * 8, progress=False, init_tokens=512, save_every_tokens=512,
+                      lr_warmup_fraction=0.05, dead_window_tokens=512)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(sae, _StopAfter(data, 3), cfg, out=tmp_path, state_source=data).run()
+    _strip_to_pre_issue_17(tmp_path / "training_state.pt")
+    other = [make_config("topk", d_sae=64, k=3, seed=5, lr_base=1e-3)]
+    with pytest.raises(UserError, match="lr_base"):
+        Trainer(other, _data(), cfg, out=tmp_path, resume=True).run()
