@@ -27,14 +27,23 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# the repository first, and not this folder (its kernels.py would shadow the kernels package)
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() != ROOT / "benchmarks"]
+
+from benchmarks.children import (  # noqa: E402
+    ensure_kernels,
+    fvu,
+    peak_rss_mb,
+    peer_sys_path,
+    run_child,
+)
+
 D_IN = 576
 ARCHES = ["topk", "batchtopk", "matryoshka", "jumprelu", "relu", "gated"]
 THRESHOLD_ARCHES = ["jumprelu", "relu", "gated"]
@@ -42,15 +51,6 @@ THRESHOLD_ARCHES = ["jumprelu", "relu", "gated"]
 
 
 # -- children: one measurement each ------------------------------------------------------
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _fvu(x, x_hat) -> float:
-    x, x_hat = x.double(), x_hat.double()
-    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
 def sgemm_seconds(batch: int, d_sae: int, reps: int = 5) -> float:
@@ -109,7 +109,7 @@ def child_saelab(spec: dict) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    kernels_impl = _ensure_kernels()
+    kernels_impl = ensure_kernels()
     from sae import TrainConfig, Trainer, make_config, ops
     from sae.trainer import folded_copy
 
@@ -131,7 +131,7 @@ def child_saelab(spec: dict) -> dict:
     step = _timed_steps(spec, batches, lambda i, batch: trainer.train_step(batch))
     with torch.no_grad():
         fvus = {
-            m.name: _fvu(held_out, folded_copy(m.sae, trainer.scale)(held_out))
+            m.name: fvu(held_out, folded_copy(m.sae, trainer.scale)(held_out))
             for m in trainer.members
         }
     return {
@@ -139,7 +139,7 @@ def child_saelab(spec: dict) -> dict:
         "kernels": kernels_impl,
         "fused_topk": not spec.get("unfused", False),
         "tokens_per_s": batches[0].shape[0] / step["step_seconds"],
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "fvu": fvus,
         "l0": {
             m.name: float(m.sae.encode_sparse(held_out * trainer.scale).l0().mean())
@@ -148,16 +148,8 @@ def child_saelab(spec: dict) -> dict:
     }
 
 
-def _peer_sys_path() -> None:
-    """Keep this script's folder off sys.path in a peer child: benchmarks/kernels.py would
-    shadow Hugging Face's `kernels` package, which transformers probes for (sparsify and
-    SAELens import transformers)."""
-    here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != here]
-
-
 def child_saelens(spec: dict) -> dict:
-    _peer_sys_path()
+    peer_sys_path()
     import torch
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -195,13 +187,13 @@ def child_saelens(spec: dict) -> dict:
         **result,
         "version": sae_lens.__version__,
         "tokens_per_s": batches[0].shape[0] / result["step_seconds"],
-        "peak_rss_mb": _peak_rss_mb(),
-        "fvu": _fvu(held_out, x_hat),
+        "peak_rss_mb": peak_rss_mb(),
+        "fvu": fvu(held_out, x_hat),
     }
 
 
 def child_sparsify(spec: dict) -> dict:
-    _peer_sys_path()
+    peer_sys_path()
     from importlib.metadata import version
 
     import torch
@@ -239,16 +231,9 @@ def child_sparsify(spec: dict) -> dict:
         **result,
         "version": version("eai-sparsify"),
         "tokens_per_s": batches[0].shape[0] / result["step_seconds"],
-        "peak_rss_mb": _peak_rss_mb(),
-        "fvu": _fvu(held_out, x_hat),
+        "peak_rss_mb": peak_rss_mb(),
+        "fvu": fvu(held_out, x_hat),
     }
-
-
-def _ensure_kernels() -> str:
-    import saelab_kernels as kernels
-
-    assert all(hasattr(kernels, n) for n in ("sparse_decode", "gather_preacts", "topk_select"))
-    return "saelab_kernels"
 
 
 def _load_acts(path: str):
@@ -281,15 +266,6 @@ def make_acts(path: Path, batches: int, batch: int) -> None:
     torch.save(
         {"train": [data.batch(i) for i in range(batches)], "held_out": data.batch(10_000)}, path
     )
-
-
-def run_child(python: str, kind: str, spec: dict) -> dict:
-    cmd = [python, str(Path(__file__).resolve()), "--child", kind, json.dumps(spec)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)} if python == sys.executable else dict(os.environ)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -341,7 +317,7 @@ def main() -> None:
         return results["sgemm"][str(d_sae)]["gflops"] * 1e9 / (2 * D_IN * d_sae)
 
     for d_sae, _ in sizes:
-        results["sgemm"][str(d_sae)] = run_child(py, "sgemm", {**base, "d_sae": d_sae})
+        results["sgemm"][str(d_sae)] = run_child(__file__, py, "sgemm", {**base, "d_sae": d_sae})
         print(
             f"sgemm d_sae={d_sae}: {results['sgemm'][str(d_sae)]['gflops']:.1f} GFLOP/s "
             f"-> encoder-matmul limit {limit(d_sae):,.0f} tok/s"
@@ -354,7 +330,7 @@ def main() -> None:
                 spec = {**base, "arches": [arch], "d_sae": d_sae, "k": k}
                 key = f"{arch}-{d_sae}-k{k}" + ("-sparse-start" if sparse_start else "")
                 results["arches"][key] = run_child(
-                    py, "saelab", {**spec, "sparse_start": sparse_start}
+                    __file__, py, "saelab", {**spec, "sparse_start": sparse_start}
                 )
                 _show(key, results["arches"][key])
             topk = results["arches"].get(f"topk-{d_sae}-k{k}", {})
@@ -377,6 +353,7 @@ def main() -> None:
     if "dense" not in skip:
         for dense in (False, True):
             r = run_child(
+                __file__,
                 py,
                 "saelab",
                 {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big, "dense": dense},
@@ -386,9 +363,10 @@ def main() -> None:
 
     if "sweep" not in skip:
         four = ["topk", "batchtopk", "jumprelu", "matryoshka"]
-        sweep = run_child(py, "saelab", {**base, "arches": four, "d_sae": 4608, "k": 32})
+        sweep = run_child(__file__, py, "saelab", {**base, "arches": four, "d_sae": 4608, "k": 32})
         separate = [
-            run_child(py, "saelab", {**base, "arches": [a], "d_sae": 4608, "k": 32}) for a in four
+            run_child(__file__, py, "saelab", {**base, "arches": [a], "d_sae": 4608, "k": 32})
+            for a in four
         ]
         ok = "error" not in sweep and all("error" not in s for s in separate)
         results["sweep"] = {
@@ -415,12 +393,12 @@ def main() -> None:
         # saelab's TopK runs again right before and after the peers, so that the speed-ups
         # compare measurements minutes apart, not a quarter of an hour
         spec = {**base, "d_sae": d_big, "k": k_big}
-        ours_runs = [run_child(py, "saelab", {**spec, "arches": ["topk"]})]
+        ours_runs = [run_child(__file__, py, "saelab", {**spec, "arches": ["topk"]})]
         for name in ("sparsify", "saelens"):
-            r = run_child(args.peers_python, name, spec)
+            r = run_child(__file__, args.peers_python, name, spec)
             results["peers"][name] = r
             _show(f"{name} topk-{d_big}-k{k_big}", r)
-        ours_runs.append(run_child(py, "saelab", {**spec, "arches": ["topk"]}))
+        ours_runs.append(run_child(__file__, py, "saelab", {**spec, "arches": ["topk"]}))
         ok = [r for r in ours_runs if "tokens_per_s" in r]
         results["peers"]["saelab_topk_runs"] = ours_runs
         if ok:
@@ -474,7 +452,7 @@ def _fused_section(py: str, spec: dict, results: dict) -> None:
     runs: dict[str, list] = {"unfused": [], "fused": []}
     for _ in range(2):
         for name in ("unfused", "fused"):
-            r = run_child(py, "saelab", {**spec, "unfused": name == "unfused"})
+            r = run_child(__file__, py, "saelab", {**spec, "unfused": name == "unfused"})
             runs[name].append(r)
             _show(f"topk-{spec['d_sae']} {name}", r)
     out: dict = dict(runs)

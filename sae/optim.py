@@ -5,23 +5,51 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+OPTIMIZERS = ("adam", "schedule_free_adam")
+"""The optimisers `TrainConfig.optimizer` chooses from."""
 
 
 def build_optimizer(
-    module: nn.Module, lr: float, betas: tuple[float, float], eps: float
-) -> torch.optim.Adam:
-    """Adam over all parameters, float32 state (JumpReLU's θ included)."""
+    module: nn.Module, lr: float, betas: tuple[float, float], eps: float, name: str = "adam"
+) -> torch.optim.Optimizer:
+    """The optimiser over all parameters, float32 state (JumpReLU's θ included): torch's
+    fused Adam, or schedule-free AdamW (the `schedulefree` package, no weight decay) left in
+    train mode; its parameters then hold the `y` sequence it takes gradients at."""
     params = [p for p in module.parameters() if p.requires_grad]
+    if name == "schedule_free_adam":
+        from schedulefree import AdamWScheduleFree
+
+        opt = AdamWScheduleFree(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=0.0)
+        opt.train()
+        return opt
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
-def warmup_steps(total_steps: int, requested: int | None) -> int:
-    """LR warm-up length: as requested, else min(1000, 5% of the run)."""
+@torch.no_grad()
+def eval_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Tensor] | None:
+    """The weights to evaluate and save, as a state dict, when they differ from the trained
+    parameters: schedule-free's averaged `x` = y + (1 - 1/β1)(z − y), computed out of place
+    (what its `eval()` would write into the parameters) so training continues untouched.
+    None for an optimiser whose parameters are the weights (Adam)."""
+    if not any("z" in s for s in optimizer.state.values()):
+        return None
+    beta1 = optimizer.param_groups[0]["betas"][0]
+    params = dict(module.named_parameters())
+    out = {}
+    for name, value in module.state_dict().items():
+        z = optimizer.state.get(params[name], {}).get("z") if name in params else None
+        out[name] = value.clone() if z is None else torch.lerp(value, z, 1 - 1 / beta1)
+    return out
+
+
+def warmup_steps(total_steps: int, requested: int | None, fraction: float = 0.05) -> int:
+    """LR warm-up length: as requested, else min(1000, `fraction` of the run)."""
     if requested is not None:
         return max(0, requested)
-    return min(1000, total_steps // 20)
+    return min(1000, int(total_steps * fraction))
 
 
 def lr_multiplier(step: int, total_steps: int, warmup: int, decay_fraction: float) -> float:

@@ -33,6 +33,7 @@ from sae.memory import keep_freed_cpu_memory
 from sae.optim import (
     L0Controller,
     build_optimizer,
+    eval_state,
     lr_multiplier,
     set_lr,
     sparsity_multiplier,
@@ -56,6 +57,8 @@ class Member:
     steps_in_window: int = 0
     controller: L0Controller | None = None
     """The target-L0 controller of a threshold SAE with `target_l0` (else None)."""
+    lr_from_rule: bool = False
+    """Whether the LR came from the default rule (the config gave none)."""
 
 
 class Diverged(Exception):
@@ -97,6 +100,8 @@ class Trainer:
         self.total_steps = self.batch_rows = 0
         self.scale = 1.0
         self.last_saved_step: int | None = None
+        self.legacy_fields: list[str] = []
+        """Config fields this run trains with at their value from before the field existed."""
         self._check_hook()
         self._check_output_folder()
 
@@ -155,16 +160,21 @@ class Trainer:
         flat = len(self.configs) == 1
         for c in self.configs:
             c.d_in = d_in
-            if c.lr is None:
+            lr_from_rule = c.lr is None
+            if lr_from_rule:
                 c.lr = c.resolved_lr()
             if getattr(c, "aux_k", "absent") is None:
                 c.aux_k = c.resolved_aux_k()  # type: ignore[attr-defined]
             sae = build_sae(c, d_in).to(self.device)
-            opt = build_optimizer(sae, c.lr, self.cfg.adam_betas, self.cfg.adam_eps)
+            opt = build_optimizer(
+                sae, c.lr, self.cfg.adam_betas, self.cfg.adam_eps, self.cfg.optimizer
+            )
             dead = DeadLatentTracker(c.d_sae, self._dead_window(), self.device)
             name = c.resolved_name()
             folder = None if self.out is None else (self.out if flat else self.out / name)
-            member = Member(name, sae, opt, dead, folder, controller=_controller(c))
+            member = Member(
+                name, sae, opt, dead, folder, controller=_controller(c), lr_from_rule=lr_from_rule
+            )
             self.members.append(member)
 
     def _dead_window(self) -> int:
@@ -199,7 +209,22 @@ class Trainer:
         finally:
             logger.close()
         self.save()
-        return {m.name: folded_copy(m.sae, self.scale) for m in self.members}
+        return self.eval_saes()
+
+    def eval_saes(self) -> dict[str, SAE]:
+        """Each SAE as it stands now (scale folded in, eval mode, the optimiser's evaluation
+        weights), by name."""
+        return {m.name: folded_copy(self.eval_module(m), self.scale) for m in self.members}
+
+    def eval_module(self, m: Member) -> SAE:
+        """The member's SAE with the weights to evaluate and save (training units): itself, or
+        for a schedule-free optimiser a copy holding its averaged `x` weights."""
+        weights = eval_state(m.sae, m.optimizer)
+        if weights is None:
+            return m.sae
+        copy = build_sae(dataclasses.replace(m.sae.cfg), m.sae.d_in).to(m.sae.W_dec.device)
+        copy.load_state_dict(weights)
+        return copy
 
     def setup(self) -> None:
         """Build the SAEs and initialise them from the first sample (or the saved state)."""
@@ -266,7 +291,7 @@ class Trainer:
         sparsity = sparsity_multiplier(
             self.step, self.total_steps, self.cfg.sparsity_warmup_fraction
         )
-        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps)
+        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps, self.cfg.lr_warmup_fraction)
         lr_mult = lr_multiplier(self.step, self.total_steps, warm, self.cfg.lr_decay_fraction)
         for m in self.members:
             self._step_member(m, local, x.shape[0], sparsity, lr_mult)
@@ -323,7 +348,7 @@ class Trainer:
 
     def _metric_rows(self, tokens_per_s: float) -> list[dict[str, Any]]:
         rows = []
-        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps)
+        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps, self.cfg.lr_warmup_fraction)
         lr_mult = lr_multiplier(self.step - 1, self.total_steps, warm, self.cfg.lr_decay_fraction)
         for m in self.members:
             keys = sorted(m.sums)
@@ -374,7 +399,7 @@ class Trainer:
             # the previous checkpoint whole.
             for m in self.members:
                 extra = {} if m.controller is None else {"target_l0": m.controller.state_dict()}
-                ckpt.save_sae(m.sae, m.folder, self.scale, {**meta, **extra})
+                ckpt.save_sae(self.eval_module(m), m.folder, self.scale, {**meta, **extra})
             ckpt.save_training_state(self.out / ckpt.STATE_FILE, self._state())
         self.dist.barrier()
         self.last_saved_step = self.step
@@ -393,6 +418,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {
             "identity": self.identity(),
+            "legacy_fields": self.legacy_fields,
             "step": self.step,
             "tokens": self.tokens,
             "total_steps": self.total_steps,
@@ -413,9 +439,33 @@ class Trainer:
             },
         }
 
+    def _adopt_legacy_values(self, state: dict[str, Any]) -> None:
+        """A run saved before a config field existed trained with that field's old value: where
+        this command leaves the field at today's default, the resumed run keeps the old value
+        (and the LR it derived), so it goes on as it was started. The adopted fields are listed
+        in the state, so that later resumes adopt them again."""
+        legacy = set(state.get("legacy_fields", []))
+        train = state.get("identity", {}).get("train", {})
+        for name, old in LEGACY_TRAIN_VALUES.items():
+            if (name in legacy or name not in train) and _at_default(self.cfg, name):
+                setattr(self.cfg, name, old)
+                self.legacy_fields.append(name)
+        for m in self.members:
+            saved = state["members"].get(m.name, {}).get("config", {})
+            missing = [n for n in LEGACY_SAE_VALUES if n in legacy or n not in saved]
+            if not missing or not all(_at_default(m.sae.cfg, n) for n in missing):
+                continue
+            for name in missing:
+                setattr(m.sae.cfg, name, LEGACY_SAE_VALUES[name])
+                saved.pop(name, None)  # compared at its old value
+            if m.lr_from_rule and "lr" in saved:
+                m.sae.cfg.lr = saved["lr"]
+            self.legacy_fields += [n for n in missing if n not in self.legacy_fields]
+
     def _load_state(self) -> None:
         assert self.out is not None
         state = ckpt.load_training_state(self.out / ckpt.STATE_FILE)
+        self._adopt_legacy_values(state)
         if "identity" in state:  # states written before it was recorded skip this check
             diff = _first_difference(state["identity"], self.identity())
             if diff:
@@ -439,7 +489,7 @@ class Trainer:
                     f"the checkpoint of {m.name!r} in {self.out} is a {s['architecture']!r} SAE "
                     f"but the sweep asks for {m.sae.architecture!r}; resume with the same sweep"
                 )
-            if s["config"] != m.sae.cfg.to_dict():
+            if _with_legacy(s["config"], LEGACY_SAE_VALUES) != m.sae.cfg.to_dict():
                 raise UserError(
                     f"the checkpoint of {m.name!r} in {self.out} was trained with another "
                     f"config ({_config_diff(s['config'], m.sae.cfg.to_dict())}); resume with "
@@ -547,6 +597,23 @@ RESUMABLE_CHANGES = (
     "wandb",
     "wandb_project",
 )
+# Fields added after runs were saved without them, with the value those runs trained with
+# (issue 17 raised the TopK family's LR and warm-up): see Trainer._adopt_legacy_values.
+LEGACY_TRAIN_VALUES: dict[str, Any] = {"lr_warmup_fraction": 0.05, "optimizer": "adam"}
+LEGACY_SAE_VALUES: dict[str, Any] = {"lr_base": 2e-4, "lr_min_width": 1}
+
+
+def _at_default(cfg: Any, name: str) -> bool:
+    """Whether a dataclass config's field holds its declared default."""
+    default = {f.name: f.default for f in dataclasses.fields(cfg)}.get(name, dataclasses.MISSING)
+    return default is not dataclasses.MISSING and getattr(cfg, name) == default
+
+
+def _with_legacy(saved: dict[str, Any], legacy: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the fields it predates filled with the values it trained with."""
+    return {**{k: v for k, v in legacy.items() if k not in saved}, **saved}
+
+
 # Store attributes that identify the activations a run reads.
 STORE_IDENTITY = (
     "model",

@@ -15,6 +15,9 @@ from sae.base import SAE, Code, StepContext, TrainOutput
 from sae.config import SAEConfig
 from saelab_base.errors import UserError
 
+LR_BASE = 3.2e-3
+"""The TopK family's default `lr_base`."""
+
 
 @dataclass
 class TopKConfig(SAEConfig):
@@ -24,6 +27,14 @@ class TopKConfig(SAEConfig):
 
     k: int = 32
     """Active latents per token."""
+    lr_base: float = LR_BASE
+    """The learning rate of the default rule at d_sae 2**14 (used when lr is None): 16× the
+    OpenAI TopK value, measured best across horizons by benchmarks/learning.py (see
+    docs/architecture.md, training defaults)."""
+    lr_min_width: int = 2048
+    """Floor on the d_sae of the default LR rule: at 16× the OpenAI value, the rule's growth
+    for narrow SAEs (0.05 at d_sae 64) wrecks them in a few steps; below 2048 latents the LR
+    stays at its 2048-latent value (9.05e-3). The benchmarks (2304+) are above the floor."""
     aux_k: int | None = None
     """Dead latents AuxK reconstructs the residual with; None uses d_in // 2."""
     aux_coefficient: float = 1 / 32

@@ -61,7 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FIELD=VALUE",
         help="set any config field of the architecture (JSON value, e.g. --set k=32); repeatable",
     )
-    p.add_argument("--lr", type=float, help="learning rate (default 2e-4/sqrt(d_sae/2^14))")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default lr_base/sqrt(d_sae/2^14); lr_base 3.2e-3 for the TopK family, 2e-4 otherwise)",
+    )
     p.add_argument(
         "--tokens", type=count, help="training tokens (default: one pass over the store)"
     )

@@ -17,6 +17,9 @@ def interp_db(small_store, tmp_path_factory):
     folder = tmp_path_factory.mktemp("interp")
     sae, db = folder / "sae", folder / "results.duckdb"
     train = ["train", "--acts", small_store, "--hook", HOOK, "--arch", "topk", "--d-sae", "128"]
+    # The pre-issue-17 default LR at 128 latents, explicit: these tests need the latents this
+    # SAE had (their examples, and timings of the killed-run test), not the current defaults.
+    train += ["--lr", "1.77e-3"]
     assert (
         main(train + ["--k", "2", "--batch-size", "128", "--out", str(sae), "--no-progress"]) == 0
     )

@@ -11,6 +11,9 @@ from saelab import cli
 from saelab.cli import main
 
 HOOK = "blocks.2.hook_resid_post"
+TINY_LR = ("--lr", "2e-3")
+"""An explicit LR for the 8-step, 128-latent run: this test is about training and resuming
+through the command line, not about the default LR of a 128-latent SAE."""
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +56,7 @@ def test_train_one_sae_and_resume(small_store, tmp_path):
         "1024",
         "--save-every",
         "512",
+        *TINY_LR,
     )
     assert rc == 0
     sae = load_sae(out, architecture="topk")
@@ -74,6 +78,7 @@ def test_train_one_sae_and_resume(small_store, tmp_path):
             "--tokens",
             "1024",
             "--resume",
+            *TINY_LR,
         )
         == 0
     )
