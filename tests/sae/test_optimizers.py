@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from killed import KilledAfter
 from schedulefree import AdamWScheduleFree
 
 from sae import TrainConfig, Trainer, make_config
@@ -64,19 +65,6 @@ def _cfg(total: int, cut: int) -> TrainConfig:
     )
 
 
-class _StopAfter:
-    """The source's first `n` batches, then a KeyboardInterrupt (a killed run)."""
-
-    def __init__(self, source, n):
-        self.source, self.n = source, n
-
-    def __iter__(self):
-        for i, batch in enumerate(self.source):
-            if i == self.n:
-                raise KeyboardInterrupt
-            yield batch
-
-
 def test_schedule_free_run_resumes_bit_for_bit_and_saves_its_average(tmp_path):
     total, cut = 8, 4
     sae = [make_config("topk", d_sae=64, k=3, seed=5)]
@@ -85,7 +73,7 @@ def test_schedule_free_run_resumes_bit_for_bit_and_saves_its_average(tmp_path):
 
     data = _data()
     killed = Trainer(
-        sae, _StopAfter(data, cut + 1), _cfg(total, cut), out=tmp_path / "b", state_source=data
+        sae, KilledAfter(data, cut + 1), _cfg(total, cut), out=tmp_path / "b", state_source=data
     )
     with pytest.raises(KeyboardInterrupt):
         killed.run()
@@ -168,7 +156,7 @@ def test_a_run_saved_before_the_new_defaults_resumes_as_it_was_started(tmp_path)
 
     data = _data()
     killed = Trainer(
-        [make_config("topk", d_sae=64, k=3, seed=5, **old)], _StopAfter(data, cut + 1),
+        [make_config("topk", d_sae=64, k=3, seed=5, **old)], KilledAfter(data, cut + 1),
         cfg(**legacy), out=tmp_path / "b", state_source=data,
     )  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
@@ -179,7 +167,7 @@ def test_a_run_saved_before_the_new_defaults_resumes_as_it_was_started(tmp_path)
     data = _data()
     today = [make_config("topk", d_sae=64, k=3, seed=5)]
     again = Trainer(
-        today, _StopAfter(data, 2 * cut + 1 - cut), cfg(dead_window_tokens=512),
+        today, KilledAfter(data, cut + 1), cfg(dead_window_tokens=512),
         out=tmp_path / "b", resume=True, state_source=data,
     )  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
@@ -204,7 +192,7 @@ def test_a_pre_issue_17_run_resumed_with_another_lr_base_is_refused(tmp_path):
     cfg = TrainConfig(tokens=256 * 8, progress=False, init_tokens=512, save_every_tokens=512,
                       lr_warmup_fraction=0.05, dead_window_tokens=512)  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
-        Trainer(sae, _StopAfter(data, 3), cfg, out=tmp_path, state_source=data).run()
+        Trainer(sae, KilledAfter(data, 3), cfg, out=tmp_path, state_source=data).run()
     _strip_to_pre_issue_17(tmp_path / "training_state.pt")
     other = [make_config("topk", d_sae=64, k=3, seed=5, lr_base=1e-3)]
     with pytest.raises(UserError, match="lr_base"):

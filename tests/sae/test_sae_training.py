@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from killed import KilledAfter
 
 from sae import TrainConfig, Trainer, make_config, train
 from sae.synthetic import SyntheticActivations, recovery_fraction
@@ -96,19 +97,6 @@ def test_topk_l0_is_k_and_unit_norm_decoder_in_training_units():
     tr.run()
     sae = tr.members[0].sae
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
-
-
-class KilledAfter:
-    """Yields the source's batches, then dies like a killed process after `n` of them."""
-
-    def __init__(self, source, n):
-        self.source, self.n = source, n
-
-    def __iter__(self):
-        for i, batch in enumerate(self.source):
-            if i == self.n:
-                raise KeyboardInterrupt
-            yield batch
 
 
 def _sweep_configs():

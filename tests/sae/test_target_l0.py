@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from killed import KilledAfter
 
 from sae import TrainConfig, Trainer, make_config
 from sae.optim import L0Controller
@@ -91,19 +92,6 @@ def test_each_threshold_sae_reaches_its_target_l0(controlled_run, arch, target):
     assert cfg["saelab"]["config"]["target_l0"] == target
     state = cfg["saelab"]["provenance"]["target_l0"]
     assert state["target"] == target and math.isfinite(state["log_scale"])
-
-
-class KilledAfter:
-    """Yields the source's batches, then dies like a killed process after `n` of them."""
-
-    def __init__(self, source, n):
-        self.source, self.n = source, n
-
-    def __iter__(self):
-        for i, batch in enumerate(self.source):
-            if i == self.n:
-                raise KeyboardInterrupt
-            yield batch
 
 
 def test_resume_keeps_the_controller_state(tmp_path):
