@@ -55,7 +55,8 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 # Every benchmark the README lists, one after another (each prints and writes its JSON into
-# benchmarks/results/). `make bench BENCHMARKS=kernels` runs one.
+# benchmarks/results/), but learning.py, which needs a peers venv and a store (README).
+# `make bench BENCHMARKS=kernels` runs one.
 BENCHMARKS ?= harvest kernels train evals autointerp llm_server steering circuits app variants
 
 bench: $(STAMP)
