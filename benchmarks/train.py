@@ -13,7 +13,7 @@ fraction of the encoder-matmul limit: the sgemm rate for [batch, d_in] x [d_in, 
 that sgemm itself, before and after its steps, so the fraction (= sgemm time / step time)
 does not drift with the load of a shared machine; the separate sgemm child gives the
 headline rate. The `fused` section runs TopK at the large size with the fused CPU matmul +
-top-k (kernels/fused.py) off and on, alternately, for a before/after ratio in one run.
+top-k (saelab_kernels/fused.py) off and on, alternately, for a before/after ratio in one run.
 ReLU, JumpReLU and Gated are measured from their reference start (about half
 the latents active: dense steps) and from a sparse start (`init_l0 = k`, the L0 they train
 towards), the latter being the step time of most of a run. FVU is measured on a held-out
@@ -48,6 +48,12 @@ D_IN = 576
 ARCHES = ["topk", "batchtopk", "matryoshka", "jumprelu", "relu", "gated"]
 THRESHOLD_ARCHES = ["jumprelu", "relu", "gated"]
 """Measured twice: from the reference (dense) start, and with `init_l0 = k` (sparse start)."""
+DEAD_WINDOW = 10_000_000
+"""Tokens without firing before a latent counts as dead in saelab's measured runs: sparsify's
+`dead_feature_threshold` (and SAELens's comparable window), so that in a few timed steps no
+tool has dead latents and none runs AuxK. saelab's own default scales the window down to a
+tenth of a short run, which would have it run AuxK over thousands of latents that merely
+missed one batch while the peers run none; that cost is measured on its own (`auxk`)."""
 
 
 # -- children: one measurement each ------------------------------------------------------
@@ -125,7 +131,12 @@ def child_saelab(spec: dict) -> dict:
         else:
             kw = {"init_l0": float(spec["k"])} if spec.get("sparse_start") else {}
         configs.append(make_config(arch, d_sae=spec["d_sae"], **kw))
-    cfg = TrainConfig(tokens=sum(b.shape[0] for b in batches), progress=False, init_tokens=4096)
+    cfg = TrainConfig(
+        tokens=sum(b.shape[0] for b in batches),
+        progress=False,
+        init_tokens=4096,
+        dead_window_tokens=spec.get("dead_window_tokens", DEAD_WINDOW),
+    )
     trainer = Trainer(configs, iter(batches), cfg)
     trainer.setup()
     step = _timed_steps(spec, batches, lambda i, batch: trainer.train_step(batch))
@@ -145,6 +156,7 @@ def child_saelab(spec: dict) -> dict:
             m.name: float(m.sae.encode_sparse(held_out * trainer.scale).l0().mean())
             for m in trainer.members
         },
+        "dead_latents_at_end": {m.name: int(m.dead.dead_mask().sum()) for m in trainer.members},
     }
 
 
@@ -399,6 +411,17 @@ def main() -> None:
             results["peers"][name] = r
             _show(f"{name} topk-{d_big}-k{k_big}", r)
         ours_runs.append(run_child(__file__, py, "saelab", {**spec, "arches": ["topk"]}))
+        # What AuxK adds when many latents are dead: a window of one batch marks every latent
+        # idle in the last batch as dead (thousands here; ~13% of them at the end of a 1M-token
+        # learning run), as late in a real run
+        auxk = run_child(
+            __file__,
+            py,
+            "saelab",
+            {**spec, "arches": ["topk"], "dead_window_tokens": args.batch},
+        )
+        results["peers"]["saelab_topk_auxk_many_dead"] = auxk
+        _show(f"saelab topk-{d_big}-k{k_big} with AuxK over the idle latents", auxk)
         ok = [r for r in ours_runs if "tokens_per_s" in r]
         results["peers"]["saelab_topk_runs"] = ours_runs
         if ok:
@@ -486,9 +509,10 @@ def _show(label: str, r: dict) -> None:
         if "fraction_of_matmul_limit" in r
         else ""
     )
+    dead = sum(r.get("dead_latents_at_end", {}).values())
     print(
         f"{label}: {r['tokens_per_s']:,.0f} tok/s ({r['step_seconds']:.3f} s/step){extra}, "
-        f"peak RSS {r['peak_rss_mb']:,.0f} MB, FVU {fvu_s}"
+        f"peak RSS {r['peak_rss_mb']:,.0f} MB, FVU {fvu_s}" + (f", {dead} dead" if dead else "")
     )
 
 
