@@ -53,7 +53,8 @@ DEAD_WINDOW = 10_000_000
 `dead_feature_threshold` (and SAELens's comparable window), so that in a few timed steps no
 tool has dead latents and none runs AuxK. saelab's own default scales the window down to a
 tenth of a short run, which would have it run AuxK over thousands of latents that merely
-missed one batch while the peers run none; that cost is measured on its own (`auxk`)."""
+missed one batch while the peers run none; that cost is measured on its own
+(`saelab_topk_auxk_many_dead` in the peers section)."""
 
 
 # -- children: one measurement each ------------------------------------------------------
@@ -412,8 +413,8 @@ def main() -> None:
             _show(f"{name} topk-{d_big}-k{k_big}", r)
         ours_runs.append(run_child(__file__, py, "saelab", {**spec, "arches": ["topk"]}))
         # What AuxK adds when many latents are dead: a window of one batch marks every latent
-        # idle in the last batch as dead (thousands here; ~13% of them at the end of a 1M-token
-        # learning run), as late in a real run
+        # idle in the last batch as dead (thousands here; about 13% of the latents are dead at
+        # the end of a 1M-token learning run)
         auxk = run_child(
             __file__,
             py,

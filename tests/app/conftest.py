@@ -28,7 +28,7 @@ def app_db(small_store, model, tmp_path_factory):
         train = ["train", "--acts", small_store, "--hook", HOOK, "--arch", "topk"]
         train += ["--d-sae", "64", "--k", str(k), "--batch-size", "128", "--out", str(sae)]
         # The pre-issue-17 default LR at 64 latents, explicit: at today's TopK default (the
-        # 2048-latent floor of the rule, 9e-3) 12 steps of 128 tokens leave most of these
+        # 2048-latent floor of the rule, 9e-3) a dozen steps of 128 tokens leave most of these
         # 64 latents dead, and the pages need live latents with examples and explanations.
         train += ["--lr", "3.2e-3"]
         assert main([*train, "--no-progress"]) == 0
