@@ -57,7 +57,7 @@ format: $(STAMP)
 # Every benchmark the README lists, one after another (each prints and writes its JSON into
 # benchmarks/results/), but learning.py, which needs a peers venv and a store (README).
 # `make bench BENCHMARKS=kernels` runs one.
-BENCHMARKS ?= harvest kernels train evals autointerp llm_server steering circuits app variants
+BENCHMARKS ?= cli harvest kernels train evals autointerp llm_server steering circuits app variants
 
 bench: $(STAMP)
 	@set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(PY) -m benchmarks.$$b; done

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from activations.cache import cache_dir
-from saelab_base.errors import UserError
+from saelab.activations.cache import cache_dir
+from saelab.base.errors import UserError
 
 BUILTIN_SOURCES = ("wikipedia", "news")
 BUILTIN_VERSION = 2
@@ -41,6 +41,13 @@ def load_corpus(spec: str = "builtin", split: str = "train", text_column: str = 
     import datasets
 
     datasets.disable_progress_bars()
+    hub = not (spec == "builtin" or spec.startswith("builtin:") or Path(spec).expanduser().exists())
+    if split != "train" and not hub:
+        raise UserError(
+            f"--split {split!r} picks a split of a hub dataset; {spec!r} is a "
+            f"{'built-in corpus' if spec.startswith('builtin') else 'local file or folder'} "
+            "with one split: drop --split"
+        )
     if spec == "builtin" or spec.startswith("builtin:"):
         sources = BUILTIN_SOURCES if spec == "builtin" else (spec.split(":", 1)[1],)
         unknown = [s for s in sources if s not in BUILTIN_SOURCES]

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from activations import corpus as corpus_mod
-from activations import store as store_mod
-from activations.models import DEFAULT_MODEL, LoadedModel, load_model
-from saelab_base.errors import UserError
-from saelab_base.fs import disk_error
+from saelab.activations import corpus as corpus_mod
+from saelab.activations import store as store_mod
+from saelab.activations.models import DEFAULT_MODEL, LoadedModel, load_model
+from saelab.base.config import check_device, check_fields
+from saelab.base.errors import UserError
+from saelab.base.fs import disk_error
 
 NONFINITE_POLICIES = ("error", "drop", "keep")
 # What must match for `--resume` to continue a store rather than refuse it.
@@ -77,7 +78,8 @@ class HarvestConfig:
     nonfinite: str = "drop"
     """Sequences with NaN/inf activations: `error` stops, `drop` marks them invalid, `keep` keeps them."""
     resume: bool = False
-    """Continue an existing store with the same config."""
+    """Continue an existing store with the same config; with no store there yet, start one (so
+    one command line both starts and resumes a long harvest)."""
     overwrite: bool = False
     """Replace an existing store."""
     device: str = "cpu"
@@ -85,7 +87,14 @@ class HarvestConfig:
     progress: bool = True
     """Show a progress bar with tokens/s and ETA."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
     def validate(self) -> None:
+        if not self.out.strip():
+            raise UserError("--out is empty; give the store's path, e.g. --out acts.zarr")
+        if not self.model.strip():
+            raise UserError("--model is empty; give a model spec, e.g. --model smollm2-135m")
         if self.dtype not in store_mod.STORAGE_DTYPES:
             raise UserError(
                 f"unknown --dtype {self.dtype!r}: choose {', '.join(store_mod.STORAGE_DTYPES)}"
@@ -121,6 +130,7 @@ class HarvestConfig:
             raise UserError(f"--shard {i}/{n} is invalid: use i/n with 0 <= i < n")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other; pick one")
+        check_device(self.device)
 
 
 @dataclass

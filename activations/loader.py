@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from activations.store import ActivationStore
-from saelab_base.errors import UserError
+from saelab.activations.store import ActivationStore
+from saelab.base.config import check_fields
+from saelab.base.errors import UserError
 
 TEST_FRACTION = 0.1
 """Fraction of a store's committed chunks (the last ones) held out as the `test` split: the one
@@ -60,6 +61,9 @@ class LoaderConfig:
     """Data-parallel rank: this process takes batches rank, rank + world, ..."""
     world_size: int = 1
     """Data-parallel world size."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 SPLITS = ("all", "train", "test")

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from activations.cache import cache_dir
-from saelab_base.errors import UserError
+from saelab.activations.cache import cache_dir
+from saelab.base.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_MODELS = {
@@ -192,9 +192,11 @@ def resolve_model_folder(spec: str) -> tuple[Path, str]:
         dist, suffix, name = EMBEDDED_MODELS[spec]
         return _converted_gguf(_packaged_file(dist, suffix, spec), spec), name
     path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
+    if path.suffix == ".gguf" or (path.is_file() and _is_gguf(path)):
         if not path.is_file():
             raise UserError(f"GGUF file {spec!r} does not exist")
+        if not _is_gguf(path):
+            raise UserError(f"{spec!r} is not a GGUF file (it does not start with GGUF's magic)")
         return _converted_gguf(path, path.stem), path.stem
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -207,6 +209,11 @@ def resolve_model_folder(spec: str) -> tuple[Path, str]:
         f"unknown model {spec!r}: give an embedded model ({known}), a local HF folder, "
         "a .gguf file, or a hub name like org/name"
     )
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 def _packaged_file(dist: str, suffix: str, alias: str) -> Path:
@@ -235,10 +242,15 @@ def _converted_gguf(gguf_path: Path, key: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
         kwargs = {"gguf_file": gguf_path.name}
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), dtype=torch.float32, **kwargs
-        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), dtype=torch.float32, **kwargs
+            )
+        except (ValueError, KeyError, OSError) as err:
+            raise UserError(
+                f"cannot read the GGUF file {gguf_path}: {str(err).splitlines()[0] or type(err).__name__}"
+            ) from None
         # The weights are already dequantised to float32; drop the GGUF "quantizer" marker so
         # transformers agrees to save them as a plain checkpoint.
         model.hf_quantizer = None

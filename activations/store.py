@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
 
 FORMAT_VERSION = 1
 _REPAIR = "resume the harvest to recompute it"

@@ -8,7 +8,8 @@ from typing import Any
 
 import streamlit as st
 
-from app import db
+from saelab.app import db
+from saelab.resultstore import SAERow
 
 _READER = "_saelab_reader"
 _GOTO = "_saelab_goto"
@@ -40,7 +41,7 @@ def close_reader() -> None:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _schema(path: str, stamp: tuple) -> int:
-    return db.browse.schema_version(reader().con)
+    return db.schema_version(reader())
 
 
 def file_key() -> tuple:
@@ -48,7 +49,7 @@ def file_key() -> tuple:
     path = db_path()
     stamp = db.stamp(path)
     if stamp[0] == 0:
-        db.open_read_only(path)  # raises the "no results database" message
+        db.open_store(path)  # raises the "no results database" message
     return (path, stamp, _schema(path, stamp))
 
 
@@ -58,7 +59,8 @@ def _cached(key: tuple, name: str, args: tuple) -> Any:
 
 
 def q(name: str, *args: Any) -> Any:
-    """`resultstore.browse.<name>(con, *args)`, cached by the file's state."""
+    """The results store's read `saelab.resultstore.<name>(store, *args)`, cached by the
+    file's state."""
     return _cached(file_key(), name, tuple(args))
 
 
@@ -90,23 +92,23 @@ def param_int(name: str) -> int | None:
         return None
 
 
-def pick_sae(saes: list[dict], key: str = "sae") -> dict | None:
+def pick_sae(saes: list[SAERow], key: str = "sae") -> SAERow | None:
     """The SAE picker (sidebar), in step with the `sae` query parameter."""
     if not saes:
         st.info("This results file holds no SAE yet. Run `saelab eval` (or `saelab demo`).")
         return None
-    ids = [s["sae_id"] for s in saes]
+    ids = [s.sae_id for s in saes]
     wanted = st.query_params.get("sae") or st.session_state.get("_saelab_sae")
-    matches = [s for s in saes if wanted in (s["sae_id"], s["name"])]
-    index = ids.index(matches[0]["sae_id"]) if matches else 0
-    labels = {s["sae_id"]: f"{s['name']} · {s['architecture']} · {s['d_sae']}" for s in saes}
+    matches = [s for s in saes if wanted in (s.sae_id, s.name)]
+    index = ids.index(matches[0].sae_id) if matches else 0
+    labels = {s.sae_id: f"{s.name} · {s.architecture} · {s.d_sae}" for s in saes}
     choice = st.sidebar.selectbox(
         "SAE", ids, index=index, format_func=lambda i: labels[i], key=f"pick_{key}"
     )
     if st.query_params.get("sae") != choice:
         st.query_params["sae"] = choice
     st.session_state["_saelab_sae"] = choice  # kept when the sidebar opens another page
-    return next(s for s in saes if s["sae_id"] == choice)
+    return next(s for s in saes if s.sae_id == choice)
 
 
 def feature_button(sae_id: str, feature: int, label: str | None = None, key: str = "") -> None:

@@ -1,10 +1,11 @@
 """The app's access to the results file: read-only, short-lived, cached by file state.
 
-A browser session holds at most one read-only DuckDB connection, opened on the first query of a
-page render and closed when the render ends, so a pipeline writing to the same file gets it
-between renders (DuckDB lets one process write or many read, not both). Query results are cached
-with `st.cache_data` keyed by the file's path, its (and its WAL's) modification time and size,
-and the schema version, so an unchanged file is read once and a changed one is read afresh.
+A browser session opens the file as a read-only `ResultsStore` (checked once: it exists, is a
+saelab results file, has the current schema) and holds one connection for the reads of one page
+render, closed when the render ends, so a pipeline writing to the same file gets it between
+renders (DuckDB lets one process write or many read, not both). Query results are cached with
+`st.cache_data` keyed by the file's path, its (and its WAL's) modification time and size, and
+the schema version, so an unchanged file is read once and a changed one is read afresh.
 
 No Streamlit import at module level: the command line uses `check_file` before starting the
 server.
@@ -12,26 +13,22 @@ server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import resultstore as results
-from resultstore import browse
-from resultstore.schema import BusyError as BusyError  # the pages catch db.BusyError
-from resultstore.schema import open_database
-from saelab_base.errors import UserError
+from saelab import resultstore as results
+from saelab.base.errors import UserError
+from saelab.resultstore import BusyError, OlderSchemaError
+
+__all__ = ["BusyError", "OlderSchemaError", "Reader", "UserError", "call", "check_file"]
 
 DB_ENV = "SAELAB_APP_DB"
 """Environment variable that carries the results file to the Streamlit script."""
 
 BUSY_RETRY_S = 3.0
 """How long an open waits for a writer to let go of the file before saying "busy"."""
-
-
-class OlderSchemaError(UserError):
-    """The file predates the current schema; migrating it once (a write) brings it up to date."""
 
 
 @dataclass(frozen=True)
@@ -55,72 +52,71 @@ def stamp(path: str) -> tuple:
     return tuple(out)
 
 
-def open_read_only(path: str, retry_s: float | None = None):
-    """A read-only connection, waiting up to `retry_s` for a writer; one-line errors otherwise."""
-    if not Path(path).is_file():
-        raise UserError(
-            f"no results database at {path!r}; run `saelab demo` or `saelab eval` to make one"
-        )
-    con = open_database(path, True, BUSY_RETRY_S if retry_s is None else retry_s)
-    try:
-        check_schema(con, path)
-    except BaseException:
-        con.close()
-        raise
-    return con
-
-
-def check_schema(con, path: str) -> int:
-    if not browse.has_table(con, "schema_info"):
-        raise UserError(f"{path!r} is a DuckDB file but not a saelab results database")
-    version = browse.schema_version(con)
-    if version > results.SCHEMA_VERSION:
-        raise UserError(
-            f"results database {path!r} has schema version {version}, newer than this saelab "
-            f"understands ({results.SCHEMA_VERSION}); upgrade saelab"
-        )
-    if version < results.SCHEMA_VERSION:
-        raise OlderSchemaError(
-            f"results database {path!r} has an older schema ({version}, current "
-            f"{results.SCHEMA_VERSION}); migrate it once in place (rows keep their ids)"
-        )
-    return version
+def open_store(path: str, retry_s: float | None = None) -> results.ResultsStore:
+    """The file as a read-only store, waiting up to `retry_s` for a writer; one-line errors for
+    a missing, busy, foreign, older or newer file."""
+    return results.ResultsStore(path, "read", BUSY_RETRY_S if retry_s is None else retry_s)
 
 
 def check_file(path: str) -> int:
-    """Open, check and close (the command line's check before starting the server)."""
-    con = open_read_only(path)
-    try:
-        return browse.schema_version(con)
-    finally:
-        con.close()
+    """Open and check (the command line's check before starting the server); the schema
+    version."""
+    store = open_store(path)
+    with store.reading() as con:
+        return results.schema_version(con)
 
 
 def migrate(path: str) -> None:
     """Bring an older file to the current schema in place (the one write `saelab app` does)."""
-    with results.connect(path):
-        pass
+    results.ResultsStore(path, "update")
 
 
 class Reader:
-    """One browser session's connection: opened lazily, closed at the end of each render."""
+    """One browser session's store: opened (and the file checked) on the first query of a
+    render, with one connection held for the render's reads and closed when it ends."""
 
     def __init__(self, path: str):
         self.path = path
-        self._con = None
+        self._store: results.ResultsStore | None = None
+        self._session: contextlib.ExitStack | None = None
 
     @property
-    def con(self):
-        if self._con is None:
-            self._con = open_read_only(self.path)
-        return self._con
+    def store(self) -> results.ResultsStore:
+        if self._store is None:
+            self._store = open_store(self.path)
+        if self._session is None:
+            session = contextlib.ExitStack()
+            session.enter_context(self._store.session())
+            self._session = session
+        return self._store
 
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self._store = None  # the next render checks the file again (it may have changed)
+
+
+def schema_version(reader: Reader) -> int:
+    with reader.store.reading() as con:
+        return results.schema_version(con)
 
 
 def call(reader: Reader, name: str, *args: Any) -> Any:
-    """Run `browse.<name>(con, *args)` on the reader's connection."""
-    return getattr(browse, name)(reader.con, *args)
+    """Run the results store's read `name(store, *args)` (a name of `saelab.resultstore`)."""
+    if name not in READS:
+        raise ValueError(f"not an app read: {name}")
+    return getattr(results, name)(reader.store, *args)
+
+
+READS = frozenset(
+    {
+        "sae_overview", "list_saes", "sae_by_id", "metrics_long", "score_summary",
+        "feature_dashboard", "feature_stats", "feature_stats_exist", "density_histogram",
+        "random_feature",
+        "explanation_texts", "token_strings", "search_explanations", "token_ids_for",
+        "search_token", "search_ranges", "scorer_names", "list_circuits", "circuit_nodes",
+        "circuit_edges", "circuit_curves", "steering_runs", "steering_samples",
+    }
+)  # fmt: skip
+"""The results store's reads the pages use (and nothing that writes)."""

@@ -1,4 +1,5 @@
-"""Nearest features by decoder cosine, from the SAE checkpoint named in the `saes` row.
+"""Nearest features by decoder cosine, from the SAE checkpoint named in the `saes` row (its
+weights checked against the ones the results store registered).
 
 The weights are read with safetensors' numpy loader (no torch) once per checkpoint file and
 kept unit-normalised in memory; one latent's neighbours are one matrix-vector product.
@@ -10,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from saelab.resultstore import SAERow, verified_folder
+
 WEIGHTS_FILE = "sae_weights.safetensors"
 
 
-def weights_file(sae_path: str | None) -> Path | None:
-    """The checkpoint's weights file, or None when the folder is gone or not recorded."""
-    if not sae_path:
-        return None
-    path = Path(sae_path) / WEIGHTS_FILE
-    return path if path.is_file() else None
+def weights_file(sae: SAERow) -> Path:
+    """The SAE's weight file, after checking it is the one registered; a one-line UserError
+    when it was moved, deleted or replaced."""
+    return verified_folder(sae, WEIGHTS_FILE) / WEIGHTS_FILE
 
 
 def unit_decoder(weights: str | Path) -> np.ndarray:

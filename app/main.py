@@ -1,21 +1,22 @@
 """The saelab web app (Streamlit): `streamlit run app/main.py` with SAELAB_APP_DB set, or
-`saelab app --db FILE`. Pages live in `app/views/`; this script wires navigation and turns
-errors (missing, busy, older files) into messages on the page."""
+`saelab app --db FILE`. Pages live in `app/views/` (listed in `views.PAGES`); this script wires
+navigation and turns errors (missing, busy, older files) into messages on the page."""
 
 from __future__ import annotations
 
+import importlib
+
 import streamlit as st
 
-from app import common, db
-from app.views import circuits, compare, feature, saes, search, steering
+from saelab.app import common, db
+from saelab.app.views import PAGES
 
+# page name (its module's) -> (render, title, icon). No bare strings in this file: Streamlit
+# runs it as a script and would write them on every page ("magic").
 RENDER = {
-    "saes": (saes.render, "SAEs", ":material/table_chart:"),
-    "feature": (feature.render, "Feature", ":material/bubble_chart:"),
-    "search": (search.render, "Search", ":material/search:"),
-    "circuits": (circuits.render, "Circuits", ":material/account_tree:"),
-    "steering": (steering.render, "Steering", ":material/tune:"),
-    "compare": (compare.render, "Compare", ":material/compare:"),
+    path.rsplit(".", 1)[1]: (module.render, module.TITLE, module.ICON)
+    for path in PAGES
+    for module in [importlib.import_module(path)]
 }
 
 
@@ -39,7 +40,11 @@ def run() -> None:
     st.set_page_config(page_title="saelab", layout="wide")
     pages = {
         name: st.Page(
-            lambda fn=fn: guarded(fn), title=title, icon=icon, url_path=name, default=name == "saes"
+            lambda fn=fn: guarded(fn),
+            title=title,
+            icon=icon,
+            url_path=name,
+            default=name == next(iter(RENDER)),
         )
         for name, (fn, title, icon) in RENDER.items()
     }

@@ -9,8 +9,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import db
-from saelab_base.errors import UserError
+from saelab.app import db
+from saelab.base.config import check_fields
+from saelab.base.errors import UserError, check_host, listen_error
 
 MAIN = Path(__file__).with_name("main.py")
 
@@ -28,26 +29,29 @@ class AppConfig:
     migrate: bool = False
     """Bring an older-schema file to the current schema first (the only write the app makes)."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 def url(cfg: AppConfig) -> str:
     return f"http://{cfg.host}:{cfg.port}"
 
 
 def prepare(cfg: AppConfig) -> str:
-    """Check the file (migrating it when asked) and the port; the absolute path to serve."""
-    path = str(Path(cfg.db).expanduser().resolve())
-    if cfg.migrate and Path(path).is_file():
-        db.migrate(path)
-    db.check_file(path)
+    """Check the address, the file (migrating it when asked) and the port; the absolute path to
+    serve. The address is checked first so a mistyped flag never migrates the file."""
+    check_host(cfg.host)
     if not 0 < cfg.port < 65536:
         raise UserError(f"port {cfg.port} is out of range (1 … 65535)")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((cfg.host, cfg.port))
         except OSError as err:
-            raise UserError(
-                f"cannot listen on {cfg.host}:{cfg.port} ({err.strerror or err}); choose another port"
-            ) from None
+            raise listen_error(cfg.host, cfg.port, err) from None
+    path = str(Path(cfg.db).expanduser().resolve())
+    if cfg.migrate and Path(path).is_file():
+        db.migrate(path)
+    db.check_file(path)
     return path
 
 

@@ -13,14 +13,57 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
 
-from autointerp.config import LLMConfig
-from saelab_base.errors import UserError
+from saelab.base.config import check_fields
+from saelab.base.errors import UserError
 
 TOP_LOGPROBS = 5
+
+
+@dataclass
+class LLMConfig:
+    """An OpenAI-compatible endpoint and how to talk to it."""
+
+    base_url: str | None = None
+    """Endpoint root, e.g. https://api.openai.com/v1. None: start the embedded local server."""
+    model: str | None = None
+    """Model name the endpoint serves. None: the first model the endpoint lists."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (the key itself is never stored).
+    None: OPENAI_API_KEY if set, else no key (local servers need none)."""
+    concurrency: int | None = None
+    """Requests in flight at once. None: 8 against a remote endpoint, 1 against the local server
+    (it answers one request at a time on the CPU)."""
+    timeout_s: float = 60.0
+    """Seconds before one request counts as timed out (and is retried)."""
+    max_retries: int = 5
+    """Retries of one request on 429, 5xx, timeouts, dropped connections and malformed bodies."""
+    backoff_s: float = 1.0
+    """First retry delay; doubles on each retry (with jitter), or the server's Retry-After."""
+    temperature: float = 0.0
+    """Sampling temperature of every request (part of the cache key)."""
+    seed: int = 0
+    """Sampling seed sent with every request, and the seed of window sampling."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def validate(self) -> None:
+        if self.concurrency is not None and self.concurrency < 1:
+            raise UserError(f"`concurrency` must be at least 1 (got {self.concurrency})")
+        if self.max_retries < 0 or not (0 < self.timeout_s < math.inf):
+            raise UserError(
+                f"`max_retries` must be >= 0 and `timeout_s` a positive finite number of seconds "
+                f"(got {self.max_retries}, {self.timeout_s})"
+            )
+        if not 0 <= self.temperature <= 2:
+            raise UserError(f"`temperature` must be between 0 and 2, got {self.temperature}")
+        if not (0 <= self.backoff_s < math.inf):
+            raise UserError(f"`backoff_s` must be >= 0, got {self.backoff_s}")
 
 
 class EndpointError(UserError):

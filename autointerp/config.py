@@ -1,81 +1,33 @@
-"""The dataclass configs of auto-interpretation: the LLM endpoint, and what to explain and score."""
+"""`ExplainConfig`: which latents of which SAE are explained and scored, and how.
+
+The endpoint's settings (`LLMConfig`) live with the client and the window counts
+(`WindowConfig`) with the windows; both are re-exported here."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from saelab_base.errors import UserError
+from saelab.autointerp import registry
+from saelab.autointerp.client import LLMConfig
+from saelab.autointerp.windows import WindowConfig
+from saelab.base.config import check_fields
+from saelab.base.errors import UserError
 
-
-def _registry():
-    # imported late: the registry imports the scorers, which import the client, which imports this
-    from autointerp import registry
-
-    return registry
+__all__ = ["ExplainConfig", "LLMConfig", "WindowConfig", "default_explainers", "default_scorers"]
 
 
 def default_explainers() -> list[str]:
     """The registered explainers that run when none is named."""
-    return _registry().defaults(_registry().EXPLAINERS)
+    return registry.defaults(registry.EXPLAINERS)
 
 
 def default_scorers() -> list[str]:
     """The registered scorers that run when none is named."""
-    return _registry().defaults(_registry().SCORERS)
+    return registry.defaults(registry.SCORERS)
 
 
-@dataclass
-class LLMConfig:
-    """An OpenAI-compatible endpoint and how to talk to it."""
-
-    base_url: str | None = None
-    """Endpoint root, e.g. https://api.openai.com/v1. None: start the embedded local server."""
-    model: str | None = None
-    """Model name the endpoint serves. None: the first model the endpoint lists."""
-    api_key_env: str | None = None
-    """Name of the environment variable holding the API key (the key itself is never stored).
-    None: OPENAI_API_KEY if set, else no key (local servers need none)."""
-    concurrency: int | None = None
-    """Requests in flight at once. None: 8 against a remote endpoint, 1 against the local server
-    (it answers one request at a time on the CPU)."""
-    timeout_s: float = 60.0
-    """Seconds before one request counts as timed out (and is retried)."""
-    max_retries: int = 5
-    """Retries of one request on 429, 5xx, timeouts, dropped connections and malformed bodies."""
-    backoff_s: float = 1.0
-    """First retry delay; doubles on each retry (with jitter), or the server's Retry-After."""
-    temperature: float = 0.0
-    """Sampling temperature of every request (part of the cache key)."""
-    seed: int = 0
-    """Sampling seed sent with every request, and the seed of window sampling."""
-
-    def validate(self) -> None:
-        if self.concurrency is not None and self.concurrency < 1:
-            raise UserError(f"`concurrency` must be at least 1 (got {self.concurrency})")
-        if self.max_retries < 0 or self.timeout_s <= 0:
-            raise UserError("`max_retries` must be >= 0 and `timeout_s` positive")
-
-
-@dataclass
-class WindowConfig:
-    """How many stored example windows each step uses (explanation and scoring sets are disjoint)."""
-
-    explain_top: int = 8
-    """Top-activating windows shown to the explainer."""
-    explain_quantile: int = 4
-    """Quantile-band windows shown to the explainer (spread over the bands, highest first)."""
-    score_activating: int = 10
-    """Activating windows (quantile, remaining top, random) for detection, fuzzing, embedding."""
-    score_nonactivating: int = 10
-    """Windows where the latent is silent throughout, for detection and embedding."""
-    simulation_windows: int = 6
-    """Windows the simulator predicts token by token (two thirds activating)."""
-    batch_size: int = 5
-    """Windows per detection / fuzzing request."""
-    min_explain: int = 3
-    """Below this many explanation windows a latent gets status insufficient_examples."""
-    min_score: int = 4
-    """Below this many activating (or silent) scoring windows: insufficient_examples."""
+MAX_BOOTSTRAP = 100_000
+"""Most bootstrap resamples: 1000 already pins a 95% interval's ends to about a percent."""
 
 
 @dataclass
@@ -91,7 +43,7 @@ class ExplainConfig:
     sample: int | None = None
     """Explain a seeded uniform sample of this many latents instead of a range."""
     explainers: list[str] = field(default_factory=default_explainers)
-    """Registered explainers (`autointerp.registry`): llm, baseline (the non-LLM floor), ..."""
+    """Registered explainers: llm, baseline (the non-LLM floor), and any a plugin adds."""
     scorers: list[str] = field(default_factory=default_scorers)
     """Registered scorers: detection, fuzzing, embedding, simulation, ..."""
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -107,8 +59,10 @@ class ExplainConfig:
     progress: bool = True
     """Show a progress bar (latents/min, tokens spent)."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
     def validate(self) -> None:
-        registry = _registry()
         for name, chosen, known in (
             ("explainer", self.explainers, registry.names(registry.EXPLAINERS)),
             ("scorer", self.scorers, registry.names(registry.SCORERS)),
@@ -120,7 +74,17 @@ class ExplainConfig:
                 )
         if self.sample is not None and self.sample < 1:
             raise UserError(f"`sample` must be at least 1 (got {self.sample})")
+        if self.sample is not None and self.features is not None:
+            raise UserError("give `features` or `sample`, not both")
+        if self.explanation_tokens < 1 or self.bootstrap < 1:
+            raise UserError("`explanation_tokens` and `bootstrap` must be at least 1")
+        if self.bootstrap > MAX_BOOTSTRAP:
+            raise UserError(
+                f"`bootstrap` {self.bootstrap} resamples is more than any interval needs (and more "
+                f"memory than this machine has); use at most {MAX_BOOTSTRAP:,}"
+            )
         self.llm.validate()
+        self.windows.validate()
 
     def fingerprint(self) -> dict:
         """What decides the outputs (not where the endpoint is or how fast it is asked)."""

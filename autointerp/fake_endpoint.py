@@ -13,7 +13,7 @@ next action of a script (then "ok" once the script is used up):
 
 The default responder writes answers of the right shape: a JSON list of 0/1 when the prompt
 asks for "exactly N numbers", of 0–10 when it asks for "exactly N integers", else an
-explanation line. `python -m autointerp.fake_endpoint --latency 0.2` runs one in the foreground.
+explanation line. `python -m saelab.autointerp.fake_endpoint --latency 0.2` runs one in the foreground.
 """
 
 from __future__ import annotations

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from autointerp.client import LLMClient
-from autointerp.config import ExplainConfig
-from autointerp.explainers import Explanation
-from autointerp.registry import EXPLAINERS, SCORERS
-from autointerp.scorers import Score, ScoringContext
-from autointerp.windows import LatentWindows
+from saelab.autointerp import registry
+from saelab.autointerp.client import LLMClient
+from saelab.autointerp.config import ExplainConfig
+from saelab.autointerp.explainers import Explanation
+from saelab.autointerp.registry import EXPLAINERS, SCORERS
+from saelab.autointerp.scorers import Score, ScoringContext
+from saelab.autointerp.windows import LatentWindows
+from saelab.resultstore import ResultsStore
 
 
 @dataclass
@@ -22,13 +24,18 @@ class LatentResult:
 
 
 async def interpret(
-    client: LLMClient, windows: LatentWindows, feature: int, owner: tuple, cfg: ExplainConfig
+    client: LLMClient,
+    windows: LatentWindows,
+    feature: int,
+    owner: tuple,
+    cfg: ExplainConfig,
+    store: ResultsStore | None = None,
 ) -> LatentResult:
     short = windows.insufficient(cfg.windows)
     if short:
         return _insufficient(feature, cfg, short)
     explanations = [
-        await EXPLAINERS[name].fn(client, windows, owner, cfg) for name in cfg.explainers
+        await registry.get(EXPLAINERS, name)(client, windows, owner, cfg) for name in cfg.explainers
     ]
     ctx = ScoringContext(
         windows=windows,
@@ -39,7 +46,7 @@ async def interpret(
         simulation_windows=cfg.windows.simulation_windows,
         bootstrap=cfg.bootstrap,
         logprobs=cfg.logprobs,
-        db=cfg.db,
+        store=store,
     )
     jobs, pairs = [], []
     for expl in explanations:
@@ -47,7 +54,7 @@ async def interpret(
             if expl.text is None:
                 pairs.append((expl.explainer, Score(scorer, "explanation_failed")))
             else:
-                jobs.append((expl.explainer, SCORERS[scorer].fn(ctx, expl.text)))
+                jobs.append((expl.explainer, registry.get(SCORERS, scorer)(ctx, expl.text)))
     done = await asyncio.gather(*(job for _, job in jobs))
     pairs += [(explainer, score) for (explainer, _), score in zip(jobs, done)]
     return LatentResult(feature, explanations, pairs)

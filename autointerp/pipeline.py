@@ -18,12 +18,12 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 
-import resultstore as results
-from autointerp.client import EndpointError, LLMClient, Usage, first_model
-from autointerp.config import ExplainConfig
-from autointerp.latent import LatentResult, interpret
-from autointerp.windows import split_windows
-from saelab_base.errors import UserError
+from saelab import resultstore as results
+from saelab.autointerp.client import EndpointError, LLMClient, Usage, first_model
+from saelab.autointerp.config import ExplainConfig
+from saelab.autointerp.latent import LatentResult, interpret
+from saelab.autointerp.windows import split_windows
+from saelab.base.errors import UserError
 
 BLOCK = 256
 """Latents whose examples are read from the store at a time."""
@@ -68,31 +68,38 @@ def select_features(cfg: ExplainConfig, d_sae: int) -> list[int]:
     return chosen
 
 
-def explain_features(cfg: ExplainConfig, generator=None) -> ExplainSummary:
+def explain_features(
+    cfg: ExplainConfig, generator=None, store: results.ResultsStore | None = None
+) -> ExplainSummary:
     """Explain and score the chosen latents (serving the embedded model locally if no endpoint
-    is given; `generator` is an already-loaded `autointerp.server.Generator` to serve).
+    is given; `generator` is an already-loaded `server.Generator` to serve; `store`
+    the results file when the caller has opened it already).
 
     Every way out leaves the run's row in `autointerp_runs` saying how it ended: finished,
     failed (with the endpoint's error) or interrupted (Ctrl-C, SIGTERM); a killed process leaves
     it at running with its last counters. A rerun with the same configuration continues.
     """
     cfg.validate()
-    with results.connect(cfg.db) as con:
-        sae = results.find_sae(con, cfg.sae)
-        has_examples = con.execute(
-            "SELECT count(*) FROM features WHERE sae_id = ?", [sae["sae_id"]]
-        ).fetchone()[0]
-    if not has_examples:
+    if store is None:
+        store = results.ResultsStore(cfg.db, mode="update")  # must exist: it holds the examples
+    sae = results.find_sae(store, cfg.sae)
+    if not results.feature_stats_exist(store, sae.sae_id):
         raise UserError(
-            f"SAE {sae['name']} has no feature examples in {cfg.db}; "
+            f"SAE {sae.name} has no feature examples in {cfg.db}; "
             "run `saelab eval --evals features` on it first"
         )
-    features = select_features(cfg, sae["d_sae"])
+    features = select_features(cfg, sae.d_sae)
     with contextlib.ExitStack() as stack:
         if not cfg.llm.base_url:  # the offline default: the embedded model, served locally
-            from autointerp.server import LocalServer
+            from saelab.autointerp.server import LocalServer, ServeConfig
 
-            server = stack.enter_context(LocalServer(generator=generator))
+            served = ServeConfig().model
+            if cfg.llm.model and cfg.llm.model != served:  # before the model loads
+                raise UserError(
+                    f"the local server serves {served!r}, not {cfg.llm.model!r}: leave `model` "
+                    "out, or give `base_url` of an endpoint that serves it"
+                )
+            server = stack.enter_context(LocalServer(ServeConfig(), generator=generator))
             llm = replace(
                 cfg.llm,
                 base_url=server.base_url,
@@ -103,7 +110,7 @@ def explain_features(cfg: ExplainConfig, generator=None) -> ExplainSummary:
         elif not cfg.llm.concurrency:
             cfg = replace(cfg, llm=replace(cfg.llm, concurrency=REMOTE_CONCURRENCY))
         try:
-            return _run_to_completion(_run(cfg, sae, features))
+            return _run_to_completion(_run(cfg, store, sae, features))
         except asyncio.CancelledError:  # SIGTERM cancels the run: report it as an interruption
             raise KeyboardInterrupt from None
 
@@ -135,21 +142,22 @@ def _sigterm_cancels(task: asyncio.Task):
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSummary:
+async def _run(
+    cfg: ExplainConfig, store: results.ResultsStore, sae: results.SAERow, features: list[int]
+) -> ExplainSummary:
     started = time.monotonic()
-    sae_id = sae["sae_id"]
-    db_lock = threading.Lock()
+    sae_id = sae.sae_id
+    flush_lock = threading.Lock()
 
     def read(fn, *args):
-        with db_lock, results.connect(cfg.db) as con:
-            return fn(con, *args)
+        return fn(store, *args)
 
     if not cfg.llm.model:
         try:
             cfg = replace(cfg, llm=replace(cfg.llm, model=await first_model(cfg.llm)))
         except EndpointError as err:  # no model to name the run by; record it all the same
             run = _RunRecord(uuid.uuid4().hex[:16], sae_id, cfg, cfg.fingerprint(), "")
-            await asyncio.to_thread(_write_run_only, cfg.db, db_lock, run, "failed", str(err))
+            await asyncio.to_thread(_write_run_only, store, flush_lock, run, "failed", str(err))
             raise
     fingerprint = cfg.fingerprint()
     config_hash = results.config_hash(fingerprint)
@@ -159,7 +167,7 @@ async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSum
     cache = await asyncio.to_thread(read, results.cached_responses, sae_id, todo)
     client = LLMClient(cfg.llm, cache=cache)
     run = _RunRecord(uuid.uuid4().hex[:16], sae_id, cfg, fingerprint, config_hash)
-    writer = _Writer(cfg.db, db_lock, run, client, sae)
+    writer = _Writer(store, flush_lock, run, client, sae)
     await asyncio.to_thread(writer.flush, "running")  # the row exists before any request
     source = _ExampleSource(read, sae, cfg)
     progress = _progress(cfg, len(todo), client.usage, started)
@@ -168,7 +176,7 @@ async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSum
     async def one(feature: int) -> None:
         async with in_flight:
             windows = await source.windows(feature)
-            result = await interpret(client, windows, feature, (sae_id, feature), cfg)
+            result = await interpret(client, windows, feature, (sae_id, feature), cfg, store)
             writer.add(result, windows_run_id=source.run_id)
             progress.update()
 
@@ -207,16 +215,18 @@ async def _run(cfg: ExplainConfig, sae: dict, features: list[int]) -> ExplainSum
     )
 
 
-def _write_run_only(db: str, lock: threading.Lock, run: _RunRecord, status: str, message: str):
+def _write_run_only(
+    store: results.ResultsStore, lock: threading.Lock, run: _RunRecord, status: str, message: str
+):
     row = run.row(status, 0, Usage(), 0, message)
     with lock:
-        results.write_interp_batch(db, results.InterpBatch([], [], [], row))
+        results.write_interp_batch(store, results.InterpBatch([], [], [], row))
 
 
 class _ExampleSource:
     """Reads latents' example windows from the store a block at a time."""
 
-    def __init__(self, read, sae: dict, cfg: ExplainConfig) -> None:
+    def __init__(self, read, sae: results.SAERow, cfg: ExplainConfig) -> None:
         self.read, self.sae, self.cfg = read, sae, cfg
         self.blocks: dict[int, asyncio.Task] = {}
         self.run_id = None
@@ -226,18 +236,19 @@ class _ExampleSource:
         if block not in self.blocks:
             self.blocks[block] = asyncio.create_task(asyncio.to_thread(self._load, block))
         rows, stats, vocab = await self.blocks[block]
-        mine = [r for r in rows if r["feature"] == feature]
-        self.run_id = self.run_id or (mine[0]["run_id"] if mine else None)
-        max_act = float((stats.get(feature) or {}).get("max_act") or 0.0)
+        mine = [r for r in rows if r.feature == feature]
+        self.run_id = self.run_id or (mine[0].run_id if mine else None)
+        stat = stats.get(feature)
+        max_act = float(stat.max_act or 0.0) if stat is not None else 0.0
         seed = self.cfg.llm.seed * 1_000_003 + feature
         return split_windows(mine, vocab, max_act, self.cfg.windows, seed)
 
     def _load(self, block: int):
         features = list(range(block * BLOCK, (block + 1) * BLOCK))
-        rows = self.read(results.feature_examples, self.sae["sae_id"], features)
-        stats = self.read(results.feature_stats, self.sae["sae_id"], features)
-        ids = sorted({t for r in rows for t in r["tokens"]})
-        vocab = self.read(results.token_strings, self.sae["model_sha256"], ids)
+        rows = self.read(results.feature_examples, self.sae.sae_id, features)
+        stats = self.read(results.feature_stats, self.sae.sae_id, features)
+        ids = sorted({t for r in rows for t in r.tokens})
+        vocab = self.read(results.token_strings, self.sae.model_sha256 or "", ids)
         return rows, stats, vocab
 
 
@@ -251,38 +262,33 @@ class _RunRecord:
 
     def row(
         self, status: str, latents_done: int, usage: Usage, unparsable: int, message: str | None
-    ) -> dict:
-        from saelab_base import __version__
+    ) -> results.AutointerpRunRow:
+        from saelab.base import __version__
 
         config = asdict(self.cfg)
-        config["llm"].pop(
-            "api_key_env", None
-        )  # the variable's name is harmless, but keep rows lean
-        return {
-            "run_id": self.run_id,
-            "sae_id": self.sae_id,
-            "config_json": json.dumps(config, default=str),
-            "config_hash": self.config_hash,
-            "status": status,
-            "latents_done": latents_done,
-            "requests": usage.requests,
-            "cache_hits": usage.cache_hits,
-            "retries": usage.retries,
-            "unparsable": unparsable,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "saelab_version": __version__,
-            "message": message,
-        }
+        config["llm"].pop("api_key_env", None)  # the variable's name is harmless; keep rows lean
+        return results.AutointerpRunRow(
+            run_id=self.run_id, sae_id=self.sae_id,
+            config_json=json.dumps(config, default=str), config_hash=self.config_hash,
+            status=status, latents_done=latents_done, requests=usage.requests,
+            cache_hits=usage.cache_hits, retries=usage.retries, unparsable=unparsable,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            saelab_version=__version__, message=message,
+        )  # fmt: skip
 
 
 class _Writer:
     """Collects finished latents and writes them in batches (one transaction each)."""
 
     def __init__(
-        self, db: str, lock: threading.Lock, run: _RunRecord, client: LLMClient, sae: dict
+        self,
+        store: results.ResultsStore,
+        lock: threading.Lock,
+        run: _RunRecord,
+        client: LLMClient,
+        sae: results.SAERow,
     ):
-        self.db, self.lock, self.run, self.client, self.sae = db, lock, run, client, sae
+        self.store, self.lock, self.run, self.client, self.sae = store, lock, run, client, sae
         self.pending: list[tuple[LatentResult, list, str | None]] = []
         self.latents_done = 0
         self.unparsable = 0
@@ -295,7 +301,7 @@ class _Writer:
         return self.latents_done + len(self.pending)
 
     def add(self, result: LatentResult, windows_run_id: str | None) -> None:
-        entries = self.client.take_new_entries((self.sae["sae_id"], result.feature))
+        entries = self.client.take_new_entries((self.sae.sae_id, result.feature))
         self.pending.append((result, entries, windows_run_id))
 
     async def loop(self) -> None:
@@ -312,22 +318,19 @@ class _Writer:
     def _flush(self, status: str, message: str | None) -> None:
         batch, self.pending = self.pending, []
         explanations, scores, cache = [], [], []
-        sae_id, run = self.sae["sae_id"], self.run
+        sae_id, run = self.sae.sae_id, self.run
         for result, entries, features_run in batch:
             by_explainer = {}
             for e in result.explanations:
                 provenance = dict(e.provenance, features_run=features_run)
                 by_explainer[e.explainer] = provenance
                 self.unparsable += e.status == "unparsable"
-                explanations.append(
-                    {
-                        "sae_id": sae_id, "feature": result.feature, "explainer": e.explainer,
-                        "status": e.status, "explanation": e.text,
-                        "n_examples": provenance.get("n_examples"),
-                        "provenance_json": json.dumps(provenance), "config_hash": run.config_hash,
-                        "run_id": run.run_id,
-                    }
-                )  # fmt: skip
+                explanations.append(results.ExplanationRow(
+                    sae_id=sae_id, feature=result.feature, explainer=e.explainer,
+                    status=e.status, explanation=e.text, n_examples=provenance.get("n_examples"),
+                    provenance_json=json.dumps(provenance), config_hash=run.config_hash,
+                    run_id=run.run_id,
+                ))  # fmt: skip
             for explainer, s in result.scores:
                 self.unparsable += s.n_failures
                 provenance = {
@@ -336,25 +339,23 @@ class _Writer:
                     "bootstrap": run.cfg.bootstrap,
                     "ci_level": 0.95,
                 }
-                scores.append(
-                    {
-                        "sae_id": sae_id, "feature": result.feature, "explainer": explainer,
-                        "scorer": s.scorer, "status": s.status, "value": s.value,
-                        "ci_low": s.ci[0] if s.ci else None, "ci_high": s.ci[1] if s.ci else None,
-                        "n_windows": s.n_windows, "n_valid": s.n_valid, "n_failures": s.n_failures,
-                        "n_positive": s.n_positive, "n_negative": s.n_negative,
-                        "provenance_json": json.dumps(provenance), "config_hash": run.config_hash,
-                        "run_id": run.run_id,
-                    }
-                )  # fmt: skip
+                scores.append(results.ScoreRow(
+                    sae_id=sae_id, feature=result.feature, explainer=explainer, scorer=s.scorer,
+                    status=s.status, value=s.value, ci_low=s.ci[0] if s.ci else None,
+                    ci_high=s.ci[1] if s.ci else None, n_windows=s.n_windows,
+                    n_valid=s.n_valid, n_failures=s.n_failures, n_positive=s.n_positive,
+                    n_negative=s.n_negative, provenance_json=json.dumps(provenance),
+                    config_hash=run.config_hash, run_id=run.run_id,
+                ))  # fmt: skip
             cache += [
-                {"key": k, "sae_id": sae_id, "feature": result.feature, "model": self.client.cfg.model,
-                 "request": req, "response": resp}
-                for k, req, resp in entries
-            ]  # fmt: skip
+                results.LLMCacheRow(key, sae_id, result.feature, self.client.cfg.model, req, resp)
+                for key, req, resp in entries
+            ]
         self.latents_done += len(batch)
         row = run.row(status, self.latents_done, self.client.usage, self.unparsable, message)
-        results.write_interp_batch(self.db, results.InterpBatch(explanations, scores, cache, row))
+        results.write_interp_batch(
+            self.store, results.InterpBatch(explanations, scores, cache, row)
+        )
 
 
 class _Progress:

@@ -26,7 +26,8 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from saelab_base.errors import UserError
+from saelab.base.config import check_fields
+from saelab.base.errors import UserError, check_host, listen_error
 
 MAX_TOP_LOGPROBS = 20
 
@@ -47,6 +48,18 @@ class ServeConfig:
     """Torch threads while serving. None: the cores not busy with other work when the server
     starts (at least 1): on a shared CPU, more threads than free cores make every forward
     pass several times slower."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def validate(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"`threads` must be at least 1, got {self.threads}")
+        if not 0 <= self.port < 65536:
+            raise UserError(f"`port` {self.port} is not a TCP port (0-65535; 0 picks a free one)")
+        if self.max_tokens < 1:
+            raise UserError(f"`max_tokens` must be at least 1, got {self.max_tokens}")
+        check_host(self.host)
 
 
 class Cancelled(Exception):
@@ -91,7 +104,7 @@ class Generator:
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from activations.models import resolve_model_folder
+        from saelab.activations.models import resolve_model_folder
 
         transformers.utils.logging.disable_progress_bar()
         folder, _ = resolve_model_folder(spec)
@@ -260,6 +273,7 @@ class LocalServer:
     def start(self) -> None:
         import torch
 
+        self.cfg.validate()
         self.stopping.clear()
         if self.generator is None:
             self.generator = Generator.load(self.cfg.model)
@@ -269,10 +283,7 @@ class LocalServer:
         try:
             self._http = _Server((self.cfg.host, self.cfg.port), _handler(self))
         except OSError as err:
-            raise UserError(
-                f"cannot listen on {self.cfg.host}:{self.cfg.port} ({err.strerror or err}); "
-                "choose another port"
-            ) from None
+            raise listen_error(self.cfg.host, self.cfg.port, err) from None
         port = self._http.server_address[1]
         self.base_url = f"http://{self.cfg.host}:{port}/v1"
         self._thread = threading.Thread(
@@ -367,10 +378,17 @@ def _handler(server: LocalServer):
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 request = _parse_request(body, server.cfg.max_tokens)
-            except (ValueError, TypeError, KeyError) as err:
+            except (ValueError, TypeError, KeyError, AttributeError) as err:
                 return self._error(400, str(err) or "malformed request")
             if not self.path.rstrip("/").endswith("/chat/completions"):
                 return self._error(404, f"no route {self.path}")
+            asked = body.get("model")
+            if asked not in (None, "", server.model_id):
+                return self._send(404, {"error": {
+                    "message": f"the model {asked!r} does not exist here; this server serves "
+                    f"{server.model_id!r}", "type": "invalid_request_error",
+                    "code": "model_not_found",
+                }})  # fmt: skip
 
             def cancelled() -> bool:
                 return server.stopping.is_set() or _hung_up(self.connection)
@@ -400,15 +418,22 @@ def _parse_request(body: dict, cap: int) -> dict:
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             content = "".join(part.get("text", "") for part in content)
         messages.append({"role": str(m["role"]), "content": str(content or "")})
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = 256 if max_tokens is None else max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    temperature = body.get("temperature")
+    temperature = 0.0 if temperature is None else float(temperature)
+    if not 0.0 <= temperature <= 2.0:
+        raise ValueError(f"temperature must be between 0 and 2, got {temperature}")
     top = int(body.get("top_logprobs") or 0) if body.get("logprobs") else 0
     if not 0 <= top <= MAX_TOP_LOGPROBS:
         raise ValueError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
     stop = body.get("stop")
     return {
         "messages": messages,
-        "max_tokens": max(1, min(int(max_tokens), cap)),
-        "temperature": float(body.get("temperature") or 0.0),
+        "max_tokens": min(max_tokens, cap),
+        "temperature": temperature,
         "seed": body.get("seed"),
         "top_logprobs": top,
         "stop": [stop] if isinstance(stop, str) else list(stop or []),
@@ -438,7 +463,7 @@ def _response(body: dict, request: dict, result: Generation, model_id: str) -> d
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": body.get("model") or model_id,
+        "model": model_id,
         "choices": [choice],
         "usage": {
             "prompt_tokens": result.prompt_tokens,

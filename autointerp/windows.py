@@ -16,10 +16,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autointerp.config import WindowConfig
+from saelab.base.config import check_fields
+from saelab.base.errors import UserError
+from saelab.resultstore.rows import FeatureExampleRow
 
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 _ESCAPES = str.maketrans({"<": "‹", ">": "›", "\n": "⏎", "\r": "⏎", "\t": " "})
+
+
+@dataclass
+class WindowConfig:
+    """How many stored example windows each step uses (explanation and scoring sets are disjoint)."""
+
+    explain_top: int = 8
+    """Top-activating windows shown to the explainer."""
+    explain_quantile: int = 4
+    """Quantile-band windows shown to the explainer (spread over the bands, highest first)."""
+    score_activating: int = 10
+    """Activating windows (quantile, remaining top, random) for detection, fuzzing, embedding."""
+    score_nonactivating: int = 10
+    """Windows where the latent is silent throughout, for detection and embedding."""
+    simulation_windows: int = 6
+    """Windows the simulator predicts token by token (two thirds activating)."""
+    batch_size: int = 5
+    """Windows per detection / fuzzing request."""
+    min_explain: int = 3
+    """Below this many explanation windows a latent gets status insufficient_examples."""
+    min_score: int = 4
+    """Below this many activating (or silent) scoring windows: insufficient_examples."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def validate(self) -> None:
+        for name in ("explain_top", "score_activating", "score_nonactivating", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        for name in ("explain_quantile", "simulation_windows", "min_explain", "min_score"):
+            if getattr(self, name) < 0:
+                raise UserError(f"`{name}` must be at least 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -89,9 +124,13 @@ def numbered(lines: list[str]) -> str:
 
 
 def split_windows(
-    rows: list[dict], vocab: dict[int, str], max_act: float, cfg: WindowConfig, seed: int
+    rows: list[FeatureExampleRow],
+    vocab: dict[int, str],
+    max_act: float,
+    cfg: WindowConfig,
+    seed: int,
 ) -> LatentWindows:
-    """Split one latent's stored rows (kind, band, rank, tokens, acts) into the three sets."""
+    """Split one latent's stored example rows into the three sets."""
     by_kind: dict[str, list[Window]] = {
         "top": [],
         "quantile": [],
@@ -100,17 +139,17 @@ def split_windows(
     }
     seen = set()
     for row in rows:
-        identity = (row["seq"], row["window_start"])
+        identity = (row.seq, row.window_start)
         if identity in seen:  # a random pick may repeat a top window
             continue
         seen.add(identity)
         window = Window(
-            tokens=[vocab.get(t, "") for t in row["tokens"]],
-            acts=np.asarray(row["acts"], dtype=np.float64),
-            kind=row["kind"],
-            key=(row["kind"], row["band"], row["rank"]),
+            tokens=[vocab.get(t, "") for t in row.tokens],
+            acts=np.asarray(row.acts, dtype=np.float64),
+            kind=row.kind,
+            key=(row.kind, row.band, row.rank),
         )
-        by_kind[row["kind"]].append(window)
+        by_kind[row.kind].append(window)
     top = [w for w in by_kind["top"] if w.max_act > 0]
     quantile = sorted(by_kind["quantile"], key=lambda w: (-w.key[1], w.key[2]))
     explain = top[: cfg.explain_top] + _spread(quantile, cfg.explain_quantile)

@@ -28,12 +28,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import resultstore as results  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
+from saelab import resultstore as results  # noqa: E402
 
 WINDOW, VOCAB, D_IN = 32, 49152, 576
 SCRIPT = (
-    "import time\nimport app.main as m\nt = time.perf_counter()\nm.run_page({page!r})\n"
+    "import time\nimport saelab.app.main as m\nt = time.perf_counter()\nm.run_page({page!r})\n"
     "m.LAST_RENDER_S = time.perf_counter() - t\n"
 )
 
@@ -59,14 +59,17 @@ def build(folder: Path, d_sae: int, n_saes: int, seed: int) -> tuple[str, str]:
         str(ckpt / "sae_weights.safetensors"),
     )
     sha = "synthetic-model"
-    with results.connect(db) as con:
+    weights = results.file_sha256(ckpt / "sae_weights.safetensors")
+    # a synthetic file written straight (its own transaction below), on the store's schema
+    with results.ResultsStore(db, "write").reading() as con:
         con.execute("BEGIN TRANSACTION")
         for i in range(n_saes):
             width = d_sae if i == 0 else int(rng.choice([4608, 9216, 18432]))
             sae_id = "big" if i == 0 else f"sae{i:03d}"
             con.execute(
-                "INSERT INTO saes (sae_id, name, path, architecture, d_in, d_sae, hook, model, model_sha256) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'blocks.8.hook_resid_post', 'smollm2-135m', ?)",
+                "INSERT INTO saes (sae_id, name, path, architecture, d_in, d_sae, hook, model, "
+                "model_sha256, weights_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'blocks.8.hook_resid_post', 'smollm2-135m', ?, ?)",
                 [
                     sae_id,
                     sae_id,
@@ -75,6 +78,7 @@ def build(folder: Path, d_sae: int, n_saes: int, seed: int) -> tuple[str, str]:
                     D_IN,
                     width,
                     sha,
+                    weights if i == 0 else "",
                 ],
             )
             l0 = float(rng.uniform(10, 100))
@@ -159,9 +163,9 @@ def render(page: str, **params) -> float:
     at.run()
     if at.exception or at.error:
         raise RuntimeError(f"{page} {params}: {at.exception or at.error[0].value}")
-    import app.main
+    import saelab.app.main
 
-    return app.main.LAST_RENDER_S  # the script run itself, timed inside the server thread
+    return saelab.app.main.LAST_RENDER_S  # the script run itself, timed inside the server thread
 
 
 def stats(times: list[float]) -> dict:
@@ -184,7 +188,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/app-cpu.json"))
     args = p.parse_args()
-    from app import db as appdb
+    from saelab.app import db as appdb
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

@@ -27,10 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import resultstore as results  # noqa: E402
-from autointerp.config import ExplainConfig, LLMConfig, default_scorers  # noqa: E402
-from autointerp.pipeline import explain_features  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
+from saelab import resultstore as results  # noqa: E402
+from saelab.autointerp.config import ExplainConfig, LLMConfig, default_scorers  # noqa: E402
+from saelab.autointerp.pipeline import explain_features  # noqa: E402
 
 WINDOW, VOCAB = 24, 2000
 KINDS = {"top": 20, "quantile": 16, "random": 8, "nonactivating": 12}
@@ -80,11 +80,14 @@ def synthetic_db(path: str, d_sae: int, seed: int = 0) -> str:
          "mean_act": [2.0] * d_sae, "dead": [False] * d_sae, "dense": [False] * d_sae,
          "too_few_examples": [False] * d_sae}
     )  # fmt: skip
-    record = results.SAERecord("bench", "bench", "-", "topk", 8, d_sae, "h", "m", "msha", {}, "w")
+    record = results.SAERow(
+        "bench", "bench", "-", "topk", 8, d_sae, "h", "m", "msha", "{}", "h", "w"
+    )
     run = results.EvalRun("bench", "features", {}, "-", 10**6, 0.0, {},
-                          {"features": features, "feature_examples": examples})  # fmt: skip
-    results.write_eval_run(path, record, run)
-    results.write_vocab(path, "msha", words)
+                          tables={"features": features, "feature_examples": examples})  # fmt: skip
+    store = results.ResultsStore(path, "write")
+    results.write_eval_run(store, record, run)
+    results.write_vocab(store, "msha", words)
     return path
 
 
@@ -92,7 +95,7 @@ def _corpus_words(n: int) -> list[str]:
     """The n most frequent words of the builtin corpus (windows read like text to the embedder)."""
     from collections import Counter
 
-    from activations.corpus import load_corpus
+    from saelab.activations.corpus import load_corpus
 
     counts = Counter(w for text in load_corpus("builtin")["text"][:2000] for w in text.split())
     return [" " + w for w, _ in counts.most_common(n)]
@@ -105,7 +108,7 @@ def start_fake(latency: float) -> tuple[subprocess.Popen, str]:
     command = [
         sys.executable,
         "-m",
-        "autointerp.fake_endpoint",
+        "saelab.autointerp.fake_endpoint",
         "--port",
         str(port),
         "--latency",
@@ -163,7 +166,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = synthetic_db(str(Path(tmp) / "bench.duckdb"), sum(sizes))
         fake, url = start_fake(args.latency)
-        from autointerp.scorers.embedding import embed
+        from saelab.activations.text_embedding import embed
 
         embed(["warm-up"])  # load the embedding model before the clock starts
         try:

@@ -36,10 +36,10 @@ def peer_sys_path() -> None:
 
 def ensure_kernels() -> str:
     """Which sparse kernels saelab's child uses."""
-    import saelab_kernels as kernels
+    from saelab import kernels
 
     assert all(hasattr(kernels, n) for n in ("sparse_decode", "gather_preacts", "topk_select"))
-    return "saelab_kernels"
+    return "saelab.kernels"
 
 
 def run_child(

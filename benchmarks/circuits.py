@@ -37,10 +37,10 @@ def _peak_mb() -> float:
 
 
 def prepare(out: Path, tokens: int, d_sae: int, k: int) -> tuple[list[str], str]:
-    from activations.harvest import HarvestConfig, harvest
-    from activations.loader import ActivationLoader
-    from sae.registry import make_config
-    from sae.trainer import TrainConfig, train
+    from saelab.activations.harvest import HarvestConfig, harvest
+    from saelab.activations.loader import ActivationLoader
+    from saelab.sae.registry import make_config
+    from saelab.sae.trainer import TrainConfig, train
 
     store = str(out / "acts.zarr")
     harvest(HarvestConfig(out=store, hooks=HOOKS, tokens=tokens, seq_len=64, resume=True))
@@ -62,13 +62,13 @@ def one(kind: str, args) -> dict:
     """One measurement in this process."""
     import torch
 
-    from activations.corpus import bos_token_id
-    from activations.models import load_model
-    from circuits.attribution import LogitDiff, attribute, patch_sides, path_gradient
-    from circuits.edges import edge_effects
-    from circuits.nodes import aggregate
-    from circuits.splice import load_spliced
-    from circuits.tasks import load_task
+    from saelab.activations.corpus import bos_token_id
+    from saelab.activations.models import load_model
+    from saelab.circuits.attribution import LogitDiff, attribute, patch_sides, path_gradient
+    from saelab.circuits.edges import edge_effects
+    from saelab.circuits.nodes import aggregate
+    from saelab.circuits.splice import load_spliced
+    from saelab.circuits.tasks import load_task
 
     model = load_model()
     spliced = load_spliced(model, args.sae)
@@ -120,7 +120,7 @@ def one(kind: str, args) -> dict:
         out["edges"] = {f"{e.up.label()}>{e.down.label()}": e.effect for e in edges}
         out["node_threshold"] = args.node_threshold
     elif kind == "ig-convergence":
-        from circuits.attribution import exact_effect, metric_values
+        from saelab.circuits.attribution import exact_effect, metric_values
 
         sub = task.subset(range(min(8, len(task))))
         m = LogitDiff(sub.correct, sub.wrong)
@@ -145,7 +145,7 @@ def one(kind: str, args) -> dict:
             prompts=len(sub),
         )
     elif kind == "circuit":
-        from circuits.run import CircuitConfig, run_circuit
+        from saelab.circuits.run import CircuitConfig, run_circuit
 
         before, t = _rss_mb(), time.perf_counter()
         cfg = CircuitConfig(

@@ -27,15 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import resultstore as results  # noqa: E402
-from activations.harvest import HarvestConfig, harvest  # noqa: E402
-from activations.loader import ActivationLoader  # noqa: E402
-from activations.store import ActivationStore  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
-from evaluation.core import reconstruction_stats  # noqa: E402
-from evaluation.features import FeatureStatsConfig, feature_stats  # noqa: E402
-from evaluation.runner import EvalConfig, evaluate  # noqa: E402
-from sae import build_sae, make_config, save_sae  # noqa: E402
+from saelab import resultstore as results  # noqa: E402
+from saelab.activations.harvest import HarvestConfig, harvest  # noqa: E402
+from saelab.activations.loader import ActivationLoader  # noqa: E402
+from saelab.activations.store import ActivationStore  # noqa: E402
+from saelab.evaluation.core.reconstruction import reconstruction_stats  # noqa: E402
+from saelab.evaluation.features import FeatureStatsConfig
+from saelab.evaluation.features.stats import feature_stats  # noqa: E402
+from saelab.evaluation.runner import EvalConfig, evaluate  # noqa: E402
+from saelab.sae import build_sae, make_config, save_sae  # noqa: E402
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -111,20 +112,26 @@ def bench_dashboard_latency(store_url: str, tmp: str, d_sae: int, queries: int) 
     t0 = time.perf_counter()
     evaluate(
         EvalConfig(
-            sae=str(folder), acts=store_url, db=str(db), evals=["features"], feature_split="test"
-        ),
+            sae=str(folder),
+            acts=store_url,
+            db=str(db),
+            evals=["features"],
+            settings={"features": {"split": "test"}},
+        ),  # fmt: skip
         log=lambda *_: None,
     )
     build = time.perf_counter() - t0
-    with results.connect(db, read_only=True) as con:
-        sae_id = con.execute("SELECT sae_id FROM saes").fetchone()[0]
-        rows = con.execute("SELECT count(*) FROM feature_examples").fetchone()[0]
-        rng = random.Random(0)
-        results.feature_dashboard(con, sae_id, 0)
+    store = results.ResultsStore(db)
+    (sae,) = results.list_saes(store)
+    (count,) = store.query("SELECT count(*) AS n FROM feature_examples")
+    rows = count["n"]
+    rng = random.Random(0)
+    with store.session():  # one connection, as the app holds one per page render
+        results.feature_dashboard(store, sae.sae_id, 0)
         times = []
         for _ in range(queries):
             t = time.perf_counter()
-            results.feature_dashboard(con, sae_id, rng.randrange(d_sae))
+            results.feature_dashboard(store, sae.sae_id, rng.randrange(d_sae))
             times.append((time.perf_counter() - t) * 1000)
     return {
         "d_sae": d_sae,

@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from activations.corpus import iter_sequences, load_corpus  # noqa: E402
-from activations.harvest import HarvestConfig, harvest  # noqa: E402
-from activations.loader import ActivationLoader  # noqa: E402
-from activations.models import load_model  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
+from saelab.activations.corpus import iter_sequences, load_corpus  # noqa: E402
+from saelab.activations.harvest import HarvestConfig, harvest  # noqa: E402
+from saelab.activations.loader import ActivationLoader  # noqa: E402
+from saelab.activations.models import load_model  # noqa: E402
 
 
 def bare_forward_seconds(model, cfg: HarvestConfig) -> float:
@@ -64,7 +64,7 @@ def loader_rate(store: str, hook: str, batch_size: int, min_seconds: float = 5.0
 
 def training_rate(d_in: int, batch_size: int, steps: int = 4) -> dict:
     """Tokens/s a TopK SAE (d_sae 18432, k 64, AuxK on) consumes in training, on the same machine."""
-    from sae import StepContext, build_sae, make_config
+    from saelab.sae import StepContext, build_sae, make_config
 
     sae = build_sae(make_config("topk", d_sae=18432, k=64), d_in=d_in)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)

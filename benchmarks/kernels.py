@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import saelab_kernels as kernels  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
-from saelab_kernels.reference import dense_codes  # noqa: E402
+from saelab import kernels  # noqa: E402
+from saelab.kernels.reference import dense_codes  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

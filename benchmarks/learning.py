@@ -167,7 +167,7 @@ def real_rows(store: str, hook: str, n: int, split: str, seed: int):
     than one epoch of the split when it holds fewer rows."""
     import torch
 
-    from activations.loader import ActivationLoader
+    from saelab.activations.loader import ActivationLoader
 
     loader = ActivationLoader(store, hook=hook, batch_size=4096, seed=seed, split=split)
     per_epoch = loader.tokens_per_epoch
@@ -220,9 +220,9 @@ def child_saelab(spec: dict) -> dict:
     import torch
 
     ensure_kernels()
-    from sae.architectures.topk import TopKConfig
-    from sae.config import TrainConfig
-    from sae.trainer import Trainer
+    from saelab.sae.architectures.topk import TopKConfig
+    from saelab.sae.config import TrainConfig
+    from saelab.sae.trainer import Trainer
 
     train, held = _load(spec["acts"])
     batch = spec["batch"]

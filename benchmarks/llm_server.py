@@ -80,7 +80,7 @@ def free_port() -> int:
 
 def transformers_serve(n: int) -> dict:
     """The old default: `transformers serve` as a child process (stopped afterwards)."""
-    from activations.models import resolve_model_folder
+    from saelab.activations.models import resolve_model_folder
 
     folder, _ = resolve_model_folder("smollm2-135m")
     port = free_port()
@@ -116,7 +116,7 @@ def transformers_serve(n: int) -> dict:
 def saelab_server(n: int) -> dict:
     import torch
 
-    from autointerp.server import LocalServer
+    from saelab.autointerp.server import LocalServer
 
     with LocalServer() as server:
         result = measure(server.base_url, server.model_id, n)

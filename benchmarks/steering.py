@@ -29,15 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import resultstore as results  # noqa: E402
 from benchmarks.autointerp import start_fake  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
+from saelab import resultstore as results  # noqa: E402
 
 HOOK = "blocks.6.hook_resid_post"
 
 
 def build(tmp: Path, model, tokens: int, d_sae: int) -> tuple[str, str, str]:
-    from activations.harvest import HarvestConfig, harvest
+    from saelab.activations.harvest import HarvestConfig, harvest
     from saelab.cli import main
 
     store, sae, db = str(tmp / "acts.zarr"), str(tmp / "sae"), str(tmp / "results.duckdb")
@@ -46,12 +46,12 @@ def build(tmp: Path, model, tokens: int, d_sae: int) -> tuple[str, str, str]:
     assert main(["train", "--acts", store, "--hook", HOOK, "--arch", "topk", "--d-sae",
                  str(d_sae), "--k", "16", "--out", sae, "--no-progress"]) == 0  # fmt: skip
     assert main(["eval", "--sae", sae, "--acts", store, "--db", db, "--evals", "features"]) == 0
-    (row,) = results.list_saes(db)
-    return db, sae, row["sae_id"]
+    (row,) = results.list_saes(results.ResultsStore(db))
+    return db, sae, row.sae_id
 
 
 def live_latents(db: str, sae_id: str, n: int) -> list[int]:
-    with results.connect(db, read_only=True) as con:
+    with results.ResultsStore(db).reading() as con:
         rows = con.execute(
             "SELECT feature FROM features WHERE sae_id = ? AND NOT too_few_examples "
             "AND density BETWEEN 0.002 AND 0.2 ORDER BY max_act DESC LIMIT ?",
@@ -61,12 +61,12 @@ def live_latents(db: str, sae_id: str, n: int) -> list[int]:
 
 
 def generation_speed(model, db, sae_id, feature, new_tokens: int, repeats: int) -> dict:
-    from circuits.steering.generate import Sampling, generate
-    from circuits.steering.harness import Harness
-    from circuits.steering.interventions import hooked
-    from circuits.steering.target import resolve
+    from saelab.steering.generate import Sampling, generate
+    from saelab.steering.harness import Harness
+    from saelab.steering.interventions import hooked
+    from saelab.steering.target import resolve
 
-    target = resolve(db, sae_id, model=model)
+    target = resolve(results.ResultsStore(db), sae_id, model=model)
     h = Harness(target, [feature], ["The"], ["A plain sentence about the weather today."],
                 Sampling(max_new_tokens=1), 1, "generated", explanation="")  # fmt: skip
     ids = h.encode("In the morning the market opened and")
@@ -97,10 +97,10 @@ def generation_speed(model, db, sae_id, feature, new_tokens: int, repeats: int) 
 
 
 def scorer_speed(model, db, sae_id, latents: list[int], latency: float) -> dict:
-    from autointerp.config import ExplainConfig, LLMConfig
-    from autointerp.pipeline import explain_features
-    from autointerp.scorers import intervention
-    from circuits.steering.backend import InterventionBackend
+    from saelab.autointerp.config import ExplainConfig, LLMConfig
+    from saelab.autointerp.pipeline import explain_features
+    from saelab.autointerp.scorers import intervention
+    from saelab.steering.backend import InterventionBackend
 
     intervention.set_backend_factory(lambda d, s: InterventionBackend(d, s, model=model))
     fake, url = start_fake(latency)
@@ -122,19 +122,19 @@ def scorer_speed(model, db, sae_id, latents: list[int], latency: float) -> dict:
 
 
 def comparison(model, db, sae_id, latents: list[int], target_kl: float) -> list[dict]:
-    from circuits.steering.generate import Sampling
-    from circuits.steering.run import SteerConfig, steer
+    from saelab.steering.generate import Sampling
+    from saelab.steering.run import SteerConfig, steer
 
     out = []
     for f in latents:
         cfg = SteerConfig(db=db, sae=sae_id, features=[f], target_kl=target_kl, store=True,
                           sampling=Sampling(max_new_tokens=16, seed=0), n_samples=2)  # fmt: skip
-        runs = {r["method"]: r for r in steer(cfg, model=model).runs}
+        runs = {r.method: r for r in steer(cfg, model=model).runs}
         out.append(
             {
                 "feature": f,
                 **{
-                    f"{m}_{k}": runs[m][k]
+                    f"{m}_{k}": getattr(runs[m], k)
                     for m in ("sae", "diffmean", "none")
                     for k in ("strength", "kl", "concept", "feature_act", "perplexity")
                 },
@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.2)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/steering-cpu.json"))
     args = p.parse_args()
-    from activations.models import load_model
+    from saelab.activations.models import load_model
 
     model = load_model("smollm2-135m")
     with tempfile.TemporaryDirectory() as tmp:

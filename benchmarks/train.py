@@ -13,7 +13,7 @@ fraction of the encoder-matmul limit: the sgemm rate for [batch, d_in] x [d_in, 
 that sgemm itself, before and after its steps, so the fraction (= sgemm time / step time)
 does not drift with the load of a shared machine; the separate sgemm child gives the
 headline rate. The `fused` section runs TopK at the large size with the fused CPU matmul +
-top-k (saelab_kernels/fused.py) off and on, alternately, for a before/after ratio in one run.
+top-k (kernels/fused.py) off and on, alternately, for a before/after ratio in one run.
 ReLU, JumpReLU and Gated are measured from their reference start (about half
 the latents active: dense steps) and from a sparse start (`init_l0 = k`, the L0 they train
 towards), the latter being the step time of most of a run. FVU is measured on a held-out
@@ -117,8 +117,8 @@ def child_saelab(spec: dict) -> dict:
 
     sys.path.insert(0, str(ROOT))
     kernels_impl = ensure_kernels()
-    from sae import TrainConfig, Trainer, make_config, ops
-    from sae.trainer import folded_copy
+    from saelab.sae import TrainConfig, Trainer, make_config, ops
+    from saelab.sae.trainer import folded_copy
 
     if spec.get("unfused"):
         os.environ["SAELAB_DISABLE_FUSED"] = "1"  # the dense product + a separate top-k
@@ -271,7 +271,7 @@ def make_acts(path: Path, batches: int, batch: int) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from sae.synthetic import SyntheticActivations
+    from saelab.sae.synthetic import SyntheticActivations
 
     data = SyntheticActivations(
         d_in=D_IN, n_features=8 * D_IN, batch_size=batch, active=32, noise=0.05, seed=0, offset=1.0

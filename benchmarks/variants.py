@@ -82,7 +82,7 @@ class VariantsConfig:
 
 def sweep_configs(cfg: VariantsConfig) -> list:
     """One SAE per (architecture, L0)."""
-    from sae.registry import make_config
+    from saelab.sae.registry import make_config
 
     configs = []
     for l0 in cfg.l0s:
@@ -98,8 +98,8 @@ def sweep_configs(cfg: VariantsConfig) -> list:
 def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
     """Harvest (if the store is missing), train the sweep, evaluate, explain; the summary."""
     import saelab
-    from activations.harvest import HarvestConfig
-    from activations.models import load_model
+    from saelab.activations.harvest import HarvestConfig
+    from saelab.activations.models import load_model
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,10 +151,16 @@ def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
             acts=acts,
             db=db,
             evals=list(cfg.evals),
-            max_tokens=cfg.max_eval_tokens,
-            loss_sequences=cfg.loss_sequences,
-            feature_split=cfg.features_probing_split,
-            probe_split=cfg.features_probing_split,
+            settings={
+                name: values
+                for name, values in {
+                    "core": {"max_tokens": cfg.max_eval_tokens},
+                    "loss": {"sequences": cfg.loss_sequences},
+                    "features": {"split": cfg.features_probing_split},
+                    "probing": {"split": cfg.features_probing_split},
+                }.items()
+                if name in cfg.evals
+            },
         ),
         model=model,
     )
@@ -223,7 +229,7 @@ def summarise(cfg: VariantsConfig, db: str, sweep: Path, timings: dict) -> dict[
 def store_summary(acts: Path, sweep: Path) -> dict[str, Any]:
     """What the store really holds (the corpus may run out before `tokens`) and what each SAE
     was trained on."""
-    from activations.store import ActivationStore
+    from saelab.activations.store import ActivationStore
 
     store = ActivationStore(str(acts))
     seqs, seq_len = store.committed_sequences(), int(store.attrs["seq_len"])
@@ -286,7 +292,7 @@ def compare_with_papers(rows: list[dict]) -> dict[str, Any]:
 
 def frontier_figure(rows: list[dict]):
     """Δloss vs L0 and FVU vs L0 per architecture (plotly), from `summarise`'s rows."""
-    from evaluation.compare import frontier_figure as figure
+    from saelab.evaluation.compare import frontier_figure as figure
 
     return figure(
         rows,

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuits.splice import SplicedModel, SpliceState
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.circuits.splice import SplicedModel, SpliceState
 
 METHODS = ("atp", "ig")
 BASELINES = ("patch", "zero", "mean")
@@ -101,7 +101,7 @@ def store_means(
     spliced: SplicedModel, acts: str, hooks: list[str] | None = None, max_tokens: int = 16384
 ) -> dict[str, HookStats]:
     """Per-hook feature and error means from an activation store (BOS and specials masked)."""
-    from activations.store import ActivationStore
+    from saelab.activations.store import ActivationStore
 
     store = ActivationStore(acts)
     sha = store.attrs.get("model_sha256")
@@ -168,7 +168,10 @@ def patch_sides(
 ) -> dict[str, PatchSide]:
     if baseline == "patch":
         if task_patch is None:
-            raise UserError("the task has no patch prompts: use zero or mean ablation instead")
+            raise UserError(
+                "the task has no patch prompts to patch nodes to: use baseline zero or mean, or "
+                "leave the baseline unset (mean)"
+            )
         _, states, _ = spliced.run_spliced(task_patch)
         return {h: PatchSide("patch", state=states[h]) for h in spliced.hooks}
     if baseline == "mean" and stats is None:

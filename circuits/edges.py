@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuits.attribution import PatchSide
-from circuits.nodes import ERROR, SUMMED, Node, NodeKey
-from circuits.splice import SplicedModel, SpliceState, hook_order
+from saelab.circuits.attribution import PatchSide
+from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
+from saelab.circuits.splice import SplicedModel, SpliceState, hook_order
 
 
 @dataclass

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from circuits.attribution import HookStats, PatchSide, metric_values, node_delta
-from circuits.edges import Edge
-from circuits.nodes import ERROR, SUMMED, Node, NodeKey
-from circuits.splice import SplicedModel, SpliceState, hook_order
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.circuits.attribution import HookStats, PatchSide, metric_values, node_delta
+from saelab.circuits.edges import Edge
+from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
+from saelab.circuits.splice import SplicedModel, SpliceState, hook_order
 
 ABLATIONS = ("mean", "zero", "resample")
 ERROR_POLICIES = ("ablate", "keep", "remove")

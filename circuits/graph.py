@@ -15,38 +15,44 @@ import os
 import tempfile
 from pathlib import Path
 
-from circuits.nodes import SUMMED
-from circuits.splice import hook_label
+from saelab.base.errors import UserError
+from saelab.circuits.nodes import SUMMED
+from saelab.circuits.splice import hook_label
+from saelab.resultstore import ResultsStore
 
 POS, NEG = "#2166ac", "#b2182b"
 
 
-def _notes(records: dict, db: str | None, kept) -> dict:
-    if not db or not Path(db).exists():
+def _notes(records: dict, store: ResultsStore | None, kept) -> dict:
+    """Top logit tokens and explanations of the kept latents, where the results store has them."""
+    if store is None:
         return {}
-    import resultstore as results
+    from saelab import resultstore as results
 
     out = {}
     try:
-        with results.connect(db, read_only=True) as con:
+        with store.session():
             for hook, rec in records.items():
                 feats = sorted({n.key.feature for n in kept if n.key.hook == hook} - {-1})
-                notes = results.feature_notes(con, rec.sae_id, feats, rec.model_sha256)
+                notes = results.feature_notes(store, rec.sae_id, feats, rec.model_sha256)
                 for f, note in notes.items():
                     out[(hook, f)] = note
-    except Exception:  # an older or busy store: the graph is drawn without notes
+    except UserError:  # a busy or unreadable file: the graph is drawn without notes
         return {}
     return out
 
 
-def figure(result, spliced, records: dict | None = None, db: str | None = None, tokenizer=None):
+def figure(
+    result, spliced, records: dict | None = None, store: ResultsStore | None = None, tokenizer=None
+):
+    """The graph as a plotly figure; hover notes come from the `ResultsStore` `store`, if any."""
     import plotly.graph_objects as go
 
     kept = result.kept
     hooks = spliced.hooks
     col = {h: i for i, h in enumerate(hooks)}
     T = max((n.key.pos for n in kept), default=0) + 1
-    notes = _notes(records or {}, db, kept)
+    notes = _notes(records or {}, store, kept)
     tokens = None
     if tokenizer is not None and result.config is not None:
         tokens = _first_prompt_tokens(result, tokenizer)
@@ -126,8 +132,8 @@ def figure(result, spliced, records: dict | None = None, db: str | None = None, 
 
 def _first_prompt_tokens(result, tokenizer) -> list[str] | None:
     try:
-        from activations.corpus import bos_token_id
-        from circuits.tasks import load_task
+        from saelab.activations.corpus import bos_token_id
+        from saelab.circuits.tasks import load_task
 
         cfg = result.config
         task = load_task(cfg.task, tokenizer, bos_token_id(tokenizer), 1, cfg.seed)
@@ -149,9 +155,11 @@ def _hover(node, note: dict, tokens) -> str:
     return "<br>".join(lines)
 
 
-def write_html(result, spliced, path: str, records=None, db=None, tokenizer=None) -> None:
+def write_html(
+    result, spliced, path: str, records=None, store: ResultsStore | None = None, tokenizer=None
+) -> None:
     """Write the graph as one self-contained HTML file (atomically)."""
-    fig = figure(result, spliced, records, db, tokenizer)
+    fig = figure(result, spliced, records, store, tokenizer)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)

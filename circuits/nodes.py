@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from circuits.attribution import HookEffects
-from circuits.splice import hook_order
+from saelab.circuits.attribution import HookEffects
+from saelab.circuits.splice import hook_order
 
 ERROR = -1
 """The `feature` of an error node."""
@@ -29,7 +29,7 @@ class NodeKey:
         return self.feature == ERROR
 
     def label(self) -> str:
-        from circuits.splice import hook_label
+        from saelab.circuits.splice import hook_label
 
         what = "ε" if self.is_error else f"f{self.feature}"
         where = "" if self.pos == SUMMED else f"@{self.pos}"

@@ -18,7 +18,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from circuits.attribution import (
+from saelab import resultstore as results
+from saelab.base import __version__
+from saelab.base.config import check_device, check_fields
+from saelab.base.errors import UserError
+from saelab.base.fs import check_output_file
+from saelab.circuits.attribution import (
     BASELINES,
     METHODS,
     LogitDiff,
@@ -28,8 +33,8 @@ from circuits.attribution import (
     patch_sides,
     store_means,
 )
-from circuits.edges import Edge, edge_effects
-from circuits.evaluate import (
+from saelab.circuits.edges import Edge, edge_effects
+from saelab.circuits.evaluate import (
     ABLATIONS,
     ERROR_POLICIES,
     Curves,
@@ -41,10 +46,9 @@ from circuits.evaluate import (
     pearson,
     rankable,
 )
-from circuits.nodes import Node, aggregate
-from circuits.splice import SplicedModel, load_spliced
-from circuits.tasks import TASK_VERSION, TaskBatch, load_task
-from saelab_base.errors import UserError
+from saelab.circuits.nodes import Node, aggregate
+from saelab.circuits.splice import SplicedModel, load_spliced
+from saelab.circuits.tasks import TASK_VERSION, TaskBatch, load_task
 
 
 @dataclass
@@ -91,7 +95,12 @@ class CircuitConfig:
     model: str = "smollm2-135m"
     """Model spec (must be the model the SAEs were trained on)."""
     device: str = "cpu"
+    """Torch device."""
     progress: bool = True
+    """Show progress bars (nodes, edges, curves, edge checks)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def validate(self) -> None:
         if not self.sae:
@@ -112,6 +121,26 @@ class CircuitConfig:
                 raise UserError(f"the {name} threshold must be a finite number >= 0, got {v}")
         if self.steps < 1 or self.n_prompts < 1:
             raise UserError("steps and the number of prompts must be at least 1")
+        if self.method == "atp" and self.steps != CircuitConfig.steps:
+            raise UserError(
+                f"steps={self.steps} applies to integrated gradients only: use method ig, or drop "
+                "steps (attribution patching takes one gradient)"
+            )
+        if self.curve_sizes is not None and (not self.curve_sizes or min(self.curve_sizes) < 0):
+            raise UserError(
+                f"`curve_sizes` must be circuit sizes >= 0, got {self.curve_sizes}; "
+                "leave it unset for 0, 1, 2, 5, 10, ... all nodes"
+            )
+        if self.check_edges < 0 or self.edge_batch < 1:
+            raise UserError("`check_edges` must be >= 0 and `edge_batch` at least 1")
+        if self.html is not None:
+            check_output_file(self.html, "the circuit graph", "circuit.html")
+        check_device(self.device)
+        if self.acts is None and "mean" in (self.ablation, self.baseline):
+            raise UserError(
+                "mean ablation needs the activation store (its per-hook means): give `acts`, or "
+                "use zero or resample ablation"
+            )
 
 
 @dataclass
@@ -140,11 +169,13 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
     """Find, evaluate and (optionally) store a circuit; see the module docstring."""
     cfg.validate()
     start = time.perf_counter()
+    # opened (created, checked, migrated) before any compute: a wrong file fails at once
+    store = results.ResultsStore(cfg.db, mode="write") if cfg.db else None
     if model is None:
-        from activations.models import load_model
+        from saelab.activations.models import load_model
 
         model = load_model(cfg.model, device=cfg.device)
-    from activations.corpus import bos_token_id
+    from saelab.activations.corpus import bos_token_id
 
     spliced = load_spliced(model, cfg.sae, device=cfg.device)
     task = load_task(
@@ -153,10 +184,10 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
     baseline = cfg.baseline or ("patch" if task.patch is not None else "mean")
     stats = None
     if "mean" in (baseline, cfg.ablation):
-        if cfg.acts is None:
+        if cfg.acts is None:  # only the baseline's fallback gets here (validate saw the rest)
             raise UserError(
-                "mean ablation needs the activation store (its per-hook means): give acts, or "
-                "use zero or resample ablation"
+                f"task {task.name} has no patch prompts, so nodes are patched to their means, "
+                "which need the activation store: give `acts`, or baseline zero"
             )
         stats = store_means(spliced, cfg.acts)
     metric = LogitDiff(task.correct, task.wrong)
@@ -185,7 +216,7 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
         largest = max((abs(n.effect) for n in nodes), default=0.0)
         raise UserError(
             f"no node reaches the node threshold {cfg.node_threshold:g} (largest |effect| "
-            f"{largest:.3g}); lower the threshold"
+            f"{largest:.3g}); lower `node_threshold`"
         )
 
     edges = _edges(cfg, spliced, task, metric, sides, kept)
@@ -226,11 +257,11 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
     result.seconds = time.perf_counter() - start
     records = _records(spliced, model)
     if cfg.html:
-        from circuits.graph import write_html
+        from saelab.circuits.graph import write_html
 
-        write_html(result, spliced, cfg.html, records, cfg.db, model.tokenizer)
-    if cfg.db:
-        result.circuit_id = _store(cfg, result, spliced, task, baseline, model, records)
+        write_html(result, spliced, cfg.html, records, store, model.tokenizer)
+    if store is not None:
+        result.circuit_id = _store(store, cfg, result, spliced, task, baseline, model, records)
     return result
 
 
@@ -259,7 +290,7 @@ def _prompts_hash(task: TaskBatch) -> str:
 
 def _records(spliced: SplicedModel, model) -> dict:
     """The store's SAE record per hook (ids as `saelab eval` computes them)."""
-    from sae.checkpoint import read_cfg
+    from saelab.sae.checkpoint import read_cfg
 
     return {
         hook: _record(Path(folder), spliced.saes[hook], read_cfg(folder), hook, model)
@@ -267,100 +298,69 @@ def _records(spliced: SplicedModel, model) -> dict:
     }
 
 
-def _store(cfg, result: CircuitResult, spliced, task, baseline, model, records) -> str:
-    import resultstore as results
-    from circuits.splice import hook_order
+def _store(store, cfg, result: CircuitResult, spliced, task, baseline, model, records) -> str:
+    from saelab.circuits.splice import hook_order
 
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "db", "html")}
+    sae_ids = [records[h].sae_id for h in spliced.hooks]
+    prompts_hash = _prompts_hash(task)
+    cid = results.circuit_id(
+        results.config_hash(config), prompts_hash, sae_ids, model.weights_sha256
+    )
     index = {n.key: i for i, n in enumerate(result.nodes)}
     kept = {n.key for n in result.kept}
     nodes = []
     for i, n in enumerate(result.nodes):
         if n.key not in kept and i >= 2000:
             continue  # the ranked tail beyond 2000 nodes is not stored
-        layer, place = hook_order(n.key.hook)
-        nodes.append(
-            {
-                "node": i,
-                "hook": n.key.hook,
-                "submodule": n.key.hook.split(".")[-1].removeprefix("hook_"),
-                "layer": layer,
-                "pos": n.key.pos,
-                "feature": n.key.feature,
-                "is_error": n.key.is_error,
-                "sae_id": records[n.key.hook].sae_id,
-                "effect": n.effect,
-                "activation": n.activation,
-                "kept": n.key in kept,
-            }
-        )
+        layer, _ = hook_order(n.key.hook)
+        nodes.append(results.CircuitNodeRow(
+            circuit_id=cid, node=i, hook=n.key.hook,
+            submodule=n.key.hook.split(".")[-1].removeprefix("hook_"), layer=layer,
+            pos=n.key.pos, feature=n.key.feature, is_error=n.key.is_error,
+            sae_id=records[n.key.hook].sae_id, effect=n.effect, activation=n.activation,
+            kept=n.key in kept,
+        ))  # fmt: skip
     measured = {(c.edge.up, c.edge.down): c.measured for c in result.edge_checks}
     edges = [
-        {
-            "up_node": index[e.up],
-            "down_node": index[e.down],
-            "effect": e.effect,
-            "measured": measured.get((e.up, e.down)),
-        }
+        results.CircuitEdgeRow(
+            cid, index[e.up], index[e.down], e.effect, measured.get((e.up, e.down))
+        )
         for e in result.edges
     ]
     curves_rows = []
     for p in result.curves.points:
         curves_rows.append(
-            {
-                "kind": "faithfulness",
-                "n_nodes": p.n_nodes,
-                "value": p.faithfulness,
-                "metric": p.m_circuit,
-            }
+            results.CircuitCurveRow(cid, "faithfulness", p.n_nodes, p.faithfulness, p.m_circuit)
         )
         curves_rows.append(
-            {
-                "kind": "completeness",
-                "n_nodes": p.n_nodes,
-                "value": p.completeness,
-                "metric": p.m_complement,
-            }
+            results.CircuitCurveRow(cid, "completeness", p.n_nodes, p.completeness, p.m_complement)
         )
-    summary = {
-        "task": task.name,
-        "task_source": cfg.task if cfg.task.endswith(".jsonl") else f"builtin v{TASK_VERSION}",
-        "prompts_hash": _prompts_hash(task),
-        "n_prompts": len(task),
-        "model": model.name,
-        "model_sha256": model.weights_sha256,
-        "sae_ids": [records[h].sae_id for h in spliced.hooks],
-        "hooks": spliced.hooks,
-        "method": cfg.method,
-        "baseline": baseline,
-        "steps": cfg.steps,
-        "per_position": cfg.per_position,
-        "node_threshold": cfg.node_threshold,
-        "edge_threshold": cfg.edge_threshold,
-        "ablation": cfg.ablation,
-        "error_policy": cfg.error_policy,
-        "m_clean": result.m_clean,
-        "m_patch": result.m_patch,
-        "m_empty": result.curves.m_empty,
-        "clean_accuracy": result.clean_accuracy,
-        "faithfulness": _finite(result.faithfulness),
-        "completeness": _finite(result.completeness),
-        "n_nodes": len(result.kept),
-        "n_edges": len(result.edges),
-        "edge_correlation": _finite(result.edge_correlation),
-        "seconds": result.seconds,
-    }
-    config = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "db", "html")}
-    record = results.CircuitRecord(summary, config, nodes, edges, curves_rows)
-    return results.write_circuit(cfg.db, record, list(records.values()))
+    circuit = results.CircuitRow(
+        circuit_id=cid, task=task.name,
+        task_source=cfg.task if cfg.task.endswith(".jsonl") else f"builtin v{TASK_VERSION}",
+        prompts_hash=prompts_hash, n_prompts=len(task), model=model.name,
+        model_sha256=model.weights_sha256, sae_ids=sae_ids, hooks=list(spliced.hooks),
+        method=cfg.method, baseline=baseline, steps=cfg.steps, per_position=cfg.per_position,
+        node_threshold=cfg.node_threshold, edge_threshold=cfg.edge_threshold,
+        ablation=cfg.ablation, error_policy=cfg.error_policy, m_clean=result.m_clean,
+        m_patch=result.m_patch, m_empty=result.curves.m_empty,
+        clean_accuracy=result.clean_accuracy, faithfulness=_finite(result.faithfulness),
+        completeness=_finite(result.completeness), n_nodes=len(result.kept),
+        n_edges=len(result.edges), edge_correlation=_finite(result.edge_correlation),
+        config_json=json.dumps(config, default=str), config_hash=results.config_hash(config),
+        seconds=result.seconds, saelab_version=__version__,
+    )  # fmt: skip
+    record = results.CircuitRecord(circuit, nodes, edges, curves_rows)
+    return results.write_circuit(store, record, list(records.values()))
 
 
 def _finite(v: float) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def _record(folder: Path, sae, cfg_json: dict, hook: str, model):
-    import resultstore as results
-    from sae.checkpoint import WEIGHTS_FILE
+def _record(folder: Path, sae, cfg_json: dict, hook: str, model) -> results.SAERow:
+    from saelab.sae.checkpoint import WEIGHTS_FILE
 
     return results.record_for_folder(
         folder, WEIGHTS_FILE, cfg_json, architecture=sae.architecture, d_in=sae.d_in,

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
 
 SUBMODULES = {"hook_attn_out": 0, "hook_mlp_out": 1, "hook_resid_post": 2}
 """The hooks an SAE may be spliced at, in their order inside one block."""
@@ -88,9 +88,9 @@ class SplicedModel:
     """A loaded model with one SAE per hook (hooks sorted in computation order)."""
 
     model: object
-    """The `activations.models.LoadedModel`."""
+    """The `saelab.activations.models.LoadedModel`."""
     saes: dict[str, torch.nn.Module]
-    """Hook name → SAE (`sae.base.SAE`), each reading the hook's raw activations."""
+    """Hook name → SAE (`saelab.sae.base.SAE`), each reading the hook's raw activations."""
     folders: dict[str, str] = field(default_factory=dict)
     """Hook name → the checkpoint folder it came from (provenance)."""
 
@@ -203,7 +203,7 @@ def _edit_then_capture(
 
 def sae_folders(paths: list[str]) -> list[Path]:
     """SAE folders given directly, or every SAE subfolder of a sweep folder."""
-    from sae.checkpoint import CFG_FILE
+    from saelab.sae.checkpoint import CFG_FILE
 
     found: list[Path] = []
     for path in paths:
@@ -220,7 +220,7 @@ def sae_folders(paths: list[str]) -> list[Path]:
 
 def load_spliced(model, paths: list[str], device: str = "cpu") -> SplicedModel:
     """Load SAE folders (or sweep folders), check each against the model, one SAE per hook."""
-    from sae.checkpoint import load_sae, read_cfg
+    from saelab.sae.checkpoint import load_sae, read_cfg
 
     saes: dict[str, torch.nn.Module] = {}
     folders: dict[str, str] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
 
 BUILTIN_TASKS = ("sva", "sva-rc", "sva-pp", "ioi")
 TASK_VERSION = 1

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import resultstore as results
-from saelab_base.errors import UserError
-from saelab_base.fs import disk_error
+from saelab import resultstore as results
+from saelab.base.fs import check_output_file, disk_error
 
 COLUMNS = (
     "l0",
@@ -19,29 +18,21 @@ COLUMNS = (
     "dead_fraction",
     "dense_fraction",
 )
+"""The metric columns of the comparison table (`saelab compare`, the app's SAEs page)."""
 FRONTIERS = (
     ("l0", "fvu", "FVU vs L0 (lower left is better)"),
     ("l0", "ce_loss_score", "CE loss score vs L0"),
     ("d_sae", "dead_fraction", "Dead fraction vs width"),
 )
+"""(x, y, title) of each frontier plot."""
 
 
-def comparison_rows(db: str | Path) -> list[dict]:
-    """One row per SAE: identity columns plus every metric (core and loss evals win ties)."""
-    rows: dict[str, dict] = {}
-    for r in results.metrics_table(db):
-        row = rows.setdefault(
-            r["sae_id"],
-            {
-                "sae_id": r["sae_id"],
-                "name": r["name"],
-                "architecture": r["architecture"],
-                "d_sae": r["d_sae"],
-            },
-        )
-        if r["metric"] not in row or r["eval"] in ("core", "loss"):
-            row[r["metric"]] = r["value"]
-    return sorted(rows.values(), key=lambda row: (row["architecture"], row["d_sae"], row["name"]))
+def comparison_rows(store: results.ResultsStore) -> list[dict]:
+    """The results store's overview (`saelab.resultstore.sae_overview`: identity, every metric with
+    core and loss winning ties, latent counts) of every evaluated SAE, ordered by architecture,
+    width and name."""
+    rows = [row for row in results.sae_overview(store) if row["evals"]]
+    return sorted(rows, key=lambda row: (row["architecture"], row["d_sae"], row["name"]))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -70,18 +61,9 @@ def _fmt(value) -> str:
 def check_html_path(path: str | Path) -> Path:
     """Refuse an HTML output that is a folder, sits under a file, or lies inside an
     activation store, before any work."""
-    from activations.store import refuse_inside_store
+    from saelab.activations.store import refuse_inside_store
 
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(
-            f"{path} is a folder; give a file name for the HTML, such as {path / 'compare.html'}"
-        )
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
-            break
+    path = check_output_file(path, "the HTML file", "compare.html")
     refuse_inside_store(str(path), "the HTML file")
     return path
 

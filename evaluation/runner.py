@@ -5,19 +5,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import resultstore as results
-from activations.loader import TEST_FRACTION
-from activations.store import ActivationStore
-from evaluation.features import FeatureStatsConfig
-from evaluation.registry import EvalContext, check_result, default_evals, eval_names, get_eval
-from sae.checkpoint import CFG_FILE, WEIGHTS_FILE, load_sae, read_cfg, trained_model_sha256
-from saelab_base.errors import UserError
+from saelab import resultstore as results
+from saelab.activations.loader import TEST_FRACTION
+from saelab.activations.store import ActivationStore
+from saelab.base.config import check_device, check_fields
+from saelab.base.errors import UserError
+from saelab.evaluation.registry import default_evals, eval_names, get_eval
+from saelab.evaluation.spec import EvalContext, check_result
+from saelab.sae.checkpoint import CFG_FILE, WEIGHTS_FILE, load_sae, read_cfg, trained_model_sha256
 
 
 @dataclass
 class EvalConfig:
-    """What to evaluate, on which activations, into which database."""
+    """What to evaluate, on which activations, into which database, and each eval's settings."""
 
     sae: str
     """An SAE folder, or a sweep folder whose subfolders are SAE folders."""
@@ -26,53 +28,47 @@ class EvalConfig:
     db: str
     """The DuckDB results file (created when missing)."""
     evals: list[str] = field(default_factory=default_evals)
-    """Which evaluations: any registered eval (`evaluation.registry`; default core, loss, features)."""
+    """Which evaluations: any registered eval (`saelab.evaluation.registry`; default core, loss,
+    features)."""
     hook: str | None = None
     """Hook to read; default: the one recorded in the SAE's cfg.json."""
-    split: str = "test"
-    """Store split for core metrics and loss: test (held-out tail), train or all."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Per-eval settings by eval name: that eval's settings dataclass (`CoreSettings`,
+    `LossSettings`, ...) or a dict of its fields; an eval not named runs with its defaults."""
     test_fraction: float = TEST_FRACTION
     """Fraction of the store's committed chunks (its tail) held out as the test split."""
-    max_tokens: int | None = None
-    """Cap on tokens for the core metrics (None: the whole split)."""
-    batch_size: int = 4096
-    """Tokens per batch for the core metrics."""
-    loss_sequences: int = 32
-    """Sequences for the CE/KL loss evaluation (needs the model)."""
-    feature_split: str = "all"
-    """Store split the feature statistics and dashboards read."""
-    features: FeatureStatsConfig = field(default_factory=FeatureStatsConfig)
-    """Example counts and windows for the dashboards."""
-    probe_split: str = "all"
-    """Store split whose sequences the probing eval splits into its own train and test sets
-    ("test" reads a tenth of the store: faster, noisier)."""
-    probe_column: str = "source"
-    """Label column of the store's corpus that the probing eval classifies."""
-    probe_positive: str | None = None
-    """Positive class of that column (one vs rest); None: the column must have two values."""
     device: str = "cpu"
     """Torch device."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def settings_for(self, name: str) -> Any:
+        """The settings the eval `name` runs with (its defaults where none were given)."""
+        return get_eval(name).make_settings(self.settings.get(name))
 
     def validate(self) -> None:
         if not self.evals:
             raise UserError(f"no eval chosen: choose from {', '.join(eval_names())}")
-        for name in self.evals:
+        for name in [*self.evals, *self.settings]:
             get_eval(name)
-        if self.max_tokens is not None and self.max_tokens < 1:
+        idle = [name for name in self.settings if name not in self.evals]
+        if idle:
             raise UserError(
-                f"`max_tokens` must be a positive number of tokens, got {self.max_tokens}; "
-                "give e.g. 100000, or leave it unset to use the whole split"
+                f"settings are given for the {idle[0]} eval, which this run does not include "
+                f"(evals: {', '.join(self.evals)}); add {idle[0]} to the evals or drop its settings"
             )
-        if self.loss_sequences < 1:
-            raise UserError(
-                f"`loss_sequences` must be at least 1, got {self.loss_sequences}; give e.g. 32, "
-                "or leave loss out of `evals`"
-            )
-        if self.batch_size < 1:
-            raise UserError(
-                f"batch_size must be a positive number of tokens, got {self.batch_size}"
-            )
-        from activations.store import refuse_inside_store
+        for name in self.evals:
+            settings = self.settings_for(name)
+            if hasattr(settings, "validate"):
+                try:
+                    settings.validate()
+                except UserError as err:
+                    raise UserError(f"the {name} eval: {err}") from None
+        if not 0 < self.test_fraction < 1:
+            raise UserError(f"`test_fraction` must be in (0, 1), got {self.test_fraction}")
+        check_device(self.device)
+        from saelab.activations.store import refuse_inside_store
 
         refuse_inside_store(self.db, "the results database")
 
@@ -92,7 +88,7 @@ def sae_folders(path: str) -> list[Path]:
 
 def sae_record(
     folder: Path, sae, cfg_json: dict, store: ActivationStore, hook: str
-) -> results.SAERecord:
+) -> results.SAERow:
     return results.record_for_folder(
         folder, WEIGHTS_FILE, cfg_json, architecture=sae.architecture, d_in=sae.d_in,
         d_sae=sae.d_sae, hook=hook,
@@ -127,12 +123,13 @@ def evaluate(cfg: EvalConfig, model=None, log=print) -> dict[str, dict[str, dict
     """Evaluate every SAE under `cfg.sae`; returns {sae name: {eval: metrics}}."""
     cfg.validate()
     store = ActivationStore(cfg.acts)
+    db = results.ResultsStore(cfg.db, mode="write")
     out: dict[str, dict[str, dict[str, float]]] = {}
     folders = sae_folders(cfg.sae)
     failed: dict[str, str] = {}
     for folder in folders:
         try:
-            model = _evaluate_one(folder, cfg, store, model, out, log)
+            model = _evaluate_one(folder, cfg, store, db, model, out, log)
         except UserError as err:
             if len(folders) == 1:
                 raise
@@ -149,7 +146,9 @@ def evaluate(cfg: EvalConfig, model=None, log=print) -> dict[str, dict[str, dict
     return out
 
 
-def _evaluate_one(folder: Path, cfg: EvalConfig, store: ActivationStore, model, out, log):
+def _evaluate_one(
+    folder: Path, cfg: EvalConfig, store: ActivationStore, db: results.ResultsStore, model, out, log
+):
     """Evaluate one SAE folder into `out` and the database; returns the model (loaded once)."""
     cfg_json = read_cfg(folder)
     sae = load_sae(folder, device=cfg.device)
@@ -160,7 +159,7 @@ def _evaluate_one(folder: Path, cfg: EvalConfig, store: ActivationStore, model, 
     record = sae_record(folder, sae, cfg_json, store, hook)
     specs = [get_eval(name) for name in cfg.evals]
     if any(spec.needs_model for spec in specs) and model is None:
-        from activations.models import load_model
+        from saelab.activations.models import load_model
 
         model = load_model(store.attrs["model"], device=cfg.device)
         if model.weights_sha256 != store.attrs.get("model_sha256"):
@@ -168,11 +167,14 @@ def _evaluate_one(folder: Path, cfg: EvalConfig, store: ActivationStore, model, 
                 f"the model {store.attrs['model']!r} found here differs from the one that filled the store"
             )
     out[folder.name] = {}
-    ctx = EvalContext(sae, store, hook, cfg, model, record.sae_id)
     for spec in specs:
+        ctx = EvalContext(
+            sae, store, hook, cfg.settings_for(spec.name), model, record.sae_id,
+            cfg.test_fraction, cfg.device,
+        )  # fmt: skip
         t0 = time.perf_counter()
         result = spec.run(ctx)
-        check_result(spec, result)
+        check_result(spec, result, sae.d_sae)
         run = results.EvalRun(
             sae_id=record.sae_id,
             eval=spec.name,
@@ -181,9 +183,12 @@ def _evaluate_one(folder: Path, cfg: EvalConfig, store: ActivationStore, model, 
             n_tokens=result.n_tokens,
             seconds=time.perf_counter() - t0,
             metrics=result.metrics,
+            latent_metrics=result.latent_metrics,
             tables=result.tables,
         )
-        results.write_eval_run(cfg.db, record, run)
+        if result.vocab is not None:
+            results.write_vocab(db, model.weights_sha256, result.vocab)
+        results.write_eval_run(db, record, run)
         out[folder.name][spec.name] = result.metrics
         log(
             f"saelab eval: {folder.name} {spec.name}: "

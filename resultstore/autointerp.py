@@ -2,131 +2,144 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from resultstore.schema import connect, dicts
+from saelab.resultstore.rows import AutointerpRunRow, ExplanationRow, LLMCacheRow, ScoreRow
+from saelab.resultstore.store import ResultsStore, insert
 
 INTERP_TABLES = ("explanations", "scores")
 
 
-def finished_features(con, sae_id: str, config_hash: str, n_rows: int) -> set[int]:
+@dataclass
+class ExplainedLatent:
+    """One explanation of a latent with its scores."""
+
+    explanation: ExplanationRow
+    """The explainer's row."""
+    scores: list[ScoreRow] = field(default_factory=list)
+    """Every scorer's row for this explanation."""
+
+
+def finished_features(store: ResultsStore, sae_id: str, config_hash: str, n_rows: int) -> set[int]:
     """Latents whose explanation and score rows (n_rows of them) came from this configuration."""
-    rows = con.execute(
+    rows = store.query(
         "SELECT feature FROM (SELECT sae_id, feature, config_hash FROM explanations UNION ALL "
         "SELECT sae_id, feature, config_hash FROM scores) WHERE sae_id = ? AND config_hash = ? "
         "GROUP BY feature HAVING count(*) = ?",
         [sae_id, config_hash, n_rows],
-    ).fetchall()
-    return {r[0] for r in rows}
+    )
+    return {r["feature"] for r in rows}
 
 
-def cached_responses(con, sae_id: str, features: list[int]) -> dict[str, str]:
-    rows = con.execute(
-        "SELECT key, response_json FROM llm_cache WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
-        [sae_id, features],
-    ).fetchall()
-    return dict(rows)
+def cached_responses(store: ResultsStore, sae_id: str, features: list[int]) -> dict[str, str]:
+    rows = store.select(
+        LLMCacheRow, "sae_id = ? AND feature IN (SELECT unnest(?))", [sae_id, list(features)]
+    )
+    return {r.key: r.response_json for r in rows}
 
 
 @dataclass
 class InterpBatch:
     """Finished latents of one auto-interp run, written together in one transaction."""
 
-    explanations: list[dict]
-    scores: list[dict]
-    cache: list[dict]
-    run: dict
+    explanations: list[ExplanationRow]
+    scores: list[ScoreRow]
+    cache: list[LLMCacheRow]
+    run: AutointerpRunRow
     """The run's row (counters as they stand now; `message` says why it stopped, if it did not
     finish)."""
 
 
-_COLUMNS = {
-    "explanations": [
-        "sae_id", "feature", "explainer", "status", "explanation", "n_examples",
-        "provenance_json", "config_hash", "run_id",
-    ],
-    "scores": [
-        "sae_id", "feature", "explainer", "scorer", "status", "value", "ci_low", "ci_high",
-        "n_windows", "n_valid", "n_failures", "n_positive", "n_negative", "provenance_json",
-        "config_hash", "run_id",
-    ],
-}  # fmt: skip
-_KEYS = {
-    "explanations": ("sae_id", "feature", "explainer"),
-    "scores": ("sae_id", "feature", "explainer", "scorer"),
-}
-_RUN_COLUMNS = [
-    "run_id", "sae_id", "config_json", "config_hash", "status", "latents_done", "requests",
-    "cache_hits", "retries", "unparsable", "prompt_tokens", "completion_tokens", "saelab_version",
-    "message",
-]  # fmt: skip
+def write_interp_batch(store: ResultsStore, batch: InterpBatch) -> None:
+    """Replace the explanation and score rows with these keys, add cache entries, update the
+    run's row, in one transaction. Each row replaces only the row with its own key (its
+    explainer, and for scores its scorer): a scorer run later on its own never erases another's."""
+    with store.transaction() as con:
+        insert(con, batch.explanations, conflict="replace")
+        insert(con, batch.scores, conflict="replace")
+        insert(con, batch.cache, conflict="replace")
+        insert(con, [batch.run], conflict="update")
 
 
-def write_interp_batch(path: str | Path, batch: InterpBatch) -> None:
-    """Replace the explanation and score rows with these keys, add cache entries, update the run."""
-    with connect(path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for table in INTERP_TABLES:
-                rows = batch.explanations if table == "explanations" else batch.scores
-                cols = _COLUMNS[table]
-                # Each row replaces only the row with its own key (its explainer, and for scores
-                # its scorer): a scorer run later on its own never erases another's rows.
-                key = _KEYS[table]
-                keys = {tuple(r[c] for c in key) for r in rows}
-                where = " AND ".join(f"{c} = ?" for c in key)
-                if not keys:  # DuckDB refuses executemany with no parameters
-                    continue
-                con.executemany(
-                    f"DELETE FROM {table} WHERE {where}", [list(k) for k in keys]
-                )  # table and column names are constants
-                if rows:
-                    marks = ", ".join("?" * len(cols))
-                    con.executemany(
-                        f"INSERT INTO {table} ({', '.join(cols)}, created_at) VALUES ({marks}, now())",
-                        [[r[c] for c in cols] for r in rows],
-                    )
-            if batch.cache:
-                con.executemany(
-                    "INSERT OR REPLACE INTO llm_cache VALUES (?, ?, ?, ?, ?, ?, now())",
-                    [
-                        [
-                            c["key"],
-                            c["sae_id"],
-                            c["feature"],
-                            c["model"],
-                            c["request"],
-                            c["response"],
-                        ]
-                        for c in batch.cache
-                    ],
-                )
-            run = batch.run
-            marks = ", ".join("?" * len(_RUN_COLUMNS))
-            con.execute(
-                f"INSERT INTO autointerp_runs ({', '.join(_RUN_COLUMNS)}, started_at, updated_at) "
-                f"VALUES ({marks}, now(), now()) ON CONFLICT (run_id) DO UPDATE SET "
-                + ", ".join(f"{c} = excluded.{c}" for c in _RUN_COLUMNS[4:])
-                + ", updated_at = now()",
-                [run[c] for c in _RUN_COLUMNS],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+def autointerp_runs(store: ResultsStore, sae_id: str | None = None) -> list[AutointerpRunRow]:
+    if sae_id is None:
+        return store.select(AutointerpRunRow, order="started_at")
+    return store.select(AutointerpRunRow, "sae_id = ?", [sae_id], order="started_at")
 
 
-def interp_scores(path: str | Path, sae_id: str | None = None) -> list[dict]:
-    """Score rows joined with their explanation (for reports and the app)."""
-    with connect(path, read_only=True) as con:
-        query = (
-            "SELECT s.*, e.explanation, e.status AS explanation_status FROM scores s "
-            "LEFT JOIN explanations e USING (sae_id, feature, explainer)"
-        )
-        params: list[Any] = []
-        if sae_id:
-            query += " WHERE s.sae_id = ?"
-            params.append(sae_id)
-        return dicts(con.execute(query + " ORDER BY s.feature, s.explainer, s.scorer", params))
+def explanations(store: ResultsStore, sae_id: str, feature: int) -> list[ExplanationRow]:
+    return store.select(
+        ExplanationRow, "sae_id = ? AND feature = ?", [sae_id, int(feature)], order="explainer"
+    )
+
+
+def scores(store: ResultsStore, sae_id: str, feature: int | None = None) -> list[ScoreRow]:
+    """Score rows of one SAE (one latent's, when given)."""
+    if feature is None:
+        return store.select(ScoreRow, "sae_id = ?", [sae_id], order="feature, explainer, scorer")
+    return store.select(
+        ScoreRow, "sae_id = ? AND feature = ?", [sae_id, int(feature)], order="explainer, scorer"
+    )
+
+
+def explained(store: ResultsStore, sae_id: str, feature: int) -> list[ExplainedLatent]:
+    """Each explanation of the latent with its scores."""
+    with store.session():
+        found = explanations(store, sae_id, feature)
+        all_scores = scores(store, sae_id, feature)
+    return [
+        ExplainedLatent(e, [s for s in all_scores if s.explainer == e.explainer]) for e in found
+    ]
+
+
+def stored_explanation(
+    store: ResultsStore, sae_id: str, feature: int, explainer: str = "llm"
+) -> str | None:
+    """The latent's explanation by `explainer`, when one was written and read."""
+    rows = store.select(
+        ExplanationRow,
+        "sae_id = ? AND feature = ? AND explainer = ? AND status = 'ok' AND explanation IS NOT NULL",
+        [sae_id, int(feature), explainer],
+    )
+    return rows[0].explanation if rows else None
+
+
+def explanation_texts(store: ResultsStore, sae_id: str, features: list[int]) -> dict[int, str]:
+    """One explanation per latent (the first explainer's by name), for lists of latents."""
+    rows = store.query(
+        "SELECT feature, first(explanation ORDER BY explainer) AS text FROM explanations "
+        "WHERE sae_id = ? AND status = 'ok' AND feature IN (SELECT unnest(?)) GROUP BY feature",
+        [sae_id, [int(f) for f in features]],
+    )
+    return {r["feature"]: r["text"] for r in rows}
+
+
+def interp_scores(store: ResultsStore, sae_id: str | None = None) -> list[dict]:
+    """Score rows joined with their explanation (reports, notebooks)."""
+    query = (
+        "SELECT s.*, e.explanation, e.status AS explanation_status FROM scores s "
+        "LEFT JOIN explanations e USING (sae_id, feature, explainer)"
+    )
+    params: list[Any] = []
+    if sae_id:
+        query += " WHERE s.sae_id = ?"
+        params.append(sae_id)
+    return store.query(query + " ORDER BY s.feature, s.explainer, s.scorer", params)
+
+
+def score_summary(store: ResultsStore, sae_ids: list[str]) -> list[dict]:
+    """Mean score per (SAE, explainer, scorer) over the latents that scored: `mean`, `n`."""
+    return store.query(
+        "SELECT sae_id, explainer, scorer, avg(value) AS mean, count(*) AS n "
+        "FROM scores WHERE status = 'ok' AND value IS NOT NULL "
+        "AND sae_id IN (SELECT unnest(?)) GROUP BY ALL ORDER BY explainer, scorer",
+        [list(sae_ids)],
+    )
+
+
+def scorer_names(store: ResultsStore, sae_id: str) -> list[str]:
+    rows = store.query(
+        "SELECT DISTINCT scorer FROM scores WHERE sae_id = ? ORDER BY scorer", [sae_id]
+    )
+    return [r["scorer"] for r in rows]

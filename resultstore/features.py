@@ -1,66 +1,139 @@
-"""Reads of the per-feature rows the features eval wrote (dashboards, examples, statistics)."""
+"""Reads of the per-feature rows the features eval wrote: statistics, example windows,
+histograms, logit effects, and one latent's whole dashboard (the app's feature page and
+`saelab.Results.feature`)."""
 
 from __future__ import annotations
 
-from resultstore.schema import dicts
-from saelab_base.errors import UserError
+from dataclasses import dataclass
+
+from saelab.base.errors import UserError
+from saelab.resultstore.autointerp import ExplainedLatent, explained
+from saelab.resultstore.evals import latent_metrics
+from saelab.resultstore.rows import (
+    FeatureExampleRow,
+    FeatureHistogramRow,
+    FeatureLogitRow,
+    FeatureRow,
+    LatentMetricRow,
+    SAERow,
+)
+from saelab.resultstore.saes import sae_by_id, token_strings
+from saelab.resultstore.store import ResultsStore
 
 
-def feature_dashboard(con, sae_id: str, feature: int) -> dict:
-    """Everything the app shows for one feature (one connection, five indexed queries)."""
-    stats = dicts(
-        con.execute("SELECT * FROM features WHERE sae_id = ? AND feature = ?", [sae_id, feature])
-    )
-    if not stats:
-        d_sae = con.execute("SELECT d_sae FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
-        if d_sae is None:
-            raise UserError(f"no SAE {sae_id!r} in the results database")
-        raise UserError(
-            f"feature {feature} is out of range for SAE {sae_id!r} (0 … {d_sae[0] - 1})"
-        )
-    return {
-        "stats": stats[0],
-        "examples": dicts(
-            con.execute(
-                "SELECT kind, band, rank, seq, pos, window_start, activation, tokens, acts FROM feature_examples "
-                "WHERE sae_id = ? AND feature = ? ORDER BY kind, band, rank",
-                [sae_id, feature],
-            )
-        ),
-        "histograms": dicts(
-            con.execute(
-                "SELECT kind, bin_edges, counts FROM feature_histograms WHERE sae_id = ? AND feature = ?",
-                [sae_id, feature],
-            )
-        ),
-        "logits": dicts(
-            con.execute(
-                "SELECT side, rank, token_id, value FROM feature_logits WHERE sae_id = ? AND feature = ? "
-                "ORDER BY side, rank",
-                [sae_id, feature],
-            )
-        ),
-    }
+def feature_stats(
+    store: ResultsStore, sae_id: str, features: list[int] | None = None
+) -> dict[int, FeatureRow]:
+    """Statistics by latent (None: every latent of the SAE)."""
+    if features is None:
+        rows = store.select(FeatureRow, "sae_id = ?", [sae_id], order="feature")
+    else:
+        rows = store.select(
+            FeatureRow, "sae_id = ? AND feature IN (SELECT unnest(?))",
+            [sae_id, [int(f) for f in features]], order="feature",
+        )  # fmt: skip
+    return {r.feature: r for r in rows}
 
 
-def feature_examples(con, sae_id: str, features: list[int]) -> list[dict]:
-    """Every stored example window of these latents, with each latent's statistics."""
-    return dicts(
-        con.execute(
-            "SELECT e.feature, e.kind, e.band, e.rank, e.seq, e.window_start, e.activation, e.tokens, "
-            "e.acts, e.run_id "
-            "FROM feature_examples e WHERE e.sae_id = ? AND e.feature IN (SELECT unnest(?)) "
-            "ORDER BY e.feature, e.kind, e.band, e.rank",
-            [sae_id, features],
-        )
+def feature_examples(
+    store: ResultsStore, sae_id: str, features: list[int]
+) -> list[FeatureExampleRow]:
+    """Every stored example window of these latents."""
+    return store.select(
+        FeatureExampleRow, "sae_id = ? AND feature IN (SELECT unnest(?))",
+        [sae_id, [int(f) for f in features]], order="feature, kind, band, rank",
+    )  # fmt: skip
+
+
+def feature_histograms(store: ResultsStore, sae_id: str, feature: int) -> list[FeatureHistogramRow]:
+    return store.select(
+        FeatureHistogramRow, "sae_id = ? AND feature = ?", [sae_id, int(feature)], order="kind"
     )
 
 
-def feature_stats(con, sae_id: str, features: list[int]) -> dict[int, dict]:
-    rows = dicts(
-        con.execute(
-            "SELECT * FROM features WHERE sae_id = ? AND feature IN (SELECT unnest(?))",
-            [sae_id, features],
-        )
+def feature_logits(store: ResultsStore, sae_id: str, feature: int) -> list[FeatureLogitRow]:
+    """Top (promoted) and bottom (suppressed) logit effects, by rank."""
+    return store.select(
+        FeatureLogitRow, "sae_id = ? AND feature = ?", [sae_id, int(feature)], order="side, rank"
     )
-    return {r["feature"]: r for r in rows}
+
+
+@dataclass
+class FeatureDashboard:
+    """Everything stored about one latent."""
+
+    sae: SAERow
+    """The SAE the latent belongs to."""
+    feature: int
+    """The latent."""
+    stats: FeatureRow
+    """Its density, activations and flags."""
+    examples: list[FeatureExampleRow]
+    """Its stored windows: top, quantile bands, random, non-activating."""
+    histograms: list[FeatureHistogramRow]
+    """Its activation and logit-effect histograms."""
+    logits: list[FeatureLogitRow]
+    """The tokens its decoder direction promotes and suppresses most."""
+    tokens: dict[int, str]
+    """The stored string of every token id in the examples and logit effects."""
+    explanations: list[ExplainedLatent]
+    latent_metrics: list[LatentMetricRow]
+    """Per-latent values of the evals that declare them."""
+
+
+def feature_dashboard(store: ResultsStore, sae_id: str, feature: int) -> FeatureDashboard:
+    """One latent's dashboard (one connection for all its reads)."""
+    with store.session():
+        sae = sae_by_id(store, sae_id)
+        if sae is None:
+            raise UserError(f"no SAE {sae_id!r} in the results database {store.path}")
+        stats = feature_stats(store, sae.sae_id, [feature]).get(int(feature))
+        if stats is None:
+            if not feature_stats_exist(store, sae.sae_id):
+                raise UserError(
+                    f"SAE {sae.name} has no feature statistics in {store.path}; run "
+                    "`saelab eval --evals features` on it first"
+                )
+            raise UserError(
+                f"feature {feature} is out of range for SAE {sae.name} (0 … {sae.d_sae - 1})"
+            )
+        examples = feature_examples(store, sae.sae_id, [feature])
+        logits = feature_logits(store, sae.sae_id, feature)
+        ids = {t for e in examples for t in e.tokens} | {r.token_id for r in logits}
+        return FeatureDashboard(
+            sae=sae,
+            feature=int(feature),
+            stats=stats,
+            examples=examples,
+            histograms=feature_histograms(store, sae.sae_id, feature),
+            logits=logits,
+            tokens=token_strings(store, sae.model_sha256 or "", sorted(ids)),
+            explanations=explained(store, sae.sae_id, feature),
+            latent_metrics=latent_metrics(store, sae.sae_id, feature),
+        )
+
+
+def feature_stats_exist(store: ResultsStore, sae_id: str) -> bool:
+    """Whether the features eval has run on the SAE."""
+    return bool(store.query("SELECT 1 AS one FROM features WHERE sae_id = ? LIMIT 1", [sae_id]))
+
+
+def density_histogram(store: ResultsStore, sae_id: str, bins_per_decade: int = 4) -> list[dict]:
+    """Counts of the SAE's live latents per log10-density bin (`lo`, `n`)."""
+    return store.query(
+        "SELECT floor(log10_density * ?) / ? AS lo, count(*) AS n FROM features "
+        "WHERE sae_id = ? AND NOT dead GROUP BY lo ORDER BY lo",
+        [bins_per_decade, float(bins_per_decade), sae_id],
+    )
+
+
+def random_feature(
+    store: ResultsStore, sae_id: str, seed: int, alive_only: bool = True
+) -> int | None:
+    """A pseudo-random latent (alive ones first), reproducible for a seed."""
+    where = "AND NOT dead" if alive_only else ""  # a constant
+    rows = store.query(
+        f"SELECT feature FROM features WHERE sae_id = ? {where} ORDER BY hash(feature + ?) LIMIT 1",
+        [sae_id, int(seed)],
+    )
+    return int(rows[0]["feature"]) if rows else None

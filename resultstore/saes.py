@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from resultstore.schema import connect, dicts
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.resultstore.rows import SAERow, VocabRow
+from saelab.resultstore.store import ResultsStore, insert, registered
 
-
-@dataclass
-class SAERecord:
-    """What the store remembers about one SAE."""
-
-    sae_id: str
-    name: str
-    path: str
-    architecture: str
-    d_in: int
-    d_sae: int
-    hook: str
-    model: str
-    model_sha256: str
-    cfg: dict
-    weights_sha256: str
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 
 def record_for_folder(
@@ -39,15 +26,16 @@ def record_for_folder(
     hook: str,
     model: str | None,
     model_sha256: str | None,
-) -> SAERecord:
-    """The record of the SAE saved in `folder`: its id is the hash of its weight file and its
+) -> SAERow:
+    """The row of the SAE saved in `folder`: its id is the hash of its weight file and its
     cfg.json, so every stage that registers the same SAE gives it the same id."""
-    weights = hashlib.sha256((Path(folder) / weights_file).read_bytes()).hexdigest()
+    weights = file_sha256(Path(folder) / weights_file)
     sae_id = hashlib.sha256((weights + config_hash(cfg)).encode()).hexdigest()[:16]
-    return SAERecord(
+    return SAERow(
         sae_id=sae_id, name=Path(folder).name, path=str(Path(folder).resolve()),
         architecture=architecture, d_in=d_in, d_sae=d_sae, hook=hook, model=model,
-        model_sha256=model_sha256, cfg=cfg, weights_sha256=weights,
+        model_sha256=model_sha256, cfg_json=json.dumps(cfg, default=str),
+        cfg_hash=config_hash(cfg), weights_sha256=weights,
     )  # fmt: skip
 
 
@@ -55,90 +43,109 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def register_sae(con, record: SAERecord) -> None:
-    """Insert or refresh an SAE row (same id = same config and weights)."""
-    con.execute(
-        "INSERT OR REPLACE INTO saes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
-        [
-            record.sae_id,
-            record.name,
-            record.path,
-            record.architecture,
-            record.d_in,
-            record.d_sae,
-            record.hook,
-            record.model,
-            record.model_sha256,
-            json.dumps(record.cfg, default=str),
-            config_hash(record.cfg),
-            record.weights_sha256,
-        ],
-    )
+_HASHES: dict[tuple, str] = {}
 
 
-def write_vocab(path: str | Path, model_sha256: str, tokens: list[str]) -> None:
-    """Token strings for a model (skipped when already present)."""
-    import pyarrow as pa
-
-    with connect(path) as con:
-        have = con.execute(
-            "SELECT count(*) FROM vocab WHERE model_sha256 = ?", [model_sha256]
-        ).fetchone()[0]
-        if have == len(tokens):
-            return
-        table = pa.table(
-            {
-                "model_sha256": pa.array([model_sha256] * len(tokens), pa.string()),
-                "token_id": pa.array(range(len(tokens)), pa.int32()),
-                "token": pa.array(tokens, pa.string()),
-            }
-        )
-        con.execute("BEGIN TRANSACTION")
-        _insert_vocab(con, table)
-        con.execute("COMMIT")
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file (remembered per path, modification time and size in this process)."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
-# -- reading ---------------------------------------------------------------------------------
+def register_sae(con: DuckDBPyConnection, row: SAERow) -> None:
+    """Insert or refresh an SAE row inside a transaction (same id = same config and weights)."""
+    insert(con, [row], conflict="replace")
 
 
-def list_saes(path: str | Path) -> list[dict]:
-    with connect(path, read_only=True) as con:
-        return dicts(con.execute("SELECT * FROM saes ORDER BY name"))
+def list_saes(store: ResultsStore) -> list[SAERow]:
+    return store.select(SAERow, order="name, sae_id")
 
 
-def find_sae(con, sae: str) -> dict:
-    """An SAE row by id, id prefix or name; a one-line error listing the known ones otherwise."""
-    rows = dicts(
-        con.execute(
-            "SELECT * FROM saes WHERE sae_id = ? OR name = ? OR sae_id LIKE ? ORDER BY name",
-            [sae, sae, sae.replace("%", "") + "%"],
-        )
-    )
+def sae_by_id(store: ResultsStore, sae_id: str) -> SAERow | None:
+    rows = store.select(SAERow, "sae_id = ?", [sae_id])
+    return rows[0] if rows else None
+
+
+def find_sae(store: ResultsStore, sae: str) -> SAERow:
+    """An SAE by id, id prefix, name, or the folder it was registered from; a one-line error
+    listing the known ones otherwise."""
+    folder = Path(sae).expanduser()
+    if folder.is_dir():
+        rows = store.select(SAERow, "path = ?", [str(folder.resolve())], order="name")
+        if not rows:
+            raise UserError(
+                f"SAE folder {sae!r} is not in the results database {store.path}; evaluate it "
+                "into that file first (`saelab eval`)"
+            )
+        return rows[0]
+    rows = store.select(
+        SAERow, "sae_id = ? OR name = ? OR sae_id LIKE ?", [sae, sae, sae.replace("%", "") + "%"],
+        order="name",
+    )  # fmt: skip
     if len(rows) == 1:
         return rows[0]
-    exact = [r for r in rows if sae in (r["sae_id"], r["name"])]
+    exact = [r for r in rows if sae in (r.sae_id, r.name)]
     if len(exact) == 1:
         return exact[0]
-    known = con.execute("SELECT name, sae_id FROM saes ORDER BY name").fetchall()
-    listing = ", ".join(f"{n} ({i})" for n, i in known) or "none: run `saelab eval` first"
+    known = list_saes(store)
+    listing = ", ".join(f"{r.name} ({r.sae_id})" for r in known) or "none: run `saelab eval` first"
     what = "matches several SAEs" if rows else "is not in the results database"
     raise UserError(f"SAE {sae!r} {what}; known SAEs: {listing}")
 
 
-def token_strings(con, model_sha256: str, token_ids: list[int]) -> dict[int, str]:
-    rows = con.execute(
-        "SELECT token_id, token FROM vocab WHERE model_sha256 = ? AND token_id IN (SELECT unnest(?))",
-        [model_sha256, list(token_ids)],
-    ).fetchall()
-    return dict(rows)
-
-
-def _insert_vocab(con, table) -> None:
-    con.register("_incoming", table)
-    try:
-        con.execute(
-            "INSERT OR IGNORE INTO vocab (model_sha256, token_id, token) "
-            "SELECT model_sha256, token_id, token FROM _incoming"
+def verified_folder(row: SAERow, weights_file: str) -> Path:
+    """The SAE's checkpoint folder, after checking that its weight file is the one registered:
+    a moved, deleted or replaced checkpoint is a one-line error, never silently other weights."""
+    folder = Path(row.path or "")
+    weights = folder / weights_file
+    if not weights.is_file():
+        raise UserError(
+            f"the checkpoint of SAE {row.name} ({row.sae_id[:12]}) was registered at "
+            f"{row.path!r}, which no longer holds it (moved or deleted); evaluate the SAE at its "
+            "new place to register that path"
         )
-    finally:
-        con.unregister("_incoming")
+    if file_sha256(weights) != row.weights_sha256:
+        raise UserError(
+            f"the weights at {weights} are not the ones registered as SAE {row.name} "
+            f"({row.sae_id[:12]}): the checkpoint was replaced or retrained; evaluate it again "
+            "to register these weights (they get a new id), or restore the old ones"
+        )
+    return folder
+
+
+def write_vocab(store: ResultsStore, model_sha256: str, tokens: list[str]) -> None:
+    """Token strings of a model (skipped when already present)."""
+    import pyarrow as pa
+
+    with store.reading() as con:
+        have = con.execute(
+            "SELECT count(*) FROM vocab WHERE model_sha256 = ?", [model_sha256]
+        ).fetchone()[0]
+    if have == len(tokens):
+        return
+    table = pa.table(
+        {
+            "model_sha256": pa.array([model_sha256] * len(tokens), pa.string()),
+            "token_id": pa.array(range(len(tokens)), pa.int32()),
+            "token": pa.array(tokens, pa.string()),
+        }
+    )
+    columns = ", ".join(VocabRow.columns())
+    with store.transaction() as con, registered(con, table) as name:
+        con.execute(f"INSERT OR IGNORE INTO vocab ({columns}) SELECT {columns} FROM {name}")
+
+
+def token_strings(store: ResultsStore, model_sha256: str, token_ids: list[int]) -> dict[int, str]:
+    """The stored strings of these token ids."""
+    rows = store.select(
+        VocabRow, "model_sha256 = ? AND token_id IN (SELECT unnest(?))",
+        [model_sha256, sorted({int(t) for t in token_ids})],
+    )  # fmt: skip
+    return {r.token_id: r.token for r in rows}

@@ -1,4 +1,4 @@
-"""The results store's schema: creation, the one ordered list of migrations, and connections.
+"""The results store's schema: creation, the one ordered list of migrations, and opening a file.
 
 Every table of the results file is created and migrated here and nowhere else. A migration is
 appended, never edited: MIGRATIONS[i] takes a file from schema version i to i + 1, in place, so
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+
+if TYPE_CHECKING:
+    from duckdb import DuckDBPyConnection
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -110,6 +111,11 @@ MIGRATIONS: list[list[str]] = [
     [  # issue 10: why an auto-interp run stopped (an endpoint failure, an interruption)
         "ALTER TABLE autointerp_runs ADD COLUMN IF NOT EXISTS message VARCHAR",
     ],
+    [  # issue 23: per-latent values of any eval (metrics its catalogue declares per latent)
+        """CREATE TABLE latent_metrics (
+            sae_id VARCHAR, eval VARCHAR, metric VARCHAR, feature INTEGER, value DOUBLE,
+            run_id VARCHAR, PRIMARY KEY (sae_id, eval, metric, feature))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -156,29 +162,8 @@ def open_database(path: str, read_only: bool, wait_s: float | None = None) -> An
             ) from None
 
 
-@contextlib.contextmanager
-def connect(path: str | Path, read_only: bool = False) -> Iterator[Any]:
-    """A connection with the schema at the current version (created or migrated if writable)."""
-    path = str(path)
-    if read_only and not Path(path).exists():
-        raise UserError(f"no results database at {path!r}; run `saelab eval` first")
-    if not read_only:
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(
-                f"cannot create the folder of results database {path!r}: {err.strerror or err}; "
-                "choose a writable `db`"
-            ) from None
-    con = open_database(path, read_only)
-    try:
-        _ensure_schema(con, path, read_only)
-        yield con
-    finally:
-        con.close()
-
-
-def _schema_version(con) -> int:
+def schema_version(con: DuckDBPyConnection) -> int:
+    """The file's schema version (0: not a saelab results file, or a new empty one)."""
     exists = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_info'"
     ).fetchone()[0]
@@ -188,18 +173,36 @@ def _schema_version(con) -> int:
     return int(row[0]) if row else 0
 
 
-def _ensure_schema(con, path: str, read_only: bool) -> None:
-    version = _schema_version(con)
+class OlderSchemaError(UserError):
+    """The file predates the current schema; opening it once for writing migrates it in place."""
+
+
+def check_schema(con: DuckDBPyConnection, path: str, migrate: bool) -> int:
+    """Refuse a foreign or newer file; migrate an older one (when `migrate`) or refuse it."""
+    version = schema_version(con)
+    if version == 0:
+        tables = [
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        ]
+        if tables:
+            raise UserError(
+                f"{path!r} is a DuckDB database but not a saelab results file (it holds "
+                f"{', '.join(sorted(tables)[:4])}); give another file"
+            )
     if version > SCHEMA_VERSION:
         raise UserError(
             f"results database {path!r} has schema version {version}, newer than this saelab "
             f"understands ({SCHEMA_VERSION}); upgrade saelab"
         )
     if version == SCHEMA_VERSION:
-        return
-    if read_only:
-        raise UserError(
-            f"results database {path!r} has an older schema ({version}); open it once for writing to migrate"
+        return version
+    if not migrate:
+        if version == 0:
+            raise UserError(f"{path!r} is an empty DuckDB file, not a saelab results database")
+        raise OlderSchemaError(
+            f"results database {path!r} has an older schema ({version}, current "
+            f"{SCHEMA_VERSION}); open it once for writing to migrate it in place (rows keep "
+            "their ids)"
         )
     con.execute("BEGIN TRANSACTION")
     try:
@@ -210,15 +213,10 @@ def _ensure_schema(con, path: str, read_only: bool) -> None:
             "INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
         )
         con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
+    except BaseException:
+        import duckdb
+
+        with contextlib.suppress(duckdb.Error):  # an interruption after COMMIT: nothing to undo
+            con.execute("ROLLBACK")
         raise
-
-
-# -- writing ---------------------------------------------------------------------------------
-
-
-def dicts(cursor) -> list[dict]:
-    """A cursor's rows as dicts keyed by column name."""
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return SCHEMA_VERSION

@@ -1,12 +1,13 @@
 """SAE architectures (an open registry), the sweep trainer and checkpoint I/O.
 
-from sae import make_config, TrainConfig, train
+from saelab.sae import make_config, TrainConfig, train
 saes = train([make_config("topk", d_sae=4608, k=32),
               make_config("jumprelu", d_sae=4608, l0_coefficient=1e-3)],
              loader, TrainConfig(tokens=10_000_000), out="runs/sweep")
 
-Names are resolved lazily, so `from sae.checkpoint import load_sae` (what the evaluators and
-circuits use) never imports the trainer.
+Names are resolved lazily, so `from saelab.sae.checkpoint import load_sae` (what the evaluators
+and circuits use) never imports the trainer. One run of training (a store, SAEs, an output
+folder) goes through `saelab.sae.run.run_training`.
 """
 
 from __future__ import annotations
@@ -14,23 +15,23 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "SAE": "sae.base",
-    "Code": "sae.base",
-    "StepContext": "sae.base",
-    "TrainOutput": "sae.base",
-    "load_sae": "sae.checkpoint",
-    "save_sae": "sae.checkpoint",
-    "SAEConfig": "sae.config",
-    "TrainConfig": "sae.config",
-    "REGISTRY": "sae.registry",
-    "build_sae": "sae.registry",
-    "config_from_dict": "sae.registry",
-    "get_architecture": "sae.registry",
-    "make_config": "sae.registry",
-    "register_architecture": "sae.registry",
-    "load_sweep": "sae.sweep",
-    "Trainer": "sae.trainer",
-    "train": "sae.trainer",
+    "SAE": "saelab.sae.base",
+    "Code": "saelab.sae.base",
+    "StepContext": "saelab.sae.base",
+    "TrainOutput": "saelab.sae.base",
+    "load_sae": "saelab.sae.checkpoint",
+    "save_sae": "saelab.sae.checkpoint",
+    "SAEConfig": "saelab.sae.config",
+    "TrainConfig": "saelab.sae.config",
+    "REGISTRY": "saelab.sae.registry",
+    "build_sae": "saelab.sae.registry",
+    "config_from_dict": "saelab.sae.registry",
+    "get_architecture": "saelab.sae.registry",
+    "make_config": "saelab.sae.registry",
+    "register_architecture": "saelab.sae.registry",
+    "load_sweep": "saelab.sae.sweep",
+    "Trainer": "saelab.sae.trainer",
+    "train": "saelab.sae.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

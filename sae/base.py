@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from sae import ops
-from sae.config import SAEConfig
-from sae.init import firing_thresholds
+from saelab.sae import ops
+from saelab.sae.config import SAEConfig
+from saelab.sae.init import firing_thresholds
 
 
 @dataclass

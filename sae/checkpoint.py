@@ -20,9 +20,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from sae import importers
-from sae.base import SAE
-from sae.formats import (
+from saelab.base import __version__
+from saelab.base.errors import UserError
+from saelab.base.fs import disk_error
+from saelab.sae import importers
+from saelab.sae.base import SAE
+from saelab.sae.formats import (
     CFG_FILE,
     WEIGHTS_FILE,
     check_tensors,
@@ -30,10 +33,7 @@ from sae.formats import (
     read_json,
     read_safetensors,
 )
-from sae.registry import REGISTRY, config_from_dict
-from saelab_base import __version__
-from saelab_base.errors import UserError
-from saelab_base.fs import disk_error
+from saelab.sae.registry import REGISTRY, config_from_dict
 
 FORMAT_VERSION = 1
 STATE_FILE = "training_state.pt"

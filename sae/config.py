@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from saelab_base.errors import UserError
+from saelab.base.config import check_device, check_fields
+from saelab.base.errors import UserError
 
 
 @dataclass
@@ -42,7 +43,7 @@ class SAEConfig:
     unit_norm_decoder: bool = True
     """Keep decoder rows at unit norm: remove the gradient parallel to each row before the
     step and renormalise after it."""
-    b_dec_init: str = "geometric_median"
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """How b_dec starts: "geometric_median" or "mean" of the first sample, or "zeros"."""
     init_encoder_scale: bool = True
     """After b_dec, scale the encoder (the decoder transpose) by the least-squares factor
@@ -50,6 +51,9 @@ class SAEConfig:
     JumpReLU or Gated SAE, with half its latents active, overshoots the input several-fold."""
     dtype: str = "float32"
     """Parameter (master weight) dtype; keep float32 (bf16 autocast is a trainer option)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def resolved_lr(self) -> float:
         """The learning rate actually used."""
@@ -172,7 +176,7 @@ class TrainConfig:
     """Fraction of the run at the end over which the LR decays linearly to 0."""
     sparsity_warmup_fraction: float = 0.05
     """Fraction of the run over which sparsity coefficients warm up linearly from 0."""
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "schedule_free_adam"] = "adam"
     """"adam" (torch's fused Adam) or "schedule_free_adam" (schedule-free AdamW from the
     `schedulefree` package: it trains at an extrapolated point and evaluates, saves and folds
     the running average of its iterates; pair it with lr_decay_fraction 0)."""
@@ -212,6 +216,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form metadata recorded with the run (model, dataset, store path...)."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
     def validate(self) -> None:
         check_numbers(self, "the training config")
         if self.tokens < 1:
@@ -222,10 +229,33 @@ class TrainConfig:
             raise UserError("lr_warmup_fraction must be between 0 and 1")
         if not 0 <= self.lr_decay_fraction <= 1:
             raise UserError("lr_decay_fraction must be between 0 and 1")
+        if not 0 <= self.sparsity_warmup_fraction <= 1:
+            raise UserError("sparsity_warmup_fraction must be between 0 and 1")
         if self.save_every_tokens is not None and self.save_every_tokens < 1:
             raise UserError("save_every_tokens must be positive")
         if self.log_every < 1:
             raise UserError("log_every must be at least 1")
+        beta1, beta2 = self.adam_betas
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise UserError(f"adam_betas must both lie in [0, 1), got {self.adam_betas}")
+        if not self.adam_eps > 0:
+            raise UserError(f"adam_eps must be positive, got {self.adam_eps}")
+        if self.init_tokens < 1:
+            raise UserError(f"init_tokens must be at least 1, got {self.init_tokens}")
+        if self.dead_window_tokens is not None and self.dead_window_tokens < 1:
+            raise UserError(
+                f"dead_window_tokens must be at least 1 (or unset), got {self.dead_window_tokens}"
+            )
+        if self.lr_warmup_steps is not None and self.lr_warmup_steps < 0:
+            raise UserError(f"lr_warmup_steps must be >= 0 (or unset), got {self.lr_warmup_steps}")
+        if not self.max_loss > 0:
+            raise UserError(f"max_loss must be positive, got {self.max_loss}")
+        check_device(self.device)
+        if self.autocast_bf16 and not self.device.startswith("cuda"):
+            raise UserError(
+                "autocast_bf16 runs the forward pass in bf16 on CUDA only; drop it or use a CUDA "
+                "device"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

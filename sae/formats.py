@@ -1,6 +1,6 @@
 """The one place that tells SAE folder formats apart, and reads their weight files safely.
 
-`sae.checkpoint` (saelab's own folders) and `sae.importers` (folders from other tools) both
+`checkpoint` (saelab's own folders) and `importers` (folders from other tools) both
 build on this module; neither imports the other's loaders back, so there is no import cycle.
 """
 
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"

@@ -12,10 +12,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.base import SAE
-from sae.formats import SPARSIFY_WEIGHTS, WEIGHTS_FILE, check_tensors, read_json, read_safetensors
-from sae.registry import make_config
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae.base import SAE
+from saelab.sae.formats import (
+    SPARSIFY_WEIGHTS,
+    WEIGHTS_FILE,
+    check_tensors,
+    read_json,
+    read_safetensors,
+)
+from saelab.sae.registry import make_config
 
 SAELENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 
@@ -104,7 +110,7 @@ def load_sparsify(folder: str | Path, device: str | torch.device = "cpu") -> SAE
 
 
 def _build(arch: str, fields: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> SAE:
-    from sae.registry import build_sae
+    from saelab.sae.registry import build_sae
 
     sae = build_sae(make_config(arch, **fields))
     expected = {k: tuple(v.shape) for k, v in sae.checkpoint_tensors(1.0).items()}
@@ -120,4 +126,4 @@ def _require(path: Path) -> Path:
 
 
 LOADERS = {"saelens": load_saelens, "gemma_scope": load_gemma_scope, "sparsify": load_sparsify}
-"""Format name (`sae.formats.FORMATS`) -> loader, for the formats saelab did not write."""
+"""Format name (`formats.FORMATS`) -> loader, for the formats saelab did not write."""

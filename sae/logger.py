@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from saelab_base.fs import disk_error
+from saelab.base.fs import disk_error
 
 METRICS_FILE = "metrics.jsonl"
 

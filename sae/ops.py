@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-import saelab_kernels as kernels
+from saelab import kernels
 
 DENSE_FRACTION = 0.125
 """Selections wider than this fraction of d_sae run through dense matmuls."""

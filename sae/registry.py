@@ -1,23 +1,31 @@
 """Architecture registry: name -> SAE class (its `config_class` is the config dataclass).
 
-The registry is open: `register_architecture(MySAE)` from a notebook or another package makes
-`MySAE.architecture` a name the trainer, sweeps, checkpoints and `saelab train --arch` accept;
-a package can also advertise its classes under the entry-point group `saelab.architectures`.
+Each built-in architecture is one file of `saelab/sae/architectures/`, listed once in
+`BUILTIN`. The registry is open: `register_architecture(MySAE)` from a notebook or another
+package makes `MySAE.architecture` a name the trainer, sweeps, checkpoints and `saelab train
+--arch` (with a flag for each of its config fields) accept; a package can also advertise its
+classes under the entry-point group `saelab.architectures`.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from sae.architectures.batchtopk import BatchTopKSAE
-from sae.architectures.gated import GatedSAE
-from sae.architectures.jumprelu import JumpReLUSAE
-from sae.architectures.matryoshka import MatryoshkaSAE
-from sae.architectures.relu import ReLUSAE
-from sae.architectures.topk import TopKSAE
-from sae.base import SAE
-from sae.config import SAEConfig
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.base.plugins import load_plugins
+from saelab.sae.base import SAE
+from saelab.sae.config import SAEConfig
+
+BUILTIN = (
+    "saelab.sae.architectures.relu:ReLUSAE",
+    "saelab.sae.architectures.topk:TopKSAE",
+    "saelab.sae.architectures.batchtopk:BatchTopKSAE",
+    "saelab.sae.architectures.jumprelu:JumpReLUSAE",
+    "saelab.sae.architectures.gated:GatedSAE",
+    "saelab.sae.architectures.matryoshka:MatryoshkaSAE",
+)
+"""The built-in architectures (module:class), in the order they are listed."""
 
 REGISTRY: dict[str, type[SAE]] = {}
 
@@ -40,18 +48,29 @@ def register_architecture(cls: type[SAE], *, replace: bool = False) -> type[SAE]
     return cls
 
 
-for _cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, MatryoshkaSAE):
-    register_architecture(_cls)
+for _reference in BUILTIN:
+    _module, _, _name = _reference.partition(":")
+    register_architecture(getattr(importlib.import_module(_module), _name))
+
+
+_plugins_loaded = False
 
 
 def _load_entry_points() -> None:
     """Register the SAE classes other installed packages advertise under the entry-point group
-    `saelab.architectures` (so `saelab train --arch NAME` finds them without an import)."""
-    from importlib.metadata import entry_points
+    `saelab.architectures` (so `saelab train --arch NAME` finds them without an import). A plugin
+    that fails to load is skipped with a warning."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    load_plugins("saelab.architectures", "architecture", REGISTRY, register_architecture)
+    _plugins_loaded = True
 
-    for ep in entry_points(group="saelab.architectures"):
-        if ep.name not in REGISTRY:
-            register_architecture(ep.load())
+
+def architectures() -> dict[str, type[SAE]]:
+    """Every registered architecture by name, the installed plugins' included."""
+    _load_entry_points()
+    return dict(REGISTRY)
 
 
 def get_architecture(name: str) -> type[SAE]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
 
 
 class BatchStream:

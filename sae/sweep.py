@@ -25,9 +25,9 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from sae.config import SAEConfig, TrainConfig
-from sae.registry import config_from_dict
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae.config import SAEConfig, TrainConfig
+from saelab.sae.registry import config_from_dict
 
 try:
     import tomllib

@@ -21,16 +21,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from activations.store import refuse_inside_store
-from sae import checkpoint as ckpt
-from sae.base import SAE, StepContext, TrainOutput
-from sae.config import SAEConfig, TrainConfig
-from sae.dead import DeadLatentTracker
-from sae.distributed import DistContext, current
-from sae.init import b_dec_init, input_scale
-from sae.logger import MetricsLogger, start_wandb
-from sae.memory import keep_freed_cpu_memory
-from sae.optim import (
+from saelab.activations.store import refuse_inside_store
+from saelab.base.errors import UserError
+from saelab.sae import checkpoint as ckpt
+from saelab.sae.base import SAE, StepContext, TrainOutput
+from saelab.sae.config import SAEConfig, TrainConfig
+from saelab.sae.dead import DeadLatentTracker
+from saelab.sae.distributed import DistContext, current
+from saelab.sae.init import b_dec_init, input_scale
+from saelab.sae.logger import MetricsLogger, start_wandb
+from saelab.sae.memory import keep_freed_cpu_memory
+from saelab.sae.optim import (
     L0Controller,
     build_optimizer,
     eval_state,
@@ -39,9 +40,8 @@ from sae.optim import (
     sparsity_multiplier,
     warmup_steps,
 )
-from sae.registry import build_sae
-from sae.stream import BatchStream
-from saelab_base.errors import UserError
+from saelab.sae.registry import build_sae
+from saelab.sae.stream import BatchStream
 
 
 @dataclass
@@ -80,7 +80,10 @@ class Trainer:
         state_source: Any | None = None,
         dist: DistContext | None = None,
         meta: dict[str, Any] | None = None,
+        one_pass: bool = False,
     ) -> None:
+        """`one_pass`: `cfg.tokens` is the loader's length, so its end (short of a dropped
+        partial batch) is the planned end of the run, not data running out."""
         configs = [saes] if isinstance(saes, SAEConfig) else list(saes)
         if not configs:
             raise UserError("the sweep is empty: give at least one SAE config")
@@ -90,7 +93,7 @@ class Trainer:
         self.configs = _unique_names(configs)
         self.cfg, self.loader = cfg, loader
         self.out = Path(out) if out is not None else None
-        self.resume = resume
+        self.resume, self.one_pass = resume, one_pass
         self.dist = dist or current()
         self.device = _device(cfg.device, self.dist)
         self.meta = {**_loader_meta(loader), **(meta or {})}
@@ -262,6 +265,8 @@ class Trainer:
         while self.step < self.total_steps:
             batch = self.stream.next()
             if batch is None:
+                if self.one_pass:
+                    break
                 logger.write(
                     f"the data ran out after {self.tokens:,} tokens (asked for "
                     f"{self.cfg.tokens:,}); saving what was trained"
@@ -652,7 +657,7 @@ def _first_difference(saved: Any, now: Any, path: str = "") -> tuple[str, Any, A
 def check_memory(configs: Sequence[SAEConfig], d_in: int, batch: int, device: torch.device) -> None:
     """Refuse a sweep whose parameters, Adam state and per-batch buffers cannot fit in the
     device's free memory, before anything is allocated."""
-    from sae.memory import free_memory
+    from saelab.sae.memory import free_memory
 
     # Per SAE: encoder + decoder, each with a gradient and two Adam moments (4 copies of
     # float32), plus the dense [batch, d_sae] pre-activations a step builds (a few buffers).

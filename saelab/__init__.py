@@ -13,14 +13,15 @@ command line:
     sae = saelab.load_sae("runs/sweep/topk-4608-k32")
 
 Names load lazily (PEP 562): `import saelab` imports neither torch nor the pipeline until a
-name is used. Library packages import `saelab_base`, never `saelab`.
+name is used. The parts are its subpackages (`saelab.sae`, `saelab.evaluation`, ...), whose
+folders stand at the top of the repository; none of them imports this module's names.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from saelab_base import __version__
+from saelab.base import __version__
 
 _EXPORTS = {
     "harvest": "saelab.api",
@@ -33,21 +34,23 @@ _EXPORTS = {
     "training_loader": "saelab.api",
     "Results": "saelab.results",
     "FeatureView": "saelab.results",
-    "make_config": "sae.registry",
-    "register_architecture": "sae.registry",
-    "HarvestConfig": "activations.harvest",
-    "TrainConfig": "sae.config",
-    "EvalConfig": "evaluation.runner",
-    "ExplainConfig": "autointerp.config",
-    "LLMConfig": "autointerp.config",
-    "WindowConfig": "autointerp.config",
+    "make_config": "saelab.sae.registry",
+    "register_architecture": "saelab.sae.registry",
+    "HarvestConfig": "saelab.activations.harvest",
+    "TrainConfig": "saelab.sae.config",
+    "TrainRunConfig": "saelab.sae.run",
+    "run_training": "saelab.sae.run",
+    "EvalConfig": "saelab.evaluation.runner",
+    "ExplainConfig": "saelab.autointerp.config",
+    "LLMConfig": "saelab.autointerp.config",
+    "WindowConfig": "saelab.autointerp.config",
     "circuit": "saelab.api",
     "circuit_graph": "saelab.api",
     "circuit_curves": "saelab.api",
-    "CircuitConfig": "circuits.run",
-    "steer": "circuits.steering.run",
-    "SteerConfig": "circuits.steering.run",
-    "Sampling": "circuits.steering.generate",
+    "CircuitConfig": "saelab.circuits.run",
+    "steer": "saelab.steering.run",
+    "SteerConfig": "saelab.steering.run",
+    "Sampling": "saelab.steering.generate",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

@@ -6,23 +6,37 @@ notebook-aware ones (`tqdm.auto`); figures come back as plotly objects (see `sae
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saelab.base.errors import UserError
+
 if TYPE_CHECKING:
-    from activations.harvest import HarvestConfig, HarvestResult
-    from activations.loader import ActivationLoader
-    from activations.models import LoadedModel
-    from autointerp.config import ExplainConfig
-    from autointerp.pipeline import ExplainSummary
-    from circuits.run import CircuitConfig, CircuitResult
-    from evaluation.runner import EvalConfig
-    from sae.base import SAE
-    from sae.config import SAEConfig, TrainConfig
+    from saelab.activations.harvest import HarvestConfig, HarvestResult
+    from saelab.activations.loader import ActivationLoader
+    from saelab.activations.models import LoadedModel
+    from saelab.autointerp.config import ExplainConfig
+    from saelab.autointerp.pipeline import ExplainSummary
+    from saelab.circuits.run import CircuitConfig, CircuitResult
+    from saelab.evaluation.runner import EvalConfig
     from saelab.results import Results
+    from saelab.sae.base import SAE
+    from saelab.sae.config import SAEConfig, TrainConfig
+
+
+def expect_config(cfg: Any, cls: type, function: str) -> None:
+    """A one-line error when a function is given something other than its config class."""
+    if not isinstance(cfg, cls):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise UserError(
+            f"saelab.{function} takes {article} {cls.__name__}, got {type(cfg).__name__}; build "
+            f"one with saelab.{cls.__name__}(...)"
+        )
+
 
 OFFLINE_EXPLAINERS = frozenset({"baseline"})
 OFFLINE_SCORERS = frozenset({"embedding"})
@@ -39,7 +53,7 @@ def load_model(spec: str = "smollm2-135m", device: str = "cpu") -> LoadedModel:
     Sharing it is safe: every hook saelab attaches is a context manager that comes off.
     """
     if (spec, device) not in _MODELS:
-        from activations.models import load_model as load
+        from saelab.activations.models import load_model as load
 
         _MODELS[spec, device] = load(spec, device=device)
     return _MODELS[spec, device]
@@ -47,8 +61,10 @@ def load_model(spec: str = "smollm2-135m", device: str = "cpu") -> LoadedModel:
 
 def harvest(cfg: HarvestConfig, model: Any = None) -> HarvestResult:
     """Run the model over the corpus and write the activation store `cfg.out`."""
-    from activations.harvest import harvest as run
+    from saelab.activations.harvest import HarvestConfig
+    from saelab.activations.harvest import harvest as run
 
+    expect_config(cfg, HarvestConfig, "harvest")
     return run(cfg, model=model)
 
 
@@ -57,15 +73,9 @@ def training_loader(
 ) -> ActivationLoader:
     """The store's train split (its held-out tail is for evaluation), with enough epochs for
     `tokens` (None: one pass)."""
-    from activations.loader import ActivationLoader
+    from saelab.sae.run import training_loader as loader
 
-    loader = ActivationLoader(acts, hook=hook, batch_size=batch_size, seed=seed, split="train")
-    if tokens and tokens > loader.tokens_per_epoch:
-        epochs = math.ceil(tokens / loader.tokens_per_epoch)
-        loader = ActivationLoader(
-            acts, hook=hook, batch_size=batch_size, seed=seed, split="train", epochs=epochs
-        )
-    return loader
+    return loader(acts, hook, tokens, batch_size, seed)
 
 
 def train(
@@ -83,24 +93,40 @@ def train(
 
     `cfg.tokens` defaults to one pass over the store's train split. Returns the trained SAEs
     by name (input scaling folded in); with `out`, each is also saved as a checkpoint folder
-    (a sweep: one subfolder per SAE) that `load_sae` and `evaluate` read.
+    (a sweep: one subfolder per SAE) that `load_sae` and `evaluate` read. The same run as
+    `run_training(TrainRunConfig(...))`, which `saelab train` calls.
     """
-    from sae.config import TrainConfig
-    from sae.trainer import Trainer
+    from saelab.sae.config import SAEConfig, TrainConfig
+    from saelab.sae.run import TrainRunConfig, run_training
 
-    cfg = cfg or TrainConfig(tokens=0)
-    loader = training_loader(acts, hook, cfg.tokens or None, batch_size, seed)
-    tokens = cfg.tokens or loader.tokens_per_epoch
-    extra = {"acts": acts, "batch_size": batch_size, "seed": seed, **cfg.extra}
-    cfg = replace(cfg, tokens=tokens, hook=hook, extra=extra)
-    return Trainer(saes, loader, cfg, out=out, resume=resume, meta={"store": acts}).run()
+    cfg = cfg if cfg is not None else TrainConfig(tokens=0)
+    if not isinstance(cfg, TrainConfig):
+        raise UserError(f"`cfg` must be a TrainConfig, got {type(cfg).__name__}")
+    if cfg.hook is not None and cfg.hook != hook:
+        raise UserError(
+            f"`cfg.hook` {cfg.hook!r} and `hook` {hook!r} disagree; the SAEs read `hook`: leave "
+            "cfg.hook unset or make them the same"
+        )
+    configs = [saes] if isinstance(saes, SAEConfig) else saes
+    if not isinstance(configs, (list, tuple)) or not all(isinstance(c, SAEConfig) for c in configs):
+        raise UserError(
+            f"`saes` must be an SAE config or a list of them (saelab.make_config('topk', "
+            f"k=32, ...)), got {saes!r}"
+        )
+    run = TrainRunConfig(
+        acts=acts, saes=list(configs), hook=hook, out=out, tokens=cfg.tokens or None,
+        batch_size=batch_size, seed=seed, resume=resume, train=replace(cfg, tokens=1),
+    )  # fmt: skip
+    return run_training(run).saes
 
 
 def evaluate(cfg: EvalConfig, model: Any = None) -> dict[str, dict[str, dict[str, float]]]:
     """Evaluate every SAE under `cfg.sae` into the results file `cfg.db`;
     returns {sae name: {eval: metrics}}."""
-    from evaluation.runner import evaluate as run
+    from saelab.evaluation.runner import EvalConfig
+    from saelab.evaluation.runner import evaluate as run
 
+    expect_config(cfg, EvalConfig, "evaluate")
     return run(cfg, model=model, log=lambda *_: None)
 
 
@@ -110,8 +136,10 @@ def explain(cfg: ExplainConfig) -> ExplainSummary:
     With only explainers and scorers that never ask an LLM (the baseline explainer and the
     embedding scorer) no endpoint is contacted and no local server is started.
     """
-    from autointerp.pipeline import explain_features
+    from saelab.autointerp.config import ExplainConfig
+    from saelab.autointerp.pipeline import explain_features
 
+    expect_config(cfg, ExplainConfig, "explain")
     offline = set(cfg.explainers) <= OFFLINE_EXPLAINERS and set(cfg.scorers) <= OFFLINE_SCORERS
     if offline and not cfg.llm.base_url:
         # The pipeline wants an endpoint; none of the chosen steps will call it.
@@ -122,8 +150,9 @@ def explain(cfg: ExplainConfig) -> ExplainSummary:
 
 def circuit(cfg: CircuitConfig, model: Any = None) -> CircuitResult:
     """Find and evaluate a sparse feature circuit (`saelab circuit`'s function)."""
-    from circuits.run import run_circuit
+    from saelab.circuits.run import CircuitConfig, run_circuit
 
+    expect_config(cfg, CircuitConfig, "circuit")
     return run_circuit(cfg, model=model, log=lambda *_: None)
 
 
@@ -135,17 +164,22 @@ def circuit_graph(result: CircuitResult, model: Any = None):
     its latent's top logit tokens and explanation. `model` is the loaded model the circuit ran
     on (None: load `result.config.model`); the SAEs are read again from their folders.
     """
-    from circuits.graph import figure
-    from circuits.run import _records
-    from circuits.splice import load_spliced
+    from saelab.circuits.graph import figure
+    from saelab.circuits.run import _records
+    from saelab.circuits.splice import load_spliced
+    from saelab.resultstore import ResultsStore
 
     cfg = result.config
     if model is None:
-        from activations.models import load_model
+        from saelab.activations.models import load_model
 
         model = load_model(cfg.model, device=cfg.device)
     spliced = load_spliced(model, cfg.sae, device=cfg.device)
-    return figure(result, spliced, _records(spliced, model), cfg.db, model.tokenizer)
+    store = None  # the hover notes come from the results file when it can be read
+    if cfg.db and Path(cfg.db).is_file():
+        with contextlib.suppress(UserError):
+            store = ResultsStore(cfg.db, mode="read")
+    return figure(result, spliced, _records(spliced, model), store, model.tokenizer)
 
 
 def circuit_curves(result: CircuitResult):
@@ -159,7 +193,7 @@ def circuit_curves(result: CircuitResult):
     """
     import plotly.graph_objects as go
 
-    from circuits.evaluate import rankable
+    from saelab.circuits.evaluate import rankable
 
     points = sorted((p for p in result.curves.points if p.n_nodes > 0), key=lambda p: p.n_nodes)
     sizes = [p.n_nodes for p in points]
@@ -179,8 +213,14 @@ def circuit_curves(result: CircuitResult):
 
 def load_sae(path: str | Path, device: str = "cpu") -> SAE:
     """An SAE from a checkpoint folder (saelab's own or SAELens layout), in eval mode."""
-    from sae.checkpoint import load_sae as load
+    from saelab.base.config import check_device
+    from saelab.sae.checkpoint import load_sae as load
 
+    if not isinstance(path, (str, Path)):
+        raise UserError(f"give the SAE folder as a path, got {path!r}")
+    if not isinstance(device, str):
+        raise UserError(f"`device` is a torch device name such as 'cpu' or 'cuda', got {device!r}")
+    check_device(device, "`device`")
     return load(path, device=device)
 
 

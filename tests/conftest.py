@@ -17,7 +17,7 @@ SMALL_HARVEST = dict(tokens=6 * 8 * 32, seq_len=32, batch_size=4, chunk_seqs=8, 
 
 @pytest.fixture(scope="session")
 def model():
-    from activations.models import load_model
+    from saelab.activations.models import load_model
 
     return load_model("smollm2-135m")
 
@@ -25,7 +25,7 @@ def model():
 @pytest.fixture(scope="session")
 def small_store(model, tmp_path_factory):
     """A complete store: two hooks, float16, 48 sequences of 32 tokens from the builtin corpus."""
-    from activations.harvest import HarvestConfig, harvest
+    from saelab.activations.harvest import HarvestConfig, harvest
 
     out = str(tmp_path_factory.mktemp("stores") / "small.zarr")
     cfg = HarvestConfig(
@@ -38,6 +38,6 @@ def small_store(model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_generator():
     """The embedded model as the local endpoint's generator (loaded once, shared)."""
-    from autointerp.server import Generator
+    from saelab.autointerp.server import Generator
 
     return Generator.load("smollm2-135m")

@@ -8,7 +8,10 @@ import html
 
 import streamlit as st
 
-from app import circuit_graph, common
+from saelab.app import circuit_graph, common
+
+TITLE = "Circuits"
+ICON = ":material/account_tree:"
 
 EMPTY = (
     "No circuits in this results file yet. Find one with `saelab circuit --sae DIR --task sva "
@@ -16,48 +19,44 @@ EMPTY = (
 )
 
 
+_FIELDS = (
+    "task", "n_prompts", "method", "baseline", "clean_accuracy", "m_clean", "m_patch", "m_empty",
+    "n_nodes", "n_edges", "faithfulness", "completeness", "edge_correlation", "node_threshold",
+    "edge_threshold", "ablation", "error_policy", "per_position", "model", "seconds",
+    "created_at", "circuit_id",
+)  # fmt: skip
+
+
 def render() -> None:
     st.title("Circuits")
-    circuits = common.q("rows_of", "circuits", None)
+    circuits = common.q("list_circuits")
     if not circuits:
         st.info(EMPTY)
         return
-    id_col = circuit_graph.column(circuits[0], "circuit") or next(iter(circuits[0]))
-    labels = {c[id_col]: _label(c, id_col) for c in circuits}
+    labels = {c.circuit_id: _label(c) for c in circuits}
     ids = list(labels)
     wanted = st.query_params.get("circuit")
-    index = next((i for i, c in enumerate(ids) if str(c) == wanted), 0)
+    index = ids.index(wanted) if wanted in ids else 0
     choice = st.selectbox("Circuit", ids, index=index, format_func=labels.get, key="circuit_pick")
-    st.query_params["circuit"] = str(choice)
-    circuit = next(c for c in circuits if c[id_col] == choice)
-    nodes = common.q("rows_of", "circuit_nodes", {id_col: choice})
-    edges = common.q("rows_of", "circuit_edges", {id_col: choice})
-    _summary(circuit)
-    graph = circuit_graph.build_graph(nodes, edges)
+    st.query_params["circuit"] = choice
+    circuit = next(c for c in circuits if c.circuit_id == choice)
+    st.dataframe(
+        [{"field": k, "value": common.fmt(getattr(circuit, k))} for k in _FIELDS],
+        hide_index=True,
+        key="circuit_fields",
+    )
+    graph = circuit_graph.build_graph(
+        common.q("circuit_nodes", choice), common.q("circuit_edges", choice)
+    )
     if not graph.nodes:
         st.info("This circuit kept no nodes.")
     else:
         _draw(graph)
-    curve_rows = common.q("rows_of", "circuit_curves", {id_col: choice})
-    _curves(circuit_graph.curves_from(circuit, curve_rows))
+    _curves(circuit_graph.curves_from(common.q("circuit_curves", choice)))
 
 
-def _label(c: dict, id_col: str) -> str:
-    parts = [str(c.get(k)) for k in ("task", "method") if c.get(k) is not None]
-    return " · ".join([str(c[id_col])[:12], *parts])
-
-
-def _summary(circuit: dict) -> None:
-    simple = {
-        k: v
-        for k, v in circuit.items()
-        if isinstance(v, (int, float, str)) and not str(k).endswith("json")
-    }
-    st.dataframe(
-        [{"field": k, "value": common.fmt(v)} for k, v in simple.items()],
-        hide_index=True,
-        key="circuit_fields",
-    )
+def _label(c) -> str:
+    return f"{c.circuit_id[:12]} · {c.task} · {c.method} · {c.n_nodes} nodes"
 
 
 def _draw(graph: circuit_graph.Graph) -> None:
@@ -90,7 +89,7 @@ def _draw(graph: circuit_graph.Graph) -> None:
             text=[html.escape(n.label) for n in graph.nodes],
             textposition="middle right",  # beside: stacked labels never overlap
             customdata=[
-                [n.feature if n.feature is not None else -1, n.sae_id or ""] for n in graph.nodes
+                [n.feature if n.feature is not None else -1, n.row.sae_id] for n in graph.nodes
             ],
             hovertemplate="%{text}<br>effect %{marker.color:.3g}<extra></extra>",
             marker={
@@ -107,7 +106,7 @@ def _draw(graph: circuit_graph.Graph) -> None:
     fig.update_xaxes(
         range=[-0.3, len(graph.columns) - 0.4],  # room for the last column's labels
         tickvals=list(range(len(graph.columns))),
-        ticktext=[f"L{layer} {sub}" for layer, sub in graph.columns],
+        ticktext=[f"L{layer} {circuit_graph.short(sub)}" for layer, sub in graph.columns],
     )
     fig.update_yaxes(visible=False)
     fig.update_layout(
@@ -119,7 +118,7 @@ def _draw(graph: circuit_graph.Graph) -> None:
     features = [n for n in graph.nodes if n.feature is not None]
     if picked and picked[0]["customdata"][0] >= 0:
         feature, sae_id = picked[0]["customdata"]
-        common.goto("feature", sae=sae_id or _sae_for(features[0]), feature=feature)
+        common.goto("feature", sae=sae_id, feature=feature)
     if features:
         names = {i: n.label for i, n in enumerate(features)}
         i = st.selectbox(
@@ -127,16 +126,7 @@ def _draw(graph: circuit_graph.Graph) -> None:
         )
         if st.button("Open feature", key="circuit_open"):
             node = features[i]
-            common.goto("feature", sae=node.sae_id or _sae_for(node), feature=node.feature)
-
-
-def _sae_for(node: circuit_graph.Node) -> str:
-    """The SAE spliced at the node's layer and submodule (when nodes do not name it)."""
-    for sae in common.q("sae_list"):
-        hook = str(sae["hook"])
-        if hook.startswith(f"blocks.{node.layer}.") and node.submodule in hook:
-            return sae["sae_id"]
-    return ""
+            common.goto("feature", sae=node.row.sae_id, feature=node.feature)
 
 
 def _curves(curves: dict) -> None:

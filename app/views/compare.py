@@ -4,32 +4,27 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
+from saelab.app import common
+
+TITLE = "Compare"
+ICON = ":material/compare:"
 
 
-@st.cache_resource(show_spinner=False)
-def directions() -> list[tuple]:
-    """(metric name pattern, 'higher' or 'lower') from the eval registry's catalogue."""
-    try:
-        from evaluation.registry import catalogue
+def better_of(column: str) -> str | None:
+    """Which way is better for a column "eval / metric" (the eval registry's catalogue)."""
+    from saelab.evaluation.registry import direction
 
-        return [(m.pattern, m.better) for _, m in catalogue() if m.better]
-    except Exception:  # no catalogue: no winners marked, the table still shows
-        return []
-
-
-def better_of(metric: str, rules: list[tuple]) -> str | None:
+    eval_name, _, metric = column.partition(" / ")
     if metric.startswith("autointerp:"):
         return "higher"
-    return next((b for pattern, b in rules if pattern.match(metric)), None)
+    return direction(metric, eval_name)
 
 
-def winners(table: dict[str, dict[str, float]], rules: list[tuple]) -> dict[str, set[str]]:
+def winners(table: dict[str, dict[str, float]]) -> dict[str, set[str]]:
     """Per column, the SAE ids holding the best value (ties share the mark)."""
     out: dict[str, set[str]] = {}
     for column, values in table.items():
-        metric = column.split(" / ", 1)[-1]
-        direction = better_of(metric, rules)
+        direction = better_of(column)
         have = {k: v for k, v in values.items() if v is not None}
         if direction not in ("higher", "lower") or len(have) < 2:
             continue
@@ -42,11 +37,11 @@ def render() -> None:
     import pandas as pd
 
     st.title("Compare SAEs")
-    saes = common.q("sae_list")
+    saes = common.q("list_saes")
     if not saes:
         st.info("This results file holds no SAE yet.")
         return
-    names = {s["sae_id"]: s["name"] for s in saes}
+    names = {s.sae_id: s.name for s in saes}
     chosen = st.multiselect(
         "SAEs", list(names), default=list(names)[:8], format_func=names.get, key="compare_pick"
     )
@@ -61,7 +56,7 @@ def render() -> None:
     for r in common.q("score_summary", list(chosen)):
         column = f"autointerp / autointerp:{r['explainer']}:{r['scorer']}"
         table.setdefault(column, {})[r["sae_id"]] = r["mean"]
-    marks = winners(table, directions())
+    marks = winners(table)
     frame = pd.DataFrame(
         {
             col: [_cell(values.get(s), s in marks.get(col, ())) for s in chosen]

@@ -9,8 +9,11 @@ import random
 
 import streamlit as st
 
-from app import common, decoder
-from app.tokens import TokenBytes, highlight_html, merge_pieces, visible
+from saelab.app import common, decoder
+from saelab.app.tokens import TokenBytes, highlight_html, merge_pieces, visible
+
+TITLE = "Feature"
+ICON = ":material/bubble_chart:"
 
 SCORE_COLUMNS = [
     "scorer", "status", "value", "ci_low", "ci_high", "n_windows", "n_valid", "n_failures",
@@ -25,7 +28,7 @@ def token_bytes(model: str | None) -> TokenBytes | None:
     if not model:
         return None
     try:
-        from activations.models import resolve_model_folder
+        from saelab.activations.models import resolve_model_folder
 
         folder, _ = resolve_model_folder(model)
         return TokenBytes(folder / "tokenizer.json")
@@ -39,39 +42,40 @@ def _unit_decoder(weights: str, mtime_ns: int):
 
 
 def render() -> None:
-    sae = common.pick_sae(common.q("sae_list"), key="feature")
+    sae = common.pick_sae(common.q("list_saes"), key="feature")
     if sae is None:
         return
-    sae_id, d_sae = sae["sae_id"], int(sae["d_sae"])
+    d_sae = sae.d_sae
     current = common.param_int("feature")
     st.title(f"Feature {0 if current is None else min(max(current, 0), d_sae - 1)}")
-    st.caption(f"SAE {sae['name']} · {sae['architecture']} · {d_sae} latents · {sae['hook']}")
-    feature = _navigation(sae_id, d_sae)
-
-    stats = common.q("feature_stats_row", sae_id, feature)
-    if stats is None:
+    st.caption(f"SAE {sae.name} · {sae.architecture} · {d_sae} latents · {sae.hook}")
+    feature = _navigation(sae.sae_id, d_sae)
+    if not common.q("feature_stats_exist", sae.sae_id):
         st.info("No feature statistics for this SAE yet: run `saelab eval --evals features` on it.")
         return
+    dash = common.q("feature_dashboard", sae.sae_id, feature)
+    stats = dash.stats
     _stats(stats)
-    if stats["dead"]:
+    if stats.dead:
         st.warning(
-            f"Dead latent: it never fired on the {stats['n_tokens']:,} tokens the features eval "
+            f"Dead latent: it never fired on the {stats.n_tokens:,} tokens the features eval "
             "read, so there are no examples, histograms or explanations to show."
         )
         _neighbours(sae, feature)
         return
-    if stats["too_few_examples"]:
+    if stats.too_few_examples:
         st.info(
-            f"Rare latent: it fired on only {stats['n_active']} tokens, fewer than the eval's "
+            f"Rare latent: it fired on only {stats.n_active} tokens, fewer than the eval's "
             "minimum, so its examples and any explanation rest on little evidence."
         )
     left, right = st.columns([3, 2])
     with left:
-        _examples(sae, feature, stats)
+        _examples(dash)
     with right:
-        _explanations(sae_id, feature)
-        _histograms(sae_id, feature, stats)
-        _logits(sae_id, feature)
+        _explanations(dash)
+        _latent_metrics(dash)
+        _histograms(dash)
+        _logits(dash)
         _neighbours(sae, feature)
 
 
@@ -97,50 +101,47 @@ def _navigation(sae_id: str, d_sae: int) -> int:
     return current
 
 
-def _stats(stats: dict) -> None:
+def _stats(stats) -> None:
     cols = st.columns(5)
-    cols[0].metric("Density", f"{stats['density']:.3g}")
-    ld = stats["log10_density"]
+    cols[0].metric("Density", f"{stats.density:.3g}")
+    ld = stats.log10_density
     cols[1].metric("log10 density", "–" if ld is None or math.isinf(ld) else f"{ld:.2f}")
-    cols[2].metric("Max activation", f"{stats['max_act']:.3g}")
-    cols[3].metric("Mean activation", f"{stats['mean_act']:.3g}")
-    cols[4].metric("Active tokens", f"{stats['n_active']:,}")
+    cols[2].metric("Max activation", f"{stats.max_act:.3g}")
+    cols[3].metric("Mean activation", f"{stats.mean_act:.3g}")
+    cols[4].metric("Active tokens", f"{stats.n_active:,}")
 
 
-def _examples(sae: dict, feature: int, stats: dict) -> None:
-    examples = common.q("feature_examples", sae["sae_id"], feature)
-    if not examples:
+def _examples(dash) -> None:
+    if not dash.examples:
         st.info("No example windows stored for this latent.")
         return
-    ids = sorted({int(t) for e in examples for t in e["tokens"]})
-    vocab = common.q("vocab_strings", sae["model_sha256"], ids)
-    table = token_bytes(sae.get("model"))
-    scale = float(stats["max_act"] or 0)
+    table = token_bytes(dash.sae.model)
+    scale = float(dash.stats.max_act or 0)
 
-    def show(rows: list[dict]) -> None:
+    def show(rows: list) -> None:
         blocks = []
         for e in rows:
-            pieces = merge_pieces(e["tokens"], table, vocab)
-            label = html.escape(f"{e['activation']:.3g}")
+            pieces = merge_pieces(e.tokens, table, dash.tokens)
+            label = html.escape(f"{e.activation:.3g}")
             blocks.append(
                 f'<div style="display:flex;gap:8px"><div style="min-width:3.5em;color:#888;'
                 f'font-family:monospace">{label}</div>'
-                f"{highlight_html(pieces, e['acts'], scale, e['tokens'])}</div>"
+                f"{highlight_html(pieces, e.acts, scale, e.tokens)}</div>"
             )
         st.html("".join(blocks))
 
-    by_kind: dict[str, list[dict]] = {}
-    for e in examples:
-        by_kind.setdefault(e["kind"], []).append(e)
+    by_kind: dict[str, list] = {}
+    for e in dash.examples:
+        by_kind.setdefault(e.kind, []).append(e)
     if "top" in by_kind:
         st.subheader(KIND_TITLES["top"])
         show(by_kind["top"])
-    bands = sorted({e["band"] for e in by_kind.get("quantile", [])}, reverse=True)
+    bands = sorted({e.band for e in by_kind.get("quantile", [])}, reverse=True)
     if bands:
         st.subheader("Quantile bands")
         for band in bands:
-            rows = [e for e in by_kind["quantile"] if e["band"] == band]
-            lo, hi = min(r["activation"] for r in rows), max(r["activation"] for r in rows)
+            rows = [e for e in by_kind["quantile"] if e.band == band]
+            lo, hi = min(r.activation for r in rows), max(r.activation for r in rows)
             with st.expander(
                 f"Band {band + 1} of {len(bands)}: {lo:.3g} … {hi:.3g}", expanded=band == bands[0]
             ):
@@ -150,13 +151,13 @@ def _examples(sae: dict, feature: int, stats: dict) -> None:
             show(by_kind[kind])
 
 
-def _histograms(sae_id: str, feature: int, stats: dict) -> None:
+def _histograms(dash) -> None:
     import plotly.graph_objects as go
 
-    hists = {h["kind"]: h for h in common.q("feature_histograms", sae_id, feature)}
+    hists = {h.kind: h for h in dash.histograms}
     act = hists.get("activation")
-    if act and sum(act["counts"]):
-        edges, counts = act["bin_edges"], act["counts"]
+    if act and sum(act.counts):
+        edges, counts = act.bin_edges, act.counts
         centres = [
             math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2 for a, b in zip(edges, edges[1:])
         ]
@@ -170,8 +171,8 @@ def _histograms(sae_id: str, feature: int, stats: dict) -> None:
             margin={"t": 40, "b": 20},
         )
         st.plotly_chart(fig, key="hist_act")
-    density = common.q("density_histogram", sae_id)
-    ld = stats["log10_density"]
+    density = common.q("density_histogram", dash.sae.sae_id)
+    ld = dash.stats.log10_density
     if density and ld is not None and not math.isinf(ld):
         fig = go.Figure(
             go.Bar(x=[d["lo"] for d in density], y=[d["n"] for d in density], marker_color="#bbb")
@@ -185,70 +186,92 @@ def _histograms(sae_id: str, feature: int, stats: dict) -> None:
         st.plotly_chart(fig, key="hist_density")
 
 
-def _logits(sae_id: str, feature: int) -> None:
+def _logits(dash) -> None:
     import pandas as pd
 
-    rows = common.q("feature_logits", sae_id, feature)
-    if not rows:
+    if not dash.logits:
         return
     st.subheader("Logit effects")
     cols = st.columns(2)
     for col, side in zip(cols, ("top", "bottom")):
         part = [
             {
-                "token": repr(r["token"]) if r["token"] is not None else f"<{r['token_id']}>",
-                "effect": r["value"],
+                "token": repr(dash.tokens[r.token_id])
+                if r.token_id in dash.tokens
+                else f"<{r.token_id}>",
+                "effect": r.value,
             }
-            for r in rows
-            if r["side"] == side
+            for r in dash.logits
+            if r.side == side
         ]
         col.caption("Promoted" if side == "top" else "Suppressed")
         col.dataframe(pd.DataFrame(part), hide_index=True, key=f"logits_{side}")
 
 
-def _explanations(sae_id: str, feature: int) -> None:
+def _explanations(dash) -> None:
     import pandas as pd
 
-    explanations = common.q("feature_explanations", sae_id, feature)
     st.subheader("Explanations")
-    if not explanations:
+    if not dash.explanations:
         st.caption("No explanation yet: run `saelab explain` on this SAE.")
         return
-    for e in explanations:
-        text = e["explanation"] if e["explanation"] else f"({e['status']})"
+    for item in dash.explanations:
+        e = item.explanation
+        text = e.explanation if e.explanation else f"({e.status})"
         st.html(
             f'<div class="saelab-explanation" style="font-size:1.05em;padding:6px 10px;'
             f'border-left:3px solid #ff7800;white-space:pre-wrap">{visible(text)}</div>'
-            f'<div style="color:#888;font-size:0.85em">explainer {html.escape(str(e["explainer"]))}'
-            f" · status {html.escape(str(e['status']))} · {e['n_examples'] or 0} examples</div>"
+            f'<div style="color:#888;font-size:0.85em">explainer {html.escape(e.explainer)}'
+            f" · status {html.escape(e.status)} · {e.n_examples or 0} examples</div>"
         )
-        if e["scores"]:
-            frame = pd.DataFrame(e["scores"])
+        if item.scores:
+            frame = pd.DataFrame([s.as_dict() for s in item.scores])
             frame["interval"] = [
                 f"[{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "–"
                 for lo, hi in zip(frame["ci_low"], frame["ci_high"])
             ]
             st.dataframe(
-                frame[[*SCORE_COLUMNS, "interval"]], hide_index=True, key=f"scores_{e['explainer']}"
+                frame[[*SCORE_COLUMNS, "interval"]], hide_index=True, key=f"scores_{e.explainer}"
             )
         else:
             st.caption("Not scored.")
 
 
-def _neighbours(sae: dict, feature: int) -> None:
+def _latent_metrics(dash) -> None:
+    """Per-latent values of the evals that declare them, with each metric's definition."""
+    if not dash.latent_metrics:
+        return
+    from saelab.evaluation.registry import describe
+
+    st.subheader("Per-latent metrics")
+    st.dataframe(
+        [
+            {
+                "eval": r.eval,
+                "metric": r.metric,
+                "value": common.fmt(r.value),
+                "definition": describe(r.eval, r.metric, per_latent=True) or "",
+            }
+            for r in dash.latent_metrics
+        ],
+        hide_index=True,
+        key="latent_metrics",
+    )
+
+
+def _neighbours(sae, feature: int) -> None:
     st.subheader("Nearest features (decoder cosine)")
-    weights = decoder.weights_file(sae.get("path"))
-    if weights is None:
-        st.caption(
-            f"The SAE's checkpoint is not at {sae.get('path')!r} any more, so decoder directions cannot be compared."
-        )
+    try:
+        weights = decoder.weights_file(sae)
+    except common.db.UserError as err:
+        st.caption(f"Decoder directions cannot be compared: {err}")
         return
     unit = _unit_decoder(str(weights), weights.stat().st_mtime_ns)
     near = decoder.nearest(unit, feature, k=8)
-    texts = common.q("explanation_texts", sae["sae_id"], [f for f, _ in near])
+    texts = common.q("explanation_texts", sae.sae_id, [f for f, _ in near])
     for f, cos in near:
         cols = st.columns([1, 1, 4])
         with cols[0]:
-            common.feature_button(sae["sae_id"], f, key="near")
+            common.feature_button(sae.sae_id, f, key="near")
         cols[1].write(f"{cos:.3f}")
         cols[2].text(texts.get(f, ""))

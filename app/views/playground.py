@@ -1,5 +1,5 @@
 """The steering playground: prompt, SAE, latents, mode and strength -> clean and steered text side
-by side with the run's metrics, through `circuits.steering.run.steer`.
+by side with the run's metrics, through `saelab.steering.run.steer`.
 
 The model is loaded once per process (`st.cache_resource`), and only when Generate is pressed.
 The run is stored through the steering API's own writer: the app's only write to the results
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
-from app.tokens import visible
+from saelab.app import common
+from saelab.app.tokens import visible
 
 MAX_NEW_TOKENS = 16
 """Default tokens generated per prompt (small: the page waits for them)."""
@@ -22,7 +22,7 @@ _METRICS = ("kl", "feature_act", "concept", "concept_kind", "perplexity", "stren
 
 @st.cache_resource(show_spinner="Loading the model (once per app process)…")
 def _model(spec: str):
-    from activations.models import load_model
+    from saelab.activations.models import load_model
 
     return load_model(spec)
 
@@ -42,14 +42,14 @@ def parse_features(text: str) -> list[int]:
 
 
 def render() -> None:
-    from circuits.steering.harness import MODES
+    from saelab.steering.harness import MODES
 
     st.subheader("Playground")
-    saes = common.q("sae_list")
+    saes = common.q("list_saes")
     if not saes:
         st.caption("No SAE in this file to steer with.")
         return
-    labels = {s["sae_id"]: f"{s['name']} · {s['architecture']} · {s['d_sae']}" for s in saes}
+    labels = {s.sae_id: f"{s.name} · {s.architecture} · {s.d_sae}" for s in saes}
     ids = list(labels)
     wanted = st.query_params.get("sae")
     first = wanted if wanted in ids else ids[0]
@@ -72,7 +72,7 @@ def render() -> None:
         tokens = st.number_input("New tokens", 1, 128, MAX_NEW_TOKENS, key="pg_tokens")
         go = st.form_submit_button("Generate", key="pg_go")
     if go:
-        sae = next(s for s in saes if s["sae_id"] == sae_id)
+        sae = next(s for s in saes if s.sae_id == sae_id)
         try:
             st.session_state[_LAST] = _run(sae, prompt, features, mode, strength, int(tokens))
         except common.db.UserError as err:
@@ -83,45 +83,43 @@ def render() -> None:
         _show(last)
 
 
-def _run(sae: dict, prompt: str, features: str, mode: str, strength: float, tokens: int) -> dict:
-    from circuits.steering.generate import Sampling
-    from circuits.steering.run import SteerConfig, steer
+def _run(sae, prompt: str, features: str, mode: str, strength: float, tokens: int) -> dict:
+    from saelab.steering.generate import Sampling
+    from saelab.steering.run import SteerConfig, steer
 
     if not prompt.strip():
         raise common.db.UserError("write a prompt to steer")
     cfg = SteerConfig(
-        db=common.db_path(), sae=sae["sae_id"], features=parse_features(features), mode=mode,
+        db=common.db_path(), sae=sae.sae_id, features=parse_features(features), mode=mode,
         strength=None if mode == "ablate" else float(strength), prompts=[prompt],
         sampling=Sampling(max_new_tokens=tokens, temperature=0.0), n_samples=1, baseline=False,
     )  # fmt: skip
     cfg.validate()  # before the model loads
-    model = _model(sae["model"] or "smollm2-135m")
+    model = _model(sae.model or "smollm2-135m")
     common.close_reader()  # the write needs the file to itself within this process
     with st.spinner("Generating…"):
         report = steer(cfg, model=model)
     st.cache_data.clear()  # past runs: read afresh
-    run = next(r for r in report.runs if r["method"] == "sae")
-    sample = report.samples[run["run_id"]][0]
+    run = next(r for r in report.runs if r.method == "sae")
+    sample = report.samples[run.run_id][0]
     return {"run": run, "sample": sample}
 
 
 def _show(last: dict) -> None:
     run, sample = last["run"], last["sample"]
-    st.caption(f"stored as run {run['run_id']} (sweep {run['sweep_id']})")
-    st.html(
-        f"<b>prompt</b> <span style='white-space:pre-wrap'>{visible(str(sample['prompt']))}</span>"
-    )
+    st.caption(f"stored as run {run.run_id} (sweep {run.sweep_id})")
+    st.html(f"<b>prompt</b> <span style='white-space:pre-wrap'>{visible(sample.prompt)}</span>")
     left, right = st.columns(2)
     left.html(
         "<div style='white-space:pre-wrap' class='pg-clean'><b>clean</b><br>"
-        f"{visible(str(sample['clean_text']))}</div>"
+        f"{visible(sample.clean_text)}</div>"
     )
     right.html(
         "<div style='white-space:pre-wrap' class='pg-steered'><b>steered</b><br>"
-        f"{visible(str(sample['steered_text']))}</div>"
+        f"{visible(sample.steered_text)}</div>"
     )
     st.dataframe(
-        [{"metric": k, "value": common.fmt(run.get(k))} for k in _METRICS],
+        [{"metric": k, "value": common.fmt(getattr(run, k))} for k in _METRICS],
         hide_index=True,
         key="pg_metrics",
     )

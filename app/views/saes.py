@@ -6,14 +6,16 @@ import html
 
 import streamlit as st
 
-from app import common
+from saelab.app import common
+from saelab.evaluation.compare import COLUMNS, FRONTIERS
 
-TABLE_COLUMNS = [
-    "name", "architecture", "d_sae", "hook", "l0", "fvu", "explained_variance", "cosine",
-    "ce_loss_score", "kl_score", "delta_loss", "dead_fraction", "dense_fraction",
-    "dead_latents", "rare_latents", "explained", "sae_id",
-]  # fmt: skip
-FRONTIERS = (("l0", "fvu", "L0 vs FVU (lower is better)"), ("l0", "ce_loss_score", "L0 vs CE-loss score (higher is better)"))  # fmt: skip
+TITLE = "SAEs"
+ICON = ":material/table_chart:"
+
+TABLE_COLUMNS = ["name", "architecture", "d_sae", "hook", *COLUMNS, "dead_latents", "rare_latents", "explained", "sae_id"]  # fmt: skip
+"""The overview's columns the table shows (the comparison table's metrics, `saelab compare`)."""
+L0_FRONTIERS = [f for f in FRONTIERS if f[0] == "l0"]
+"""The frontiers against L0 (the comparison's; dead against width is a bar chart below)."""
 
 
 def render() -> None:
@@ -52,11 +54,11 @@ def render() -> None:
 def _frontiers(rows: list[dict]) -> None:
     import plotly.graph_objects as go
 
-    cols = st.columns(len(FRONTIERS))
+    cols = st.columns(len(L0_FRONTIERS))
     archs = sorted({r["architecture"] for r in rows})
     widths = sorted({r["d_sae"] for r in rows})
     symbols = ["circle", "square", "diamond", "triangle-up", "cross", "x", "star"]
-    for col, (xkey, ykey, title) in zip(cols, FRONTIERS):
+    for col, (xkey, ykey, title) in zip(cols, L0_FRONTIERS):
         fig = go.Figure()
         for arch in archs:
             for w in widths:

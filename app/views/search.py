@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
+from saelab.app import common
+
+TITLE = "Search"
+ICON = ":material/search:"
 
 
 def render() -> None:
-    sae = common.pick_sae(common.q("sae_list"), key="search")
+    sae = common.pick_sae(common.q("list_saes"), key="search")
     if sae is None:
         return
-    sae_id = sae["sae_id"]
+    sae_id = sae.sae_id
     st.title("Search features")
     by_text, by_token, by_range = st.tabs(
         ["Explanation text", "Activating token", "Density / score"]
@@ -31,7 +34,7 @@ def render() -> None:
             "Token (e.g. ' Paris'; a leading space is tried both ways)", key="search_token"
         )
         if token:
-            ids = common.q("token_ids_for", sae["model_sha256"], token)
+            ids = common.q("token_ids_for", sae.model_sha256 or "", token)
             if not ids:
                 st.info(
                     "No vocabulary entry is exactly that token; try with or without a leading space."

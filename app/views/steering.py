@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
-from app.tokens import visible
+from saelab.app import common
+from saelab.app.tokens import visible
+
+TITLE = "Steering"
+ICON = ":material/tune:"
 
 EMPTY = (
     "No steering runs in this results file yet. Steer the model with a feature using "
     "`saelab steer --db FILE --sae DIR --feature N --strength S --prompt TEXT`; runs will show here."
 )
-_TEXT = {
-    "clean": ("clean", "clean_text", "baseline"),
-    "steered": ("steered", "steered_text", "output"),
-}
+_FIELDS = (
+    "method", "mode", "strength", "unit", "features", "kl", "feature_act", "concept",
+    "concept_kind", "perplexity", "target_kl", "positions", "hook", "model", "sae_id",
+    "sweep_id", "run_id", "created_at",
+)  # fmt: skip
 
 
 def render() -> None:
-    from app.views import playground
+    from saelab.app.views import playground
 
     st.title("Steering")
     _past_runs()
@@ -28,49 +32,33 @@ def render() -> None:
 
 
 def _past_runs() -> None:
-    runs = common.q("rows_of", "steering_runs", None)
+    runs = common.q("steering_runs")
     if not runs:
         st.info(EMPTY)
         return
-    runs = sorted(
-        runs, key=lambda r: (r.get("method") == "none", str(r.get("created_at"))), reverse=False
-    )
-    id_col = next((c for c in ("run_id", "steering_id", "id") if c in runs[0]), next(iter(runs[0])))
-    ids = [r[id_col] for r in runs]
-    labels = {r[id_col]: _label(r, id_col) for r in runs}
-    choice = st.selectbox("Run", ids, format_func=labels.get, key="steer_pick")
-    run = next(r for r in runs if r[id_col] == choice)
+    runs = sorted(runs, key=lambda r: (r.method == "none", str(r.created_at)))
+    labels = {r.run_id: _label(r) for r in runs}
+    choice = st.selectbox("Run", list(labels), format_func=labels.get, key="steer_pick")
+    run = next(r for r in runs if r.run_id == choice)
     st.dataframe(
-        [
-            {"field": k, "value": common.fmt(v)}
-            for k, v in run.items()
-            if not isinstance(v, (list, dict))
-        ],
+        [{"field": k, "value": common.fmt(getattr(run, k))} for k in _FIELDS],
         hide_index=True,
         key="steer_fields",
     )
-    samples = common.q("rows_of", "steering_samples", {id_col: choice})
+    samples = common.q("steering_samples", choice)
     if not samples:
         st.caption("This run stored no samples.")
     for s in samples[:50]:
-        clean = next((s[c] for c in _TEXT["clean"] if c in s), None)
-        steered = next((s[c] for c in _TEXT["steered"] if c in s), None)
-        prompt = s.get("prompt")
-        if prompt is not None:
-            st.html(
-                f"<b>prompt</b> <span style='white-space:pre-wrap'>{visible(str(prompt))}</span>"
-            )
+        st.html(f"<b>prompt</b> <span style='white-space:pre-wrap'>{visible(s.prompt)}</span>")
         left, right = st.columns(2)
         left.html(
-            f"<div style='white-space:pre-wrap'><b>clean</b><br>{visible(str(clean or ''))}</div>"
+            f"<div style='white-space:pre-wrap'><b>clean</b><br>{visible(s.clean_text)}</div>"
         )
         right.html(
-            f"<div style='white-space:pre-wrap'><b>steered</b><br>{visible(str(steered or ''))}</div>"
+            f"<div style='white-space:pre-wrap'><b>steered</b><br>{visible(s.steered_text)}</div>"
         )
 
 
-def _label(r: dict, id_col: str) -> str:
-    bits = [str(r[id_col])[:12]] + [
-        f"{k} {r[k]}" for k in ("feature", "strength", "sae_id") if r.get(k) is not None
-    ]
-    return " · ".join(bits)
+def _label(r) -> str:
+    strength = "" if r.strength is None else f" · strength {r.strength:.3g}"
+    return f"{r.run_id[:12]} · {r.method}{strength} · features {', '.join(map(str, r.features))}"

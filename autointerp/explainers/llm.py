@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from autointerp import answers
-from autointerp.client import LLMClient
-from autointerp.explainers import Explanation
-from autointerp.prompts import prompt
-from autointerp.windows import Window, render
+from saelab.autointerp import answers
+from saelab.autointerp.client import LLMClient
+from saelab.autointerp.explainers import Explanation
+from saelab.autointerp.prompts import prompt
+from saelab.autointerp.windows import Window, render
 
 
 async def explain(
@@ -29,3 +29,9 @@ async def explain(
         "n_examples": len(windows),
     }
     return Explanation("llm", text, "ok" if text else "unparsable", provenance)
+
+
+async def explainer(client: LLMClient, windows, owner: tuple, cfg) -> Explanation:
+    """The registered explainer: the latent's explanation windows, `cfg.explanation_tokens` at
+    most."""
+    return await explain(client, windows.explain, owner, cfg.explanation_tokens)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from autointerp.client import LLMClient
-from autointerp.windows import LatentWindows
+from saelab.autointerp.client import LLMClient
+from saelab.autointerp.windows import LatentWindows
+from saelab.resultstore import ResultsStore
 
 
 @dataclass
@@ -26,8 +27,8 @@ class ScoringContext:
     simulation_windows: int
     bootstrap: int
     logprobs: bool = True
-    db: str | None = None
-    """The results file (the intervention scorer finds the SAE's checkpoint and model there)."""
+    store: ResultsStore | None = None
+    """The results store (the intervention scorer finds the SAE's checkpoint and model there)."""
 
 
 @dataclass

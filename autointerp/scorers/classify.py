@@ -18,10 +18,10 @@ import random
 
 import numpy as np
 
-from autointerp import answers, stats
-from autointerp.prompts import prompt
-from autointerp.scorers import Score, ScoringContext, finish
-from autointerp.windows import Window, escape, numbered, render
+from saelab.autointerp import answers, stats
+from saelab.autointerp.prompts import prompt
+from saelab.autointerp.scorers import Score, ScoringContext, finish
+from saelab.autointerp.windows import Window, escape, numbered, render
 
 ANSWER_TOP_LOGPROBS = 20
 """Alternatives asked for at the answer token (the most OpenAI-compatible endpoints give)."""

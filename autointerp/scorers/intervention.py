@@ -7,8 +7,8 @@ given the explanation, which texts were steered. Score: balanced accuracy over v
 with a bootstrap interval; a batch whose answer cannot be read makes its texts failures.
 
 The model work (the SAE, its model and hook, resolved from the results store's `saes` row) is
-done by a steering backend, which lives above this package (`circuits.steering.backend`) and is
-found through the entry-point group `saelab.steering_backends`, or set with `set_backend_factory`.
+done by steering's `InterventionBackend` (`saelab.steering.backend`, the layer below), or by
+whatever `set_backend_factory` was given (a notebook or test passing an already-loaded model).
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from autointerp import stats
-from autointerp.prompts import prompt
-from autointerp.scorers import Score, ScoringContext, finish
-from autointerp.scorers.classify import ask_in_batches
-from autointerp.windows import escape
-from saelab_base.errors import UserError
+from saelab.autointerp import stats
+from saelab.autointerp.prompts import prompt
+from saelab.autointerp.scorers import Score, ScoringContext, finish
+from saelab.autointerp.scorers.classify import ask_in_batches
+from saelab.autointerp.windows import escape
+from saelab.base.errors import UserError
+from saelab.resultstore import ResultsStore
 
 
 @dataclass(frozen=True)
@@ -56,41 +58,34 @@ _backends: dict[tuple[str, str], SteeringBackend] = {}
 _model_lock = threading.Lock()  # one model, one caller at a time
 
 
-def set_backend_factory(factory) -> None:
-    """`factory(db, sae_id) -> SteeringBackend` (a notebook or test may pass its own)."""
+def set_backend_factory(factory: Callable[[Any, str], SteeringBackend] | None) -> None:
+    """`factory(store, sae_id) -> SteeringBackend` (`store`: the `ResultsStore`); None restores
+    steering's `InterventionBackend`."""
     global _factory
     _factory = factory
     _backends.clear()
 
 
-def _backend(db: str, sae_id: str) -> SteeringBackend:
-    global _factory
-    if _factory is None:
-        from importlib.metadata import entry_points
-
-        found = list(entry_points(group="saelab.steering_backends"))
-        if not found:
-            raise UserError(
-                "the intervention scorer needs a steering backend (saelab's circuits package, "
-                "registered under the entry point group saelab.steering_backends); reinstall saelab"
-            )
-        _factory = found[0].load()
-    key = (db, sae_id)
+def _backend(store: ResultsStore, sae_id: str) -> SteeringBackend:
+    key = (store.path, sae_id)
     if key not in _backends:
-        _backends[key] = _factory(db, sae_id)
+        from saelab.steering.backend import InterventionBackend  # the model stack, when used
+
+        factory = _factory or InterventionBackend
+        _backends[key] = factory(store, sae_id)
     return _backends[key]
 
 
-def _texts(db: str, sae_id: str, feature: int, seed: int) -> dict:
+def _texts(store: ResultsStore, sae_id: str, feature: int, seed: int) -> dict:
     with _model_lock:
-        return _backend(db, sae_id).texts(feature, SETTINGS, seed)
+        return _backend(store, sae_id).texts(feature, SETTINGS, seed)
 
 
 async def intervention(ctx: ScoringContext, explanation: str) -> Score:
-    if ctx.db is None:
-        raise UserError("the intervention scorer needs the results file (ScoringContext.db)")
+    if ctx.store is None:
+        raise UserError("the intervention scorer needs the results store (ScoringContext.store)")
     sae_id, feature = ctx.owner
-    made = await asyncio.to_thread(_texts, ctx.db, sae_id, feature, ctx.seed)
+    made = await asyncio.to_thread(_texts, ctx.store, sae_id, feature, ctx.seed)
     items = [(escape(t), True) for t in made["steered"]]
     items += [(escape(t), False) for t in made["unsteered"]]
     random.Random(ctx.seed).shuffle(items)

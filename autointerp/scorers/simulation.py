@@ -10,10 +10,10 @@ import asyncio
 
 import numpy as np
 
-from autointerp import answers, stats
-from autointerp.prompts import prompt
-from autointerp.scorers import Score, ScoringContext, finish
-from autointerp.windows import Window, escape
+from saelab.autointerp import answers, stats
+from saelab.autointerp.prompts import prompt
+from saelab.autointerp.scorers import Score, ScoringContext, finish
+from saelab.autointerp.windows import Window, escape
 
 
 def true_levels(w: Window, max_act: float) -> np.ndarray:

@@ -1,1 +1,1 @@
-"""One module per SAE architecture; `sae.registry` maps names to them."""
+"""One module per SAE architecture; `saelab.sae.registry.BUILTIN` lists them."""

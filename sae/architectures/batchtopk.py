@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sae import ops
-from sae.architectures.topk import TopKConfig, TopKSAE
-from sae.base import TrainOutput
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae import ops
+from saelab.sae.architectures.topk import TopKConfig, TopKSAE
+from saelab.sae.base import TrainOutput
 
 
 @dataclass
@@ -24,6 +24,9 @@ class BatchTopKConfig(TopKConfig):
 
     architecture = "batchtopk"
 
+    k: float = 32
+    """Mean active latents per token over a batch (need not be whole: the batch keeps the
+    k·N largest)."""
     threshold_ema: float = 0.01
     """Weight of each batch's smallest kept activation in the running threshold."""
 

@@ -9,13 +9,14 @@ summed cumulatively, so all levels together cost one sparse decode.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor
 
-from sae import ops
-from sae.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
-from sae.base import Code, TrainOutput
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae import ops
+from saelab.sae.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
+from saelab.sae.base import Code, TrainOutput
 
 
 @dataclass
@@ -27,7 +28,7 @@ class MatryoshkaConfig(BatchTopKConfig):
     prefix_sizes: list[int] | None = None
     """Nested prefix sizes m_1 < ... < m_L = d_sae; None uses d_sae/16, /8, /4, /2, 1.
     d_sae is appended when missing."""
-    selection: str = "batchtopk"
+    selection: Literal["batchtopk", "topk"] = "batchtopk"
     """Shared selection: "batchtopk" (saved as JumpReLU with the running threshold) or
     "topk" (saved as TopK)."""
 

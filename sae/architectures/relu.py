@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sae import ops
-from sae.base import SAE, Code, StepContext, TrainOutput
-from sae.config import ThresholdSAEConfig
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae import ops
+from saelab.sae.base import SAE, Code, StepContext, TrainOutput
+from saelab.sae.config import ThresholdSAEConfig
 
 
 @dataclass

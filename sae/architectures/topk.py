@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from sae import ops
-from sae.base import SAE, Code, StepContext, TrainOutput
-from sae.config import SAEConfig
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae import ops
+from saelab.sae.base import SAE, Code, StepContext, TrainOutput
+from saelab.sae.config import SAEConfig
 
 LR_BASE = 3.2e-3
 """The TopK family's default `lr_base`."""

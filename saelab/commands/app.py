@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import argparse
 
+from saelab.commands.flags import add_fields, given
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("app", help="browse a results database in the web app")
-    p.add_argument("--db", required=True, help="the results file (DuckDB), opened read-only")
-    p.add_argument("--port", type=int, default=8501)
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: this machine only)"
-    )
-    p.add_argument(
-        "--migrate", action="store_true", help="first bring an older-schema file up to date"
-    )
-    p.set_defaults(func=run)
+HELP = "browse a results database in the web app"
+ON_INTERRUPT = "stopped"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from saelab.app.server import AppConfig
+
+    flags = add_fields(
+        p, AppConfig, required=("db",),
+        helps={"db": "the results file (DuckDB), opened read-only",
+               "migrate": "first bring an older-schema file up to date"},
+    )  # fmt: skip
+    p.set_defaults(flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.db import OlderSchemaError
-    from app.server import AppConfig, serve
-    from saelab_base.errors import UserError
+    from saelab.app.server import AppConfig, serve
+    from saelab.base.errors import UserError
+    from saelab.resultstore import OlderSchemaError
 
     try:
-        return serve(AppConfig(db=args.db, port=args.port, host=args.host, migrate=args.migrate))
+        return serve(AppConfig(**given(args, args.flags)))
     except OlderSchemaError as err:
         raise UserError(f"{err}: rerun with --migrate") from None

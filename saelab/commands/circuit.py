@@ -5,115 +5,54 @@ from __future__ import annotations
 import argparse
 import math
 
+from saelab.commands.flags import add_fields, given
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from circuits.attribution import BASELINES, METHODS
-    from circuits.evaluate import ABLATIONS, ERROR_POLICIES
-    from circuits.tasks import BUILTIN_TASKS
+HELP = "find a sparse feature circuit and evaluate it"
+ON_INTERRUPT = (
+    "a circuit is written only when it is complete, so nothing of this one is stored; a rerun "
+    "finds it again (and replaces any stored copy)"
+)
 
-    p = sub.add_parser("circuit", help="find a sparse feature circuit and evaluate it")
-    p.add_argument(
-        "--sae",
-        nargs="+",
-        required=True,
-        metavar="DIR",
-        help="SAE folders (one per hook) or a sweep folder of them",
-    )
-    p.add_argument(
-        "--task",
-        default="sva",
-        metavar="TASK",
-        help=f"{'|'.join(BUILTIN_TASKS)} or a JSONL file (clean, patch, correct, wrong)",
-    )
-    p.add_argument("--prompts", type=int, default=32, help="number of prompts (default 32)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", default="atp", choices=METHODS)
-    p.add_argument("--steps", type=int, default=10, help="integrated-gradients steps")
-    p.add_argument(
-        "--baseline",
-        choices=BASELINES,
-        help="attribution patch values (default: patch prompts, else mean)",
-    )
-    p.add_argument("--summed", action="store_true", help="sum nodes over positions")
-    p.add_argument("--node-threshold", type=float, default=0.1)
-    p.add_argument("--edge-threshold", type=float, default=0.01)
-    p.add_argument("--ablation", default="mean", choices=ABLATIONS)
-    p.add_argument(
-        "--errors",
-        default="ablate",
-        choices=ERROR_POLICIES,
-        help="error nodes in evaluation: ablated unless kept, always kept, removed",
-    )
-    p.add_argument("--acts", help="activation store (means for mean ablation)")
-    p.add_argument(
-        "--check-edges",
-        type=int,
-        default=32,
-        help="top edges measured by direct-path patching (0 skips)",
-    )
-    p.add_argument(
-        "--curve-sizes",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="circuit sizes of the curves (default 0 1 2 5 10 20 50 ... all)",
-    )
-    p.add_argument("--db", help="DuckDB results file to write the circuit into")
-    p.add_argument("--html", help="write the graph here (default: circuit.html beside --db)")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from saelab.circuits.attribution import BASELINES, METHODS
+    from saelab.circuits.evaluate import ABLATIONS, ERROR_POLICIES
+    from saelab.circuits.run import CircuitConfig
+    from saelab.circuits.tasks import BUILTIN_TASKS
+
+    flags = add_fields(
+        p, CircuitConfig, required=("sae",),
+        names={"n_prompts": "--prompts", "per_position": "--summed", "error_policy": "--errors"},
+        choices={"method": METHODS, "baseline": BASELINES, "ablation": ABLATIONS,
+                 "error_policy": ERROR_POLICIES},
+        helps={"sae": "SAE folders (one per hook) or a sweep folder of them",
+               "task": f"{'|'.join(BUILTIN_TASKS)} or a JSONL file (clean, patch, correct, wrong)",
+               "per_position": "sum nodes over positions (default: one node per position)",
+               "html": "write the graph here (default: circuit.html beside --db)"},
+    )  # fmt: skip
     p.add_argument("--show", type=int, default=15, help="nodes and edges to print")
-    p.set_defaults(func=run)
+    p.set_defaults(flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from circuits.run import CircuitConfig, run_circuit
-    from saelab_base.errors import UserError
+    from saelab.base.errors import UserError
+    from saelab.circuits.run import CircuitConfig, run_circuit
 
-    html = args.html
-    if html is None and args.db:
-        html = str(Path(args.db).with_name("circuit.html"))
-    cfg = CircuitConfig(
-        sae=list(args.sae),
-        task=args.task,
-        n_prompts=args.prompts,
-        seed=args.seed,
-        method=args.method,
-        steps=args.steps,
-        baseline=args.baseline,
-        per_position=not args.summed,
-        node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold,
-        ablation=args.ablation,
-        error_policy=args.errors,
-        acts=args.acts,
-        check_edges=args.check_edges,
-        db=args.db,
-        html=html,
-        model=args.model,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    try:
-        result = run_circuit(cfg)
-    except UserError as err:
-        raise UserError(_with_flags(str(err))) from None
+    if args.show < 0:
+        raise UserError(f"--show must be >= 0 (nodes and edges to print), got {args.show}")
+    values = given(args, args.flags)
+    if values.get("html") is None and values.get("db"):
+        values["html"] = str(Path(values["db"]).with_name("circuit.html"))
+    cfg = CircuitConfig(**values)
+    result = run_circuit(cfg)
     print(report(result, args.show))
-    if html:
-        print(f"saelab circuit: graph written to {html}")
+    if cfg.html:
+        print(f"saelab circuit: graph written to {cfg.html}")
     if result.circuit_id:
-        print(f"saelab circuit: circuit {result.circuit_id} written to {args.db}")
+        print(f"saelab circuit: circuit {result.circuit_id} written to {cfg.db}")
     return 0
-
-
-def _with_flags(msg: str) -> str:
-    """The library speaks of settings; the command line names its flags."""
-    return msg.replace("give acts,", "pass --acts,").replace(
-        "lower the threshold", "lower --node-threshold"
-    )
 
 
 def report(result, show: int = 15) -> str:

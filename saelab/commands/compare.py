@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "compare the SAEs in a results database"
+ON_INTERRUPT = "nothing was written"
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="compare the SAEs in a results database")
-    p.add_argument("--db", required=True)
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, help="the DuckDB results file")
     p.add_argument("--html", help="write the frontier plots here (default: next to the database)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from evaluation.compare import check_html_path, comparison_rows, format_table, frontier_html
-    from saelab_base.errors import UserError
+    from saelab.base.errors import UserError
+    from saelab.evaluation.compare import (
+        check_html_path,
+        comparison_rows,
+        format_table,
+        frontier_html,
+    )
+    from saelab.resultstore import ResultsStore
 
     html_path = args.html or Path(args.db).with_suffix(".compare.html")
     check_html_path(html_path)
-    rows = comparison_rows(args.db)
+    rows = comparison_rows(ResultsStore(args.db))
     if not rows:
         raise UserError(f"{args.db} holds no evaluated SAE yet; run `saelab eval` first")
     print(format_table(rows))

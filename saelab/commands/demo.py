@@ -16,10 +16,16 @@ steps' outputs from it.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from saelab.base.config import check_fields
+from saelab.base.errors import UserError
+from saelab.base.fs import disk_error
+from saelab.commands.flags import add_fields, given
 
 
 @dataclass
@@ -58,6 +64,52 @@ class DemoConfig:
     progress: bool = True
     """Progress bars."""
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def validate(self) -> None:
+        counts = {"tokens": self.tokens, "seq_len": self.seq_len, "chunk_seqs": self.chunk_seqs,
+                  "d_sae": self.d_sae, "circuit_prompts": self.circuit_prompts,
+                  "loss_sequences": self.loss_sequences}  # fmt: skip
+        bad = next((k for k, v in counts.items() if v < 1), None)
+        if bad:
+            raise UserError(f"`{bad}` must be at least 1, got {counts[bad]}")
+        if self.explain < 0:
+            raise UserError(
+                f"`explain` must be 0 (skip the step) or more latents, got {self.explain}"
+            )
+        if not self.ks or min(self.ks) < 1 or max(self.ks) > self.d_sae:
+            raise UserError(
+                f"every k must be between 1 and d_sae ({self.d_sae}), got {list(self.ks)}"
+            )
+        if not self.circuit_node_threshold >= 0:
+            raise UserError("`circuit_node_threshold` must be >= 0")
+        check_demo_folder(Path(self.out))
+
+
+CONFIG_FILE = "demo.json"
+"""The demo's resolved config, written into its folder: a folder holding one is a demo folder
+(a rerun reuses its finished harvest and sweep)."""
+
+
+DEMO_OUTPUTS = ("acts.zarr", "sweep.toml", "saes", "results.duckdb")
+"""What a demo writes into its folder (a folder holding these without a `demo.json` was made
+by a demo from before the file existed)."""
+
+
+def check_demo_folder(folder: Path) -> None:
+    """The output folder must be new, empty, or an earlier demo's: never a user's folder."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"the demo's output {folder} is a file; give a folder with `out`")
+    if not folder.is_dir() or not any(folder.iterdir()) or (folder / CONFIG_FILE).is_file():
+        return
+    if all((folder / name).exists() for name in DEMO_OUTPUTS[:2]):
+        return  # an earlier demo's folder, from before demo.json
+    raise UserError(
+        f"{folder} is not empty and holds no earlier demo ({CONFIG_FILE}); give a new or "
+        "empty folder with `out`, so the demo never mixes its files into yours"
+    )
+
 
 @dataclass
 class Demo:
@@ -65,9 +117,9 @@ class Demo:
 
     cfg: DemoConfig
     model: object = None
-    """A loaded `activations.models.LoadedModel` (loaded by the harvest when None)."""
+    """A loaded `saelab.activations.models.LoadedModel` (loaded by the harvest when None)."""
     generator: object = None
-    """A loaded `autointerp.server.Generator` for the local endpoint (loaded when None)."""
+    """A loaded `saelab.autointerp.server.Generator` for the local endpoint (loaded when None)."""
     times: dict[str, float] = field(default_factory=dict)
     """Seconds per finished step."""
     notes: dict[str, str] = field(default_factory=dict)
@@ -125,8 +177,22 @@ def _cli(argv: list[str]) -> None:
         raise SystemExit(code)
 
 
+def _train(demo: Demo, saes: list, out: Path, hook: str | None = None, sweep: str | None = None):
+    """One training run through the one entry point (`saelab.sae.run.run_training`); a rerun
+    continues (here: reuses) a finished one."""
+    from saelab.commands.train import report
+    from saelab.sae.checkpoint import STATE_FILE
+    from saelab.sae.config import TrainConfig
+    from saelab.sae.run import TrainRunConfig, run_training
+
+    report(run_training(TrainRunConfig(
+        acts=demo.store, saes=saes, sweep=sweep, hook=hook, out=str(out), batch_size=1024,
+        resume=(out / STATE_FILE).exists(), train=TrainConfig(tokens=1, progress=demo.cfg.progress),
+    )))  # fmt: skip
+
+
 def harvest_step(demo: Demo) -> None:
-    from activations.harvest import HarvestConfig, harvest
+    from saelab.activations.harvest import HarvestConfig, harvest
 
     cfg = HarvestConfig(
         out=demo.store,
@@ -154,13 +220,7 @@ def sweep_toml(demo: Demo) -> str:
 def train_step(demo: Demo) -> None:
     sweep = demo.folder / "sweep.toml"
     sweep.write_text(sweep_toml(demo))
-    argv = ["train", "--acts", demo.store, "--sweep", str(sweep), "--out", str(demo.saes)]
-    argv += ["--batch-size", "1024"]
-    if not demo.cfg.progress:
-        argv.append("--no-progress")
-    if (demo.saes / "training_state.pt").exists():
-        argv.append("--resume")  # a rerun continues the finished sweep, which just reuses it
-    _cli(argv)
+    _train(demo, [], demo.saes, sweep=str(sweep))
 
 
 def eval_step(demo: Demo) -> None:
@@ -173,9 +233,10 @@ def compare_step(demo: Demo) -> None:
 
 
 def explain_step(demo: Demo) -> None:
-    from autointerp.config import ExplainConfig, WindowConfig
-    from autointerp.pipeline import explain_features
+    from saelab.autointerp.config import ExplainConfig, WindowConfig
+    from saelab.autointerp.pipeline import explain_features
     from saelab.commands.explain import print_summary
+    from saelab.resultstore import ResultsStore
 
     cfg = ExplainConfig(
         db=demo.db,
@@ -187,23 +248,22 @@ def explain_step(demo: Demo) -> None:
         ),
         progress=demo.cfg.progress,
     )
-    summary = explain_features(cfg, generator=demo.generator)
-    print_summary(demo.db, summary)
+    store = ResultsStore(demo.db, mode="update")
+    summary = explain_features(cfg, generator=demo.generator, store=store)
+    print_summary(store, summary)
 
 
 def circuit_step(demo: Demo) -> None:
-    from circuits.run import CircuitConfig, run_circuit
+    from saelab.circuits.run import CircuitConfig, run_circuit
     from saelab.commands.circuit import report
+    from saelab.sae.registry import make_config
 
     k = sorted(demo.cfg.ks)[len(demo.cfg.ks) // 2]
     folders = []
     for hook in demo.cfg.circuit_hooks:
         folder = demo.circuit_saes / hook.replace(".", "_")
         if not (folder / "sae_weights.safetensors").is_file():
-            argv = ["train", "--acts", demo.store, "--hook", hook, "--arch", "topk", "--out",
-                    str(folder), "--d-sae", str(demo.cfg.d_sae), "--k", str(k),
-                    "--batch-size", "1024"]  # fmt: skip
-            _cli(argv + ([] if demo.cfg.progress else ["--no-progress"]))
+            _train(demo, [make_config("topk", d_sae=demo.cfg.d_sae, k=k)], folder, hook=hook)
         folders.append(str(folder))
     folders.append(str(demo.saes / demo.explained_sae))
     result = run_circuit(
@@ -264,10 +324,17 @@ def run_demo(cfg: DemoConfig, model=None, generator=None) -> Demo:
     """Run every enabled step in order, printing each one's time; returns the demo's state."""
     import torch
 
-    from autointerp.server import free_cores
+    from saelab.autointerp.server import free_cores
 
+    cfg.validate()
     demo = Demo(cfg, model=model, generator=generator)
-    demo.folder.mkdir(parents=True, exist_ok=True)
+    created = not demo.folder.exists()
+    fresh = created or not any(demo.folder.iterdir())
+    try:
+        demo.folder.mkdir(parents=True, exist_ok=True)
+        (demo.folder / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    except OSError as err:
+        raise disk_error(err, str(demo.folder / CONFIG_FILE)) from None
     threads_before = torch.get_num_threads()
     torch.set_num_threads(free_cores())  # on a busy machine, more threads than cores crawl
     try:
@@ -282,6 +349,10 @@ def run_demo(cfg: DemoConfig, model=None, generator=None) -> Demo:
             demo.times[step.name] = time.monotonic() - started
             note = f" ({demo.notes[step.name]})" if step.name in demo.notes else ""
             print(f"saelab demo: {step.name} took {demo.times[step.name]:.1f} s{note}", flush=True)
+    except BaseException:
+        if fresh:  # a demo that failed before writing anything leaves no folder behind
+            _remove_if_only_config(demo.folder, remove_folder=created)
+        raise
     finally:  # the calling process (a notebook, a test run) keeps its own setting
         torch.set_num_threads(threads_before)
     total = sum(demo.times.values())
@@ -296,30 +367,33 @@ def run_demo(cfg: DemoConfig, model=None, generator=None) -> Demo:
     return demo
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    d = DemoConfig()
-    p = sub.add_parser("demo", help="run the pipeline end to end on the embedded defaults")
-    p.add_argument("--out", default=d.out, help="folder for the demo's outputs")
-    p.add_argument("--tokens", type=int, default=d.tokens, help="tokens to harvest")
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sequence")
-    p.add_argument("--hook", default=d.hook)
-    p.add_argument("--d-sae", type=int, default=d.d_sae)
-    p.add_argument("--k", type=int, nargs="+", default=list(d.ks), help="k of each TopK SAE")
-    p.add_argument("--explain", type=int, default=d.explain, help="latents to explain (0 skips)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+def _remove_if_only_config(folder: Path, remove_folder: bool) -> None:
+    if [p.name for p in folder.iterdir()] != [CONFIG_FILE]:
+        return
+    (folder / CONFIG_FILE).unlink()
+    if remove_folder:
+        folder.rmdir()
+
+
+HELP = "run the pipeline end to end on the embedded defaults"
+
+
+def ON_INTERRUPT(args: argparse.Namespace) -> str:
+    return (
+        f"the steps finished so far are kept in {args.out or DemoConfig().out}; rerun "
+        "`saelab demo` with the same --out to continue (finished steps are reused)"
+    )
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    flags = add_fields(
+        p, DemoConfig, only=("out", "tokens", "seq_len", "hook", "d_sae", "ks", "explain", "progress"),
+        names={"ks": "--k"},
+        helps={"ks": "k of each TopK SAE", "explain": "latents to explain (0 skips)"},
+    )  # fmt: skip
+    p.set_defaults(flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = DemoConfig(
-        out=args.out,
-        tokens=args.tokens,
-        seq_len=args.seq_len,
-        hook=args.hook,
-        d_sae=args.d_sae,
-        ks=tuple(args.k),
-        explain=args.explain,
-        progress=not args.no_progress,
-    )
-    run_demo(cfg)
+    run_demo(DemoConfig(**given(args, args.flags)))
     return 0

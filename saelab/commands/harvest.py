@@ -4,46 +4,39 @@ from __future__ import annotations
 
 import argparse
 
-from saelab.commands.numbers import count
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.commands.flags import add_fields, given
+
+HELP = "harvest model activations into a zarr store"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from activations.corpus import BOS_POLICIES
-    from activations.harvest import NONFINITE_POLICIES, HarvestConfig
-    from activations.store import STORAGE_DTYPES
+def ON_INTERRUPT(args: argparse.Namespace) -> str:
+    try:
+        from saelab.activations.store import ActivationStore
 
-    d = HarvestConfig(out="")
-    p = sub.add_parser("harvest", help="harvest model activations into a zarr store")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="store path or fsspec URL (e.g. runs/acts.zarr, s3://b/acts.zarr)",
+        committed = ActivationStore(args.out).committed_sequences()
+    except Exception:  # no store yet, or one being created
+        committed = 0
+    if not committed:
+        return "no chunk was committed yet"
+    return (
+        f"the {committed:,} sequences committed so far are kept; rerun the same command with "
+        "--resume to continue where it stopped"
     )
-    p.add_argument("--model", default=d.model, help=f"model spec (default {d.model})")
-    p.add_argument(
-        "--dataset",
-        default=d.dataset,
-        help="builtin[:wikipedia|:news], a local file/folder, or a datasets name[:split]",
-    )
-    p.add_argument("--hooks", nargs="+", default=d.hooks, help="transformer-lens hook names")
-    p.add_argument("--tokens", type=count, default=d.tokens, help="tokens to harvest (2e5 works)")
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--bos", choices=BOS_POLICIES, default=d.bos)
-    p.add_argument("--dtype", choices=list(STORAGE_DTYPES), default=d.dtype)
-    p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help="sequences per forward pass"
-    )
-    p.add_argument("--chunk-seqs", type=int, default=d.chunk_seqs, help="sequences per zarr chunk")
-    p.add_argument("--split", default=d.split)
-    p.add_argument("--text-column", default=d.text_column)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from saelab.activations.corpus import BOS_POLICIES
+    from saelab.activations.harvest import NONFINITE_POLICIES, HarvestConfig
+    from saelab.activations.store import STORAGE_DTYPES
+
+    flags = add_fields(
+        p, HarvestConfig, skip=("shard",), required=("out",),
+        choices={"bos": BOS_POLICIES, "dtype": list(STORAGE_DTYPES), "nonfinite": NONFINITE_POLICIES},
+        helps={"tokens": "tokens to harvest (2e5 works)", "batch_size": "sequences per forward pass"},
+    )  # fmt: skip
     p.add_argument("--shard", default="0/1", help="i/n: fill the i-th of n disjoint ranges")
-    p.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default=d.nonfinite)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted store")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(flags=flags)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -55,28 +48,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from activations.harvest import HarvestConfig, harvest
+    from saelab.activations.harvest import HarvestConfig, harvest
 
-    cfg = HarvestConfig(
-        out=args.out,
-        model=args.model,
-        dataset=args.dataset,
-        hooks=list(args.hooks),
-        tokens=args.tokens,
-        seq_len=args.seq_len,
-        bos=args.bos,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        chunk_seqs=args.chunk_seqs,
-        split=args.split,
-        text_column=args.text_column,
-        shard=parse_shard(args.shard),
-        nonfinite=args.nonfinite,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        progress=not args.no_progress,
-    )
+    cfg = HarvestConfig(**given(args, args.flags), shard=parse_shard(args.shard))
     result = harvest(cfg)
     state = "complete" if result.complete else "partial (other shards pending)"
     print(
@@ -85,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if result.nonfinite_sequences:
         print(
-            f"saelab harvest: {result.nonfinite_sequences} sequences had NaN/inf activations ({cfg.nonfinite})"
+            f"saelab harvest: {result.nonfinite_sequences} sequences had NaN/inf activations "
+            f"({cfg.nonfinite})"
         )
     return 0

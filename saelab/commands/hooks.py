@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "list the hook points of a model"
+ON_INTERRUPT = "nothing was written"
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hooks", help="list the hook points of a model")
-    p.add_argument("--model", default="smollm2-135m")
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="model spec (default smollm2-135m)")
     p.add_argument("--layer", type=int, help="only the hooks of this block")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from activations.models import load_model
+    from saelab.activations.models import load_model
 
     model = load_model(args.model)
     names = model.hook_names if args.layer is None else model.layer_hooks(args.layer)

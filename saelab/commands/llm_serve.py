@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import signal
 
+from saelab.commands.flags import add_fields, given
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "llm-serve", help="serve the embedded model as an OpenAI-compatible endpoint"
-    )
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, HF folder or .gguf")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--threads", type=int, help="torch threads (default: the free cores)")
-    p.set_defaults(func=run)
+HELP = "serve the embedded model as an OpenAI-compatible endpoint"
+ON_INTERRUPT = "stopped"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from saelab.autointerp.server import ServeConfig
+
+    flags = add_fields(
+        p, ServeConfig, skip=("port",),
+        helps={"model": "embedded name, HF folder or .gguf file",
+               "threads": "torch threads (default: the free cores)"},
+    )  # fmt: skip
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.set_defaults(flags=flags)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -22,7 +28,7 @@ def check_port_free(host: str, port: int) -> None:
     import errno
     import socket
 
-    from saelab_base.errors import UserError
+    from saelab.base.errors import UserError
 
     if not 0 < port < 65536:
         raise UserError(f"--port {port} is not a TCP port (1-65535)")
@@ -39,17 +45,18 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autointerp.server import LocalServer, ServeConfig
+    from saelab.autointerp.server import LocalServer, ServeConfig
 
-    if args.port:  # 0 lets the server pick a free port
-        check_port_free(args.host, args.port)
-    cfg = ServeConfig(model=args.model, host=args.host, port=args.port, threads=args.threads)
+    cfg = ServeConfig(**given(args, args.flags), port=args.port)
+    cfg.validate()
+    if cfg.port:  # 0 lets the server pick a free port
+        check_port_free(cfg.host, cfg.port)
     # SIGTERM stops it like Ctrl-C: the server is a thread of this process, nothing outlives it
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with LocalServer(cfg) as server:
             print(
-                f"saelab llm-serve: {args.model} at {server.base_url} (model name "
+                f"saelab llm-serve: {cfg.model} at {server.base_url} (model name "
                 f"{server.model_id}); use it with `saelab explain --base-url {server.base_url}`. "
                 "Ctrl-C stops it.",
                 flush=True,

@@ -7,42 +7,42 @@ import argparse
 import textwrap
 from pathlib import Path
 
+from saelab.base.fs import check_output_file
+from saelab.commands.flags import add_fields, given
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from circuits.steering.generate import Sampling
-    from circuits.steering.harness import MODES, UNITS
-    from circuits.steering.interventions import POSITIONS
+HELP = "steer the model with SAE latents, measured"
+ON_INTERRUPT = (
+    "runs are written only when the experiment completes, so nothing of this one is stored"
+)
 
-    p = sub.add_parser("steer", help="steer the model with SAE latents, measured")
-    p.add_argument("--db", required=True, help="the DuckDB results file (SAE row, statistics)")
-    p.add_argument("--sae", required=True, help="SAE folder, or id / name in the results file")
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from saelab.steering.generate import Sampling
+    from saelab.steering.harness import MODES, UNITS
+    from saelab.steering.interventions import POSITIONS
+    from saelab.steering.run import SteerConfig
+
+    flags = add_fields(
+        p, SteerConfig, skip=("features", "sweep", "prompts", "sampling"), required=("db", "sae"),
+        names={"n_samples": "--samples"},
+        choices={"mode": MODES, "unit": UNITS, "positions": POSITIONS,
+                 "ablation": ("zero", "mean")},
+        helps={"sae": "SAE folder, or its id / name in the results file",
+               "db": "the DuckDB results file (SAE row, latent statistics); receives the runs"},
+    )  # fmt: skip
     p.add_argument("--feature", type=int, action="append", required=True,
                    help="latent to steer (repeat for several at once)")  # fmt: skip
-    p.add_argument("--mode", default="add", help=f"one of {', '.join(MODES)} (default add)")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--strength", type=float, help="in units of the latent's --unit statistic")
-    how.add_argument("--sweep", help="strengths S1,S2,... (a frontier, saved as HTML)")
-    how.add_argument("--target-kl", type=float, help="find the strength giving this KL (nats)")
-    p.add_argument("--unit", default="max_act", choices=UNITS)
-    p.add_argument("--ablation", default="zero", choices=["zero", "mean"])
+    p.add_argument("--sweep", help="strengths S1,S2,... (a frontier, saved as HTML)")
     texts = p.add_mutually_exclusive_group()
     texts.add_argument("--prompt", action="append", help="generation prompt (repeatable)")
     texts.add_argument("--prompts", help="a file with one prompt per line")
-    p.add_argument("--positions", default="all", choices=POSITIONS)
-    d = Sampling()
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--samples", type=int, default=2, help="generations per prompt")
-    p.add_argument("--explanation", help="the concept (default: the stored LLM explanation)")
-    p.add_argument("--no-baseline", action="store_true", help="skip the DiffMean baseline")
-    p.add_argument("--model", help="model spec (default: the SAE's)")
+    sampling = add_fields(p.add_argument_group("sampling"), Sampling)
     p.add_argument("--html", help="frontier HTML of a sweep (default: beside the results file)")
-    p.set_defaults(func=run)
+    p.set_defaults(flags=flags, sampling_flags=sampling)
 
 
 def _prompts(args) -> list[str] | None:
-    from saelab_base.errors import UserError
+    from saelab.base.errors import UserError
 
     if args.prompts:
         try:
@@ -57,7 +57,7 @@ def _prompts(args) -> list[str] | None:
 
 
 def _sweep(text: str | None) -> list[float] | None:
-    from saelab_base.errors import UserError
+    from saelab.base.errors import UserError
 
     if text is None:
         return None
@@ -68,35 +68,40 @@ def _sweep(text: str | None) -> list[float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from circuits.steering.generate import Sampling
-    from circuits.steering.run import PROMPTS, SteerConfig, frontier_html, steer
+    from saelab.base.errors import UserError
+    from saelab.steering.generate import Sampling
+    from saelab.steering.run import SteerConfig, frontier_html, steer
 
+    values = given(args, args.flags)
+    prompts = _prompts(args)
+    if prompts is not None:
+        values["prompts"] = prompts
     cfg = SteerConfig(
-        db=args.db, sae=args.sae, features=list(args.feature), mode=args.mode,
-        strength=args.strength, sweep=_sweep(args.sweep), target_kl=args.target_kl,
-        unit=args.unit, ablation=args.ablation, positions=args.positions,
-        prompts=_prompts(args) or list(PROMPTS),
-        sampling=Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          seed=args.seed),
-        n_samples=args.samples, explanation=args.explanation, baseline=not args.no_baseline,
-        model=args.model,
+        **values, features=list(args.feature), sweep=_sweep(args.sweep),
+        sampling=Sampling(**given(args, args.sampling_flags)),
     )  # fmt: skip
+    if args.html is not None and not cfg.sweep:
+        raise UserError("--html writes a sweep's frontier: give --sweep S1,S2,... or drop --html")
+    if cfg.sweep:  # before any work: the HTML must be writable where it goes
+        check_output_file(args.html or Path(cfg.db).with_name("steering.html"),
+                          "the frontier HTML", "steering.html")  # fmt: skip
     report = steer(cfg)
     for row in report.runs:
-        s = "-" if row["strength"] is None else f"{row['strength']:.3g}"
+        s = "-" if row.strength is None else f"{row.strength:.3g}"
         print(
-            f"\n== {row['method']} (strength {s}): KL {row['kl']:.3f} nats, latent activation "
-            f"{row['feature_act']:.3f}, concept {row['concept']:.3f} ({row['concept_kind']}), "
-            f"perplexity {row['perplexity']:.1f}  [run {row['run_id']}]"
+            f"\n== {row.method} (strength {s}): KL {row.kl:.3f} nats, latent activation "
+            f"{row.feature_act:.3f}, concept {row.concept:.3f} ({row.concept_kind}), "
+            f"perplexity {row.perplexity:.1f}  [run {row.run_id}]"
         )
-        if row["method"] == "none":
+        if row.method == "none":
             continue
-        for sample in report.samples[row["run_id"]]:
-            _side_by_side(sample["prompt"], sample["clean_text"], sample["steered_text"])
+        for sample in report.samples[row.run_id]:
+            _side_by_side(sample.prompt, sample.clean_text, sample.steered_text)
     if cfg.sweep:
-        html = args.html or str(Path(args.db).with_name(f"steering-{report.sweep_id}.html"))
+        html = args.html or str(Path(cfg.db).with_name(f"steering-{report.sweep_id}.html"))
         print(f"\nfrontier: {frontier_html(report, html)}")
-    print(f"\nsaelab steer: {len(report.runs)} runs stored in {args.db} (sweep {report.sweep_id})")
+    where = f"stored in {cfg.db}" if cfg.store else "not stored (--no-store)"
+    print(f"\nsaelab steer: {len(report.runs)} runs {where} (sweep {report.sweep_id})")
     return 0
 
 

@@ -1,168 +1,167 @@
-"""`saelab train`: train one SAE, or a sweep of them in one pass, on a harvested store."""
+"""`saelab train`: train one SAE, or a sweep of them in one pass, on a harvested store.
+
+Every flag comes from a config dataclass: the run's (`TrainRunConfig`), the trainer's
+(`TrainConfig`), and the SAE configs of every registered architecture (a field several
+architectures share is one flag); `--set FIELD=VALUE` reaches any field by name.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
-from saelab.commands.numbers import count
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.commands.flags import add_fields, field_docs, given
 
-# Convenience flags for config fields that only some architectures have; any field of any
-# registered architecture (built-in or added with sae.registry.register_architecture) can also
-# be set with --set FIELD=VALUE.
-ARCH_FLAGS = (
-    "k",
-    "l1_coefficient",
-    "l0_coefficient",
-    "bandwidth",
-    "aux_k",
-    "prefix_sizes",
-    "init_l0",
+HELP = "train an SAE (or a sweep of SAEs in one pass) on an activation store"
+DESCRIPTION = (
+    "Train SAEs on one hook of a store. Give --arch and its options for one SAE, or --sweep "
+    "FILE.toml for many variants trained on every batch."
 )
+SAE_SKIP = ("d_in", "name", "seed", "dtype")
+"""SAE config fields without a flag: the width comes from the store, the name from the
+architecture and its settings, the seed from --seed."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train an SAE (or a sweep of SAEs in one pass) on an activation store",
-        description="Train SAEs on one hook of a store. Give --arch and its options for one "
-        "SAE, or --sweep FILE.toml for many variants trained on every batch.",
-    )
-    p.add_argument("--acts", required=True, help="activation store (path or fsspec URL)")
-    p.add_argument("--hook", help="hook name in the store (or [train] hook in the sweep file)")
+def ON_INTERRUPT(args: argparse.Namespace) -> str:
+    from saelab.sae.checkpoint import STATE_FILE
+
+    if args.out and (Path(args.out) / STATE_FILE).is_file():
+        return f"the last checkpoint in {args.out} is kept; rerun with --resume to continue from it"
+    return "no checkpoint was written yet (one is written every --save-every tokens and at the end)"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from saelab.sae.config import SAEConfig, TrainConfig
+    from saelab.sae.registry import architectures
+    from saelab.sae.run import TrainRunConfig
+
+    run = add_fields(
+        p, TrainRunConfig, skip=("saes", "train", "overrides"), required=("acts", "out"),
+        helps={"out": "output folder (one subfolder per SAE of a sweep)",
+               "hook": "hook name in the store (or [train] hook in the sweep file)"},
+    )  # fmt: skip
+    classes = architectures()
     p.add_argument(
         "--arch",
-        help="architecture of a single SAE (default topk): relu, topk, batchtopk, jumprelu, "
-        "gated, matryoshka, or any registered with sae.registry.register_architecture",
+        choices=sorted(classes),
+        help="architecture of a single SAE (default topk); any registered with "
+        "saelab.sae.registry.register_architecture or the entry point saelab.architectures",
     )
-    p.add_argument("--sweep", help="TOML file with [[sae]] entries (see sweeps/example.toml)")
-    p.add_argument("--d-sae", type=count, help="number of latents (default 4096)")
-    p.add_argument("--k", type=float, help="active latents per token (topk, batchtopk, matryoshka)")
-    p.add_argument("--l1-coefficient", type=float, help="L1 coefficient (relu, gated)")
-    p.add_argument("--l0-coefficient", type=float, help="L0 coefficient (jumprelu)")
-    p.add_argument("--bandwidth", type=float, help="JumpReLU kernel bandwidth")
+    sae = p.add_argument_group("SAE options (every architecture)")
+    common = add_fields(
+        sae, SAEConfig, skip=SAE_SKIP, helps=_per_architecture_defaults(SAEConfig, classes),
+        hide_default=tuple(_per_architecture_defaults(SAEConfig, classes)),
+    )  # fmt: skip
+    arch = p.add_argument_group("architecture options (the architectures that have each)")
+    owners: dict[str, list[str]] = {}
+    for name, cls in sorted(classes.items()):
+        for f in dataclasses.fields(cls.config_class):
+            if f.name not in {c.field for c in common} and f.name not in SAE_SKIP:
+                owners.setdefault(f.name, []).append(name)
+    arch_flags = []
+    for field_name, names in owners.items():
+        cls = _widest(field_name, [classes[n].config_class for n in names])
+        doc = field_docs(cls).get(field_name, "")
+        arch_flags += add_fields(
+            arch, cls, only=(field_name,), helps={field_name: f"{doc} ({', '.join(names)})"}
+        )
     p.add_argument(
-        "--init-l0",
-        type=float,
-        help="start sparse at about this L0 (relu, jumprelu, gated; default: the dense start)",
-    )
-    p.add_argument("--aux-k", type=int, help="AuxK dead latents (TopK family; default d_in/2)")
-    p.add_argument(
-        "--prefix-sizes",
-        type=lambda s: [int(v) for v in s.split(",")],
-        help="Matryoshka prefix sizes, comma-separated",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
         help="set any config field of the architecture (JSON value, e.g. --set k=32); repeatable",
-    )
-    p.add_argument(
-        "--lr",
-        type=float,
-        help="learning rate (default lr_base/sqrt(d_sae/2^14); lr_base 3.2e-3 for the TopK family, 2e-4 otherwise)",
-    )
-    p.add_argument(
-        "--tokens", type=count, help="training tokens (default: one pass over the store)"
-    )
-    p.add_argument("--batch-size", type=count, default=4096, help="tokens per batch (default 4096)")
-    p.add_argument("--out", required=True, help="output folder (one subfolder per SAE of a sweep)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order and initialisation")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--save-every", type=count, metavar="TOKENS", help="checkpoint every N tokens")
-    p.add_argument("--log-every", type=int, default=10, help="steps between metric rows")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (fp32 weights)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
-    p.set_defaults(func=run)
+    )  # fmt: skip
+    trainer = p.add_argument_group("training options")
+    train = add_fields(
+        trainer, TrainConfig, skip=("tokens", "hook", "extra"),
+        names={"save_every_tokens": "--save-every", "autocast_bf16": "--bf16"},
+    )  # fmt: skip
+    p.set_defaults(run_flags=run, common_flags=common, arch_flags=arch_flags, train_flags=train)
+
+
+def _widest(field_name: str, configs: list[type]) -> type:
+    """The config whose annotation of a shared field parses every architecture's values: one
+    with a float (BatchTopK's k may be fractional; TopK's is then checked whole), else the
+    first."""
+    import typing
+
+    for cls in configs:
+        if "float" in str(typing.get_type_hints(cls)[field_name]):
+            return cls
+    return configs[0]
+
+
+def _per_architecture_defaults(base: type, classes: dict[str, type]) -> dict[str, str]:
+    """Help texts for the common fields whose default differs between architectures."""
+    docs = field_docs(base)
+    out = {}
+    for f in dataclasses.fields(base):
+        if f.name in SAE_SKIP:
+            continue
+        defaults = {n: getattr(c.config_class(), f.name) for n, c in sorted(classes.items())}
+        if len(set(map(repr, defaults.values()))) > 1:
+            shown = ", ".join(
+                f"{n} {v:g}" if isinstance(v, float) else f"{n} {v}" for n, v in defaults.items()
+            )
+            out[f.name] = f"{docs.get(f.name, '')} (default by architecture: {shown})"
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae.config import TrainConfig
-    from sae.distributed import from_environment
-    from sae.sweep import apply_train_overrides, load_sweep
-    from sae.trainer import Trainer
+    from saelab.sae.config import TrainConfig
+    from saelab.sae.run import TrainRunConfig, run_training
 
-    configs, overrides = _sae_configs(args, load_sweep)
-    hook = args.hook or overrides.get("hook")
-    if not hook:
-        raise UserError("which hook? pass --hook NAME (or set hook in the sweep's [train] table)")
-    tokens = args.tokens or overrides.get("tokens")
-    loader = _make_loader(args.acts, hook, args.batch_size, args.seed, tokens)
-    tokens = tokens or loader.tokens_per_epoch
-    cfg = TrainConfig(
-        tokens=int(tokens or 0) or 1,
-        hook=hook,
-        save_every_tokens=args.save_every,
-        log_every=args.log_every,
-        device=args.device,
-        autocast_bf16=args.bf16,
-        progress=not args.no_progress,
-        wandb=args.wandb,
-        extra={"acts": args.acts, "batch_size": args.batch_size, "seed": args.seed},
-    )
-    cfg = apply_train_overrides(
-        cfg, {k: v for k, v in overrides.items() if k not in ("hook", "tokens")}
-    )
-    dist = from_environment(args.device)
-    trainer = Trainer(
-        configs,
-        loader,
-        cfg,
-        out=args.out,
-        resume=args.resume,
-        dist=dist,
-        meta={"store": args.acts},
-    )
-    trainer.run()
-    if dist.is_main:
-        names = ", ".join(m.name for m in trainer.members)
-        print(
-            f"saelab train: {trainer.tokens:,} tokens, {len(trainer.members)} SAE(s) ({names}) -> {args.out}"
-        )
+    values = given(args, args.run_flags)
+    saes, overrides = _sae_configs(args)
+    train = TrainConfig(tokens=1, **given(args, args.train_flags))
+    cfg = TrainRunConfig(**values, saes=saes, overrides=overrides, train=train)
+    report(run_training(cfg))
     return 0
 
 
-def _sae_configs(args: argparse.Namespace, load_sweep: Any) -> tuple[list, dict[str, Any]]:
-    from sae.registry import make_config
+def report(result) -> None:
+    """The run's one line (rank 0 only)."""
+    if result.is_main:
+        names = ", ".join(result.saes)
+        print(
+            f"saelab train: {result.tokens:,} tokens, {len(result.saes)} SAE(s) ({names}) -> {result.out}"
+        )
 
-    flags = {f: getattr(args, f) for f in ARCH_FLAGS if getattr(args, f) is not None}
-    flags.update(_set_fields(args.set))
-    common = {"d_sae": args.d_sae, "lr": args.lr}
+
+def _sae_configs(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
+    """The single SAE of --arch with its options; or, with --sweep, none (the run reads the
+    file) and the common options to set on each of its SAEs."""
+    from saelab.sae.registry import get_architecture, make_config
+
+    common = given(args, args.common_flags)
+    arch_options, set_fields = given(args, args.arch_flags), _set_fields(args.set)
+    twice = sorted((set(common) | set(arch_options)) & set(set_fields))
+    if twice:
+        name = twice[0]
+        raise UserError(
+            f"{name} is set twice, by --{name.replace('_', '-')} and by --set {name}=...; "
+            "give it once"
+        )
+    flags = {**arch_options, **set_fields}
     if args.sweep:
         if args.arch or flags:
             raise UserError("give either --sweep or --arch with its options, not both")
-        configs, overrides = load_sweep(args.sweep)
-        for c in configs:
-            for field, value in common.items():
-                if value is not None:
-                    setattr(c, field, value)
-            c.seed = c.seed or args.seed
-        return configs, overrides
+        return [], common
     arch = args.arch or "topk"
-    fields = {k: v for k, v in common.items() if v is not None}
-    fields["seed"] = args.seed
-    known = {f.name for f in dataclasses.fields(_config_class(arch))}
+    known = {f.name for f in dataclasses.fields(get_architecture(arch).config_class)}
     wrong = sorted(f for f in flags if f not in known)
     if wrong:
         raise UserError(
             f"--{wrong[0].replace('_', '-')} does not apply to a {arch!r} SAE; "
             f"its options: {', '.join(sorted(known))}"
         )
-    if "k" in flags and arch == "topk" and float(flags["k"]).is_integer():
-        flags["k"] = int(flags["k"])
-    return [make_config(arch, **fields, **flags)], {}
+    return [make_config(arch, **common, seed=args.seed or 0, **flags)], {}
 
 
 def _set_fields(pairs: list[str]) -> dict[str, Any]:
     """--set FIELD=VALUE pairs; VALUE is read as JSON when it parses, else kept as text."""
-    import json
-
     fields: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -173,24 +172,3 @@ def _set_fields(pairs: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             fields[name.strip()] = value
     return fields
-
-
-def _config_class(arch: str) -> type:
-    from sae.registry import get_architecture
-
-    return get_architecture(arch).config_class
-
-
-def _make_loader(store: str, hook: str, batch_size: int, seed: int, tokens: int | None) -> Any:
-    """The store's train split (the held-out tail is for `saelab eval`), with enough epochs."""
-    import math
-
-    from activations.loader import ActivationLoader
-
-    loader = ActivationLoader(store, hook=hook, batch_size=batch_size, seed=seed, split="train")
-    if tokens and tokens > loader.tokens_per_epoch:
-        epochs = math.ceil(tokens / loader.tokens_per_epoch)
-        loader = ActivationLoader(
-            store, hook=hook, batch_size=batch_size, seed=seed, split="train", epochs=epochs
-        )
-    return loader

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from activations.corpus import iter_sequences, load_corpus
-from saelab_base.errors import UserError
+from saelab.activations.corpus import iter_sequences, load_corpus
+from saelab.base.errors import UserError
 
 
 def test_builtin_is_real_english_from_both_sources():

@@ -14,9 +14,9 @@ import pytest
 import torch
 import zarr
 
-from activations.harvest import FINGERPRINT, HarvestConfig, harvest
-from activations.store import ActivationStore
-from saelab_base.errors import UserError
+from saelab.activations.harvest import FINGERPRINT, HarvestConfig, harvest
+from saelab.activations.store import ActivationStore
+from saelab.base.errors import UserError
 from tests.conftest import SMALL_HARVEST
 
 HOOKS = ["blocks.2.hook_resid_post", "blocks.4.hook_mlp_out"]

@@ -8,8 +8,8 @@ import sys
 import pytest
 import zarr
 
-from activations.harvest import HarvestConfig, harvest
-from activations.store import ActivationStore
+from saelab.activations.harvest import HarvestConfig, harvest
+from saelab.activations.store import ActivationStore
 from tests.conftest import SMALL_HARVEST
 
 HOOK = "blocks.2.hook_resid_post"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from activations.loader import ActivationLoader
-from activations.store import ActivationStore
-from saelab_base.errors import UserError
+from saelab.activations.loader import ActivationLoader
+from saelab.activations.store import ActivationStore
+from saelab.base.errors import UserError
 
 HOOK = "blocks.2.hook_resid_post"
 

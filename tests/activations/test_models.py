@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from activations.models import load_model, resolve_model_folder
-from saelab_base.errors import UserError
+from saelab.activations.models import load_model, resolve_model_folder
+from saelab.base.errors import UserError
 
 # The bridge runs the HF module but may pick another attention kernel; fp32 logits of
 # magnitude ~20 agree to this absolute tolerance (measured max ≈ 3e-4).
@@ -93,21 +94,22 @@ def test_folder_without_config(tmp_path):
         load_model(str(tmp_path))
 
 
-def test_saelab_and_hugging_faces_kernels_package_live_side_by_side():
+def test_a_model_loads_from_the_repository_root():
     """transformers (5.25 on) requires Hugging Face's `kernels` and imports it by that name;
-    saelab's sparse ops are `saelab_kernels`, so neither shadows the other, and a model
-    loads with both installed."""
+    Python started in the repository root finds the folder `kernels/` (saelab.kernels) first,
+    which hands the name over (tests/test_layers.py), so a model loads there too."""
     code = (
-        "import saelab_kernels, circuits, transformers\n"
+        "import saelab.kernels, saelab.circuits, transformers\n"
         "from transformers.utils.import_utils import is_kernels_available\n"
-        "import importlib.util\n"
-        "spec = importlib.util.find_spec('kernels')\n"  # Hugging Face's, where installed
-        "assert spec is None or 'saelab_kernels' not in str(spec.origin), spec.origin\n"
-        "assert hasattr(saelab_kernels, 'sparse_decode')\n"
-        "from activations.models import load_model\n"
+        "is_kernels_available()\n"
+        "assert hasattr(saelab.kernels, 'sparse_decode')\n"
+        "from saelab.activations.models import load_model\n"
         "m = load_model('smollm2-135m')\n"
         "print('ok', m.d_model)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ok 576" in out.stdout

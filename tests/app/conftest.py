@@ -15,11 +15,11 @@ HOOK = "blocks.2.hook_resid_post"
 def app_db(small_store, model, tmp_path_factory):
     """(db path, [sae ids]): two TopK SAEs (k 2 and 4, 64 latents) with everything stored,
     and one steering run."""
-    import resultstore as results
-    from autointerp.fake_endpoint import FakeEndpoint
-    from circuits.steering.generate import Sampling
-    from circuits.steering.run import SteerConfig, steer
-    from evaluation.runner import EvalConfig, evaluate
+    from saelab import resultstore as results
+    from saelab.autointerp.fake_endpoint import FakeEndpoint
+    from saelab.evaluation.runner import EvalConfig, evaluate
+    from saelab.steering.generate import Sampling
+    from saelab.steering.run import SteerConfig, steer
 
     folder = tmp_path_factory.mktemp("app")
     db = folder / "results.duckdb"
@@ -32,25 +32,27 @@ def app_db(small_store, model, tmp_path_factory):
         # 64 latents dead, and the pages need live latents with examples and explanations.
         train += ["--lr", "3.2e-3"]
         assert main([*train, "--no-progress"]) == 0
-        cfg = EvalConfig(str(sae), small_store, str(db), evals=["core", "loss", "features"])
-        cfg.loss_sequences = 2
+        cfg = EvalConfig(
+            str(sae), small_store, str(db), evals=["core", "loss", "features"],
+            settings={"loss": {"sequences": 2}},
+        )  # fmt: skip
         evaluate(cfg, model=model, log=lambda *a: None)
-    saes = results.list_saes(db)
+    saes = results.list_saes(results.ResultsStore(db))
     with FakeEndpoint() as fake:
         for row in saes:
-            explain = ["explain", "--db", str(db), "--sae", row["sae_id"], "--features", "0:4"]
+            explain = ["explain", "--db", str(db), "--sae", row.sae_id, "--features", "0:4"]
             explain += ["--base-url", fake.base_url, "--no-progress", "--timeout", "5"]
             assert main(explain) == 0
-    with results.connect(db, read_only=True) as con:
+    with results.ResultsStore(db).reading() as con:
         (alive,) = con.execute(
-            "SELECT min(feature) FROM features WHERE sae_id = ? AND NOT dead", [saes[-1]["sae_id"]]
+            "SELECT min(feature) FROM features WHERE sae_id = ? AND NOT dead", [saes[-1].sae_id]
         ).fetchone()
     steer(
         SteerConfig(
-            db=str(db), sae=saes[-1]["path"], features=[alive], strength=4.0,
+            db=str(db), sae=saes[-1].path, features=[alive], strength=4.0,
             prompts=["The city of"], sampling=Sampling(max_new_tokens=6), n_samples=1,
             baseline=False,
         ),
         model=model,
     )  # fmt: skip
-    return str(db), [r["sae_id"] for r in saes]
+    return str(db), [r.sae_id for r in saes]

@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app import decoder
-from app.tokens import TokenBytes, highlight_html, merge_pieces
-from app.views.compare import winners
+from saelab.app import decoder
+from saelab.app.tokens import TokenBytes, highlight_html, merge_pieces
+from saelab.app.views.compare import winners
 from saelab.cli import main
 
 
 @pytest.fixture(scope="module")
 def tokenizer_json():
-    from activations.models import resolve_model_folder
+    from saelab.activations.models import resolve_model_folder
 
     folder, _ = resolve_model_folder("smollm2-135m")
     return folder / "tokenizer.json"
@@ -51,7 +51,7 @@ def test_nearest_matches_a_float64_cosine(tmp_path):
     w = rng.normal(size=(50, 12)).astype(np.float32)
     w[7] = 0.0
     save_file({"W_dec": w}, str(tmp_path / decoder.WEIGHTS_FILE))
-    unit = decoder.unit_decoder(decoder.weights_file(str(tmp_path)))
+    unit = decoder.unit_decoder(tmp_path / decoder.WEIGHTS_FILE)
     f = int(rng.integers(0, 50))
     if f == 7:
         f = 8
@@ -63,23 +63,21 @@ def test_nearest_matches_a_float64_cosine(tmp_path):
     got = decoder.nearest(unit, f, k=5)
     assert [i for i, _ in got] == expected.tolist()
     np.testing.assert_allclose([c for _, c in got], cos[expected], rtol=1e-5)
-    assert decoder.weights_file(str(tmp_path / "gone")) is None
 
 
 def test_winners_follow_each_metrics_direction():
-    from app.views.compare import better_of
+    """Directions come from the eval registry's catalogue: FVU lower, explained variance higher,
+    L0 neither; auto-interp scores higher."""
+    from saelab.app.views.compare import better_of
 
-    rules = [
-        (__import__("re").compile("^fvu$"), "lower"),
-        (__import__("re").compile("^ev$"), "higher"),
-    ]
     table = {
         "core / fvu": {"a": 0.3, "b": 0.1, "c": 0.1},
-        "core / ev": {"a": 0.9, "b": 0.5, "c": None},
+        "core / explained_variance": {"a": 0.9, "b": 0.5, "c": None},
         "core / l0": {"a": 3.0, "b": 9.0},
     }
-    assert winners(table, rules) == {"core / fvu": {"b", "c"}, "core / ev": {"a"}}
-    assert better_of("autointerp:llm:detection", rules) == "higher"
+    assert winners(table) == {"core / fvu": {"b", "c"}, "core / explained_variance": {"a"}}
+    assert better_of("autointerp / autointerp:llm:detection") == "higher"
+    assert better_of("probing / probe_acc_k5") == "higher" and better_of("core / l0") is None
 
 
 def test_app_command_refuses_missing_and_older_files(tmp_path, capsys):

@@ -97,10 +97,10 @@ def settle(page, text: str) -> None:
 
 
 def test_click_through_every_page(browser, app_db, tmp_path):
-    import resultstore as results
+    from saelab import resultstore as results
 
     path, ids = app_db
-    with results.connect(path, read_only=True) as con:
+    with results.ResultsStore(path).reading() as con:
         sae_id, feature, explanation = con.execute(
             "SELECT sae_id, feature, explanation FROM explanations WHERE status = 'ok' "
             "AND explainer = 'baseline' ORDER BY sae_id, feature LIMIT 1"
@@ -110,7 +110,7 @@ def test_click_through_every_page(browser, app_db, tmp_path):
     shots = []
     try:
         page = open_page(browser, server.url)
-        settle(page, "L0 vs FVU")
+        settle(page, "FVU vs L0")
         shots.append(_shot(page, tmp_path, "saes"))
         # SAE -> its features
         page.get_by_label("Open an SAE's features").click()
@@ -154,12 +154,12 @@ def test_click_through_every_page(browser, app_db, tmp_path):
 
 
 def test_planted_markup_shows_as_text_and_never_runs(browser, app_db, tmp_path):
-    import resultstore as results
+    from saelab import resultstore as results
 
     path, _ = app_db
     db = tmp_path / "xss.duckdb"
     shutil.copy(path, db)
-    with results.connect(db) as con:
+    with results.ResultsStore(db, "write").transaction() as con:
         sae_id, feature, tokens, acts, sha = con.execute(
             "SELECT e.sae_id, e.feature, e.tokens, e.acts, s.model_sha256 FROM feature_examples e "
             "JOIN saes s USING (sae_id) WHERE e.kind = 'top' ORDER BY e.activation DESC LIMIT 1"

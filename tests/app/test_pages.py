@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from app import db as appdb
+from saelab.app import db as appdb
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-SCRIPT = "from app.main import run_page\nrun_page({page!r})\n"
+SCRIPT = "from saelab.app.main import run_page\nrun_page({page!r})\n"
 
 
 def page(name: str, monkeypatch, path: str, **params) -> AppTest:
@@ -44,10 +44,10 @@ def test_saes_page(app_db, monkeypatch):
 
 
 def test_feature_page_shows_examples_explanations_and_neighbours(app_db, monkeypatch):
-    import resultstore as results
+    from saelab import resultstore as results
 
     path, ids = app_db
-    with results.connect(path, read_only=True) as con:
+    with results.ResultsStore(path).reading() as con:
         feature, sae_id = con.execute(
             "SELECT feature, sae_id FROM explanations WHERE status = 'ok' ORDER BY ALL LIMIT 1"
         ).fetchone()
@@ -81,12 +81,12 @@ def test_feature_page_shows_examples_explanations_and_neighbours(app_db, monkeyp
 
 
 def test_feature_page_says_dead_and_handles_missing_checkpoint(app_db, monkeypatch, tmp_path):
-    import resultstore as results
+    from saelab import resultstore as results
 
     path, _ = app_db
     copy = tmp_path / "results.duckdb"
     shutil.copy(path, copy)
-    with results.connect(copy) as con:
+    with results.ResultsStore(copy, "write").transaction() as con:
         feature, sae_id = con.execute(
             "SELECT feature, sae_id FROM features WHERE dead ORDER BY ALL LIMIT 1"
         ).fetchone()
@@ -95,21 +95,21 @@ def test_feature_page_says_dead_and_handles_missing_checkpoint(app_db, monkeypat
     assert not at.exception, at.exception
     assert any("Dead latent" in w.value for w in at.warning)
     assert not [e for e in at.get("html") if "saelab-window" in str(e.proto.body)]
-    assert any("checkpoint is not at" in c.value for c in at.caption)
+    assert any("no longer holds it" in c.value for c in at.caption)
 
 
 def test_search_page(app_db, monkeypatch):
-    import resultstore as results
+    from saelab import resultstore as results
 
     path, _ = app_db
-    with results.connect(path, read_only=True) as con:
+    with results.ResultsStore(path).reading() as con:
         sae_id, feature, tokens, acts, sha = con.execute(
             "SELECT e.sae_id, e.feature, e.tokens, e.acts, s.model_sha256 FROM feature_examples e "
             "JOIN saes s USING (sae_id) WHERE e.kind = 'top' ORDER BY e.activation DESC LIMIT 1"
         ).fetchone()
-        token = results.token_strings(
-            con, sha, [tokens[max(range(len(acts)), key=acts.__getitem__)]]
-        )
+    token = results.token_strings(
+        results.ResultsStore(path), sha, [tokens[max(range(len(acts)), key=acts.__getitem__)]]
+    )
     at = page("search", monkeypatch, path, sae=sae_id)
     assert not at.exception, at.exception
     at.text_input(key="search_token").input(next(iter(token.values()))).run()
@@ -136,14 +136,14 @@ def test_compare_page_marks_winners(app_db, monkeypatch):
 
 
 def test_circuits_empty_state_and_steering_runs(app_db, monkeypatch, tmp_path):
-    import resultstore as results
+    from saelab import resultstore as results
 
     path, _ = app_db
     at = page("circuits", monkeypatch, path)
     assert not at.exception and "No circuits" in at.info[0].value
     at = page("steering", monkeypatch, path)
     assert not at.exception, at.exception
-    with results.connect(path, read_only=True) as con:
+    with results.ResultsStore(path).reading() as con:
         clean, steered = con.execute(
             "SELECT clean_text, steered_text FROM steering_samples LIMIT 1"
         ).fetchone()
@@ -151,7 +151,7 @@ def test_circuits_empty_state_and_steering_runs(app_db, monkeypatch, tmp_path):
     assert html.escape(clean) in shown and html.escape(steered) in shown
     empty = tmp_path / "empty.duckdb"
     shutil.copy(path, empty)
-    with results.connect(empty) as con:
+    with results.ResultsStore(empty, "write").transaction() as con:
         con.execute("DELETE FROM steering_samples")
         con.execute("DELETE FROM steering_runs")
     at = page("steering", monkeypatch, str(empty))
@@ -172,10 +172,10 @@ def test_circuits_page_draws_planted_circuit(app_db, monkeypatch, tmp_path):
     con.execute(
         "INSERT INTO circuit_nodes (circuit_id, node, hook, submodule, layer, pos, feature, "
         "is_error, sae_id, effect, kept) VALUES "
-        "('c1', 0, 'blocks.2.hook_resid_post', 'resid', 2, NULL, 5, false, ?, 0.8, true), "
-        "('c1', 1, 'blocks.2.hook_resid_post', 'resid', 2, NULL, NULL, true, ?, -0.2, true), "
-        "('c1', 2, 'blocks.4.hook_mlp_out', 'mlp', 4, NULL, 7, false, ?, 0.5, true), "
-        "('c1', 3, 'blocks.4.hook_mlp_out', 'mlp', 4, NULL, 9, false, ?, 0.01, false)",
+        "('c1', 0, 'blocks.2.hook_resid_post', 'resid_post', 2, 3, 5, false, ?, 0.8, true), "
+        "('c1', 1, 'blocks.2.hook_resid_post', 'resid_post', 2, 3, -1, true, ?, -0.2, true), "
+        "('c1', 2, 'blocks.4.hook_mlp_out', 'mlp_out', 4, -1, 7, false, ?, 0.5, true), "
+        "('c1', 3, 'blocks.4.hook_mlp_out', 'mlp_out', 4, -1, 9, false, ?, 0.01, false)",
         [ids[0], ids[0], ids[1], ids[1]],
     )
     con.execute(

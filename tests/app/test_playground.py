@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from app import db as appdb
-from app.tokens import visible
+from saelab.app import db as appdb
+from saelab.app.tokens import visible
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -16,17 +16,17 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 def page(name: str, monkeypatch, path: str) -> AppTest:
     monkeypatch.setenv(appdb.DB_ENV, path)
-    script = f"from app.main import run_page\nrun_page({name!r})\n"
+    script = f"from saelab.app.main import run_page\nrun_page({name!r})\n"
     return AppTest.from_string(script, default_timeout=120).run()
 
 
 def test_playground_generates_shows_and_stores(app_db, monkeypatch, tmp_path):
-    import resultstore as results
+    from saelab import resultstore as results
 
     src, ids = app_db
     path = str(tmp_path / "results.duckdb")
     shutil.copy(src, path)  # the session's file stays as other tests expect it
-    with results.connect(path, read_only=True) as con:
+    with results.ResultsStore(path).reading() as con:
         (before,) = con.execute("SELECT count(*) FROM steering_runs").fetchone()
         (alive,) = con.execute(
             "SELECT min(feature) FROM features WHERE sae_id = ? AND NOT dead", [ids[-1]]
@@ -43,7 +43,7 @@ def test_playground_generates_shows_and_stores(app_db, monkeypatch, tmp_path):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
 
-    with results.connect(path, read_only=True) as con:
+    with results.ResultsStore(path).reading() as con:
         (after,) = con.execute("SELECT count(*) FROM steering_runs").fetchone()
         run = con.execute(
             "SELECT run_id, kl, feature_act, features, strength FROM steering_runs "

@@ -12,7 +12,7 @@ HOOK = "blocks.2.hook_resid_post"
 @pytest.fixture(scope="session")
 def interp_db(small_store, tmp_path_factory):
     """(db path, sae id): a TopK SAE (128 latents, k 2) with its feature statistics stored."""
-    import resultstore as results
+    from saelab import resultstore as results
 
     folder = tmp_path_factory.mktemp("interp")
     sae, db = folder / "sae", folder / "results.duckdb"
@@ -25,5 +25,5 @@ def interp_db(small_store, tmp_path_factory):
     )
     evaluate = ["eval", "--sae", str(sae), "--acts", small_store, "--db", str(db)]
     assert main(evaluate + ["--evals", "features"]) == 0
-    (row,) = results.list_saes(db)
-    return str(db), row["sae_id"]
+    (row,) = results.list_saes(results.ResultsStore(db))
+    return str(db), row.sae_id

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from autointerp import answers
-from autointerp.config import WindowConfig
-from autointerp.windows import MARK_CLOSE, MARK_OPEN, Window, render, split_windows
+from saelab.autointerp import answers
+from saelab.autointerp.config import WindowConfig
+from saelab.autointerp.windows import MARK_CLOSE, MARK_OPEN, Window, render, split_windows
+from saelab.resultstore import FeatureExampleRow
 
 
 def test_int_list_takes_the_first_list_of_the_right_shape():
@@ -63,11 +64,12 @@ def test_runs_of_active_tokens_share_one_mark():
 
 def rows(kind, n, active=True, start=0):
     return [
-        {
-            "kind": kind, "band": 3 - (i % 4) if kind == "quantile" else -1, "rank": i,
-            "seq": start + i, "window_start": 0, "tokens": [1, 2, 3],
-            "acts": [0.0, float(i + 1) if active else 0.0, 0.0],
-        }
+        FeatureExampleRow(
+            sae_id="s", feature=0, kind=kind, band=3 - (i % 4) if kind == "quantile" else -1,
+            rank=i, seq=start + i, pos=1, window_start=0,
+            activation=float(i + 1) if active else 0.0, tokens=[1, 2, 3],
+            acts=[0.0, float(i + 1) if active else 0.0, 0.0],
+        )
         for i in range(n)
     ]  # fmt: skip
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from autointerp.client import EndpointError, LLMClient
-from autointerp.config import LLMConfig
-from autointerp.fake_endpoint import FakeEndpoint
-from saelab_base.errors import UserError
+from saelab.autointerp.client import EndpointError, LLMClient
+from saelab.autointerp.config import LLMConfig
+from saelab.autointerp.fake_endpoint import FakeEndpoint
+from saelab.base.errors import UserError
 
 MESSAGES = [{"role": "user", "content": "Reply with exactly 3 numbers as a JSON list."}]
 

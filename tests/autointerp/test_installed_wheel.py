@@ -11,12 +11,15 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import resultstore as results
-from autointerp.fake_endpoint import FakeEndpoint
+from saelab import resultstore as results
+from saelab.autointerp.fake_endpoint import FakeEndpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["saelab_base", "activations", "saelab_kernels", "sae", "resultstore", "evaluation",
-            "autointerp", "circuits", "app", "saelab"]  # fmt: skip
+PACKAGES = [
+    "saelab", "saelab.base", "saelab.activations", "saelab.kernels", "saelab.sae",
+    "saelab.resultstore", "saelab.evaluation", "saelab.steering", "saelab.autointerp",
+    "saelab.circuits", "saelab.app", "saelab.app.views",
+]  # fmt: skip
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
@@ -49,7 +52,7 @@ def test_wheel_in_a_fresh_venv_runs_help_hooks_imports_and_explain(interp_db, tm
     where = _run([str(python), "-c", show], work, env)
     site = str(venv.resolve())
     assert all(line.startswith(site) for line in where.split()), where
-    prompts = _run([str(python), "-c", "import autointerp.prompts as p, pathlib; print(sorted("
+    prompts = _run([str(python), "-c", "import saelab.autointerp.prompts as p, pathlib; print(sorted("
                     "f.name for f in (pathlib.Path(p.__file__).parent / 'prompts').glob('*.txt')))"],
                    work, env)  # fmt: skip
     assert "detection.v1.txt" in prompts and "explain.v1.txt" in prompts
@@ -64,7 +67,7 @@ def test_wheel_in_a_fresh_venv_runs_help_hooks_imports_and_explain(interp_db, tm
         _run([str(saelab), "explain", "--db", str(db), "--sae", sae_id, "--features", "0:2",
               "--base-url", fake.base_url, "--explainers", "llm", "--scorers", "detection",
               "--no-progress"], work, env)  # fmt: skip
-    scores = results.interp_scores(db, sae_id)
+    scores = results.interp_scores(results.ResultsStore(db), sae_id)
     assert {(r["feature"], r["explainer"], r["scorer"]) for r in scores} == {
         (0, "llm", "detection"),
         (1, "llm", "detection"),

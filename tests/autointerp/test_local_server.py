@@ -11,14 +11,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
 
-import resultstore as results
-from autointerp.server import LocalServer, ServeConfig
+from saelab import resultstore as results
+from saelab.autointerp.server import LocalServer, ServeConfig
 
 
 def children(pid: int) -> list[int]:
@@ -80,14 +81,16 @@ def test_a_timed_out_request_is_cancelled_on_the_server(local_generator):
     with LocalServer(ServeConfig(max_tokens=2000), generator=local_generator) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=1.5)
         with pytest.raises(openai.APITimeoutError):
-            client.chat.completions.create(model="m", messages=counting, max_tokens=2000)
+            client.chat.completions.create(
+                model=server.model_id, messages=counting, max_tokens=2000
+            )
         deadline = time.monotonic() + 10
         while server.stats.cancelled < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.stats.cancelled == 1  # stopped between decode steps, not run to the end
         started = time.monotonic()
         short = client.with_options(timeout=30).chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+            model=server.model_id, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
         )
         assert short.usage.completion_tokens <= 2 and time.monotonic() - started < 10
 
@@ -114,13 +117,13 @@ def test_llm_serve_stops_on_sigterm_and_leaves_no_process():
 def test_explain_through_the_local_server_reads_answers_from_logprobs(
     interp_db, local_generator, tmp_path
 ):
-    from autointerp.config import ExplainConfig, WindowConfig
-    from autointerp.pipeline import explain_features
+    from saelab.autointerp.config import ExplainConfig, WindowConfig
+    from saelab.autointerp.pipeline import explain_features
 
     path, sae_id = interp_db
     db = str(tmp_path / "results.duckdb")
     shutil.copy(path, db)
-    with results.connect(db, read_only=True) as con:
+    with results.ResultsStore(db).reading() as con:
         (feature,) = con.execute(
             "SELECT min(feature) FROM features WHERE sae_id = ? AND n_active >= 40", [sae_id]
         ).fetchone()
@@ -131,7 +134,7 @@ def test_explain_through_the_local_server_reads_answers_from_logprobs(
     )  # fmt: skip
     summary = explain_features(cfg, generator=local_generator)
     assert summary.features == [feature] and summary.usage.requests > 0
-    scores = results.interp_scores(db)
+    scores = results.interp_scores(results.ResultsStore(db))
     assert {(r["explainer"], r["scorer"]) for r in scores} == {
         (e, s) for e in ("llm", "baseline") for s in ("detection", "fuzzing")
     }
@@ -141,6 +144,34 @@ def test_explain_through_the_local_server_reads_answers_from_logprobs(
         scorer = json.loads(r["provenance_json"])["scorer"]
         assert scorer["answer"].startswith("next-token probabilities") and scorer["batch_size"] == 1
         assert scorer["model"] == "smollm2-135m"
-    with results.connect(db, read_only=True) as con:
+    with results.ResultsStore(db).reading() as con:
         run = con.execute("SELECT status, message, latents_done FROM autointerp_runs").fetchall()
     assert run == [("finished", None, 1)]
+
+
+def test_requests_the_server_cannot_honour_are_refused(local_generator):
+    """A bad max_tokens or temperature is a 400, another model's name a 404 (never answered as
+    if it were that model), and every answer names the model that wrote it."""
+
+    def post(base_url: str, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"{base_url}/chat/completions", json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+
+    hi = [{"role": "user", "content": "Hi"}]
+    with LocalServer(ServeConfig(), generator=local_generator) as server:
+        for bad in (-1, 0, 1.5, "3"):
+            status, body = post(server.base_url, {"messages": hi, "max_tokens": bad})
+            assert status == 400 and "max_tokens" in body["error"]["message"], bad
+        status, body = post(server.base_url, {"messages": hi, "max_tokens": 1, "temperature": -1})
+        assert status == 400 and "temperature" in body["error"]["message"]
+        status, body = post(server.base_url, {"messages": hi, "max_tokens": 1, "model": "gpt-4o"})
+        assert status == 404 and body["error"]["code"] == "model_not_found"
+        status, body = post(server.base_url, {"messages": hi, "max_tokens": 1})
+        assert status == 200 and body["model"] == server.model_id == "smollm2-135m"

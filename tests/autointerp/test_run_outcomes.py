@@ -15,10 +15,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import resultstore as results
-from autointerp.fake_endpoint import FakeEndpoint
-from resultstore.schema import MIGRATIONS
+from saelab import resultstore as results
+from saelab.autointerp.fake_endpoint import FakeEndpoint
 from saelab.cli import main
+from saelab.resultstore.schema import MIGRATIONS
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def ready(interp_db, tmp_path_factory) -> str:
     shutil.copy(path, copy)
     with FakeEndpoint() as fake:
         assert main(argv(copy, sae_id, fake.base_url, "0:128")) == 0
-    with results.connect(copy, read_only=True) as con:
+    with results.ResultsStore(copy).reading() as con:
         rows = con.execute(
             "SELECT DISTINCT feature FROM explanations WHERE status = 'ok' ORDER BY feature LIMIT 4"
         ).fetchall()
@@ -47,7 +47,7 @@ def ready(interp_db, tmp_path_factory) -> str:
 
 
 def runs(db: str) -> list[tuple]:
-    with results.connect(db, read_only=True) as con:
+    with results.ResultsStore(db).reading() as con:
         return con.execute(
             "SELECT status, latents_done, message FROM autointerp_runs ORDER BY started_at"
         ).fetchall()
@@ -163,7 +163,7 @@ def test_schema_2_file_gains_the_message_column_in_place(tmp_path):
         "INSERT INTO autointerp_runs (run_id, status, latents_done) VALUES ('r1', 'finished', 5)"
     )
     con.close()
-    with results.connect(path) as con:
+    with results.ResultsStore(path, "write").transaction() as con:
         rows = con.execute("SELECT run_id, status, latents_done, message FROM autointerp_runs")
         assert rows.fetchall() == [("r1", "finished", 5, None)]
         version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from autointerp import stats
+from saelab.autointerp import stats
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import resultstore as results
-from activations.harvest import HarvestConfig, harvest
-from activations.store import ActivationStore
-from sae.checkpoint import load_sae, save_sae
-from sae.registry import build_sae, make_config
+from saelab import resultstore as results
+from saelab.activations.harvest import HarvestConfig, harvest
+from saelab.activations.store import ActivationStore
+from saelab.base.errors import UserError
 from saelab.cli import main
-from saelab_base.errors import UserError
+from saelab.sae.checkpoint import load_sae, save_sae
+from saelab.sae.registry import build_sae, make_config
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -210,7 +210,7 @@ def test_nan_metrics_never_overwrite_stored_ones(small_store, sae_dir, tmp_path,
         run_cli(["eval", "--sae", sae_dir, "--acts", small_store, "--db", db, "--evals", "core"])
         == 0
     )
-    before = results.metrics_table(db)
+    before = results.metrics_long(results.ResultsStore(db))
     sae = load_sae(sae_dir)
     with torch.no_grad():
         sae.W_dec.fill_(float("nan"))
@@ -228,7 +228,7 @@ def test_nan_metrics_never_overwrite_stored_ones(small_store, sae_dir, tmp_path,
         "core",
         match="nothing was written",
     )
-    assert results.metrics_table(db) == before
+    assert results.metrics_long(results.ResultsStore(db)) == before
 
 
 # -- 3. resume must not change what the run trains on ------------------------------------
@@ -343,11 +343,11 @@ def test_overwrite_removes_only_the_stores_own_files(model, tmp_path):
 
 @pytest.fixture
 def cached_model(model, monkeypatch):
-    import activations.harvest
-    import activations.models
+    import saelab.activations.harvest
+    import saelab.activations.models
 
-    monkeypatch.setattr(activations.models, "load_model", lambda *a, **k: model)
-    monkeypatch.setattr(activations.harvest, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(saelab.activations.models, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(saelab.activations.harvest, "load_model", lambda *a, **k: model)
     return model
 
 
@@ -457,7 +457,7 @@ def test_sweep_with_one_damaged_sae_evaluates_the_others(small_store, tmp_path, 
         "core",
         match="1 of 3 SAEs could not be evaluated (b:",
     )
-    assert {r["name"] for r in results.metrics_table(db)} == {"a", "c"}
+    assert {r["name"] for r in results.metrics_long(results.ResultsStore(db))} == {"a", "c"}
 
 
 # -- 7. numbers checked before any work -------------------------------------------------
@@ -468,7 +468,8 @@ def test_sweep_with_one_damaged_sae_evaluates_the_others(small_store, tmp_path, 
     [
         (["--lr", "nan"], "finite"),
         (["--lr=-1e-3"], "learning rate must be positive"),
-        (["--k", "inf"], "finite"),
+        (["--k", "inf"], "--k must be a whole number, got inf (TopKConfig)"),
+        (["--k", "16.5"], "--k must be a whole number, got 16.5 (TopKConfig)"),
         (["--d-sae", "1e12"], "memory"),
     ],
 )
@@ -503,9 +504,9 @@ def test_harvest_size_checked_against_corpus_and_disk(cached_model, tmp_path, ca
         "--no-progress",
         match="corpus 'builtin' holds at most",
     )
-    import activations.store
+    import saelab.activations.store
 
-    monkeypatch.setattr(activations.store, "free_bytes", lambda url: 1000)
+    monkeypatch.setattr(saelab.activations.store, "free_bytes", lambda url: 1000)
     cli(
         capsys,
         "harvest",
@@ -523,7 +524,7 @@ def test_harvest_size_checked_against_corpus_and_disk(cached_model, tmp_path, ca
 
 
 def test_disk_full_during_harvest_keeps_committed_chunks(model, small_store, tmp_path, monkeypatch):
-    import activations.store as store_mod
+    from saelab.activations import store as store_mod
 
     calls = {"n": 0}
     real = store_mod.writable
@@ -552,7 +553,7 @@ def test_disk_full_during_harvest_keeps_committed_chunks(model, small_store, tmp
 def test_disk_full_during_training_keeps_the_last_checkpoint(
     run_dir, tmp_path, capsys, monkeypatch
 ):
-    import sae.checkpoint
+    import saelab.sae.checkpoint
 
     out, base = run_dir
     copy = tmp_path / "r"
@@ -562,7 +563,7 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sae.checkpoint, "save_file", full)
+    monkeypatch.setattr(saelab.sae.checkpoint, "save_file", full)
     cli(
         capsys,
         *base,
@@ -583,19 +584,11 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(
 def test_results_store_refuses_non_finite_metrics(tmp_path):
     """The writer itself (not only the eval runner) keeps good rows from NaN runs."""
     db = tmp_path / "r.duckdb"
-    record = results.SAERecord(
-        sae_id="s1",
-        name="s",
-        path="/x",
-        architecture="topk",
-        d_in=4,
-        d_sae=8,
-        hook=HOOK,
-        model="m",
-        model_sha256="h",
-        cfg={},
-        weights_sha256="w",
-    )
+    store = results.ResultsStore(db, "write")
+    record = results.SAERow(
+        sae_id="s1", name="s", path="/x", architecture="topk", d_in=4, d_sae=8, hook=HOOK,
+        model="m", model_sha256="h", cfg_json="{}", cfg_hash="h", weights_sha256="w",
+    )  # fmt: skip
 
     def run(value):
         return results.EvalRun(
@@ -608,11 +601,13 @@ def test_results_store_refuses_non_finite_metrics(tmp_path):
             metrics={"fvu": value, "l0": 3.0},
         )
 
-    results.write_eval_run(db, record, run(0.25))
+    results.write_eval_run(store, record, run(0.25))
     before = digest(db)
     for bad in (float("nan"), float("inf")):
         with pytest.raises(UserError, match="non-finite metrics") as err:
-            results.write_eval_run(db, record, run(bad))
+            results.write_eval_run(store, record, run(bad))
         assert "\n" not in str(err.value)
     assert digest(db) == before
-    assert {r["metric"]: r["value"] for r in results.metrics_table(db)}["fvu"] == 0.25
+    assert {r["metric"]: r["value"] for r in results.metrics_long(results.ResultsStore(db))}[
+        "fvu"
+    ] == 0.25

@@ -16,7 +16,7 @@ RANDOM_HOOKS = [
 def random_sae(d_in: int, d_sae: int, k: int, seed: int):
     """A TopK SAE with seeded random weights and biases (its error node is large: fine for
     exactness tests, which must hold for any SAE)."""
-    from sae.registry import build_sae, make_config
+    from saelab.sae.registry import build_sae, make_config
 
     sae = build_sae(make_config("topk", d_sae=d_sae, k=k, seed=seed), d_in)
     g = torch.Generator().manual_seed(1000 + seed)
@@ -38,7 +38,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def random_spliced(model):
-    from circuits.splice import SplicedModel
+    from saelab.circuits.splice import SplicedModel
 
     saes = {h: random_sae(model.d_model, 128, 6, seed=i) for i, h in enumerate(RANDOM_HOOKS)}
     return SplicedModel(model, saes)
@@ -46,8 +46,8 @@ def random_spliced(model):
 
 @pytest.fixture(scope="module")
 def sva_small(model):
-    from activations.corpus import bos_token_id
-    from circuits.tasks import load_task
+    from saelab.activations.corpus import bos_token_id
+    from saelab.circuits.tasks import load_task
 
     return load_task("sva-pp", model.tokenizer, bos_token_id(model.tokenizer), n=6, seed=3)
 
@@ -59,9 +59,9 @@ def train_saes(store: str, out, hooks=STORE_HOOKS, d_sae: int = 256, k: int = 16
     """Small TopK SAEs trained quickly on a real store, one folder per hook."""
     from pathlib import Path
 
-    from activations.loader import ActivationLoader
-    from sae.registry import make_config
-    from sae.trainer import TrainConfig, train
+    from saelab.activations.loader import ActivationLoader
+    from saelab.sae.registry import make_config
+    from saelab.sae.trainer import TrainConfig, train
 
     folders = []
     for hook in hooks:

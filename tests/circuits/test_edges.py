@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.attribution import LogitDiff, attribute, patch_sides
-from circuits.edges import edge_effects, hook_pairs
-from circuits.nodes import ERROR, aggregate
+from saelab.circuits.attribution import LogitDiff, attribute, patch_sides
+from saelab.circuits.edges import edge_effects, hook_pairs
+from saelab.circuits.nodes import ERROR, aggregate
 
 
 def test_hook_pairs_stop_at_a_spliced_residual():
@@ -74,7 +74,7 @@ def test_an_edge_equals_a_finite_difference_along_the_direct_path(random_spliced
     )
     # finite difference: move u by eps·Δu along its decoder direction, attn/mlp of block 3
     # respond (not spliced), nothing spliced between; read d; weight by ∂m/∂d.
-    from circuits.attribution import node_delta
+    from saelab.circuits.attribution import node_delta
 
     delta = node_delta(random_spliced, a, states[a], sides[a], edge.up.feature, None)
     sae_b = random_spliced.saes[b]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.attribution import LogitDiff, metric_values
-from circuits.evaluate import (
+from saelab.circuits.attribution import LogitDiff, metric_values
+from saelab.circuits.evaluate import (
     Ablation,
     NodeSet,
     ablation_edits,
@@ -14,7 +14,7 @@ from circuits.evaluate import (
     make_ablation,
     pearson,
 )
-from circuits.nodes import ERROR, SUMMED, Node, NodeKey
+from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
 
 
 def _all_keys(spliced, d_sae):

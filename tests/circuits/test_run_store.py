@@ -8,11 +8,11 @@ import math
 import duckdb
 import pytest
 
-import resultstore as results
 import saelab
-from circuits.run import CircuitConfig, run_circuit
-from circuits.splice import hook_label
-from saelab_base.errors import UserError
+from saelab import resultstore as results
+from saelab.base.errors import UserError
+from saelab.circuits.run import CircuitConfig, run_circuit
+from saelab.circuits.splice import hook_label
 
 
 def test_a_schema_2_file_migrates_in_place(tmp_path):
@@ -24,17 +24,19 @@ def test_a_schema_2_file_migrates_in_place(tmp_path):
     con.execute("INSERT INTO schema_info VALUES ('schema_version', '2')")
     con.execute("INSERT INTO metrics VALUES ('s1', 'core', 'l0', 3.5, 'r')")
     con.close()
-    with results.connect(path) as con:
+    with results.ResultsStore(path, "write").transaction() as con:
         assert con.execute("SELECT value FROM metrics").fetchall() == [(3.5,)]
         for table in results.CIRCUIT_TABLES:
             assert con.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
 
 
 def test_circuit_cli_end_to_end(model, trained_folders, small_store, tmp_path, monkeypatch, capsys):
-    import activations.models
+    import saelab.activations.models
     from saelab.cli import main
 
-    monkeypatch.setattr(activations.models, "load_model", lambda *a, **k: model)  # loaded once
+    monkeypatch.setattr(
+        saelab.activations.models, "load_model", lambda *a, **k: model
+    )  # loaded once
     db = tmp_path / "r.duckdb"
     code = main(
         [
@@ -65,20 +67,28 @@ def test_circuit_cli_end_to_end(model, trained_folders, small_store, tmp_path, m
     assert code == 0
     assert "clean accuracy" in out and "faithfulness" in out and "completeness" in out
     assert "edges checked: 4" in out
-    (row,) = results.list_circuits(db)
-    rows = results.circuit_rows(db, row["circuit_id"])
-    kept = [n for n in rows["circuit_nodes"] if n["kept"]]
-    assert len(kept) == row["n_nodes"] > 0
-    assert all(abs(n["effect"]) >= 0.01 for n in kept)
-    assert len(rows["circuit_edges"]) == row["n_edges"]
-    assert sum(e["measured"] is not None for e in rows["circuit_edges"]) == 4
-    kinds = {c["kind"] for c in rows["circuit_curves"]}
+    store = results.ResultsStore(db)
+    (row,) = results.list_circuits(store)
+    nodes = results.circuit_nodes(store, row.circuit_id)
+    edges = results.circuit_edges(store, row.circuit_id)
+    kept = [n for n in nodes if n.kept]
+    assert len(kept) == row.n_nodes > 0
+    assert all(abs(n.effect) >= 0.01 for n in kept)
+    assert len(edges) == row.n_edges
+    assert sum(e.measured is not None for e in edges) == 4
+    kinds = {c.kind for c in results.circuit_curves(store, row.circuit_id)}
     assert kinds == {"faithfulness", "completeness"}
-    assert row["hooks"] == ["blocks.2.hook_resid_post", "blocks.4.hook_mlp_out"]
-    assert json.loads(row["config_json"])["task"] == "sva"
+    assert sorted({c.n_nodes for c in results.circuit_curves(store, row.circuit_id)}) == sorted(
+        {0, 2, row.n_nodes}
+    )  # --curve-sizes reached the run (and the kept circuit's size is always a point)
+    assert row.hooks == ["blocks.2.hook_resid_post", "blocks.4.hook_mlp_out"]
+    assert json.loads(row.config_json)["task"] == "sva"
     html = (tmp_path / "circuit.html").read_text()
     assert "plotly" in html and len(html) > 100_000  # plotly.js inlined: self-contained
-    assert math.isfinite(row["faithfulness"])
+    assert math.isfinite(row.faithfulness)
+    assert row.circuit_id == results.circuit_id(
+        row.config_hash, row.prompts_hash, row.sae_ids, row.model_sha256
+    )  # the same circuit found again gets the same id, and replaces this one
 
 
 def _cfg(folders, **kw):
@@ -134,8 +144,8 @@ def test_saes_of_another_model_or_width_are_refused(model, trained_folders, tmp_
     with pytest.raises(UserError, match="another model"):
         run_circuit(_cfg([str(other)]), model=model)
 
-    from circuits.splice import SplicedModel
-    from sae.registry import build_sae, make_config
+    from saelab.circuits.splice import SplicedModel
+    from saelab.sae.registry import build_sae, make_config
 
     narrow = build_sae(make_config("topk", d_sae=32, k=4), 64)
     with pytest.raises(UserError, match="width 64"):
@@ -145,16 +155,16 @@ def test_saes_of_another_model_or_width_are_refused(model, trained_folders, tmp_
 def test_nan_metric_is_refused(model, trained_folders):
     import torch
 
-    from circuits.attribution import LogitDiff, attribute, patch_sides
-    from circuits.splice import SplicedModel
-    from sae.checkpoint import load_sae
+    from saelab.circuits.attribution import LogitDiff, attribute, patch_sides
+    from saelab.circuits.splice import SplicedModel
+    from saelab.sae.checkpoint import load_sae
 
     sae = load_sae(trained_folders[0])
     with torch.no_grad():
         sae.b_dec.fill_(float("nan"))
     spliced = SplicedModel(model, {"blocks.2.hook_resid_post": sae})
-    from activations.corpus import bos_token_id
-    from circuits.tasks import load_task
+    from saelab.activations.corpus import bos_token_id
+    from saelab.circuits.tasks import load_task
 
     task = load_task("sva", model.tokenizer, bos_token_id(model.tokenizer), n=2)
     sides = patch_sides(spliced, task.patch, "zero")

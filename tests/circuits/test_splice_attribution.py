@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.attribution import (
+from saelab.circuits.attribution import (
     LogitDiff,
     Readout,
     attribute,
@@ -16,7 +16,7 @@ from circuits.attribution import (
     patch_sides,
     path_gradient,
 )
-from circuits.nodes import ERROR, aggregate
+from saelab.circuits.nodes import ERROR, aggregate
 
 
 def test_spliced_logits_equal_the_original(model, random_spliced, sva_small):

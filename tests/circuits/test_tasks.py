@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from circuits.tasks import BUILTIN_TASKS, load_task
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.circuits.tasks import BUILTIN_TASKS, load_task
 
 
 @pytest.fixture(scope="module")

@@ -46,3 +46,27 @@ def test_help_lists_commands():
     assert result.returncode == 0
     for command in ("harvest", "hooks", "demo"):
         assert command in result.stdout
+
+
+def test_help_imports_no_torch_and_every_command_builds_its_flags():
+    """`saelab --help` builds no command's parser and imports neither torch nor scipy (the time
+    it takes is measured in benchmarks/cli.py); every command's own parser builds."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from saelab.cli import COMMANDS, build_parser, main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0\n"
+        "heavy = sorted(m for m in ('torch', 'scipy', 'transformers', 'duckdb') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "parser = build_parser()\n"
+        "print(len(parser._actions))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_flag_error_is_one_line_naming_the_help():
+    result = saelab("train", "--acts", "x", "--out", "y", "--d-sae", "1.5")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "'1.5' is not a whole number" in lines[0] and "saelab train --help" in lines[0]

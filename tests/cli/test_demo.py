@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 
-import resultstore as results
+from saelab import resultstore as results
 from saelab.commands.demo import STEPS, DemoConfig, run_demo
 
 
 def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, monkeypatch):
     import torch
 
-    from autointerp import server
+    from saelab.autointerp import server
 
     threads = torch.get_num_threads()
     monkeypatch.setattr(server, "free_cores", lambda: max(1, threads - 1) if threads > 1 else 2)
@@ -30,19 +30,18 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, 
     for i, step in enumerate(STEPS, start=1):
         assert f"step {i}/{len(STEPS)} ({step.name})" in out and f"{step.name} took" in out
     assert "step times:" in out
-    saes = {
-        s["name"]: s for s in results.list_saes(demo.db) if s["path"].startswith(str(demo.saes))
-    }
+    store = results.ResultsStore(demo.db)
+    saes = {s.name: s for s in results.list_saes(store) if s.path.startswith(str(demo.saes))}
     assert set(saes) == {"topk-128-k4", "topk-128-k8", "topk-128-k16"}  # one sweep, three SAEs
     for name in saes:
         assert (demo.saes / name / "sae_weights.safetensors").is_file()
         assert (demo.saes / name / "cfg.json").is_file()
-    metrics = {(m["name"], m["metric"]) for m in results.metrics_table(demo.db)}
+    metrics = {(m["name"], m["metric"]) for m in results.metrics_long(store)}
     assert all((name, "fvu") in metrics and (name, "l0") in metrics for name in saes)
     html = demo.compare_html.read_text()
     assert "lower left is better" in html and all(name in html for name in saes)
-    explained = saes[demo.explained_sae]["sae_id"]
-    scores = results.interp_scores(demo.db, explained)
+    explained = saes[demo.explained_sae].sae_id
+    scores = results.interp_scores(store, explained)
     assert len({r["feature"] for r in scores}) == 1
     llm = [r for r in scores if r["explainer"] == "llm"]
     assert llm and llm[0]["explanation"]
@@ -50,10 +49,29 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, 
     assert ok, [(r["scorer"], r["status"], r["provenance_json"]) for r in llm]
     assert all("next-token" in json.loads(r["provenance_json"])["scorer"]["answer"] for r in ok)
     # the circuit: SAEs at three layers, nodes kept, curves and edges stored, the graph written
-    (circuit,) = results.list_circuits(demo.db)
-    rows = results.circuit_rows(demo.db, circuit["circuit_id"])
-    hooks = {r["hook"] for r in rows["circuit_nodes"]}
+    (circuit,) = results.list_circuits(store)
+    hooks = {r.hook for r in results.circuit_nodes(store, circuit.circuit_id)}
     assert hooks == {"blocks.4.hook_resid_post", "blocks.6.hook_resid_post", cfg.hook}, hooks
-    assert demo.circuit.kept and rows["circuit_curves"]
+    assert demo.circuit.kept and results.circuit_curves(store, circuit.circuit_id)
+    assert json.loads((demo.folder / "demo.json").read_text())["tokens"] == 4096
     assert demo.circuit_html.stat().st_size > 10_000
     assert "faithfulness" in out
+
+
+def test_the_demo_refuses_a_folder_it_did_not_make_and_a_file(tmp_path, capsys):
+    from saelab.cli import main
+
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(mine)]) == 2
+    assert "holds no earlier demo" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["demo", "--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "new"), "--explain", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--explain must be 0" in err and err.count("\n") == 1
+    assert not (tmp_path / "new").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.absorption import (
+from saelab.evaluation.absorption.letters import (
     AbsorptionConfig,
     absorbed_mask,
     absorption,
@@ -17,7 +17,7 @@ from evaluation.absorption import (
     split_words,
     word_of,
 )
-from sae import build_sae, make_config
+from saelab.sae import build_sae, make_config
 
 D_IN, A, B, C, MARK, CONTENT = 16, 0, 1, 2, 7, 8
 
@@ -155,7 +155,7 @@ def test_words_and_the_word_split():
 
 
 def test_first_letter_absorption_on_a_real_store(small_store, model):
-    from activations.store import ActivationStore
+    from saelab.activations.store import ActivationStore
 
     sae = build_sae(make_config("topk", d_sae=256, k=16, seed=7), d_in=576).eval()
     cfg = AbsorptionConfig(min_examples=5, max_per_word=2)
@@ -179,8 +179,8 @@ def test_probes_are_trained_once_per_store_and_give_the_same_result(
 ):
     """Evaluating several SAEs on one store reuses the word tokens and the letter probes; each
     SAE's result equals the one computed from scratch."""
-    from activations.store import ActivationStore
-    from evaluation import absorption as module
+    from saelab.activations.store import ActivationStore
+    from saelab.evaluation.absorption import letters as module
 
     hook, cfg = "blocks.2.hook_resid_post", AbsorptionConfig(min_examples=5, max_per_word=2)
     store = ActivationStore(small_store)

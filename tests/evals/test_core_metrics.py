@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from evaluation.core import ReconstructionStats, loss_stats
+from saelab.evaluation.core.reconstruction import ReconstructionStats
+from saelab.evaluation.loss.splice import loss_stats
 
 
 def stats_of(x, x_hat, f, batch_size=None):
@@ -72,7 +73,7 @@ HOOK = "blocks.2.hook_resid_post"
 
 
 def _tokens_and_mask(small_store):
-    from activations.store import ActivationStore
+    from saelab.activations.store import ActivationStore
 
     store = ActivationStore(small_store)
     tokens = torch.from_numpy(store.read_tokens(0)[:4]).long()

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-import resultstore as results
-from activations.store import ActivationStore
-from evaluation.registry import describe
-from sae.checkpoint import trained_model_sha256
+from saelab import resultstore as results
+from saelab.activations.store import ActivationStore
+from saelab.evaluation.registry import describe
+from saelab.sae.checkpoint import trained_model_sha256
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -66,29 +66,29 @@ def test_eval_and_compare_a_sweep(sweep, small_store, tmp_path):
         "4",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    saes = results.list_saes(db)
-    assert len(saes) == 2 and {s["architecture"] for s in saes} == {"topk", "relu"}
-    rows = {(r["name"], r["metric"]): r["value"] for r in results.metrics_table(db)}
-    names = {s["name"] for s in saes}
+    store = results.ResultsStore(db)
+    saes = results.list_saes(store)
+    assert len(saes) == 2 and {s.architecture for s in saes} == {"topk", "relu"}
+    rows = {(r["name"], r["metric"]): r["value"] for r in results.metrics_long(store)}
+    names = {s.name for s in saes}
     for name in names:
         assert 0 < rows[(name, "l0")] and -1 < rows[(name, "explained_variance")] <= 1
         assert (name, "ce_loss_score") in rows and (name, "features_dead_fraction") in rows
-    for r in results.metrics_table(db):  # every stored metric has its one-line definition
+    for r in results.metrics_long(store):  # every stored metric has its one-line definition
         assert describe(r["eval"], r["metric"]), (r["eval"], r["metric"])
-    topk = next(s for s in saes if s["architecture"] == "topk")
-    assert rows[(topk["name"], "l0")] == pytest.approx(4.0)  # TopK: exactly k active
-    with results.connect(db, read_only=True) as con:
-        n_features = con.execute(
-            "SELECT count(*) FROM features WHERE sae_id = ?", [topk["sae_id"]]
-        ).fetchone()[0]
-        dash = results.feature_dashboard(con, topk["sae_id"], 0)
-        vocab = con.execute("SELECT count(*) FROM vocab").fetchone()[0]
-    assert n_features == 64 and vocab == 49152 and dash["histograms"]
+    topk = next(s for s in saes if s.architecture == "topk")
+    assert rows[(topk.name, "l0")] == pytest.approx(4.0)  # TopK: exactly k active
+    n_features = len(results.feature_stats(store, topk.sae_id))
+    dash = results.feature_dashboard(store, topk.sae_id, 0)
+    (vocab,) = store.query("SELECT count(*) AS n FROM vocab")
+    assert n_features == 64 and vocab["n"] == 49152 and dash.histograms
+    (loss_run,) = [r for r in results.eval_runs(store, topk.sae_id) if r.eval == "loss"]
+    assert json.loads(loss_run.config_json)["sequences"] == 4  # --loss-sequences reached the eval
     # re-running one eval replaces its rows only
     again = saelab(
         "eval",
         "--sae",
-        str(sweep / topk["name"]),
+        str(sweep / topk.name),
         "--acts",
         small_store,
         "--db",
@@ -97,7 +97,7 @@ def test_eval_and_compare_a_sweep(sweep, small_store, tmp_path):
         "core",
     )
     assert again.returncode == 0, again.stderr[-2000:]
-    assert len(results.metrics_table(db)) == sum(1 for _ in rows)
+    assert len(results.metrics_long(store)) == sum(1 for _ in rows)
     html = tmp_path / "frontiers.html"
     shown = saelab("compare", "--db", str(db), "--html", str(html))
     assert shown.returncode == 0 and "topk" in shown.stdout and "relu" in shown.stdout

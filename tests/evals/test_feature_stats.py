@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from activations.store import ActivationStore
-from evaluation import dashboards
-from evaluation.features import HIST_EDGES, FeatureStatsConfig, feature_stats
-from evaluation.logits import logit_effects
+from saelab.activations.store import ActivationStore
+from saelab.evaluation.features import FeatureStatsConfig, dashboards
+from saelab.evaluation.features.logits import logit_effects
+from saelab.evaluation.features.stats import HIST_EDGES, feature_stats
 
 HOOK = "blocks.2.hook_resid_post"
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.labels import binary_labels, dataset_labels
-from evaluation.probing import (
+from saelab.base.errors import UserError
+from saelab.evaluation.probing.labels import binary_labels, dataset_labels
+from saelab.evaluation.probing.probes import (
     ProbingConfig,
     pooled_store,
     probe_activations,
@@ -17,8 +18,7 @@ from evaluation.probing import (
     source_probing,
     split_groups,
 )
-from sae import build_sae, make_config
-from saelab_base.errors import UserError
+from saelab.sae import build_sae, make_config
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -140,8 +140,8 @@ def test_probe_dataset_reads_the_label_column():
 
 def test_token_examples_of_a_store_split_by_sequence(small_store):
     """Token pooling makes many examples per sequence; none of their sequences straddles the split."""
-    from activations.store import ActivationStore
-    from evaluation.labels import store_column_labels
+    from saelab.activations.store import ActivationStore
+    from saelab.evaluation.probing.labels import store_column_labels
 
     store = ActivationStore(small_store)
     sae = build_sae(make_config("topk", d_sae=64, k=8, seed=fresh_seed()), d_in=576).eval()
@@ -156,7 +156,7 @@ def test_token_examples_of_a_store_split_by_sequence(small_store):
 @pytest.fixture(scope="module")
 def probe_store(model, tmp_path_factory):
     """640 real sequences of the builtin corpus (both sources, many documents)."""
-    from activations.harvest import HarvestConfig, harvest
+    from saelab.activations.harvest import HarvestConfig, harvest
 
     out = str(tmp_path_factory.mktemp("probe") / "acts.zarr")
     harvest(
@@ -177,7 +177,7 @@ def probe_store(model, tmp_path_factory):
 @pytest.mark.parametrize("split_by", ["sequence", "document"])
 def test_source_probing_on_a_real_store(probe_store, split_by):
     """Wikipedia vs news from mean-pooled real activations: the raw probe beats chance clearly."""
-    from activations.store import ActivationStore
+    from saelab.activations.store import ActivationStore
 
     sae = build_sae(make_config("topk", d_sae=256, k=16, seed=fresh_seed()), d_in=576).eval()
     cfg = ProbingConfig(ks=(1, 2, 5, 10), seed=fresh_seed(), split_by=split_by)
@@ -204,7 +204,7 @@ def test_source_probing_on_a_real_store(probe_store, split_by):
 
 def test_document_split_needs_two_documents_per_source(model, tmp_path):
     """Two sources of one document each (two text files): a document split is refused, with advice."""
-    from activations.store import ActivationStore
+    from saelab.activations.store import ActivationStore
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -224,8 +224,8 @@ def test_any_labelled_dataset_probes_its_column(model, tmp_path):
     """A local JSONL with a label column (Python code vs English prose): harvest it, probe `topic`."""
     import json
 
-    from activations.store import ActivationStore
-    from saelab_base.errors import UserError
+    from saelab.activations.store import ActivationStore
+    from saelab.base.errors import UserError
 
     rng = np.random.default_rng(fresh_seed())
     words = "the river town market winter letter garden morning story music family".split()
@@ -253,7 +253,7 @@ def test_any_labelled_dataset_probes_its_column(model, tmp_path):
 
 def harvest_files(model, data, out, n_seq: int, seq_len: int) -> str:
     """A small store of local text files (a folder or a JSONL file) at one hook."""
-    from activations.harvest import HarvestConfig, harvest
+    from saelab.activations.harvest import HarvestConfig, harvest
 
     cfg = HarvestConfig(
         out=str(out), dataset=str(data), hooks=[HOOK], tokens=n_seq * seq_len, seq_len=seq_len,
@@ -265,8 +265,8 @@ def harvest_files(model, data, out, n_seq: int, seq_len: int) -> str:
 
 def test_source_probing_reads_only_the_given_chunks(probe_store):
     """`chunks` limits the sequences probed: the examples are exactly those chunks' sequences."""
-    from activations.loader import split_chunks
-    from activations.store import ActivationStore
+    from saelab.activations.loader import split_chunks
+    from saelab.activations.store import ActivationStore
 
     store = ActivationStore(probe_store)
     sae = build_sae(make_config("topk", d_sae=64, k=8, seed=fresh_seed()), d_in=576).eval()

@@ -17,8 +17,8 @@ import os
 
 import torch
 
-import saelab_kernels as kernels
-from saelab_kernels.reference import dense_decode, dense_preacts
+from saelab import kernels
+from saelab.kernels.reference import dense_decode, dense_preacts
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float64: 1e-10}
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from kernel_cases import assert_close, new_seed
 
-import saelab_kernels as kernels
-from saelab_kernels import fused, torch_ops
+from saelab import kernels
+from saelab.kernels import fused, torch_ops
 
 
 @pytest.fixture(autouse=True)

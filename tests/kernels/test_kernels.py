@@ -14,8 +14,8 @@ import pytest
 import torch
 from kernel_cases import check_decode, check_gather, check_jumprelu_pipeline, new_seed
 
-import saelab_kernels as kernels
-from saelab_kernels import torch_ops
+from saelab import kernels
+from saelab.kernels import torch_ops
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,7 +143,7 @@ def test_topk_select():
 def test_topk_select_chunked_path_is_exact(values):
     """Wide rows take the chunked CPU path; its values equal torch.topk's, row by row, and
     its indices point at them, even with ties, NaN (ranked largest) and -inf rows."""
-    from saelab_kernels.select import _chunked_pays
+    from saelab.kernels.select import _chunked_pays
 
     g = gen()
     pre = torch.randn(300, 1024, generator=g)
@@ -284,11 +284,11 @@ def test_dispatch(monkeypatch):
 def test_imports_and_runs_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None\n"  # makes `import triton` fail
-        "import torch\nimport saelab_kernels as kernels\n"
+        "import torch\nfrom saelab import kernels\n"
         "assert kernels.backend('cuda') == 'torch'\n"
         "i = torch.tensor([[0, 2]]); v = torch.ones(1, 2, requires_grad=True)\n"
         "kernels.sparse_decode(i, v, torch.eye(3)).sum().backward()\n"
-        "assert 'saelab_kernels.triton_ops' not in sys.modules\n"
+        "assert 'saelab.kernels.triton_ops' not in sys.modules\n"
         "print('ok')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}

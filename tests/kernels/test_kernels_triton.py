@@ -41,7 +41,7 @@ def test_triton_kernels_on_cuda(dtype):
     pytest.importorskip("triton")
     from kernel_cases import check_decode, check_gather
 
-    import saelab_kernels as kernels
+    from saelab import kernels
 
     assert kernels.backend("cuda") == "triton"
     dt = getattr(torch, dtype)

@@ -16,9 +16,9 @@ import sys
 import torch
 from kernel_cases import check_decode, check_gather, check_jumprelu_pipeline
 
-import saelab_kernels as kernels
-from saelab_kernels import torch_ops, triton_ops
-from saelab_kernels.dispatch import ops_for
+from saelab import kernels
+from saelab.kernels import torch_ops, triton_ops
+from saelab.kernels.dispatch import ops_for
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from sae import TrainConfig, Trainer, make_config
-from sae.distributed import DistContext
-from sae.synthetic import SyntheticActivations
+from saelab.sae import TrainConfig, Trainer, make_config
+from saelab.sae.distributed import DistContext
+from saelab.sae.synthetic import SyntheticActivations
 
 STEPS = 10
 

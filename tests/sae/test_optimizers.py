@@ -10,11 +10,11 @@ import torch
 from killed import KilledAfter
 from schedulefree import AdamWScheduleFree
 
-from sae import TrainConfig, Trainer, make_config
-from sae.checkpoint import load_sae
-from sae.optim import build_optimizer, eval_state, warmup_steps
-from sae.synthetic import SyntheticActivations
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae import TrainConfig, Trainer, make_config
+from saelab.sae.checkpoint import load_sae
+from saelab.sae.optim import build_optimizer, eval_state, warmup_steps
+from saelab.sae.synthetic import SyntheticActivations
 
 
 def _data(seed: int = 3) -> SyntheticActivations:
@@ -108,7 +108,7 @@ def test_warmup_length_follows_the_fraction():
 
 
 def test_unknown_optimizer_is_refused():
-    with pytest.raises(UserError, match="optimizer must be"):
+    with pytest.raises(UserError, match="`optimizer` must be one of .adam., .schedule_free_adam."):
         TrainConfig(optimizer="sgd").validate()
 
 
@@ -125,7 +125,7 @@ def test_default_lr_rule_scales_with_width_above_the_floor():
 
 def _strip_to_pre_issue_17(state_file) -> None:
     """Make a training state look written before the LR-rule and warm-up fields existed."""
-    from sae.checkpoint import load_training_state, save_training_state
+    from saelab.sae.checkpoint import load_training_state, save_training_state
 
     state = load_training_state(state_file)
     for name in ("lr_warmup_fraction", "optimizer"):

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from sae import ops
-from sae.architectures.topk import TopKConfig, TopKSAE
-from sae.checkpoint import load_sae
-from sae.registry import REGISTRY, get_architecture, register_architecture
 from saelab import cli
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae import ops
+from saelab.sae.architectures.topk import TopKConfig, TopKSAE
+from saelab.sae.checkpoint import load_sae
+from saelab.sae.registry import REGISTRY, get_architecture, register_architecture
 
 HOOK = "blocks.2.hook_resid_post"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae import ops
-from sae.architectures.jumprelu import JumpReLUFn, StepFn
-from sae.base import StepContext
-from sae.registry import REGISTRY, build_sae, get_architecture, make_config
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae import ops
+from saelab.sae.architectures.jumprelu import JumpReLUFn, StepFn
+from saelab.sae.base import StepContext
+from saelab.sae.registry import REGISTRY, build_sae, get_architecture, make_config
 
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae import build_sae, load_sae, make_config, save_sae
-from sae.checkpoint import load_any
-from sae.importers import load_gemma_scope, load_saelens, load_sparsify
-from sae.registry import REGISTRY
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae import build_sae, load_sae, make_config, save_sae
+from saelab.sae.checkpoint import load_any
+from saelab.sae.importers import load_gemma_scope, load_saelens, load_sparsify
+from saelab.sae.registry import REGISTRY
 
 
 def _trained_like(arch: str, d_in: int = 12, d_sae: int = 40):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from sae import load_sae
 from saelab import cli
 from saelab.cli import main
+from saelab.sae import load_sae
 
 HOOK = "blocks.2.hook_resid_post"
 TINY_LR = ("--lr", "2e-3")

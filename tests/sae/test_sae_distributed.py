@@ -6,8 +6,8 @@ import _ddp_worker
 import torch
 import torch.multiprocessing as mp
 
-from sae import load_sae
-from sae.distributed import DistContext
+from saelab.sae import load_sae
+from saelab.sae.distributed import DistContext
 
 # Per-rank gradients are summed in another order than the single-process batch sum; after
 # 10 Adam steps the weights agree to float32 rounding, far below this tolerance.

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from sae import TrainConfig, Trainer, make_config
-from sae.checkpoint import STATE_FILE
-from sae.sweep import parse_sweep
-from sae.synthetic import SyntheticActivations
-from saelab_base.errors import UserError
+from saelab.base.errors import UserError
+from saelab.sae import TrainConfig, Trainer, make_config
+from saelab.sae.checkpoint import STATE_FILE
+from saelab.sae.sweep import parse_sweep
+from saelab.sae.synthetic import SyntheticActivations
 
 
 def data(**kw):

@@ -11,8 +11,8 @@ import pytest
 
 SCRIPT = """
 import resource, torch
-import sae.trainer  # the process as it is when training: every module the trainer loads
-from sae.memory import keep_freed_cpu_memory
+import saelab.sae.trainer  # the process as it is when training: every module the trainer loads
+from saelab.sae.memory import keep_freed_cpu_memory
 
 def faults_of_a_fresh_64mb_tensor():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

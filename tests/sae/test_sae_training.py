@@ -8,8 +8,8 @@ import pytest
 import torch
 from killed import KilledAfter
 
-from sae import TrainConfig, Trainer, make_config, train
-from sae.synthetic import SyntheticActivations, recovery_fraction
+from saelab.sae import TrainConfig, Trainer, make_config, train
+from saelab.sae.synthetic import SyntheticActivations, recovery_fraction
 
 # One sweep trains every architecture, and three coefficients each of ReLU, JumpReLU and
 # Gated, in one pass over the data; the tests below read its results.
@@ -192,3 +192,15 @@ def test_init_l0_starts_sparse_and_still_recovers_the_dictionary(arch, coef):
         torch.set_num_threads(threads)
     (trained,) = sae.values()
     assert recovery_fraction(data.directions, trained.W_dec.detach()) >= RECOVERY_FLOOR
+
+
+@pytest.mark.parametrize("one_pass, says_ran_out", [(True, False), (False, True)])
+def test_only_a_short_run_says_the_data_ran_out(capsys, one_pass, says_ran_out):
+    """A one-pass run whose last partial batch is dropped ends where it was planned to; a run
+    asked for more tokens than its loader holds says so."""
+    gen = torch.Generator().manual_seed(5)
+    batches = [torch.randn(64, 8, generator=gen) for _ in range(3)]  # 192 of 200 "tokens"
+    cfg = TrainConfig(tokens=200, progress=False, init_tokens=64)
+    Trainer(make_config("topk", d_sae=16, k=2), batches, cfg, one_pass=one_pass).run()
+    out = capsys.readouterr()
+    assert ("the data ran out" in out.out + out.err) is says_ran_out

@@ -14,8 +14,8 @@ import pytest
 import torch
 from killed import KilledAfter
 
-from sae import TrainConfig, Trainer, make_config
-from sae.optim import L0Controller
+from saelab.sae import TrainConfig, Trainer, make_config
+from saelab.sae.optim import L0Controller
 
 HOOK = "blocks.2.hook_resid_post"
 D_SAE, BATCH, STEPS = 384, 256, 160
@@ -49,7 +49,7 @@ def test_controller_matches_a_hand_computed_sequence():
 
 @pytest.fixture(scope="module")
 def controlled_run(small_store, tmp_path_factory):
-    from activations.loader import ActivationLoader
+    from saelab.activations.loader import ActivationLoader
 
     torch.manual_seed(0)
     configs = []
@@ -95,7 +95,7 @@ def test_each_threshold_sae_reaches_its_target_l0(controlled_run, arch, target):
 
 
 def test_resume_keeps_the_controller_state(tmp_path):
-    from sae.synthetic import SyntheticActivations
+    from saelab.sae.synthetic import SyntheticActivations
 
     def data():
         return SyntheticActivations(

@@ -14,7 +14,7 @@ HOOK = "blocks.2.hook_resid_post"
 @pytest.fixture(scope="session")
 def steer_db_master(small_store, tmp_path_factory):
     """(db path, sae folder, sae id): a TopK SAE (64 latents, k 4) with its features eval."""
-    import resultstore as results
+    from saelab import resultstore as results
 
     folder = tmp_path_factory.mktemp("steer")
     sae, db = folder / "sae", folder / "results.duckdb"
@@ -24,8 +24,8 @@ def steer_db_master(small_store, tmp_path_factory):
     )
     evaluate = ["eval", "--sae", str(sae), "--acts", small_store, "--db", str(db)]
     assert main(evaluate + ["--evals", "features"]) == 0
-    (row,) = results.list_saes(db)
-    return str(db), str(sae), row["sae_id"]
+    (row,) = results.list_saes(results.ResultsStore(db))
+    return str(db), str(sae), row.sae_id
 
 
 @pytest.fixture
@@ -41,10 +41,10 @@ def steer_db(steer_db_master, tmp_path):
 def live_features(steer_db_master):
     """Latents that fired in the features eval but not everywhere (so they have silent windows),
     largest max activation first."""
-    import resultstore as results
+    from saelab import resultstore as results
 
     db, _, sae_id = steer_db_master
-    with results.connect(db, read_only=True) as con:
+    with results.ResultsStore(db).reading() as con:
         rows = con.execute(
             "SELECT feature FROM features WHERE sae_id = ? AND max_act > 0 AND density < 0.5 "
             "ORDER BY max_act DESC",
@@ -56,10 +56,10 @@ def live_features(steer_db_master):
 @pytest.fixture(scope="session")
 def scorable_feature(steer_db_master):
     """A rare latent with enough stored windows to be explained and scored."""
-    import resultstore as results
+    from saelab import resultstore as results
 
     db, _, sae_id = steer_db_master
-    with results.connect(db, read_only=True) as con:
+    with results.ResultsStore(db).reading() as con:
         (feature,) = con.execute(
             "SELECT feature FROM features WHERE sae_id = ? AND max_act > 0 AND density < 0.05 "
             "AND NOT too_few_examples ORDER BY max_act DESC LIMIT 1",

@@ -8,12 +8,12 @@ import re
 
 import pytest
 
-import resultstore as results
-from autointerp.fake_endpoint import FakeEndpoint, shaped_answer
-from autointerp.scorers import intervention as scorer
-from autointerp.windows import escape
-from circuits.steering.backend import InterventionBackend
+from saelab import resultstore as results
+from saelab.autointerp.fake_endpoint import FakeEndpoint, shaped_answer
+from saelab.autointerp.scorers import intervention as scorer
+from saelab.autointerp.windows import escape
 from saelab.cli import main
+from saelab.steering.backend import InterventionBackend
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def recorded(model):
             steered.update(escape(t) for t in made["steered"])
             return made
 
-    scorer.set_backend_factory(lambda db, sae_id: Recording(db, sae_id, model=model))
+    scorer.set_backend_factory(lambda store, sae_id: Recording(store, sae_id, model=model))
     yield steered
     scorer.set_backend_factory(None)
 
@@ -48,7 +48,7 @@ def test_perfect_judge_scores_one_and_detection_rows_remain(steer_db, scorable_f
     with FakeEndpoint(responder=judge) as fake:
         assert main(base + ["--base-url", fake.base_url, "--scorers", "detection"]) == 0
         assert main(base + ["--base-url", fake.base_url, "--scorers", "intervention"]) == 0
-    rows = {r["scorer"]: r for r in results.interp_scores(db)}
+    rows = {r["scorer"]: r for r in results.interp_scores(results.ResultsStore(db))}
     assert set(rows) == {"detection", "intervention"}  # the second run kept the first's row
     row = rows["intervention"]
     assert row["status"] == "ok" and row["value"] == pytest.approx(1.0)

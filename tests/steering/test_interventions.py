@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from circuits.steering.generate import Sampling, generate
-from circuits.steering.harness import strength_for_kl
-from circuits.steering.interventions import Add, Cap, Clamp, Steering, hook_count, hooked
-from circuits.steering.metrics import kl_per_token, logit_lift
+from saelab.steering.generate import Sampling, generate
+from saelab.steering.harness import strength_for_kl
+from saelab.steering.interventions import Add, Cap, Clamp, Steering, hook_count, hooked
+from saelab.steering.metrics import kl_per_token, logit_lift
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -31,6 +31,7 @@ def test_an_exception_inside_leaves_the_model_unhooked(model):
     assert not model.bridge.hook_dict[HOOK].fwd_hooks
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # the cache's second name stays quiet
 def test_generated_tokens_are_steered_with_the_kv_cache(model):
     ids = _prompt(model)
     gen = torch.Generator().manual_seed(11)
@@ -63,7 +64,7 @@ def test_kl_against_a_hand_computation():
 
 
 def test_clamp_keeps_the_error_term_and_cap_caps_the_projection(steer_db_master):
-    from sae.checkpoint import load_sae
+    from saelab.sae.checkpoint import load_sae
 
     _, folder, _ = steer_db_master
     sae = load_sae(folder)

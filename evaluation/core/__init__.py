@@ -1,0 +1,94 @@
+"""The core eval: reconstruction and sparsity on the store's held-out tokens (definitions in
+`reconstruction.py`, each pinned by a test)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from saelab.base.config import check_fields
+from saelab.base.errors import UserError
+from saelab.evaluation.spec import EvalContext, EvalResult, EvalSpec, Metric, Split
+
+
+@dataclass
+class CoreSettings:
+    """What the core eval reads."""
+
+    split: Split = field(default="test", metadata={"flag": "--split"})
+    """Store split: the held-out tail ("test"), the rest, or all."""
+    max_tokens: int | None = field(default=None, metadata={"flag": "--max-tokens"})
+    """Cap on tokens (None: the whole split)."""
+    batch_size: int = 4096
+    """Tokens per batch."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def validate(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UserError(
+                f"`max_tokens` must be a positive number of tokens, got {self.max_tokens}; "
+                "give e.g. 100000, or leave it unset to use the whole split"
+            )
+        if self.batch_size < 1:
+            raise UserError(
+                f"`batch_size` must be a positive number of tokens, got {self.batch_size}"
+            )
+
+
+def run(ctx: EvalContext) -> EvalResult:
+    from saelab.activations.loader import ActivationLoader
+    from saelab.evaluation.core.reconstruction import reconstruction_stats
+
+    s: CoreSettings = ctx.settings
+    loader = ActivationLoader(
+        ctx.store,
+        ctx.hook,
+        batch_size=s.batch_size,
+        split=s.split,
+        test_fraction=ctx.test_fraction,
+        drop_last=False,
+        prefetch=1,
+    )
+    batches = loader if s.max_tokens is None else _capped(loader, s.max_tokens)
+    stats = reconstruction_stats(ctx.sae, (b.to(ctx.device) for b in batches))
+    metrics = stats.metrics()
+    edges, counts, dead = stats.density_histogram()
+    metrics.update({f"log10_density_hist_{i:02d}": float(c) for i, c in enumerate(counts)})
+    conventions = {
+        "split": s.split,
+        "max_tokens": s.max_tokens,
+        "loader": asdict(loader.cfg),
+        "density_hist_edges": edges,
+        "dead_latents": dead,
+    }
+    return EvalResult(metrics, stats.n, conventions)
+
+
+def _capped(batches, max_tokens: int):
+    seen = 0
+    for b in batches:
+        if seen >= max_tokens:
+            return
+        yield b[: max_tokens - seen]
+        seen += len(b)
+
+
+_H, _L = "higher", "lower"
+METRICS = (
+    Metric("l0", "mean number of non-zero latents per token", None),
+    Metric("mse", "mean over tokens of the squared error summed over dimensions", _L),
+    Metric("explained_variance", "1 - sum ||x - x_hat||^2 / sum ||x - mean x||^2 over the split", _H),
+    Metric("fvu", "fraction of variance unexplained, 1 - explained_variance", _L),
+    Metric("cosine", "mean over tokens of cos(x, x_hat)", _H),
+    Metric("l2_ratio", "mean over tokens of ||x_hat|| / ||x|| (shrinkage below 1)", None),
+    Metric("relative_reconstruction_bias", "E||x_hat||^2 / E<x, x_hat> (1 = unbiased)", None),
+    Metric("dead_fraction", "fraction of latents that never fire on the split", _L),
+    Metric("dense_fraction", "fraction of latents firing on more than 10% of tokens", _L),
+    Metric("n_tokens", "tokens evaluated", None),
+    Metric("log10_density_hist_{bin}", "latents per log10-density bin (edges in the run's config)", None),
+)  # fmt: skip
+
+SPEC = EvalSpec(
+    "core", "reconstruction metrics on held-out tokens", run, METRICS, CoreSettings, default=True
+)

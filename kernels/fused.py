@@ -1,0 +1,121 @@
+"""The TopK encoder's matmul and selection in one call, without a fresh `[N, d_sae]` tensor.
+
+`topk_preacts(x, W_enc, b_enc, k, cols)` returns what a TopK training step needs from the
+dense pre-activations: each row's top-k values and latents, and (for AuxK) the columns
+`cols` of the dead latents. The pre-activations themselves never leave the call: they are
+written into a per-thread workspace that is reused from step to step.
+
+What was measured on the 2-core CPU (fp32, N 4096, d_in 576, d_sae 18432, k 64; CPU time,
+the machine shared with a long benchmark):
+- A fresh `[4096, 18432]` product costs ~150 ms of page faults beside a ~650 ms sgemm when
+  torch's allocator hands the 300 MB back to the system each call. The trainer already keeps
+  freed memory (`sae/memory.py`); the workspace spares those faults everywhere else too
+  (evaluations' `encode_sparse`, `encode_topk`) and keeps the product from escaping.
+- Blocks small enough to stay in cache are not worth it in pure torch: row blocks of
+  256-1024 rows made the sgemm 17-60% slower and the per-block top-k calls slower than one
+  call (torch's top-k costs mostly per row and per call); column blocks would add a
+  candidate merge, itself a top-k per row. Narrowing the chunked top-k's 2048 candidates
+  further (a second level of chunk maxima, or a threshold and compaction) was slower than
+  `torch.topk` over them. A real gain needs the selection inside the GEMM's tiles: a
+  compiled kernel, left out (see docs/architecture.md).
+Rows are processed in blocks only when the product would exceed `WORKSPACE_BYTES` (bounding
+the memory held between calls); rows are independent, so blocks change nothing but the
+matmul's rounding (the same exact top-k as `topk_select` runs on each row).
+
+CPU only, and one dtype for x, W_enc and b_enc: on CUDA the caching allocator already
+reuses the memory and a fused Triton selection is future work, so other devices take the
+unfused path (same results).
+`SAELAB_DISABLE_FUSED=1` forces the unfused path everywhere (for before/after benchmarks).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+from saelab.kernels import checks
+from saelab.kernels.dispatch import fused_enabled
+from saelab.kernels.select import topk_select
+
+WORKSPACE_BYTES = 1 << 30
+"""Largest pre-activation block kept between calls (per thread); wider products go in row
+blocks of at most this size."""
+
+_LOCAL = threading.local()
+
+
+def fused_available(device: torch.device | str) -> bool:
+    """Whether `topk_preacts` fuses on `device` (CPU, unless disabled by environment)."""
+    return torch.device(device).type == "cpu" and fused_enabled()
+
+
+def release_workspace() -> None:
+    """Free this thread's pre-activation workspace (it is rebuilt on the next call)."""
+    _LOCAL.__dict__.pop("buffers", None)
+
+
+def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    buffers: dict = _LOCAL.__dict__.setdefault("buffers", {})
+    key = (dtype, str(device))
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buffers[key] = buf = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
+
+
+@torch.no_grad()
+def topk_preacts(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor | None,
+    k: int,
+    cols: Tensor | None = None,
+    block_bytes: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`(vals, idx, extra)` of `pre = x @ W_enc + b_enc` (no autograd): `vals, idx [N, k]` the
+    k largest entries of each row (as `topk_select`, in no particular order) and
+    `extra = pre[:, cols]` (None when `cols` is None), without returning `pre`.
+
+    `W_enc` is `[d_in, d_sae]` (any layout; fastest as the transpose of a contiguous
+    `[d_sae, d_in]` weight); `block_bytes` overrides `WORKSPACE_BYTES` (tests)."""
+    op = "topk_preacts"
+    checks.matrix(x, "x", op)
+    checks.matrix(W_enc, "W_enc", op)
+    if x.shape[1] != W_enc.shape[0]:
+        raise ValueError(f"{op}: x has width {x.shape[1]} but W_enc is {tuple(W_enc.shape)}")
+    checks.vector(b_enc, W_enc.shape[1], "b_enc", op)
+    if cols is not None:
+        checks.indices(cols.view(1, -1), 1, W_enc.shape[1], op)
+    checks.same_device(op, x=x, W_enc=W_enc, b_enc=b_enc, cols=cols)
+    n, d_sae = x.shape[0], W_enc.shape[1]
+    x, W_enc = x.detach(), W_enc.detach()
+    same = x.dtype == W_enc.dtype and (b_enc is None or b_enc.dtype == x.dtype)
+    if not (same and fused_available(x.device)):
+        pre = x @ W_enc if b_enc is None else torch.addmm(b_enc.detach(), x, W_enc)
+        vals, idx = topk_select(pre, k)
+        return vals, idx, None if cols is None else pre.index_select(1, cols)
+    dtype = x.dtype
+    limit = WORKSPACE_BYTES if block_bytes is None else block_bytes
+    rows = max(1, min(n, limit // max(1, d_sae * dtype.itemsize)))
+    buf = _workspace(rows * d_sae, dtype, x.device).view(rows, d_sae)
+    if rows >= n:
+        return _block(x, W_enc, b_enc, k, cols, buf[:n])
+    parts = [
+        _block(x[s : s + rows], W_enc, b_enc, k, cols, buf[: min(rows, n - s)])
+        for s in range(0, n, rows)
+    ]
+    vals, idx, extra = zip(*parts)
+    return torch.cat(vals), torch.cat(idx), None if cols is None else torch.cat(extra)
+
+
+def _block(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor | None, k: int, cols: Tensor | None, out: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    if b_enc is None:
+        torch.mm(x, W_enc, out=out)
+    else:
+        torch.addmm(b_enc.detach(), x, W_enc, out=out)
+    vals, idx = topk_select(out, k)
+    return vals, idx, None if cols is None else out.index_select(1, cols)

@@ -1,0 +1,487 @@
+"""One dataclass per table of the results file: the typed contract between the pipeline that
+writes rows and the app, notebooks and commands that read them.
+
+Fields are the table's columns, in its order (tests/evals/test_results_store.py holds every
+class against the schema the migrations build). Producers build these rows and hand them to the
+store's writers; readers get them back from its queries, so no code outside the results store
+writes SQL or guesses a column. JSON columns stay text (`*_json`), with a parsed view.
+Timestamps the database sets (`AUTO_NOW`) are None on rows about to be written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass
+class Row:
+    """Base of the row classes: the table's name, its key and the columns the database fills."""
+
+    TABLE: ClassVar[str] = ""
+    KEY: ClassVar[tuple[str, ...]] = ()
+    """The primary key (empty: none); an upsert replaces the row with the same key."""
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ()
+    """Timestamp columns set to now() when written as None."""
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def values(self) -> list[Any]:
+        return [getattr(self, c) for c in self.columns()]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+Timestamp = datetime.datetime
+
+
+# -- SAEs, evals, features (schema 1) ----------------------------------------------------------
+
+
+@dataclass
+class SchemaInfoRow(Row):
+    TABLE: ClassVar[str] = "schema_info"
+    KEY: ClassVar[tuple[str, ...]] = ("key",)
+
+    key: str
+    value: str | None
+
+
+@dataclass
+class SAERow(Row):
+    """One SAE: its identity (the hash of its weights and cfg.json), where it lives, what it reads."""
+
+    TABLE: ClassVar[str] = "saes"
+    KEY: ClassVar[tuple[str, ...]] = ("sae_id",)
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("registered_at",)
+
+    sae_id: str
+    name: str
+    path: str
+    """Absolute path of its checkpoint folder when registered."""
+    architecture: str
+    d_in: int
+    d_sae: int
+    hook: str
+    model: str | None
+    model_sha256: str | None
+    """The weights of the model it was trained on."""
+    cfg_json: str
+    cfg_hash: str
+    weights_sha256: str
+    """SHA-256 of its weight file when registered (checked by every reader through this row)."""
+    registered_at: Timestamp | None = None
+
+    @property
+    def cfg(self) -> dict:
+        return _json(self.cfg_json) or {}
+
+
+@dataclass
+class EvalRunRow(Row):
+    TABLE: ClassVar[str] = "eval_runs"
+    KEY: ClassVar[tuple[str, ...]] = ("run_id",)
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("finished_at",)
+
+    run_id: str
+    sae_id: str
+    eval: str
+    config_json: str
+    """The eval's settings and conventions."""
+    config_hash: str
+    acts_url: str
+    n_tokens: int
+    seconds: float
+    finished_at: Timestamp | None = None
+    saelab_version: str | None = None
+
+
+@dataclass
+class MetricRow(Row):
+    TABLE: ClassVar[str] = "metrics"
+    KEY: ClassVar[tuple[str, ...]] = ("sae_id", "eval", "metric")
+
+    sae_id: str
+    eval: str
+    metric: str
+    value: float
+    run_id: str | None = None
+
+
+@dataclass
+class FeatureRow(Row):
+    """One latent's statistics (the features eval)."""
+
+    TABLE: ClassVar[str] = "features"
+    KEY: ClassVar[tuple[str, ...]] = ("sae_id", "feature")
+
+    sae_id: str
+    feature: int
+    n_tokens: int
+    n_active: int
+    density: float
+    log10_density: float
+    max_act: float
+    mean_act: float
+    dead: bool
+    dense: bool
+    too_few_examples: bool
+    run_id: str | None = None
+
+
+@dataclass
+class FeatureExampleRow(Row):
+    """One example window of a latent: token ids and the latent's activation on each."""
+
+    TABLE: ClassVar[str] = "feature_examples"
+
+    sae_id: str
+    feature: int
+    kind: str
+    """top, quantile, random or nonactivating."""
+    band: int
+    rank: int
+    seq: int
+    pos: int
+    window_start: int
+    activation: float
+    tokens: list[int]
+    acts: list[float]
+    run_id: str | None = None
+
+
+@dataclass
+class FeatureHistogramRow(Row):
+    TABLE: ClassVar[str] = "feature_histograms"
+    KEY: ClassVar[tuple[str, ...]] = ("sae_id", "feature", "kind")
+
+    sae_id: str
+    feature: int
+    kind: str
+    """activation (non-zero activations) or logit (the logit effects)."""
+    bin_edges: list[float]
+    counts: list[int]
+    run_id: str | None = None
+
+
+@dataclass
+class FeatureLogitRow(Row):
+    TABLE: ClassVar[str] = "feature_logits"
+
+    sae_id: str
+    feature: int
+    side: str
+    """top (promoted) or bottom (suppressed)."""
+    rank: int
+    token_id: int
+    value: float
+    run_id: str | None = None
+
+
+@dataclass
+class VocabRow(Row):
+    TABLE: ClassVar[str] = "vocab"
+    KEY: ClassVar[tuple[str, ...]] = ("model_sha256", "token_id")
+
+    model_sha256: str
+    token_id: int
+    token: str
+
+
+# -- auto-interpretation (schema 2, 5) ---------------------------------------------------------
+
+
+@dataclass
+class ExplanationRow(Row):
+    TABLE: ClassVar[str] = "explanations"
+    KEY: ClassVar[tuple[str, ...]] = ("sae_id", "feature", "explainer")
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("created_at",)
+
+    sae_id: str
+    feature: int
+    explainer: str
+    status: str
+    """ok, unparsable or insufficient_examples."""
+    explanation: str | None
+    n_examples: int | None
+    provenance_json: str | None
+    config_hash: str | None
+    run_id: str | None
+    created_at: Timestamp | None = None
+
+    @property
+    def provenance(self) -> dict | None:
+        return _json(self.provenance_json)
+
+
+@dataclass
+class ScoreRow(Row):
+    TABLE: ClassVar[str] = "scores"
+    KEY: ClassVar[tuple[str, ...]] = ("sae_id", "feature", "explainer", "scorer")
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("created_at",)
+
+    sae_id: str
+    feature: int
+    explainer: str
+    scorer: str
+    status: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n_windows: int | None
+    n_valid: int | None
+    n_failures: int | None
+    n_positive: int | None
+    n_negative: int | None
+    provenance_json: str | None
+    config_hash: str | None
+    run_id: str | None
+    created_at: Timestamp | None = None
+
+    @property
+    def provenance(self) -> dict | None:
+        return _json(self.provenance_json)
+
+
+@dataclass
+class AutointerpRunRow(Row):
+    TABLE: ClassVar[str] = "autointerp_runs"
+    KEY: ClassVar[tuple[str, ...]] = ("run_id",)
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("started_at", "updated_at")
+    KEEP_ON_UPDATE: ClassVar[tuple[str, ...]] = (
+        "run_id", "sae_id", "config_json", "config_hash", "started_at",
+    )  # fmt: skip
+    """Columns an update of a running run leaves as first written."""
+
+    run_id: str
+    sae_id: str
+    config_json: str
+    config_hash: str
+    status: str
+    """running, finished, failed or interrupted."""
+    started_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+    latents_done: int = 0
+    requests: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    unparsable: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    saelab_version: str | None = None
+    message: str | None = None
+    """Why the run stopped, when it did not finish."""
+
+
+@dataclass
+class LLMCacheRow(Row):
+    TABLE: ClassVar[str] = "llm_cache"
+    KEY: ClassVar[tuple[str, ...]] = ("key",)
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("created_at",)
+
+    key: str
+    sae_id: str
+    feature: int
+    model: str
+    request_json: str
+    response_json: str
+    created_at: Timestamp | None = None
+
+
+# -- steering (issue 14) -----------------------------------------------------------------------
+
+
+@dataclass
+class SteeringRunRow(Row):
+    """One steering run: a method at one strength, with its metrics and full provenance."""
+
+    TABLE: ClassVar[str] = "steering_runs"
+    KEY: ClassVar[tuple[str, ...]] = ("run_id",)
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("created_at",)
+
+    run_id: str
+    sweep_id: str
+    sae_id: str
+    features: list[int]
+    method: str
+    """none (unsteered), sae or diffmean."""
+    mode: str | None
+    strength: float | None
+    unit: str | None
+    unit_values: list[float]
+    positions: str
+    hook: str
+    model: str
+    model_sha256: str
+    kl: float
+    feature_act: float
+    concept: float
+    concept_kind: str
+    perplexity: float
+    target_kl: float | None
+    prompts_json: str
+    neutral_json: str
+    sampling_json: str
+    config_json: str
+    config_hash: str
+    saelab_version: str
+    created_at: Timestamp | None = None
+
+    @property
+    def config(self) -> dict:
+        return _json(self.config_json) or {}
+
+
+@dataclass
+class SteeringSampleRow(Row):
+    TABLE: ClassVar[str] = "steering_samples"
+    KEY: ClassVar[tuple[str, ...]] = ("run_id", "sample")
+
+    run_id: str
+    sample: int
+    prompt: str
+    seed: int
+    clean_text: str
+    steered_text: str
+    steered_tokens: list[int]
+    feature_act: float
+    perplexity: float
+    concept: float
+
+
+# -- circuits (issue 13) -----------------------------------------------------------------------
+
+
+@dataclass
+class CircuitRow(Row):
+    """One circuit run: task, SAEs, method, thresholds and its headline numbers."""
+
+    TABLE: ClassVar[str] = "circuits"
+    KEY: ClassVar[tuple[str, ...]] = ("circuit_id",)
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("created_at",)
+
+    circuit_id: str
+    task: str
+    task_source: str
+    prompts_hash: str
+    n_prompts: int
+    model: str
+    model_sha256: str
+    sae_ids: list[str]
+    hooks: list[str]
+    method: str
+    baseline: str
+    steps: int
+    per_position: bool
+    node_threshold: float
+    edge_threshold: float
+    ablation: str
+    error_policy: str
+    m_clean: float
+    m_patch: float | None
+    m_empty: float | None
+    clean_accuracy: float
+    faithfulness: float | None
+    completeness: float | None
+    n_nodes: int
+    n_edges: int
+    edge_correlation: float | None
+    config_json: str
+    config_hash: str
+    seconds: float
+    saelab_version: str
+    created_at: Timestamp | None = None
+
+    @property
+    def config(self) -> dict:
+        return _json(self.config_json) or {}
+
+
+@dataclass
+class CircuitNodeRow(Row):
+    """A node: one latent (or the SAE error, feature −1) at one hook and position (−1: summed)."""
+
+    TABLE: ClassVar[str] = "circuit_nodes"
+    KEY: ClassVar[tuple[str, ...]] = ("circuit_id", "node")
+
+    circuit_id: str
+    node: int
+    """Its rank by |effect| in the circuit (0: largest)."""
+    hook: str
+    submodule: str
+    """resid_post, attn_out or mlp_out."""
+    layer: int
+    pos: int
+    feature: int
+    is_error: bool
+    sae_id: str
+    effect: float
+    activation: float
+    kept: bool
+    """In the circuit (|effect| at least the node threshold), or only stored for the record."""
+
+
+@dataclass
+class CircuitEdgeRow(Row):
+    TABLE: ClassVar[str] = "circuit_edges"
+    KEY: ClassVar[tuple[str, ...]] = ("circuit_id", "up_node", "down_node")
+
+    circuit_id: str
+    up_node: int
+    down_node: int
+    effect: float
+    """Attributed direct effect."""
+    measured: float | None
+    """Measured by direct-path patching (the top edges only)."""
+
+
+@dataclass
+class CircuitCurveRow(Row):
+    TABLE: ClassVar[str] = "circuit_curves"
+    KEY: ClassVar[tuple[str, ...]] = ("circuit_id", "kind", "n_nodes")
+
+    circuit_id: str
+    kind: str
+    """faithfulness or completeness."""
+    n_nodes: int
+    value: float | None
+    metric: float | None
+    """The metric of the circuit (faithfulness) or of its complement (completeness)."""
+
+
+# -- per-latent eval results (schema 6) --------------------------------------------------------
+
+
+@dataclass
+class LatentMetricRow(Row):
+    """One per-latent value of an eval (a metric its catalogue declares `per_latent`)."""
+
+    TABLE: ClassVar[str] = "latent_metrics"
+    KEY: ClassVar[tuple[str, ...]] = ("sae_id", "eval", "metric", "feature")
+
+    sae_id: str
+    eval: str
+    metric: str
+    feature: int
+    value: float
+    run_id: str | None = None
+
+
+ROWS: tuple[type[Row], ...] = (
+    SchemaInfoRow, SAERow, EvalRunRow, MetricRow, FeatureRow, FeatureExampleRow,
+    FeatureHistogramRow, FeatureLogitRow, VocabRow, ExplanationRow, ScoreRow, AutointerpRunRow,
+    LLMCacheRow, SteeringRunRow, SteeringSampleRow, CircuitRow, CircuitNodeRow, CircuitEdgeRow,
+    CircuitCurveRow, LatentMetricRow,
+)  # fmt: skip
+"""Every table's row class."""
+TABLES: dict[str, type[Row]] = {cls.TABLE: cls for cls in ROWS}
