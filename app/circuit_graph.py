@@ -1,6 +1,7 @@
 """A stored circuit's rows (`CircuitNodeRow`, `CircuitEdgeRow`, `CircuitCurveRow`) laid out as a
 drawable graph: columns by layer, then attention < MLP < residual stream within a layer; nodes
-within a column by |effect|."""
+within a column by |effect|. Also the checked edges (attributed against measured), the node
+table and the curves with their 0-node and every-node points set apart."""
 
 from __future__ import annotations
 
@@ -74,10 +75,95 @@ def node_size(effect: float, largest: float) -> float:
     return 8.0 + 26.0 * math.sqrt(abs(effect) / largest) if largest > 0 else 10.0
 
 
-def curves_from(rows: list[CircuitCurveRow]) -> dict[str, list[tuple[float, float]]]:
-    """Faithfulness and completeness against circuit size, by kind."""
-    curves: dict[str, list[tuple[float, float]]] = {}
+@dataclass
+class Curve:
+    """One kind of curve (faithfulness or completeness) against circuit size."""
+
+    kind: str
+    points: list[tuple[int, float]]
+    """(nodes kept, value), smallest first, the every-node point excluded."""
+    everything: tuple[int, float] | None = None
+    """(the graph's size, value) with every node of the graph kept; None when not recorded."""
+
+    def at(self, n_nodes: int) -> float | None:
+        return next((v for n, v in self.points if n == n_nodes), None)
+
+
+def curves_from(rows: list[CircuitCurveRow]) -> dict[str, Curve]:
+    """Faithfulness and completeness against circuit size, by kind, faithfulness first (rows
+    without a value are left out; `everything` NULL, as in older files, is an ordinary point)."""
+    curves: dict[str, Curve] = {}
     for r in rows:
-        if r.value is not None:
-            curves.setdefault(r.kind, []).append((float(r.n_nodes), float(r.value)))
-    return {k: sorted(v) for k, v in curves.items()}
+        if r.value is None:
+            continue
+        curve = curves.setdefault(r.kind, Curve(r.kind, []))
+        point = (int(r.n_nodes), float(r.value))
+        if r.everything:
+            curve.everything = point
+        else:
+            curve.points.append(point)
+    for curve in curves.values():
+        curve.points.sort()
+    return dict(sorted(curves.items(), key=lambda kv: (kv[0] != "faithfulness", kv[0])))
+
+
+def zero_position(curves: dict[str, Curve]) -> float:
+    """Where the 0-node point is drawn on a log axis (which has no 0): a third of the smallest
+    positive size."""
+    sizes = [n for c in curves.values() for n, _ in c.points if n > 0]
+    sizes += [c.everything[0] for c in curves.values() if c.everything and c.everything[0] > 0]
+    return min(sizes, default=1) / 3
+
+
+def log_ticks(zero_at: float, largest: int) -> tuple[list[float], list[str]]:
+    """Tick positions and labels of a log node axis: "0" at the 0 point's stand-in, then
+    decades up to past `largest`."""
+    decades = [10**k for k in range(math.ceil(math.log10(max(largest, 1))) + 1)]
+    return [zero_at, *decades], ["0", *(f"{d:,}" for d in decades)]
+
+
+@dataclass
+class CheckedEdge:
+    """An edge whose direct effect was measured by patching, beside its attributed one."""
+
+    label: str
+    attributed: float
+    measured: float
+    switched: float | None
+    """Latents per prompt that TopK re-selection would turn on downstream (None: not recorded)."""
+
+
+def checked_edges(nodes: list[CircuitNodeRow], edges: list[CircuitEdgeRow]) -> list[CheckedEdge]:
+    """The edges with a measured effect, named "up → down" by their nodes' labels."""
+    labels = {r.node: node_label(r) for r in nodes}
+
+    def name(node: int) -> str:
+        return labels.get(node, f"node {node}")
+
+    return [
+        CheckedEdge(f"{name(e.up_node)} → {name(e.down_node)}", e.effect, e.measured, e.switched)
+        for e in edges
+        if e.measured is not None
+    ]
+
+
+def node_table(nodes: list[CircuitNodeRow]) -> list[dict]:
+    """The kept and the exactly re-scored nodes, largest |effect| first: `effect` is the exact
+    effect where `attributed` (the ranking method's) is recorded."""
+    shown = [r for r in nodes if r.kept or r.attributed is not None]
+    rows = [
+        {
+            "node": r.node,
+            "label": node_label(r),
+            "kept": bool(r.kept),
+            "effect": r.effect,
+            "attributed": r.attributed,
+            "activation": r.activation,
+            "sae_id": r.sae_id,
+        }
+        for r in sorted(shown, key=lambda r: -abs(r.effect))
+    ]
+    if not any(r["attributed"] is not None for r in rows):
+        for r in rows:
+            del r["attributed"]
+    return rows

@@ -29,21 +29,53 @@ from torch import Tensor
 
 from saelab.base.errors import UserError
 from saelab.circuits.attribution import HookStats, PatchSide, metric_values, node_delta
-from saelab.circuits.edges import Edge
+from saelab.circuits.edges import Edge, dense_features, down_delta
 from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
 from saelab.circuits.splice import SplicedModel, SpliceState, hook_order
 
-ABLATIONS = ("mean", "zero", "resample")
+ABLATIONS = ("task-mean", "mean", "zero", "resample")
 ERROR_POLICIES = ("ablate", "keep", "remove")
 
 
 @dataclass
+class TaskMeans:
+    """Means over a task's prompts at one hook, per position (the SFC paper's ablation)."""
+
+    features: Tensor
+    """Mean activation of every latent at every position `[T, d_sae]`."""
+    x_hat: Tensor
+    """Mean reconstruction `[T, d]` (= decode of `features`)."""
+    err: Tensor
+    """Mean error node `[T, d]`."""
+
+
+def task_means(spliced: SplicedModel, tokens: Tensor) -> dict[str, TaskMeans]:
+    """Per-hook, per-position means of the SAE states over `tokens` (each prompt encoded with
+    its own selection)."""
+    _, states, _ = spliced.run_spliced(tokens)
+    out = {}
+    for hook, st in states.items():
+        B, T, d = st.x.shape
+        d_sae = spliced.saes[hook].d_sae
+        rows = torch.arange(B * T).unsqueeze(1).expand_as(st.idx) % T
+        dense = torch.zeros(T, d_sae, dtype=torch.float64)
+        dense.index_put_((rows.reshape(-1), st.idx.reshape(-1)), st.vals.double().reshape(-1),
+                         accumulate=True)  # fmt: skip
+        out[hook] = TaskMeans(
+            (dense / B).float(), st.x_hat.double().mean(0).float(), st.err.double().mean(0).float()
+        )
+    return out
+
+
+@dataclass
 class Ablation:
-    """Where ablated nodes go: store means, zero, or another prompt's values."""
+    """Where ablated nodes go: the task's per-position means, store means, zero, or another
+    prompt's values."""
 
     kind: str
     stats: dict[str, HookStats] | None = None
     resample: dict[str, SpliceState] | None = None
+    means: dict[str, TaskMeans] | None = None
 
     def base(self, spliced: SplicedModel, hook: str, x: Tensor) -> tuple[Tensor, Tensor]:
         """(x̂, ε) with every node of the hook ablated."""
@@ -53,6 +85,9 @@ class Ablation:
         if self.kind == "mean":
             st = self.stats[hook]
             return (st.x_mean - st.error_mean).expand_as(x), st.error_mean.expand_as(x)
+        if self.kind == "task-mean":
+            tm = self.means[hook]
+            return tm.x_hat.expand_as(x), tm.err.expand_as(x)
         rs = self.resample[hook]
         return rs.x_hat, rs.err
 
@@ -63,15 +98,26 @@ class Ablation:
             return torch.zeros(B, T, len(ids))
         if self.kind == "mean":
             return self.stats[hook].feature_mean[ids].expand(B, T, -1)
+        if self.kind == "task-mean":
+            return self.means[hook].features[:, ids].expand(B, T, -1)
         rs = self.resample[hook]
         return dense_features(rs.idx, rs.vals, ids).view(B, T, -1)
 
 
 def make_ablation(
-    kind: str, spliced: SplicedModel, tokens: Tensor, stats=None, seed: int = 0
+    kind: str,
+    spliced: SplicedModel,
+    tokens: Tensor,
+    stats=None,
+    seed: int = 0,
+    patch: Tensor | None = None,
 ) -> Ablation:
+    """The ablation `kind` for a task on `tokens` (task-mean: means over its `patch` prompts,
+    or over `tokens` when it has none)."""
     if kind not in ABLATIONS:
         raise UserError(f"unknown ablation {kind!r}: choose {', '.join(ABLATIONS)}")
+    if kind == "task-mean":
+        return Ablation(kind, means=task_means(spliced, tokens if patch is None else patch))
     if kind == "mean":
         if stats is None:
             raise UserError("mean ablation needs an activation store holding every spliced hook")
@@ -88,12 +134,6 @@ def make_ablation(
     return Ablation(kind)
 
 
-def dense_features(idx: Tensor, vals: Tensor, ids: Tensor) -> Tensor:
-    """Values of latents `ids` per row `[N, F]` from a sparse code."""
-    hit = (idx.unsqueeze(-1) == ids).to(vals.dtype)
-    return torch.einsum("nk,nkf->nf", vals.detach(), hit)
-
-
 @dataclass
 class NodeSet:
     """Per hook: kept (or ablated) latents × positions, and error positions."""
@@ -102,6 +142,20 @@ class NodeSet:
     """hook → (latent ids `[F]`, mask `[T, F]`)."""
     errors: dict[str, Tensor] = field(default_factory=dict)
     """hook → bool `[T]`."""
+
+    @staticmethod
+    def everything(spliced: SplicedModel, T: int) -> NodeSet:
+        """Every latent and every error node at every position of every hook."""
+        out = NodeSet()
+        for hook, sae in spliced.saes.items():
+            out.feats[hook] = (torch.arange(sae.d_sae), torch.ones(T, sae.d_sae))
+            out.errors[hook] = torch.ones(T, dtype=torch.bool)
+        return out
+
+    @staticmethod
+    def count(spliced: SplicedModel, T: int) -> int:
+        """Nodes of the whole graph: (d_sae + 1) per hook and position, BOS left out."""
+        return sum((sae.d_sae + 1) * (T - 1) for sae in spliced.saes.values())
 
     @staticmethod
     def build(keys: list[NodeKey], hooks: list[str], T: int) -> NodeSet:
@@ -168,6 +222,8 @@ class CurvePoint:
     completeness: float
     m_circuit: float
     m_complement: float
+    everything: bool = False
+    """The point that keeps every node of the graph (n_nodes is then the graph's size)."""
 
 
 @dataclass
@@ -208,8 +264,8 @@ def curves(
     T = tokens.shape[1]
     sizes = default_sizes(len(ranked)) if sizes is None else sizes
 
-    def m(keys: list[NodeKey], keep_only: bool) -> float:
-        ns = NodeSet.build(keys, spliced.hooks, T)
+    def m(keys: list[NodeKey] | NodeSet, keep_only: bool) -> float:
+        ns = keys if isinstance(keys, NodeSet) else NodeSet.build(keys, spliced.hooks, T)
         edits = ablation_edits(spliced, ns, abl, keep_only, errors)
         values = metric_values(spliced, tokens, metric, edits)
         return float(values.mean())
@@ -231,6 +287,11 @@ def curves(
         points.append(CurvePoint(n, faith, comp, mc, mk))
         if progress is not None:
             progress.update(1)
+    if errors != "remove":  # every node kept: the spliced model is the model (faithfulness 1)
+        mc = m(NodeSet.everything(spliced, T), True)
+        faith = (mc - m_empty) / denom if denom != 0 else math.nan
+        n_all = NodeSet.count(spliced, T)
+        points.append(CurvePoint(n_all, faith, 0.0, mc, m_empty, everything=True))
     return Curves(abl.kind, errors, m_full, m_empty, points)
 
 
@@ -241,6 +302,9 @@ def curves(
 class EdgeCheck:
     edge: Edge
     measured: float
+    switched: float = 0.0
+    """Latents per prompt that re-selection would turn on at the downstream node's hook and
+    position(s) under the upstream patch (0 with the selection re-run or nothing switching)."""
 
 
 def measure_edges(
@@ -269,9 +333,13 @@ def measure_edges(
         edits[b] = lambda x, raw=raw: raw.setdefault("x", x)
         with torch.no_grad():
             spliced.forward(tokens, edits, stop_at_layer=_stop(spliced, b))
-            d_delta = _down_delta(spliced, b, states[b], raw["x"], down)
+            d_delta = down_delta(spliced, b, states[b], raw["x"], down)
             after = metric_values(spliced, tokens, metric, {b: lambda x, d=d_delta: x + d})
-        out.append(EdgeCheck(edge, float((after - base).mean())))
+            switched = spliced.switched(b, raw["x"])
+        rows = slice(1, None) if down.pos == SUMMED else slice(down.pos, down.pos + 1)
+        out.append(
+            EdgeCheck(edge, float((after - base).mean()), float(switched[:, rows].sum(1).mean()))
+        )
         if progress is not None:
             progress.update(1)
     return out
@@ -280,23 +348,6 @@ def measure_edges(
 def _stop(spliced: SplicedModel, hook: str) -> int | None:
     stop = hook_order(hook)[0] + 1
     return None if stop >= spliced.model.n_layers else stop
-
-
-def _down_delta(spliced, b: str, clean: SpliceState, x_new: Tensor, down: NodeKey) -> Tensor:
-    """The change of hook b's output that moves node `down` to its value under x_new."""
-    B, T, d = x_new.shape
-    idx, vals, x_hat = spliced.encode(b, x_new)
-    mask = torch.zeros(1, T, 1)
-    if down.pos == SUMMED:
-        mask[:, 1:] = 1
-    else:
-        mask[:, down.pos] = 1
-    if down.feature == ERROR:
-        return ((x_new - x_hat) - clean.err) * mask
-    ids = torch.tensor([down.feature])
-    f_new = dense_features(idx, vals, ids).view(B, T, 1)
-    f_old = dense_features(clean.idx, clean.vals, ids).view(B, T, 1)
-    return (f_new - f_old) * spliced.saes[b].W_dec.detach()[down.feature] * mask
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:

@@ -1,9 +1,11 @@
 """`run_circuit`: find and evaluate a sparse feature circuit end to end (the CLI's engine).
 
-load model + SAEs → task → clean accuracy → node effects (AtP or IG) → nodes above the
-threshold → edges between them → faithfulness/completeness curves → measured edges → store
-rows and the HTML graph. Every check that can fail on bad input runs before anything is
-written; the store write is one transaction.
+load model + SAEs → task → clean accuracy → node effects (AtP or IG) for every node → the top
+ones re-scored by exact patching → nodes above the threshold → edges between them (IG or AtP,
+under the frozen selection) → faithfulness/completeness curves (ending with every node kept)
+→ measured edges → store rows and the HTML graph. Every check that can fail on bad input runs
+before anything is written; the store write is one transaction. `docs/circuits.md` states the
+method's choices.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from saelab.circuits.attribution import (
     patch_sides,
     store_means,
 )
-from saelab.circuits.edges import Edge, edge_effects
+from saelab.circuits.edges import EDGE_METHODS, Edge, edge_effects, ig_edge_effects
 from saelab.circuits.evaluate import (
     ABLATIONS,
     ERROR_POLICIES,
@@ -46,8 +48,9 @@ from saelab.circuits.evaluate import (
     pearson,
     rankable,
 )
-from saelab.circuits.nodes import Node, aggregate
-from saelab.circuits.splice import SplicedModel, load_spliced
+from saelab.circuits.exact import exact_node_effects
+from saelab.circuits.nodes import Node, NodeKey, aggregate
+from saelab.circuits.splice import SELECTIONS, SplicedModel, hook_order, load_spliced
 from saelab.circuits.tasks import TASK_VERSION, TaskBatch, load_task
 
 
@@ -64,9 +67,19 @@ class CircuitConfig:
     seed: int = 0
     """Seed of the built-in task's word choices and of resample ablation."""
     method: str = "atp"
-    """Node attribution: atp (attribution patching) or ig (integrated gradients)."""
+    """Node attribution that ranks every node: atp (attribution patching) or ig (integrated
+    gradients, every node of a hook moved together, as the SFC paper does)."""
+    exact_nodes: int = 64
+    """The top nodes of that ranking re-scored by exact patching (one forward each), whose
+    effects then decide the circuit (0: keep the attributed effects)."""
+    edge_method: str = "ig"
+    """Edge attribution: ig (exact direct change of the downstream node times its gradient
+    integrated along its own patch) or atp (one linearisation at the clean run)."""
     steps: int = 10
-    """Integrated-gradients steps."""
+    """Integrated-gradients steps (node method ig, edge method ig)."""
+    selection: str = "frozen"
+    """How downstream SAEs encode a patched or ablated input, in edges and evaluation alike:
+    frozen (the clean active set) or reselect (the SAE's own selection run again)."""
     baseline: str | None = None
     """What nodes are patched to for attribution: patch (the task's patch prompts), zero or
     mean; None: patch when the task has patch prompts, else mean."""
@@ -76,12 +89,14 @@ class CircuitConfig:
     """Keep nodes whose |mean effect| reaches this (metric units)."""
     edge_threshold: float = 0.01
     """Keep edges whose |mean effect| reaches this."""
-    ablation: str = "mean"
-    """How nodes outside a circuit are ablated in evaluation: mean, zero or resample."""
+    ablation: str = "task-mean"
+    """How nodes outside a circuit are ablated in evaluation: task-mean (each node's mean over
+    the task's patch prompts at its position, the SFC paper's choice), mean (the activation
+    store's mean, one per hook), zero, or resample."""
     error_policy: str = "ablate"
     """Error nodes in evaluation: ablate (unless kept), keep (always) or remove (always ablated)."""
     acts: str | None = None
-    """Activation store for mean ablation (means of every spliced hook)."""
+    """Activation store for the store-mean ablation or baseline (means of every spliced hook)."""
     curve_sizes: list[int] | None = None
     """Circuit sizes of the curves (None: 0, 1, 2, 5, 10, 20, 50, … up to all nodes)."""
     check_edges: int = 32
@@ -121,11 +136,19 @@ class CircuitConfig:
                 raise UserError(f"the {name} threshold must be a finite number >= 0, got {v}")
         if self.steps < 1 or self.n_prompts < 1:
             raise UserError("steps and the number of prompts must be at least 1")
-        if self.method == "atp" and self.steps != CircuitConfig.steps:
+        if "ig" not in (self.method, self.edge_method) and self.steps != CircuitConfig.steps:
             raise UserError(
-                f"steps={self.steps} applies to integrated gradients only: use method ig, or drop "
-                "steps (attribution patching takes one gradient)"
+                f"steps={self.steps} applies to integrated gradients only: use method or "
+                "edge_method ig, or drop steps (attribution patching takes one gradient)"
             )
+        if self.edge_method not in EDGE_METHODS:
+            raise UserError(
+                f"unknown edge method {self.edge_method!r}: choose {', '.join(EDGE_METHODS)}"
+            )
+        if self.selection not in SELECTIONS:
+            raise UserError(f"unknown selection {self.selection!r}: choose {', '.join(SELECTIONS)}")
+        if self.exact_nodes < 0:
+            raise UserError(f"`exact_nodes` must be >= 0, got {self.exact_nodes}")
         if self.curve_sizes is not None and (not self.curve_sizes or min(self.curve_sizes) < 0):
             raise UserError(
                 f"`curve_sizes` must be circuit sizes >= 0, got {self.curve_sizes}; "
@@ -144,6 +167,17 @@ class CircuitConfig:
 
 
 @dataclass
+class NodeCheck:
+    """A node re-scored by exact patching, beside its attributed effect."""
+
+    key: NodeKey
+    attributed: float
+    """Mean effect by the ranking method (atp or ig)."""
+    exact: float
+    """Mean effect of patching the node alone."""
+
+
+@dataclass
 class CircuitResult:
     config: CircuitConfig
     task: str
@@ -159,10 +193,22 @@ class CircuitResult:
     faithfulness: float
     """At the kept circuit."""
     completeness: float
+    node_checks: list[NodeCheck] = field(default_factory=list)
     edge_checks: list[EdgeCheck] = field(default_factory=list)
     edge_correlation: float = math.nan
     circuit_id: str | None = None
     seconds: float = 0.0
+
+    @property
+    def faithfulness_all(self) -> float:
+        """Faithfulness with every node of the graph kept (1 when the splice is exact)."""
+        return next((p.faithfulness for p in self.curves.points if p.everything), math.nan)
+
+    def best_faithfulness(self, max_nodes: int = 50) -> tuple[int, float]:
+        """(size, faithfulness) of the most faithful curve point of at most `max_nodes`."""
+        small = [p for p in self.curves.points if p.n_nodes <= max_nodes and not p.everything]
+        best = max(small, key=lambda p: p.faithfulness, default=None)
+        return (0, math.nan) if best is None else (best.n_nodes, best.faithfulness)
 
 
 def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
@@ -177,7 +223,7 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
         model = load_model(cfg.model, device=cfg.device)
     from saelab.activations.corpus import bos_token_id
 
-    spliced = load_spliced(model, cfg.sae, device=cfg.device)
+    spliced = load_spliced(model, cfg.sae, device=cfg.device, selection=cfg.selection)
     task = load_task(
         cfg.task, model.tokenizer, bos_token_id(model.tokenizer), cfg.n_prompts, cfg.seed
     )
@@ -211,6 +257,8 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
     for n in nodes:
         if not math.isfinite(n.effect):
             raise UserError("a node effect is NaN or infinite; check the SAEs and the model")
+    _, states, _ = spliced.run_spliced(task.clean)
+    node_checks = _exact_nodes(cfg, spliced, task, metric, states, sides, nodes)
     kept = [n for n in nodes if abs(n.effect) >= cfg.node_threshold and n.effect != 0]
     if not kept:
         largest = max((abs(n.effect) for n in nodes), default=0.0)
@@ -218,26 +266,26 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
             f"no node reaches the node threshold {cfg.node_threshold:g} (largest |effect| "
             f"{largest:.3g}); lower `node_threshold`"
         )
-
-    edges = _edges(cfg, spliced, task, metric, sides, kept)
-    abl = make_ablation(cfg.ablation, spliced, task.clean, stats, cfg.seed)
-    # the kept nodes are the top n_kept of the ranking (sorted by |effect|): one more size
-    n_kept = len(rankable(kept, cfg.error_policy))
-    ranked = len(rankable(nodes, cfg.error_policy))
-    sizes = sorted(set(cfg.curve_sizes or default_sizes(ranked)) | {n_kept})
-    bar = _bar(cfg, len(sizes), "curves")
-    curve = curves(spliced, task.clean, metric, nodes, abl, cfg.error_policy, sizes, bar)
-    point = next(p for p in curve.points if p.n_nodes == n_kept)
-    bar.close()
-    checks: list[EdgeCheck] = []
-    corr = math.nan
-    if cfg.check_edges and edges:
-        top = sorted(edges, key=lambda e: -abs(e.effect))[: cfg.check_edges]
-        _, states, _ = spliced.run_spliced(task.clean)
-        bar = _bar(cfg, len(top), "edge checks")
-        checks = measure_edges(spliced, task.clean, metric, states, sides, top, bar)
+    # ablations and patch states are runs of their own prompts: made before freezing
+    abl = make_ablation(cfg.ablation, spliced, task.clean, stats, cfg.seed, task.patch)
+    with spliced.frozen_at(states):
+        edges = _edges(cfg, spliced, task, metric, sides, kept, states)
+        # the kept nodes are the top n_kept of the ranking (sorted by |effect|): one more size
+        n_kept = len(rankable(kept, cfg.error_policy))
+        ranked = len(rankable(nodes, cfg.error_policy))
+        sizes = sorted(set(cfg.curve_sizes or default_sizes(ranked)) | {n_kept})
+        bar = _bar(cfg, len(sizes) + 1, "curves")
+        curve = curves(spliced, task.clean, metric, nodes, abl, cfg.error_policy, sizes, bar)
+        point = next(p for p in curve.points if p.n_nodes == n_kept)
         bar.close()
-        corr = pearson([c.edge.effect for c in checks], [c.measured for c in checks])
+        checks: list[EdgeCheck] = []
+        corr = math.nan
+        if cfg.check_edges and edges:
+            top = sorted(edges, key=lambda e: -abs(e.effect))[: cfg.check_edges]
+            bar = _bar(cfg, len(top), "edge checks")
+            checks = measure_edges(spliced, task.clean, metric, states, sides, top, bar)
+            bar.close()
+            corr = pearson([c.edge.effect for c in checks], [c.measured for c in checks])
     result = CircuitResult(
         config=cfg,
         task=task.name,
@@ -251,6 +299,7 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
         curves=curve,
         faithfulness=point.faithfulness,
         completeness=point.completeness,
+        node_checks=node_checks,
         edge_checks=checks,
         edge_correlation=corr,
     )
@@ -265,11 +314,36 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
     return result
 
 
+def _exact_nodes(cfg, spliced, task, metric, states, sides, nodes: list[Node]) -> list[NodeCheck]:
+    """Re-score the top `exact_nodes` of the ranking by exact patching; re-sort `nodes`."""
+    top = nodes[: cfg.exact_nodes]
+    if not top:
+        return []
+    bar = _bar(cfg, len(top), "exact nodes")
+    exact = exact_node_effects(
+        spliced, task.clean, metric, states, sides, [n.key for n in top], progress=bar
+    ).mean(1)
+    bar.close()
+    checks = []
+    for n, v in zip(top, exact.tolist()):
+        checks.append(NodeCheck(n.key, n.effect, v))
+        n.effect = v
+    nodes.sort(key=lambda n: (-abs(n.effect), hook_order(n.key.hook), n.key.feature, n.key.pos))
+    return checks
+
+
 def _bar(cfg: CircuitConfig, total, what: str):
     return tqdm(total=total, desc=f"circuit {what}", disable=not cfg.progress, leave=False)
 
 
-def _edges(cfg, spliced: SplicedModel, task: TaskBatch, metric, sides, kept) -> list[Edge]:
+def _edges(cfg, spliced: SplicedModel, task: TaskBatch, metric, sides, kept, clean) -> list[Edge]:
+    if cfg.edge_method == "ig":
+        bar = _bar(cfg, len(kept), "edges")
+        edges = ig_edge_effects(
+            spliced, task.clean, metric, clean, sides, kept, cfg.steps, progress=bar
+        )
+        bar.close()
+        return [e for e in edges if abs(e.effect) >= cfg.edge_threshold]
     logits, states, _ = spliced.run_spliced(task.clean, grads=True)
     values = metric(logits, {})
     outs = [states[h].out for h in spliced.hooks]
@@ -299,8 +373,6 @@ def _records(spliced: SplicedModel, model) -> dict:
 
 
 def _store(store, cfg, result: CircuitResult, spliced, task, baseline, model, records) -> str:
-    from saelab.circuits.splice import hook_order
-
     config = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "db", "html")}
     sae_ids = [records[h].sae_id for h in spliced.hooks]
     prompts_hash = _prompts_hash(task)
@@ -309,6 +381,7 @@ def _store(store, cfg, result: CircuitResult, spliced, task, baseline, model, re
     )
     index = {n.key: i for i, n in enumerate(result.nodes)}
     kept = {n.key for n in result.kept}
+    attributed = {c.key: c.attributed for c in result.node_checks}
     nodes = []
     for i, n in enumerate(result.nodes):
         if n.key not in kept and i >= 2000:
@@ -319,23 +392,27 @@ def _store(store, cfg, result: CircuitResult, spliced, task, baseline, model, re
             submodule=n.key.hook.split(".")[-1].removeprefix("hook_"), layer=layer,
             pos=n.key.pos, feature=n.key.feature, is_error=n.key.is_error,
             sae_id=records[n.key.hook].sae_id, effect=n.effect, activation=n.activation,
-            kept=n.key in kept,
+            kept=n.key in kept, attributed=attributed.get(n.key),
         ))  # fmt: skip
-    measured = {(c.edge.up, c.edge.down): c.measured for c in result.edge_checks}
-    edges = [
-        results.CircuitEdgeRow(
-            cid, index[e.up], index[e.down], e.effect, measured.get((e.up, e.down))
-        )
-        for e in result.edges
-    ]
+    checks = {(c.edge.up, c.edge.down): c for c in result.edge_checks}
+    edges = []
+    for e in result.edges:
+        check = checks.get((e.up, e.down))
+        edges.append(results.CircuitEdgeRow(
+            cid, index[e.up], index[e.down], e.effect, check and check.measured,
+            check and check.switched,
+        ))  # fmt: skip
     curves_rows = []
+    everything = {p.n_nodes for p in result.curves.points if p.everything}
     for p in result.curves.points:
-        curves_rows.append(
-            results.CircuitCurveRow(cid, "faithfulness", p.n_nodes, p.faithfulness, p.m_circuit)
-        )
-        curves_rows.append(
-            results.CircuitCurveRow(cid, "completeness", p.n_nodes, p.completeness, p.m_complement)
-        )
+        if p.n_nodes in everything and not p.everything:
+            continue  # every node listed and ranked: the every-node point stands for it
+        curves_rows.append(results.CircuitCurveRow(
+            cid, "faithfulness", p.n_nodes, p.faithfulness, p.m_circuit, p.everything
+        ))  # fmt: skip
+        curves_rows.append(results.CircuitCurveRow(
+            cid, "completeness", p.n_nodes, p.completeness, p.m_complement, p.everything
+        ))  # fmt: skip
     circuit = results.CircuitRow(
         circuit_id=cid, task=task.name,
         task_source=cfg.task if cfg.task.endswith(".jsonl") else f"builtin v{TASK_VERSION}",
@@ -349,7 +426,9 @@ def _store(store, cfg, result: CircuitResult, spliced, task, baseline, model, re
         completeness=_finite(result.completeness), n_nodes=len(result.kept),
         n_edges=len(result.edges), edge_correlation=_finite(result.edge_correlation),
         config_json=json.dumps(config, default=str), config_hash=results.config_hash(config),
-        seconds=result.seconds, saelab_version=__version__,
+        seconds=result.seconds, saelab_version=__version__, selection=cfg.selection,
+        edge_method=cfg.edge_method, exact_nodes=cfg.exact_nodes,
+        faithfulness_all=_finite(result.faithfulness_all),
     )  # fmt: skip
     record = results.CircuitRecord(circuit, nodes, edges, curves_rows)
     return results.write_circuit(store, record, list(records.values()))

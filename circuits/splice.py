@@ -22,6 +22,12 @@ import torch
 from torch import Tensor
 
 from saelab.base.errors import UserError
+from saelab.sae.base import Code
+
+SELECTIONS = ("frozen", "reselect")
+"""How a spliced SAE at a downstream hook encodes an input that an upstream patch or ablation
+changed: `frozen` keeps the clean run's active latents (their values follow the input; no other
+latent turns on or off), `reselect` runs the SAE's own selection again (TopK picks a new top k)."""
 
 SUBMODULES = {"hook_attn_out": 0, "hook_mlp_out": 1, "hook_resid_post": 2}
 """The hooks an SAE may be spliced at, in their order inside one block."""
@@ -93,10 +99,18 @@ class SplicedModel:
     """Hook name → SAE (`saelab.sae.base.SAE`), each reading the hook's raw activations."""
     folders: dict[str, str] = field(default_factory=dict)
     """Hook name → the checkpoint folder it came from (provenance)."""
+    selection: str = "frozen"
+    """`frozen` or `reselect` (see SELECTIONS): applies inside `frozen_at`."""
+    _frozen: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+    """Hook → (clean active latents `[B*T, k]`, their mask) while `frozen_at` holds."""
 
     def __post_init__(self) -> None:
         self.saes = dict(sorted(self.saes.items(), key=lambda kv: hook_order(kv[0])))
         self.model.validate_hooks(list(self.saes))
+        if self.selection not in SELECTIONS:
+            raise UserError(
+                f"unknown selection policy {self.selection!r}: choose {', '.join(SELECTIONS)}"
+            )
         for hook, sae in self.saes.items():
             if sae.d_in != self.model.d_model:
                 raise UserError(
@@ -137,11 +151,55 @@ class SplicedModel:
         return out, captured
 
     def encode(self, hook: str, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Sparse features and reconstruction of `[B, T, d]`: (idx, vals, x_hat)."""
+        """Sparse features and reconstruction of `[B, T, d]`: (idx, vals, x_hat).
+
+        Inside `frozen_at` (selection `frozen`) the active set is the clean run's, repeated
+        when x holds several copies of the clean batch."""
         sae = self.saes[hook]
-        code = sae.encode_sparse(x.reshape(-1, sae.d_in))
+        rows = x.reshape(-1, sae.d_in)
+        fixed = self._frozen.get(hook)
+        if fixed is None:
+            code = sae.encode_sparse(rows)
+        else:
+            idx, mask = fixed
+            reps, rest = divmod(rows.shape[0], idx.shape[0])
+            if rest:
+                raise ValueError(f"{rows.shape[0]} rows are not copies of {idx.shape[0]}")
+            idx, mask = idx.repeat(reps, 1), mask.repeat(reps, 1)
+            code = Code(idx, sae.encode_at(rows, idx) * mask, sae.d_sae)
         x_hat = sae.decode_sparse(code).reshape(x.shape)
         return code.idx, code.vals, x_hat
+
+    @contextlib.contextmanager
+    def frozen_at(self, states: dict[str, SpliceState]) -> Iterator[None]:
+        """In the body, the SAEs keep the active sets of `states` (a clean run), when the
+        selection policy is `frozen`; with `reselect` this changes nothing."""
+        if self.selection != "frozen":
+            yield
+            return
+        self._frozen = {
+            h: (s.idx, (s.vals.detach() != 0).to(s.vals.dtype)) for h, s in states.items()
+        }
+        try:
+            yield
+        finally:
+            self._frozen = {}
+
+    def switched(self, hook: str, x: Tensor) -> Tensor:
+        """Per row of x `[B, T, d]`: latents that re-selection would turn on which the frozen
+        clean set does not hold (0 outside `frozen_at`), `[B, T]`."""
+        fixed = self._frozen.get(hook)
+        B, T, d = x.shape
+        if fixed is None:
+            return torch.zeros(B, T)
+        sae = self.saes[hook]
+        code = sae.encode_sparse(x.reshape(-1, d))
+        idx, mask = fixed
+        reps = code.idx.shape[0] // idx.shape[0]
+        idx, mask = idx.repeat(reps, 1), mask.repeat(reps, 1)
+        on = code.vals != 0
+        held = ((code.idx.unsqueeze(-1) == idx.unsqueeze(1)) & (mask.unsqueeze(1) != 0)).any(-1)
+        return (on & ~held).sum(-1).float().view(B, T)
 
     def splice_edit(self, hook: str, states: dict[str, SpliceState], grads: bool) -> HookEdit:
         """The splice itself: x → x̂ + ε, recording the state (with retained gradients)."""
@@ -175,6 +233,13 @@ class SplicedModel:
     ) -> tuple[Tensor, dict[str, SpliceState], dict[str, Tensor]]:
         """A forward pass with every SAE spliced in; returns (logits, states, captured)."""
         states: dict[str, SpliceState] = {}
+        frozen, self._frozen = self._frozen, {}  # a run of its own: its own selection
+        try:
+            return self._run_spliced(tokens, grads, extra, capture, states)
+        finally:
+            self._frozen = frozen
+
+    def _run_spliced(self, tokens, grads, extra, capture, states):
         edits = {h: self.splice_edit(h, states, grads) for h in self.hooks}
         for name, fn in (extra or {}).items():
             if name in edits:
@@ -218,7 +283,9 @@ def sae_folders(paths: list[str]) -> list[Path]:
     return found
 
 
-def load_spliced(model, paths: list[str], device: str = "cpu") -> SplicedModel:
+def load_spliced(
+    model, paths: list[str], device: str = "cpu", selection: str = "frozen"
+) -> SplicedModel:
     """Load SAE folders (or sweep folders), check each against the model, one SAE per hook."""
     from saelab.sae.checkpoint import load_sae, read_cfg
 
@@ -244,4 +311,4 @@ def load_spliced(model, paths: list[str], device: str = "cpu") -> SplicedModel:
             )
         saes[hook] = load_sae(folder, device=device)
         folders[hook] = str(folder)
-    return SplicedModel(model, saes, folders)
+    return SplicedModel(model, saes, folders, selection)

@@ -8,6 +8,8 @@ Built-in tasks are generated from word lists, keeping only words whose forms are
 under the model's tokenizer (so every clean/patch pair has equal length):
 - `sva`: "The author" → is / are (subject–verb agreement);
 - `sva-rc`: "The author that the guards liked" → is / are (across a relative clause);
+- `sva-within-rc`: "The author that the guards" → like / likes (inside a relative clause: the
+  verb agrees with the clause's own subject, which the patch flips);
 - `sva-pp`: "The author near the guards" → is / are (across a prepositional phrase);
 - `ioi`: "When Mary and John went to the store, John gave a book to" → Mary / John.
 Half of the SVA examples have a singular subject, half a plural one.
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from saelab.base.errors import UserError
 
-BUILTIN_TASKS = ("sva", "sva-rc", "sva-pp", "ioi")
+BUILTIN_TASKS = ("sva", "sva-rc", "sva-within-rc", "sva-pp", "ioi")
 TASK_VERSION = 1
 """Bump when the templates or word lists change (recorded with every circuit)."""
 
@@ -39,6 +41,8 @@ _NOUNS = (
 _IRREGULAR = {"child": "children", "woman": "women", "man": "men"}
 _VERBS = [(" is", " are"), (" was", " were")]
 _RC_VERBS = "liked saw met hated helped".split()
+_RC_PRESENT = [(" likes", " like"), (" knows", " know"), (" sees", " see"), (" hates", " hate"),
+               (" loves", " love"), (" helps", " help")]  # fmt: skip
 _PREPS = "near behind beside".split()
 _NAMES = (
     "Mary John Tom James Sarah Anna David Paul Lisa Kate Mark Emma Michael Robert Laura Peter "
@@ -128,6 +132,21 @@ def builtin_examples(name: str, tokenizer, n: int, seed: int = 0) -> list[Exampl
         verb_sg, verb_pl = rng.choice(_VERBS)
         correct, wrong = (verb_pl, verb_sg) if plural else (verb_sg, verb_pl)
         tail = ""
+        if name == "sva-within-rc":
+            verbs = [v for v in _RC_PRESENT if all(_single(tokenizer, w) for w in v)]
+            if not verbs:
+                raise UserError(
+                    f"no single-token present-tense verbs for {name} under this tokenizer"
+                )
+            rc_sg, rc_pl = sing2, plur2
+            main = rng.choice([sing, plur])
+            verb_sg, verb_pl = rng.choice(verbs)
+            rc, other = (rc_pl, rc_sg) if plural else (rc_sg, rc_pl)
+            correct, wrong = (verb_pl, verb_sg) if plural else (verb_sg, verb_pl)
+            out.append(
+                Example(f"The {main} that the {rc}", f"The {main} that the {other}", correct, wrong)
+            )
+            continue
         if name == "sva-rc":
             tail = f" that the {rng.choice([sing2, plur2])} {rng.choice(_RC_VERBS)}"
         elif name == "sva-pp":

@@ -401,6 +401,14 @@ class CircuitRow(Row):
     seconds: float
     saelab_version: str
     created_at: Timestamp | None = None
+    selection: str | None = None
+    """How downstream SAEs encoded patched inputs: frozen (clean active set) or reselect."""
+    edge_method: str | None = None
+    """ig or atp."""
+    exact_nodes: int | None = None
+    """Top nodes re-scored by exact patching."""
+    faithfulness_all: float | None = None
+    """Faithfulness with every node of the graph kept (1 when the splice is exact)."""
 
     @property
     def config(self) -> dict:
@@ -429,6 +437,8 @@ class CircuitNodeRow(Row):
     activation: float
     kept: bool
     """In the circuit (|effect| at least the node threshold), or only stored for the record."""
+    attributed: float | None = None
+    """The ranking method's effect where `effect` is the exact one (re-scored nodes)."""
 
 
 @dataclass
@@ -443,6 +453,8 @@ class CircuitEdgeRow(Row):
     """Attributed direct effect."""
     measured: float | None
     """Measured by direct-path patching (the top edges only)."""
+    switched: float | None = None
+    """Latents per prompt re-selection would turn on at the downstream node (checked edges)."""
 
 
 @dataclass
@@ -457,6 +469,8 @@ class CircuitCurveRow(Row):
     value: float | None
     metric: float | None
     """The metric of the circuit (faithfulness) or of its complement (completeness)."""
+    everything: bool = False
+    """The point keeping every node of the graph (n_nodes: the graph's size)."""
 
 
 # -- per-latent eval results (schema 6) --------------------------------------------------------

@@ -116,6 +116,15 @@ MIGRATIONS: list[list[str]] = [
             sae_id VARCHAR, eval VARCHAR, metric VARCHAR, feature INTEGER, value DOUBLE,
             run_id VARCHAR, PRIMARY KEY (sae_id, eval, metric, feature))""",
     ],
+    [  # issue 24: circuits that agree with patching (selection policy, exact checks)
+        "ALTER TABLE circuits ADD COLUMN IF NOT EXISTS selection VARCHAR",
+        "ALTER TABLE circuits ADD COLUMN IF NOT EXISTS edge_method VARCHAR",
+        "ALTER TABLE circuits ADD COLUMN IF NOT EXISTS exact_nodes INTEGER",
+        "ALTER TABLE circuits ADD COLUMN IF NOT EXISTS faithfulness_all DOUBLE",
+        "ALTER TABLE circuit_nodes ADD COLUMN IF NOT EXISTS attributed DOUBLE",
+        "ALTER TABLE circuit_edges ADD COLUMN IF NOT EXISTS switched DOUBLE",
+        "ALTER TABLE circuit_curves ADD COLUMN IF NOT EXISTS everything BOOLEAN",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -118,6 +118,13 @@ class SAE(nn.Module):
         lead = x.shape[:-1]
         return self.encode_sparse(x.reshape(-1, self.d_in)).to_dense().reshape(*lead, self.d_sae)
 
+    def encode_at(self, x: Tensor, idx: Tensor) -> Tensor:
+        """Values `[N, k]` of the latents `idx` on rows `[N, d_in]` with the selection held
+        fixed: each latent's own activation function of its pre-activation, whatever the
+        other latents do (what circuits call a frozen selection; the gradient of
+        `encode_sparse` at a row is the gradient of this at that row's active set)."""
+        return ops.gather(x, self.W_enc, self.b_enc, idx, shift=self.input_shift).relu()
+
     def decode_sparse(self, code: Code) -> Tensor:
         return ops.decode(code.idx, code.vals, self.W_dec, self.b_dec, code.shared)
 

@@ -189,18 +189,29 @@ def circuit_curves(result: CircuitResult):
     full model (1) and the empty circuit (0). Completeness: the same with the top-n nodes
     ablated instead (near 0 when the circuit holds everything that matters). Sizes are on a log
     axis, so the empty circuit (faithfulness 0, completeness 1 by definition) is left out. The
-    dashed line marks the circuit the node threshold kept.
+    dashed line marks the circuit the node threshold kept; the star, every node of the graph
+    kept (the model itself: faithfulness 1).
     """
     import plotly.graph_objects as go
 
     from saelab.circuits.evaluate import rankable
 
-    points = sorted((p for p in result.curves.points if p.n_nodes > 0), key=lambda p: p.n_nodes)
+    points = sorted(
+        (p for p in result.curves.points if p.n_nodes > 0 and not p.everything),
+        key=lambda p: p.n_nodes,
+    )
     sizes = [p.n_nodes for p in points]
     fig = go.Figure()
     for name in ("faithfulness", "completeness"):
         values = [getattr(p, name) for p in points]
         fig.add_trace(go.Scatter(x=sizes, y=values, mode="lines+markers", name=name))
+    for p in result.curves.points:
+        if p.everything:  # the whole graph kept: the model itself, faithfulness 1
+            fig.add_trace(go.Scatter(
+                x=[p.n_nodes], y=[p.faithfulness], mode="markers+text", name="every node kept",
+                marker={"symbol": "star", "size": 14}, text=[f"every node ({p.n_nodes:,})"],
+                textposition="bottom left",
+            ))  # fmt: skip
     kept = len(rankable(result.kept, result.curves.error_policy))
     fig.add_vline(x=math.log10(max(kept, 1)), line_dash="dash", annotation_text="kept circuit")
     fig.update_layout(

@@ -73,6 +73,11 @@ class GatedSAE(SAE):
         idx, m, _, pi_mag = self._paths(x)
         return Code(idx, pi_mag.relu() * m, self.d_sae)
 
+    def encode_at(self, x: Tensor, idx: Tensor) -> Tensor:
+        """The magnitude path at `idx`, the gates held open (see `SAE.encode_at`)."""
+        g = ops.gather(x, self.W_enc, None, idx, shift=self.input_shift)
+        return (g * torch.exp(self.r_mag)[idx] + self.b_mag[idx]).relu()
+
     def training_forward(self, x: Tensor, ctx: StepContext) -> TrainOutput:
         idx, m, pi_gate, pi_mag = self._paths(x)
         code = Code(idx, pi_mag.relu() * m, self.d_sae)

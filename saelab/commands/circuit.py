@@ -16,15 +16,18 @@ ON_INTERRUPT = (
 
 def configure(p: argparse.ArgumentParser) -> None:
     from saelab.circuits.attribution import BASELINES, METHODS
+    from saelab.circuits.edges import EDGE_METHODS
     from saelab.circuits.evaluate import ABLATIONS, ERROR_POLICIES
     from saelab.circuits.run import CircuitConfig
+    from saelab.circuits.splice import SELECTIONS
     from saelab.circuits.tasks import BUILTIN_TASKS
 
     flags = add_fields(
         p, CircuitConfig, required=("sae",),
         names={"n_prompts": "--prompts", "per_position": "--summed", "error_policy": "--errors"},
         choices={"method": METHODS, "baseline": BASELINES, "ablation": ABLATIONS,
-                 "error_policy": ERROR_POLICIES},
+                 "error_policy": ERROR_POLICIES, "edge_method": EDGE_METHODS,
+                 "selection": SELECTIONS},
         helps={"sae": "SAE folders (one per hook) or a sweep folder of them",
                "task": f"{'|'.join(BUILTIN_TASKS)} or a JSONL file (clean, patch, correct, wrong)",
                "per_position": "sum nodes over positions (default: one node per position)",
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(result, show: int = 15) -> str:
+    from saelab.circuits.evaluate import pearson
+
     lines = [
         f"task {result.task}: {result.n_prompts} prompts, clean accuracy "
         f"{result.clean_accuracy:.2f}, m(clean) {result.m_clean:.3f}"
@@ -71,18 +76,34 @@ def report(result, show: int = 15) -> str:
     c = result.curves
     lines.append(
         f"faithfulness {result.faithfulness:.3f}, completeness {result.completeness:.3f} "
-        f"({c.ablation} ablation, error nodes: {c.error_policy}; m(M) {c.m_full:.3f}, "
-        f"m(empty) {c.m_empty:.3f})"
+        f"({c.ablation} ablation, error nodes: {c.error_policy}, selection "
+        f"{result.config.selection}; m(M) {c.m_full:.3f}, m(empty) {c.m_empty:.3f})"
     )
     lines.append("  n nodes  faithfulness  completeness")
     for p in c.points:
-        lines.append(f"  {p.n_nodes:7d}  {p.faithfulness:12.3f}  {p.completeness:12.3f}")
+        size = f"all {p.n_nodes}" if p.everything else str(p.n_nodes)
+        lines.append(f"  {size:>7s}  {p.faithfulness:12.3f}  {p.completeness:12.3f}")
+    if result.node_checks:
+        att = [n.attributed for n in result.node_checks]
+        ex = [n.exact for n in result.node_checks]
+        lines.append(
+            f"nodes re-scored by exact patching: {len(ex)}; {result.config.method} against exact: "
+            f"correlation {pearson(att, ex):.3f}, sum of |effect| {sum(map(abs, att)):.3f} vs "
+            f"{sum(map(abs, ex)):.3f}"
+        )
     if result.edge_checks:
         corr = result.edge_correlation
+        switched = sum(c.switched for c in result.edge_checks) / len(result.edge_checks)
         lines.append(
             f"edges checked: {len(result.edge_checks)}, correlation of attributed with measured "
-            f"direct effects {corr:.3f}"
+            f"direct effects {corr:.3f} (latents re-selection would switch on: {switched:.2f} "
+            "per edge and prompt)"
             if not math.isnan(corr)
-            else "correlation undefined"
+            else f"edges checked: {len(result.edge_checks)}, correlation undefined"
         )
+    size, best = result.best_faithfulness(50)
+    lines.append(
+        f"faithfulness with every node kept {result.faithfulness_all:.3f}; best circuit of at "
+        f"most 50 nodes: {best:.3f} at {size} nodes"
+    )
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The app's pure pieces against independent references: token text, decoder neighbours,
-compare winners, circuit layout; and the command line's messages for bad files."""
+compare winners, a circuit's curves, checked edges and node table; and the command line's
+messages for bad files."""
 
 from __future__ import annotations
 
@@ -93,3 +94,58 @@ def test_app_command_refuses_missing_and_older_files(tmp_path, capsys):
     assert main(["app", "--db", str(older)]) == 2
     err = capsys.readouterr().err
     assert "older schema (1" in err and "--migrate" in err and err.count("\n") == 1
+
+
+def _node(node: int, kept: bool, effect: float, attributed: float | None = None):
+    from saelab.resultstore import CircuitNodeRow
+
+    return CircuitNodeRow(
+        circuit_id="c", node=node, hook="blocks.3.hook_mlp_out", submodule="mlp_out", layer=3,
+        pos=-1, feature=node, is_error=False, sae_id="s", effect=effect, activation=1.0,
+        kept=kept, attributed=attributed,
+    )  # fmt: skip
+
+
+def test_circuit_curves_set_the_zero_and_every_node_points_apart():
+    from saelab.app import circuit_graph
+    from saelab.resultstore import CircuitCurveRow
+
+    rows = [
+        CircuitCurveRow("c", "completeness", 0, 1.0, None),
+        CircuitCurveRow("c", "faithfulness", 13830, 0.99, None, True),
+        CircuitCurveRow("c", "faithfulness", 5, None, None),
+        CircuitCurveRow("c", "faithfulness", 2, 0.5, None, None),  # NULL: an older file
+        CircuitCurveRow("c", "faithfulness", 0, 0.0, None),
+    ]
+    curves = circuit_graph.curves_from(rows)
+    assert list(curves) == ["faithfulness", "completeness"]
+    faith = curves["faithfulness"]
+    assert faith.points == [(0, 0.0), (2, 0.5)] and faith.everything == (13830, 0.99)
+    assert faith.at(0) == 0.0 and faith.at(5) is None and curves["completeness"].everything is None
+    zero = circuit_graph.zero_position(curves)
+    assert 0 < zero < 2
+    values, labels = circuit_graph.log_ticks(zero, 13830)
+    assert labels[:3] == ["0", "1", "10"] and values[0] == zero
+    assert values[-2] < 13830 <= values[-1] and labels[-1] == "100,000"
+
+
+def test_checked_edges_and_node_table():
+    from saelab.app import circuit_graph
+    from saelab.resultstore import CircuitEdgeRow
+
+    nodes = [_node(0, True, 0.8, 0.5), _node(1, True, -0.9), _node(2, False, 0.01, 0.3)]
+    nodes.append(_node(3, False, 0.001))
+    edges = [
+        CircuitEdgeRow("c", 0, 1, 0.2, 0.25, 1.5),
+        CircuitEdgeRow("c", 0, 7, 0.1, -0.1),  # its downstream node is not stored
+        CircuitEdgeRow("c", 1, 2, 0.3, None),
+    ]
+    checks = circuit_graph.checked_edges(nodes, edges)
+    assert [(c.label, c.attributed, c.measured, c.switched) for c in checks] == [
+        ("L3 mlp #0 → L3 mlp #1", 0.2, 0.25, 1.5),
+        ("L3 mlp #0 → node 7", 0.1, -0.1, None),
+    ]
+    table = circuit_graph.node_table(nodes)
+    assert [r["node"] for r in table] == [1, 0, 2]  # kept or re-scored, largest |effect| first
+    assert [r["attributed"] for r in table] == [None, 0.5, 0.3]
+    assert "attributed" not in circuit_graph.node_table([_node(0, True, 0.8)])[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import shutil
 
 import pytest
@@ -158,50 +159,160 @@ def test_circuits_empty_state_and_steering_runs(app_db, monkeypatch, tmp_path):
     assert not at.exception and "No steering runs" in at.info[0].value
 
 
+def plant_circuit(path, ids: list[str], newer: bool) -> None:
+    """A three-node circuit shaped as `saelab circuit` writes it; `newer=False` leaves the
+    schema-7 columns NULL, as in a migrated older file."""
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    extra = ", 'reselect', 'ig', 2, 0.998, 0.75, 0.1, 2.5, -0.5" if newer else ""
+    con.execute(
+        "INSERT INTO circuits (circuit_id, task, method, n_nodes, faithfulness"
+        + (", selection, edge_method, exact_nodes, faithfulness_all, edge_correlation, "
+           "completeness, m_clean, m_empty" if newer else "")
+        + f") VALUES ('c1', 'sva', 'atp', 3, 0.9{extra})"
+    )  # fmt: skip
+    attributed = ("0.6", "NULL", "NULL", "0.4") if newer else ("NULL",) * 4
+    con.execute(
+        "INSERT INTO circuit_nodes (circuit_id, node, hook, submodule, layer, pos, feature, "
+        "is_error, sae_id, effect, kept, attributed) VALUES "
+        f"('c1', 0, 'blocks.2.hook_resid_post', 'resid_post', 2, 3, 5, false, ?, 0.8, true, "
+        f"{attributed[0]}), "
+        f"('c1', 1, 'blocks.2.hook_resid_post', 'resid_post', 2, 3, -1, true, ?, -0.2, true, "
+        f"{attributed[1]}), "
+        f"('c1', 2, 'blocks.4.hook_mlp_out', 'mlp_out', 4, -1, 7, false, ?, 0.5, true, "
+        f"{attributed[2]}), "
+        f"('c1', 3, 'blocks.4.hook_mlp_out', 'mlp_out', 4, -1, 9, false, ?, 0.01, false, "
+        f"{attributed[3]})",
+        [ids[0], ids[0], ids[1], ids[1]],
+    )
+    checked = ("0.25, 1.5", "-0.05, 0.0") if newer else ("NULL, NULL", "NULL, NULL")
+    con.execute(
+        "INSERT INTO circuit_edges (circuit_id, up_node, down_node, effect, measured, switched) "
+        f"VALUES ('c1', 0, 2, 0.3, {checked[0]}), ('c1', 1, 2, -0.1, {checked[1]})"
+    )
+    points = [("faithfulness", 1, 0.4), ("faithfulness", 2, 0.9), ("completeness", 1, 0.7)]
+    if newer:
+        points += [("faithfulness", 0, 0.0), ("completeness", 0, 1.0)]
+    for kind, n, value in points:
+        con.execute(
+            "INSERT INTO circuit_curves (circuit_id, kind, n_nodes, value) VALUES ('c1', ?, ?, ?)",
+            [kind, n, value],
+        )
+    if newer:
+        con.execute(
+            "INSERT INTO circuit_curves (circuit_id, kind, n_nodes, value, everything) VALUES "
+            "('c1', 'faithfulness', 13830, 0.998, true), ('c1', 'completeness', 13830, 0.0, true)"
+        )
+    con.close()
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """The page's plotly figures by title."""
+    import json
+
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return {s["layout"]["title"]["text"]: s for s in specs}
+
+
+def chart(at: AppTest, title_starts: str) -> dict:
+    (spec,) = [s for t, s in charts(at).items() if t.startswith(title_starts)]
+    return spec
+
+
 def test_circuits_page_draws_planted_circuit(app_db, monkeypatch, tmp_path):
+    """A migrated older file: the newer columns are NULL, and the page says so."""
+    path, ids = app_db
+    copy = tmp_path / "results.duckdb"
+    shutil.copy(path, copy)
+    plant_circuit(copy, ids, newer=False)
+    at = page("circuits", monkeypatch, str(copy))
+    assert not at.exception, at.exception
+    markers = chart(at, "Nodes")["data"][-1]
+    assert len(markers["x"]) == 3 and len(chart(at, "Nodes")["data"]) == 1 + 2  # nodes + edges
+    curves = chart(at, "Faithfulness and completeness")
+    assert {t["name"] for t in curves["data"]} == {
+        "faithfulness",
+        "completeness",
+        "kept circuit (3)",
+    }
+    assert curves["layout"]["xaxis"]["type"] == "log"
+    assert not [t for t in curves["data"] if t["name"].startswith("every node")]
+    assert not [t for t in charts(at) if t.startswith("Direct effects")]
+    shown = texts(at)
+    assert "every-node point: not recorded" in shown and "No 0-node point stored" in shown
+    assert "selection <b>not recorded</b>" in shown and "edge method <b>not recorded</b>" in shown
+    assert "No edge's direct effect was measured" in shown
+    assert "Exact re-scoring of nodes: not recorded" in shown
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["faithfulness, every node"] == "not recorded"
+    assert metrics["edge correlation (0 checked)"] == "not recorded"
+    (nodes,) = [d.value for d in at.dataframe if "label" in d.value.columns]
+    assert "attributed" not in nodes.columns and len(nodes) == 3
+    at.button(key="circuit_open").click().run()
+    assert at.query_params["feature"] == "5" and at.query_params["sae"] == ids[0]
+
+
+def test_circuits_page_shows_edge_check_curves_and_every_node(app_db, monkeypatch, tmp_path):
+    path, ids = app_db
+    copy = tmp_path / "results.duckdb"
+    shutil.copy(path, copy)
+    plant_circuit(copy, ids, newer=True)
+    at = page("circuits", monkeypatch, str(copy))
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["faithfulness, every node (13,830)"] == "0.998"
+    assert metrics["edge correlation (2 checked)"] == "0.750"
+    assert metrics["faithfulness (3 nodes kept)"] == "0.900"
+    shown = texts(at)
+    for setting in ("selection <b>reselect</b>", "edge method <b>ig</b>", "node method <b>atp</b>"):
+        assert setting in shown
+    assert "over the **2 checked edges**" in shown
+
+    edges = chart(at, "Direct effects")
+    diagonal, points = edges["data"]
+    assert diagonal["name"] == "y = x" and diagonal["x"] == diagonal["y"]
+    assert points["x"] == [0.3, -0.1] and points["y"] == [0.25, -0.05]
+    assert points["text"][0] == html.escape("L2 resid #5 @3 → L4 mlp #7")
+    assert points["customdata"] == ["1.5", "0"] and "switched" in points["hovertemplate"]
+
+    curves = chart(at, "Faithfulness and completeness")
+    axis = curves["layout"]["xaxis"]
+    assert axis["type"] == "log" and axis["ticktext"][0] == "0"
+    faith = next(t for t in curves["data"] if t["name"] == "faithfulness")
+    assert faith["x"] == [1, 2]  # the 0-node and every-node points stand apart
+    (zero,) = [t for t in curves["data"] if t["name"].startswith("0 nodes")]
+    assert 0 < zero["x"][0] == axis["tickvals"][0] < 1 and sorted(zero["y"]) == [0.0, 1.0]
+    (every,) = [t for t in curves["data"] if t["name"].startswith("every node")]
+    assert every["name"] == "every node (13,830)" and set(every["x"]) == {13830}
+    assert every["marker"]["symbol"] != faith.get("marker", {}).get("symbol")
+    assert "every node (13,830)" in every["text"]
+    assert "At 0 nodes" in shown and "m(empty) = -0.5" in shown
+
+    (nodes,) = [d.value for d in at.dataframe if "label" in d.value.columns]
+    rescored = nodes[nodes["attributed"].notna()]
+    assert set(rescored["node"]) == {0, 3} and not rescored.set_index("node").loc[3, "kept"]
+    assert "2 nodes re-scored by exact patching" in shown
+
+
+def test_circuit_markup_is_escaped(app_db, monkeypatch, tmp_path):
+    """Stored strings reach the page as text: a planted submodule name is escaped in the
+    graph, the edge check and the settings line."""
     import duckdb
 
     path, ids = app_db
     copy = tmp_path / "results.duckdb"
     shutil.copy(path, copy)
-    con = duckdb.connect(str(copy))  # rows shaped as `saelab circuit` writes them
-    con.execute(
-        "INSERT INTO circuits (circuit_id, task, method, n_nodes, faithfulness) "
-        "VALUES ('c1', 'sva', 'atp', 3, 0.9)"
-    )
-    con.execute(
-        "INSERT INTO circuit_nodes (circuit_id, node, hook, submodule, layer, pos, feature, "
-        "is_error, sae_id, effect, kept) VALUES "
-        "('c1', 0, 'blocks.2.hook_resid_post', 'resid_post', 2, 3, 5, false, ?, 0.8, true), "
-        "('c1', 1, 'blocks.2.hook_resid_post', 'resid_post', 2, 3, -1, true, ?, -0.2, true), "
-        "('c1', 2, 'blocks.4.hook_mlp_out', 'mlp_out', 4, -1, 7, false, ?, 0.5, true), "
-        "('c1', 3, 'blocks.4.hook_mlp_out', 'mlp_out', 4, -1, 9, false, ?, 0.01, false)",
-        [ids[0], ids[0], ids[1], ids[1]],
-    )
-    con.execute(
-        "INSERT INTO circuit_edges (circuit_id, up_node, down_node, effect) "
-        "VALUES ('c1', 0, 2, 0.3), ('c1', 1, 2, -0.1)"
-    )
-    con.execute(
-        "INSERT INTO circuit_curves (circuit_id, kind, n_nodes, value) VALUES "
-        "('c1', 'faithfulness', 1, 0.4), ('c1', 'faithfulness', 2, 0.9), "
-        "('c1', 'completeness', 1, 0.7)"
-    )
+    plant_circuit(copy, ids, newer=True)
+    planted = "<img src=x onerror=alert(1)>"
+    con = duckdb.connect(str(copy))
+    con.execute("UPDATE circuit_nodes SET submodule = ? WHERE node = 0", [planted])
+    con.execute("UPDATE circuits SET ablation = ?", [planted])
     con.close()
     at = page("circuits", monkeypatch, str(copy))
     assert not at.exception, at.exception
-    graph, curves = at.get("plotly_chart")
-    import json
-
-    spec = json.loads(graph.proto.spec)
-    markers = spec["data"][-1]
-    assert len(markers["x"]) == 3 and len(spec["data"]) == 1 + 2  # nodes + two edges
-    assert {t["name"] for t in json.loads(curves.proto.spec)["data"]} == {
-        "faithfulness",
-        "completeness",
-    }
-    at.button(key="circuit_open").click().run()
-    assert at.query_params["feature"] == "5" and at.query_params["sae"] == ids[0]
+    everything = json.dumps(list(charts(at).values())) + texts(at)
+    assert planted not in everything and html.escape(planted) in everything
 
 
 def test_missing_older_and_busy_files_give_messages(app_db, monkeypatch, tmp_path):

@@ -74,7 +74,9 @@ def test_curve_end_points(random_spliced, sva_small):
     keys = _all_keys(random_spliced, 128)
     nodes = [Node(k, effect=1.0 / (i + 1), activation=0.0) for i, k in enumerate(keys)]
     c = curves(random_spliced, tokens, metric, nodes, abl, "ablate", sizes=[0, len(nodes)])
-    first, last = c.points
+    first, last, everything = c.points
+    assert everything.everything and not last.everything
+    assert everything.faithfulness == pytest.approx(1.0, abs=1e-3)
     assert first.faithfulness == pytest.approx(0.0, abs=1e-6)
     assert first.completeness == pytest.approx(1.0, abs=1e-3)
     assert last.faithfulness == pytest.approx(1.0, abs=1e-3)

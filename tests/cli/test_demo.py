@@ -56,6 +56,17 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, 
     assert json.loads((demo.folder / "demo.json").read_text())["tokens"] == 4096
     assert demo.circuit_html.stat().st_size > 10_000
     assert "faithfulness" in out
+    # The guard (issue 24): a change upstream (training defaults, an architecture, the corpus)
+    # that breaks the circuits fails here. The fixed method reaches, on this reduced demo:
+    # 9 checked edges, edge correlation 0.99995, every-node faithfulness 1.0000, best circuit
+    # of <= 50 nodes 1.07. The code before issue 24 gave 0.949 and 1.139 (its "all" point
+    # still ablated the unlisted nodes), and fails the first two.
+    result = demo.circuit
+    assert result.edge_correlation >= 0.99, result.edge_correlation
+    assert abs(result.curves.points[-1].faithfulness - 1.0) <= 0.01, result.curves.points[-1]
+    assert len(result.edge_checks) >= 5, len(result.edge_checks)
+    assert result.best_faithfulness(50)[1] >= 0.6, result.curves.points
+    assert "faithfulness with every node kept" in out
 
 
 def test_the_demo_refuses_a_folder_it_did_not_make_and_a_file(tmp_path, capsys):
