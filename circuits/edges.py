@@ -201,6 +201,7 @@ def ig_edge_effects(
     nodes: list[Node],
     steps: int = 10,
     progress=None,
+    only: set[tuple[NodeKey, NodeKey]] | None = None,
 ) -> list[Edge]:
     """Direct effects u → d where the metric bends: the exact direct change of d under u's
     patch, and the metric's response to that change by integrated gradients.
@@ -211,7 +212,8 @@ def ig_edge_effects(
     `SplicedModel.frozen_at` for the frozen one), which gives d's new value and so the change
     c of hook b's output that moves d there. The downstream side integrates ∂m/∂(b's output)
     along clean + β·c (midpoint rule, `steps` copies of the prompts in one batch) and takes
-    its dot product with c: the effect of moving d alone, as the edge check measures it."""
+    its dot product with c: the effect of moving d alone, as the edge check measures it.
+    `only`: score just these (up, down) pairs."""
     from saelab.circuits.attribution import path_gradient
     from saelab.circuits.exact import key_delta
 
@@ -224,10 +226,13 @@ def ig_edge_effects(
     for a in dict.fromkeys(a for a, _ in pairs):
         downs = [b for x, b in pairs if x == a]
         for up in by_hook[a]:
+            wanted = {b: [d for d in by_hook[b] if only is None or (up, d) in only] for b in downs}
+            if not any(wanted.values()):
+                continue
             delta = key_delta(spliced, up, states, sides)
             raw = _patched_inputs(spliced, tokens, states, a, delta, downs)
             for b in downs:
-                for down in by_hook[b]:
+                for down in wanted[b]:
                     change = down_delta(spliced, b, states[b], raw[b], down)
                     if not change.any():
                         continue

@@ -153,9 +153,11 @@ class NodeSet:
         return out
 
     @staticmethod
-    def count(spliced: SplicedModel, T: int) -> int:
-        """Nodes of the whole graph: (d_sae + 1) per hook and position, BOS left out."""
-        return sum((sae.d_sae + 1) * (T - 1) for sae in spliced.saes.values())
+    def count(spliced: SplicedModel, T: int, per_position: bool = True) -> int:
+        """Nodes of the whole graph: d_sae + 1 per hook and position (BOS left out), or per
+        hook when nodes are summed over positions."""
+        per_hook = T - 1 if per_position else 1
+        return sum((sae.d_sae + 1) * per_hook for sae in spliced.saes.values())
 
     @staticmethod
     def build(keys: list[NodeKey], hooks: list[str], T: int) -> NodeSet:
@@ -256,8 +258,11 @@ def curves(
     errors: str = "ablate",
     sizes: list[int] | None = None,
     progress=None,
+    per_position: bool = True,
 ) -> Curves:
-    """Faithfulness and completeness of the top-n nodes for each n in `sizes`."""
+    """Faithfulness and completeness of the top-n nodes for each n in `sizes`, then (unless
+    errors are removed) of every node of the graph (`per_position`: how its nodes are
+    counted)."""
     if errors not in ERROR_POLICIES:
         raise UserError(f"unknown error-node policy {errors!r}: choose {', '.join(ERROR_POLICIES)}")
     ranked = rankable(nodes, errors)
@@ -270,9 +275,8 @@ def curves(
         values = metric_values(spliced, tokens, metric, edits)
         return float(values.mean())
 
-    everything = [n.key for n in ranked]
     m_full = (
-        m(everything, True)
+        m(NodeSet.everything(spliced, T), True)  # every feature kept, every error ablated
         if errors == "remove"
         else float(metric_values(spliced, tokens, metric).mean())
     )
@@ -290,8 +294,10 @@ def curves(
     if errors != "remove":  # every node kept: the spliced model is the model (faithfulness 1)
         mc = m(NodeSet.everything(spliced, T), True)
         faith = (mc - m_empty) / denom if denom != 0 else math.nan
-        n_all = NodeSet.count(spliced, T)
+        n_all = NodeSet.count(spliced, T, per_position)
         points.append(CurvePoint(n_all, faith, 0.0, mc, m_empty, everything=True))
+        if progress is not None:
+            progress.update(1)
     return Curves(abl.kind, errors, m_full, m_empty, points)
 
 
@@ -302,9 +308,9 @@ def curves(
 class EdgeCheck:
     edge: Edge
     measured: float
-    switched: float = 0.0
+    switched: float | None = None
     """Latents per prompt that re-selection would turn on at the downstream node's hook and
-    position(s) under the upstream patch (0 with the selection re-run or nothing switching)."""
+    position(s) under the upstream patch (None when the selection is re-run)."""
 
 
 def measure_edges(
@@ -337,9 +343,8 @@ def measure_edges(
             after = metric_values(spliced, tokens, metric, {b: lambda x, d=d_delta: x + d})
             switched = spliced.switched(b, raw["x"])
         rows = slice(1, None) if down.pos == SUMMED else slice(down.pos, down.pos + 1)
-        out.append(
-            EdgeCheck(edge, float((after - base).mean()), float(switched[:, rows].sum(1).mean()))
-        )
+        count = None if switched is None else float(switched[:, rows].sum(1).mean())
+        out.append(EdgeCheck(edge, float((after - base).mean()), count))
         if progress is not None:
             progress.update(1)
     return out

@@ -61,7 +61,8 @@ class CircuitConfig:
     sae: list[str]
     """SAE folders (one per hook) or sweep folders of them."""
     task: str = "sva"
-    """Built-in task (sva, sva-rc, sva-pp, ioi) or a JSONL file (clean, patch, correct, wrong)."""
+    """Built-in task (sva, sva-rc, sva-within-rc, sva-pp, ioi) or a JSONL file (clean, patch,
+    correct, wrong)."""
     n_prompts: int = 32
     """Prompts to use (built-in tasks generate this many; files are cut to it)."""
     seed: int = 0
@@ -75,6 +76,10 @@ class CircuitConfig:
     edge_method: str = "ig"
     """Edge attribution: ig (exact direct change of the downstream node times its gradient
     integrated along its own patch) or atp (one linearisation at the clean run)."""
+    ig_edges: int = 32
+    """With edge method ig: how many candidate edges (the largest by |AtP|) are scored by
+    integrated gradients (each one forward-backward of `steps` prompt copies); the rest are
+    left out of the graph."""
     steps: int = 10
     """Integrated-gradients steps (node method ig, edge method ig)."""
     selection: str = "frozen"
@@ -102,7 +107,7 @@ class CircuitConfig:
     check_edges: int = 32
     """Top edges whose effect is measured by direct-path patching (0 skips)."""
     edge_batch: int = 64
-    """Downstream nodes per batched vector-Jacobian product."""
+    """Downstream nodes per batched vector-Jacobian product (edge method atp)."""
     db: str | None = None
     """DuckDB results file to write the circuit into (None: nothing written)."""
     html: str | None = None
@@ -147,6 +152,8 @@ class CircuitConfig:
             )
         if self.selection not in SELECTIONS:
             raise UserError(f"unknown selection {self.selection!r}: choose {', '.join(SELECTIONS)}")
+        if self.ig_edges < 1:
+            raise UserError(f"`ig_edges` must be at least 1, got {self.ig_edges}")
         if self.exact_nodes < 0:
             raise UserError(f"`exact_nodes` must be >= 0, got {self.exact_nodes}")
         if self.curve_sizes is not None and (not self.curve_sizes or min(self.curve_sizes) < 0):
@@ -260,6 +267,13 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
     _, states, _ = spliced.run_spliced(task.clean)
     node_checks = _exact_nodes(cfg, spliced, task, metric, states, sides, nodes)
     kept = [n for n in nodes if abs(n.effect) >= cfg.node_threshold and n.effect != 0]
+    rescored = {c.key for c in node_checks}
+    beyond = [n for n in rankable(kept, cfg.error_policy) if n.key not in rescored]
+    if cfg.exact_nodes and beyond:
+        log(
+            f"{len(beyond)} kept node(s) lie beyond the {cfg.exact_nodes} re-scored exactly and "
+            f"keep their {cfg.method} effects; raise `exact_nodes` to score them exactly"
+        )
     if not kept:
         largest = max((abs(n.effect) for n in nodes), default=0.0)
         raise UserError(
@@ -269,13 +283,15 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
     # ablations and patch states are runs of their own prompts: made before freezing
     abl = make_ablation(cfg.ablation, spliced, task.clean, stats, cfg.seed, task.patch)
     with spliced.frozen_at(states):
-        edges = _edges(cfg, spliced, task, metric, sides, kept, states)
+        edges = _edges(cfg, spliced, task, metric, sides, kept, states, log)
         # the kept nodes are the top n_kept of the ranking (sorted by |effect|): one more size
         n_kept = len(rankable(kept, cfg.error_policy))
         ranked = len(rankable(nodes, cfg.error_policy))
         sizes = sorted(set(cfg.curve_sizes or default_sizes(ranked)) | {n_kept})
         bar = _bar(cfg, len(sizes) + 1, "curves")
-        curve = curves(spliced, task.clean, metric, nodes, abl, cfg.error_policy, sizes, bar)
+        curve = curves(
+            spliced, task.clean, metric, nodes, abl, cfg.error_policy, sizes, bar, cfg.per_position
+        )
         point = next(p for p in curve.points if p.n_nodes == n_kept)
         bar.close()
         checks: list[EdgeCheck] = []
@@ -316,7 +332,7 @@ def run_circuit(cfg: CircuitConfig, model=None, log=print) -> CircuitResult:
 
 def _exact_nodes(cfg, spliced, task, metric, states, sides, nodes: list[Node]) -> list[NodeCheck]:
     """Re-score the top `exact_nodes` of the ranking by exact patching; re-sort `nodes`."""
-    top = nodes[: cfg.exact_nodes]
+    top = rankable(nodes, cfg.error_policy)[: cfg.exact_nodes]
     if not top:
         return []
     bar = _bar(cfg, len(top), "exact nodes")
@@ -324,6 +340,7 @@ def _exact_nodes(cfg, spliced, task, metric, states, sides, nodes: list[Node]) -
         spliced, task.clean, metric, states, sides, [n.key for n in top], progress=bar
     ).mean(1)
     bar.close()
+    check_finite(exact, "patching single nodes")
     checks = []
     for n, v in zip(top, exact.tolist()):
         checks.append(NodeCheck(n.key, n.effect, v))
@@ -336,14 +353,12 @@ def _bar(cfg: CircuitConfig, total, what: str):
     return tqdm(total=total, desc=f"circuit {what}", disable=not cfg.progress, leave=False)
 
 
-def _edges(cfg, spliced: SplicedModel, task: TaskBatch, metric, sides, kept, clean) -> list[Edge]:
-    if cfg.edge_method == "ig":
-        bar = _bar(cfg, len(kept), "edges")
-        edges = ig_edge_effects(
-            spliced, task.clean, metric, clean, sides, kept, cfg.steps, progress=bar
-        )
-        bar.close()
-        return [e for e in edges if abs(e.effect) >= cfg.edge_threshold]
+def _edges(
+    cfg, spliced: SplicedModel, task: TaskBatch, metric, sides, kept, clean, log=print
+) -> list[Edge]:
+    """AtP edges between every pair of kept nodes (cheap: batched per downstream hook); with
+    edge method ig, the top `ig_edges` of them by |AtP| re-scored by IG edges (one
+    forward-backward of `steps` prompt copies per edge), the rest left out."""
     logits, states, _ = spliced.run_spliced(task.clean, grads=True)
     values = metric(logits, {})
     outs = [states[h].out for h in spliced.hooks]
@@ -354,6 +369,19 @@ def _edges(cfg, spliced: SplicedModel, task: TaskBatch, metric, sides, kept, cle
         spliced, task.clean, states, grads, sides, kept, batch=cfg.edge_batch, progress=bar
     )
     bar.close()
+    if cfg.edge_method == "ig":
+        edges.sort(key=lambda e: -abs(e.effect))
+        if len(edges) > cfg.ig_edges:
+            log(
+                f"{len(edges)} candidate edges: the top {cfg.ig_edges} by |AtP| are scored by "
+                "integrated gradients, the rest left out (raise `ig_edges` to score more)"
+            )
+        only = {(e.up, e.down) for e in edges[: cfg.ig_edges]}
+        bar = _bar(cfg, len(kept), "IG edges")
+        edges = ig_edge_effects(
+            spliced, task.clean, metric, clean, sides, kept, cfg.steps, progress=bar, only=only
+        )
+        bar.close()
     return [e for e in edges if abs(e.effect) >= cfg.edge_threshold]
 
 

@@ -101,8 +101,10 @@ class SplicedModel:
     """Hook name → the checkpoint folder it came from (provenance)."""
     selection: str = "frozen"
     """`frozen` or `reselect` (see SELECTIONS): applies inside `frozen_at`."""
-    _frozen: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
-    """Hook → (clean active latents `[B*T, k]`, their mask) while `frozen_at` holds."""
+    _frozen: dict[str, tuple[Tensor, Tensor, tuple[int, int]]] = field(
+        default_factory=dict, repr=False
+    )
+    """Hook → (clean active latents `[B*T, k]`, their mask, (B, T)) while `frozen_at` holds."""
 
     def __post_init__(self) -> None:
         self.saes = dict(sorted(self.saes.items(), key=lambda kv: hook_order(kv[0])))
@@ -157,15 +159,10 @@ class SplicedModel:
         when x holds several copies of the clean batch."""
         sae = self.saes[hook]
         rows = x.reshape(-1, sae.d_in)
-        fixed = self._frozen.get(hook)
-        if fixed is None:
+        if hook not in self._frozen:
             code = sae.encode_sparse(rows)
         else:
-            idx, mask = fixed
-            reps, rest = divmod(rows.shape[0], idx.shape[0])
-            if rest:
-                raise ValueError(f"{rows.shape[0]} rows are not copies of {idx.shape[0]}")
-            idx, mask = idx.repeat(reps, 1), mask.repeat(reps, 1)
+            idx, mask = self._held(hook, x)
             code = Code(idx, sae.encode_at(rows, idx) * mask, sae.d_sae)
         x_hat = sae.decode_sparse(code).reshape(x.shape)
         return code.idx, code.vals, x_hat
@@ -173,30 +170,40 @@ class SplicedModel:
     @contextlib.contextmanager
     def frozen_at(self, states: dict[str, SpliceState]) -> Iterator[None]:
         """In the body, the SAEs keep the active sets of `states` (a clean run), when the
-        selection policy is `frozen`; with `reselect` this changes nothing."""
+        selection policy is `frozen`; with `reselect` this changes nothing. Inputs encoded in
+        the body must be that run's batch `[B, T, d]` or copies of it stacked along B."""
         if self.selection != "frozen":
             yield
             return
+        before = self._frozen
         self._frozen = {
-            h: (s.idx, (s.vals.detach() != 0).to(s.vals.dtype)) for h, s in states.items()
+            h: (s.idx, (s.vals.detach() != 0).to(s.vals.dtype), s.x.shape[:2])
+            for h, s in states.items()
         }
         try:
             yield
         finally:
-            self._frozen = {}
+            self._frozen = before
 
-    def switched(self, hook: str, x: Tensor) -> Tensor:
+    def _held(self, hook: str, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The frozen active set and mask for x, repeated for stacked copies of the batch."""
+        idx, mask, (B, T) = self._frozen[hook]
+        if x.dim() != 3 or x.shape[1] != T or x.shape[0] % B:
+            raise ValueError(
+                f"the frozen selection at {hook} holds a batch of {B} prompts x {T} tokens, got "
+                f"{tuple(x.shape[:-1])}: encode other prompts outside `frozen_at`"
+            )
+        reps = x.shape[0] // B
+        return idx.repeat(reps, 1), mask.repeat(reps, 1)
+
+    def switched(self, hook: str, x: Tensor) -> Tensor | None:
         """Per row of x `[B, T, d]`: latents that re-selection would turn on which the frozen
-        clean set does not hold (0 outside `frozen_at`), `[B, T]`."""
-        fixed = self._frozen.get(hook)
+        clean set does not hold, `[B, T]` (None outside `frozen_at`)."""
+        if hook not in self._frozen:
+            return None
         B, T, d = x.shape
-        if fixed is None:
-            return torch.zeros(B, T)
-        sae = self.saes[hook]
-        code = sae.encode_sparse(x.reshape(-1, d))
-        idx, mask = fixed
-        reps = code.idx.shape[0] // idx.shape[0]
-        idx, mask = idx.repeat(reps, 1), mask.repeat(reps, 1)
+        code = self.saes[hook].encode_sparse(x.reshape(-1, d))
+        idx, mask = self._held(hook, x)
         on = code.vals != 0
         held = ((code.idx.unsqueeze(-1) == idx.unsqueeze(1)) & (mask.unsqueeze(1) != 0)).any(-1)
         return (on & ~held).sum(-1).float().view(B, T)

@@ -120,9 +120,10 @@ class SAE(nn.Module):
 
     def encode_at(self, x: Tensor, idx: Tensor) -> Tensor:
         """Values `[N, k]` of the latents `idx` on rows `[N, d_in]` with the selection held
-        fixed: each latent's own activation function of its pre-activation, whatever the
-        other latents do (what circuits call a frozen selection; the gradient of
-        `encode_sparse` at a row is the gradient of this at that row's active set)."""
+        fixed (what circuits call a frozen selection): the ReLU of each latent's
+        pre-activation, with no top-k or threshold deciding anything, so a JumpReLU latent
+        stays on below its threshold. At the rows it was selected on this equals
+        `encode_sparse`, and so does its gradient."""
         return ops.gather(x, self.W_enc, self.b_enc, idx, shift=self.input_shift).relu()
 
     def decode_sparse(self, code: Code) -> Tensor:

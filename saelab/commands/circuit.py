@@ -93,17 +93,24 @@ def report(result, show: int = 15) -> str:
         )
     if result.edge_checks:
         corr = result.edge_correlation
-        switched = sum(c.switched for c in result.edge_checks) / len(result.edge_checks)
+        counts = [c.switched for c in result.edge_checks if c.switched is not None]
+        switched = (
+            f" (latents re-selection would switch on: {sum(counts) / len(counts):.2f} per edge "
+            "and prompt)"
+            if counts
+            else ""
+        )
         lines.append(
             f"edges checked: {len(result.edge_checks)}, correlation of attributed with measured "
-            f"direct effects {corr:.3f} (latents re-selection would switch on: {switched:.2f} "
-            "per edge and prompt)"
+            f"direct effects {corr:.3f}{switched}"
             if not math.isnan(corr)
             else f"edges checked: {len(result.edge_checks)}, correlation undefined"
         )
     size, best = result.best_faithfulness(50)
-    lines.append(
-        f"faithfulness with every node kept {result.faithfulness_all:.3f}; best circuit of at "
-        f"most 50 nodes: {best:.3f} at {size} nodes"
+    every = (
+        f"faithfulness with every node kept {result.faithfulness_all:.3f}"
+        if not math.isnan(result.faithfulness_all)
+        else "faithfulness with every node kept: none (error nodes removed)"
     )
+    lines.append(f"{every}; best circuit of at most 50 nodes: {best:.3f} at {size} nodes")
     return "\n".join(lines)

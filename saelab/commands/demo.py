@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -89,8 +90,10 @@ class DemoConfig:
             raise UserError(
                 f"every k must be between 1 and d_sae ({self.d_sae}), got {list(self.ks)}"
             )
-        if not (self.circuit_node_threshold >= 0 and self.circuit_edge_threshold >= 0):
-            raise UserError("`circuit_node_threshold` and `circuit_edge_threshold` must be >= 0")
+        for name in ("circuit_node_threshold", "circuit_edge_threshold"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise UserError(f"`{name}` must be a finite number >= 0, got {value}")
         check_demo_folder(Path(self.out))
 
 

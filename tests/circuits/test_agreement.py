@@ -185,3 +185,40 @@ def test_the_neuron_basis_is_an_exact_dictionary_with_no_error(model, sva_small)
         c = curves(spliced, tokens, metric, nodes, abl, "ablate", sizes=[0, 10])
     assert c.points[-1].everything
     assert c.points[-1].faithfulness == pytest.approx(1.0, abs=1e-3)
+
+
+def test_frozen_at_restores_the_outer_state_and_refuses_other_batches(random_spliced, sva_small):
+    tokens, patch, _ = _task(sva_small)
+    hook = random_spliced.hooks[0]
+    _, clean, _ = random_spliced.run_spliced(tokens)
+    _, half, _ = random_spliced.run_spliced(tokens[:2])
+    with random_spliced.frozen_at(clean):
+        with random_spliced.frozen_at(half):
+            assert torch.equal(random_spliced.encode(hook, half[hook].x)[0], half[hook].idx)
+        # the outer clean selection is back, and holds for stacked copies of its batch
+        idx, _, _ = random_spliced.encode(hook, clean[hook].x.repeat(2, 1, 1))
+        assert torch.equal(idx, clean[hook].idx.repeat(2, 1))
+        with pytest.raises(ValueError, match="encode other prompts outside"):
+            random_spliced.encode(hook, half[hook].x[:, :-1])
+    assert random_spliced.switched(hook, clean[hook].x) is None
+
+
+def test_summed_graph_size_and_the_remove_policys_full_model(random_spliced, sva_small):
+    from saelab.circuits.evaluate import NodeSet, ablation_edits
+
+    tokens, patch, metric = _task(sva_small, n=3)
+    T = tokens.shape[1]
+    per_hook = [s.d_sae + 1 for s in random_spliced.saes.values()]
+    assert NodeSet.count(random_spliced, T, per_position=False) == sum(per_hook)
+    assert NodeSet.count(random_spliced, T) == sum(per_hook) * (T - 1)
+    abl = make_ablation("zero", random_spliced, tokens)
+    listed = [Node(NodeKey(random_spliced.hooks[0], 3, SUMMED), 1.0, 0.0)]
+    c = curves(random_spliced, tokens, metric, listed, abl, "ablate", [0, 1], per_position=False)
+    assert c.points[-1].everything and c.points[-1].n_nodes == sum(per_hook)
+    # remove: the "full model" is every feature kept (listed or not) with every error ablated
+    c = curves(random_spliced, tokens, metric, listed, abl, "remove", [0, 1])
+    every = NodeSet.everything(random_spliced, T)
+    edits = ablation_edits(random_spliced, every, abl, True, "remove")
+    expect = float(metric_values(random_spliced, tokens, metric, edits).mean())
+    assert c.m_full == pytest.approx(expect, abs=1e-5)
+    assert not any(p.everything for p in c.points)

@@ -78,9 +78,13 @@ def test_circuit_cli_end_to_end(model, trained_folders, small_store, tmp_path, m
     assert sum(e.measured is not None for e in edges) == 4
     kinds = {c.kind for c in results.circuit_curves(store, row.circuit_id)}
     assert kinds == {"faithfulness", "completeness"}
-    assert sorted({c.n_nodes for c in results.circuit_curves(store, row.circuit_id)}) == sorted(
+    curve = results.circuit_curves(store, row.circuit_id)
+    assert sorted({c.n_nodes for c in curve if not c.everything}) == sorted(
         {0, 2, row.n_nodes}
     )  # --curve-sizes reached the run (and the kept circuit's size is always a point)
+    (every,) = [c for c in curve if c.everything and c.kind == "faithfulness"]
+    assert every.value == pytest.approx(1.0, abs=1e-3) == row.faithfulness_all
+    assert row.selection == "frozen" and row.edge_method == "ig"
     assert row.hooks == ["blocks.2.hook_resid_post", "blocks.4.hook_mlp_out"]
     assert json.loads(row.config_json)["task"] == "sva"
     html = (tmp_path / "circuit.html").read_text()
@@ -200,9 +204,11 @@ def test_api_graph_has_one_marker_per_kept_node_in_hook_columns(api_result, mode
 
 def test_api_curves_plot_the_results_own_points(api_result):
     fig = saelab.circuit_curves(api_result)
-    points = {p.n_nodes: p for p in api_result.curves.points if p.n_nodes > 0}
+    points = {p.n_nodes: p for p in api_result.curves.points if p.n_nodes > 0 and not p.everything}
     by_name = {t.name: t for t in fig.data}
-    assert set(by_name) == {"faithfulness", "completeness"}
+    assert set(by_name) == {"faithfulness", "completeness", "every node kept"}
+    every = by_name.pop("every node kept")
+    assert list(every.y) == [api_result.faithfulness_all]
     for name, trace in by_name.items():
         assert list(trace.x) == sorted(points)
         assert list(trace.y) == [getattr(points[n], name) for n in sorted(points)]

@@ -87,7 +87,9 @@ def steer_cfg(**kw) -> SteerConfig:
             "torch device",
         ),
         (
-            lambda: CircuitConfig(sae=["s"], acts="a", method="atp", steps=5).validate(),
+            lambda: CircuitConfig(
+                sae=["s"], acts="a", method="atp", edge_method="atp", steps=5
+            ).validate(),
             "integrated gradients only",
         ),
         (lambda: LLMConfig(timeout_s=math.inf).validate(), "positive finite number"),
@@ -172,7 +174,7 @@ def test_training_loader_refuses_a_token_count_that_is_no_count(small_store, tok
     "argv, message",
     [
         (["circuit", "--sae", "s", "--show", "-1"], "--show must be >= 0"),
-        (["circuit", "--sae", "s", "--acts", "a", "--steps", "5"], "integrated gradients only"),
+        (["circuit", "--sae", "s", "--edge-method", "atp", "--steps", "5"], "integrated gradients only"),
         (["circuit", "--sae", "s", "--acts", "a", "--html", ""], "is empty"),
         (["circuit", "--sae", "s", "--acts", "a", "--device", "bogus"], "not a torch device"),
         (
