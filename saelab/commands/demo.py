@@ -47,10 +47,10 @@ class DemoConfig:
     """Earlier layers harvested in the same pass, one SAE each, for the circuit (empty: skip)."""
     circuit_prompts: int = 32
     """Subject-verb agreement prompts the circuit is found and evaluated on."""
-    circuit_node_threshold: float = 0.05
+    circuit_node_threshold: float = 0.04
     """Nodes kept in the circuit: |mean effect| at least this (logit-difference units; the
     top nodes' effects are exact patching's)."""
-    circuit_edge_threshold: float = 0.005
+    circuit_edge_threshold: float = 0.002
     """Edges kept (and so checked against patching): |direct effect| at least this."""
     circuit_steps: int = 5
     """Integrated-gradients steps of the edge scores (5 agree with patching to r > 0.9999 on
