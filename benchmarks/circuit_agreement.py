@@ -47,7 +47,6 @@ def _stats(approx: list[float], exact: list[float]) -> dict:
 
 
 def node_agreement(spliced, task, metric, sides, states, n_top: int, seed: int) -> dict:
-    import torch
 
     from saelab.circuits.attribution import attribute, path_gradient
     from saelab.circuits.exact import exact_node_effects, key_delta
@@ -82,7 +81,6 @@ def node_agreement(spliced, task, metric, sides, states, n_top: int, seed: int) 
         for i, k in enumerate(keys[:n_top])
     ]
     out["nodes"] = [k.label() for k in keys]
-    torch.manual_seed(0)
     return out
 
 
@@ -168,8 +166,6 @@ def main(argv: list[str] | None = None) -> None:
     _, states, _ = spliced.run_spliced(task.clean)
     nodes = node_agreement(spliced, task, metric, sides, states, args.nodes, args.seed)
     # edges among the nodes that matter most by exact effect
-    from saelab.circuits.nodes import NodeKey  # noqa: F401  (labels below)
-
     top = sorted(nodes["top"], key=lambda r: -abs(r["exact"]))[: args.edge_nodes]
     by_label = {}
     from saelab.circuits.attribution import attribute
