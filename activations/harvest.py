@@ -54,7 +54,8 @@ class HarvestConfig:
     model: str = DEFAULT_MODEL
     """Model spec: embedded alias, local HF folder, .gguf file, or hub name."""
     dataset: str = "builtin"
-    """Corpus spec: builtin[:wikipedia|:news], local file/folder, or a `datasets` name[:split]."""
+    """Corpus spec: builtin[:speeches|:wikipedia|:news|:shakespeare], a local
+    file/folder, or a `datasets` name[:split]."""
     hooks: list[str] = field(default_factory=lambda: ["blocks.8.hook_resid_post"])
     """transformer-lens hook names, all read in one forward pass."""
     tokens: int = 200_000
@@ -161,7 +162,9 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> HarvestResu
     model = model or load_model(cfg.model, device=cfg.device)
     # Each hook's real per-token shape; refuses what cannot be stored before any harvesting.
     shapes = model.hook_shapes(cfg.hooks)
-    dataset = corpus_mod.load_corpus(cfg.dataset, cfg.split, cfg.text_column)
+    # A resumed store keeps the builtin corpus version it was started from.
+    version = (existing or {}).get("builtin_version") if cfg.resume else None
+    dataset = corpus_mod.load_corpus(cfg.dataset, cfg.split, cfg.text_column, version)
     stream = corpus_mod.iter_sequences(dataset, model.tokenizer, cfg.seq_len, cfg.bos)
     first = next(stream, None)
     if first is None:
@@ -170,7 +173,7 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> HarvestResu
             "use a shorter --seq-len or more text"
         )
     stream = itertools.chain([first], stream)
-    attrs = _store_attrs(cfg, model, shapes)
+    attrs = _store_attrs(cfg, model, shapes, version)
     n_seq = attrs["requested_sequences"]
     if existing is None or cfg.overwrite:
         check_size(cfg, dataset, attrs["hooks"])
@@ -210,7 +213,12 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.3g} GiB" if n >= 2**27 else f"{n / 2**20:.3g} MiB"
 
 
-def _store_attrs(cfg: HarvestConfig, model: LoadedModel, shapes: dict[str, list[int]]) -> dict:
+def _store_attrs(
+    cfg: HarvestConfig,
+    model: LoadedModel,
+    shapes: dict[str, list[int]],
+    builtin_version: int | None = None,
+) -> dict:
     tok = model.tokenizer
     return {
         "model": cfg.model,
@@ -224,7 +232,7 @@ def _store_attrs(cfg: HarvestConfig, model: LoadedModel, shapes: dict[str, list[
         "dataset": cfg.dataset,
         "split": cfg.split,
         "text_column": cfg.text_column,
-        "builtin_version": corpus_mod.BUILTIN_VERSION
+        "builtin_version": (builtin_version or corpus_mod.BUILTIN_VERSION)
         if cfg.dataset.startswith("builtin")
         else None,
         "seq_len": cfg.seq_len,

@@ -91,15 +91,20 @@ def store_column_labels(
 ) -> tuple[BinaryLabels, np.ndarray]:
     """Per-sequence labels from a column of the store's corpus, and each sequence's document.
 
-    Returns (labels over all `n_seq` sequences of the store, document row of each sequence).
-    Any `datasets` dataset or local file with a label column works: harvest it, then probe that
-    column. The builtin corpus's `source` column has "news" and "wikipedia" (positive: wikipedia).
+        Returns (labels over all `n_seq` sequences of the store, document row of each sequence).
+        Any `datasets` dataset or local file with a label column works: harvest it, then probe that
+        column. The builtin corpus's `source` column names four sources; unless `positive` says
+    otherwise its task is speeches vs the rest (version 2 stores: wikipedia vs news).
     """
+    from saelab.activations import builtin_corpus
     from saelab.activations.corpus import load_corpus
 
     attrs = store.attrs
     dataset = load_corpus(
-        attrs["dataset"], attrs.get("split", "train"), attrs.get("text_column", "text")
+        attrs["dataset"],
+        attrs.get("split", "train"),
+        attrs.get("text_column", "text"),
+        attrs.get("builtin_version"),
     )
     if column not in dataset.column_names:
         raise UserError(
@@ -117,5 +122,16 @@ def store_column_labels(
             f"the store's corpus {attrs['dataset']!r} has a single {column!r} value: nothing to "
             "probe; probe your own labels with saelab.evaluation.probing.probes.probe_activations"
         )
+    if (
+        positive is None
+        and column == "source"
+        and _is_builtin(attrs)
+        and len(np.unique(values)) > 2
+    ):
+        positive = builtin_corpus.PROBE_POSITIVE
     labels = binary_labels(values, positive, names=names)
     return BinaryLabels(labels.y, labels.classes, f"{column}: {labels.task}"), docs
+
+
+def _is_builtin(attrs) -> bool:
+    return attrs["dataset"] == "builtin" and (attrs.get("builtin_version") or 0) >= 3

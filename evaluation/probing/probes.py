@@ -49,7 +49,7 @@ class ProbingResult:
 
     config: ProbingConfig
     task: str
-    """What is classified, e.g. "source: wikipedia vs news"."""
+    """What is classified, e.g. "source: speeches vs rest"."""
     classes: tuple[str, str]
     """(negative, positive) class names."""
     accuracy: dict[int, float]
@@ -407,7 +407,7 @@ def source_probing(
     from), on the sequences of `chunks` (default: every committed chunk).
 
     The column needs exactly two values, or a named positive class (one vs rest); the builtin
-    corpus's `source` has news and wikipedia. The split is by sequence or document
+    corpus's `source` has four (default task: speeches vs rest). The split is by sequence or document
     (`cfg.split_by`), stratified by label.
     """
     cfg = cfg or ProbingConfig()

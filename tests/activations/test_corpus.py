@@ -2,28 +2,71 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
-from saelab.activations.corpus import iter_sequences, load_corpus
+from saelab.activations import builtin_corpus
+from saelab.activations.corpus import builtin_token_count, iter_sequences, load_corpus
 from saelab.base.errors import UserError
 
 
-def test_builtin_is_real_english_from_both_sources():
+def test_builtin_mixes_four_sources_of_clean_english():
     ds = load_corpus("builtin")
-    assert set(ds["source"]) == {"wikipedia", "news"}
-    assert len(ds) > 300
-    text = " ".join(ds["text"][:50])
+    assert set(ds["source"]) == set(builtin_corpus.sources())
+    assert set(builtin_corpus.sources()) == {"speeches", "wikipedia", "news", "shakespeare"}
+    assert len(ds) > 8_000
+    # Sources interleave evenly: a small harvest's first documents already mix them, and every
+    # stretch holds each source about in proportion to its size.
+    assert len(set(ds["source"][:3])) >= 2 and len(set(ds["source"][:40])) == 4
+    share = {s: ds["source"].count(s) / len(ds) for s in builtin_corpus.sources()}
+    for start in (0, 2000, 6000):
+        window = ds["source"][start : start + 400]
+        assert all(abs(window.count(s) / 400 - share[s]) < 0.02 for s in share)
+    text = " ".join(ds["text"][:300])
     for word in (" the ", " of ", " and "):
         assert word in text
     assert "'''" not in text and "[[" not in text  # wiki markup is stripped
+    play = [t for t, s in zip(ds["text"][:300], ds["source"][:300]) if s == "shakespeare"]
+    lines = [line for t in play for line in t.splitlines()]
+    assert play and not any(line.startswith("#") or "**" in line for line in lines)  # markdown
 
 
 def test_builtin_sources_selectable_and_order_fixed():
     news = load_corpus("builtin:news")
     assert set(news["source"]) == {"news"}
+    assert set(load_corpus("builtin:speeches")["source"]) == {"speeches"}
     assert load_corpus("builtin")["text"][:5] == load_corpus("builtin")["text"][:5]
+
+
+def test_version_2_corpus_is_unchanged():
+    """Stores harvested before the corpus grew record builtin_version 2; their `doc` rows must
+    still name the same text. The digest is of the version-2 corpus as version 2's code built
+    it (gensim's Wikipedia and news, shuffled with seed 2)."""
+    ds = load_corpus("builtin", builtin_version=2)
+    joined = "\x00".join(
+        f"{s}\x01{t}\x01{x}" for s, t, x in zip(ds["source"], ds["title"], ds["text"])
+    )
+    digest = hashlib.sha256(joined.encode()).hexdigest()
+    assert digest == "60cdc1efc51f487b140f2e16a4c051ba8c0be8edd22549185a636769aa64a962"
+    with pytest.raises(UserError, match="unknown builtin corpus 'speeches'"):
+        load_corpus("builtin:speeches", builtin_version=2)
+
+
+def test_token_count_matches_an_independent_count(model):
+    tok = model.tokenizer
+    news = load_corpus("builtin:news")
+    expected = sum(len(tok.encode(t, add_special_tokens=False)) for t in news["text"])
+    assert builtin_token_count(tok, "builtin:news") == expected
+    assert builtin_token_count(tok, "builtin:news") == expected  # the cached count
+
+
+@pytest.mark.slow  # tokenizes all 20 MB of text (about a minute)
+def test_builtin_holds_at_least_3m_tokens(model):
+    total = builtin_token_count(model.tokenizer)
+    parts = [builtin_token_count(model.tokenizer, f"builtin:{s}") for s in builtin_corpus.sources()]
+    assert total == sum(parts) and total >= 3_000_000
 
 
 def test_sequences_trace_back_to_their_text(model):

@@ -155,7 +155,7 @@ def test_token_examples_of_a_store_split_by_sequence(small_store):
 
 @pytest.fixture(scope="module")
 def probe_store(model, tmp_path_factory):
-    """640 real sequences of the builtin corpus (both sources, many documents)."""
+    """640 real sequences of the builtin corpus (four sources, many documents)."""
     from saelab.activations.harvest import HarvestConfig, harvest
 
     out = str(tmp_path_factory.mktemp("probe") / "acts.zarr")
@@ -176,13 +176,14 @@ def probe_store(model, tmp_path_factory):
 
 @pytest.mark.parametrize("split_by", ["sequence", "document"])
 def test_source_probing_on_a_real_store(probe_store, split_by):
-    """Wikipedia vs news from mean-pooled real activations: the raw probe beats chance clearly."""
+    """Speeches vs the rest of the builtin corpus from mean-pooled real activations: the raw
+    probe beats chance clearly."""
     from saelab.activations.store import ActivationStore
 
     sae = build_sae(make_config("topk", d_sae=256, k=16, seed=fresh_seed()), d_in=576).eval()
     cfg = ProbingConfig(ks=(1, 2, 5, 10), seed=fresh_seed(), split_by=split_by)
     result = source_probing(sae, ActivationStore(probe_store), HOOK, cfg)
-    assert result.classes == ("news", "wikipedia") and result.task == "source: wikipedia vs news"
+    assert result.classes == ("rest", "speeches") and result.task == "source: speeches vs rest"
     assert result.pooling == "mean" and result.split_unit == split_by
     assert result.n_examples == 640 and result.n_tokens == 640 * 31  # BOS masked
     assert result.n_test >= 10 and result.test_positive_fraction == 0.5
