@@ -6,7 +6,9 @@ Feature Choice, Matching Pursuit) against TopK and BatchTopK on synthetic activa
 Data: `SyntheticActivations` (Zipf-like feature frequencies, unit-norm random directions,
 non-negative magnitudes, small noise, an offset); d_sae = 2 × the true feature count and
 k = the true mean number of active features. Every SAE of a seed trains in one sweep on the
-same batches (one pass, `TrainConfig` defaults otherwise). Reported per architecture (mean
+same batches (one pass, `TrainConfig` defaults otherwise); `--width` changes the d_sae ratio
+(at 2, the dictionary has room for every feature twice, so about half the latents have nothing
+to learn and die in every architecture that can let latents die). Reported per architecture (mean
 over seeds, and each seed): the recovery fraction (true directions whose best decoder row has
 cosine > 0.9), the trainer's dead percentage at the end (latents that did not fire in
 training for the dead window), the fraction of latents firing on none of the held-out rows
@@ -51,7 +53,9 @@ def held_out(sae, rows: torch.Tensor) -> dict[str, float]:
     }
 
 
-def run(seed: int, steps: int, batch: int, d_in: int, n_features: int, active: int) -> dict:
+def run(
+    seed: int, steps: int, batch: int, d_in: int, n_features: int, active: int, width: float
+) -> dict:
     torch.manual_seed(seed)
     data = SyntheticActivations(
         d_in=d_in, n_features=n_features, batch_size=batch, active=active, noise=0.01,
@@ -60,7 +64,7 @@ def run(seed: int, steps: int, batch: int, d_in: int, n_features: int, active: i
     test = torch.cat([data.batch(10_000 + i) for i in range(8)])
     with tempfile.TemporaryDirectory() as out:
         saes = train(
-            configs(2 * n_features, active), data,
+            configs(round(width * n_features), active), data,
             TrainConfig(tokens=batch * steps, progress=False, log_every=steps), out=out,
         )  # fmt: skip
         rows = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -83,11 +87,12 @@ def main() -> None:
     p.add_argument("--n-features", type=int, default=96)
     p.add_argument("--active", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--width", type=float, default=2.0, help="d_sae / the true feature count")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
     torch.set_num_threads(1)
     per_seed = {
-        s: run(s, args.steps, args.batch, args.d_in, args.n_features, args.active)
+        s: run(s, args.steps, args.batch, args.d_in, args.n_features, args.active, args.width)
         for s in args.seeds
     }
     keys = ("recovery", "train_dead", "held_out_dead", "held_out_l0", "held_out_fvu")

@@ -13,7 +13,8 @@ available through `aux_coefficient`).
 aux_zipf_loss (saelab's reading of the paper): latent firing frequencies are close to a Zipf law
 in their rank, f(r) = C · r^(-α), except at the low end, where latents fire less than the law
 predicts (dead latents at the extreme). Every step fits C and α by least squares in log-log
-space to the running frequencies of the latents that fire; a latent whose frequency f_i falls
+space to the running frequencies of the more frequent half of the latents that fire, where
+the law holds, and extrapolates it to every rank; a latent whose frequency f_i falls
 short of its rank's prediction gets a quota of ceil((Zipf(rank_i) − f_i) · N) extra tokens of the
 batch, the ones where its pre-activation is largest, and those extra matches reconstruct the
 (detached) residual of the main reconstruction. Dead latents, ranked last, get the law's tail
@@ -46,7 +47,7 @@ class MutualChoiceConfig(BatchTopKConfig):
     aux_zipf_coefficient: float = 1 / 32
     """Coefficient of aux_zipf_loss: the residual reconstructed by the latents that fire less
     often than the Zipf law fitted to the running frequencies predicts (0: off)."""
-    zipf_frequency_ema: float = 0.01
+    zipf_frequency_ema: float = 0.05
     """Weight of each batch's firing fractions in the running frequencies aux_zipf_loss fits."""
 
     def validate(self) -> None:
@@ -60,12 +61,15 @@ class MutualChoiceConfig(BatchTopKConfig):
 
 
 def zipf_fit(freq: Tensor) -> tuple[float, float] | None:
-    """`(C, α)` of the least-squares line log f = log C − α log rank over the latents that fire
-    (rank 1 = most frequent); None when fewer than two latents fire."""
+    """`(C, α)` of the least-squares line log f = log C − α log rank (rank 1 = most frequent)
+    through the more frequent half of the latents that fire (at least two): the law is fitted
+    where it holds and extrapolated to the low end, where latents fall short of it. None when
+    fewer than two latents fire."""
     f = freq.double()
     alive = f[f > 0].sort(descending=True).values
     if alive.numel() < 2:
         return None
+    alive = alive[: max(2, math.ceil(alive.numel() / 2))]
     log_r = torch.arange(1, alive.numel() + 1, dtype=torch.float64, device=f.device).log()
     log_f = alive.log()
     dr = log_r - log_r.mean()
@@ -86,7 +90,7 @@ def zipf_shortfall(freq: Tensor) -> Tensor:
     order = torch.sort(f, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank[order] = torch.arange(1, f.numel() + 1, device=f.device)
-    expected = c * rank.double().pow(-alpha)
+    expected = (c * rank.double().pow(-alpha)).clamp(max=1.0)
     return (expected - f).clamp_min(0)
 
 
@@ -97,7 +101,7 @@ def aux_zipf_loss(
     short of its Zipf frequency reconstructs it on its quota of tokens (`zipf_shortfall` × N,
     rounded up), chosen by largest pre-activation; None when no latent is short."""
     n = x.shape[0]
-    quota = torch.ceil(zipf_shortfall(freq) * n - 1e-9).clamp(0, n).long()
+    quota = torch.ceil(zipf_shortfall(freq) * n - 1e-6).clamp(0, n).long()
     if int(quota.max()) == 0:
         return None
     idx, mask = ops.column_topk(pre, quota)
