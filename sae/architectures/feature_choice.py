@@ -54,7 +54,8 @@ class FeatureChoiceSAE(ZipfAux, TopKSAE):
         self.register_buffer("latent_threshold", torch.zeros(self.d_sae, dtype=torch.float64))
 
     def capacity(self, n_rows: int) -> int:
-        """Tokens each latent keeps in a batch of `n_rows`: round(k·N / d_sae), at least 1."""
+        """Tokens each latent keeps in a batch of `n_rows`: round(k·N / d_sae), at least 1 (so
+        a batch of fewer than d_sae / (2k) rows gets more than k latents per token)."""
         return max(1, min(n_rows, round(self.cfg.k * n_rows / self.d_sae)))
 
     def select(self, pre: Tensor) -> tuple[Tensor, Tensor | None]:
