@@ -44,9 +44,11 @@ class MutualChoiceConfig(BatchTopKConfig):
 
     aux_coefficient: float = 0.0
     """AuxK loss coefficient (0: off; the paper's auxiliary loss is aux_zipf_loss)."""
-    aux_zipf_coefficient: float = 1 / 32
+    aux_zipf_coefficient: float = 0.25
     """Coefficient of aux_zipf_loss: the residual reconstructed by the latents that fire less
-    often than the Zipf law fitted to the running frequencies predicts (0: off)."""
+    often than the Zipf law fitted to the running frequencies predicts (0: off). 0.25 left
+    fewer dead latents and recovered more true features than 1/32 (AuxK's) and 1 on synthetic
+    data (benchmarks/second_wave.py, docs/architecture.md)."""
     zipf_frequency_ema: float = 0.05
     """Weight of each batch's firing fractions in the running frequencies aux_zipf_loss fits."""
 

@@ -140,7 +140,7 @@ def test_mutual_choice_trains_with_aux_zipf_term():
         sae.firing_frequency[:4] = 0  # a few latents fell silent
     out = sae.training_forward(x, StepContext())
     assert "aux_zipf" in out.terms
-    torch.testing.assert_close(out.loss, out.terms["mse"] + out.terms["aux_zipf"] / 32)
+    torch.testing.assert_close(out.loss, out.terms["mse"] + 0.25 * out.terms["aux_zipf"])
 
 
 def mp_reference(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
