@@ -69,6 +69,21 @@ def batch_topk(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
     return kernels.batch_topk_select(pre, k)
 
 
+def column_topk(pre: Tensor, m: int | Tensor) -> tuple[Tensor, Tensor]:
+    """Each latent (column) keeps its `m` largest entries over the batch's rows (`m` an int,
+    or a long `[d_sae]` of per-latent counts), padded per row: `(idx, mask)`, no autograd."""
+    with torch.no_grad():
+        n, d_sae = pre.shape
+        counts = torch.as_tensor(m, device=pre.device).clamp(0, n).expand(d_sae)
+        top = int(counts.max()) if d_sae else 0
+        active = torch.zeros_like(pre, dtype=torch.bool)
+        if top > 0:
+            rows = pre.topk(top, dim=0).indices  # [top, d_sae], largest first
+            keep = torch.arange(top, device=pre.device)[:, None] < counts[None, :]
+            active.scatter_(0, rows, keep)
+        return kernels.pad_active(active)
+
+
 def gather(
     x: Tensor,
     W_enc: Tensor,

@@ -24,6 +24,9 @@ BUILTIN = (
     "saelab.sae.architectures.jumprelu:JumpReLUSAE",
     "saelab.sae.architectures.gated:GatedSAE",
     "saelab.sae.architectures.matryoshka:MatryoshkaSAE",
+    "saelab.sae.architectures.mutual_choice:MutualChoiceSAE",
+    "saelab.sae.architectures.feature_choice:FeatureChoiceSAE",
+    "saelab.sae.architectures.mp:MPSAE",
 )
 """The built-in architectures (module:class), in the order they are listed."""
 

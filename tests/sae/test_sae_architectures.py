@@ -210,7 +210,8 @@ def test_impossible_configs_are_user_errors():
     with pytest.raises(UserError, match="k must be between 1 and d_sae"):
         make("topk", d_sae=8, k=16)
     with pytest.raises(
-        UserError, match="known: batchtopk, gated, jumprelu, matryoshka, relu, topk"
+        UserError,
+        match="known: batchtopk, feature_choice, gated, jumprelu, matryoshka, mp, mutual_choice, relu, topk",
     ):
         get_architecture("sparse-magic")
     with pytest.raises(UserError, match="unknown option"):

@@ -52,7 +52,9 @@ def test_impossible_sweeps():
         Trainer([], data(), cfg())
     with pytest.raises(UserError, match="sweep is empty"):
         parse_sweep({"sae": []})
-    with pytest.raises(UserError, match="unknown architecture 'sparse'; known: batchtopk, gated"):
+    with pytest.raises(
+        UserError, match="unknown architecture 'sparse'; known: batchtopk, feature_choice, gated"
+    ):
         parse_sweep({"sae": [{"architecture": "sparse"}]})
     with pytest.raises(UserError, match="k must be between 1 and d_sae"):
         parse_sweep({"sae": [{"architecture": "topk", "d_sae": 8, "k": 9}]})
