@@ -24,6 +24,7 @@ BUILTIN = (
     "saelab.sae.architectures.jumprelu:JumpReLUSAE",
     "saelab.sae.architectures.gated:GatedSAE",
     "saelab.sae.architectures.matryoshka:MatryoshkaSAE",
+    "saelab.sae.architectures.gsae:GSAE",
 )
 """The built-in architectures (module:class), in the order they are listed."""
 
