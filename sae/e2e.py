@@ -16,7 +16,8 @@ JumpReLU's L0; TopK, BatchTopK and Matryoshka keep their k and have none. The de
 paper's: λ_KL = 1 for e2e; λ_KL = 0.5, λ_ds = 2.5 for e2e+ds. A g-SAE is spliced with its
 inference selection (plain TopK; there is no gradient to select with inside the forward).
 
-The SAE trains in the units it was trained in (the checkpoint's folded input scale is undone,
+Sparsity schedules and target-L0 controllers are not run: the coefficient is the checkpoint's,
+at full strength. The SAE trains in the units it was trained in (the checkpoint's folded input scale is undone,
 then folded in again when saving), so its sparsity coefficient keeps its meaning. The model's
 weights are frozen. The run writes a normal checkpoint folder (`out`) plus a training state
 every `save_every_tokens` and at the end; `resume` continues from it exactly (the sequence order
@@ -135,6 +136,8 @@ class SpliceLoss:
     """Fraction of the hook's variance the spliced reconstruction leaves unexplained."""
     fired: Tensor
     """Rows each latent fired on `[d_sae]`."""
+    out: Any = None
+    """The SAE's `TrainOutput` on the spliced rows (for `after_step_update`)."""
 
 
 def splice_loss(
@@ -196,8 +199,8 @@ def splice_loss(
         x = cache_x["x"]
         fvu = (out.x_hat.float() - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30)
     return SpliceLoss(
-        loss, kl.detach(), ds_mse, sparsity.detach(), out.code.l0().mean(), fvu,
-        out.code.fire_counts(),
+        loss, kl.detach(), None if ds_mse is None else ds_mse.detach(), sparsity.detach(),
+        out.code.l0().mean(), fvu, out.code.fire_counts(), out,
     )  # fmt: skip
 
 
@@ -351,6 +354,7 @@ class E2ETrainer:
                 set_lr(self.optimizer, self.e2e.lr * mult)
                 self.optimizer.step()
                 self.sae.after_optimizer_step()
+                self.sae.after_step_update(terms.out)  # running estimates (BatchTopK's threshold)
                 self.step += 1
                 prev = self.tokens
                 self.tokens += int(toks.numel())

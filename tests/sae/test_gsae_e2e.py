@@ -177,15 +177,22 @@ def _sequences(store_path: str, n: int):
     )
 
 
-def test_e2e_kl_of_identity_splice_is_zero(model, small_store):
-    from saelab.sae.e2e import E2EConfig, splice_loss
+def test_e2e_loss_of_identity_splice_is_zero(model, small_store):
+    from saelab.sae.e2e import E2EConfig, downstream_hooks, splice_loss
 
     toks, mask = _sequences(small_store, 1)
     sae = _identity_topk(model.d_model)
-    cfg = E2EConfig(sae="unused: the loss alone reads no folder")
-    terms = splice_loss(model.bridge, HOOK, sae, 1.0, toks[:, :16], mask[:, :16], cfg, [])
-    assert float(terms.kl) < 1e-6
+    cfg = E2EConfig(sae="unused: the loss alone reads no folder", mode="kl+ds")
+    ds = downstream_hooks(HOOK, model.n_layers)
+    assert ds[0] == "blocks.3.hook_resid_post" and len(ds) == model.n_layers - 3
+    terms = splice_loss(model.bridge, HOOK, sae, 1.0, toks[:, :16], mask[:, :16], cfg, ds)
+    assert float(terms.kl) < 1e-6 and float(terms.ds_mse) < 1e-8
     assert float(terms.sparsity) == 0  # TopK keeps its k: no sparsity term
+    # a reconstruction off by a little is seen by both terms
+    with torch.no_grad():
+        sae.W_dec.mul_(0.9)
+    off = splice_loss(model.bridge, HOOK, sae, 1.0, toks[:, :16], mask[:, :16], cfg, ds)
+    assert float(off.kl) > 1e-4 and float(off.ds_mse) > 1e-4
 
 
 def test_e2e_finetuning_lowers_spliced_kl_and_saves_a_checkpoint(model, small_store, tmp_path):
@@ -222,3 +229,25 @@ def test_e2e_finetuning_lowers_spliced_kl_and_saves_a_checkpoint(model, small_st
     # the folder's weights are the trainer's SAE in raw units
     x = torch.randn(8, model.d_model, generator=torch.Generator().manual_seed(2)) * 5
     torch.testing.assert_close(after(x), trainer.raw_sae()(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_live_loader_resumes_exactly(model, small_store):
+    """A resumed live loader recomputes the carried rows and yields the same pairs (slow: the
+    model runs forward and backward over every window it reads)."""
+    from saelab.activations.live import LiveGradientLoader
+
+    def loader():
+        return LiveGradientLoader(
+            small_store, HOOK, batch_size=200, seed=3, shuffle_chunks=1, model=model
+        )
+
+    first = loader()
+    it = iter(first)
+    next(it)
+    state = first.state_dict()
+    x_next, g_next = next(it)
+    resumed = loader()
+    resumed.load_state_dict(state)
+    x_res, g_res = next(iter(resumed))
+    assert torch.equal(x_next, x_res) and torch.equal(g_next, g_res)
