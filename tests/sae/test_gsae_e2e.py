@@ -251,3 +251,44 @@ def test_live_loader_resumes_exactly(model, small_store):
     resumed.load_state_dict(state)
     x_res, g_res = next(iter(resumed))
     assert torch.equal(x_next, x_res) and torch.equal(g_next, g_res)
+
+
+@pytest.mark.slow
+def test_e2e_resume_is_exact(model, small_store, tmp_path):
+    """Interrupted after its first checkpoint and resumed, an e2e run ends bit for bit where an
+    uninterrupted one does (slow: four e2e steps of the live model)."""
+    import saelab
+    from saelab.sae.checkpoint import load_sae
+    from saelab.sae.config import TrainConfig
+    from saelab.sae.e2e import E2EConfig, E2ETrainer
+
+    saelab.train(
+        make_config("topk", d_sae=128, k=4, lr=4e-3), small_store, HOOK,
+        TrainConfig(tokens=512, progress=False), out=str(tmp_path / "topk"), batch_size=256,
+    )  # fmt: skip
+    e2e = E2EConfig(sae=str(tmp_path / "topk"), lr=1e-3)
+
+    def trainer(out, resume=False):
+        train = TrainConfig(tokens=1, progress=False, save_every_tokens=32, lr_warmup_steps=0)
+        return E2ETrainer(
+            e2e, small_store, train, str(tmp_path / out), tokens=64, batch_size=32, model=model,
+            resume=resume,
+        )  # fmt: skip
+
+    trainer("straight").run()
+    interrupted = trainer("resumed")
+    first_save = interrupted.save
+
+    def save_then_stop():
+        first_save()
+        raise KeyboardInterrupt
+
+    interrupted.save = save_then_stop
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    resumed = trainer("resumed", resume=True)
+    assert resumed.step == 1
+    resumed.run()
+    a, b = load_sae(tmp_path / "straight"), load_sae(tmp_path / "resumed")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
