@@ -54,6 +54,9 @@ class StepContext:
     """Warm-up multiplier of the sparsity coefficient (0 to 1)."""
     dead_mask: Tensor | None = None
     """Bool [d_sae]: latents that have not fired for the dead window (for AuxK)."""
+    grad: Tensor | None = None
+    """`[batch, d_in]`: ∂(LM loss)/∂x of each row, in the units of the (normalised) inputs, when
+    the source gives it (the live loader; g-SAE selects with it); None otherwise."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ BUILTIN = (
     "saelab.sae.architectures.mutual_choice:MutualChoiceSAE",
     "saelab.sae.architectures.feature_choice:FeatureChoiceSAE",
     "saelab.sae.architectures.mp:MPSAE",
+    "saelab.sae.architectures.gsae:GSAE",
 )
 """The built-in architectures (module:class), in the order they are listed."""
 

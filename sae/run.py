@@ -48,6 +48,13 @@ class TrainRunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(tokens=1))
     """How to train (LR schedule, optimiser, logging, device, ...); its `tokens` and `hook`
     are set from this run config."""
+    live: bool | None = None
+    """Run the model on the store's token sequences while training and give every batch the LM
+    loss gradient at the hook (a forward and backward pass per token; the hook must be in the
+    store); None: exactly when an SAE needs the gradient (gsae)."""
+    e2e: Any = None
+    """An `E2EConfig` (`saelab.sae.e2e`): fine-tune the trained SAE it names end to end with the
+    live model (KL, or KL plus downstream MSE) instead of training `saes` on activations."""
 
     def __post_init__(self) -> None:
         if isinstance(self.saes, SAEConfig):
@@ -55,7 +62,20 @@ class TrainRunConfig:
         check_fields(self)
 
     def validate(self) -> None:
-        if bool(self.saes) == bool(self.sweep):
+        if self.e2e is not None:
+            from saelab.sae.e2e import E2EConfig
+
+            if not isinstance(self.e2e, E2EConfig):
+                raise UserError(
+                    f"`e2e` must be an E2EConfig (saelab.sae.e2e), got {type(self.e2e).__name__}"
+                )
+            if self.saes or self.sweep:
+                raise UserError(
+                    "an e2e run fine-tunes the SAE of its checkpoint folder (`e2e.sae`); give no "
+                    "`saes` or `sweep` with it"
+                )
+            self.e2e.validate()
+        elif bool(self.saes) == bool(self.sweep):
             raise UserError(
                 "give the SAEs to train either as configs (`saes`) or as a sweep file "
                 "(`sweep`), one of the two"
@@ -103,21 +123,30 @@ def _override(config: SAEConfig, values: dict[str, Any]) -> SAEConfig:
     return out
 
 
-def training_loader(acts: str, hook: str, tokens: int | None, batch_size: int, seed: int) -> Any:
-    """The store's train split, with enough epochs for `tokens` (None: one pass)."""
+def training_loader(
+    acts: str, hook: str, tokens: int | None, batch_size: int, seed: int, live: bool = False
+) -> Any:
+    """The store's train split, with enough epochs for `tokens` (None: one pass); `live`: the
+    live loader (activations from the model, with the LM loss gradient)."""
     from saelab.activations.loader import ActivationLoader
 
     if tokens is not None and (
         isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
     ):
         raise UserError(f"`tokens` must be a positive whole number or None, got {tokens!r}")
+    make: Any = ActivationLoader
+    if live:
+        from saelab.activations.live import LiveGradientLoader
 
-    loader = ActivationLoader(acts, hook=hook, batch_size=batch_size, seed=seed, split="train")
+        make = LiveGradientLoader
+    loader = make(acts, hook=hook, batch_size=batch_size, seed=seed, split="train")
     if tokens and tokens > loader.tokens_per_epoch:
         epochs = math.ceil(tokens / loader.tokens_per_epoch)
-        loader = ActivationLoader(
-            acts, hook=hook, batch_size=batch_size, seed=seed, split="train", epochs=epochs
-        )
+        shared = {"model": loader.model} if live else {}  # load the model once
+        loader = make(
+            acts, hook=hook, batch_size=batch_size, seed=seed, split="train", epochs=epochs,
+            **shared,
+        )  # fmt: skip
     return loader
 
 
@@ -146,10 +175,13 @@ def run_training(cfg: TrainRunConfig) -> TrainingResult:
             "TrainRunConfig(acts=..., saes=[...], out=...)"
         )
     cfg.validate()
+    if cfg.e2e is not None:
+        return _run_e2e(cfg)
     configs, cfg = resolve_sweep(cfg)
     if not cfg.hook:
         raise UserError("which hook? give `hook` (or set hook in the sweep's [train] table)")
-    loader = training_loader(cfg.acts, cfg.hook, cfg.tokens, cfg.batch_size, cfg.seed)
+    live = _live(configs, cfg.live)
+    loader = training_loader(cfg.acts, cfg.hook, cfg.tokens, cfg.batch_size, cfg.seed, live)
     record = {"acts": cfg.acts, "batch_size": cfg.batch_size, "seed": cfg.seed}
     train = dataclasses.replace(
         cfg.train,
@@ -164,3 +196,30 @@ def run_training(cfg: TrainRunConfig) -> TrainingResult:
     )  # fmt: skip
     saes = trainer.run()
     return TrainingResult(saes, trainer.tokens, cfg.out, dist.is_main)
+
+
+def _live(configs: list[SAEConfig], requested: bool | None) -> bool:
+    """Whether the run reads the live loader: as requested, else when an SAE needs gradients."""
+    from saelab.sae.registry import get_architecture
+
+    needs = [
+        c for c in configs if getattr(get_architecture(c.architecture), "needs_lm_grad", False)
+    ]
+    if needs and requested is False:
+        raise UserError(
+            f"SAE {needs[0].resolved_name()!r} ({needs[0].architecture}) selects with the LM loss "
+            "gradient at its hook, which only the live loader gives; drop `live`=False"
+        )
+    return bool(needs) if requested is None else requested
+
+
+def _run_e2e(cfg: TrainRunConfig) -> TrainingResult:
+    """End-to-end fine-tuning of one trained SAE (`saelab.sae.e2e`)."""
+    from saelab.sae.e2e import E2ETrainer
+
+    trainer = E2ETrainer(
+        cfg.e2e, cfg.acts, cfg.train, cfg.out, tokens=cfg.tokens, batch_size=cfg.batch_size,
+        seed=cfg.seed, resume=cfg.resume, hook=cfg.hook,
+    )  # fmt: skip
+    sae = trainer.run()
+    return TrainingResult({trainer.name: sae}, trainer.tokens, cfg.out)

@@ -5,6 +5,10 @@ on them too; peeked batches wait in `pending`. The position is the source's own
 `state_dict()` when it has one (the activation loader), otherwise the count of batches
 consumed, replayed on resume by skipping that many from a fresh iterator (fine for
 deterministic sources).
+
+A source with `gives_grad = True` (the live loader) yields `(x, grad)` pairs: the hook's
+activations and the LM loss gradient there; the pair travels as one batch (`batch_acts`,
+`batch_grad` take it apart) and peeking returns activations only.
 """
 
 from __future__ import annotations
@@ -18,6 +22,19 @@ from torch import Tensor
 
 from saelab.base.errors import UserError
 
+Batch = Tensor | tuple[Tensor, Tensor]
+"""`[batch, d_in]` activations, or `(activations, LM loss gradient)` from a gradient source."""
+
+
+def batch_acts(batch: Batch) -> Tensor:
+    """The activations of a batch."""
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+def batch_grad(batch: Batch) -> Tensor | None:
+    """The LM loss gradient of a batch (None: the source gives none)."""
+    return batch[1] if isinstance(batch, tuple) else None
+
 
 class BatchStream:
     """Iterator over batches with peeking and an exact-resume state."""
@@ -26,8 +43,9 @@ class BatchStream:
         self.source = source
         self.state_source = state_source if state_source is not None else source
         self.consumed = 0
-        self.pending: deque[Tensor] = deque()
-        self._it: Iterator[Tensor] | None = None
+        self.with_grad = bool(getattr(source, "gives_grad", False))
+        self.pending: deque[Batch] = deque()
+        self._it: Iterator[Batch] | None = None
 
     @property
     def has_state(self) -> bool:
@@ -35,7 +53,7 @@ class BatchStream:
             self.state_source, "load_state_dict"
         )
 
-    def _next_from_source(self) -> Tensor | None:
+    def _next_from_source(self) -> Batch | None:
         if self._it is None:
             self._it = iter(self.source)
         try:
@@ -43,9 +61,11 @@ class BatchStream:
         except StopIteration:
             return None
         self.consumed += 1
+        if self.with_grad:
+            return _check_batch(batch[0]), _check_batch(batch[1])
         return _check_batch(batch)
 
-    def next(self) -> Tensor | None:
+    def next(self) -> Batch | None:
         """The next batch, or None when the source is exhausted."""
         if self.pending:
             return self.pending.popleft()
@@ -53,21 +73,21 @@ class BatchStream:
 
     def peek_rows(self, rows: int) -> Tensor:
         """At least `rows` rows (fewer if the source ends) without consuming them."""
-        have = sum(b.shape[0] for b in self.pending)
+        have = sum(batch_acts(b).shape[0] for b in self.pending)
         while have < rows:
             batch = self._next_from_source()
             if batch is None:
                 break
             self.pending.append(batch)
-            have += batch.shape[0]
+            have += batch_acts(batch).shape[0]
         if not self.pending:
             raise UserError("the activation source yielded no batches; check the store and hook")
-        return torch.cat(list(self.pending))[:rows]
+        return torch.cat([batch_acts(b) for b in self.pending])[:rows]
 
     def state_dict(self) -> dict:
         return {
             "consumed": self.consumed,
-            "pending": [b.cpu().clone() for b in self.pending],
+            "pending": [_cpu_copy(b) for b in self.pending],
             "source": self.state_source.state_dict() if self.has_state else None,
         }
 
@@ -84,6 +104,12 @@ class BatchStream:
         for _ in range(state["consumed"]):
             if self._next_from_source() is None:
                 raise UserError("the data source is shorter than when the run was saved")
+
+
+def _cpu_copy(batch: Batch) -> Batch:
+    if isinstance(batch, tuple):
+        return tuple(b.cpu().clone() for b in batch)  # type: ignore[return-value]
+    return batch.cpu().clone()
 
 
 def _check_batch(batch: Any) -> Tensor:

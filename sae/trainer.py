@@ -41,7 +41,7 @@ from saelab.sae.optim import (
     warmup_steps,
 )
 from saelab.sae.registry import build_sae
-from saelab.sae.stream import BatchStream
+from saelab.sae.stream import BatchStream, batch_acts, batch_grad
 
 
 @dataclass
@@ -242,7 +242,7 @@ class Trainer:
         if self.resume:
             self._load_state()
         else:
-            self.batch_rows = self.stream.pending[0].shape[0]
+            self.batch_rows = batch_acts(self.stream.pending[0]).shape[0]
             self.total_steps = math.ceil(self.cfg.tokens / self.batch_rows)
             self._initialise_from_data()
 
@@ -277,7 +277,7 @@ class Trainer:
                 self.train_step(batch)
             except Diverged as d:
                 self._raise_divergence(d)
-            logger.advance(batch.shape[0])
+            logger.advance(batch_acts(batch).shape[0])
             if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                 rate = (self.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
                 logger.log(self._metric_rows(rate))
@@ -289,26 +289,34 @@ class Trainer:
             ):
                 self.save()
 
-    def train_step(self, batch: Tensor) -> None:
-        """One step of every SAE on one batch."""
-        x = batch.to(self.device, torch.float32, non_blocking=True) * self.scale
+    def train_step(self, batch: Tensor | tuple[Tensor, Tensor]) -> None:
+        """One step of every SAE on one batch (with the LM loss gradient, from a live source)."""
+        x = batch_acts(batch).to(self.device, torch.float32, non_blocking=True) * self.scale
         local = self.dist.shard(x)
+        grad = batch_grad(batch)  # d loss / d(x * scale) = grad / scale
+        grad = None if grad is None else self.dist.shard(grad.to(self.device) / self.scale)
         sparsity = sparsity_multiplier(
             self.step, self.total_steps, self.cfg.sparsity_warmup_fraction
         )
         warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps, self.cfg.lr_warmup_fraction)
         lr_mult = lr_multiplier(self.step, self.total_steps, warm, self.cfg.lr_decay_fraction)
         for m in self.members:
-            self._step_member(m, local, x.shape[0], sparsity, lr_mult)
+            self._step_member(m, local, x.shape[0], sparsity, lr_mult, grad)
         self.step += 1
         self.tokens += x.shape[0]
 
     def _step_member(
-        self, m: Member, x: Tensor, global_rows: int, sparsity: float, lr_mult: float
+        self,
+        m: Member,
+        x: Tensor,
+        global_rows: int,
+        sparsity: float,
+        lr_mult: float,
+        grad: Tensor | None = None,
     ) -> None:
         if m.controller is not None:
             sparsity = m.controller.scale()
-        ctx = StepContext(sparsity_scale=sparsity, dead_mask=m.dead.dead_mask())
+        ctx = StepContext(sparsity_scale=sparsity, dead_mask=m.dead.dead_mask(), grad=grad)
         with self._autocast():
             out = m.sae.training_forward(x, ctx)
         value = float(out.loss.detach())

@@ -39,6 +39,7 @@ _EXPORTS = {
     "HarvestConfig": "saelab.activations.harvest",
     "TrainConfig": "saelab.sae.config",
     "TrainRunConfig": "saelab.sae.run",
+    "E2EConfig": "saelab.sae.e2e",
     "run_training": "saelab.sae.run",
     "EvalConfig": "saelab.evaluation.runner",
     "ExplainConfig": "saelab.autointerp.config",

@@ -79,22 +79,28 @@ def training_loader(
 
 
 def train(
-    saes: SAEConfig | Sequence[SAEConfig],
+    saes: SAEConfig | Sequence[SAEConfig] | None,
     acts: str,
-    hook: str,
+    hook: str | None = None,
     cfg: TrainConfig | None = None,
     out: str | Path | None = None,
     *,
     batch_size: int = 4096,
     seed: int = 0,
     resume: bool = False,
+    e2e: Any = None,
 ) -> dict[str, SAE]:
     """Train one SAE, or a sweep of them in one pass over the store `acts` at `hook`.
 
     `cfg.tokens` defaults to one pass over the store's train split. Returns the trained SAEs
     by name (input scaling folded in); with `out`, each is also saved as a checkpoint folder
     (a sweep: one subfolder per SAE) that `load_sae` and `evaluate` read. The same run as
-    `run_training(TrainRunConfig(...))`, which `saelab train` calls.
+    `run_training(TrainRunConfig(...))`, which `saelab train` calls. A gsae SAE trains on the
+    live loader (the model runs on the store's sequences for its gradients).
+
+    `e2e` (an `E2EConfig`, with `saes` None): fine-tune the trained SAE it names end to end on
+    the store's token sequences instead (`saelab train --e2e kl --from FOLDER`); `hook`, if
+    given, must be the SAE's.
     """
     from saelab.sae.config import SAEConfig, TrainConfig
     from saelab.sae.run import TrainRunConfig, run_training
@@ -102,6 +108,16 @@ def train(
     cfg = cfg if cfg is not None else TrainConfig(tokens=0)
     if not isinstance(cfg, TrainConfig):
         raise UserError(f"`cfg` must be a TrainConfig, got {type(cfg).__name__}")
+    if e2e is not None:
+        if saes:
+            raise UserError("an e2e run fine-tunes the SAE of `e2e.sae`; pass saes=None with it")
+        run = TrainRunConfig(
+            acts=acts, hook=hook, out=out, tokens=cfg.tokens or None, batch_size=batch_size,
+            seed=seed, resume=resume, train=replace(cfg, tokens=1), e2e=e2e,
+        )  # fmt: skip
+        return run_training(run).saes
+    if hook is None:
+        raise UserError("which hook? give `hook`, the store's hook the SAEs read")
     if cfg.hook is not None and cfg.hook != hook:
         raise UserError(
             f"`cfg.hook` {cfg.hook!r} and `hook` {hook!r} disagree; the SAEs read `hook`: leave "

@@ -40,7 +40,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     from saelab.sae.run import TrainRunConfig
 
     run = add_fields(
-        p, TrainRunConfig, skip=("saes", "train", "overrides"), required=("acts", "out"),
+        p, TrainRunConfig, skip=("saes", "train", "overrides", "e2e"), required=("acts", "out"),
         helps={"out": "output folder (one subfolder per SAE of a sweep)",
                "hook": "hook name in the store (or [train] hook in the sweep file)"},
     )  # fmt: skip
@@ -78,7 +78,19 @@ def configure(p: argparse.ArgumentParser) -> None:
         trainer, TrainConfig, skip=("tokens", "hook", "extra"),
         names={"save_every_tokens": "--save-every", "autocast_bf16": "--bf16"},
     )  # fmt: skip
-    p.set_defaults(run_flags=run, common_flags=common, arch_flags=arch_flags, train_flags=train)
+    from saelab.sae.e2e import E2EConfig
+
+    e2e_group = p.add_argument_group(
+        "end-to-end fine-tuning (Braun et al. 2024): --e2e kl|kl+ds --from CHECKPOINT"
+    )
+    e2e = add_fields(
+        e2e_group, E2EConfig, prefix="e2e-", names={"mode": "--e2e", "sae": "--from"},
+        helps={"mode": "fine-tune the SAE of --from end to end with the live model: `kl` "
+               "(KL + sparsity) or `kl+ds` (plus downstream MSE)"},
+    )  # fmt: skip
+    p.set_defaults(
+        run_flags=run, common_flags=common, arch_flags=arch_flags, train_flags=train, e2e_flags=e2e
+    )
 
 
 def _widest(field_name: str, configs: list[type]) -> type:
@@ -114,8 +126,13 @@ def run(args: argparse.Namespace) -> int:
     from saelab.sae.run import TrainRunConfig, run_training
 
     values = given(args, args.run_flags)
-    saes, overrides = _sae_configs(args)
     train = TrainConfig(tokens=1, **given(args, args.train_flags))
+    e2e = _e2e_config(args)
+    if e2e is not None:
+        cfg = TrainRunConfig(**values, e2e=e2e, train=train)
+        report(run_training(cfg))
+        return 0
+    saes, overrides = _sae_configs(args)
     cfg = TrainRunConfig(**values, saes=saes, overrides=overrides, train=train)
     report(run_training(cfg))
     return 0
@@ -128,6 +145,26 @@ def report(result) -> None:
         print(
             f"saelab train: {result.tokens:,} tokens, {len(result.saes)} SAE(s) ({names}) -> {result.out}"
         )
+
+
+def _e2e_config(args: argparse.Namespace):
+    """The E2EConfig of --e2e/--from and the --e2e-* options (None without them)."""
+    from saelab.sae.e2e import E2EConfig
+
+    values = given(args, args.e2e_flags)
+    if not values:
+        return None
+    if "mode" not in values or "sae" not in values:
+        raise UserError(
+            "end-to-end fine-tuning takes --e2e kl|kl+ds and --from CHECKPOINT_FOLDER together"
+        )
+    shaping = {**given(args, args.common_flags), **given(args, args.arch_flags)}
+    if args.arch or args.sweep or shaping or args.set:
+        raise UserError(
+            "--e2e fine-tunes the SAE of --from as it is; drop --arch, --sweep and the SAE "
+            "options (its learning rate is --e2e-lr)"
+        )
+    return E2EConfig(**values)
 
 
 def _sae_configs(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:

@@ -40,7 +40,8 @@ def test_training_forward_terms_and_backward(arch):
     torch.manual_seed(0)
     sae = make(arch)
     x = torch.randn(32, 16)
-    out = sae.training_forward(x, StepContext(dead_mask=torch.rand(64) < 0.3))
+    grad = torch.randn(32, 16) if getattr(sae, "needs_lm_grad", False) else None  # gsae
+    out = sae.training_forward(x, StepContext(dead_mask=torch.rand(64) < 0.3, grad=grad))
     assert "mse" in out.terms and torch.isfinite(out.loss)
     out.loss.backward()
     assert sae.encoder_weight.grad is not None and sae.W_dec.grad is not None
@@ -211,7 +212,8 @@ def test_impossible_configs_are_user_errors():
         make("topk", d_sae=8, k=16)
     with pytest.raises(
         UserError,
-        match="known: batchtopk, feature_choice, gated, jumprelu, matryoshka, mp, mutual_choice, relu, topk",
+        match="known: batchtopk, feature_choice, gated, gsae, jumprelu, matryoshka, mp, "
+        "mutual_choice, relu, topk",
     ):
         get_architecture("sparse-magic")
     with pytest.raises(UserError, match="unknown option"):

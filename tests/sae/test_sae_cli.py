@@ -108,6 +108,9 @@ def test_train_a_sweep_file(small_store, tmp_path):
         (["--arch", "topk", "--init-l0", "8"], "--init-l0 does not apply to a 'topk' SAE"),
         (["--arch", "topk", "--d-sae", "8", "--k", "16"], "k must be between 1 and d_sae"),
         (["--arch", "topk", "--resume"], "nothing to resume"),
+        (["--e2e", "kl"], "--e2e kl|kl+ds and --from CHECKPOINT_FOLDER together"),
+        (["--e2e", "kl", "--from", "nowhere"], "nowhere is not an SAE checkpoint folder"),
+        (["--e2e", "kl", "--from", "nowhere", "--arch", "topk"], "drop --arch"),
     ],
 )
 def test_bad_input_is_one_line(small_store, tmp_path, capsys, args, message):
