@@ -148,7 +148,9 @@ def test_hook_gradients_match_autograd_reference(model, small_store):
             reduction="sum",
         )
         (ref,) = torch.autograd.grad(loss, saved["a"])
-    torch.testing.assert_close(grads, ref.float(), atol=1e-5, rtol=1e-3)
+    # float32 forwards through the model on both sides: agreement to 1e-3 of the largest entry
+    scale = float(ref.abs().max())
+    torch.testing.assert_close(grads, ref.float(), atol=1e-3 * scale, rtol=1e-3)
     assert float(grads[:, :-1].norm(dim=-1).min()) > 0 and float(grads[:, -1].abs().max()) == 0
     # the live activations are the stored ones (float16 in the store)
     stored = store.read_acts(HOOK, 0)[:2, :8].float()
