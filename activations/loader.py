@@ -117,6 +117,11 @@ class ActivationLoader:
     # -- public -------------------------------------------------------------------------
 
     @property
+    def hook_label(self) -> str:
+        """The hook(s) this loader reads, for messages."""
+        return self.hook
+
+    @property
     def store_info(self) -> dict:
         """The store's metadata (model, dataset, hooks, ...) for provenance."""
         return dict(self.store.attrs)
@@ -178,7 +183,7 @@ class ActivationLoader:
                 yield pending, (g + 1, 0, 0)
         if fresh and not yielded and self.cfg.drop_last:
             raise UserError(
-                f"store {self.store.url!r} has {len(pending):,} usable tokens of {self.hook} in "
+                f"store {self.store.url!r} has {len(pending):,} usable rows of {self.hook_label} in "
                 f"its {self.cfg.split!r} split, fewer than one batch of {size:,}; lower the "
                 "batch size or harvest more tokens"
             )
@@ -263,3 +268,72 @@ class ActivationLoader:
         acts = self.store.read_acts(self.hook, self.chunks[0]).reshape(-1, self.d_in)
         norms = acts[torch.from_numpy(self._token_mask(self.chunks[0]))].float().norm(dim=1)
         return float(norms.median()) * self.cfg.outlier_factor
+
+
+class MultiHookLoader(ActivationLoader):
+    """The rows of several hooks of one width (a layer group), shuffled together: each token
+    gives one row per hook, every hook's rows once per epoch, each row in its own raw scale.
+
+    Everything else (windows, masks, resume, data-parallel split) is the single-hook loader's;
+    a chunk's rows are its rows of every hook, so a window mixes the hooks as it mixes chunks.
+    The high-norm outlier threshold is set per hook (residual norms grow with depth). `hook` is
+    None: the rows belong to no single hook.
+    """
+
+    def __init__(
+        self,
+        store: str | ActivationStore,
+        hooks: list[str],
+        batch_size: int = 4096,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        config: LoaderConfig | None = None,
+        **overrides,
+    ) -> None:
+        hooks = list(hooks)
+        if not hooks:
+            raise UserError("a multi-hook loader needs at least one hook")
+        if len(set(hooks)) != len(hooks):
+            raise UserError(f"a hook is given twice in {hooks}; give each hook once")
+        opened = store if isinstance(store, ActivationStore) else ActivationStore(store)
+        widths = {h: opened.width(h) for h in hooks}
+        if len(set(widths.values())) > 1:
+            raise UserError(
+                "one SAE reads hooks of one width, but these differ: "
+                + ", ".join(f"{h} {w}" for h, w in widths.items())
+            )
+        self.hooks = hooks
+        super().__init__(
+            opened, hooks[0], batch_size, seed=seed, device=device, config=config, **overrides
+        )
+        self.hook = None  # type: ignore[assignment]
+
+    @property
+    def hook_label(self) -> str:
+        return ", ".join(self.hooks)
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Rows that pass the masks in one epoch, summed over the hooks."""
+        return len(self.hooks) * super().tokens_per_epoch
+
+    def _chunk_rows(self, chunk: int) -> torch.Tensor:
+        keep = torch.from_numpy(self._token_mask(chunk))
+        parts = []
+        for h in self.hooks:
+            rows = self.store.read_acts(h, chunk).reshape(-1, self.d_in)[keep].float()
+            if self.outlier_threshold is not None:
+                rows = rows[rows.norm(dim=1) <= self.outlier_threshold[h]]
+            parts.append(rows)
+        return torch.cat(parts)
+
+    def _outlier_threshold(self) -> dict[str, float] | None:  # type: ignore[override]
+        if self.cfg.outlier_factor is None:
+            return None
+        keep = torch.from_numpy(self._token_mask(self.chunks[0]))
+        out = {}
+        for h in self.hooks:
+            acts = self.store.read_acts(h, self.chunks[0]).reshape(-1, self.d_in)[keep].float()
+            out[h] = float(acts.norm(dim=1).median()) * self.cfg.outlier_factor
+        return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from saelab.base.config import check_fields
@@ -32,6 +33,16 @@ class TrainRunConfig:
     the hook and tokens where this config gives none, and `TrainConfig` fields over `train`'s."""
     hook: str | None = None
     """Hook in the store the SAEs read (default: the sweep file's [train] hook)."""
+    hooks: list[str] | None = None
+    """Layer groups: the same hook point of consecutive layers, in order (instead of `hook`),
+    e.g. blocks.0.hook_resid_post,blocks.1.hook_resid_post,..."""
+    layer_groups: int | None = None
+    """Layer groups (Group-SAE): split `hooks` into this many contiguous groups of similar
+    layers and train one SAE (or sweep) per group on the rows of all its layers, one subfolder
+    per group; `tokens` then counts rows of every layer (default: each layer's train split
+    once)."""
+    group_tokens: int = 8192
+    """Layer groups: tokens per layer on which the layers' angular similarity is measured."""
     out: str | None = None
     """Output folder: the SAE checkpoint (one subfolder per SAE of a sweep) and the training
     state; None trains in memory only."""
@@ -68,6 +79,15 @@ class TrainRunConfig:
             )
         for c in self.saes:
             c.validate()
+        if (self.hooks is None) != (self.layer_groups is None):
+            raise UserError(
+                "layer groups need both `hooks` (consecutive layers) and `layer_groups` (how "
+                "many groups; 1: one SAE for all), or neither"
+            )
+        if self.hooks is not None and self.hook is not None:
+            raise UserError("give either `hook` (one SAE per hook) or `hooks` (layer groups)")
+        if self.group_tokens < 1:
+            raise UserError(f"`group_tokens` must be positive, got {self.group_tokens}")
 
 
 def resolve_sweep(cfg: TrainRunConfig) -> tuple[list[SAEConfig], TrainRunConfig]:
@@ -83,7 +103,8 @@ def resolve_sweep(cfg: TrainRunConfig) -> tuple[list[SAEConfig], TrainRunConfig]
     for c in configs:
         c.seed = c.seed or cfg.seed
     table_hook, table_tokens = table.pop("hook", None), table.pop("tokens", None)
-    hook, tokens = cfg.hook or table_hook, cfg.tokens or table_tokens
+    hook = cfg.hook or (None if cfg.hooks else table_hook)  # layer groups read `hooks`
+    tokens = cfg.tokens or table_tokens
     train = apply_train_overrides(cfg.train, table)  # the file's [train] values win
     return configs, dataclasses.replace(cfg, hook=hook, tokens=tokens, train=train)
 
@@ -103,21 +124,31 @@ def _override(config: SAEConfig, values: dict[str, Any]) -> SAEConfig:
     return out
 
 
-def training_loader(acts: str, hook: str, tokens: int | None, batch_size: int, seed: int) -> Any:
-    """The store's train split, with enough epochs for `tokens` (None: one pass)."""
-    from saelab.activations.loader import ActivationLoader
+def training_loader(
+    acts: str, hook: str | list[str], tokens: int | None, batch_size: int, seed: int
+) -> Any:
+    """The store's train split, with enough epochs for `tokens` (None: one pass); a list of
+    hooks reads all of them as rows of one stream (a layer group)."""
+    from saelab.activations.loader import ActivationLoader, MultiHookLoader
+
+    if isinstance(hook, list):
+        return _epochs_for(MultiHookLoader, acts, hook, tokens, batch_size, seed)
+    return _epochs_for(ActivationLoader, acts, hook, tokens, batch_size, seed)
+
+
+def _epochs_for(
+    cls: Any, acts: str, hook: Any, tokens: int | None, batch_size: int, seed: int
+) -> Any:
 
     if tokens is not None and (
         isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
     ):
         raise UserError(f"`tokens` must be a positive whole number or None, got {tokens!r}")
 
-    loader = ActivationLoader(acts, hook=hook, batch_size=batch_size, seed=seed, split="train")
+    loader = cls(acts, hook, batch_size=batch_size, seed=seed, split="train")
     if tokens and tokens > loader.tokens_per_epoch:
         epochs = math.ceil(tokens / loader.tokens_per_epoch)
-        loader = ActivationLoader(
-            acts, hook=hook, batch_size=batch_size, seed=seed, split="train", epochs=epochs
-        )
+        loader = cls(acts, hook, batch_size=batch_size, seed=seed, split="train", epochs=epochs)
     return loader
 
 
@@ -147,6 +178,8 @@ def run_training(cfg: TrainRunConfig) -> TrainingResult:
         )
     cfg.validate()
     configs, cfg = resolve_sweep(cfg)
+    if cfg.layer_groups is not None:
+        return run_layer_groups(cfg, configs)
     if not cfg.hook:
         raise UserError("which hook? give `hook` (or set hook in the sweep's [train] table)")
     loader = training_loader(cfg.acts, cfg.hook, cfg.tokens, cfg.batch_size, cfg.seed)
@@ -164,3 +197,57 @@ def run_training(cfg: TrainRunConfig) -> TrainingResult:
     )  # fmt: skip
     saes = trainer.run()
     return TrainingResult(saes, trainer.tokens, cfg.out, dist.is_main)
+
+
+def run_layer_groups(cfg: TrainRunConfig, configs: list[SAEConfig]) -> TrainingResult:
+    """Group `cfg.hooks` into `cfg.layer_groups` contiguous groups of similar layers and train
+    the SAEs once per group, on the rows of all its layers (see saelab.sae.layer_group_run)."""
+    from saelab.activations.store import refuse_inside_store
+    from saelab.sae.checkpoint import write_json
+    from saelab.sae.distributed import from_environment
+    from saelab.sae.layer_group_run import (
+        GROUPS_FILE,
+        check_output,
+        group_folder_name,
+        grouping_for,
+        has_state,
+    )
+    from saelab.sae.trainer import Trainer
+
+    assert cfg.hooks is not None and cfg.layer_groups is not None
+    out = Path(cfg.out) if cfg.out is not None else None
+    if out is not None:
+        refuse_inside_store(str(out), "the SAE output folder")
+        check_output(out, cfg.resume)
+    grouping = grouping_for(cfg, out)
+    dist = from_environment(cfg.train.device)
+    if out is not None and dist.is_main and not cfg.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / GROUPS_FILE, grouping.to_dict())
+    saes: dict[str, Any] = {}
+    tokens = 0
+    for index, hooks in enumerate(grouping.groups):
+        name = group_folder_name(hooks)
+        folder = None if out is None else out / name
+        loader = training_loader(cfg.acts, hooks, cfg.tokens, cfg.batch_size, cfg.seed)
+        train = dataclasses.replace(
+            cfg.train,
+            tokens=int(cfg.tokens or loader.tokens_per_epoch) or 1,
+            hook=hooks[0],
+            extra={"acts": cfg.acts, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                   **cfg.train.extra},
+        )  # fmt: skip
+        meta = {
+            "store": cfg.acts,
+            "layer_group": {"hooks": hooks, "index": index, "n_groups": len(grouping.groups)},
+        }
+        resume = cfg.resume and folder is not None and has_state(folder)
+        trainer = Trainer(
+            [dataclasses.replace(c) for c in configs], loader, train, out=folder, resume=resume,
+            dist=dist, meta=meta, one_pass=cfg.tokens is None,
+        )  # fmt: skip
+        trained = trainer.run()
+        flat = len(trained) == 1
+        saes.update({name if flat else f"{name}/{k}": v for k, v in trained.items()})
+        tokens += trainer.tokens
+    return TrainingResult(saes, tokens, cfg.out, dist.is_main)

@@ -81,13 +81,15 @@ def training_loader(
 def train(
     saes: SAEConfig | Sequence[SAEConfig],
     acts: str,
-    hook: str,
+    hook: str | None = None,
     cfg: TrainConfig | None = None,
     out: str | Path | None = None,
     *,
     batch_size: int = 4096,
     seed: int = 0,
     resume: bool = False,
+    hooks: Sequence[str] | None = None,
+    layer_groups: int | None = None,
 ) -> dict[str, SAE]:
     """Train one SAE, or a sweep of them in one pass over the store `acts` at `hook`.
 
@@ -95,6 +97,11 @@ def train(
     by name (input scaling folded in); with `out`, each is also saved as a checkpoint folder
     (a sweep: one subfolder per SAE) that `load_sae` and `evaluate` read. The same run as
     `run_training(TrainRunConfig(...))`, which `saelab train` calls.
+
+    Layer groups: instead of `hook`, give `hooks` (one hook point of consecutive layers) and
+    `layer_groups` G: the layers are split into G contiguous groups of similar layers and one
+    SAE (or sweep) is trained per group on every layer's rows, saved to
+    `out/layers-<first>-<last>/` and returned under that name.
     """
     from saelab.sae.config import SAEConfig, TrainConfig
     from saelab.sae.run import TrainRunConfig, run_training
@@ -102,7 +109,9 @@ def train(
     cfg = cfg if cfg is not None else TrainConfig(tokens=0)
     if not isinstance(cfg, TrainConfig):
         raise UserError(f"`cfg` must be a TrainConfig, got {type(cfg).__name__}")
-    if cfg.hook is not None and cfg.hook != hook:
+    if hook is None and hooks is None:
+        raise UserError("which activations? give `hook`, or `hooks` and `layer_groups`")
+    if cfg.hook is not None and hooks is None and cfg.hook != hook:
         raise UserError(
             f"`cfg.hook` {cfg.hook!r} and `hook` {hook!r} disagree; the SAEs read `hook`: leave "
             "cfg.hook unset or make them the same"
@@ -115,6 +124,7 @@ def train(
         )
     run = TrainRunConfig(
         acts=acts, saes=list(configs), hook=hook, out=out, tokens=cfg.tokens or None,
+        hooks=None if hooks is None else list(hooks), layer_groups=layer_groups,
         batch_size=batch_size, seed=seed, resume=resume, train=replace(cfg, tokens=1),
     )  # fmt: skip
     return run_training(run).saes
