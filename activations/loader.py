@@ -274,9 +274,12 @@ class MultiHookLoader(ActivationLoader):
     """The rows of several hooks of one width (a layer group), shuffled together: each token
     gives one row per hook, every hook's rows once per epoch, each row in its own raw scale.
 
-    Everything else (windows, masks, resume, data-parallel split) is the single-hook loader's;
-    a chunk's rows are its rows of every hook, so a window mixes the hooks as it mixes chunks.
-    The high-norm outlier threshold is set per hook (residual norms grow with depth). `hook` is
+    The unit of shuffling is a (chunk, hook) pair instead of a chunk: a window reads
+    `shuffle_chunks` pairs, one hook of one chunk each, so it holds as many rows as a
+    single-hook window, mixes several layers, and a run that needs fewer rows than an epoch
+    (one per-layer SAE's budget spread over the group) reads only about the rows it uses.
+    Everything else (masks, resume, data-parallel split) is the single-hook loader's. The
+    high-norm outlier threshold is set per hook (residual norms grow with depth). `hook` is
     None: the rows belong to no single hook.
     """
 
@@ -308,6 +311,9 @@ class MultiHookLoader(ActivationLoader):
             opened, hooks[0], batch_size, seed=seed, device=device, config=config, **overrides
         )
         self.hook = None  # type: ignore[assignment]
+        self.store_chunks = list(self.chunks)
+        self.chunks = [(c, i) for c in self.store_chunks for i in range(len(hooks))]  # type: ignore[misc]
+        self.windows_per_epoch = -(-len(self.chunks) // self.cfg.shuffle_chunks)
 
     @property
     def hook_label(self) -> str:
@@ -316,24 +322,31 @@ class MultiHookLoader(ActivationLoader):
     @property
     def tokens_per_epoch(self) -> int:
         """Rows that pass the masks in one epoch, summed over the hooks."""
-        return len(self.hooks) * super().tokens_per_epoch
+        per_hook = sum(int(self._store_mask(c).sum()) for c in self.store_chunks)
+        return len(self.hooks) * per_hook
 
-    def _chunk_rows(self, chunk: int) -> torch.Tensor:
-        keep = torch.from_numpy(self._token_mask(chunk))
-        parts = []
-        for h in self.hooks:
-            rows = self.store.read_acts(h, chunk).reshape(-1, self.d_in)[keep].float()
-            if self.outlier_threshold is not None:
-                rows = rows[rows.norm(dim=1) <= self.outlier_threshold[h]]
-            parts.append(rows)
-        return torch.cat(parts)
+    def _store_mask(self, chunk: int) -> np.ndarray:
+        return self.store.token_mask(chunk, self.cfg.mask_bos, self.cfg.mask_special).reshape(-1)
+
+    def _token_mask(self, item) -> np.ndarray:  # type: ignore[override]
+        return self._store_mask(item[0])
+
+    def _chunk_rows(self, item) -> torch.Tensor:  # type: ignore[override]
+        chunk, i = item
+        hook = self.hooks[i]
+        keep = torch.from_numpy(self._token_mask(item))
+        rows = self.store.read_acts(hook, chunk).reshape(-1, self.d_in)[keep].float()
+        if self.outlier_threshold is not None:
+            rows = rows[rows.norm(dim=1) <= self.outlier_threshold[hook]]
+        return rows
 
     def _outlier_threshold(self) -> dict[str, float] | None:  # type: ignore[override]
         if self.cfg.outlier_factor is None:
             return None
-        keep = torch.from_numpy(self._token_mask(self.chunks[0]))
+        first = self.chunks[0]  # a store chunk: called before the pairs are formed
+        keep = torch.from_numpy(self._store_mask(first))
         out = {}
         for h in self.hooks:
-            acts = self.store.read_acts(h, self.chunks[0]).reshape(-1, self.d_in)[keep].float()
+            acts = self.store.read_acts(h, first).reshape(-1, self.d_in)[keep].float()
             out[h] = float(acts.norm(dim=1).median()) * self.cfg.outlier_factor
         return out

@@ -127,9 +127,16 @@ def test_multi_hook_loader_yields_every_layers_rows_once_per_epoch(tmp_path):
     assert loader.tokens_per_epoch == len(ref) == 3 * 24 * SEQ
     key = torch.randn(D, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(got[torch.argsort(got @ key)], ref[torch.argsort(ref @ key)])
-    first = next(iter(MultiHookLoader(url, hooks, batch_size=64, seed=2, shuffle_chunks=2)))
+    first = next(iter(MultiHookLoader(url, hooks, batch_size=64, seed=2, shuffle_chunks=4)))
     norms = first.norm(dim=1)  # the layers' scales differ (1.5, 2, 2.5): a batch mixes them
     assert norms.min() < 0.8 * norms.max()
+    # exact resume mid-epoch, as the single-hook loader
+    full = list(MultiHookLoader(url, hooks, batch_size=40, seed=2, shuffle_chunks=2, epochs=2))
+    loader = MultiHookLoader(url, hooks, batch_size=40, seed=2, shuffle_chunks=2, epochs=2)
+    head = [b for _, b in zip(range(5), loader, strict=False)]
+    resumed = MultiHookLoader(url, hooks, batch_size=40, seed=2, shuffle_chunks=2, epochs=2)
+    resumed.load_state_dict(loader.state_dict())
+    torch.testing.assert_close(torch.cat(head + list(resumed)), torch.cat(full), atol=0, rtol=0)
 
 
 def test_train_layer_groups_then_eval_each_layer(tmp_path):
