@@ -117,6 +117,11 @@ class ActivationLoader:
     # -- public -------------------------------------------------------------------------
 
     @property
+    def hook_label(self) -> str:
+        """The hook(s) this loader reads, for messages."""
+        return self.hook
+
+    @property
     def store_info(self) -> dict:
         """The store's metadata (model, dataset, hooks, ...) for provenance."""
         return dict(self.store.attrs)
@@ -178,7 +183,7 @@ class ActivationLoader:
                 yield pending, (g + 1, 0, 0)
         if fresh and not yielded and self.cfg.drop_last:
             raise UserError(
-                f"store {self.store.url!r} has {len(pending):,} usable tokens of {self.hook} in "
+                f"store {self.store.url!r} has {len(pending):,} usable rows of {self.hook_label} in "
                 f"its {self.cfg.split!r} split, fewer than one batch of {size:,}; lower the "
                 "batch size or harvest more tokens"
             )
@@ -263,3 +268,85 @@ class ActivationLoader:
         acts = self.store.read_acts(self.hook, self.chunks[0]).reshape(-1, self.d_in)
         norms = acts[torch.from_numpy(self._token_mask(self.chunks[0]))].float().norm(dim=1)
         return float(norms.median()) * self.cfg.outlier_factor
+
+
+class MultiHookLoader(ActivationLoader):
+    """The rows of several hooks of one width (a layer group), shuffled together: each token
+    gives one row per hook, every hook's rows once per epoch, each row in its own raw scale.
+
+    The unit of shuffling is a (chunk, hook) pair instead of a chunk: a window reads
+    `shuffle_chunks` pairs, one hook of one chunk each, so it holds as many rows as a
+    single-hook window, mixes several layers, and a run that needs fewer rows than an epoch
+    (one per-layer SAE's budget spread over the group) reads only about the rows it uses.
+    Everything else (masks, resume, data-parallel split) is the single-hook loader's. The
+    high-norm outlier threshold is set per hook (residual norms grow with depth). `hook` is
+    None: the rows belong to no single hook.
+    """
+
+    def __init__(
+        self,
+        store: str | ActivationStore,
+        hooks: list[str],
+        batch_size: int = 4096,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        config: LoaderConfig | None = None,
+        **overrides,
+    ) -> None:
+        hooks = list(hooks)
+        if not hooks:
+            raise UserError("a multi-hook loader needs at least one hook")
+        if len(set(hooks)) != len(hooks):
+            raise UserError(f"a hook is given twice in {hooks}; give each hook once")
+        opened = store if isinstance(store, ActivationStore) else ActivationStore(store)
+        widths = {h: opened.width(h) for h in hooks}
+        if len(set(widths.values())) > 1:
+            raise UserError(
+                "one SAE reads hooks of one width, but these differ: "
+                + ", ".join(f"{h} {w}" for h, w in widths.items())
+            )
+        self.hooks = hooks
+        super().__init__(
+            opened, hooks[0], batch_size, seed=seed, device=device, config=config, **overrides
+        )
+        self.hook = None  # type: ignore[assignment]
+        self.store_chunks = list(self.chunks)
+        self.chunks = [(c, i) for c in self.store_chunks for i in range(len(hooks))]  # type: ignore[misc]
+        self.windows_per_epoch = -(-len(self.chunks) // self.cfg.shuffle_chunks)
+
+    @property
+    def hook_label(self) -> str:
+        return ", ".join(self.hooks)
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Rows that pass the masks in one epoch, summed over the hooks."""
+        per_hook = sum(int(self._store_mask(c).sum()) for c in self.store_chunks)
+        return len(self.hooks) * per_hook
+
+    def _store_mask(self, chunk: int) -> np.ndarray:
+        return self.store.token_mask(chunk, self.cfg.mask_bos, self.cfg.mask_special).reshape(-1)
+
+    def _token_mask(self, item) -> np.ndarray:  # type: ignore[override]
+        return self._store_mask(item[0])
+
+    def _chunk_rows(self, item) -> torch.Tensor:  # type: ignore[override]
+        chunk, i = item
+        hook = self.hooks[i]
+        keep = torch.from_numpy(self._token_mask(item))
+        rows = self.store.read_acts(hook, chunk).reshape(-1, self.d_in)[keep].float()
+        if self.outlier_threshold is not None:
+            rows = rows[rows.norm(dim=1) <= self.outlier_threshold[hook]]
+        return rows
+
+    def _outlier_threshold(self) -> dict[str, float] | None:  # type: ignore[override]
+        if self.cfg.outlier_factor is None:
+            return None
+        first = self.chunks[0]  # a store chunk: called before the pairs are formed
+        keep = torch.from_numpy(self._store_mask(first))
+        out = {}
+        for h in self.hooks:
+            acts = self.store.read_acts(h, first).reshape(-1, self.d_in)[keep].float()
+            out[h] = float(acts.norm(dim=1).median()) * self.cfg.outlier_factor
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from saelab.base.errors import UserError
 from saelab.evaluation.registry import default_evals, eval_names, get_eval
 from saelab.evaluation.spec import EvalContext, check_result
 from saelab.sae.checkpoint import CFG_FILE, WEIGHTS_FILE, load_sae, read_cfg, trained_model_sha256
+from saelab.sae.layer_group_run import group_hooks_of
 
 
 @dataclass
@@ -89,6 +91,11 @@ def sae_folders(path: str) -> list[Path]:
 def sae_record(
     folder: Path, sae, cfg_json: dict, store: ActivationStore, hook: str
 ) -> results.SAERow:
+    """The SAE's row; a layer-group SAE read at another of its hooks than its first is its own
+    row (id and name with that hook), so each layer's metrics are kept apart."""
+    if group_hooks_of(cfg_json) and hook != cfg_json.get("hook_name"):
+        row = sae_record(folder, sae, {**cfg_json, "hook_name": hook}, store, hook)
+        return dataclasses.replace(row, name=f"{folder.name}@{hook}")
     return results.record_for_folder(
         folder, WEIGHTS_FILE, cfg_json, architecture=sae.architecture, d_in=sae.d_in,
         d_sae=sae.d_sae, hook=hook,
@@ -106,7 +113,13 @@ def check_compatible(folder: Path, sae, cfg_json: dict, store: ActivationStore, 
             f"SAE {folder.name} reads d_in={sae.d_in} but {hook} in the store has width {width}"
         )
     sae_hook = cfg_json.get("hook_name")
-    if sae_hook and sae_hook != hook:
+    group = group_hooks_of(cfg_json)
+    if group is not None and hook not in group:
+        raise UserError(
+            f"SAE {folder.name} was trained on the layer group {', '.join(group)}, not on "
+            f"{hook}; give one of its hooks"
+        )
+    if group is None and sae_hook and sae_hook != hook:
         raise UserError(
             f"SAE {folder.name} was trained on {sae_hook}, not {hook}; give the matching `hook`"
         )

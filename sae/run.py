@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from saelab.base.config import check_fields
@@ -32,6 +33,16 @@ class TrainRunConfig:
     the hook and tokens where this config gives none, and `TrainConfig` fields over `train`'s."""
     hook: str | None = None
     """Hook in the store the SAEs read (default: the sweep file's [train] hook)."""
+    hooks: list[str] | None = None
+    """Layer groups: the same hook point of consecutive layers, in order (instead of `hook`),
+    e.g. blocks.0.hook_resid_post,blocks.1.hook_resid_post,..."""
+    layer_groups: int | None = None
+    """Layer groups (Group-SAE): split `hooks` into this many contiguous groups of similar
+    layers and train one SAE (or sweep) per group on the rows of all its layers, one subfolder
+    per group; `tokens` then counts rows of every layer (default: each layer's train split
+    once)."""
+    group_tokens: int = 8192
+    """Layer groups: tokens per layer on which the layers' angular similarity is measured."""
     out: str | None = None
     """Output folder: the SAE checkpoint (one subfolder per SAE of a sweep) and the training
     state; None trains in memory only."""
@@ -88,6 +99,15 @@ class TrainRunConfig:
             )
         for c in self.saes:
             c.validate()
+        if (self.hooks is None) != (self.layer_groups is None):
+            raise UserError(
+                "layer groups need both `hooks` (consecutive layers) and `layer_groups` (how "
+                "many groups; 1: one SAE for all), or neither"
+            )
+        if self.hooks is not None and self.hook is not None:
+            raise UserError("give either `hook` (one SAE per hook) or `hooks` (layer groups)")
+        if self.group_tokens < 1:
+            raise UserError(f"`group_tokens` must be positive, got {self.group_tokens}")
 
 
 def resolve_sweep(cfg: TrainRunConfig) -> tuple[list[SAEConfig], TrainRunConfig]:
@@ -103,7 +123,8 @@ def resolve_sweep(cfg: TrainRunConfig) -> tuple[list[SAEConfig], TrainRunConfig]
     for c in configs:
         c.seed = c.seed or cfg.seed
     table_hook, table_tokens = table.pop("hook", None), table.pop("tokens", None)
-    hook, tokens = cfg.hook or table_hook, cfg.tokens or table_tokens
+    hook = cfg.hook or (None if cfg.hooks else table_hook)  # layer groups read `hooks`
+    tokens = cfg.tokens or table_tokens
     train = apply_train_overrides(cfg.train, table)  # the file's [train] values win
     return configs, dataclasses.replace(cfg, hook=hook, tokens=tokens, train=train)
 
@@ -124,29 +145,38 @@ def _override(config: SAEConfig, values: dict[str, Any]) -> SAEConfig:
 
 
 def training_loader(
-    acts: str, hook: str, tokens: int | None, batch_size: int, seed: int, live: bool = False
+    acts: str,
+    hook: str | list[str],
+    tokens: int | None,
+    batch_size: int,
+    seed: int,
+    live: bool = False,
 ) -> Any:
-    """The store's train split, with enough epochs for `tokens` (None: one pass); `live`: the
-    live loader (activations from the model, with the LM loss gradient)."""
-    from saelab.activations.loader import ActivationLoader
+    """The store's train split, with enough epochs for `tokens` (None: one pass). A list of
+    hooks reads all of them as rows of one stream (a layer group); `live`: the live loader
+    (activations from the model, with the LM loss gradient)."""
+    from saelab.activations.loader import ActivationLoader, MultiHookLoader
 
     if tokens is not None and (
         isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
     ):
         raise UserError(f"`tokens` must be a positive whole number or None, got {tokens!r}")
     make: Any = ActivationLoader
-    if live:
+    if isinstance(hook, list):
+        if live:
+            raise UserError("layer groups read stored activations; the live loader takes one hook")
+        make = MultiHookLoader
+    elif live:
         from saelab.activations.live import LiveGradientLoader
 
         make = LiveGradientLoader
-    loader = make(acts, hook=hook, batch_size=batch_size, seed=seed, split="train")
+    loader = make(acts, hook, batch_size=batch_size, seed=seed, split="train")
     if tokens and tokens > loader.tokens_per_epoch:
         epochs = math.ceil(tokens / loader.tokens_per_epoch)
         shared = {"model": loader.model} if live else {}  # load the model once
         loader = make(
-            acts, hook=hook, batch_size=batch_size, seed=seed, split="train", epochs=epochs,
-            **shared,
-        )  # fmt: skip
+            acts, hook, batch_size=batch_size, seed=seed, split="train", epochs=epochs, **shared
+        )
     return loader
 
 
@@ -178,6 +208,8 @@ def run_training(cfg: TrainRunConfig) -> TrainingResult:
     if cfg.e2e is not None:
         return _run_e2e(cfg)
     configs, cfg = resolve_sweep(cfg)
+    if cfg.layer_groups is not None:
+        return run_layer_groups(cfg, configs)
     if not cfg.hook:
         raise UserError("which hook? give `hook` (or set hook in the sweep's [train] table)")
     live = _live(configs, cfg.live)
@@ -223,3 +255,57 @@ def _run_e2e(cfg: TrainRunConfig) -> TrainingResult:
     )  # fmt: skip
     sae = trainer.run()
     return TrainingResult({trainer.name: sae}, trainer.tokens, cfg.out)
+
+
+def run_layer_groups(cfg: TrainRunConfig, configs: list[SAEConfig]) -> TrainingResult:
+    """Group `cfg.hooks` into `cfg.layer_groups` contiguous groups of similar layers and train
+    the SAEs once per group, on the rows of all its layers (see saelab.sae.layer_group_run)."""
+    from saelab.activations.store import refuse_inside_store
+    from saelab.sae.checkpoint import write_json
+    from saelab.sae.distributed import from_environment
+    from saelab.sae.layer_group_run import (
+        GROUPS_FILE,
+        check_output,
+        group_folder_name,
+        grouping_for,
+        has_state,
+    )
+    from saelab.sae.trainer import Trainer
+
+    assert cfg.hooks is not None and cfg.layer_groups is not None
+    out = Path(cfg.out) if cfg.out is not None else None
+    if out is not None:
+        refuse_inside_store(str(out), "the SAE output folder")
+        check_output(out, cfg.resume)
+    grouping = grouping_for(cfg, out)
+    dist = from_environment(cfg.train.device)
+    if out is not None and dist.is_main and not cfg.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / GROUPS_FILE, grouping.to_dict())
+    saes: dict[str, Any] = {}
+    tokens = 0
+    for index, hooks in enumerate(grouping.groups):
+        name = group_folder_name(hooks)
+        folder = None if out is None else out / name
+        loader = training_loader(cfg.acts, hooks, cfg.tokens, cfg.batch_size, cfg.seed)
+        train = dataclasses.replace(
+            cfg.train,
+            tokens=int(cfg.tokens or loader.tokens_per_epoch) or 1,
+            hook=hooks[0],
+            extra={"acts": cfg.acts, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                   **cfg.train.extra},
+        )  # fmt: skip
+        meta = {
+            "store": cfg.acts,
+            "layer_group": {"hooks": hooks, "index": index, "n_groups": len(grouping.groups)},
+        }
+        resume = cfg.resume and folder is not None and has_state(folder)
+        trainer = Trainer(
+            [dataclasses.replace(c) for c in configs], loader, train, out=folder, resume=resume,
+            dist=dist, meta=meta, one_pass=cfg.tokens is None,
+        )  # fmt: skip
+        trained = trainer.run()
+        flat = len(trained) == 1
+        saes.update({name if flat else f"{name}/{k}": v for k, v in trained.items()})
+        tokens += trainer.tokens
+    return TrainingResult(saes, tokens, cfg.out, dist.is_main)

@@ -89,6 +89,8 @@ def train(
     seed: int = 0,
     resume: bool = False,
     e2e: Any = None,
+    hooks: Sequence[str] | None = None,
+    layer_groups: int | None = None,
 ) -> dict[str, SAE]:
     """Train one SAE, or a sweep of them in one pass over the store `acts` at `hook`.
 
@@ -101,6 +103,11 @@ def train(
     `e2e` (an `E2EConfig`, with `saes` None): fine-tune the trained SAE it names end to end on
     the store's token sequences instead (`saelab train --e2e kl --from FOLDER`); `hook`, if
     given, must be the SAE's.
+
+    Layer groups: instead of `hook`, give `hooks` (one hook point of consecutive layers) and
+    `layer_groups` G: the layers are split into G contiguous groups of similar layers and one
+    SAE (or sweep) is trained per group on every layer's rows, saved to
+    `out/layers-<first>-<last>/` and returned under that name.
     """
     from saelab.sae.config import SAEConfig, TrainConfig
     from saelab.sae.run import TrainRunConfig, run_training
@@ -116,9 +123,9 @@ def train(
             seed=seed, resume=resume, train=replace(cfg, tokens=1), e2e=e2e,
         )  # fmt: skip
         return run_training(run).saes
-    if hook is None:
-        raise UserError("which hook? give `hook`, the store's hook the SAEs read")
-    if cfg.hook is not None and cfg.hook != hook:
+    if hook is None and hooks is None:
+        raise UserError("which activations? give `hook`, or `hooks` and `layer_groups`")
+    if cfg.hook is not None and hooks is None and cfg.hook != hook:
         raise UserError(
             f"`cfg.hook` {cfg.hook!r} and `hook` {hook!r} disagree; the SAEs read `hook`: leave "
             "cfg.hook unset or make them the same"
@@ -131,6 +138,7 @@ def train(
         )
     run = TrainRunConfig(
         acts=acts, saes=list(configs), hook=hook, out=out, tokens=cfg.tokens or None,
+        hooks=None if hooks is None else list(hooks), layer_groups=layer_groups,
         batch_size=batch_size, seed=seed, resume=resume, train=replace(cfg, tokens=1),
     )  # fmt: skip
     return run_training(run).saes
