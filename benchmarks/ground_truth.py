@@ -12,8 +12,9 @@ Every architecture of the registry (new ones join automatically) is trained at d
 n_true (no spare latents) and at 2 n_true, in one sweep over the same batches, with its
 sparsity set to the truth by `SPARSITY` (the TopK family: k = k_true; the threshold
 architectures: target-L0 mode at k_true with a sparse start at k_true); everything else is
-the architecture's defaults. The score is `recovery_fraction`: the share of true
-directions whose best decoder row has cosine > 0.9.
+the architecture's defaults, and `variants` adds the common LR rule for an architecture
+with a rule of its own and the settings in `VARIANTS`. The score is `recovery_fraction`:
+the share of true directions whose best decoder row has cosine > 0.9.
 
     python benchmarks/ground_truth.py [--steps 600] [--d-in 64] [--n-true 256] [--k-true 8]
 """
@@ -56,14 +57,27 @@ architecture missing here gets `k` if its config has one, else target-L0 mode if
 COMMON_LR = {"lr_base": SAEConfig.lr_base, "lr_min_width": SAEConfig.lr_min_width}
 """The LR rule of `SAEConfig` (2e-4 / sqrt(d_sae / 2^14), the OpenAI TopK rule), which the
 threshold architectures use by default. An architecture with a rule of its own (the TopK
-family: 16x that, floored at d_sae 2048) is also trained at this one: see `lr_rules`."""
+family: 16x that, floored at d_sae 2048) is also trained at this one: see `variants`."""
 
 
-def lr_rules(arch: str) -> dict[str, dict[str, Any]]:
-    """The LR rules to train `arch` at: its default, and the common rule where they differ."""
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "matryoshka": {"topk selection": {"selection": "topk"}},
+    "jumprelu": {"lr x4": {"lr_base": 8e-4}},
+}
+"""Further settings an architecture is trained at besides its defaults (by variant name):
+Matryoshka with per-row TopK selection separates its nested losses from BatchTopK's
+batch-wide selection; JumpReLU at 4x its LR shows how far its default LR holds it back."""
+
+
+def variants(arch: str) -> dict[str, dict[str, Any]]:
+    """The settings to train `arch` at, by name: "default"; "common lr" where its LR rule
+    differs from `COMMON_LR`; and its `VARIANTS`."""
     config = architectures()[arch].config_class
     own = {name: config.__dataclass_fields__[name].default for name in COMMON_LR}
-    return {"default": {}} if own == COMMON_LR else {"default": {}, "common": COMMON_LR}
+    out: dict[str, dict[str, Any]] = {"default": {}}
+    if own != COMMON_LR:
+        out["common lr"] = COMMON_LR
+    return {**out, **VARIANTS.get(arch, {})}
 
 
 def sparsity_fields(arch: str, k_true: float) -> dict[str, Any]:
@@ -102,19 +116,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     configs, rows = [], []
     for arch in names:
-        for rule, lr_fields in lr_rules(arch).items():
+        for variant, variant_fields in variants(arch).items():
             for mult in args.widths:
-                fields = {**sparsity_fields(arch, args.k_true), **lr_fields}
+                fields = {**sparsity_fields(arch, args.k_true), **variant_fields}
                 fields.update(args.set.get(arch, {}))
                 d_sae = int(round(mult * args.n_true))
-                name = f"{arch}-x{mult:g}-{rule}"
+                name = f"{arch}-x{mult:g}-{variant.replace(' ', '_')}"
                 configs.append(make_config(arch, d_sae=d_sae, seed=args.seed, name=name, **fields))
                 rows.append(
                     {
                         "architecture": arch,
                         "width": mult,
                         "d_sae": d_sae,
-                        "lr_rule": rule,
+                        "variant": variant,
                         "fields": fields,
                     }
                 )
@@ -135,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     table = {
         arch: {
-            f"x{r['width']:g} {r['lr_rule']} lr": round(r["recovery"], 4)
+            f"x{r['width']:g} {r['variant']}": round(r["recovery"], 4)
             for r in rows
             if r["architecture"] == arch
         }
