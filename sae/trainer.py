@@ -225,15 +225,16 @@ class Trainer:
 
     def eval_module(self, m: Member) -> SAE:
         """The member's SAE with the weights to evaluate and save (training units): itself, or
-        for a schedule-free optimiser a copy holding its averaged `x` weights; its inference
-        statistics fitted on the latest batch (`SAE.calibrate_inference`)."""
+        a copy holding a schedule-free optimiser's averaged `x` weights or the inference
+        statistics `SAE.calibrate_inference` fits on the latest rows (on a copy, so that
+        saving never changes the training state, on any rank)."""
         weights = eval_state(m.sae, m.optimizer)
-        sae = m.sae
-        if weights is not None:
-            sae = build_sae(dataclasses.replace(m.sae.cfg), m.sae.d_in).to(m.sae.W_dec.device)
-            sae.load_state_dict(weights)
-        if self.recent:
-            # inference-only statistics, which training never reads
+        calibrate = bool(self.recent) and _calibrates(m.sae)
+        if weights is None and not calibrate:
+            return m.sae
+        sae = build_sae(dataclasses.replace(m.sae.cfg), m.sae.d_in).to(m.sae.W_dec.device)
+        sae.load_state_dict(m.sae.state_dict() if weights is None else weights)
+        if calibrate:
             sae.calibrate_inference(torch.cat(list(self.recent)))
         return sae
 
@@ -554,6 +555,11 @@ def folded_copy(sae: SAE, scale: float) -> SAE:
     copy = build_sae(cfg, sae.d_in).to(sae.W_dec.device)
     copy.load_checkpoint_tensors(sae.checkpoint_tensors(scale))
     return copy.eval()
+
+
+def _calibrates(sae: SAE) -> bool:
+    """Whether the architecture fits inference statistics (overrides the no-op hook)."""
+    return type(sae).calibrate_inference is not SAE.calibrate_inference
 
 
 def _unique_names(configs: list[SAEConfig]) -> list[SAEConfig]:

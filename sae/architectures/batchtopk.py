@@ -1,8 +1,8 @@
 """BatchTopK SAE (Bussmann et al. 2024): top k·N activations over the whole batch.
 
-Training keeps an exponential moving average of the smallest kept activation; before the
-SAE is saved or handed out, `calibrate_inference` replaces it with the threshold that keeps
-exactly k·N activations of the latest batch under the final weights. Inference uses it as a
+Training keeps an exponential moving average of the smallest kept activation; the copy the
+trainer saves or hands out gets, from `calibrate_inference`, the threshold that keeps exactly
+k·n activations of its latest rows under the current weights. Inference uses it as a
 global JumpReLU-style threshold (saved as `threshold [d_sae]`, so SAELens loads the
 checkpoint as a JumpReLU SAE).
 """
