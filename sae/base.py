@@ -199,6 +199,13 @@ class SAE(nn.Module):
     def after_step_update(self, out: TrainOutput) -> None:
         """Hook for running estimates kept outside the optimiser (BatchTopK threshold)."""
 
+    @torch.no_grad()
+    def calibrate_inference(self, sample: Tensor) -> None:
+        """Fit what inference uses but training only tracks on the way (BatchTopK's global
+        threshold) to the current weights, on `sample`, a recent batch in training units.
+        The trainer calls it before it saves or hands out the SAE; training never reads
+        what it sets. No-op by default."""
+
     # -- checkpoint layout ----------------------------------------------------------------
 
     def checkpoint_tensors(self, scale: float = 1.0) -> dict[str, Tensor]:

@@ -2,6 +2,13 @@
 
 Each row is a sparse non-negative combination of unit-norm random directions plus Gaussian
 noise. Batches are generated from (seed, batch index), so the stream is resumable exactly.
+
+The recipe: `n_features` directions drawn from a standard Gaussian in `d_in` dimensions and
+normalised (from a seed of their own, never an SAE's: see `DIRECTIONS_SEED`); feature i
+fires on a row independently with probability p_i proportional to i^-0.5 (Zipf-like),
+scaled so that sum_i p_i = `active`, the mean number of active features per row (each p_i
+capped at 1); a firing feature's magnitude is uniform on [0.5, 1.5]; plus N(0, `noise`^2)
+per dimension and the fixed offset `offset` · N(0, 1)^d_in.
 """
 
 from __future__ import annotations
@@ -10,6 +17,10 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+
+DIRECTIONS_SEED = 0x5EED_D1C7
+"""Mixed into the seed of the true directions, so that they share no random stream with
+an SAE's initialisation (which draws from `manual_seed(cfg.seed)`)."""
 
 
 class SyntheticActivations:
@@ -30,7 +41,10 @@ class SyntheticActivations:
         self.d_in, self.n_features, self.batch_size = d_in, n_features, batch_size
         self.active, self.noise, self.n_batches, self.seed = active, noise, n_batches, seed
         self.hook = hook
-        g = torch.Generator().manual_seed(seed)
+        # Not manual_seed(seed): an SAE initialises its decoder with torch.randn from
+        # manual_seed(its seed), so with equal seeds its first rows *were* the true
+        # directions and every recovery test started at the answer.
+        g = torch.Generator().manual_seed(DIRECTIONS_SEED ^ seed)
         dirs = torch.randn(n_features, d_in, generator=g)
         self.directions = dirs / dirs.norm(dim=1, keepdim=True)
         # Features fire with Zipf-like frequencies, like real ones, averaging `active` per row.

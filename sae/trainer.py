@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,9 @@ class Trainer:
         self.total_steps = self.batch_rows = 0
         self.scale = 1.0
         self.last_saved_step: int | None = None
+        self.recent: deque[Tensor] = deque()
+        """The latest training batches (training units, every rank's rows), about
+        `init_tokens` rows, for `SAE.calibrate_inference` (empty until this process trains)."""
         self.legacy_fields: list[str] = []
         """Config fields this run trains with at their value from before the field existed."""
         self._check_hook()
@@ -221,13 +225,18 @@ class Trainer:
 
     def eval_module(self, m: Member) -> SAE:
         """The member's SAE with the weights to evaluate and save (training units): itself, or
-        for a schedule-free optimiser a copy holding its averaged `x` weights."""
+        a copy holding a schedule-free optimiser's averaged `x` weights or the inference
+        statistics `SAE.calibrate_inference` fits on the latest rows (on a copy, so that
+        saving never changes the training state, on any rank)."""
         weights = eval_state(m.sae, m.optimizer)
-        if weights is None:
+        calibrate = bool(self.recent) and _calibrates(m.sae)
+        if weights is None and not calibrate:
             return m.sae
-        copy = build_sae(dataclasses.replace(m.sae.cfg), m.sae.d_in).to(m.sae.W_dec.device)
-        copy.load_state_dict(weights)
-        return copy
+        sae = build_sae(dataclasses.replace(m.sae.cfg), m.sae.d_in).to(m.sae.W_dec.device)
+        sae.load_state_dict(m.sae.state_dict() if weights is None else weights)
+        if calibrate:
+            sae.calibrate_inference(torch.cat(list(self.recent)))
+        return sae
 
     def setup(self) -> None:
         """Build the SAEs and initialise them from the first sample (or the saved state)."""
@@ -302,6 +311,9 @@ class Trainer:
         lr_mult = lr_multiplier(self.step, self.total_steps, warm, self.cfg.lr_decay_fraction)
         for m in self.members:
             self._step_member(m, local, x.shape[0], sparsity, lr_mult, grad)
+        self.recent.append(x)
+        while sum(b.shape[0] for b in self.recent) - len(self.recent[0]) >= self.cfg.init_tokens:
+            self.recent.popleft()
         self.step += 1
         self.tokens += x.shape[0]
 
@@ -551,6 +563,11 @@ def folded_copy(sae: SAE, scale: float) -> SAE:
     copy = build_sae(cfg, sae.d_in).to(sae.W_dec.device)
     copy.load_checkpoint_tensors(sae.checkpoint_tensors(scale))
     return copy.eval()
+
+
+def _calibrates(sae: SAE) -> bool:
+    """Whether the architecture fits inference statistics (overrides the no-op hook)."""
+    return type(sae).calibrate_inference is not SAE.calibrate_inference
 
 
 def _unique_names(configs: list[SAEConfig]) -> list[SAEConfig]:

@@ -84,6 +84,10 @@ class MatryoshkaSAE(BatchTopKSAE):
         if self.cfg.selection == "batchtopk":
             super().after_step_update(out)
 
+    def calibrate_inference(self, sample: Tensor) -> None:
+        if self.cfg.selection == "batchtopk":
+            super().calibrate_inference(sample)
+
     def checkpoint_tensors(self, scale: float = 1.0) -> dict[str, Tensor]:
         out = super().checkpoint_tensors(scale)
         if self.cfg.selection == "topk":
