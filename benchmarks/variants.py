@@ -11,12 +11,12 @@ explainer and the embedding scorer on a seeded sample of latents (no LLM needed)
 
 Notebook 04 calls `run()` at tiny size; the full run is
 
-    python benchmarks/variants.py --tokens 2000000 --d-sae 4608 --hook blocks.8.hook_resid_post \
-        --dataset <a corpus of >= 2M tokens>
+    python benchmarks/variants.py --tokens 2300000 --train-tokens 2000000 --d-sae 4608 \
+        --archs all --seed-archs relu,topk
 
-(harvest ≥2M tokens, train on them, JSON to benchmarks/results/variants-<device>.json). The
-builtin corpus runs out at about 698k tokens (seq_len 128): with it the store is the whole
-corpus, and the JSON's `store` says how many tokens it really holds.
+(harvest 2.3M tokens of the builtin corpus, 4.7M tokens in all; train each SAE on 2M of the
+store's train split; JSON and HTML to benchmarks/results/variants-<device>.json). An
+interrupted run resumes: the store, the sweep and the results file are reused.
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
-THRESHOLD_ARCHS = ("relu", "jumprelu", "gated")
+"""The first-wave architectures; `--archs all` takes every registered one that trains from a
+store (the second wave included)."""
 EVALS = ["core", "loss", "features", "absorption", "probing"]
+SEED_ARCHS = ("relu", "topk")
+"""Architectures trained a second time (seed + 1) at the middle L0 for the seed-stability
+comparison (Paulo & Belrose 2025: ReLU more stable than TopK, 30-70% of latents shared)."""
 
 
 @dataclass
@@ -44,8 +48,8 @@ class VariantsConfig:
     out: str
     """Working folder: the store, the sweep's checkpoints and the results file go here."""
     tokens: int = 2_000_000
-    """Tokens harvested into the store (its train split is what the sweep trains on). The
-    builtin corpus holds about 698k tokens at seq_len 128; a bigger store needs `dataset`."""
+    """Tokens harvested into the store (its train split is what the sweep trains on; the
+    builtin corpus holds 4.7M)."""
     dataset: str = "builtin"
     """Corpus spec of the harvest (`builtin`, a local text/JSON/parquet file or folder, or a
     `datasets` name where the network allows)."""
@@ -59,6 +63,8 @@ class VariantsConfig:
     """The sparsities: k for the TopK family, target_l0 for the threshold architectures."""
     archs: tuple[str, ...] = ARCHS
     """Architectures in the sweep."""
+    seed_archs: tuple[str, ...] = ()
+    """Architectures also trained with seed + 1 at the middle L0 (seed stability)."""
     seq_len: int = 128
     """Harvest sequence length."""
     batch_size: int = 4096
@@ -81,18 +87,47 @@ class VariantsConfig:
 
 
 def sweep_configs(cfg: VariantsConfig) -> list:
-    """One SAE per (architecture, L0)."""
+    """One SAE per (architecture, L0), plus the seed-stability copies."""
     from saelab.sae.registry import make_config
 
-    configs = []
-    for l0 in cfg.l0s:
-        for arch in cfg.archs:
-            common: dict[str, Any] = dict(d_sae=cfg.d_sae, seed=cfg.seed, name=f"{arch}-L0_{l0}")
-            if arch in THRESHOLD_ARCHS:
-                configs.append(make_config(arch, target_l0=float(l0), init_l0=float(l0), **common))
-            else:
-                configs.append(make_config(arch, k=l0, **common))
+    def config(arch: str, l0: int, seed: int, suffix: str = ""):
+        common: dict[str, Any] = dict(d_sae=cfg.d_sae, seed=seed, name=f"{arch}-L0_{l0}{suffix}")
+        if is_threshold_arch(arch):
+            return make_config(arch, target_l0=float(l0), init_l0=float(l0), **common)
+        return make_config(arch, k=l0, **common)
+
+    configs = [config(arch, l0, cfg.seed) for l0 in cfg.l0s for arch in cfg.archs]
+    middle = sorted(cfg.l0s)[len(cfg.l0s) // 2]
+    configs += [config(a, middle, cfg.seed + 1, "-seed1") for a in cfg.seed_archs]
     return configs
+
+
+def is_threshold_arch(arch: str) -> bool:
+    """Whether an architecture's sparsity is a coefficient (trained in target-L0 mode) rather
+    than a count k."""
+    import dataclasses
+
+    from saelab.sae.registry import get_architecture
+
+    fields = {f.name for f in dataclasses.fields(get_architecture(arch).config_class)}
+    return "target_l0" in fields
+
+
+def store_archs() -> tuple[str, ...]:
+    """Every registered architecture that trains from an activation store (not the ones that
+    need the live model's gradients)."""
+    from saelab.sae.registry import architectures
+
+    return tuple(
+        name for name, cls in architectures().items() if not getattr(cls, "needs_lm_grad", False)
+    )
+
+
+def parse_name(name: str) -> tuple[str, int, str]:
+    """(architecture, target L0, suffix) of a sweep member's name."""
+    arch, rest = name.rsplit("-L0_", 1)
+    target, _, suffix = rest.partition("-")
+    return arch, int(target), suffix
 
 
 def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
@@ -195,9 +230,10 @@ def summarise(cfg: VariantsConfig, db: str, sweep: Path, timings: dict) -> dict[
     rows = []
     for _, m in metrics.iterrows():
         name = m["name"]
-        arch, target = name.rsplit("-L0_", 1)[0], int(name.rsplit("-L0_", 1)[1])
+        arch, target, suffix = parse_name(name)
         row = {
             "name": name,
+            "seed_copy": bool(suffix),
             "architecture": arch,
             "target_l0": target,
             "l0": _num(m.get("l0")),
@@ -216,14 +252,41 @@ def summarise(cfg: VariantsConfig, db: str, sweep: Path, timings: dict) -> dict[
             row["embedding_auroc_mean"] = _num(mine["value"].mean()) if len(mine) else None
             row["embedding_n_latents"] = int(len(mine))
         rows.append(row)
-    rows.sort(key=lambda r: (r["target_l0"], ARCHS.index(r["architecture"])))
+    order = list(cfg.archs)
+    rows.sort(key=lambda r: (r["target_l0"], r["seed_copy"], order.index(r["architecture"])))
+    comparisons = compare_with_papers([r for r in rows if not r["seed_copy"]])
+    comparisons["seed_stability"] = seed_stability(sweep)
     return {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
         "store": store_summary(Path(cfg.out) / "acts.zarr", sweep),
         "timings": timings,
         "rows": rows,
-        "comparisons": compare_with_papers(rows),
+        "comparisons": comparisons,
     }
+
+
+def seed_stability(sweep: Path) -> dict[str, Any]:
+    """For each seed copy, the latents it shares with its seed-0 twin (decoder cosine >= 0.7
+    under a one-to-one matching), and the claim: ReLU shares more than TopK."""
+    import saelab
+    from saelab.evaluation.seeds import shared_latents
+
+    out: dict[str, Any] = {}
+    for folder in sorted(sweep.glob("*-seed1")):
+        twin = sweep / folder.name.removesuffix("-seed1")
+        if not (folder / "cfg.json").is_file() or not (twin / "cfg.json").is_file():
+            continue
+        shared = shared_latents(saelab.load_sae(str(twin)), saelab.load_sae(str(folder)))
+        out[parse_name(twin.name)[0]] = {
+            "pair": [twin.name, folder.name],
+            "shared_fraction": shared.fraction,
+            "mean_matched_cosine": shared.mean_cosine,
+        }
+    if "relu" in out and "topk" in out:
+        out["relu_more_stable_than_topk"] = (
+            out["relu"]["shared_fraction"] > out["topk"]["shared_fraction"]
+        )
+    return out
 
 
 def store_summary(acts: Path, sweep: Path) -> dict[str, Any]:
@@ -277,7 +340,7 @@ def compare_with_papers(rows: list[dict]) -> dict[str, Any]:
     out["jumprelu_topk_beat_relu"] = claims
     # Absorption papers: present in every architecture, lower for Matryoshka.
     mean_abs: dict[str, float] = {}
-    for arch in ARCHS:
+    for arch in sorted({r["architecture"] for r in rows}):
         vals = [r["absorption_mean"] for r in rows if r["architecture"] == arch]
         vals = [v for v in vals if v is not None]
         if vals:
@@ -287,6 +350,25 @@ def compare_with_papers(rows: list[dict]) -> dict[str, Any]:
     others = [v for a, v in mean_abs.items() if a != "matryoshka"]
     if "matryoshka" in mean_abs and others:
         out["matryoshka_lowest_absorption"] = mean_abs["matryoshka"] <= min(others)
+    # Mutual Choice paper: fewer dead latents than TopK at the same k.
+    dead = []
+    for level, archs in sorted(by_level.items()):
+        mc, tk = archs.get("mutual_choice", {}), archs.get("topk", {})
+        if mc.get("dead_fraction") is not None and tk.get("dead_fraction") is not None:
+            dead.append(
+                {
+                    "target_l0": level,
+                    "mutual_choice_dead": mc["dead_fraction"],
+                    "topk_dead": tk["dead_fraction"],
+                    "fewer_dead": mc["dead_fraction"] < tk["dead_fraction"],
+                }
+            )
+    out["mutual_choice_fewer_dead"] = dead
+    # Inference thresholds (BatchTopK family): the evaluated L0 within 10% of k.
+    out["l0_matched_within_15pct"] = {
+        r["name"]: r["l0"] is not None and abs(r["l0"] - r["target_l0"]) <= 0.15 * r["target_l0"]
+        for r in rows
+    }
     return out
 
 
@@ -343,11 +425,21 @@ def main() -> None:
     d = VariantsConfig(out="")
     p.add_argument("--out", default="runs/bench-variants", help="working folder")
     p.add_argument("--tokens", type=int, default=d.tokens, help="tokens harvested")
-    p.add_argument("--dataset", default=d.dataset, help="corpus spec (builtin: ~698k tokens)")
+    p.add_argument("--dataset", default=d.dataset, help="corpus spec (builtin: 4.7M tokens)")
     p.add_argument("--train-tokens", type=int, help="training tokens (default: one pass)")
     p.add_argument("--hook", default=d.hook)
     p.add_argument("--d-sae", type=int, default=d.d_sae)
     p.add_argument("--l0s", default=",".join(map(str, d.l0s)), help="comma-separated L0s")
+    p.add_argument(
+        "--archs",
+        default=",".join(d.archs),
+        help="comma-separated architectures, or 'all' (every registered one that trains from a store)",
+    )
+    p.add_argument(
+        "--seed-archs",
+        default=",".join(SEED_ARCHS),
+        help="architectures also trained with seed+1 at the middle L0 ('' for none)",
+    )
     p.add_argument("--seq-len", type=int, default=d.seq_len)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--max-eval-tokens", type=int)
@@ -370,6 +462,8 @@ def main() -> None:
         hook=args.hook,
         d_sae=args.d_sae,
         l0s=tuple(int(v) for v in args.l0s.split(",")),
+        archs=store_archs() if args.archs == "all" else tuple(args.archs.split(",")),
+        seed_archs=tuple(a for a in args.seed_archs.split(",") if a),
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         max_eval_tokens=args.max_eval_tokens,
