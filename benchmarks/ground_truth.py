@@ -105,7 +105,10 @@ def held_out_stats(sae, rows: torch.Tensor) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    names = args.archs or list(architectures())
+    # The g-SAE selects with the LM loss gradient at its hook, which synthetic data has not.
+    names = args.archs or [
+        name for name, cls in architectures().items() if not getattr(cls, "needs_lm_grad", False)
+    ]
     data = SyntheticActivations(
         d_in=args.d_in,
         n_features=args.n_true,

@@ -246,3 +246,17 @@ def test_train_from_python(small_store, tmp_path):
     assert sorted(saes) == ["feature_choice-64-k4", "mp-64-k4", "mutual_choice-64-k4"]
     assert float(load_sae(tmp_path / "sweep" / "mutual_choice-64-k4").running_threshold) > 0
     assert float(load_sae(tmp_path / "sweep" / "feature_choice-64-k4").latent_threshold.max()) > 0
+
+
+def test_feature_choice_calibration_fires_each_latent_on_its_share_of_the_sample():
+    """After `calibrate_inference` on n rows, each latent fires on exactly its capacity m of them
+    (counted against float64 pre-activations), so the mean L0 on the sample is m·d_sae/n ≈ k."""
+    sae = make("feature_choice", k=3, d_sae=32)
+    with torch.no_grad():
+        sae.b_enc.add_(2.0)  # enough positive pre-activations for every latent's m-th value
+    x = torch.randn(200, 12, generator=torch.Generator().manual_seed(int(torch.seed()) % 2**31))
+    sae.calibrate_inference(x)
+    m = sae.capacity(200)
+    fires = preacts64(sae, x) > sae.latent_threshold
+    assert fires.sum(0).tolist() == [m] * 32
+    assert float(sae.eval().encode_sparse(x).l0().mean()) == pytest.approx(m * 32 / 200)
