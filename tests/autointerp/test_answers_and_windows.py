@@ -106,3 +106,17 @@ def test_yes_probability_sums_the_allowed_answers_hand_worked():
     assert answers.yes_probability([{"token": " 1", "top": top}]) == pytest.approx(2 / 3)
     assert answers.yes_probability([{"token": "The", "top": [["The", 0.0]]}]) is None
     assert answers.yes_probability([]) is None and answers.yes_probability(None) is None
+
+
+def test_baseline_names_whitespace_tokens_instead_of_giving_up():
+    """A latent that fires only on line breaks (common in verse) gets an explanation naming
+    them, not "unparsable"; ordinary tokens are named stripped."""
+    from saelab.autointerp.explainers.baseline import explain
+
+    breaks = [Window(["Thou", " art", "\n", "\n", "Go"], np.array([0, 0, 2.0, 1.0, 0]), "top", ())]
+    got = explain(breaks)
+    assert got.status == "ok" and got.text == 'the tokens "\\n" (often after "art", "\\n")'
+    words = [Window([" the", " king", "."], np.array([0, 1.5, 0]), "top", ())]
+    assert explain(words).text == 'the tokens "king" (often after "the")'
+    silent = [Window([" the"], np.array([0.0]), "top", ())]
+    assert explain(silent).status == "unparsable"
