@@ -34,6 +34,11 @@ class BatchTopKConfig(TopKConfig):
     k·N largest)."""
     threshold_ema: float = 0.01
     """Weight of each batch's smallest kept activation in the running threshold."""
+    aux_coefficient: float = 1.0
+    """AuxK loss coefficient (scaled down further by min(1, dead / aux_k)). 1, not TopK's 1/32:
+    a batch-wide selection leaves a latent that has found no feature yet no slot (per-row
+    top-k hands it the spare slots of rows with fewer than k features), so AuxK is how it
+    learns; at 1/32 it learns too little (docs/architecture.md, ground truth)."""
 
     def validate(self) -> None:
         super().validate()
