@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +74,16 @@ def serve(cfg: AppConfig) -> int:
     env = dict(os.environ, **{db.DB_ENV: path})
     print(f"saelab app: browsing {path} at {url(cfg)} (Ctrl-C stops it)", flush=True)
     proc = subprocess.Popen(command(cfg), env=env, stdout=subprocess.DEVNULL)
+    # A SIGTERM (a process manager, a test's teardown) stops the server too, instead of
+    # leaving it running with no parent.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate()) if main else None
     try:
         return proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(timeout=10)
         raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)

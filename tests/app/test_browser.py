@@ -70,11 +70,19 @@ class Server:
                 time.sleep(0.2)
 
     def close(self) -> None:
+        pid = self.proc.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        # `saelab app` stops its streamlit server on SIGTERM: none is left running orphaned
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{c}").exists() for c in children):
+            assert time.monotonic() < deadline, f"streamlit server(s) {children} outlived the app"
+            time.sleep(0.1)
+        assert children, "saelab app started no server process"
 
 
 def open_page(browser, url: str):
