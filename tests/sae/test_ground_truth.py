@@ -23,18 +23,23 @@ def test_an_untrained_sae_recovers_nothing_of_the_synthetic_dictionary():
             assert recovery_fraction(data.directions, sae.W_dec.detach()) == 0.0
 
 
+def trained_recovery(cfg, data: SyntheticActivations, steps: int) -> float:
+    """Recovery after `steps` batches of single-threaded training (deterministic)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tokens = data.batch_size * steps
+        (sae,) = train([cfg], data, TrainConfig(tokens=tokens, progress=False)).values()
+    finally:
+        torch.set_num_threads(threads)
+    return recovery_fraction(data.directions, sae.W_dec.detach())
+
+
 def test_topk_learns_the_dictionary_from_a_random_start():
     """2x spare latents, k the true mean number of active features: the decoder finds at
     least 85% of the true directions (cosine > 0.9); the start finds none."""
     data = SyntheticActivations(d_in=32, n_features=64, batch_size=512, active=4, seed=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = make_config("topk", d_sae=128, k=4)
-        (sae,) = train([cfg], data, TrainConfig(tokens=512 * 150, progress=False)).values()
-    finally:
-        torch.set_num_threads(threads)
-    assert recovery_fraction(data.directions, sae.W_dec.detach()) >= 0.85
+    assert trained_recovery(make_config("topk", d_sae=128, k=4), data, steps=150) >= 0.85
 
 
 @pytest.mark.slow
@@ -44,11 +49,4 @@ def test_batchtopk_learns_the_benchmark_dictionary_with_its_defaults():
     directions (0.863). With TopK's AuxK coefficient (1/32) it found 0.730: a latent that has
     found no feature yet gets no slot in a batch-wide selection, so AuxK is how it learns."""
     data = SyntheticActivations(d_in=64, n_features=256, batch_size=1024, active=8, seed=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = make_config("batchtopk", d_sae=512, k=8.0)
-        (sae,) = train([cfg], data, TrainConfig(tokens=1024 * 600, progress=False)).values()
-    finally:
-        torch.set_num_threads(threads)
-    assert recovery_fraction(data.directions, sae.W_dec.detach()) >= 0.8
+    assert trained_recovery(make_config("batchtopk", d_sae=512, k=8.0), data, steps=600) >= 0.8
