@@ -252,7 +252,7 @@ def summarise(cfg: VariantsConfig, db: str, sweep: Path, timings: dict) -> dict[
             row["embedding_auroc_mean"] = _num(mine["value"].mean()) if len(mine) else None
             row["embedding_n_latents"] = int(len(mine))
         rows.append(row)
-    order = list(cfg.archs)
+    order = list(cfg.archs) + [a for a in cfg.seed_archs if a not in cfg.archs]
     rows.sort(key=lambda r: (r["target_l0"], r["seed_copy"], order.index(r["architecture"])))
     comparisons = compare_with_papers([r for r in rows if not r["seed_copy"]])
     comparisons["seed_stability"] = seed_stability(sweep)
