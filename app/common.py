@@ -92,15 +92,67 @@ def param_int(name: str) -> int | None:
         return None
 
 
+def bad_param(name: str, value: str, why: str, instead: str) -> None:
+    """The one-line notice of a link whose parameter cannot be followed (never a silent
+    substitute): what was asked, why not, and what the page shows instead."""
+    st.warning(f"`?{name}={value}` {why}; showing {instead} instead.", icon=":material/link_off:")
+
+
+def default_sae_id(saes: list[SAERow]) -> str:
+    """The SAE a page opens when none is named: one with feature statistics, the most
+    explained of those (then the first by name), so a first click lands on a page with data."""
+    overview = {r["sae_id"]: r for r in q("sae_overview")}
+
+    def rank(sae: SAERow) -> tuple:
+        row = overview.get(sae.sae_id, {})
+        return (
+            -bool(row.get("features_stored")),
+            -(row.get("explained") or 0),
+            -bool(row.get("evals")),
+        )
+
+    return min(saes, key=rank).sae_id  # min keeps the name order among equals
+
+
+def default_feature(sae_id: str) -> int:
+    """A live latent with examples (explained ones first), or 0 when the SAE has none."""
+    feature = q("default_feature", sae_id)
+    return 0 if feature is None else feature
+
+
+def feature_param(sae: SAERow) -> int:
+    """The `feature` query parameter when it names a latent of `sae`; otherwise (absent, not a
+    number, out of range) the default latent, with a notice for a bad one."""
+    value = st.query_params.get("feature")
+    if value is None or value == "":
+        return default_feature(sae.sae_id)
+    try:
+        feature = int(value)
+    except ValueError:
+        feature = None
+    if feature is None or not 0 <= feature < sae.d_sae:
+        fallback = default_feature(sae.sae_id)
+        bad_param(
+            "feature", value, f"is not a latent of {sae.name} (0 to {sae.d_sae - 1})",
+            f"latent {fallback}",
+        )  # fmt: skip
+        return fallback
+    return feature
+
+
 def pick_sae(saes: list[SAERow], key: str = "sae") -> SAERow | None:
-    """The SAE picker (sidebar), in step with the `sae` query parameter."""
+    """The SAE picker (sidebar), in step with the `sae` query parameter (by id or name); no
+    parameter opens the default SAE, an unknown one a notice and the default."""
     if not saes:
         st.info("This results file holds no SAE yet. Run `saelab eval` (or `saelab demo`).")
         return None
     ids = [s.sae_id for s in saes]
-    wanted = st.query_params.get("sae") or st.session_state.get("_saelab_sae")
+    asked = st.query_params.get("sae")
+    wanted = asked or st.session_state.get("_saelab_sae")
     matches = [s for s in saes if wanted in (s.sae_id, s.name)]
-    index = ids.index(matches[0].sae_id) if matches else 0
+    index = ids.index(matches[0].sae_id if matches else default_sae_id(saes))
+    if asked and not matches:
+        bad_param("sae", asked, "names no SAE of this results file", f"SAE {saes[index].name}")
     labels = {s.sae_id: f"{s.name} · {s.architecture} · {s.d_sae}" for s in saes}
     choice = st.sidebar.selectbox(
         "SAE", ids, index=index, format_func=lambda i: labels[i], key=f"pick_{key}"

@@ -113,7 +113,7 @@ READS = frozenset(
     {
         "sae_overview", "list_saes", "sae_by_id", "metrics_long", "score_summary",
         "feature_dashboard", "feature_stats", "feature_stats_exist", "density_histogram",
-        "random_feature",
+        "random_feature", "default_feature",
         "explanation_texts", "token_strings", "search_explanations", "token_ids_for",
         "search_token", "search_ranges", "scorer_names", "list_circuits", "circuit_nodes",
         "circuit_edges", "circuit_curves", "steering_runs", "steering_samples",

@@ -38,19 +38,26 @@ def guarded(render) -> None:
 
 def run() -> None:
     st.set_page_config(page_title="saelab", layout="wide")
+    landing = next(iter(RENDER))
     pages = {
         name: st.Page(
             lambda fn=fn: guarded(fn),
             title=title,
             icon=icon,
-            url_path=name,
-            default=name == next(iter(RENDER)),
+            url_path=f"{name}-home" if name == landing else name,
+            default=name == landing,
         )
         for name, (fn, title, icon) in RENDER.items()
     }
+    # The landing page is served at "/"; this hidden twin answers its own name too (`/saes`),
+    # so every page has a deep link of the same form.
+    fn, title, icon = RENDER[landing]
+    alias = st.Page(
+        lambda: guarded(fn), title=title, icon=icon, url_path=landing, visibility="hidden"
+    )
     common.PAGES.clear()
     common.PAGES.update(pages)
-    st.navigation(list(pages.values())).run()
+    st.navigation([*pages.values(), alias]).run()
 
 
 def run_page(name: str) -> None:

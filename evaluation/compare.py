@@ -16,6 +16,7 @@ COLUMNS = (
     "kl_score",
     "delta_loss",
     "dead_fraction",
+    "dead_fraction_tokens",
     "dense_fraction",
 )
 """The metric columns of the comparison table (`saelab compare`, the app's SAEs page)."""

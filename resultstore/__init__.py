@@ -46,6 +46,7 @@ from saelab.resultstore.evals import (
 )
 from saelab.resultstore.features import (
     FeatureDashboard,
+    default_feature,
     density_histogram,
     feature_dashboard,
     feature_examples,
@@ -116,7 +117,7 @@ __all__ = [
     "PREFERRED_EVALS", "ROWS", "ResultsStore", "Row", "SAERow", "SCHEMA_VERSION", "ScoreRow",
     "SteeringRunRow", "SteeringSampleRow", "TABLES", "VocabRow", "autointerp_runs",
     "cached_responses", "circuit_curves", "circuit_edges", "circuit_id", "circuit_nodes",
-    "config_hash", "density_histogram", "eval_runs", "explanation_texts", "explanations",
+    "config_hash", "default_feature", "density_histogram", "eval_runs", "explanation_texts", "explanations",
     "feature_dashboard", "feature_examples", "feature_histograms", "feature_logits",
     "feature_notes", "feature_stats", "feature_stats_exist", "file_sha256", "find_sae",
     "finished_features", "interp_scores", "latent_metrics", "list_circuits", "list_saes",

@@ -50,7 +50,7 @@ def write_circuit(store: ResultsStore, record: CircuitRecord, saes: list[SAERow]
         raise ValueError("every node, edge and curve row must carry the circuit's id")
     with store.transaction() as con:
         for sae in saes:
-            register_sae(con, sae)
+            register_sae(con, sae, store)
         for cls in CIRCUIT_ROWS:  # table names are constants
             con.execute(f"DELETE FROM {cls.TABLE} WHERE circuit_id = ?", [cid])
         insert(con, [record.circuit])

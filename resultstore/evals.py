@@ -71,7 +71,7 @@ def write_eval_run(store: ResultsStore, sae: SAERow, run: EvalRun) -> str:
     metrics = [MetricRow(run.sae_id, run.eval, k, float(v), run_id) for k, v in run.metrics.items()]
     latent = _latent_table(run)
     with store.transaction() as con:
-        register_sae(con, sae)
+        register_sae(con, sae, store)
         _delete_eval_rows(con, run.sae_id, run.eval, set(run.tables or {}))
         insert(con, [EvalRunRow(
             run_id, run.sae_id, run.eval, json.dumps(run.config, default=str),

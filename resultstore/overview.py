@@ -16,7 +16,12 @@ def sae_overview(store: ResultsStore) -> list[dict]:
     """One dict per SAE, in `list_saes` order: the identity columns, `evals` (the evals run on
     it), every metric by name (core and loss win ties), and `features_stored`, `dead_latents`,
     `dense_latents`, `rare_latents` (fired too rarely for examples, not dead), `explained`
-    (latents with an explanation)."""
+    (latents with an explanation).
+
+    `dead_fraction` is one definition everywhere: the share of latents that never fired over
+    the most tokens any eval counted them on (the features eval's, tens of thousands of
+    tokens, when it ran; the core eval's held-out split otherwise), and `dead_fraction_tokens`
+    says how many tokens that was. The core eval's own figure stays as `core_dead_fraction`."""
     with store.session():
         rows = {
             s.sae_id: {**{c: getattr(s, c) for c in IDENTITY}, "evals": []}
@@ -29,6 +34,10 @@ def sae_overview(store: ResultsStore) -> list[dict]:
             "SELECT sae_id, count(*) AS features_stored, count(*) FILTER (WHERE dead) AS "
             "dead_latents, count(*) FILTER (WHERE dense) AS dense_latents, count(*) FILTER "
             "(WHERE too_few_examples AND NOT dead) AS rare_latents FROM features GROUP BY sae_id"
+        )
+        tokens = store.query(
+            "SELECT sae_id, eval, max(n_tokens) AS n_tokens FROM eval_runs "
+            "WHERE eval IN ('core', 'features') GROUP BY sae_id, eval"
         )
         explained = store.query(
             "SELECT sae_id, count(DISTINCT feature) AS explained FROM explanations "
@@ -46,4 +55,18 @@ def sae_overview(store: ResultsStore) -> list[dict]:
         row = rows.get(extra.pop("sae_id"))
         if row is not None:
             row.update(extra)
+    counted = {(t["sae_id"], t["eval"]): t["n_tokens"] for t in tokens}
+    for sae_id, row in rows.items():
+        _one_dead_fraction(row, counted.get((sae_id, "core")), counted.get((sae_id, "features")))
     return list(rows.values())
+
+
+def _one_dead_fraction(row: dict, core_tokens: int | None, features_tokens: int | None) -> None:
+    core = row.get("dead_fraction")
+    if core is not None:
+        row["core_dead_fraction"] = core
+    if row.get("features_dead_fraction") is not None:
+        row["dead_fraction"] = row["features_dead_fraction"]
+        row["dead_fraction_tokens"] = features_tokens
+    elif core is not None:
+        row["dead_fraction_tokens"] = core_tokens

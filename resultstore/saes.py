@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,17 +60,47 @@ def file_sha256(path: Path) -> str:
     return _HASHES[key]
 
 
-def register_sae(con: DuckDBPyConnection, row: SAERow) -> None:
-    """Insert or refresh an SAE row inside a transaction (same id = same config and weights)."""
-    insert(con, [row], conflict="replace")
+def register_sae(con: DuckDBPyConnection, row: SAERow, store: ResultsStore) -> None:
+    """Insert or refresh an SAE row inside a transaction (same id = same config and weights).
+    A checkpoint inside the results file's folder is stored by its relative path, so the
+    folder can be moved or copied whole."""
+    insert(con, [replace(row, path=stored_path(row.path, store))], conflict="replace")
+
+
+def results_root(store: ResultsStore) -> Path:
+    """The folder relative SAE paths are kept against: the results file's."""
+    return Path(store.path).resolve().parent
+
+
+def stored_path(path: str | None, store: ResultsStore) -> str | None:
+    """`path` as the results file keeps it: POSIX and relative to the file's folder when the
+    checkpoint lies inside it, absolute otherwise."""
+    if not path:
+        return path
+    absolute = Path(path).resolve()
+    try:
+        return absolute.relative_to(results_root(store)).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
+def _resolved(store: ResultsStore, rows: list[SAERow]) -> list[SAERow]:
+    """Rows with their paths absolute again (a relative one is against the file's folder)."""
+    root = results_root(store)
+    return [
+        replace(r, path=str((root / r.path).resolve()))
+        if r.path and not Path(r.path).is_absolute()
+        else r
+        for r in rows
+    ]
 
 
 def list_saes(store: ResultsStore) -> list[SAERow]:
-    return store.select(SAERow, order="name, sae_id")
+    return _resolved(store, store.select(SAERow, order="name, sae_id"))
 
 
 def sae_by_id(store: ResultsStore, sae_id: str) -> SAERow | None:
-    rows = store.select(SAERow, "sae_id = ?", [sae_id])
+    rows = _resolved(store, store.select(SAERow, "sae_id = ?", [sae_id]))
     return rows[0] if rows else None
 
 
@@ -78,17 +109,20 @@ def find_sae(store: ResultsStore, sae: str) -> SAERow:
     listing the known ones otherwise."""
     folder = Path(sae).expanduser()
     if folder.is_dir():
-        rows = store.select(SAERow, "path = ?", [str(folder.resolve())], order="name")
+        paths = sorted({str(folder.resolve()), stored_path(str(folder), store)})
+        rows = _resolved(
+            store, store.select(SAERow, "path IN (SELECT unnest(?))", [paths], order="name")
+        )
         if not rows:
             raise UserError(
                 f"SAE folder {sae!r} is not in the results database {store.path}; evaluate it "
                 "into that file first (`saelab eval`)"
             )
         return rows[0]
-    rows = store.select(
+    rows = _resolved(store, store.select(
         SAERow, "sae_id = ? OR name = ? OR sae_id LIKE ?", [sae, sae, sae.replace("%", "") + "%"],
         order="name",
-    )  # fmt: skip
+    ))  # fmt: skip
     if len(rows) == 1:
         return rows[0]
     exact = [r for r in rows if sae in (r.sae_id, r.name)]

@@ -31,21 +31,25 @@ def render() -> None:
     st.caption(f"{len(rows)} SAEs. Click a column header to sort.")
     st.dataframe(frame[shown], hide_index=True, key="sae_table")
 
-    ids = [r["sae_id"] for r in rows]
+    saes = common.q("list_saes")
+    ids = [s.sae_id for s in saes]
     names = {r["sae_id"]: f"{r['name']} ({r['architecture']}, {r['d_sae']})" for r in rows}
     wanted = st.query_params.get("sae")
+    by_name = {s.name: s.sae_id for s in saes}
+    wanted = by_name.get(wanted, wanted)
+    if wanted and wanted not in ids:
+        common.bad_param("sae", wanted, "names no SAE of this results file", "every SAE")
     left, right = st.columns([3, 1])
     choice = left.selectbox(
         "Open an SAE's features",
         ids,
-        index=ids.index(wanted) if wanted in ids else 0,
+        index=ids.index(wanted if wanted in ids else common.default_sae_id(saes)),
         format_func=names.get,
         key="saes_open_pick",
     )
     right.write("")
     if right.button("Browse features", key="saes_open", type="primary"):
-        first = common.q("random_feature", choice, 0)
-        common.goto("feature", sae=choice, feature=first if first is not None else 0)
+        common.goto("feature", sae=choice, feature=common.default_feature(choice))
 
     _frontiers(rows)
     _dead_dense(rows)
@@ -104,5 +108,7 @@ def _dead_dense(rows: list[dict]) -> None:
             go.Bar(name="dense fraction", x=names, y=[r.get("dense_fraction") or 0 for r in have]),
         ]
     )
-    fig.update_layout(title="Dead and dense latents", barmode="group", height=320)
+    counted = sorted({r["dead_fraction_tokens"] for r in have if r.get("dead_fraction_tokens")})
+    over = f" (never fired in {', '.join(f'{n:,}' for n in counted)} tokens)" if counted else ""
+    fig.update_layout(title=f"Dead and dense latents{over}", barmode="group", height=320)
     st.plotly_chart(fig, key="dead_dense")

@@ -1,12 +1,13 @@
 """`saelab demo`: the whole pipeline on the embedded model and corpus, offline.
 
 harvest (three layers in one pass) → train a small sweep of TopK SAEs (three k, one pass over
-the data) → evaluate them into the results database → compare (the frontier plots) → explain a
-few latents of one of them through the embedded model, served by saelab's local endpoint (a
-135M model explains poorly; the pipeline is the real one, and `saelab explain --base-url/--llm`
-points it at a strong model) → train one SAE at each of the two earlier layers and find and
-evaluate a subject-verb agreement circuit across the three. Each step is timed; rerunning the
-demo reuses a finished harvest and sweep.
+the data) and one SAE at each of the two earlier layers (the circuit's) → evaluate all of them
+into the results database, so every SAE the app lists has its statistics → compare (the
+frontier plots) → explain latents of one of them through the embedded model, served by
+saelab's local endpoint (a 135M model explains poorly; the pipeline is the real one, and
+`saelab explain --base-url/--llm` points it at a strong model) → find and evaluate a
+subject-verb agreement circuit across the three layers. Each step is timed; rerunning the demo
+reuses a finished harvest and training.
 
 The steps are the list `STEPS`: a later stage adds itself with `STEPS.append(Step(...))` (or
 inserts before "explain"), each a function of the `Demo` state that may read the earlier
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -166,9 +168,27 @@ class Demo:
         return self.folder / "circuit.html"
 
     @property
-    def explained_sae(self) -> str:
+    def circuit_k(self) -> int:
+        """k of the circuit SAEs: the sweep's middle k, as the explained SAE's."""
         ks = sorted(self.cfg.ks)
-        return self.cfg.explain_sae or f"topk-{self.cfg.d_sae}-k{ks[len(ks) // 2]}"
+        return ks[len(ks) // 2]
+
+    @property
+    def explained_sae(self) -> str:
+        return self.cfg.explain_sae or f"topk-{self.cfg.d_sae}-k{self.circuit_k}"
+
+    def circuit_sae(self, hook: str) -> Path:
+        """The folder of the circuit SAE at `hook`, named like the sweep's with its layer:
+        `topk-2304-k32-L4` (the name the app and the results file show)."""
+        layer = hook_layer(hook)
+        suffix = f"-L{layer}" if layer is not None else "-" + hook.replace(".", "_")
+        return self.circuit_saes / f"topk-{self.cfg.d_sae}-k{self.circuit_k}{suffix}"
+
+
+def hook_layer(hook: str) -> int | None:
+    """The block index of a `blocks.N....` hook name (None for other hooks)."""
+    match = re.match(r"blocks\.(\d+)\.", hook)
+    return int(match.group(1)) if match else None
 
 
 @dataclass
@@ -228,14 +248,24 @@ def sweep_toml(demo: Demo) -> str:
 
 
 def train_step(demo: Demo) -> None:
+    from saelab.sae.registry import make_config
+
     sweep = demo.folder / "sweep.toml"
     sweep.write_text(sweep_toml(demo))
     _train(demo, [], demo.saes, sweep=str(sweep))
+    for hook in demo.cfg.circuit_hooks:
+        folder = demo.circuit_sae(hook)
+        if not (folder / "sae_weights.safetensors").is_file():
+            cfg = make_config("topk", d_sae=demo.cfg.d_sae, k=demo.circuit_k)
+            _train(demo, [cfg], folder, hook=hook)
 
 
 def eval_step(demo: Demo) -> None:
-    _cli(["eval", "--sae", str(demo.saes), "--acts", demo.store, "--db", demo.db,
-          "--loss-sequences", str(demo.cfg.loss_sequences)])  # fmt: skip
+    """Every SAE the demo trained, the circuit's too: the app's pickers list them all."""
+    folders = [demo.saes, *(demo.circuit_sae(h) for h in demo.cfg.circuit_hooks)]
+    for folder in folders:
+        _cli(["eval", "--sae", str(folder), "--acts", demo.store, "--db", demo.db,
+              "--loss-sequences", str(demo.cfg.loss_sequences)])  # fmt: skip
 
 
 def compare_step(demo: Demo) -> None:
@@ -266,15 +296,8 @@ def explain_step(demo: Demo) -> None:
 def circuit_step(demo: Demo) -> None:
     from saelab.circuits.run import CircuitConfig, run_circuit
     from saelab.commands.circuit import report
-    from saelab.sae.registry import make_config
 
-    k = sorted(demo.cfg.ks)[len(demo.cfg.ks) // 2]
-    folders = []
-    for hook in demo.cfg.circuit_hooks:
-        folder = demo.circuit_saes / hook.replace(".", "_")
-        if not (folder / "sae_weights.safetensors").is_file():
-            _train(demo, [make_config("topk", d_sae=demo.cfg.d_sae, k=k)], folder, hook=hook)
-        folders.append(str(folder))
+    folders = [str(demo.circuit_sae(hook)) for hook in demo.cfg.circuit_hooks]
     folders.append(str(demo.saes / demo.explained_sae))
     result = run_circuit(
         CircuitConfig(
@@ -306,6 +329,11 @@ STEPS: list[Step] = [
         lambda d: (
             f"train TopK SAEs (d_sae {d.cfg.d_sae}, k {', '.join(map(str, d.cfg.ks))}) "
             f"in one pass -> {d.saes}"
+            + (
+                f"; one at each of {', '.join(d.cfg.circuit_hooks)} -> {d.circuit_saes}"
+                if d.cfg.circuit_hooks
+                else ""
+            )
         ),
         train_step,
     ),
@@ -323,8 +351,8 @@ STEPS: list[Step] = [
     Step(
         "circuit",
         lambda d: (
-            f"train an SAE at {', '.join(d.cfg.circuit_hooks)}; find and evaluate a "
-            f"subject-verb agreement circuit across them and {d.explained_sae} -> {d.circuit_html}"
+            f"find and evaluate a subject-verb agreement circuit across the SAEs at "
+            f"{', '.join(d.cfg.circuit_hooks)} and {d.explained_sae} -> {d.circuit_html}"
         ),
         circuit_step,
         enabled=lambda d: bool(d.cfg.circuit_hooks),

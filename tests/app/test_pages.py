@@ -40,8 +40,9 @@ def test_saes_page(app_db, monkeypatch):
     assert set(table.value["sae_id"]) == set(ids)
     assert table.value["fvu"].notna().all() and table.value["ce_loss_score"].notna().all()
     assert len(at.get("plotly_chart")) == 3  # two frontiers, dead/dense
+    picked = at.selectbox(key="saes_open_pick").value
     at.button(key="saes_open").click().run()
-    assert at.query_params["sae"] == ids[0]
+    assert at.query_params["sae"] == picked
 
 
 def test_feature_page_shows_examples_explanations_and_neighbours(app_db, monkeypatch):
@@ -79,6 +80,51 @@ def test_feature_page_shows_examples_explanations_and_neighbours(app_db, monkeyp
     assert any(b.label.startswith("feature ") for b in at.button)  # nearest features
     at.button(key="next").click().run()
     assert at.query_params["feature"] == str(feature + 1)
+
+
+def test_defaults_open_an_evaluated_sae_and_a_live_latent_and_bad_links_say_so(
+    app_db, monkeypatch, tmp_path
+):
+    """A first click lands on data: with an SAE that was never evaluated listed first (the demo's
+    circuit SAEs were), the pickers and "Browse features" open an evaluated SAE and an explained
+    live latent; a link naming an unknown SAE shows a notice, never a silent substitute."""
+    import dataclasses
+
+    from saelab import resultstore as results
+
+    path, ids = app_db
+    copy = tmp_path / "results.duckdb"
+    shutil.copy(path, copy)
+    store = results.ResultsStore(copy, "write")
+    bare = dataclasses.replace(results.sae_by_id(store, ids[0]), sae_id="0000", name="aaa-bare")
+    with store.transaction() as con:
+        results.saes.register_sae(con, bare, store)
+        explained = dict(con.execute(
+            "SELECT sae_id, count(DISTINCT feature) FROM explanations WHERE status = 'ok' "
+            "GROUP BY sae_id"
+        ).fetchall())  # fmt: skip
+        con.execute("DELETE FROM explanations WHERE sae_id = ?", [ids[0]])  # one SAE explained
+    assert results.list_saes(store)[0].name == "aaa-bare"
+    best = ids[1]
+    assert explained[best] > 0
+    at = page("saes", monkeypatch, str(copy))
+    assert at.selectbox(key="saes_open_pick").value == best
+    at.button(key="saes_open").click().run()
+    assert at.query_params["sae"] == best
+    feature = int(at.query_params["feature"])
+    with store.reading() as con:
+        dead, n_expl = con.execute(
+            "SELECT f.dead, (SELECT count(*) FROM explanations e WHERE e.sae_id = f.sae_id AND "
+            "e.feature = f.feature AND e.status = 'ok') FROM features f WHERE sae_id = ? AND "
+            "feature = ?",
+            [best, feature],
+        ).fetchone()
+    assert not dead and n_expl > 0
+    at = page("search", monkeypatch, str(copy))
+    assert at.sidebar.selectbox(key="pick_search").value == best and not at.warning
+    at = page("search", monkeypatch, str(copy), sae="no-such-sae")
+    assert any("`?sae=no-such-sae` names no SAE" in w.value for w in at.warning)
+    assert at.query_params["sae"] == best
 
 
 def test_feature_page_says_dead_and_handles_missing_checkpoint(app_db, monkeypatch, tmp_path):

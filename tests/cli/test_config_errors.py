@@ -172,7 +172,7 @@ def test_explain_refuses_a_model_name_the_local_server_does_not_serve(tmp_path, 
     store = results.ResultsStore(db, "write")
     row = results.SAERow("s1", "s", "/x", "topk", 4, 8, "h", "m", "abc", "{}", "h", "w")
     with store.transaction() as con:
-        results.saes.register_sae(con, row)
+        results.saes.register_sae(con, row, store)
         con.execute(
             "INSERT INTO features (sae_id, feature, dead) VALUES ('s1', 0, false)"
         )  # one latent's statistics: the SAE was evaluated

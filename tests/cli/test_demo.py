@@ -38,6 +38,11 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, 
         assert (demo.saes / name / "cfg.json").is_file()
     metrics = {(m["name"], m["metric"]) for m in results.metrics_long(store)}
     assert all((name, "fvu") in metrics and (name, "l0") in metrics for name in saes)
+    # every SAE the demo trained is evaluated (the app's pickers list them all), the circuit's
+    # named like the sweep's with their layer
+    every = {s.name for s in results.list_saes(store)}
+    assert every == {*saes, "topk-128-k8-L4", "topk-128-k8-L6"}, every
+    assert all((name, "fvu") in metrics and (name, "dead_fraction") in metrics for name in every)
     html = demo.compare_html.read_text()
     assert "lower left is better" in html and all(name in html for name in saes)
     explained = saes[demo.explained_sae].sae_id

@@ -274,7 +274,7 @@ def sae_row(d_sae: int = 8) -> results.SAERow:
 def test_the_results_api_refuses_latents_and_options_it_cannot_show(tmp_path, call, message):
     store = results.ResultsStore(tmp_path / "r.duckdb", "write")
     with store.transaction() as con:
-        results.saes.register_sae(con, sae_row())
+        results.saes.register_sae(con, sae_row(), store)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call(saelab.open_results(tmp_path / "r.duckdb"))
 

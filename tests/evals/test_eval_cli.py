@@ -82,6 +82,14 @@ def test_eval_and_compare_a_sweep(sweep, small_store, tmp_path):
     dash = results.feature_dashboard(store, topk.sae_id, 0)
     (vocab,) = store.query("SELECT count(*) AS n FROM vocab")
     assert n_features == 64 and vocab["n"] == 49152 and dash.histograms
+    # one dead fraction everywhere: the share of never-fired latents over the most tokens counted
+    # (the features eval's), named with that count; the core eval's own stays beside it
+    (over,) = [r for r in results.sae_overview(store) if r["sae_id"] == topk.sae_id]
+    dead = sum(1 for f in results.feature_stats(store, topk.sae_id).values() if f.dead)
+    (features_run,) = [r for r in results.eval_runs(store, topk.sae_id) if r.eval == "features"]
+    assert over["dead_fraction"] == pytest.approx(dead / 64)
+    assert over["dead_fraction_tokens"] == features_run.n_tokens > 0
+    assert over["core_dead_fraction"] == rows[(topk.name, "dead_fraction")]
     (loss_run,) = [r for r in results.eval_runs(store, topk.sae_id) if r.eval == "loss"]
     assert json.loads(loss_run.config_json)["sequences"] == 4  # --loss-sequences reached the eval
     # re-running one eval replaces its rows only

@@ -356,9 +356,48 @@ def test_a_features_run_replaces_rows_no_earlier_run_wrote(tmp_path):
     replaced too: a latent has one set of dashboard rows."""
     store = results.ResultsStore(tmp_path / "r.duckdb", "write")
     with store.transaction() as con:
-        results.saes.register_sae(con, sae_row("a"))
+        results.saes.register_sae(con, sae_row("a"), store)
         con.execute("INSERT INTO features (sae_id, feature, n_active) VALUES ('a', 0, 99)")
     features = {"features": feature_table("a", 8, 3)}
     results.write_eval_run(store, sae_row("a"), run("a", "features", {"n": 1.0}, features))
     rows = results.feature_stats(store, "a")
     assert len(rows) == 8 and rows[0].n_active == 3
+
+
+def test_sae_paths_inside_the_results_folder_move_with_it(tmp_path):
+    """A checkpoint inside the results file's folder is stored relative to it: the folder moved
+    (or copied to another machine) still finds its SAEs; one outside stays absolute; a missing
+    checkpoint is a one-line error naming the SAE."""
+    import shutil
+
+    folder = tmp_path / "project"
+    weights = folder / "saes" / "a" / "sae_weights.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(bytes(range(256)) * 3)
+    outside = tmp_path / "elsewhere" / "sae_weights.safetensors"
+    outside.parent.mkdir()
+    outside.write_bytes(b"other weights")
+    store = results.ResultsStore(folder / "r.duckdb", "write")
+    inside_row = dataclasses.replace(
+        sae_row("a"), path=str(weights.parent), weights_sha256=results.saes.file_sha256(weights)
+    )
+    outside_row = dataclasses.replace(sae_row("b"), path=str(outside.parent))
+    with store.transaction() as con:
+        results.saes.register_sae(con, inside_row, store)
+        results.saes.register_sae(con, outside_row, store)
+    with store.reading() as con:
+        stored = dict(con.execute("SELECT sae_id, path FROM saes").fetchall())
+    assert stored == {"a": "saes/a", "b": str(outside.parent.resolve())}
+
+    moved = tmp_path / "moved" / "project-copy"
+    moved.parent.mkdir()
+    shutil.move(folder, moved)
+    store = results.ResultsStore(moved / "r.duckdb")
+    a = results.sae_by_id(store, "a")
+    assert a.path == str((moved / "saes" / "a").resolve())
+    assert results.saes.verified_folder(a, weights.name) == moved / "saes" / "a"
+    assert results.find_sae(store, str(moved / "saes" / "a")).sae_id == "a"
+    assert {r.sae_id: r.path for r in results.list_saes(store)}["b"] == str(outside.parent)
+    shutil.rmtree(moved / "saes")
+    with pytest.raises(UserError, match="checkpoint of SAE sae-a .* no longer holds it"):
+        results.saes.verified_folder(results.sae_by_id(store, "a"), weights.name)
