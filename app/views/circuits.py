@@ -42,6 +42,18 @@ _SETTINGS = (
 
 COLORS = {"faithfulness": "#1f77b4", "completeness": "#ff7f0e"}
 
+LEGEND = (
+    "How to read a node: **L6 resid #1011 @2 · 'explanation…'** is latent 1011 of the SAE on "
+    "layer 6's residual stream, at token position 2 of the task's prompts (0 is the BOS token; "
+    "the prompts share one length; no @ means summed over positions), with the start of its "
+    "stored explanation. **ε** (a square) is that SAE's error node: the part of the activation "
+    "the SAE does not reconstruct, kept as a node of its own. Colour (scale on the right): the "
+    "node's effect, the change of the task metric (logit of the right answer minus the wrong "
+    "one) when the node alone is moved to its patch value; red (negative) nodes support the "
+    "right answer, blue ones work against it. Size: |effect|. Click a latent's node, or "
+    "use the node table's links, to open its Feature page."
+)
+
 
 def render() -> None:
     st.title("Circuits")
@@ -68,14 +80,25 @@ def render() -> None:
             hide_index=True,
             key="circuit_fields",
         )
-    graph = circuit_graph.build_graph(nodes, edges)
+    explanations = _explanations(nodes)
+    graph = circuit_graph.build_graph(nodes, edges, explanations)
     if not graph.nodes:
         st.info("This circuit kept no nodes.")
     else:
         _draw(graph)
-    _node_table(circuit, nodes)
+        st.caption(LEGEND)
+    _node_table(circuit, nodes, explanations)
     _edge_check(circuit, checks)
     _curves(circuit, curves)
+
+
+def _explanations(nodes: list[CircuitNodeRow]) -> circuit_graph.Explanations:
+    """Stored explanations of the circuit's shown latents, by (SAE, latent)."""
+    out: circuit_graph.Explanations = {}
+    for sae_id, features in circuit_graph.explained_latents(nodes).items():
+        texts = common.q("explanation_texts", sae_id, features)
+        out.update({(sae_id, f): t for f, t in texts.items() if t})
+    return out
 
 
 def _label(c: CircuitRow) -> str:
@@ -166,6 +189,7 @@ def _draw(graph: circuit_graph.Graph) -> None:
                 "color": [n.effect for n in graph.nodes],
                 "colorscale": "RdBu",
                 "cmid": 0,
+                "colorbar": {"title": {"text": "effect"}, "thickness": 14, "len": 0.8},
                 "symbol": ["circle" if n.feature is not None else "square" for n in graph.nodes],
                 "line": {"width": 1, "color": "#333"},
             },
@@ -200,8 +224,10 @@ def _draw(graph: circuit_graph.Graph) -> None:
             common.goto("feature", sae=node.row.sae_id, feature=node.feature)
 
 
-def _node_table(circuit: CircuitRow, nodes: list[CircuitNodeRow]) -> None:
-    rows = circuit_graph.node_table(nodes)
+def _node_table(
+    circuit: CircuitRow, nodes: list[CircuitNodeRow], explanations: circuit_graph.Explanations
+) -> None:
+    rows = circuit_graph.node_table(nodes, explanations)
     if not rows:
         return
     st.subheader("Node table")
@@ -215,7 +241,17 @@ def _node_table(circuit: CircuitRow, nodes: list[CircuitNodeRow]) -> None:
         st.caption(f"Exact re-scoring of nodes: {NOT_RECORDED} (an older results file).")
     else:
         st.caption("No node was re-scored by exact patching: effects are attributed.")
-    st.dataframe(rows, hide_index=True, key="circuit_nodes")
+    st.dataframe(
+        rows,
+        hide_index=True,
+        key="circuit_nodes",
+        column_config={
+            "label": st.column_config.TextColumn(width="large"),
+            "feature page": st.column_config.LinkColumn(
+                help="Open the latent's Feature page", display_text="open"
+            ),
+        },
+    )
 
 
 def _edge_check(circuit: CircuitRow, checks: list[circuit_graph.CheckedEdge]) -> None:
