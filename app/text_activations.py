@@ -62,18 +62,25 @@ def tokenize(tokenizer, text: str) -> list[int]:
     return [bos_token_id(tokenizer), *ids]
 
 
-@torch.no_grad()
 def latent_activations(probe: Probe, text: str, feature: int) -> TextActivations:
     """The latent's activation on each token of `text`."""
+    ids = tokenize(probe.model.tokenizer, text)
+    acts = activations_on_tokens(probe, ids, feature)
+    return TextActivations(ids[1:], acts[1:])
+
+
+@torch.no_grad()
+def activations_on_tokens(probe: Probe, token_ids: list[int], feature: int) -> list[float]:
+    """The latent's activation at each of these tokens, run as one sequence (BOS included
+    where the caller puts it)."""
     model = probe.model
-    ids = tokenize(model.tokenizer, text)
-    tokens = torch.tensor([ids], dtype=torch.long, device=next(model.bridge.parameters()).device)
+    device = next(model.bridge.parameters()).device
+    tokens = torch.tensor([list(token_ids)], dtype=torch.long, device=device)
     _, cache = model.bridge.run_with_cache(
         tokens,
         names_filter=[probe.hook],
         stop_at_layer=model.stop_layer([probe.hook]),
         return_cache_object=False,
     )
-    x = cache[probe.hook][0].reshape(len(ids), -1).float().cpu()
-    f = probe.sae.encode(x)[:, int(feature)]
-    return TextActivations(ids[1:], [float(v) for v in f[1:]])
+    x = cache[probe.hook][0].reshape(len(token_ids), -1).float().cpu()
+    return [float(v) for v in probe.sae.encode(x)[:, int(feature)]]
