@@ -14,7 +14,7 @@ from saelab.resultstore import CircuitCurveRow, CircuitEdgeRow, CircuitNodeRow
 Explanations = dict[tuple[str, int], str]
 """(sae_id, feature) -> a stored explanation of that latent."""
 
-LABEL_EXPLANATION_CHARS = 28
+LABEL_EXPLANATION_CHARS = 24
 """How much of a latent's explanation a node label shows."""
 
 SUBMODULE_ORDER = {"attn_out": 0, "mlp_out": 1, "resid_pre": 2, "resid_mid": 2, "resid_post": 3}
@@ -25,6 +25,9 @@ SUBMODULE_ORDER = {"attn_out": 0, "mlp_out": 1, "resid_pre": 2, "resid_mid": 2, 
 class Node:
     row: CircuitNodeRow
     label: str
+    """The full label (`node_label`): hover text, pickers, tables."""
+    tag: str = ""
+    """The label drawn beside the node (`node_tag`): its column names the layer and hook."""
     x: float = 0.0
     y: float = 0.0
 
@@ -63,6 +66,17 @@ def node_label(row: CircuitNodeRow, explanations: Explanations | None = None) ->
     return text
 
 
+def node_tag(row: CircuitNodeRow, explanations: Explanations | None = None) -> str:
+    """ "#1011 @2 · 'plural nouns…'": `node_label` without the layer and submodule, which the
+    graph's column already names. Not escaped."""
+    text = "ε" if row.is_error else f"#{row.feature}"
+    text += f" @{row.pos}" if row.pos >= 0 else ""
+    explanation = None if row.is_error else (explanations or {}).get((row.sae_id, row.feature))
+    if explanation:
+        text += f" · '{short_text(explanation, LABEL_EXPLANATION_CHARS)}'"
+    return text
+
+
 def explained_latents(nodes: list[CircuitNodeRow]) -> dict[str, list[int]]:
     """The latents (not error nodes) of the kept and re-scored nodes, by SAE: what to look up
     explanations for."""
@@ -79,7 +93,9 @@ def build_graph(
     explanations: Explanations | None = None,
 ) -> Graph:
     """The kept nodes placed in columns, and the edges between them."""
-    kept = [Node(r, node_label(r, explanations)) for r in nodes if r.kept]
+    kept = [
+        Node(r, node_label(r, explanations), node_tag(r, explanations)) for r in nodes if r.kept
+    ]
     by_id = {n.row.node: n for n in kept}
     graph = Graph(kept)
     for e in edges:

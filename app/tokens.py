@@ -134,12 +134,19 @@ def highlight_html(
 
 
 def short_text(text: str | None, limit: int = 48) -> str:
-    """One line of at most `limit` characters (whitespace collapsed, "…" where cut): an
-    explanation shown as a label. Not escaped: escape where it is rendered."""
+    """One line of at most `limit` characters (whitespace collapsed, cut at a word where one
+    ends late enough, "…" where cut): an explanation shown as a label. Not escaped: escape
+    where it is rendered."""
     if not text:
         return ""
     line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:  # end on a whole word where that keeps most of the room
+        cut = cut[:space]
+    return cut.rstrip() + "…"
 
 
 _MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|:<>~$=^&")

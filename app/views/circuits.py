@@ -178,12 +178,15 @@ def _draw(graph: circuit_graph.Graph) -> None:
             x=[n.x for n in graph.nodes],
             y=[n.y for n in graph.nodes],
             mode="markers+text",
-            text=[html.escape(n.label) for n in graph.nodes],
+            # plotly reads tags, not attributes: escaping <, > and & keeps the text text, and
+            # quotes stay as they are (plotly would show "&quot;" literally)
+            text=[html.escape(n.tag, quote=False) for n in graph.nodes],
+            hovertext=[html.escape(n.label, quote=False) for n in graph.nodes],
             textposition="middle right",  # beside: stacked labels never overlap
             customdata=[
                 [n.feature if n.feature is not None else -1, n.row.sae_id] for n in graph.nodes
             ],
-            hovertemplate="%{text}<br>effect %{marker.color:.3g}<extra></extra>",
+            hovertemplate="%{hovertext}<br>effect %{marker.color:.3g}<extra></extra>",
             marker={
                 "size": [circuit_graph.node_size(n.effect, largest) for n in graph.nodes],
                 "color": [n.effect for n in graph.nodes],
@@ -197,7 +200,7 @@ def _draw(graph: circuit_graph.Graph) -> None:
         )
     )
     fig.update_xaxes(
-        range=[-0.3, len(graph.columns) - 0.4],  # room for the last column's labels
+        range=[-0.3, len(graph.columns) - 1 + _label_room(graph)],
         tickvals=list(range(len(graph.columns))),
         ticktext=[
             html.escape(f"L{layer} {circuit_graph.short(sub)}") for layer, sub in graph.columns
@@ -222,6 +225,14 @@ def _draw(graph: circuit_graph.Graph) -> None:
         if st.button("Open feature", key="circuit_open"):
             node = features[i]
             common.goto("feature", sae=node.row.sae_id, feature=node.feature)
+
+
+def _label_room(graph: circuit_graph.Graph, plot_px: float = 900, char_px: float = 6.5) -> float:
+    """How far (in column units) the x axis reaches past the last column so that column's
+    labels fit: r units give r·plot_px/(span) pixels, span = columns − 0.7 + r."""
+    last = max(n.x for n in graph.nodes)
+    need = 24 + char_px * max(len(n.tag) for n in graph.nodes if n.x == last)
+    return max(0.6, need * (len(graph.columns) - 0.7) / max(plot_px - need, 1.0))
 
 
 def _node_table(

@@ -13,6 +13,8 @@ ICON = ":material/search:"
 
 ALL = "all"
 """The scope choice that searches every SAE of the file."""
+MAX_SHOWN = 100
+"""Results listed (strongest first)."""
 
 
 def render() -> None:
@@ -79,7 +81,14 @@ def _token_results(saes: list, token: str) -> None:
         return
     st.caption(f"token ids {', '.join(map(str, sorted(set(found))))}")
     rows.sort(key=lambda r: -r["max_on_token"])
-    _results(rows, "token", ["max_on_token", "hits"])
+    rows = rows[:MAX_SHOWN]
+    for sae_id in {r["sae_id"] for r in rows}:
+        features = [r["feature"] for r in rows if r["sae_id"] == sae_id]
+        texts = common.q("explanation_texts", sae_id, features)
+        for r in rows:
+            if r["sae_id"] == sae_id and r["feature"] in texts:
+                r["explanation"] = texts[r["feature"]]
+    _results(rows, "token", ["max_on_token", "hits", "explanation"])
 
 
 def _results(rows: list[dict], key: str, columns: list[str]) -> None:
@@ -88,7 +97,7 @@ def _results(rows: list[dict], key: str, columns: list[str]) -> None:
         return
     n_saes = len({r["sae_id"] for r in rows})
     st.caption(f"{len(rows)} features (strongest first) from {n_saes} SAE(s)")
-    for i, r in enumerate(rows[:100]):
+    for i, r in enumerate(rows[:MAX_SHOWN]):
         cols = st.columns([1, 1.3, 5])
         with cols[0]:
             common.feature_button(r["sae_id"], r["feature"], key=f"{key}{i}")

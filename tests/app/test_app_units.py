@@ -173,11 +173,12 @@ def test_node_labels_carry_shortened_explanations_and_tables_link_features():
     assert circuit_graph.explained_latents(nodes) == {"s": [0, 1, 2]}
     assert circuit_graph.node_label(nodes[0], explanations) == "L3 mlp #0"
     label = circuit_graph.node_label(nodes[1], explanations)
-    assert label == "L3 mlp #1 · 'plural nouns after a comma,…'"
-    assert len(label.split("'")[1]) == circuit_graph.LABEL_EXPLANATION_CHARS
+    assert label == "L3 mlp #1 · 'plural nouns after a…'"
+    assert circuit_graph.node_tag(nodes[1], explanations) == "#1 · 'plural nouns after a…'"
+    assert len(label.split("'")[1]) <= circuit_graph.LABEL_EXPLANATION_CHARS
     assert circuit_graph.node_label(error, explanations) == "L3 mlp ε @2"
     graph = circuit_graph.build_graph(nodes, [], explanations)
-    assert label in [n.label for n in graph.nodes]
+    assert label in [n.label for n in graph.nodes] and "ε @2" in [n.tag for n in graph.nodes]
     table = {r["node"]: r for r in circuit_graph.node_table(nodes, explanations)}
     assert table[1]["label"] == label and table[4]["feature page"] is None
     assert table[2]["feature page"] == "./feature?sae=s&feature=2"
@@ -186,6 +187,8 @@ def test_node_labels_carry_shortened_explanations_and_tables_link_features():
 def test_short_text_and_markdown_literal():
     assert short_text(None) == "" and short_text(" a\n b ") == "a b"
     assert short_text("abcdefghij", 5) == "abcd…" and short_text("abcde", 5) == "abcde"
+    assert short_text("one two three four", 12) == "one two…"  # ends on a whole word
+    assert short_text("a bcdefghijklmnop", 8) == "a bcdef…"  # unless that wastes the room
     text = "**bold** [x](y) :red[z] `c` <b> #1 a_b"
     escaped = markdown_literal(text)
     assert escaped.replace("\\", "") == text  # only backslashes added

@@ -359,9 +359,11 @@ def test_circuits_page_shows_edge_check_curves_and_every_node(app_db, monkeypatc
     assert "every node (13,830)" in every["text"]
     assert "At 0 nodes" in shown and "m(empty) = -0.5" in shown
 
-    label = f"L2 resid #5 @3 · '{short_text(explanation, LABEL_EXPLANATION_CHARS)}'"
+    tag = f"#5 @3 · '{short_text(explanation, LABEL_EXPLANATION_CHARS)}'"
+    label = f"L2 resid {tag}"
     graph = chart(at, "Nodes")
-    assert html.escape(label) in graph["data"][-1]["text"]
+    assert html.escape(tag, quote=False) in graph["data"][-1]["text"]
+    assert html.escape(label, quote=False) in graph["data"][-1]["hovertext"]
     assert graph["data"][-1]["marker"]["colorbar"]["title"]["text"] == "effect"  # colour scale
     assert "**ε** (a square) is that SAE's error node" in shown and "token position 2" in shown
     (nodes,) = [d.value for d in at.dataframe if "label" in d.value.columns]
@@ -386,11 +388,19 @@ def test_circuit_markup_is_escaped(app_db, monkeypatch, tmp_path):
     con = duckdb.connect(str(copy))
     con.execute("UPDATE circuit_nodes SET submodule = ? WHERE node = 0", [planted])
     con.execute("UPDATE circuits SET ablation = ?", [planted])
+    con.execute(  # an explanation of node 2's latent (a node label) with markup in it
+        "UPDATE explanations SET feature = 7, explanation = '<b>x</b> <i>y' "
+        "WHERE sae_id = ? AND feature = 0",
+        [ids[1]],
+    )
     con.close()
     at = page("circuits", monkeypatch, str(copy))
     assert not at.exception, at.exception
     everything = json.dumps(list(charts(at).values())) + texts(at)
     assert planted not in everything and html.escape(planted) in everything
+    nodes = chart(at, "Nodes")["data"][-1]
+    assert "#7 · '&lt;b&gt;x&lt;/b&gt; &lt;i&gt;y'" in nodes["text"]
+    assert not any("<b>" in t or "<i>" in t for t in nodes["text"] + nodes["hovertext"])
 
 
 def test_missing_older_and_busy_files_give_messages(app_db, monkeypatch, tmp_path):
