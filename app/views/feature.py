@@ -276,35 +276,46 @@ def _logits(dash) -> None:
     st.subheader("Logit effects")
     hist = next((h for h in dash.histograms if h.kind == "logit"), None)
     moments = vocab_moments(hist.bin_edges, hist.counts) if hist else None
-    st.caption(
-        "Tokens whose logit this latent's decoder direction raises (promoted) or lowers "
-        "(suppressed) directly, through the unembedding. **z**: the effect in standard "
-        "deviations of this latent's effects over the whole vocabulary (about 0 for most "
-        "tokens). **raw**: the logit change per unit of activation, before the final "
-        "norm divides by the residual stream's size (so only its ranking is meaningful)."
-        if moments
-        else "Tokens whose logit this latent's decoder direction raises (promoted) or lowers "
-        "(suppressed) directly, through the unembedding: the raw logit change per unit of "
-        "activation, before the final norm divides by the residual stream's size (so only its "
-        "ranking is meaningful)."
+    frame, unit = logit_table(dash.logits, dash.tokens, moments)
+    top = max((r.value for r in dash.logits if r.side == "top"), default=0.0)
+    raw = (
+        f"the raw direct effect per unit of activation (largest here {top:.3g}) is taken "
+        "before the final norm divides by the residual stream's size, so only its ranking "
+        "means something"
     )
-    cols = st.columns(2)
-    for col, side in zip(cols, ("top", "bottom")):
-        part = []
-        for r in dash.logits:
-            if r.side != side:
-                continue
-            row = {
-                "token": repr(dash.tokens[r.token_id])
-                if r.token_id in dash.tokens
-                else f"<{r.token_id}>"
-            }
-            if moments and moments[1] > 0:
-                row["z"] = round((r.value - moments[0]) / moments[1], 1)
-            row["raw"] = round(r.value)
-            part.append(row)
-        col.caption("Promoted" if side == "top" else "Suppressed")
-        col.dataframe(pd.DataFrame(part), hide_index=True, key=f"logits_{side}")
+    st.caption(
+        "Tokens whose logit this latent's decoder direction raises (▲ promoted) or lowers "
+        "(▼ suppressed) directly, through the unembedding. "
+        + (
+            "**z**: the effect in standard deviations of this latent's effects over the whole "
+            f"vocabulary (most tokens sit near 0); {raw}."
+            if unit == "z"
+            else f"**raw**: {raw}."
+        )
+    )
+    st.dataframe(pd.DataFrame(frame), hide_index=True, key="logits")
+
+
+def logit_table(logits: list, tokens: dict[int, str], moments: tuple[float, float] | None):
+    """Promoted and suppressed tokens side by side (`▲ token`, `▲ <unit>`, `▼ token`,
+    `▼ <unit>`), and the unit: "z" over the vocabulary where its moments are known, else
+    "raw"."""
+    unit = "z" if moments and moments[1] > 0 else "raw"
+
+    def value(v: float) -> float:
+        return round((v - moments[0]) / moments[1], 1) if unit == "z" else round(v, 1)
+
+    def name(token_id: int) -> str:
+        return repr(tokens[token_id]) if token_id in tokens else f"<{token_id}>"
+
+    sides = {side: [r for r in logits if r.side == side] for side in ("top", "bottom")}
+    n = max(len(v) for v in sides.values())
+    columns: dict[str, list] = {}
+    for side, mark in (("top", "▲"), ("bottom", "▼")):
+        part = sides[side] + [None] * (n - len(sides[side]))
+        columns[f"{mark} token"] = [name(r.token_id) if r else None for r in part]
+        columns[f"{mark} {unit}"] = [value(r.value) if r else None for r in part]
+    return columns, unit
 
 
 def _explanations(dash) -> None:

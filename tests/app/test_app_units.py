@@ -208,6 +208,19 @@ def test_logit_effects_in_standard_deviations_over_the_vocabulary():
     assert vocab_moments([0.0, 1.0], [0]) is None and vocab_moments([0.0], [3]) is None
 
 
+def test_logit_table_sets_promoted_beside_suppressed():
+    from saelab.app.views.feature import logit_table
+    from saelab.resultstore import FeatureLogitRow
+
+    rows = [FeatureLogitRow("s", 1, "top", 0, 7, 12.0), FeatureLogitRow("s", 1, "top", 1, 8, 8.0)]
+    rows.append(FeatureLogitRow("s", 1, "bottom", 0, 9, -6.0))
+    table, unit = logit_table(rows, {7: " cat", 8: "<b>"}, (2.0, 4.0))
+    assert unit == "z" and table["▲ z"] == [2.5, 1.5] and table["▼ z"] == [-2.0, None]
+    assert table["▲ token"] == ["' cat'", "'<b>'"] and table["▼ token"] == ["<9>", None]
+    table, unit = logit_table(rows, {}, None)
+    assert unit == "raw" and table["▲ raw"] == [12.0, 8.0]
+
+
 def test_neighbour_labels_name_the_feature_and_its_explanation():
     from saelab.app.views.feature import neighbour_label
 

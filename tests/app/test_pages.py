@@ -78,10 +78,9 @@ def test_feature_page_shows_examples_explanations_and_neighbours(app_db, monkeyp
     )
     near = [b for b in at.button if b.key and b.key.startswith("open_near")]
     assert len(near) == 8 and all(b.label.startswith("\\#") and " · cos " in b.label for b in near)
-    logits = [d.value for d in at.dataframe if "token" in d.value.columns]
-    assert logits and all({"z", "raw"} <= set(d.columns) for d in logits)
-    top = logits[0]
-    assert (top["z"] > 0).all() and list(top["raw"]) == sorted(top["raw"], reverse=True)
+    (logits,) = [d.value for d in at.dataframe if "▲ token" in d.value.columns]
+    assert (logits["▲ z"] > 0).all() and (logits["▼ z"] < 0).all()
+    assert list(logits["▲ z"]) == sorted(logits["▲ z"], reverse=True)
     at.button(key="next").click().run()
     assert at.query_params["feature"] == str(feature + 1)
 
