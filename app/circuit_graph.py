@@ -8,7 +8,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from saelab.app.tokens import short_text
 from saelab.resultstore import CircuitCurveRow, CircuitEdgeRow, CircuitNodeRow
+
+Explanations = dict[tuple[str, int], str]
+"""(sae_id, feature) -> a stored explanation of that latent."""
+
+LABEL_EXPLANATION_CHARS = 24
+"""How much of a latent's explanation a node label shows."""
 
 SUBMODULE_ORDER = {"attn_out": 0, "mlp_out": 1, "resid_pre": 2, "resid_mid": 2, "resid_post": 3}
 """Where a hook's submodule stands within its layer."""
@@ -18,6 +25,9 @@ SUBMODULE_ORDER = {"attn_out": 0, "mlp_out": 1, "resid_pre": 2, "resid_mid": 2, 
 class Node:
     row: CircuitNodeRow
     label: str
+    """The full label (`node_label`): hover text, pickers, tables."""
+    tag: str = ""
+    """The label drawn beside the node (`node_tag`): its column names the layer and hook."""
     x: float = 0.0
     y: float = 0.0
 
@@ -44,14 +54,48 @@ def short(submodule: str) -> str:
     return submodule.split("_")[0]
 
 
-def node_label(row: CircuitNodeRow) -> str:
+def node_label(row: CircuitNodeRow, explanations: Explanations | None = None) -> str:
+    """ "L6 resid #1011 @2 · 'plural nouns…'": layer, submodule, latent (ε: the SAE's error
+    node), token position (none: summed over positions) and the latent's explanation shortened
+    where one is stored. Not escaped."""
     text = f"L{row.layer} {short(row.submodule)} " + ("ε" if row.is_error else f"#{row.feature}")
-    return text + (f" @{row.pos}" if row.pos >= 0 else "")
+    text += f" @{row.pos}" if row.pos >= 0 else ""
+    explanation = None if row.is_error else (explanations or {}).get((row.sae_id, row.feature))
+    if explanation:
+        text += f" · '{short_text(explanation, LABEL_EXPLANATION_CHARS)}'"
+    return text
 
 
-def build_graph(nodes: list[CircuitNodeRow], edges: list[CircuitEdgeRow]) -> Graph:
+def node_tag(row: CircuitNodeRow, explanations: Explanations | None = None) -> str:
+    """ "#1011 @2 · 'plural nouns…'": `node_label` without the layer and submodule, which the
+    graph's column already names. Not escaped."""
+    text = "ε" if row.is_error else f"#{row.feature}"
+    text += f" @{row.pos}" if row.pos >= 0 else ""
+    explanation = None if row.is_error else (explanations or {}).get((row.sae_id, row.feature))
+    if explanation:
+        text += f" · '{short_text(explanation, LABEL_EXPLANATION_CHARS)}'"
+    return text
+
+
+def explained_latents(nodes: list[CircuitNodeRow]) -> dict[str, list[int]]:
+    """The latents (not error nodes) of the kept and re-scored nodes, by SAE: what to look up
+    explanations for."""
+    out: dict[str, set[int]] = {}
+    for r in nodes:
+        if not r.is_error and (r.kept or r.attributed is not None):
+            out.setdefault(r.sae_id, set()).add(int(r.feature))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def build_graph(
+    nodes: list[CircuitNodeRow],
+    edges: list[CircuitEdgeRow],
+    explanations: Explanations | None = None,
+) -> Graph:
     """The kept nodes placed in columns, and the edges between them."""
-    kept = [Node(r, node_label(r)) for r in nodes if r.kept]
+    kept = [
+        Node(r, node_label(r, explanations), node_tag(r, explanations)) for r in nodes if r.kept
+    ]
     by_id = {n.row.node: n for n in kept}
     graph = Graph(kept)
     for e in edges:
@@ -147,14 +191,21 @@ def checked_edges(nodes: list[CircuitNodeRow], edges: list[CircuitEdgeRow]) -> l
     ]
 
 
-def node_table(nodes: list[CircuitNodeRow]) -> list[dict]:
+def feature_url(sae_id: str, feature: int) -> str:
+    """The Feature page of a latent, relative to the app's root (a link from another page)."""
+    return f"./feature?sae={sae_id}&feature={int(feature)}"
+
+
+def node_table(nodes: list[CircuitNodeRow], explanations: Explanations | None = None) -> list[dict]:
     """The kept and the exactly re-scored nodes, largest |effect| first: `effect` is the exact
-    effect where `attributed` (the ranking method's) is recorded."""
+    effect where `attributed` (the ranking method's) is recorded; `feature page` links a
+    latent's Feature page (None for an error node)."""
     shown = [r for r in nodes if r.kept or r.attributed is not None]
     rows = [
         {
             "node": r.node,
-            "label": node_label(r),
+            "label": node_label(r, explanations),
+            "feature page": None if r.is_error else feature_url(r.sae_id, r.feature),
             "kept": bool(r.kept),
             "effect": r.effect,
             "attributed": r.attributed,

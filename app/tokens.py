@@ -99,6 +99,17 @@ def visible(text: str) -> str:
     return out.replace("\r", "").replace("\t", "→\t").replace("\n", "↵<br>")
 
 
+NEWLINE_MARK = '<span class="nl" style="color:#aaa">↵</span>'
+"""How a newline inside a token window shows: a faint mark on the same line."""
+
+
+def inline_visible(text: str) -> str:
+    """Escaped text on one line: newlines as a faint mark with no line break (a window of many
+    newlines stays a few lines tall), tabs as an arrow."""
+    out = html.escape(text, quote=True)
+    return out.replace("\r", "").replace("\t", "→ ").replace("\n", NEWLINE_MARK)
+
+
 def highlight_html(
     pieces: list[Piece], acts: Sequence[float], scale: float, token_ids: Sequence[int]
 ) -> str:
@@ -113,8 +124,35 @@ def highlight_html(
         vals = ", ".join(f"{v:.3g}" for v in values)
         title = html.escape(f"activation {vals} · token {ids}", quote=True)
         style = f"background: rgba(255, 120, 0, {alpha:.3f});" if alpha > 0 else ""
-        spans.append(f'<span class="tok" style="{style}" title="{title}">{visible(p.text)}</span>')
+        spans.append(
+            f'<span class="tok" style="{style}" title="{title}">{inline_visible(p.text)}</span>'
+        )
     return (
         '<div class="saelab-window" style="font-family: monospace; white-space: pre-wrap; '
         'line-height: 1.7; padding: 2px 0;">' + "".join(spans) + "</div>"
     )
+
+
+def short_text(text: str | None, limit: int = 48) -> str:
+    """One line of at most `limit` characters (whitespace collapsed, cut at a word where one
+    ends late enough, "…" where cut): an explanation shown as a label. Not escaped: escape
+    where it is rendered."""
+    if not text:
+        return ""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:  # end on a whole word where that keeps most of the room
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+_MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|:<>~$=^&")
+
+
+def markdown_literal(text: str) -> str:
+    """Text for a Streamlit label (which reads Markdown, colour directives and :icons:) shown
+    literally: every Markdown punctuation character backslash-escaped."""
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)

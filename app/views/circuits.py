@@ -42,6 +42,18 @@ _SETTINGS = (
 
 COLORS = {"faithfulness": "#1f77b4", "completeness": "#ff7f0e"}
 
+LEGEND = (
+    "How to read a node: **L6 resid #1011 @2 · 'explanation…'** is latent 1011 of the SAE on "
+    "layer 6's residual stream, at token position 2 of the task's prompts (0 is the BOS token; "
+    "the prompts share one length; no @ means summed over positions), with the start of its "
+    "stored explanation. **ε** (a square) is that SAE's error node: the part of the activation "
+    "the SAE does not reconstruct, kept as a node of its own. Colour (scale on the right): the "
+    "node's effect, the change of the task metric (logit of the right answer minus the wrong "
+    "one) when the node alone is moved to its patch value; red (negative) nodes support the "
+    "right answer, blue ones work against it. Size: |effect|. Click a latent's node, or "
+    "use the node table's links, to open its Feature page."
+)
+
 
 def render() -> None:
     st.title("Circuits")
@@ -68,14 +80,25 @@ def render() -> None:
             hide_index=True,
             key="circuit_fields",
         )
-    graph = circuit_graph.build_graph(nodes, edges)
+    explanations = _explanations(nodes)
+    graph = circuit_graph.build_graph(nodes, edges, explanations)
     if not graph.nodes:
         st.info("This circuit kept no nodes.")
     else:
         _draw(graph)
-    _node_table(circuit, nodes)
+        st.caption(LEGEND)
+    _node_table(circuit, nodes, explanations)
     _edge_check(circuit, checks)
     _curves(circuit, curves)
+
+
+def _explanations(nodes: list[CircuitNodeRow]) -> circuit_graph.Explanations:
+    """Stored explanations of the circuit's shown latents, by (SAE, latent)."""
+    out: circuit_graph.Explanations = {}
+    for sae_id, features in circuit_graph.explained_latents(nodes).items():
+        texts = common.q("explanation_texts", sae_id, features)
+        out.update({(sae_id, f): t for f, t in texts.items() if t})
+    return out
 
 
 def _label(c: CircuitRow) -> str:
@@ -155,17 +178,21 @@ def _draw(graph: circuit_graph.Graph) -> None:
             x=[n.x for n in graph.nodes],
             y=[n.y for n in graph.nodes],
             mode="markers+text",
-            text=[html.escape(n.label) for n in graph.nodes],
+            # plotly reads tags, not attributes: escaping <, > and & keeps the text text, and
+            # quotes stay as they are (plotly would show "&quot;" literally)
+            text=[html.escape(n.tag, quote=False) for n in graph.nodes],
+            hovertext=[html.escape(n.label, quote=False) for n in graph.nodes],
             textposition="middle right",  # beside: stacked labels never overlap
             customdata=[
                 [n.feature if n.feature is not None else -1, n.row.sae_id] for n in graph.nodes
             ],
-            hovertemplate="%{text}<br>effect %{marker.color:.3g}<extra></extra>",
+            hovertemplate="%{hovertext}<br>effect %{marker.color:.3g}<extra></extra>",
             marker={
                 "size": [circuit_graph.node_size(n.effect, largest) for n in graph.nodes],
                 "color": [n.effect for n in graph.nodes],
                 "colorscale": "RdBu",
                 "cmid": 0,
+                "colorbar": {"title": {"text": "effect"}, "thickness": 14, "len": 0.8},
                 "symbol": ["circle" if n.feature is not None else "square" for n in graph.nodes],
                 "line": {"width": 1, "color": "#333"},
             },
@@ -173,7 +200,7 @@ def _draw(graph: circuit_graph.Graph) -> None:
         )
     )
     fig.update_xaxes(
-        range=[-0.3, len(graph.columns) - 0.4],  # room for the last column's labels
+        range=[-0.3, len(graph.columns) - 1 + _label_room(graph)],
         tickvals=list(range(len(graph.columns))),
         ticktext=[
             html.escape(f"L{layer} {circuit_graph.short(sub)}") for layer, sub in graph.columns
@@ -200,8 +227,18 @@ def _draw(graph: circuit_graph.Graph) -> None:
             common.goto("feature", sae=node.row.sae_id, feature=node.feature)
 
 
-def _node_table(circuit: CircuitRow, nodes: list[CircuitNodeRow]) -> None:
-    rows = circuit_graph.node_table(nodes)
+def _label_room(graph: circuit_graph.Graph, plot_px: float = 900, char_px: float = 6.5) -> float:
+    """How far (in column units) the x axis reaches past the last column so that column's
+    labels fit: r units give r·plot_px/(span) pixels, span = columns − 0.7 + r."""
+    last = max(n.x for n in graph.nodes)
+    need = 24 + char_px * max(len(n.tag) for n in graph.nodes if n.x == last)
+    return max(0.6, need * (len(graph.columns) - 0.7) / max(plot_px - need, 1.0))
+
+
+def _node_table(
+    circuit: CircuitRow, nodes: list[CircuitNodeRow], explanations: circuit_graph.Explanations
+) -> None:
+    rows = circuit_graph.node_table(nodes, explanations)
     if not rows:
         return
     st.subheader("Node table")
@@ -215,7 +252,17 @@ def _node_table(circuit: CircuitRow, nodes: list[CircuitNodeRow]) -> None:
         st.caption(f"Exact re-scoring of nodes: {NOT_RECORDED} (an older results file).")
     else:
         st.caption("No node was re-scored by exact patching: effects are attributed.")
-    st.dataframe(rows, hide_index=True, key="circuit_nodes")
+    st.dataframe(
+        rows,
+        hide_index=True,
+        key="circuit_nodes",
+        column_config={
+            "label": st.column_config.TextColumn(width="large"),
+            "feature page": st.column_config.LinkColumn(
+                help="Open the latent's Feature page", display_text="open"
+            ),
+        },
+    )
 
 
 def _edge_check(circuit: CircuitRow, checks: list[circuit_graph.CheckedEdge]) -> None:

@@ -1,4 +1,6 @@
-"""Compare: every eval's metrics across the chosen SAEs, the winner per column marked."""
+"""Compare: the variant frontiers of the chosen SAEs (the plots `saelab compare --html`
+writes) and every eval's metrics across them, the winner per metric marked, each metric named
+in full with its definition."""
 
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ def winners(table: dict[str, dict[str, float]]) -> dict[str, set[str]]:
 
 
 def render() -> None:
-    import pandas as pd
 
     st.title("Compare SAEs")
     saes = common.q("list_saes")
@@ -56,16 +57,58 @@ def render() -> None:
     for r in common.q("score_summary", list(chosen)):
         column = f"autointerp / autointerp:{r['explainer']}:{r['scorer']}"
         table.setdefault(column, {})[r["sae_id"]] = r["mean"]
+    _frontiers(chosen)
     marks = winners(table)
-    frame = pd.DataFrame(
-        {
-            col: [_cell(values.get(s), s in marks.get(col, ())) for s in chosen]
-            for col, values in table.items()
+    frame = metric_frame(table, marks, chosen, names)
+    st.subheader("Every metric")
+    st.caption(
+        "★ marks the best value per metric where the catalogue says which way is better; "
+        "hover a metric's definition to read it whole."
+    )
+    st.dataframe(
+        frame,
+        height=min(35 * (len(frame) + 1) + 3, 1200),
+        hide_index=True,
+        key="compare_table",
+        column_config={
+            "eval": st.column_config.TextColumn(width="small", pinned=True),
+            "metric": st.column_config.TextColumn(width="medium", pinned=True),
+            "definition": st.column_config.TextColumn(width="large"),
         },
-        index=[names[s] for s in chosen],
-    ).T
-    st.caption("★ marks the best value per metric where the catalogue says which way is better.")
-    st.dataframe(frame, height=min(35 * (len(frame) + 1) + 3, 1200), key="compare_table")
+    )
+
+
+def metric_frame(table: dict[str, dict[str, float]], marks: dict[str, set[str]], chosen: list,
+                 names: dict[str, str]):  # fmt: skip
+    """One row per "eval / metric" (the index): `eval`, `metric`, one column per SAE (its
+    value, ★ for the best), `better` (which way) and the metric's `definition`."""
+    import pandas as pd
+
+    from saelab.evaluation.registry import describe
+
+    rows = []
+    for column, values in table.items():
+        eval_name, _, metric = column.partition(" / ")
+        row = {"eval": eval_name, "metric": metric}
+        row |= {names[s]: _cell(values.get(s), s in marks.get(column, ())) for s in chosen}
+        row["better"] = better_of(column) or ""
+        row["definition"] = describe(eval_name, metric) or ""
+        rows.append(row)
+    return pd.DataFrame(rows, index=list(table))
+
+
+def _frontiers(chosen: list[str]) -> None:
+    """The frontier plots of `saelab compare --html`, over the chosen evaluated SAEs."""
+    from saelab.evaluation.compare import frontier_figure
+
+    rows = [r for r in common.q("sae_overview") if r["sae_id"] in chosen and r["evals"]]
+    if not rows:
+        st.caption("No frontier plot: none of the chosen SAEs has been evaluated.")
+        return
+    fig = frontier_figure(rows)
+    fig.layout.width = None
+    fig.update_layout(title=None, margin={"t": 40})
+    st.plotly_chart(fig, key="compare_frontiers")
 
 
 def _cell(value, best: bool) -> str:

@@ -1,5 +1,6 @@
-"""Feature: one latent's dashboard (examples, histograms, logit effects, explanations with
-their scores, nearest features by decoder cosine), with previous/next/random navigation."""
+"""Feature: one latent's dashboard (examples with the activation on hover, a "test your own
+text" box, histograms, logit effects, explanations with their scores, nearest features by
+decoder cosine), with previous/next/random navigation and one click to steer with it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import random
 
 import streamlit as st
 
-from saelab.app import common, decoder
-from saelab.app.tokens import TokenBytes, highlight_html, merge_pieces, visible
+from saelab.app import common, decoder, text_activations
+from saelab.app.tokens import (
+    TokenBytes,
+    highlight_html,
+    markdown_literal,
+    merge_pieces,
+    short_text,
+    visible,
+)
 
 TITLE = "Feature"
 ICON = ":material/bubble_chart:"
@@ -39,6 +47,33 @@ def token_bytes(model: str | None) -> TokenBytes | None:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _unit_decoder(weights: str, mtime_ns: int):
     return decoder.unit_decoder(weights)
+
+
+@st.cache_resource(show_spinner="Loading the model and the SAE (once per app process)…",
+                   max_entries=4)  # fmt: skip
+def _probe(sae_id: str, path: str, mtime_ns: int):
+    """The SAE and its model for the "test your own text" box (keyed by the weights' file)."""
+    sae = next(s for s in common.q("list_saes") if s.sae_id == sae_id)
+    return text_activations.load_probe(sae, model=_model(sae.model or "smollm2-135m"))
+
+
+@st.cache_resource(show_spinner=False)
+def _model(spec: str):
+    from saelab.activations.models import load_model
+
+    return load_model(spec)
+
+
+def vocab_moments(edges: list[float], counts: list[int]) -> tuple[float, float] | None:
+    """Mean and standard deviation of a latent's logit effects over the whole vocabulary,
+    from their stored histogram (bin centres); None without one."""
+    total = sum(counts)
+    if total == 0 or len(edges) != len(counts) + 1:
+        return None
+    centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+    mean = sum(c * n for c, n in zip(centres, counts)) / total
+    var = sum(n * (c - mean) ** 2 for c, n in zip(centres, counts)) / total
+    return mean, math.sqrt(var)
 
 
 def render() -> None:
@@ -70,6 +105,7 @@ def render() -> None:
         )
     left, right = st.columns([3, 2])
     with left:
+        _test_text(dash)
         _examples(dash)
     with right:
         _explanations(dash)
@@ -82,7 +118,7 @@ def render() -> None:
 def _navigation(sae_id: str, d_sae: int) -> int:
     current = common.param_int("feature")
     current = 0 if current is None else min(max(current, 0), d_sae - 1)
-    cols = st.columns([2, 1, 1, 1, 4])
+    cols = st.columns([2, 1, 1, 1, 2, 2])
     chosen = cols[0].number_input(
         "Feature", min_value=0, max_value=d_sae - 1, value=current, step=1, key=f"num_{current}"
     )
@@ -94,6 +130,9 @@ def _navigation(sae_id: str, d_sae: int) -> int:
     if cols[3].button("Random", key="random"):
         picked = common.q("random_feature", sae_id, random.randrange(1 << 30))
         target = picked if picked is not None else random.randrange(d_sae)
+    if cols[4].button("Steer with this feature", key="steer", icon=":material/tune:"):
+        page = "playground" if "playground" in common.PAGES else "steering"
+        common.goto(page, sae=sae_id, feature=current)
     if target != current or st.query_params.get("feature") != str(current):
         st.query_params["feature"] = str(target)
         if target != current:
@@ -151,6 +190,49 @@ def _examples(dash) -> None:
             show(by_kind[kind])
 
 
+def _test_text(dash) -> None:
+    """The latent's activation on each token of a text the user types."""
+    st.subheader("Test your own text")
+    with st.form("test_text", border=False):
+        text = st.text_area(
+            "Text",
+            key="test_text_input",
+            height=80,
+            placeholder="Type text to see this latent's activation on each of its tokens",
+            label_visibility="collapsed",
+        )
+        run = st.form_submit_button("Run on this text", key="test_text_run")
+    if not run:
+        return
+    if not text.strip():
+        st.info("Type some text first.")
+        return
+    try:
+        weights = decoder.weights_file(dash.sae)
+        probe = _probe(dash.sae.sae_id, str(weights), weights.stat().st_mtime_ns)
+    except common.db.UserError as err:
+        st.error(f"Cannot run the SAE: {err}")
+        return
+    result = text_activations.latent_activations(probe, text, dash.stats.feature)
+    pieces = merge_pieces(result.token_ids, token_bytes(dash.sae.model), dash.tokens)
+    peak = max(result.acts, default=0.0)
+    scale = float(dash.stats.max_act or 0)
+    st.html(
+        '<div class="saelab-test-text">'
+        + highlight_html(pieces, result.acts, scale, result.token_ids)
+        + "</div>"
+    )
+    n_tokens = len(result.token_ids)
+    cut = " (cut to the first tokens)" if n_tokens >= text_activations.MAX_TEXT_TOKENS else ""
+    st.caption(
+        f"{n_tokens} tokens{cut}; largest activation {peak:.3g} "
+        f"({peak / scale:.0%} of the max over the eval's corpus, {scale:.3g}); "
+        "hover a token for its value."
+        if scale > 0
+        else f"{n_tokens} tokens{cut}; largest activation {peak:.3g}."
+    )
+
+
 def _histograms(dash) -> None:
     import plotly.graph_objects as go
 
@@ -192,20 +274,48 @@ def _logits(dash) -> None:
     if not dash.logits:
         return
     st.subheader("Logit effects")
-    cols = st.columns(2)
-    for col, side in zip(cols, ("top", "bottom")):
-        part = [
-            {
-                "token": repr(dash.tokens[r.token_id])
-                if r.token_id in dash.tokens
-                else f"<{r.token_id}>",
-                "effect": r.value,
-            }
-            for r in dash.logits
-            if r.side == side
-        ]
-        col.caption("Promoted" if side == "top" else "Suppressed")
-        col.dataframe(pd.DataFrame(part), hide_index=True, key=f"logits_{side}")
+    hist = next((h for h in dash.histograms if h.kind == "logit"), None)
+    moments = vocab_moments(hist.bin_edges, hist.counts) if hist else None
+    frame, unit = logit_table(dash.logits, dash.tokens, moments)
+    top = max((r.value for r in dash.logits if r.side == "top"), default=0.0)
+    raw = (
+        f"the raw direct effect per unit of activation (largest here {top:.3g}) is taken "
+        "before the final norm divides by the residual stream's size, so only its ranking "
+        "means something"
+    )
+    st.caption(
+        "Tokens whose logit this latent's decoder direction raises (▲ promoted) or lowers "
+        "(▼ suppressed) directly, through the unembedding. "
+        + (
+            "**z**: the effect in standard deviations of this latent's effects over the whole "
+            f"vocabulary (most tokens sit near 0); {raw}."
+            if unit == "z"
+            else f"**raw**: {raw}."
+        )
+    )
+    st.dataframe(pd.DataFrame(frame), hide_index=True, key="logits")
+
+
+def logit_table(logits: list, tokens: dict[int, str], moments: tuple[float, float] | None):
+    """Promoted and suppressed tokens side by side (`▲ token`, `▲ <unit>`, `▼ token`,
+    `▼ <unit>`), and the unit: "z" over the vocabulary where its moments are known, else
+    "raw"."""
+    unit = "z" if moments and moments[1] > 0 else "raw"
+
+    def value(v: float) -> float:
+        return round((v - moments[0]) / moments[1], 1) if unit == "z" else round(v, 1)
+
+    def name(token_id: int) -> str:
+        return repr(tokens[token_id]) if token_id in tokens else f"<{token_id}>"
+
+    sides = {side: [r for r in logits if r.side == side] for side in ("top", "bottom")}
+    n = max(len(v) for v in sides.values())
+    columns: dict[str, list] = {}
+    for side, mark in (("top", "▲"), ("bottom", "▼")):
+        part = sides[side] + [None] * (n - len(sides[side]))
+        columns[f"{mark} token"] = [name(r.token_id) if r else None for r in part]
+        columns[f"{mark} {unit}"] = [value(r.value) if r else None for r in part]
+    return columns, unit
 
 
 def _explanations(dash) -> None:
@@ -270,8 +380,15 @@ def _neighbours(sae, feature: int) -> None:
     near = decoder.nearest(unit, feature, k=8)
     texts = common.q("explanation_texts", sae.sae_id, [f for f, _ in near])
     for f, cos in near:
-        cols = st.columns([1, 1, 4])
-        with cols[0]:
-            common.feature_button(sae.sae_id, f, key="near")
-        cols[1].write(f"{cos:.3f}")
-        cols[2].text(texts.get(f, ""))
+        common.feature_button(
+            sae.sae_id, f, label=neighbour_label(f, cos, texts.get(f)), key="near"
+        )
+
+
+def neighbour_label(feature: int, cosine: float, explanation: str | None) -> str:
+    """A nearest-feature button's label: number, cosine and the explanation shortened, shown
+    literally (a label reads Markdown)."""
+    text = f"#{feature} · cos {cosine:.2f}"
+    if explanation:
+        text += f" · {short_text(explanation, 40)}"
+    return markdown_literal(text)

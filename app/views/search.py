@@ -1,5 +1,6 @@
 """Search: latents by explanation text, by a token that activates them, or by density and
-score ranges; every result opens its feature page."""
+score ranges, in every SAE of the file at once (the default) or in the picked one; every result
+names its SAE and opens its feature page."""
 
 from __future__ import annotations
 
@@ -10,13 +11,27 @@ from saelab.app import common
 TITLE = "Search"
 ICON = ":material/search:"
 
+ALL = "all"
+"""The scope choice that searches every SAE of the file."""
+MAX_SHOWN = 100
+"""Results listed (strongest first)."""
+
 
 def render() -> None:
-    sae = common.pick_sae(common.q("list_saes"), key="search")
+    saes = common.q("list_saes")
+    sae = common.pick_sae(saes, key="search")
     if sae is None:
         return
-    sae_id = sae.sae_id
     st.title("Search features")
+    scope = st.radio(
+        "Search in",
+        [ALL, sae.sae_id],
+        format_func=lambda s: f"all SAEs ({len(saes)})" if s == ALL else f"{sae.name} only",
+        horizontal=True,
+        key="search_scope",
+    )
+    chosen = saes if scope == ALL else [sae]
+    where = None if scope == ALL else sae.sae_id
     by_text, by_token, by_range = st.tabs(
         ["Explanation text", "Activating token", "Density / score"]
     )
@@ -24,8 +39,7 @@ def render() -> None:
         text = st.text_input("Explanation contains", key="search_text")
         if text:
             _results(
-                sae_id,
-                common.q("search_explanations", sae_id, text),
+                common.q("search_explanations", where, text),
                 "text",
                 ["explainer", "explanation", "best_score", "density"],
             )
@@ -34,19 +48,10 @@ def render() -> None:
             "Token (e.g. ' Paris'; a leading space is tried both ways)", key="search_token"
         )
         if token:
-            ids = common.q("token_ids_for", sae.model_sha256 or "", token)
-            if not ids:
-                st.info(
-                    "No vocabulary entry is exactly that token; try with or without a leading space."
-                )
-            else:
-                st.caption(f"token ids {', '.join(map(str, ids))}")
-                _results(
-                    sae_id, common.q("search_token", sae_id, ids), "token", ["max_on_token", "hits"]
-                )
+            _token_results(chosen, token)
     with by_range:
         lo, hi = st.slider("log10 density", -7.0, 0.0, (-7.0, 0.0), step=0.25, key="search_density")
-        scorers = common.q("scorer_names", sae_id)
+        scorers = sorted({name for s in chosen for name in common.q("scorer_names", s.sae_id)})
         scorer = st.selectbox("Score", ["(any)", *scorers], key="search_scorer")
         score = None
         if scorer != "(any)":
@@ -55,20 +60,46 @@ def render() -> None:
             st.session_state["search_range_on"] = True
         if st.session_state.get("search_range_on"):
             rows = common.q(
-                "search_ranges", sae_id, (lo, hi), score, None if scorer == "(any)" else scorer
+                "search_ranges", where, (lo, hi), score, None if scorer == "(any)" else scorer
             )
-            _results(
-                sae_id, rows, "range", ["density", "max_act", "scorer", "score", "explanation"]
-            )
+            _results(rows, "range", ["density", "max_act", "scorer", "score", "explanation"])
 
 
-def _results(sae_id: str, rows: list[dict], key: str, columns: list[str]) -> None:
+def _token_results(saes: list, token: str) -> None:
+    """Token ids are a model's: look the token up once per model among the SAEs searched."""
+    by_model: dict[str, list[str]] = {}
+    for s in saes:
+        by_model.setdefault(s.model_sha256 or "", []).append(s.sae_id)
+    rows, found = [], []
+    for sha, sae_ids in by_model.items():
+        ids = common.q("token_ids_for", sha, token)
+        if ids:
+            found += ids
+            rows += common.q("search_token", sae_ids, ids)
+    if not found:
+        st.info("No vocabulary entry is exactly that token; try with or without a leading space.")
+        return
+    st.caption(f"token ids {', '.join(map(str, sorted(set(found))))}")
+    rows.sort(key=lambda r: -r["max_on_token"])
+    rows = rows[:MAX_SHOWN]
+    for sae_id in {r["sae_id"] for r in rows}:
+        features = [r["feature"] for r in rows if r["sae_id"] == sae_id]
+        texts = common.q("explanation_texts", sae_id, features)
+        for r in rows:
+            if r["sae_id"] == sae_id and r["feature"] in texts:
+                r["explanation"] = texts[r["feature"]]
+    _results(rows, "token", ["max_on_token", "hits", "explanation"])
+
+
+def _results(rows: list[dict], key: str, columns: list[str]) -> None:
     if not rows:
         st.info("No feature matches.")
         return
-    st.caption(f"{len(rows)} features (strongest first)")
-    for i, r in enumerate(rows[:100]):
-        cols = st.columns([1, 5])
+    n_saes = len({r["sae_id"] for r in rows})
+    st.caption(f"{len(rows)} features (strongest first) from {n_saes} SAE(s)")
+    for i, r in enumerate(rows[:MAX_SHOWN]):
+        cols = st.columns([1, 1.3, 5])
         with cols[0]:
-            common.feature_button(sae_id, r["feature"], key=f"{key}{i}")
-        cols[1].text(" · ".join(f"{c}: {common.fmt(r.get(c))}" for c in columns if c in r))
+            common.feature_button(r["sae_id"], r["feature"], key=f"{key}{i}")
+        cols[1].text(r["name"])
+        cols[2].text(" · ".join(f"{c}: {common.fmt(r.get(c))}" for c in columns if c in r))

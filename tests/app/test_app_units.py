@@ -1,6 +1,7 @@
 """The app's pure pieces against independent references: token text, decoder neighbours,
-compare winners, a circuit's curves, checked edges and node table; and the command line's
-messages for bad files."""
+compare winners and metric table, a circuit's curves, checked edges, node labels and node
+table, logit-effect units, searches across SAEs, the "test your own text" activations; and the
+command line's messages for bad files."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import numpy as np
 import pytest
 
 from saelab.app import decoder
-from saelab.app.tokens import TokenBytes, highlight_html, merge_pieces
+from saelab.app.tokens import (
+    NEWLINE_MARK,
+    TokenBytes,
+    highlight_html,
+    markdown_literal,
+    merge_pieces,
+    short_text,
+)
 from saelab.app.views.compare import winners
 from saelab.cli import main
 
@@ -41,7 +49,8 @@ def test_highlight_escapes_text_and_titles_and_shades_by_activation():
     pieces = merge_pieces([1, 2], None, {1: '<b x="1">', 2: " & \n"})
     out = highlight_html(pieces, [2.0, 0.0], 4.0, [1, 2])
     assert "<b " not in out and "&lt;b x=&quot;1&quot;&gt;" in out
-    assert "&amp; ↵<br>" in out and "rgba(255, 120, 0, 0.500)" in out
+    assert "&amp; " + NEWLINE_MARK in out and "rgba(255, 120, 0, 0.500)" in out
+    assert "<br>" not in out  # a newline is a mark on the line, not a line break
     assert 'title="activation 2 · token 1"' in out
 
 
@@ -149,3 +158,165 @@ def test_checked_edges_and_node_table():
     assert [r["node"] for r in table] == [1, 0, 2]  # kept or re-scored, largest |effect| first
     assert [r["attributed"] for r in table] == [None, 0.5, 0.3]
     assert "attributed" not in circuit_graph.node_table([_node(0, True, 0.8)])[0]
+
+
+def test_node_labels_carry_shortened_explanations_and_tables_link_features():
+    from saelab.app import circuit_graph
+
+    nodes = [_node(0, True, 0.8), _node(1, True, -0.9), _node(2, False, 0.01, 0.3)]
+    nodes.append(_node(3, False, 0.5))  # neither kept nor re-scored: not shown
+    error = _node(4, True, 0.2)
+    error.is_error, error.feature, error.pos = True, -1, 2
+    nodes.append(error)
+    long = "plural nouns   after a\ncomma, especially in lists of several items"
+    explanations = {("s", 1): long, ("s", 4): "never shown for an error node", ("t", 0): "x"}
+    assert circuit_graph.explained_latents(nodes) == {"s": [0, 1, 2]}
+    assert circuit_graph.node_label(nodes[0], explanations) == "L3 mlp #0"
+    label = circuit_graph.node_label(nodes[1], explanations)
+    assert label == "L3 mlp #1 · 'plural nouns after a…'"
+    assert circuit_graph.node_tag(nodes[1], explanations) == "#1 · 'plural nouns after a…'"
+    assert len(label.split("'")[1]) <= circuit_graph.LABEL_EXPLANATION_CHARS
+    assert circuit_graph.node_label(error, explanations) == "L3 mlp ε @2"
+    graph = circuit_graph.build_graph(nodes, [], explanations)
+    assert label in [n.label for n in graph.nodes] and "ε @2" in [n.tag for n in graph.nodes]
+    table = {r["node"]: r for r in circuit_graph.node_table(nodes, explanations)}
+    assert table[1]["label"] == label and table[4]["feature page"] is None
+    assert table[2]["feature page"] == "./feature?sae=s&feature=2"
+
+
+def test_short_text_and_markdown_literal():
+    assert short_text(None) == "" and short_text(" a\n b ") == "a b"
+    assert short_text("abcdefghij", 5) == "abcd…" and short_text("abcde", 5) == "abcde"
+    assert short_text("one two three four", 12) == "one two…"  # ends on a whole word
+    assert short_text("a bcdefghijklmnop", 8) == "a bcdef…"  # unless that wastes the room
+    text = "**bold** [x](y) :red[z] `c` <b> #1 a_b"
+    escaped = markdown_literal(text)
+    assert escaped.replace("\\", "") == text  # only backslashes added
+    assert all(escaped[i - 1] == "\\" for i, c in enumerate(escaped) if c in "*[]():`<>#_")
+
+
+def test_logit_effects_in_standard_deviations_over_the_vocabulary():
+    from saelab.app.views.feature import vocab_moments
+
+    rng = np.random.default_rng(0)
+    effects = rng.normal(3.0, 7.0, size=49_152)
+    counts, edges = np.histogram(effects, bins=32)
+    mean, std = vocab_moments(edges.tolist(), counts.tolist())
+    width = edges[1] - edges[0]
+    assert abs(mean - effects.mean()) < width / 4
+    assert abs(std - effects.std()) < width / 2  # binning adds about width²/12 to the variance
+    assert vocab_moments([0.0, 1.0], [0]) is None and vocab_moments([0.0], [3]) is None
+
+
+def test_logit_table_sets_promoted_beside_suppressed():
+    from saelab.app.views.feature import logit_table
+    from saelab.resultstore import FeatureLogitRow
+
+    rows = [FeatureLogitRow("s", 1, "top", 0, 7, 12.0), FeatureLogitRow("s", 1, "top", 1, 8, 8.0)]
+    rows.append(FeatureLogitRow("s", 1, "bottom", 0, 9, -6.0))
+    table, unit = logit_table(rows, {7: " cat", 8: "<b>"}, (2.0, 4.0))
+    assert unit == "z" and table["▲ z"] == [2.5, 1.5] and table["▼ z"] == [-2.0, None]
+    assert table["▲ token"] == ["' cat'", "'<b>'"] and table["▼ token"] == ["<9>", None]
+    table, unit = logit_table(rows, {}, None)
+    assert unit == "raw" and table["▲ raw"] == [12.0, 8.0]
+
+
+def test_neighbour_labels_name_the_feature_and_its_explanation():
+    from saelab.app.views.feature import neighbour_label
+
+    assert neighbour_label(1011, 0.2262, None) == "\\#1011 · cos 0\\.23"
+    label = neighbour_label(7, 0.5, "fires on *bold* text and more words than fit here")
+    assert label.startswith("\\#7 · cos 0\\.50 · fires on \\*bold\\* text") and "…" in label
+
+
+def test_metric_table_names_metrics_in_full_with_definitions():
+    from saelab.app.views.compare import metric_frame
+
+    table = {
+        "core / fvu": {"a": 0.2, "b": 0.1},
+        "autointerp / autointerp:llm:detection": {"a": 0.5},
+    }
+    frame = metric_frame(table, winners(table), ["a", "b"], {"a": "sae-a", "b": "sae-b"})
+    assert list(frame["metric"]) == ["fvu", "autointerp:llm:detection"]
+    assert list(frame["eval"]) == ["core", "autointerp"]
+    assert list(frame.loc["core / fvu", ["sae-a", "sae-b"]]) == ["0.2", "★ 0.1"]
+    assert frame.loc["core / fvu", "better"] == "lower"
+    assert "variance" in frame.loc["core / fvu", "definition"].lower()
+
+
+def test_searches_span_every_sae(app_db):
+    from saelab import resultstore as results
+
+    path, ids = app_db
+    store = results.ResultsStore(path)
+    with store.reading() as con:
+        live = {
+            tuple(r)
+            for r in con.execute("SELECT sae_id, feature FROM features WHERE NOT dead").fetchall()
+        }
+        explained = {
+            tuple(r)
+            for r in con.execute(
+                "SELECT sae_id, feature FROM explanations WHERE explanation ILIKE '%fake%'"
+            ).fetchall()
+        }
+        names = dict(con.execute("SELECT sae_id, name FROM saes").fetchall())
+        sha = con.execute("SELECT model_sha256 FROM saes LIMIT 1").fetchone()[0]
+    rows = results.search_ranges(store, None, (-7.0, 0.0), limit=10_000)
+    assert {(r["sae_id"], r["feature"]) for r in rows} == live
+    assert {r["sae_id"] for r in rows} == set(ids) and all(
+        r["name"] == names[r["sae_id"]] for r in rows
+    )
+    one = results.search_ranges(store, ids[0], (-7.0, 0.0), limit=10_000)
+    assert {(r["sae_id"], r["feature"]) for r in one} == {k for k in live if k[0] == ids[0]}
+    text = results.search_explanations(store, None, "FAKE")
+    assert explained and {(r["sae_id"], r["feature"]) for r in text} == explained
+    assert {r["sae_id"] for r in text} == set(ids)
+    ids_the = results.token_ids_for(store, sha, " the")
+    both = results.search_token(store, list(ids), ids_the)
+    assert {r["sae_id"] for r in both} == set(ids)
+    assert {(r["sae_id"], r["feature"]) for r in results.search_token(store, ids[1], ids_the)} == {
+        (r["sae_id"], r["feature"]) for r in both if r["sae_id"] == ids[1]
+    }
+
+
+def test_text_activations_match_the_eval_and_a_direct_encode(app_db, model):
+    """The "test your own text" box against two references: the features eval's stored
+    activations on windows that start a sequence (same tokens, a separate pipeline through the
+    harvested store), and a direct SAE encode of a full forward's activations for a text."""
+    import torch
+
+    from saelab import resultstore as results
+    from saelab.activations.corpus import bos_token_id
+    from saelab.app import text_activations
+    from saelab.sae.checkpoint import load_sae
+
+    path, ids = app_db
+    store = results.ResultsStore(path)
+    row = results.sae_by_id(store, ids[-1])
+    probe = text_activations.load_probe(row, model=model)
+    bos = bos_token_id(model.tokenizer)
+    with store.reading() as con:
+        windows = con.execute(
+            "SELECT feature, tokens, acts FROM feature_examples WHERE sae_id = ? AND kind = 'top' "
+            "AND tokens[1] = ? ORDER BY activation DESC LIMIT 3",
+            [row.sae_id, bos],
+        ).fetchall()
+    assert windows
+    for feature, tokens, acts in windows:
+        got = text_activations.activations_on_tokens(probe, tokens, feature)
+        # the store holds float16 activations; the box runs the model in float32
+        np.testing.assert_allclose(got[1:], acts[1:], rtol=0.05, atol=0.02 * max(acts))
+        assert max(acts) > 0
+
+    text = "The keys to the cabinet are on the table.\nParis is in France."
+    sae = load_sae(row.path)
+    tokens = torch.tensor([[bos, *model.tokenizer.encode(text, add_special_tokens=False)]])
+    with torch.no_grad():
+        _, cache = model.bridge.run_with_cache(tokens)
+        reference = sae.encode(cache[row.hook][0].float())[1:]
+    feature = int(reference.max(dim=0).values.argmax())
+    got = text_activations.latent_activations(probe, text, feature)
+    assert got.token_ids == tokens[0, 1:].tolist()
+    assert max(got.acts) > 0
+    np.testing.assert_allclose(got.acts, reference[:, feature].numpy(), rtol=1e-4, atol=1e-5)

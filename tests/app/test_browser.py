@@ -138,6 +138,12 @@ def test_click_through_every_page(browser, app_db, tmp_path):
         assert f"Feature {feature}" in main and explanation in main
         assert "�" not in main
         shots.append(_shot(page, tmp_path, "feature_explained"))
+        # "test your own text": the latent's activation on each typed token, on hover
+        page.get_by_placeholder("Type text").fill("The city of <i>Paris</i>\n\nis big")
+        page.get_by_role("button", name="Run on this text").click()
+        box = page.locator(".saelab-test-text").first
+        box.wait_for(timeout=60_000)
+        assert "<i>Paris</i>" in box.inner_text() and box.locator("[title^=activation]").count() > 5
         # Search by explanation text, open the result
         page.get_by_role("link", name="Search").click()
         settle(page, "Search features")

@@ -77,7 +77,11 @@ def test_feature_page_shows_examples_explanations_and_neighbours(app_db, monkeyp
     assert scores and {"ci_low", "ci_high", "n_windows", "n_failures", "interval"} <= set(
         scores[0].columns
     )
-    assert any(b.label.startswith("feature ") for b in at.button)  # nearest features
+    near = [b for b in at.button if b.key and b.key.startswith("open_near")]
+    assert len(near) == 8 and all(b.label.startswith("\\#") and " · cos " in b.label for b in near)
+    (logits,) = [d.value for d in at.dataframe if "▲ token" in d.value.columns]
+    assert (logits["▲ z"] > 0).all() and (logits["▼ z"] < 0).all()
+    assert list(logits["▲ z"]) == sorted(logits["▲ z"], reverse=True)
     at.button(key="next").click().run()
     assert at.query_params["feature"] == str(feature + 1)
 
@@ -127,6 +131,43 @@ def test_defaults_open_an_evaluated_sae_and_a_live_latent_and_bad_links_say_so(
     assert at.query_params["sae"] == best
 
 
+def test_feature_page_runs_typed_text_and_opens_steering(app_db, model, monkeypatch):
+    """The "test your own text" box shows the latent's activation on each typed token (values
+    on hover, the typed markup escaped), equal to a direct run; "Steer with this feature"
+    carries the SAE and latent to the playground."""
+    import re
+
+    from saelab import resultstore as results
+    from saelab.app import text_activations
+    from saelab.app.views import feature as feature_page
+
+    path, ids = app_db
+    store = results.ResultsStore(path)
+    row = results.sae_by_id(store, ids[-1])
+    text = "The cat <b>sat</b> on the mat.\n\nThe dogs run."
+    probe = text_activations.load_probe(row, model=model)
+    with store.reading() as con:
+        live = [r[0] for r in con.execute(
+            "SELECT feature FROM features WHERE sae_id = ? AND NOT dead", [row.sae_id]
+        ).fetchall()]  # fmt: skip
+    expected = {f: text_activations.latent_activations(probe, text, f) for f in live}
+    feature = max(live, key=lambda f: max(expected[f].acts))
+    assert max(expected[feature].acts) > 0
+    monkeypatch.setattr(feature_page, "_model", lambda spec: model)
+    at = page("feature", monkeypatch, path, sae=row.sae_id, feature=feature)
+    at.text_area(key="test_text_input").input(text)
+    at.button(key="test_text_run").click().run()
+    assert not at.exception, at.exception
+    (box,) = [str(e.proto.body) for e in at.get("html") if "saelab-test-text" in str(e.proto.body)]
+    assert "<b>" not in box and "<br>" not in box  # typed markup is text; newlines stay inline
+    assert "<b>sat</b>" in html.unescape(re.sub(r"<[^>]+>", "", box))
+    shown = [float(v) for v in re.findall(r'title="activation ([^ ]+) ·', box)]
+    want = [float(f"{a:.3g}") for a in expected[feature].acts]
+    assert shown == want  # plain ASCII: one piece per token
+    at.button(key="steer").click().run()
+    assert at.query_params["sae"] == row.sae_id and at.query_params["feature"] == str(feature)
+
+
 def test_feature_page_says_dead_and_handles_missing_checkpoint(app_db, monkeypatch, tmp_path):
     from saelab import resultstore as results
 
@@ -148,7 +189,7 @@ def test_feature_page_says_dead_and_handles_missing_checkpoint(app_db, monkeypat
 def test_search_page(app_db, monkeypatch):
     from saelab import resultstore as results
 
-    path, _ = app_db
+    path, ids = app_db
     with results.ResultsStore(path).reading() as con:
         sae_id, feature, tokens, acts, sha = con.execute(
             "SELECT e.sae_id, e.feature, e.tokens, e.acts, s.model_sha256 FROM feature_examples e "
@@ -164,8 +205,15 @@ def test_search_page(app_db, monkeypatch):
     assert f"feature {feature}" in [b.label for b in at.button]
     at.text_input(key="search_text").input("fake endpoint").run()
     assert any(b.key and b.key.startswith("open_text") for b in at.button)
+    found = {b.key.split("_")[2] for b in at.button if b.key and b.key.startswith("open_text")}
+    assert found == set(ids)  # every SAE of the file by default
     at.button(key="search_range").click().run()
-    assert any(b.key and b.key.startswith("open_range") for b in at.button)
+    ranged = {b.key.split("_")[2] for b in at.button if b.key and b.key.startswith("open_range")}
+    assert ranged == set(ids)
+    at.radio(key="search_scope").set_value(sae_id).run()
+    assert not at.exception, at.exception
+    ranged = {b.key.split("_")[2] for b in at.button if b.key and b.key.startswith("open_range")}
+    assert ranged == {sae_id}
     opened = next(b for b in at.button if b.key and b.key.startswith("open_range"))
     opened.click().run()
     assert at.query_params["feature"] == opened.label.split()[-1]
@@ -176,10 +224,17 @@ def test_compare_page_marks_winners(app_db, monkeypatch):
     at = page("compare", monkeypatch, path)
     assert not at.exception, at.exception
     (table,) = at.dataframe
-    fvu = table.value.loc["core / fvu"]
+    names = [c for c in table.value.columns if c not in ("eval", "metric", "better", "definition")]
+    assert len(names) == 2
+    fvu = table.value.loc["core / fvu", names]
     values = [float(v.lstrip("★ ")) for v in fvu]
     assert [v.startswith("★") for v in fvu] == [v == min(values) for v in values]
-    assert not any(v.startswith("★") for v in table.value.loc["core / l0"])  # no direction
+    assert not any(v.startswith("★") for v in table.value.loc["core / l0", names])  # no direction
+    assert table.value.loc["core / fvu", "metric"] == "fvu"  # named in full, with a definition
+    assert table.value.loc["core / fvu", "definition"]
+    (frontiers,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    fvu_points = [t for t in frontiers["data"] if t["xaxis"] == "x" and t["yaxis"] == "y"]
+    assert sorted(float(f"{y:.4g}") for t in fvu_points for y in t["y"]) == sorted(values)
 
 
 def test_circuits_empty_state_and_steering_runs(app_db, monkeypatch, tmp_path):
@@ -300,10 +355,24 @@ def test_circuits_page_draws_planted_circuit(app_db, monkeypatch, tmp_path):
 
 
 def test_circuits_page_shows_edge_check_curves_and_every_node(app_db, monkeypatch, tmp_path):
+    import duckdb
+    import pandas as pd
+
+    from saelab.app.circuit_graph import LABEL_EXPLANATION_CHARS
+    from saelab.app.tokens import short_text
+
     path, ids = app_db
     copy = tmp_path / "results.duckdb"
     shutil.copy(path, copy)
     plant_circuit(copy, ids, newer=True)
+    con = duckdb.connect(str(copy))  # latent 5 of the first SAE (node 0) gets explanations
+    con.execute("UPDATE explanations SET feature = 5 WHERE sae_id = ? AND feature = 0", [ids[0]])
+    (explanation,) = con.execute(
+        "SELECT explanation FROM explanations WHERE sae_id = ? AND feature = 5 AND status = 'ok' "
+        "ORDER BY explainer LIMIT 1",
+        [ids[0]],
+    ).fetchone()
+    con.close()
     at = page("circuits", monkeypatch, str(copy))
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
@@ -335,7 +404,17 @@ def test_circuits_page_shows_edge_check_curves_and_every_node(app_db, monkeypatc
     assert "every node (13,830)" in every["text"]
     assert "At 0 nodes" in shown and "m(empty) = -0.5" in shown
 
+    tag = f"#5 @3 · '{short_text(explanation, LABEL_EXPLANATION_CHARS)}'"
+    label = f"L2 resid {tag}"
+    graph = chart(at, "Nodes")
+    assert html.escape(tag, quote=False) in graph["data"][-1]["text"]
+    assert html.escape(label, quote=False) in graph["data"][-1]["hovertext"]
+    assert graph["data"][-1]["marker"]["colorbar"]["title"]["text"] == "effect"  # colour scale
+    assert "**ε** (a square) is that SAE's error node" in shown and "token position 2" in shown
     (nodes,) = [d.value for d in at.dataframe if "label" in d.value.columns]
+    assert nodes.set_index("node").loc[0, "label"] == label
+    assert nodes.set_index("node").loc[0, "feature page"] == f"./feature?sae={ids[0]}&feature=5"
+    assert pd.isna(nodes.set_index("node").loc[1, "feature page"])  # an error node
     rescored = nodes[nodes["attributed"].notna()]
     assert set(rescored["node"]) == {0, 3} and not rescored.set_index("node").loc[3, "kept"]
     assert "2 nodes re-scored by exact patching" in shown
@@ -354,11 +433,19 @@ def test_circuit_markup_is_escaped(app_db, monkeypatch, tmp_path):
     con = duckdb.connect(str(copy))
     con.execute("UPDATE circuit_nodes SET submodule = ? WHERE node = 0", [planted])
     con.execute("UPDATE circuits SET ablation = ?", [planted])
+    con.execute(  # an explanation of node 2's latent (a node label) with markup in it
+        "UPDATE explanations SET feature = 7, explanation = '<b>x</b> <i>y' "
+        "WHERE sae_id = ? AND feature = 0",
+        [ids[1]],
+    )
     con.close()
     at = page("circuits", monkeypatch, str(copy))
     assert not at.exception, at.exception
     everything = json.dumps(list(charts(at).values())) + texts(at)
     assert planted not in everything and html.escape(planted) in everything
+    nodes = chart(at, "Nodes")["data"][-1]
+    assert "#7 · '&lt;b&gt;x&lt;/b&gt; &lt;i&gt;y'" in nodes["text"]
+    assert not any("<b>" in t or "<i>" in t for t in nodes["text"] + nodes["hovertext"])
 
 
 def test_missing_older_and_busy_files_give_messages(app_db, monkeypatch, tmp_path):
