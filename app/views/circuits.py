@@ -65,6 +65,8 @@ def render() -> None:
     ids = list(labels)
     wanted = st.query_params.get("circuit")
     index = ids.index(wanted) if wanted in ids else 0
+    if wanted and wanted not in ids:
+        common.bad_param("circuit", wanted, "names no circuit of this results file", labels[ids[0]])
     choice = st.selectbox("Circuit", ids, index=index, format_func=labels.get, key="circuit_pick")
     st.query_params["circuit"] = choice
     circuit = next(c for c in circuits if c.circuit_id == choice)

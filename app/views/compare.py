@@ -35,6 +35,18 @@ def winners(table: dict[str, dict[str, float]]) -> dict[str, set[str]]:
     return out
 
 
+def _linked(saes) -> list[str]:
+    """The SAEs the `saes` query parameter names (comma-separated names or ids; an unknown one
+    gets a notice), else the first eight."""
+    asked = [a for a in (st.query_params.get("saes") or "").split(",") if a]
+    by_key = {key: s.sae_id for s in saes for key in (s.name, s.sae_id)}
+    unknown = [a for a in asked if a not in by_key]
+    if unknown:
+        common.bad_param("saes", ",".join(unknown), "names no SAE of this results file", "the rest")
+    chosen = list(dict.fromkeys(by_key[a] for a in asked if a in by_key))
+    return chosen or [s.sae_id for s in saes[:8]]
+
+
 def render() -> None:
 
     st.title("Compare SAEs")
@@ -44,8 +56,9 @@ def render() -> None:
         return
     names = {s.sae_id: s.name for s in saes}
     chosen = st.multiselect(
-        "SAEs", list(names), default=list(names)[:8], format_func=names.get, key="compare_pick"
+        "SAEs", list(names), default=_linked(saes), format_func=names.get, key="compare_pick"
     )
+    st.query_params["saes"] = ",".join(names[i] for i in chosen)  # the view as a link
     if not chosen:
         st.caption("Choose SAEs to compare.")
         return

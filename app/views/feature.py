@@ -81,10 +81,10 @@ def render() -> None:
     if sae is None:
         return
     d_sae = sae.d_sae
-    current = common.param_int("feature")
-    st.title(f"Feature {0 if current is None else min(max(current, 0), d_sae - 1)}")
+    current = common.feature_param(sae)  # a bad link shows a notice and the default latent
+    st.title(f"Feature {current}")
     st.caption(f"SAE {sae.name} · {sae.architecture} · {d_sae} latents · {sae.hook}")
-    feature = _navigation(sae.sae_id, d_sae)
+    feature = _navigation(sae.sae_id, d_sae, current)
     if not common.q("feature_stats_exist", sae.sae_id):
         st.info("No feature statistics for this SAE yet: run `saelab eval --evals features` on it.")
         return
@@ -115,9 +115,7 @@ def render() -> None:
         _neighbours(sae, feature)
 
 
-def _navigation(sae_id: str, d_sae: int) -> int:
-    current = common.param_int("feature")
-    current = 0 if current is None else min(max(current, 0), d_sae - 1)
+def _navigation(sae_id: str, d_sae: int, current: int) -> int:
     cols = st.columns([2, 1, 1, 1, 2, 2])
     chosen = cols[0].number_input(
         "Feature", min_value=0, max_value=d_sae - 1, value=current, step=1, key=f"num_{current}"

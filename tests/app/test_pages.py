@@ -129,6 +129,15 @@ def test_defaults_open_an_evaluated_sae_and_a_live_latent_and_bad_links_say_so(
     at = page("search", monkeypatch, str(copy), sae="no-such-sae")
     assert any("`?sae=no-such-sae` names no SAE" in w.value for w in at.warning)
     assert at.query_params["sae"] == best
+    at = page("feature", monkeypatch, str(copy))  # no parameters: the default SAE and latent
+    assert at.title[0].value == f"Feature {feature}" and not at.warning
+    for bad in ("999999", "-3", "abc"):
+        at = page("feature", monkeypatch, str(copy), sae=best, feature=bad)
+        notice = [w.value for w in at.warning]
+        assert any(f"`?feature={bad}` is not a latent of" in w for w in notice), notice
+        assert at.title[0].value == f"Feature {feature}" and at.query_params["feature"] == str(
+            feature
+        )
 
 
 def test_feature_page_runs_typed_text_and_opens_steering(app_db, model, monkeypatch):
@@ -220,6 +229,8 @@ def test_search_page(app_db, monkeypatch):
 
 
 def test_compare_page_marks_winners(app_db, monkeypatch):
+    from saelab import resultstore as results
+
     path, _ = app_db
     at = page("compare", monkeypatch, path)
     assert not at.exception, at.exception
@@ -235,6 +246,12 @@ def test_compare_page_marks_winners(app_db, monkeypatch):
     (frontiers,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     fvu_points = [t for t in frontiers["data"] if t["xaxis"] == "x" and t["yaxis"] == "y"]
     assert sorted(float(f"{y:.4g}") for t in fvu_points for y in t["y"]) == sorted(values)
+    # the chosen SAEs are in the link; a link names them (by name), an unknown one is a notice
+    assert sorted(at.query_params["saes"].split(",")) == sorted(names)
+    at = page("compare", monkeypatch, path, saes=f"{names[1]},nope")
+    by_name = {s.name: s.sae_id for s in results.list_saes(results.ResultsStore(path))}
+    assert at.multiselect(key="compare_pick").value == [by_name[names[1]]]
+    assert any("`?saes=nope` names no SAE" in w.value for w in at.warning)
 
 
 def test_circuits_empty_state_and_steering_runs(app_db, monkeypatch, tmp_path):
