@@ -17,6 +17,16 @@ MAX_SHOWN = 100
 """Results listed (strongest first)."""
 
 
+def _linked_input(label: str, param: str, key: str) -> str:
+    """A text box in step with a query parameter, so a search is a link (`?text=plural`)."""
+    value = st.text_input(label, value=st.query_params.get(param, ""), key=key)
+    if value:
+        st.query_params[param] = value
+    elif param in st.query_params:
+        del st.query_params[param]
+    return value
+
+
 def render() -> None:
     saes = common.q("list_saes")
     sae = common.pick_sae(saes, key="search")
@@ -36,7 +46,7 @@ def render() -> None:
         ["Explanation text", "Activating token", "Density / score"]
     )
     with by_text:
-        text = st.text_input("Explanation contains", key="search_text")
+        text = _linked_input("Explanation contains", "text", key="search_text")
         if text:
             _results(
                 common.q("search_explanations", where, text),
@@ -44,8 +54,8 @@ def render() -> None:
                 ["explainer", "explanation", "best_score", "density"],
             )
     with by_token:
-        token = st.text_input(
-            "Token (e.g. ' Paris'; a leading space is tried both ways)", key="search_token"
+        token = _linked_input(
+            "Token (e.g. ' Paris'; a leading space is tried both ways)", "token", key="search_token"
         )
         if token:
             _token_results(chosen, token)

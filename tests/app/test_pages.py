@@ -216,6 +216,11 @@ def test_search_page(app_db, monkeypatch):
     assert any(b.key and b.key.startswith("open_text") for b in at.button)
     found = {b.key.split("_")[2] for b in at.button if b.key and b.key.startswith("open_text")}
     assert found == set(ids)  # every SAE of the file by default
+    assert at.query_params["text"] == "fake endpoint"  # the search is a link
+    linked = page("search", monkeypatch, path, text="fake endpoint")
+    assert {b.key for b in linked.button if b.key and b.key.startswith("open_text")} == {
+        b.key for b in at.button if b.key and b.key.startswith("open_text")
+    }
     at.button(key="search_range").click().run()
     ranged = {b.key.split("_")[2] for b in at.button if b.key and b.key.startswith("open_range")}
     assert ranged == set(ids)
