@@ -42,7 +42,7 @@ chromium:
 	else echo "the web app's browser tests need Chromium: sudo apt-get install -y chromium"; fi
 
 test: $(STAMP) chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-all: $(STAMP) chromium
 	$(PY) -m pytest -q -m ''

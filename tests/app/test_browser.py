@@ -224,3 +224,59 @@ def _shot(page, folder: Path, name: str) -> Path:
     out = folder / f"{name}.png"
     page.screenshot(path=str(out), full_page=True)
     return out
+
+
+TOUR_DB = os.environ.get("SAELAB_TOUR_DB", "runs/demo/results.duckdb")
+TOUR_DIR = Path(__file__).resolve().parents[2] / "docs" / "tour"
+
+
+@pytest.mark.slow
+def test_newcomer_tour_of_the_demo(browser):
+    """The README's tour, as a newcomer takes it after `make demo`: every page's first click
+    lands on data. Writes the screenshots into docs/tour/ (run it after `make demo`:
+    `pytest -m slow -k tour`; SAELAB_TOUR_DB names another results file)."""
+    if not Path(TOUR_DB).is_file():
+        pytest.skip(f"no demo results at {TOUR_DB}: run `make demo` first")
+    TOUR_DIR.mkdir(exist_ok=True)
+    server = Server(TOUR_DB)
+    try:
+        page = open_page(browser, server.url + "/saes")
+        page.set_viewport_size({"width": 1400, "height": 900})
+        settle(page, "FVU vs L0")
+        assert "Page not found" not in page.inner_text("body")
+        _tour_shot(page, "1-saes")
+        page.get_by_role("button", name="Browse features").click()
+        page.wait_for_url("**/feature?*")
+        settle(page, "Top activations")
+        main = page.inner_text("[data-testid=stMain]")
+        assert "Explanations" in main and "No feature statistics" not in main
+        _tour_shot(page, "2-feature")
+        page.get_by_placeholder("Type text").fill("The tennis final ended 6-4, 7-6 in Paris.")
+        page.get_by_role("button", name="Run on this text").click()
+        page.locator(".saelab-test-text").first.wait_for(timeout=120_000)
+        page.locator(".saelab-test-text").first.scroll_into_view_if_needed()
+        _tour_shot(page, "3-feature-test-text", full=False)
+        page.get_by_role("link", name="Circuits").click()
+        settle(page, "edge correlation")
+        _tour_shot(page, "4-circuits")
+        page.get_by_role("link", name="Steering").click()
+        settle(page, "Generate")
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("steered", exact=False).first.wait_for(timeout=300_000)
+        settle(page, "KL")
+        _tour_shot(page, "5-steering")
+        page.get_by_role("link", name="Compare").click()
+        settle(page, "best value")
+        _tour_shot(page, "6-compare")
+        page.get_by_role("link", name="Search").click()
+        settle(page, "Search features")
+        _tour_shot(page, "7-search", full=False)
+        assert not page.errors, page.errors
+    finally:
+        server.close()
+
+
+def _tour_shot(page, name: str, full: bool = True) -> None:
+    """A screenshot for the README: the page's first 1,800 px (or the viewport)."""
+    clip = {"x": 0, "y": 0, "width": 1400, "height": 1800} if full else None
+    page.screenshot(path=str(TOUR_DIR / f"{name}.png"), full_page=full, clip=clip)
