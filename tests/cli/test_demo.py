@@ -43,10 +43,10 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, 
     explained = saes[demo.explained_sae].sae_id
     scores = results.interp_scores(store, explained)
     assert len({r["feature"] for r in scores}) == 1
-    llm = [r for r in scores if r["explainer"] == "llm"]
-    assert llm and llm[0]["explanation"]
-    ok = [r for r in llm if r["status"] == "ok"]
-    assert ok, [(r["scorer"], r["status"], r["provenance_json"]) for r in llm]
+    examples = [r for r in scores if r["explainer"] == "examples"]
+    assert examples and examples[0]["explanation"]
+    ok = [r for r in examples if r["status"] == "ok"]
+    assert ok, [(r["scorer"], r["status"], r["provenance_json"]) for r in examples]
     assert all("next-token" in json.loads(r["provenance_json"])["scorer"]["answer"] for r in ok)
     # the circuit: SAEs at three layers, nodes kept, curves and edges stored, the graph written
     (circuit,) = results.list_circuits(store)
