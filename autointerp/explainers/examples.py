@@ -60,8 +60,9 @@ def _ends_word(token: str) -> bool:
 
 
 def spell(token: str) -> str:
-    """A token as the explanation names it: stripped, or its whitespace spelt out."""
-    text = token.strip()
+    """A token (or run of tokens) as the explanation names it: inner whitespace one space, or,
+    when it is only whitespace, that spelt out."""
+    text = " ".join(token.split())
     if text:
         return text
     return {"\n": "line break", "\t": "tab"}.get(token[:1], "space")

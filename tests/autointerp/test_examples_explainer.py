@@ -60,6 +60,10 @@ def test_the_start_of_a_text_and_whitespace_are_spelt_out():
     assert text_of(starts) == '"The" at the start of a text'
     breaks = [window([(w, 0), ("\n", 2.0), ("Next", 0)], r) for r, w in enumerate("abc")]
     assert text_of(breaks) == '"line break"'
+    across = [
+        window([(w, 0), (".", 2.0), ("\n\n", 2.0), ("The", 1.0)], r) for r, w in enumerate("abc")
+    ]
+    assert text_of(across) == '". The"'
 
 
 def test_long_words_are_cut_to_a_label_and_a_silent_latent_is_unparsable():
