@@ -8,7 +8,8 @@ What it reads off the explanation windows:
 
 The phrase is plain text (no marks, no escapes) and at most `MAX_CHARS` characters, so a graph
 node can show it whole. On the demo's SAE it beats the token-list `baseline` on the embedding
-and detection scores (see docs/architecture.md, "Explanations").
+score and ties it on detection, which the embedded 135M judge cannot use to tell a right
+explanation from a wrong one (docs/architecture.md, "Explanations offline").
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _scaled(window: Window) -> Window:
 
 
 def _phrase(words: list[str], before: Counter, n: int, start_share: float) -> str:
-    quoted = [f'"{w}"' for w in words]
+    quoted = [f"'{w}'" if '"' in w else f'"{w}"' for w in words]
     context = ""
     if before:
         word, count = before.most_common(1)[0]

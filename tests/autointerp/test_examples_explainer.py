@@ -64,6 +64,8 @@ def test_the_start_of_a_text_and_whitespace_are_spelt_out():
         window([(w, 0), (".", 2.0), ("\n\n", 2.0), ("The", 1.0)], r) for r, w in enumerate("abc")
     ]
     assert text_of(across) == '". The"'
+    quotes = [window([(w, 0), (' "', 2.0), ("Hi", 0)], r) for r, w in enumerate("abc")]
+    assert text_of(quotes) == "'\"'"
 
 
 def test_long_words_are_cut_to_a_label_and_a_silent_latent_is_unparsable():
