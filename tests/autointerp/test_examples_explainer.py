@@ -94,3 +94,26 @@ def test_offline_default_explainers_leave_the_llm_out():
     assert offline.explainers == ["examples", "baseline"]
     remote = ExplainConfig(db="x.duckdb", sae="s", llm={"base_url": "http://h/v1"})
     assert remote.explainers == ["llm", "examples", "baseline"]
+
+
+def test_explain_only_offline_names_live_latents_without_any_endpoint(interp_db, tmp_path):
+    import shutil
+
+    from saelab import resultstore as results
+    from saelab.autointerp.pipeline import explain_features
+
+    path, sae_id = interp_db
+    db = str(tmp_path / "results.duckdb")
+    shutil.copy(path, db)
+    cfg = ExplainConfig(
+        db=db, sae=sae_id, sample=6, explainers=["examples"], scorers=[], progress=False
+    )
+    summary = explain_features(cfg)  # no base_url, and no local server is started
+    assert summary.usage.requests == 0 and len(summary.features) == 6
+    stats = results.feature_stats(results.ResultsStore(db), sae_id, summary.features)
+    assert all(not s.dead and not s.too_few_examples for s in stats.values())
+    store = results.ResultsStore(db)
+    texts = [
+        e.explanation for f in summary.features for e in results.explanations(store, sae_id, f)
+    ]
+    assert len(texts) == 6 and all(t and not LEAKS.search(t) for t in texts), texts
