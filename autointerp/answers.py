@@ -29,11 +29,28 @@ def int_list(text: str, count: int, low: int, high: int) -> list[int] | None:
     return None
 
 
-def explanation(text: str, max_words: int = 40) -> str | None:
-    """The explanation after "Explanation:" (else the first non-empty line), or None if empty."""
+_MARKUP = re.compile(r"<<|>>|‹‹|››|\*\*|__|`|[⏎↵]")
+_PREAMBLE = re.compile(
+    r"^(?:(?:the|this)\s+(?:feature|latent|neuron)\s+(?:is\s+)?"
+    r"(?:(?:responds?|fires?|activates?|active|reacts?)\s+(?:to|on|for|in)|detects?|captures?)\s+)?",
+    re.IGNORECASE,
+)
+_ENUMERATOR = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\"'])\.\s+(?=[A-Z])")
+
+
+def explanation(text: str, max_words: int = 15) -> str | None:
+    """The explanation after "Explanation:" (else the first non-empty line), or None if empty.
+
+    Cleaned for a label: the window marks, bold and code markup and line-break glyphs an LLM
+    copies from its prompt are dropped, a "The feature responds to" preamble is cut, only the first sentence and at most
+    `max_words` words are kept (the prompt asks for 15).
+    """
     match = _EXPLANATION.search(text)
     line = match.group(1) if match else next((s for s in text.splitlines() if s.strip()), "")
-    line = line.strip().strip("\"'").strip()
+    line = _MARKUP.sub("", line)
+    line = _SENTENCE_END.split(_ENUMERATOR.sub("", line).strip())[0]
+    line = _PREAMBLE.sub("", line).strip().strip("\"'").strip()
     if not line:
         return None
     return " ".join(line.split()[:max_words])

@@ -16,9 +16,19 @@ from saelab.base.errors import UserError
 __all__ = ["ExplainConfig", "LLMConfig", "WindowConfig", "default_explainers", "default_scorers"]
 
 
-def default_explainers() -> list[str]:
-    """The registered explainers that run when none is named."""
-    return registry.defaults(registry.EXPLAINERS)
+OFFLINE_DEFAULT_EXPLAINERS = ("examples", "baseline")
+"""The explainers that run when none is named and no endpoint is given: the embedded 135M
+model's own explanations score at chance and leak prompt markup, so the LLM is opt-in there
+(`--explainers llm examples baseline`)."""
+
+
+def default_explainers(offline: bool = False) -> list[str]:
+    """The registered explainers that run when none is named (`offline`: no endpoint given,
+    the embedded model would explain)."""
+    chosen = registry.defaults(registry.EXPLAINERS)
+    if offline:
+        return [name for name in chosen if name in OFFLINE_DEFAULT_EXPLAINERS]
+    return chosen
 
 
 def default_scorers() -> list[str]:
@@ -41,11 +51,14 @@ class ExplainConfig:
     features: str | None = None
     """A range `a:b`, or a comma list `3,7,9`. None with sample None: the first 20 latents."""
     sample: int | None = None
-    """Explain a seeded uniform sample of this many latents instead of a range."""
-    explainers: list[str] = field(default_factory=default_explainers)
-    """Registered explainers: llm, baseline (the non-LLM floor), and any a plugin adds."""
+    """Explain a seeded uniform sample of this many live latents (not dead, not flagged
+    `too_few_examples`) instead of a range."""
+    explainers: list[str] | None = None
+    """Registered explainers: examples (built from the examples, no LLM), baseline (the
+    token-list floor), llm, and any a plugin adds. None: examples and baseline, and llm too
+    when `llm.base_url` names an endpoint."""
     scorers: list[str] = field(default_factory=default_scorers)
-    """Registered scorers: detection, fuzzing, embedding, simulation, ..."""
+    """Registered scorers: detection, fuzzing, embedding, simulation, ... Empty: explain only."""
     llm: LLMConfig = field(default_factory=LLMConfig)
     """The endpoint (explainer and scorer use the same model)."""
     windows: WindowConfig = field(default_factory=WindowConfig)
@@ -61,6 +74,8 @@ class ExplainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.explainers is None:
+            self.explainers = default_explainers(offline=not self.llm.base_url)
 
     def validate(self) -> None:
         for name, chosen, known in (
@@ -68,7 +83,7 @@ class ExplainConfig:
             ("scorer", self.scorers, registry.names(registry.SCORERS)),
         ):
             bad = [c for c in chosen if c not in known]
-            if bad or not chosen:
+            if bad or (not chosen and name == "explainer"):
                 raise UserError(
                     f"unknown {name} {bad[0] if bad else '(none)'}: choose from {', '.join(known)}"
                 )

@@ -31,7 +31,7 @@ async def interpret(
     cfg: ExplainConfig,
     store: ResultsStore | None = None,
 ) -> LatentResult:
-    short = windows.insufficient(cfg.windows)
+    short = windows.insufficient(cfg.windows, scoring=bool(cfg.scorers))
     if short:
         return _insufficient(feature, cfg, short)
     explanations = [

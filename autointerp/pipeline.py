@@ -45,10 +45,29 @@ class ExplainSummary:
     seconds: float
 
 
-def select_features(cfg: ExplainConfig, d_sae: int) -> list[int]:
+NO_ENDPOINT = "http://127.0.0.1:9/v1"
+"""The endpoint of a run whose explainers and scorers ask no LLM (port 9 is discard: a request
+sent there by mistake fails at once)."""
+
+
+def needs_no_llm(cfg: ExplainConfig) -> bool:
+    """Whether every chosen explainer and scorer works without a language model."""
+    from saelab.autointerp.registry import OFFLINE
+
+    return set(cfg.explainers) | set(cfg.scorers) <= OFFLINE
+
+
+def _enough_examples(row: results.FeatureRow) -> bool:
+    return not row.dead and not row.too_few_examples and (row.max_act or 0) > 0
+
+
+def select_features(cfg: ExplainConfig, d_sae: int, live: list[int] | None = None) -> list[int]:
+    """The latents to explain: `cfg.features`, or a seeded sample of `live` (the latents with
+    enough examples; None: every latent)."""
     if cfg.sample is not None:
+        pool = list(range(d_sae)) if live is None else sorted(live)
         rng = random.Random(cfg.llm.seed)
-        return sorted(rng.sample(range(d_sae), min(cfg.sample, d_sae)))
+        return sorted(rng.sample(pool, min(cfg.sample, len(pool))))
     spec = cfg.features or "0:20"
     try:
         if ":" in spec:
@@ -88,9 +107,24 @@ def explain_features(
             f"SAE {sae.name} has no feature examples in {cfg.db}; "
             "run `saelab eval --evals features` on it first"
         )
-    features = select_features(cfg, sae.d_sae)
+    live = None
+    if cfg.sample is not None:  # a dead or rare latent would only say "insufficient examples"
+        stats = results.feature_stats(store, sae.sae_id)
+        live = [f for f, r in stats.items() if _enough_examples(r)] or [
+            f for f, r in stats.items() if not r.dead and (r.max_act or 0) > 0
+        ]
+    features = select_features(cfg, sae.d_sae, live)
     with contextlib.ExitStack() as stack:
-        if not cfg.llm.base_url:  # the offline default: the embedded model, served locally
+        if not cfg.llm.base_url and needs_no_llm(cfg):
+            # nothing will ask a model: a placeholder endpoint, never contacted
+            llm = replace(
+                cfg.llm,
+                base_url=NO_ENDPOINT,
+                model=cfg.llm.model or "none",
+                concurrency=cfg.llm.concurrency or REMOTE_CONCURRENCY,
+            )
+            cfg = replace(cfg, llm=llm)
+        elif not cfg.llm.base_url:  # the offline default: the embedded model, served locally
             from saelab.autointerp.server import LocalServer, ServeConfig
 
             served = ServeConfig().model
@@ -169,7 +203,7 @@ async def _run(
     run = _RunRecord(uuid.uuid4().hex[:16], sae_id, cfg, fingerprint, config_hash)
     writer = _Writer(store, flush_lock, run, client, sae)
     await asyncio.to_thread(writer.flush, "running")  # the row exists before any request
-    source = _ExampleSource(read, sae, cfg)
+    source = _ExampleSource(read, sae, cfg, wanted=todo)
     progress = _progress(cfg, len(todo), client.usage, started)
     in_flight = asyncio.Semaphore(max(2, 2 * cfg.llm.concurrency))
 
@@ -226,8 +260,12 @@ def _write_run_only(
 class _ExampleSource:
     """Reads latents' example windows from the store a block at a time."""
 
-    def __init__(self, read, sae: results.SAERow, cfg: ExplainConfig) -> None:
+    def __init__(
+        self, read, sae: results.SAERow, cfg: ExplainConfig, wanted: list[int] | None = None
+    ) -> None:
         self.read, self.sae, self.cfg = read, sae, cfg
+        self.wanted = None if wanted is None else set(wanted)
+        """The latents that will be asked for (None: any): a block reads only these."""
         self.blocks: dict[int, asyncio.Task] = {}
         self.run_id = None
 
@@ -245,6 +283,8 @@ class _ExampleSource:
 
     def _load(self, block: int):
         features = list(range(block * BLOCK, (block + 1) * BLOCK))
+        if self.wanted is not None:  # a sparse sample reads a few latents, not whole blocks
+            features = [f for f in features if f in self.wanted]
         rows = self.read(results.feature_examples, self.sae.sae_id, features)
         stats = self.read(results.feature_stats, self.sae.sae_id, features)
         ids = sorted({t for r in rows for t in r.tokens})

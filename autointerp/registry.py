@@ -60,7 +60,10 @@ def _register(table: dict[str, Entry], kind: str, name: str, fn, default: bool) 
 
 
 register_explainer("llm", "saelab.autointerp.explainers.llm:explainer")
+register_explainer("examples", "saelab.autointerp.explainers.examples:explainer")
 register_explainer("baseline", "saelab.autointerp.explainers.baseline:explainer")
+OFFLINE = frozenset({"examples", "baseline", "embedding"})
+"""Explainers and scorers that never ask an LLM."""
 register_scorer("detection", "saelab.autointerp.scorers.classify:detection")
 register_scorer("fuzzing", "saelab.autointerp.scorers.classify:fuzzing")
 register_scorer("embedding", "saelab.autointerp.scorers.embedding:embedding")

@@ -87,10 +87,12 @@ class LatentWindows:
     max_act: float
     """The latent's largest activation over the whole store (scales the simulator's 0–10)."""
 
-    def insufficient(self, cfg: WindowConfig) -> str | None:
-        """Why this latent cannot be scored fairly, or None."""
+    def insufficient(self, cfg: WindowConfig, scoring: bool = True) -> str | None:
+        """Why this latent cannot be explained (or, `scoring`, scored) fairly, or None."""
         if len(self.explain) < cfg.min_explain:
             return f"{len(self.explain)} explanation windows (need {cfg.min_explain})"
+        if not scoring:
+            return None
         if len(self.activating) < cfg.min_score:
             return f"{len(self.activating)} activating scoring windows (need {cfg.min_score})"
         if len(self.silent) < cfg.min_score:

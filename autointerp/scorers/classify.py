@@ -107,6 +107,9 @@ async def _classify_by_logprobs(
         "request; predicted 1 when P(yes) > P(no)",
         "batch_size": 1,
         "mean_p_yes": float(np.mean(p_yes)) if p_yes else None,
+        # threshold-free: a small judge that says yes to nearly everything (P(yes) > 0.5 on
+        # every window) still orders windows, which balanced accuracy at 0.5 cannot see
+        "auroc": _finite_or_none(stats.auroc(np.array(p_yes), np.array(labels, bool))),
     }
     return _score(name, ctx, template, items, predicted, labels, failures, answer)
 
@@ -153,6 +156,10 @@ async def ask_in_batches(
         predicted += reply
         labels += [label for _, label in batch]
     return predicted, labels, failures
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 def _score(name, ctx, template, items, predicted, labels, failures, answer: dict) -> Score:

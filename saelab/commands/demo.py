@@ -3,11 +3,11 @@
 harvest (three layers in one pass) → train a small sweep of TopK SAEs (three k, one pass over
 the data) and one SAE at each of the two earlier layers (the circuit's) → evaluate all of them
 into the results database, so every SAE the app lists has its statistics → compare (the
-frontier plots) → explain latents of one of them through the embedded model, served by
-saelab's local endpoint (a 135M model explains poorly; the pipeline is the real one, and
-`saelab explain --base-url/--llm` points it at a strong model) → find and evaluate a
-subject-verb agreement circuit across the three layers. Each step is timed; rerunning the demo
-reuses a finished harvest and training.
+frontier plots) → explain latents from their examples and score a few through the embedded
+model, served by saelab's local endpoint (a 135M model judges weakly and explains worse;
+`saelab explain --base-url` points it at a strong model) → find and evaluate a subject-verb
+agreement circuit across the three layers, and explain its nodes. Each step is timed; rerunning
+the demo reuses a finished harvest and training.
 
 The steps are the list `STEPS`: a later stage adds itself with `STEPS.append(Step(...))` (or
 inserts before "explain"), each a function of the `Demo` state that may read the earlier
@@ -61,12 +61,13 @@ class DemoConfig:
     """Latents of every SAE of the sweep."""
     ks: tuple[int, ...] = (16, 32, 64)
     """The sweep: one TopK SAE per k, trained together in one pass."""
-    explain: int = 3
-    """Latents explained and scored (0 skips the step)."""
+    explain: int = 64
+    """Live latents of each evaluated SAE explained by the offline default explainer (no LLM;
+    the first `SCORED_LATENTS` of `explain_sae`'s are also scored); 0 skips the step."""
     explain_sae: str | None = None
-    """Which SAE of the sweep to explain (default: the middle k)."""
+    """Which SAE of the sweep to score explanations on (default: the middle k)."""
     scorers: tuple[str, ...] = ("detection", "fuzzing", "embedding")
-    """Scorers of the explain step (simulation is left out: a small model writes up to 4
+    """Scorers of the scored latents (simulation is left out: a small model writes up to 4
     tokens per window token, which alone takes minutes on a CPU; `saelab explain` runs it)."""
     loss_sequences: int = 32
     """Sequences the loss eval splices the SAEs into."""
@@ -272,23 +273,61 @@ def compare_step(demo: Demo) -> None:
     _cli(["compare", "--db", demo.db, "--html", str(demo.compare_html)])
 
 
+SCORED_LATENTS = 3
+"""Explained latents also scored by the embedded model, the `examples` explanation beside the
+`baseline` one (about 12 s a latent on 2 cores). The embedded model's own explanations are
+left out: they score at chance (docs/architecture.md, "Explanations"); `saelab explain
+--explainers llm` asks for them."""
+DEMO_WINDOWS = dict(explain_top=6, score_activating=4, score_nonactivating=4, simulation_windows=1)
+
+
+def explain_latents(demo: Demo, sae: str, features: list[int] | None = None, store=None):
+    """Explain `features` of `sae` (None: a seeded sample of `demo.cfg.explain` live latents)
+    with the offline default explainer: no LLM, no scoring, a fraction of a second a latent.
+    The hook for any SAE the demo wants named, the circuit's nodes included; `store`: the
+    results file, when open already."""
+    from saelab.autointerp.config import ExplainConfig, WindowConfig
+    from saelab.autointerp.pipeline import explain_features
+    from saelab.resultstore import ResultsStore
+
+    chosen = {"sample": demo.cfg.explain} if features is None else {
+        "features": ",".join(str(f) for f in sorted(set(features)))
+    }  # fmt: skip
+    cfg = ExplainConfig(
+        db=demo.db, sae=sae, **chosen, explainers=["examples"], scorers=[],
+        windows=WindowConfig(**DEMO_WINDOWS), progress=False,
+    )  # fmt: skip
+    return explain_features(cfg, store=store or ResultsStore(demo.db, mode="update"))
+
+
 def explain_step(demo: Demo) -> None:
+    from saelab import resultstore as results
     from saelab.autointerp.config import ExplainConfig, WindowConfig
     from saelab.autointerp.pipeline import explain_features
     from saelab.commands.explain import print_summary
     from saelab.resultstore import ResultsStore
 
+    store = ResultsStore(demo.db, mode="update")
+    evaluated = [
+        s for s in results.list_saes(store) if results.feature_stats_exist(store, s.sae_id)
+    ]
+    main = None
+    for sae in evaluated:
+        summary = explain_latents(demo, sae.sae_id, store=store)
+        print(f"explained {len(summary.features)} latents of {sae.name} from their examples")
+        if sae.name == demo.explained_sae:
+            main = summary
+    if main is None:
+        raise UserError(f"SAE {demo.explained_sae} has no feature examples in {demo.db}")
     cfg = ExplainConfig(
         db=demo.db,
         sae=demo.explained_sae,
-        sample=demo.cfg.explain,
+        features=",".join(str(f) for f in main.features[:SCORED_LATENTS]),
+        explainers=["examples", "baseline"],
         scorers=list(demo.cfg.scorers),
-        windows=WindowConfig(
-            explain_top=6, score_activating=4, score_nonactivating=4, simulation_windows=1
-        ),
+        windows=WindowConfig(**DEMO_WINDOWS),
         progress=demo.cfg.progress,
     )
-    store = ResultsStore(demo.db, mode="update")
     summary = explain_features(cfg, generator=demo.generator, store=store)
     print_summary(store, summary)
 
@@ -316,6 +355,26 @@ def circuit_step(demo: Demo) -> None:
     )
     demo.circuit = result
     print(report(result))
+    _explain_circuit_nodes(demo, result.circuit_id)
+
+
+def _explain_circuit_nodes(demo: Demo, circuit_id: str | None) -> None:
+    """Name every latent node the circuit stored (the Circuits page labels its nodes with their
+    explanations), with the offline explainer; SAEs without feature examples are skipped."""
+    from saelab import resultstore as results
+
+    if circuit_id is None:
+        return
+    store = results.ResultsStore(demo.db, mode="update")
+    by_sae: dict[str, set[int]] = {}
+    for node in results.circuit_nodes(store, circuit_id):
+        if not node.is_error:
+            by_sae.setdefault(node.sae_id, set()).add(node.feature)
+    for sae_id, features in by_sae.items():
+        if results.feature_stats_exist(store, sae_id):
+            explain_latents(demo, sae_id, sorted(features), store=store)
+    named = sum(len(f) for f in by_sae.values())
+    print(f"saelab demo: named the circuit's {named} latent nodes from their examples")
 
 
 STEPS: list[Step] = [
@@ -342,8 +401,8 @@ STEPS: list[Step] = [
     Step(
         "explain",
         lambda d: (
-            f"explain and score {d.cfg.explain} latents of {d.explained_sae} with the "
-            "embedded model, served locally"
+            f"explain {d.cfg.explain} latents of each evaluated SAE from their examples; score "
+            f"{SCORED_LATENTS} of {d.explained_sae}'s with the embedded model, served locally"
         ),
         explain_step,
         enabled=lambda d: d.cfg.explain > 0,

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from saelab.autointerp.pipeline import ExplainSummary
     from saelab.resultstore import ResultsStore
 
-HELP = "explain and score latents with an LLM"
+HELP = "explain latents and score the explanations (with an LLM)"
 ON_INTERRUPT = (
     "the latents finished before it are stored; rerun the same command to continue (cached "
     "answers cost nothing)"
@@ -88,12 +88,20 @@ def _report(store: ResultsStore, sae_id: str, features: list[int]) -> None:
         print("saelab explain: no latent could be scored (see the scores table's status column)")
         return
     scorers = sorted({s for _, s in cells})
-    print(f"{'explainer':<10}" + "".join(f"{s:>12}" for s in scorers))
+    print(
+        f"{'explainer':<10}" + "".join(f"{s:>22}" for s in scorers) + "   (mean ± sd over latents)"
+    )
     for explainer in sorted({e for e, _ in cells}):
         line = f"{explainer:<10}"
         for s in scorers:
             values = cells.get((explainer, s))
-            line += (
-                f"{sum(values) / len(values):>8.3f} n={len(values):<2}" if values else f"{'-':>12}"
-            )
+            line += f"{_mean_sd(values):>15} n={len(values):<4}" if values else f"{'-':>22}"
         print(line)
+
+
+def _mean_sd(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.3f} ± {sd:.3f}"

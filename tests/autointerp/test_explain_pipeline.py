@@ -149,7 +149,7 @@ def test_unparsable_and_empty_answers_are_failures_never_right_or_wrong(db):
 
 def test_endpoint_down_keeps_finished_latents_and_a_rerun_continues(db, capsys):
     path, sae_id = db
-    n_rows = 2 * (1 + 4)
+    n_rows = 3 * (1 + 4)  # llm, examples, baseline; 4 default scorers
     with FakeEndpoint(script=["ok"] * 60 + ["500"] * 1000) as fake:
         code = explain(
             path, sae_id, fake, "--features", "0:64", "--max-retries", "1", "--concurrency", "1"

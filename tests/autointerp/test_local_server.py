@@ -136,7 +136,7 @@ def test_explain_through_the_local_server_reads_answers_from_logprobs(
     assert summary.features == [feature] and summary.usage.requests > 0
     scores = results.interp_scores(results.ResultsStore(db))
     assert {(r["explainer"], r["scorer"]) for r in scores} == {
-        (e, s) for e in ("llm", "baseline") for s in ("detection", "fuzzing")
+        (e, s) for e in ("examples", "baseline") for s in ("detection", "fuzzing")
     }
     for r in scores:  # a 135M model gives valid, if weak, answers this way
         assert r["status"] == "ok" and r["n_valid"] == r["n_windows"] > 0, r

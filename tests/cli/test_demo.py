@@ -48,16 +48,25 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, 
     explained = saes[demo.explained_sae].sae_id
     scores = results.interp_scores(store, explained)
     assert len({r["feature"] for r in scores}) == 1
-    llm = [r for r in scores if r["explainer"] == "llm"]
-    assert llm and llm[0]["explanation"]
-    ok = [r for r in llm if r["status"] == "ok"]
-    assert ok, [(r["scorer"], r["status"], r["provenance_json"]) for r in llm]
+    examples = [r for r in scores if r["explainer"] == "examples"]
+    assert examples and examples[0]["explanation"]
+    ok = [r for r in examples if r["status"] == "ok"]
+    assert ok, [(r["scorer"], r["status"], r["provenance_json"]) for r in examples]
     assert all("next-token" in json.loads(r["provenance_json"])["scorer"]["answer"] for r in ok)
     # the circuit: SAEs at three layers, nodes kept, curves and edges stored, the graph written
     (circuit,) = results.list_circuits(store)
     hooks = {r.hook for r in results.circuit_nodes(store, circuit.circuit_id)}
     assert hooks == {"blocks.4.hook_resid_post", "blocks.6.hook_resid_post", cfg.hook}, hooks
     assert demo.circuit.kept and results.circuit_curves(store, circuit.circuit_id)
+    # every latent node is named (the Circuits page labels nodes with their explanations)
+    with store.reading() as con:
+        unnamed = con.execute(
+            "SELECT count(*) FROM circuit_nodes n WHERE circuit_id = ? AND NOT is_error AND NOT "
+            "EXISTS (SELECT 1 FROM explanations e WHERE e.sae_id = n.sae_id AND e.feature = "
+            "n.feature AND e.status = 'ok')",
+            [circuit.circuit_id],
+        ).fetchone()[0]
+    assert unnamed == 0, unnamed
     assert json.loads((demo.folder / "demo.json").read_text())["tokens"] == 4096
     assert demo.circuit_html.stat().st_size > 10_000
     assert "faithfulness" in out
