@@ -58,12 +58,13 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, 
     hooks = {r.hook for r in results.circuit_nodes(store, circuit.circuit_id)}
     assert hooks == {"blocks.4.hook_resid_post", "blocks.6.hook_resid_post", cfg.hook}, hooks
     assert demo.circuit.kept and results.circuit_curves(store, circuit.circuit_id)
-    # every latent node is named (the Circuits page labels nodes with their explanations)
+    # every latent node with examples is named (the Circuits page labels nodes with them)
     with store.reading() as con:
         unnamed = con.execute(
-            "SELECT count(*) FROM circuit_nodes n WHERE circuit_id = ? AND NOT is_error AND NOT "
-            "EXISTS (SELECT 1 FROM explanations e WHERE e.sae_id = n.sae_id AND e.feature = "
-            "n.feature AND e.status = 'ok')",
+            "SELECT count(*) FROM circuit_nodes n WHERE circuit_id = ? AND NOT is_error AND "
+            "EXISTS (SELECT 1 FROM feature_examples x WHERE x.sae_id = n.sae_id AND x.feature = "
+            "n.feature) AND NOT EXISTS (SELECT 1 FROM explanations e WHERE e.sae_id = n.sae_id "
+            "AND e.feature = n.feature AND e.status = 'ok')",
             [circuit.circuit_id],
         ).fetchone()[0]
     assert unnamed == 0, unnamed
