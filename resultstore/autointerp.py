@@ -93,22 +93,35 @@ def explained(store: ResultsStore, sae_id: str, feature: int) -> list[ExplainedL
     ]
 
 
+PREFERRED_EXPLAINERS = ("llm", "examples", "baseline")
+"""Whose explanation a page or a label shows when a latent has several: an LLM's (written only
+when one was asked for), then the examples explainer's (the offline default, which beats the
+token list on embedding scores), then the token list; any other explainer after these."""
+_PREFERENCE = (
+    "CASE explainer WHEN 'llm' THEN 0 WHEN 'examples' THEN 1 WHEN 'baseline' THEN 2 ELSE 3 END, "
+    "explainer"
+)  # the SQL of PREFERRED_EXPLAINERS (a constant)
+
+
 def stored_explanation(
-    store: ResultsStore, sae_id: str, feature: int, explainer: str = "llm"
+    store: ResultsStore, sae_id: str, feature: int, explainer: str | None = None
 ) -> str | None:
-    """The latent's explanation by `explainer`, when one was written and read."""
-    rows = store.select(
-        ExplanationRow,
-        "sae_id = ? AND feature = ? AND explainer = ? AND status = 'ok' AND explanation IS NOT NULL",
-        [sae_id, int(feature), explainer],
-    )
+    """The latent's explanation by `explainer` (None: the preferred one there is), when one
+    was written and read."""
+    where = "sae_id = ? AND feature = ? AND status = 'ok' AND explanation IS NOT NULL"
+    params: list[Any] = [sae_id, int(feature)]
+    if explainer is not None:
+        where += " AND explainer = ?"
+        params.append(explainer)
+    rows = store.select(ExplanationRow, where, params, order=_PREFERENCE, limit=1)
     return rows[0].explanation if rows else None
 
 
 def explanation_texts(store: ResultsStore, sae_id: str, features: list[int]) -> dict[int, str]:
-    """One explanation per latent (the first explainer's by name), for lists of latents."""
+    """One explanation per latent (the preferred explainer's, `PREFERRED_EXPLAINERS`), for
+    lists of latents."""
     rows = store.query(
-        "SELECT feature, first(explanation ORDER BY explainer) AS text FROM explanations "
+        f"SELECT feature, first(explanation ORDER BY {_PREFERENCE}) AS text FROM explanations "
         "WHERE sae_id = ? AND status = 'ok' AND feature IN (SELECT unnest(?)) GROUP BY feature",
         [sae_id, [int(f) for f in features]],
     )

@@ -38,7 +38,7 @@ def expect_config(cfg: Any, cls: type, function: str) -> None:
         )
 
 
-OFFLINE_EXPLAINERS = frozenset({"baseline"})
+OFFLINE_EXPLAINERS = frozenset({"baseline", "examples"})
 OFFLINE_SCORERS = frozenset({"embedding"})
 """Explainers and scorers that never ask the LLM (no endpoint or local server is needed)."""
 

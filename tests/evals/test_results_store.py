@@ -401,3 +401,22 @@ def test_sae_paths_inside_the_results_folder_move_with_it(tmp_path):
     shutil.rmtree(moved / "saes")
     with pytest.raises(UserError, match="checkpoint of SAE sae-a .* no longer holds it"):
         results.saes.verified_folder(results.sae_by_id(store, "a"), weights.name)
+
+
+def test_the_preferred_explanation_is_the_llm_then_examples_then_token_list(tmp_path):
+    store = results.ResultsStore(tmp_path / "r.duckdb", "write")
+    with store.transaction() as con:
+        results.saes.register_sae(con, sae_row("a"), store)
+        for feature, explainers in ((0, ("baseline", "examples", "llm", "zzz")), (1, ("baseline", "examples", "aaa")), (2, ("baseline",))):  # fmt: skip
+            for explainer in explainers:
+                con.execute(
+                    "INSERT INTO explanations (sae_id, feature, explainer, status, explanation) "
+                    "VALUES ('a', ?, ?, 'ok', ?)",
+                    [feature, explainer, f"{explainer} says {feature}"],
+                )
+    texts = results.explanation_texts(store, "a", [0, 1, 2, 3])
+    assert texts == {0: "llm says 0", 1: "examples says 1", 2: "baseline says 2"}
+    assert [results.stored_explanation(store, "a", f) for f in range(4)] == [
+        "llm says 0", "examples says 1", "baseline says 2", None,
+    ]  # fmt: skip
+    assert results.stored_explanation(store, "a", 0, "baseline") == "baseline says 0"
