@@ -35,6 +35,8 @@ SWEEP_TOKENS = 8
 CALIBRATED, FIXED = "calibrated to a target KL", "fixed"
 _LAST = "_saelab_playground_last"
 _SWEEP = "_saelab_playground_sweep"
+JUST_STORED = "_saelab_playground_stored"
+"""Session key: the experiment (sweep id) the last Generate stored, for the runs list to open."""
 _METHODS = {"none": "clean (unsteered)", "sae": "SAE latent", "diffmean": "DiffMean baseline"}
 
 
@@ -120,32 +122,32 @@ def render() -> None:
         if notice:
             st.warning(notice)
     with st.form("playground"):
-        prompt = st.text_area("Prompt", "The city of", key="pg_prompt")
-        sae_id = st.selectbox(
+        what, how_much = st.columns(2)
+        prompt = what.text_area("Prompt", "The city of", key="pg_prompt", height=90)
+        sae_id = what.selectbox(
             "SAE", ids, index=ids.index(first), format_func=labels.get, key="pg_sae"
         )
-        features = st.text_input(
+        features = what.text_input(
             "Latent(s)", default, key="pg_feat",
             help="Latent numbers, comma separated; the default is a live latent of the SAE "
             "first shown (an explained one if any, else the highest max activation).",
         )  # fmt: skip
-        mode = st.selectbox("Mode", list(MODES), key="pg_mode")
-        how = st.radio("Strength", [CALIBRATED, FIXED], horizontal=True, key="pg_how")
-        left, right = st.columns(2)
-        target_kl = left.number_input(
+        mode = what.selectbox("Mode", list(MODES), key="pg_mode")
+        how = how_much.radio("Strength", [CALIBRATED, FIXED], horizontal=True, key="pg_how")
+        target_kl = how_much.number_input(
             "Target KL (nats)", min_value=0.01, max_value=20.0, value=TARGET_KL, step=0.25,
             key="pg_target_kl",
             help="The strength is found by bisection so that KL(clean ‖ steered) of the "
             "next-token distributions on neutral text is this (add and clamp modes). Around 1 "
             "nat the text is clearly steered and still fluent; past 2-3 it breaks down.",
         )  # fmt: skip
-        strength = right.number_input(
+        strength = how_much.number_input(
             "Fixed strength (× the latent's max activation)", value=1.0, key="pg_strength",
             help="Used when the strength is fixed: add adds strength × max_act × the latent's "
             "decoder row; clamp sets the latent to strength × max_act.",
         )  # fmt: skip
-        tokens = st.number_input("New tokens", 1, 128, MAX_NEW_TOKENS, key="pg_tokens")
-        baseline = st.checkbox(
+        tokens = how_much.number_input("New tokens", 1, 128, MAX_NEW_TOKENS, key="pg_tokens")
+        baseline = how_much.checkbox(
             "DiffMean baseline at the same KL", value=True, key="pg_baseline",
             help="Mean activation where the latent fired minus where it was silent (its stored "
             "example windows), added at the strength that gives the SAE run's KL.",
@@ -226,6 +228,7 @@ def _steer(request: Request, *, sweep: list[float] | None = None, tokens: int | 
     common.close_reader()  # the write needs the file to itself within this process
     report = steer(cfg, model=model)
     st.cache_data.clear()  # the runs list: read afresh
+    st.session_state[JUST_STORED] = report.sweep_id
     return report
 
 
@@ -248,7 +251,7 @@ def _show(last: dict) -> None:
         f"<div class='pg-about' style='color:#555'>{html.escape(request.sae_name)} · latent "
         f"{', '.join(map(str, request.features))} · {html.escape(request.mode)} · generated in "
         f"{last['seconds']:.1f} s · stored (sweep {html.escape(report.sweep_id)}): see "
-        "stored runs above</div>"
+        "stored runs below</div>"
     )
     if sae_run is not None:
         st.markdown(_strength_sentence(request, sae_run))

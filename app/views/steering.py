@@ -1,10 +1,10 @@
 """Steering: stored steering experiments from the file, one entry per experiment (one `saelab
 steer` call or one Generate: its unsteered reference, SAE runs and DiffMean baselines together),
 labelled by SAE name, latents and strength; clean and steered text side by side. An empty file
-says how to make some. Beside them the live playground (`app.views.playground`).
+says how to make some. Above them the live playground (`app.views.playground`).
 
-The list is drawn after the playground has run, into a container placed above it, so a run
-stored by Generate shows in the same page render.
+The list is drawn after the playground has run, so a run stored by Generate shows in the same
+page render.
 """
 
 from __future__ import annotations
@@ -36,10 +36,8 @@ def render() -> None:
     from saelab.app.views import playground
 
     st.title("Steering")
-    stored = st.container()
     playground.render()
-    with stored:
-        _past_runs()
+    _past_runs()
 
 
 def experiments(runs: list) -> dict[str, list]:
@@ -78,6 +76,8 @@ def label(runs: list, sae_names: dict[str, str]) -> str:
 
 
 def _past_runs() -> None:
+    from saelab.app.views import playground
+
     st.subheader("Stored runs")
     runs = common.q("steering_runs")
     if not runs:
@@ -86,6 +86,9 @@ def _past_runs() -> None:
     names = {s.sae_id: s.name for s in common.q("list_saes")}
     groups = experiments(runs)
     labels = {k: label(v, names) for k, v in groups.items()}
+    stored = st.session_state.pop(playground.JUST_STORED, None)
+    if stored in labels:  # a run just stored by the playground: show it
+        st.session_state["steer_pick"] = stored
     choice = st.selectbox("Experiment", list(labels), format_func=labels.get, key="steer_pick")
     group = sorted(groups[choice], key=lambda r: (list(_METHOD).index(r.method), r.strength or 0))
     st.dataframe(
@@ -107,7 +110,7 @@ def _past_runs() -> None:
     pick = {r.run_id: f"{_METHOD.get(r.method, r.method)} · strength {common.fmt(r.strength)}"
             for r in steered}  # fmt: skip
     run_id = (
-        st.selectbox("Texts of", list(pick), format_func=pick.get, key="steer_run")
+        st.selectbox("Texts of", list(pick), format_func=pick.get, key=f"steer_run_{choice}")
         if len(pick) > 1
         else next(iter(pick))
     )
