@@ -106,6 +106,11 @@ def _default_latent(sae_id: str) -> tuple[str, str | None]:
         return fallback, f"The link's latent {wanted!r} is not a whole number; showing a live one."
 
 
+def _sae_changed() -> None:
+    live = common.q("steerable_latent", st.session_state["pg_sae"])
+    st.session_state["pg_feat"] = "" if live is None else str(live)
+
+
 def render() -> None:
     from saelab.steering.harness import MODES
 
@@ -121,16 +126,20 @@ def render() -> None:
     for notice in (sae_notice, latent_notice):
         if notice:
             st.warning(notice)
+    # outside the form: another SAE reruns the page, and its default latent fills the field
+    sae_id = st.selectbox(
+        "SAE", ids, index=ids.index(first), format_func=labels.get, key="pg_sae",
+        on_change=_sae_changed,
+    )  # fmt: skip
+    if "pg_feat" not in st.session_state:
+        st.session_state["pg_feat"] = default
     with st.form("playground"):
         what, how_much = st.columns(2)
         prompt = what.text_area("Prompt", "The city of", key="pg_prompt", height=90)
-        sae_id = what.selectbox(
-            "SAE", ids, index=ids.index(first), format_func=labels.get, key="pg_sae"
-        )
         features = what.text_input(
-            "Latent(s)", default, key="pg_feat",
+            "Latent(s)", key="pg_feat",
             help="Latent numbers, comma separated; the default is a live latent of the SAE "
-            "first shown (an explained one if any, else the highest max activation).",
+            "(an explained one if any, else the highest max activation).",
         )  # fmt: skip
         mode = what.selectbox("Mode", list(MODES), key="pg_mode")
         how = how_much.radio("Strength", [CALIBRATED, FIXED], horizontal=True, key="pg_how")

@@ -34,10 +34,18 @@ def test_playground_generates_shows_and_stores(app_db, monkeypatch, tmp_path, mo
         (alive,) = con.execute(
             "SELECT min(feature) FROM features WHERE sae_id = ? AND NOT dead", [ids[-1]]
         ).fetchone()
+    with results.ResultsStore(path, mode="update").transaction() as con:  # defaults that differ
+        con.execute("UPDATE features SET dense = true WHERE sae_id = ? AND feature = ?",
+                    [ids[-1], results.steerable_latent(results.ResultsStore(src), ids[0])])  # fmt: skip
+    store = results.ResultsStore(path)
+    first, other = (results.steerable_latent(store, i) for i in (ids[0], ids[-1]))
+    assert first != other
     at = page("steering", monkeypatch, path)
     assert not at.exception, at.exception
+    assert at.text_input(key="pg_feat").value == str(first)
+    at.selectbox(key="pg_sae").set_value(ids[-1]).run()  # another SAE: its default latent
+    assert at.text_input(key="pg_feat").value == str(other)
     at.text_area(key="pg_prompt").set_value("Paris is <b>the</b> capital of")
-    at.selectbox(key="pg_sae").set_value(ids[-1])
     at.text_input(key="pg_feat").set_value(str(alive))
     at.selectbox(key="pg_mode").set_value("add")
     at.radio(key="pg_how").set_value(playground.FIXED)
@@ -231,7 +239,7 @@ def test_a_dead_latent_gets_a_one_line_notice(app_db, monkeypatch, tmp_path):
             [ids[0]],
         )
     at = page("steering", monkeypatch, path)
-    at.selectbox(key="pg_sae").set_value(ids[0])
+    at.selectbox(key="pg_sae").set_value(ids[0]).run()
     at.text_input(key="pg_feat").set_value("3")
     at.button(key="pg_go").click().run()
     assert not at.exception, at.exception
