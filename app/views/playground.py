@@ -328,7 +328,7 @@ def _sweep_section(last: dict) -> None:
     st.markdown("**Sweep**: the steering frontier around this strength")
     if st.button(
         f"Sweep strengths {', '.join(f'{s:.3g}' for s in strengths)} "
-        f"({SWEEP_TOKENS} tokens each, with the baseline: about half a minute on CPU)",
+        f"({SWEEP_TOKENS} tokens each, with the baseline: about 15 s on CPU)",
         key="pg_sweep",
     ):
         try:
