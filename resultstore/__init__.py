@@ -105,7 +105,12 @@ from saelab.resultstore.search import (
     search_token,
     token_ids_for,
 )
-from saelab.resultstore.steering import steering_runs, steering_samples, write_steering_runs
+from saelab.resultstore.steering import (
+    steerable_latent,
+    steering_runs,
+    steering_samples,
+    write_steering_runs,
+)
 from saelab.resultstore.store import ResultsStore
 
 __all__ = [
@@ -123,7 +128,8 @@ __all__ = [
     "finished_features", "interp_scores", "latent_metrics", "list_circuits", "list_saes",
     "metrics_long", "random_feature", "record_for_folder", "sae_by_id", "sae_overview",
     "schema_version", "score_summary", "scorer_names", "scores", "search_explanations",
-    "search_ranges", "search_token", "steering_runs", "steering_samples", "stored_explanation",
+    "search_ranges", "search_token", "steerable_latent", "steering_runs", "steering_samples",
+    "stored_explanation",
     "token_ids_for", "token_strings", "verified_folder", "write_circuit", "write_eval_run",
     "write_interp_batch", "write_steering_runs", "write_vocab",
 ]  # fmt: skip

@@ -4,10 +4,29 @@ harness as a feature direction, so each feature result sits beside this simple b
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import torch
 from torch import Tensor
 
 from saelab.steering.metrics import _capture
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+@torch.no_grad()
+def hook_activations(bridge, hook: str, ids: Tensor) -> Tensor:
+    """The hook's activation on token ids `[n, p]`; the forward stops after the hook's block
+    (the DiffMean vector needs nothing later, and the rest of the model is most of the cost)."""
+    match = _BLOCK.match(hook)
+    stop = int(match.group(1)) + 1 if match else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, cache = bridge.run_with_cache(
+            ids, names_filter=[hook], stop_at_layer=stop, return_cache_object=False
+        )
+    return cache[hook]
 
 
 @torch.no_grad()
@@ -39,18 +58,19 @@ def diffmean_from_windows(bridge, hook: str, windows: list, bos: int) -> Tensor:
     context than when harvested: a baseline, not a reproduction)."""
     sums = {True: None, False: None}
     counts = {True: 0, False: 0}
+    by_length: dict[int, list] = {}  # windows of one length run as one batch
     for w in windows:
-        got: dict = {}
-        ids = torch.tensor([bos] + list(w.tokens))
-        with _capture(bridge, hook, got):
-            bridge(ids[None], return_type="logits")
-        h = got["h"][0, 1:].double()
-        active = torch.as_tensor(w.acts) > 0
-        for side, mask in ((True, active), (False, ~active)):
-            if mask.any():
-                part = h[mask].sum(0)
-                sums[side] = part if sums[side] is None else sums[side] + part
-                counts[side] += int(mask.sum())
+        by_length.setdefault(len(w.tokens), []).append(w)
+    for group in by_length.values():
+        ids = torch.tensor([[bos] + list(w.tokens) for w in group])
+        acts = hook_activations(bridge, hook, ids)[:, 1:].double()
+        for h, w in zip(acts, group):
+            active = torch.as_tensor(w.acts) > 0
+            for side, mask in ((True, active), (False, ~active)):
+                if mask.any():
+                    part = h[mask].sum(0)
+                    sums[side] = part if sums[side] is None else sums[side] + part
+                    counts[side] += int(mask.sum())
     if not counts[True] or not counts[False]:
         raise ValueError("DiffMean needs tokens where the latent fired and tokens where it did not")
     return (sums[True] / counts[True] - sums[False] / counts[False]).float()

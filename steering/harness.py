@@ -174,18 +174,21 @@ class Harness:
                 texts.append(self.tok.decode(row))
         return texts
 
-    def measure(self, edits: list[Edit] | None) -> Outcome:
+    def measure(self, edits: list[Edit] | None, kl: tuple[float, Tensor] | None = None) -> Outcome:
+        """The metrics of these edits; `kl`: their `self.kl(edits)` when already computed
+        (the strength search measured it)."""
         if edits is None:
             kl, steered_neutral, generated = 0.0, self.clean_neutral, self.clean
         else:
-            kl, steered_neutral = self.kl(edits)
+            kl, steered_neutral = kl if kl is not None else self.kl(edits)
             generated = self.generate_samples(edits)
         acts, ppl, tokens = [], [], []
         for _, ids, new in generated:
             full = torch.cat([ids[None].repeat(new.shape[0], 1), new], 1)
             s = metrics.generated_text_stats(
-                self.bridge, self.t.sae, self.t.hook, full, len(ids), self.features
-            )
+                self.bridge, self.t.sae, self.t.hook, full, len(ids), self.features,
+                eos=self.tok.eos_token_id,
+            )  # fmt: skip
             acts.append(s.feature_act)
             ppl.append(s.perplexity)
             tokens += new.tolist()

@@ -5,8 +5,11 @@
   steered), with the edits at every position.
 - `generated_text_stats`: one unsteered forward over prompt + generation gives the perplexity of
   the generated tokens (exp of their mean negative log-likelihood under the clean model) and the
-  target latents' activation on them (re-encoded with the SAE; the mean over generated tokens and
-  target latents).
+  target latents' activation on them: the hook's activation re-encoded with the SAE, the mean
+  over generated tokens (up to the first end-of-text token, as the texts are cut) and target
+  latents. Read by the unsteered model, it says whether the text itself carries the feature: the
+  unsteered run's value is the clean text's, to compare with (a TopK latent is often 0 on
+  clean text, and on text steered too hard to mean anything).
 - `logit_lift`: mean over positions and the latents' top logit tokens of
   log P_steered(token) − log P_clean(token): the concept strength when there is no explanation.
 - `embedding_similarity`: mean cosine between each generated text and the explanation under the
@@ -64,19 +67,33 @@ def _capture(bridge, hook: str, store: dict):
 
 @torch.no_grad()
 def generated_text_stats(
-    bridge, sae, hook: str, tokens: Tensor, prompt_len: int, features: list[int]
+    bridge,
+    sae,
+    hook: str,
+    tokens: Tensor,
+    prompt_len: int,
+    features: list[int],
+    eos: int | None = None,
 ) -> TextStats:
-    """`tokens [n, prompt_len + new]`: clean-model perplexity and latent activation of the new part."""
+    """`tokens [n, prompt_len + new]`: clean-model perplexity and latent activation of the new
+    part, over the generated tokens before the first `eos` (at least the first one)."""
     got: dict = {}
     with _capture(bridge, hook, got):
         logits = bridge(tokens, return_type="logits")
     logp = torch.log_softmax(logits[:, prompt_len - 1 : -1].double(), -1)
     target = tokens[:, prompt_len:]
+    keep = torch.ones_like(target, dtype=torch.double)
+    if eos is not None:
+        keep = (torch.cumsum((target == eos).long(), 1) == 0).double()
+        keep[:, 0] = 1.0
     nll = -logp.gather(-1, target[..., None]).squeeze(-1)
     h = got["h"][:, prompt_len:]
     acts = sae.encode(h.reshape(-1, h.shape[-1]).float())[:, list(features)]
-    acts = acts.reshape(h.shape[0], h.shape[1], -1).double()
-    return TextStats(nll.mean(1).exp().numpy(), acts.mean((1, 2)).numpy())
+    acts = acts.reshape(h.shape[0], h.shape[1], -1).double().mean(2)
+    count = keep.sum(1)
+    return TextStats(
+        ((nll * keep).sum(1) / count).exp().numpy(), ((acts * keep).sum(1) / count).numpy()
+    )
 
 
 def embedding_similarity(texts: list[str], explanation: str) -> np.ndarray:

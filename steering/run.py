@@ -185,9 +185,7 @@ def steer(cfg: SteerConfig, model=None) -> SteerReport:
     record("none", 0.0, h.measure(None), [])
     diffmean = _diffmean(cfg, store, h) if cfg.baseline else None
 
-    def kl_at(s: float) -> float:
-        return h.kl(h.feature_edits(cfg.mode, s, cfg.unit, cfg.ablation))[0]
-
+    kl_at = _KLMemo(h, lambda s: h.feature_edits(cfg.mode, s, cfg.unit, cfg.ablation))
     if cfg.mode == "ablate":
         strengths = [None]
     elif cfg.target_kl is not None:
@@ -196,15 +194,43 @@ def steer(cfg: SteerConfig, model=None) -> SteerReport:
         strengths = [cfg.strength] if cfg.strength is not None else list(cfg.sweep)
     for s in strengths:
         edits = h.feature_edits(cfg.mode, s or 0.0, cfg.unit, cfg.ablation)
-        outcome = h.measure(edits)
+        outcome = h.measure(edits, kl_at.known(s))
         record("sae", s, outcome, units)
         if diffmean is not None and outcome.kl > 0:
-            c, _ = strength_for_kl(lambda x: h.kl([Add(x * diffmean)])[0], outcome.kl)
-            record("diffmean", c, h.measure([Add(c * diffmean)]), [float(diffmean.norm())])
+            dm_kl = _KLMemo(h, lambda x: [Add(x * diffmean)])
+            c, _ = strength_for_kl(dm_kl, outcome.kl, start=_equal_norm(edits, diffmean))
+            outcome = h.measure([Add(c * diffmean)], dm_kl.known(c))
+            record("diffmean", c, outcome, [float(diffmean.norm())])
     if cfg.store:
         flat = [s for run in rows for s in samples[run.run_id]]
         results.write_steering_runs(store, rows, flat)
     return SteerReport(sweep_id, target.row.sae_id, rows, samples)
+
+
+class _KLMemo:
+    """KL as a function of the strength, remembering each evaluation's steered logits so the
+    measurement at the strength found does not run the neutral texts again."""
+
+    def __init__(self, h: Harness, edits_at) -> None:
+        self.h, self.edits_at, self.seen = h, edits_at, {}
+
+    def __call__(self, s: float) -> float:
+        self.seen[s] = self.h.kl(self.edits_at(s))
+        return self.seen[s][0]
+
+    def known(self, s: float | None):
+        return self.seen.get(s)
+
+
+def _equal_norm(edits: list, diffmean) -> float:
+    """A first DiffMean strength for the KL search: the one whose vector is as long as the
+    SAE's added vector (about the same KL, so the search starts near its answer)."""
+    norm = float(diffmean.norm())
+    if len(edits) == 1 and isinstance(edits[0], Add) and norm > 0:
+        guess = float(edits[0].vector.norm()) / norm
+        if math.isfinite(guess) and guess > 0:
+            return guess
+    return 1.0
 
 
 def _load(spec: str | None):
@@ -279,27 +305,34 @@ def _samples(run_id: str, h: Harness, outcome: Outcome) -> list[results.Steering
     return out
 
 
-def frontier_html(report: SteerReport, path: str) -> str:
-    """Concept strength against KL and against perplexity, one trace per method (plotly)."""
+def frontier_figure(runs: list[results.SteeringRunRow]):
+    """Concept strength and the latent's activation on the generated text against KL, one trace
+    per method (plotly); the unsteered run is the point at KL 0."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("concept vs KL", "concept vs perplexity"))
-    for method in ("sae", "diffmean", "none"):
-        runs = sorted((r for r in report.runs if r.method == method), key=lambda r: r.kl)
-        if not runs:
+    kind = runs[0].concept_kind if runs else "concept"
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("concept vs KL", "latent activation on the text vs KL")
+    )  # fmt: skip
+    for method, name in (("sae", "SAE latent"), ("diffmean", "DiffMean"), ("none", "unsteered")):
+        rows = sorted((r for r in runs if r.method == method), key=lambda r: r.kl)
+        if not rows:
             continue
-        concept = [r.concept for r in runs]
-        label = [f"strength {r.strength:.3g}" if r.strength is not None else "" for r in runs]
-        for col, x in ((1, [r.kl for r in runs]), (2, [r.perplexity for r in runs])):
+        label = [f"strength {r.strength:.3g}" if r.strength is not None else "" for r in rows]
+        for col, y in ((1, [r.concept for r in rows]), (2, [r.feature_act for r in rows])):
             fig.add_trace(
-                go.Scatter(x=x, y=concept, mode="lines+markers", name=method, text=label,
-                           legendgroup=method, showlegend=col == 1),
+                go.Scatter(x=[r.kl for r in rows], y=y, mode="lines+markers", name=name,
+                           text=label, legendgroup=method, showlegend=col == 1),
                 row=1, col=col,
             )  # fmt: skip
-    kind = report.runs[0].concept_kind
-    fig.update_xaxes(title_text="KL(clean ‖ steered), nats", row=1, col=1)
-    fig.update_xaxes(title_text="perplexity under the clean model", row=1, col=2)
-    fig.update_yaxes(title_text=f"concept strength ({kind})")
-    fig.write_html(path, include_plotlyjs=True)
+    fig.update_xaxes(title_text="KL(clean ‖ steered) on neutral text, nats")
+    fig.update_yaxes(title_text=f"concept ({kind})", row=1, col=1)
+    fig.update_yaxes(title_text="mean activation on generated tokens", row=1, col=2)
+    return fig
+
+
+def frontier_html(report: SteerReport, path: str) -> str:
+    """The frontier of a sweep (`frontier_figure`) as a standalone HTML file."""
+    frontier_figure(report.runs).write_html(path, include_plotlyjs=True)
     return path

@@ -226,6 +226,38 @@ def _shot(page, folder: Path, name: str) -> Path:
     return out
 
 
+def test_playground_generate_with_the_defaults(browser, app_db, tmp_path):
+    """Steering page, Generate with the page's defaults (a live latent, the strength calibrated
+    to the target KL, the DiffMean baseline; a few tokens to stay quick): clean, steered and
+    baseline texts show, and the stored runs list names the new experiment."""
+    path = str(tmp_path / "results.duckdb")
+    shutil.copy(app_db[0], path)  # Generate writes its runs; the session's file stays as it is
+    server = Server(path)
+    try:
+        page = open_page(browser, f"{server.url}/steering")
+        # the stored runs are drawn last: a click during the first render can stall the session
+        settle(page, "Settings and provenance of this run")
+        page.get_by_label("New tokens").fill("4")
+        page.get_by_role("button", name="Generate").click()
+        page.locator(".pg-steered").wait_for(timeout=180_000)
+        settle(page, "calibrated")
+        clean = page.inner_text(".pg-clean")
+        steered = page.inner_text(".pg-steered")
+        baseline = page.inner_text(".pg-diffmean")
+        assert clean.startswith("clean") and len(clean.split()) > 2, clean
+        assert steered.startswith("SAE latent") and len(steered.split()) > 2, steered
+        assert baseline.startswith("DiffMean") and len(baseline.split()) > 1, baseline
+        main = page.inner_text("[data-testid=stMain]")
+        assert "calibrated" in main and "No steering runs" not in main
+        experiment = page.get_by_label("Experiment").input_value()  # the newest, labelled
+        assert " · latent " in experiment and "(target KL 1)" in experiment, experiment
+        page.locator(".pg-steered").scroll_into_view_if_needed()
+        _shot(page, tmp_path, "steering_generated")
+        assert not page.errors, page.errors
+    finally:
+        server.close()
+
+
 TOUR_DB = os.environ.get("SAELAB_TOUR_DB", "runs/demo/results.duckdb")
 TOUR_DIR = Path(__file__).resolve().parents[2] / "docs" / "tour"
 
