@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,28 +74,34 @@ def migrate(path: str) -> None:
 
 class Reader:
     """One browser session's store: opened (and the file checked) on the first query of a
-    render, with one connection held for the render's reads and closed when it ends."""
+    render, with one connection held for the render's reads and closed when it ends.
+
+    Per thread: Streamlit may start a session's next render on a new script thread while the
+    interrupted one still holds its connection (a click during a render), and a render that
+    reused that store would wait forever on the lock its session holds. Each thread gets its
+    own store and connection; a finished thread's are dropped with it."""
 
     def __init__(self, path: str):
         self.path = path
-        self._store: results.ResultsStore | None = None
-        self._session: contextlib.ExitStack | None = None
+        self._local = threading.local()
 
     @property
     def store(self) -> results.ResultsStore:
-        if self._store is None:
-            self._store = open_store(self.path)
-        if self._session is None:
+        local = self._local
+        if getattr(local, "store", None) is None:
+            local.store = open_store(self.path)
+        if getattr(local, "session", None) is None:
             session = contextlib.ExitStack()
-            session.enter_context(self._store.session())
-            self._session = session
-        return self._store
+            session.enter_context(local.store.session())
+            local.session = session
+        return local.store
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
-        self._store = None  # the next render checks the file again (it may have changed)
+        local = self._local
+        if getattr(local, "session", None) is not None:
+            local.session.close()
+            local.session = None
+        local.store = None  # the next render checks the file again (it may have changed)
 
 
 def schema_version(reader: Reader) -> int:

@@ -320,3 +320,24 @@ def test_text_activations_match_the_eval_and_a_direct_encode(app_db, model):
     assert got.token_ids == tokens[0, 1:].tolist()
     assert max(got.acts) > 0
     np.testing.assert_allclose(got.acts, reference[:, feature].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_render_on_a_new_thread_never_waits_on_an_interrupted_ones_connection(app_db):
+    """A click during a render: Streamlit may start the next render on another script thread
+    while the interrupted one still holds its session. The new render reads at once (the
+    reader used to hand it the held store, whose session lock the other thread owned)."""
+    import threading
+
+    from saelab import resultstore as results
+    from saelab.app import db
+
+    reader = db.Reader(app_db[0])
+    held = reader.store  # this thread's render, never closed (interrupted)
+    assert results.list_saes(held)
+    got: list = []
+    other = threading.Thread(target=lambda: got.append(len(results.list_saes(reader.store))))
+    other.start()
+    other.join(timeout=20)
+    assert not other.is_alive(), "the second render waited on the first one's connection"
+    assert got == [len(app_db[1])]
+    reader.close()
