@@ -78,32 +78,33 @@ def parse_features(text: str) -> list[int]:
     return out
 
 
-def _default_sae(saes: list) -> tuple[str, str | None]:
-    """The SAE the page opens on (the `sae` query parameter, else the first SAE with feature
-    statistics) and a notice when the parameter names no SAE of this file."""
-    evaluated = [s for s in saes if common.q("feature_stats_exist", s.sae_id)]
-    first = (evaluated or saes)[0].sae_id
+def _default_sae(saes: list) -> str:
+    """The SAE the page opens on: the `sae` query parameter (id or name), else the app's
+    default (`common.default_sae_id`), with a notice when the parameter names no SAE."""
     wanted = st.query_params.get("sae")
-    if wanted is None:
-        return first, None
     for s in saes:
         if wanted in (s.sae_id, s.name):
-            return s.sae_id, None
-    return first, f"No SAE {wanted!r} in this results file; showing the first evaluated SAE."
+            return s.sae_id
+    first = common.default_sae_id(saes)
+    if wanted:
+        name = next(s.name for s in saes if s.sae_id == first)
+        common.bad_param("sae", wanted, "names no SAE of this results file", f"SAE {name}")
+    return first
 
 
-def _default_latent(sae_id: str) -> tuple[str, str | None]:
-    """The latent field's start value (the `feature` query parameter, else a live latent from
-    the store) and a notice for a parameter that is not a latent number."""
+def _default_latent(sae_id: str) -> str:
+    """The latent field's start value: the `feature` query parameter, else a live latent from
+    the store (with a notice for a parameter that is not a latent number)."""
     live = common.q("steerable_latent", sae_id)
     fallback = "" if live is None else str(live)
     wanted = st.query_params.get("feature")
     if wanted is None:
-        return fallback, None
+        return fallback
     try:
-        return str(int(wanted)), None
+        return str(int(wanted))
     except ValueError:
-        return fallback, f"The link's latent {wanted!r} is not a whole number; showing a live one."
+        common.bad_param("feature", wanted, "is not a latent number", f"latent {fallback}")
+        return fallback
 
 
 def _sae_changed() -> None:
@@ -121,11 +122,8 @@ def render() -> None:
         return
     labels = {s.sae_id: f"{s.name} · {s.architecture} · {s.d_sae}" for s in saes}
     ids = list(labels)
-    first, sae_notice = _default_sae(saes)
-    default, latent_notice = _default_latent(first)
-    for notice in (sae_notice, latent_notice):
-        if notice:
-            st.warning(notice)
+    first = _default_sae(saes)
+    default = _default_latent(first)
     # outside the form: another SAE reruns the page, and its default latent fills the field
     sae_id = st.selectbox(
         "SAE", ids, index=ids.index(first), format_func=labels.get, key="pg_sae",

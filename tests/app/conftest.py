@@ -56,3 +56,19 @@ def app_db(small_store, model, tmp_path_factory):
         model=model,
     )  # fmt: skip
     return str(db), [r.sae_id for r in saes]
+
+
+@pytest.fixture
+def db_copy(app_db, request):
+    """A writable copy of `app_db`'s results file, beside it: its SAE paths, stored relative to
+    the file's folder, still find the checkpoints (a copy elsewhere would not)."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    src = Path(app_db[0])
+    copy = src.with_name(re.sub(r"\W", "_", request.node.name)[:80] + ".duckdb")
+    shutil.copy(src, copy)
+    yield str(copy)
+    copy.unlink(missing_ok=True)
+    copy.with_name(copy.name + ".wal").unlink(missing_ok=True)

@@ -226,12 +226,11 @@ def _shot(page, folder: Path, name: str) -> Path:
     return out
 
 
-def test_playground_generate_with_the_defaults(browser, app_db, tmp_path):
+def test_playground_generate_with_the_defaults(browser, app_db, db_copy, tmp_path):
     """Steering page, Generate with the page's defaults (a live latent, the strength calibrated
     to the target KL, the DiffMean baseline; a few tokens to stay quick): clean, steered and
     baseline texts show, and the stored runs list names the new experiment."""
-    path = str(tmp_path / "results.duckdb")
-    shutil.copy(app_db[0], path)  # Generate writes its runs; the session's file stays as it is
+    path = db_copy  # the session's file stays as other tests expect it
     server = Server(path)
     try:
         page = open_page(browser, f"{server.url}/steering")
@@ -273,7 +272,7 @@ def test_newcomer_tour_of_the_demo(browser):
     server = Server(TOUR_DB)
     try:
         page = open_page(browser, server.url + "/saes")
-        page.set_viewport_size({"width": 1400, "height": 900})
+        page.set_viewport_size({"width": 1400, "height": 1200})
         settle(page, "FVU vs L0")
         assert "Page not found" not in page.inner_text("body")
         _tour_shot(page, "1-saes")
@@ -287,28 +286,31 @@ def test_newcomer_tour_of_the_demo(browser):
         page.get_by_role("button", name="Run on this text").click()
         page.locator(".saelab-test-text").first.wait_for(timeout=120_000)
         page.locator(".saelab-test-text").first.scroll_into_view_if_needed()
-        _tour_shot(page, "3-feature-test-text", full=False)
+        _tour_shot(page, "3-feature-test-text")
         page.get_by_role("link", name="Circuits").click()
         settle(page, "edge correlation")
         _tour_shot(page, "4-circuits")
         page.get_by_role("link", name="Steering").click()
         settle(page, "Generate")
         page.get_by_role("button", name="Generate").click()
-        page.get_by_text("steered", exact=False).first.wait_for(timeout=300_000)
-        settle(page, "KL")
+        page.locator(".pg-steered").wait_for(timeout=300_000)
+        settle(page, "calibrated")
+        steered = page.inner_text(".pg-steered")
+        assert steered.startswith("SAE latent") and len(steered.split()) > 2, steered
+        page.locator(".pg-clean").scroll_into_view_if_needed()
         _tour_shot(page, "5-steering")
         page.get_by_role("link", name="Compare").click()
         settle(page, "best value")
         _tour_shot(page, "6-compare")
         page.get_by_role("link", name="Search").click()
         settle(page, "Search features")
-        _tour_shot(page, "7-search", full=False)
+        _tour_shot(page, "7-search")
         assert not page.errors, page.errors
     finally:
         server.close()
 
 
-def _tour_shot(page, name: str, full: bool = True) -> None:
-    """A screenshot for the README: the page's first 1,800 px (or the viewport)."""
-    clip = {"x": 0, "y": 0, "width": 1400, "height": 1800} if full else None
-    page.screenshot(path=str(TOUR_DIR / f"{name}.png"), full_page=full, clip=clip)
+def _tour_shot(page, name: str) -> None:
+    """A screenshot for the README: what the window shows (Streamlit scrolls inside it)."""
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(TOUR_DIR / f"{name}.png"))

@@ -391,7 +391,7 @@ def test_circuits_page_shows_edge_check_curves_and_every_node(app_db, monkeypatc
     con.execute("UPDATE explanations SET feature = 5 WHERE sae_id = ? AND feature = 0", [ids[0]])
     (explanation,) = con.execute(
         "SELECT explanation FROM explanations WHERE sae_id = ? AND feature = 5 AND status = 'ok' "
-        "ORDER BY explainer LIMIT 1",
+        "ORDER BY explainer != 'llm', explainer != 'examples', explainer LIMIT 1",  # preferred
         [ids[0]],
     ).fetchone()
     con.close()

@@ -3,8 +3,6 @@ run's metrics, and find the run stored through the steering API's writer."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from saelab.app import db as appdb
@@ -14,21 +12,23 @@ pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 
-def page(name: str, monkeypatch, path: str) -> AppTest:
+def page(name: str, monkeypatch, path: str, **params) -> AppTest:
     monkeypatch.setenv(appdb.DB_ENV, path)
     script = f"from saelab.app.main import run_page\nrun_page({name!r})\n"
-    return AppTest.from_string(script, default_timeout=120).run()
+    at = AppTest.from_string(script, default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    return at.run()
 
 
-def test_playground_generates_shows_and_stores(app_db, monkeypatch, tmp_path, model):
+def test_playground_generates_shows_and_stores(app_db, db_copy, monkeypatch, model):
     """A fixed strength, no baseline: the run is stored and shown, the prompt escaped."""
     from saelab import resultstore as results
     from saelab.app.views import playground
 
     monkeypatch.setattr(playground, "_model", lambda spec: model)
     src, ids = app_db
-    path = str(tmp_path / "results.duckdb")
-    shutil.copy(src, path)  # the session's file stays as other tests expect it
+    path = db_copy  # the session's file stays as other tests expect it
     with results.ResultsStore(path).reading() as con:
         (before,) = con.execute("SELECT count(*) FROM steering_runs").fetchone()
         (alive,) = con.execute(
@@ -40,7 +40,7 @@ def test_playground_generates_shows_and_stores(app_db, monkeypatch, tmp_path, mo
     store = results.ResultsStore(path)
     first, other = (results.steerable_latent(store, i) for i in (ids[0], ids[-1]))
     assert first != other
-    at = page("steering", monkeypatch, path)
+    at = page("steering", monkeypatch, path, sae=ids[0])
     assert not at.exception, at.exception
     assert at.text_input(key="pg_feat").value == str(first)
     at.selectbox(key="pg_sae").set_value(ids[-1]).run()  # another SAE: its default latent
@@ -128,7 +128,7 @@ def _independent_kl(model, run, sae_folder: str) -> float:
 
 
 def test_generate_with_the_defaults_calibrates_and_lists_the_run(
-    app_db, monkeypatch, tmp_path, model
+    app_db, db_copy, monkeypatch, model
 ):
     """Defaults only (a few tokens to stay quick): a live latent, the strength calibrated to the
     target KL, clean, steered and DiffMean texts shown, and the runs list (empty before) showing
@@ -138,8 +138,7 @@ def test_generate_with_the_defaults_calibrates_and_lists_the_run(
 
     monkeypatch.setattr(playground, "_model", lambda spec: model)
     src, _ = app_db
-    path = str(tmp_path / "results.duckdb")
-    shutil.copy(src, path)
+    path = db_copy  # the session's file stays as other tests expect it
     with results.ResultsStore(path, mode="update").transaction() as con:
         con.execute("DELETE FROM steering_samples")
         con.execute("DELETE FROM steering_runs")
@@ -215,23 +214,21 @@ def test_run_labels_group_an_experiment():
     )
 
 
-def test_playground_rejects_bad_latents(app_db, monkeypatch, tmp_path):
+def test_playground_rejects_bad_latents(app_db, db_copy, monkeypatch):
     src, _ = app_db
-    path = str(tmp_path / "results.duckdb")
-    shutil.copy(src, path)
+    path = db_copy  # the session's file stays as other tests expect it
     at = page("steering", monkeypatch, path)
     at.text_input(key="pg_feat").set_value("three")
     at.button(key="pg_go").click().run()
     assert not at.exception and "whole numbers" in at.error[0].value
 
 
-def test_a_dead_latent_gets_a_one_line_notice(app_db, monkeypatch, tmp_path):
+def test_a_dead_latent_gets_a_one_line_notice(app_db, db_copy, monkeypatch):
     """Before any model loads: a latent that never fired is named as such, with a live one."""
     from saelab import resultstore as results
 
     src, ids = app_db
-    path = str(tmp_path / "results.duckdb")
-    shutil.copy(src, path)
+    path = db_copy  # the session's file stays as other tests expect it
     store = results.ResultsStore(path, mode="update")
     with store.transaction() as con:  # make one latent dead, as the features eval records it
         con.execute(
