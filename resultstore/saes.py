@@ -60,16 +60,43 @@ def file_sha256(path: Path) -> str:
     return _HASHES[key]
 
 
+FOLDER_KEY = "results_folder"
+"""`schema_info` key: the folder the file was last written in (where its relative SAE paths
+were made), so a copy of the file alone, elsewhere, still finds the checkpoints there."""
+
+
 def register_sae(con: DuckDBPyConnection, row: SAERow, store: ResultsStore) -> None:
     """Insert or refresh an SAE row inside a transaction (same id = same config and weights).
     A checkpoint inside the results file's folder is stored by its relative path, so the
     folder can be moved or copied whole."""
+    _rebase(con, store)
     insert(con, [replace(row, path=stored_path(row.path, store))], conflict="replace")
 
 
 def results_root(store: ResultsStore) -> Path:
     """The folder relative SAE paths are kept against: the results file's."""
     return Path(store.path).resolve().parent
+
+
+def _written_in(con: DuckDBPyConnection) -> Path | None:
+    row = con.execute("SELECT value FROM schema_info WHERE key = ?", [FOLDER_KEY]).fetchone()
+    return Path(row[0]) if row else None
+
+
+def _rebase(con: DuckDBPyConnection, store: ResultsStore) -> None:
+    """Before writing into a file that was copied from another folder: its relative paths that
+    only resolve against the old folder become absolute, then the file records its new one."""
+    root, old = results_root(store), _written_in(con)
+    if old == root:
+        return
+    if old is not None:
+        for sae_id, path in con.execute("SELECT sae_id, path FROM saes").fetchall():
+            if path and not Path(path).is_absolute():
+                if not (root / path).exists() and (old / path).exists():
+                    con.execute(
+                        "UPDATE saes SET path = ? WHERE sae_id = ?", [str(old / path), sae_id]
+                    )
+    con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, ?)", [FOLDER_KEY, str(root)])
 
 
 def stored_path(path: str | None, store: ResultsStore) -> str | None:
@@ -85,12 +112,23 @@ def stored_path(path: str | None, store: ResultsStore) -> str | None:
 
 
 def _resolved(store: ResultsStore, rows: list[SAERow]) -> list[SAERow]:
-    """Rows with their paths absolute again (a relative one is against the file's folder)."""
+    """Rows with their paths absolute again: a relative one against the file's folder, or,
+    when nothing is there (the file alone was copied elsewhere), against the folder it was
+    written in."""
+    if all(not r.path or Path(r.path).is_absolute() for r in rows):
+        return rows
     root = results_root(store)
+    with store.reading() as con:
+        old = _written_in(con)
+
+    def absolute(path: str) -> str:
+        here = root / path
+        if not here.exists() and old is not None and (old / path).exists():
+            return str((old / path).resolve())
+        return str(here.resolve())
+
     return [
-        replace(r, path=str((root / r.path).resolve()))
-        if r.path and not Path(r.path).is_absolute()
-        else r
+        replace(r, path=absolute(r.path)) if r.path and not Path(r.path).is_absolute() else r
         for r in rows
     ]
 
@@ -109,7 +147,12 @@ def find_sae(store: ResultsStore, sae: str) -> SAERow:
     listing the known ones otherwise."""
     folder = Path(sae).expanduser()
     if folder.is_dir():
-        paths = sorted({str(folder.resolve()), stored_path(str(folder), store)})
+        with store.reading() as con:
+            old = _written_in(con)
+        paths = {str(folder.resolve()), stored_path(str(folder), store)}
+        if old is not None and folder.resolve().is_relative_to(old):
+            paths.add(folder.resolve().relative_to(old).as_posix())  # a copy of the file alone
+        paths = sorted(paths)
         rows = _resolved(
             store, store.select(SAERow, "path IN (SELECT unnest(?))", [paths], order="name")
         )

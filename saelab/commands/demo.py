@@ -235,6 +235,10 @@ def harvest_step(demo: Demo) -> None:
         resume=True,
         progress=demo.cfg.progress,
     )
+    if demo.model is None:  # loaded once, shared by the eval and circuit steps
+        from saelab.activations.models import load_model
+
+        demo.model = load_model(cfg.model, device=cfg.device)
     result = harvest(cfg, model=demo.model)
     demo.notes["harvest"] = f"{result.tokens} new tokens"
 
@@ -262,11 +266,18 @@ def train_step(demo: Demo) -> None:
 
 
 def eval_step(demo: Demo) -> None:
-    """Every SAE the demo trained, the circuit's too: the app's pickers list them all."""
+    """Every SAE the demo trained, the circuit's too (the app's pickers list them all), with
+    the demo's one loaded model."""
+    from saelab.evaluation.runner import EvalConfig, evaluate
+
     folders = [demo.saes, *(demo.circuit_sae(h) for h in demo.cfg.circuit_hooks)]
     for folder in folders:
-        _cli(["eval", "--sae", str(folder), "--acts", demo.store, "--db", demo.db,
-              "--loss-sequences", str(demo.cfg.loss_sequences)])  # fmt: skip
+        cfg = EvalConfig(
+            str(folder), demo.store, demo.db,
+            settings={"loss": {"sequences": demo.cfg.loss_sequences}},
+        )  # fmt: skip
+        out = evaluate(cfg, model=demo.model)
+        print(f"saelab eval: {len(out)} SAE(s) evaluated into {demo.db}")
 
 
 def compare_step(demo: Demo) -> None:

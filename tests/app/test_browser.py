@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,15 +70,16 @@ class Server:
                     raise
                 time.sleep(0.2)
 
-    def close(self) -> None:
+    def close(self, sig: int = signal.SIGTERM) -> None:
+        """Stop `saelab app` with `sig` (SIGTERM: a process manager; SIGINT: Ctrl-C)."""
         pid = self.proc.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        self.proc.terminate()
+        self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        # `saelab app` stops its streamlit server on SIGTERM: none is left running orphaned
+        # `saelab app` stops its streamlit server on SIGTERM and SIGINT: none is left running
         deadline = time.monotonic() + 10
         while any(Path(f"/proc/{c}").exists() for c in children):
             assert time.monotonic() < deadline, f"streamlit server(s) {children} outlived the app"
@@ -151,7 +153,9 @@ def test_click_through_every_page(browser, app_db, tmp_path):
         page.keyboard.press("Enter")
         settle(page, "features (strongest first)")
         shots.append(_shot(page, tmp_path, "search"))
-        page.get_by_role("button", name=f"feature {feature}", exact=True).first.click()
+        # every SAE is searched: open this SAE's hit (its button's key names SAE and latent)
+        hit = f"_{sae_id}_{feature}"
+        page.locator(f"[class*='{hit} '] button, [class$='{hit}'] button").first.click()
         page.wait_for_url(f"**/feature?*feature={feature}*")
         settle(page, "Explanations")
         assert explanation in page.inner_text("[data-testid=stMain]")
@@ -254,7 +258,7 @@ def test_playground_generate_with_the_defaults(browser, app_db, db_copy, tmp_pat
         _shot(page, tmp_path, "steering_generated")
         assert not page.errors, page.errors
     finally:
-        server.close()
+        server.close(signal.SIGINT)  # Ctrl-C stops the server too
 
 
 TOUR_DB = os.environ.get("SAELAB_TOUR_DB", "runs/demo/results.duckdb")

@@ -172,7 +172,7 @@ def test_killed_run_resumes_without_redoing_finished_latents(db, tmp_path):
     path, sae_id = db
     clean = str(tmp_path / "clean.duckdb")
     shutil.copy(path, clean)
-    args = ["--features", "0:64", "--concurrency", "2"]
+    args = ["--features", "0:32", "--concurrency", "2", "--explainers", "llm", "baseline"]
     with FakeEndpoint(latency_s=0.05) as fake:
         assert explain(clean, sae_id, fake, *args) == 0
         uninterrupted = sum(fake.actions.values())

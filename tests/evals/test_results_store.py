@@ -388,6 +388,13 @@ def test_sae_paths_inside_the_results_folder_move_with_it(tmp_path):
     with store.reading() as con:
         stored = dict(con.execute("SELECT sae_id, path FROM saes").fetchall())
     assert stored == {"a": "saes/a", "b": str(outside.parent.resolve())}
+    # the file alone copied elsewhere: its SAEs are found in the folder it was written in
+    alone = tmp_path / "alone" / "r.duckdb"
+    alone.parent.mkdir()
+    shutil.copy(folder / "r.duckdb", alone)
+    copy = results.ResultsStore(alone)
+    assert results.sae_by_id(copy, "a").path == str(weights.parent.resolve())
+    assert results.find_sae(copy, str(weights.parent)).sae_id == "a"
 
     moved = tmp_path / "moved" / "project-copy"
     moved.parent.mkdir()
