@@ -161,7 +161,7 @@ def test_click_through_every_page(browser, app_db, tmp_path):
         assert explanation in page.inner_text("[data-testid=stMain]")
         for link, text in (
             ("Circuits", "No circuits"),
-            ("Steering", "steered"),
+            ("Steering", "Playground"),
             ("Compare", "best value"),
         ):
             page.get_by_role("link", name=link).click()
