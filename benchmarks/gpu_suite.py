@@ -7,6 +7,7 @@ this module only answers its questions and writes what no benchmark writes itsel
     python benchmarks/gpu_suite.py missing MOD...       # print the modules that fail to import
     python benchmarks/gpu_suite.py model SRC DST        # random weights from SRC's config.json
     python benchmarks/gpu_suite.py corpus DST           # a text corpus from the repository's files
+    python benchmarks/gpu_suite.py shim DIR             # DIR/sitecustomize.py maps saelab.* folders
     python benchmarks/gpu_suite.py pytest OUT.json LOG CONFIG_JSON RC SECONDS
     python benchmarks/gpu_suite.py summary OUT_DIR STEPS.tsv BUDGET_S MODE
 """
@@ -70,6 +71,40 @@ def repository_corpus(dst: Path) -> int:
             (dst / f"{n:05d}.txt").write_text(f.read_text(errors="replace"))
             n += 1
     return n
+
+
+SHIM = """# Written by benchmarks/gpu_suite.py: where `pip install -e .` is not possible, map each
+# `saelab.<part>` package to its folder at the top of the repository, as the editable install does.
+import importlib.util
+import sys
+
+_FOLDERS = {folders!r}
+
+
+class _SaelabFolders:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        folder = _FOLDERS.get(name)
+        if folder is None:
+            return None
+        return importlib.util.spec_from_file_location(
+            name, folder + "/__init__.py", submodule_search_locations=[folder]
+        )
+
+
+sys.meta_path.insert(0, _SaelabFolders)
+"""
+
+
+def write_import_shim(dst: Path) -> None:
+    """`dst/sitecustomize.py`, which makes `saelab.*` importable from this checkout without an
+    install: the folders come from pyproject.toml's `package-dir` table."""
+    import tomllib
+
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {name: str(ROOT / folder) for name, folder in table["package-dir"].items()}
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "sitecustomize.py").write_text(SHIM.format(folders=folders))
 
 
 def pytest_record(out: Path, log: Path, config: dict, rc: int, seconds: float) -> None:
@@ -157,6 +192,9 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "corpus":
         print(repository_corpus(Path(args[0])))
+        return 0
+    if cmd == "shim":
+        write_import_shim(Path(args[0]))
         return 0
     if cmd == "pytest":
         out, log, config, rc, seconds = args

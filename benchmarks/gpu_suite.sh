@@ -97,12 +97,16 @@ setup() {
             --target "$work/site" .gpu/wheels/*.whl || return 1
     fi
     if ! "$py" -c "import saelab.kernels" 2>/dev/null; then
-        "$py" -m pip install -q --no-index --no-deps --no-build-isolation -e . || return 1
+        # the editable install, from this folder alone; else a sitecustomize.py doing its mapping
+        "$py" -m pip install -q --no-index --no-deps --no-build-isolation -e . ||
+            "$py" benchmarks/gpu_suite.py shim "$work/shim" || return 1
     fi
-    "$py" -c "import saelab.kernels, benchmarks.machine"
+    "$py" -c "import saelab.kernels, saelab.sae, benchmarks.machine"
 }
 export -f setup
-if [ -n "$wheels" ]; then export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH}; fi
+# $work/shim holds a sitecustomize.py only if setup had to write one
+export PYTHONPATH=$work/shim${PYTHONPATH:+:$PYTHONPATH}
+if [ -n "$wheels" ]; then export PYTHONPATH=$work/site:$PYTHONPATH; fi
 step setup 120 "" setup
 
 # -- parity: the Triton kernels against the torch path on CUDA --------------------------------

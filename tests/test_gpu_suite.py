@@ -73,3 +73,24 @@ def test_summary_lists_every_step(tmp_path):
     assert summary["steps"][2]["reason"] == "over its 200s limit"
     assert summary["all_ok"] is False and summary["budget_s"] == 450
     assert "torch" in summary["machine"]
+
+
+def test_import_shim_maps_the_package_folders(tmp_path):
+    """Where `pip install -e .` fails, setup's sitecustomize.py finds `saelab.base` in `base/`
+    (checked in a process whose editable-install finder is removed, as on a bare machine)."""
+    subprocess.run(
+        [sys.executable, "benchmarks/gpu_suite.py", "shim", str(tmp_path)], cwd=ROOT, check=True
+    )
+    probe = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+        "sys.modules.pop('sitecustomize', None)\n"
+        f"sys.path[:0] = [{str(tmp_path)!r}, {str(ROOT)!r}]\n"
+        "import sitecustomize, saelab.base, saelab.base.errors\n"
+        "print(saelab.base.errors.__file__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(ROOT / "base" / "errors.py")
