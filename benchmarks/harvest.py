@@ -9,6 +9,8 @@
    measured in the same run. Target: loader >= 3x training.
 
     python benchmarks/harvest.py [--tokens 65536] [--out benchmarks/results/harvest-cpu.json]
+    python benchmarks/harvest.py --device cuda --batch-size 64 --tokens 131072 \
+        --model <HF folder> --dataset <text folder>     # GPU (benchmarks/gpu_suite.sh)
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+# the repository first, and not this folder: its kernels.py would shadow the `kernels` package
+# that transformers probes for when it loads a model
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() != ROOT / "benchmarks"]
 
 from benchmarks.machine import machine_info  # noqa: E402
 from saelab.activations.corpus import iter_sequences, load_corpus  # noqa: E402
@@ -43,9 +49,15 @@ def bare_forward_seconds(model, cfg: HarvestConfig) -> float:
     t0 = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(tokens), cfg.batch_size):
-            batch = torch.from_numpy(tokens[start : start + cfg.batch_size]).long()
+            batch = torch.from_numpy(tokens[start : start + cfg.batch_size]).long().to(cfg.device)
             model.bridge(batch, stop_at_layer=stop)
+    _sync(cfg.device)
     return time.perf_counter() - t0
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def harvest_seconds(model, cfg: HarvestConfig) -> float:
@@ -62,14 +74,21 @@ def loader_rate(store: str, hook: str, batch_size: int, min_seconds: float = 5.0
     return rows / (time.perf_counter() - t0)
 
 
-def training_rate(d_in: int, batch_size: int, steps: int = 4) -> dict:
-    """Tokens/s a TopK SAE (d_sae 18432, k 64, AuxK on) consumes in training, on the same machine."""
+def training_rate(
+    d_in: int,
+    batch_size: int,
+    steps: int = 4,
+    d_sae: int = 18432,
+    k: int = 64,
+    device: str = "cpu",
+) -> dict:
+    """Tokens/s a TopK SAE (AuxK on) consumes in training, on the same machine and device."""
     from saelab.sae import StepContext, build_sae, make_config
 
-    sae = build_sae(make_config("topk", d_sae=18432, k=64), d_in=d_in)
+    sae = build_sae(make_config("topk", d_sae=d_sae, k=k), d_in=d_in).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, d_in)
-    dead = torch.zeros(18432, dtype=torch.bool)
+    x = torch.randn(batch_size, d_in, device=device)
+    dead = torch.zeros(d_sae, dtype=torch.bool, device=device)
     dead[::8] = True  # AuxK has dead latents to work with
 
     def step() -> None:
@@ -81,13 +100,23 @@ def training_rate(d_in: int, batch_size: int, steps: int = 4) -> dict:
         sae.after_optimizer_step()
 
     step()
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync(device)
     rate = steps * batch_size / (time.perf_counter() - t0)
     return {
         "tokens_per_s": rate,
-        "config": {"arch": "topk", "d_sae": 18432, "k": 64, "aux_k": True, "batch": batch_size},
+        "config": {
+            "arch": "topk",
+            "d_sae": d_sae,
+            "k": k,
+            "aux_k": True,
+            "batch": batch_size,
+            "steps": steps,
+            "device": device,
+        },
     }
 
 
@@ -102,33 +131,56 @@ def main() -> None:
         "--rounds", type=int, default=2, help="alternating rounds; the best of each is kept"
     )
     parser.add_argument("--loader-batch", type=int, default=4096)
+    parser.add_argument("--model", default="smollm2-135m", help="model spec (load_model's)")
+    parser.add_argument("--dataset", default="builtin", help="corpus spec (load_corpus's)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model and the SAE")
+    parser.add_argument("--train-d-sae", type=int, default=18432)
+    parser.add_argument("--train-k", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=4)
+    parser.add_argument("--loader-seconds", type=float, default=5.0)
     parser.add_argument("--out", default="benchmarks/results/harvest-cpu.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    model = load_model("smollm2-135m")
+    model = load_model(args.model, device=args.device)
     tmp = tempfile.mkdtemp(prefix="saelab-bench-")
     cfg = HarvestConfig(
         out=f"{tmp}/acts.zarr",
+        model=args.model,
+        dataset=args.dataset,
+        device=args.device,
         hooks=[args.hook],
         tokens=args.tokens,
         batch_size=args.batch_size,
         progress=False,
         overwrite=True,
     )
-    bare_forward_seconds(model, HarvestConfig(out="", hooks=[args.hook], tokens=2048))  # warm-up
+    warm = HarvestConfig(
+        out="", model=args.model, dataset=args.dataset, device=args.device, hooks=[args.hook]
+    )
+    bare_forward_seconds(model, replace(warm, tokens=2048, batch_size=args.batch_size))
     bare, full = [], []
     for _ in range(args.rounds):
         bare.append(bare_forward_seconds(model, cfg))
         full.append(harvest_seconds(model, cfg))
     tokens = -(-args.tokens // cfg.seq_len) * cfg.seq_len
-    loader = loader_rate(cfg.out, args.hook, args.loader_batch)
-    train = training_rate(model.d_model, args.loader_batch)
+    loader = loader_rate(cfg.out, args.hook, args.loader_batch, args.loader_seconds)
+    train = training_rate(
+        model.d_model,
+        args.loader_batch,
+        steps=args.train_steps,
+        d_sae=args.train_d_sae,
+        k=args.train_k,
+        device=args.device,
+    )
     result = {
         "benchmark": "harvest",
         "machine": machine_info(),
         "config": {
             "model": cfg.model,
+            "model_name": model.name,
+            "dataset": args.dataset,
+            "device": args.device,
             "hook": args.hook,
             "tokens": tokens,
             "seq_len": cfg.seq_len,

@@ -31,7 +31,35 @@ def machine_info() -> dict:
             info[pkg] = version(pkg.replace("_", "-"))
         except Exception:
             info[pkg] = None
+    if torch.cuda.is_available():
+        info["gpu"] = _gpu_info(torch)
     return info
+
+
+def _gpu_info(torch) -> dict:
+    """The CUDA device, its driver and the toolkit torch was built with."""
+    props = torch.cuda.get_device_properties(0)
+    driver = None
+    try:
+        driver = (
+            subprocess.check_output(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                text=True,
+                stderr=subprocess.DEVNULL,
+            )
+            .splitlines()[0]
+            .strip()
+        )
+    except Exception:
+        pass
+    return {
+        "name": props.name,
+        "driver": driver,
+        "cuda": torch.version.cuda,
+        "capability": f"{props.major}.{props.minor}",
+        "memory_GiB": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+    }
 
 
 def _cpu_name() -> str:
