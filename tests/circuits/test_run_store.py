@@ -60,6 +60,12 @@ def test_circuit_cli_end_to_end(model, trained_folders, small_store, tmp_path, m
             "--curve-sizes",
             "0",
             "2",
+            "--exact-nodes",  # the flags reach the run; the methods have their own tests
+            "16",
+            "--ig-edges",
+            "8",
+            "--steps",
+            "3",
             "--no-progress",
         ]
     )
@@ -84,7 +90,7 @@ def test_circuit_cli_end_to_end(model, trained_folders, small_store, tmp_path, m
     )  # --curve-sizes reached the run (and the kept circuit's size is always a point)
     (every,) = [c for c in curve if c.everything and c.kind == "faithfulness"]
     assert every.value == pytest.approx(1.0, abs=1e-3) == row.faithfulness_all
-    assert row.selection == "frozen" and row.edge_method == "ig"
+    assert row.selection == "frozen" and row.edge_method == "ig" and row.exact_nodes == 16
     assert row.hooks == ["blocks.2.hook_resid_post", "blocks.4.hook_mlp_out"]
     assert json.loads(row.config_json)["task"] == "sva"
     html = (tmp_path / "circuit.html").read_text()

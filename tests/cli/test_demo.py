@@ -18,7 +18,7 @@ def test_reduced_demo_runs_every_step(tmp_path, model, local_generator, capsys, 
     monkeypatch.setattr(server, "free_cores", lambda: max(1, threads - 1) if threads > 1 else 2)
     cfg = DemoConfig(
         out=str(tmp_path / "demo"), tokens=4096, seq_len=64, chunk_seqs=8, d_sae=128, ks=(4, 8, 16),
-        explain=1, scorers=("detection", "fuzzing"), loss_sequences=8, circuit_prompts=8,
+        explain=1, scorers=("detection", "fuzzing"), loss_sequences=2, circuit_prompts=8,
         progress=False,
     )  # fmt: skip
     demo = run_demo(cfg, model=model, generator=local_generator)
