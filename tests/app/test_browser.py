@@ -291,9 +291,7 @@ def test_newcomer_tour_of_the_demo(browser):
         page.locator(".saelab-test-text").first.wait_for(timeout=120_000)
         page.locator(".saelab-test-text").first.scroll_into_view_if_needed()
         _tour_shot(page, "3-feature-test-text")
-        page.get_by_role("link", name="Circuits").click()
-        settle(page, "edge correlation")
-        _tour_shot(page, "4-circuits")
+        _tour_page(page, "Circuits", "edge correlation", "4-circuits")
         page.get_by_role("link", name="Steering").click()
         settle(page, "Generate")
         page.get_by_role("button", name="Generate").click()
@@ -303,15 +301,18 @@ def test_newcomer_tour_of_the_demo(browser):
         assert steered.startswith("SAE latent") and len(steered.split()) > 2, steered
         page.locator(".pg-clean").scroll_into_view_if_needed()
         _tour_shot(page, "5-steering")
-        page.get_by_role("link", name="Compare").click()
-        settle(page, "best value")
-        _tour_shot(page, "6-compare")
-        page.get_by_role("link", name="Search").click()
-        settle(page, "Search features")
-        _tour_shot(page, "7-search")
+        _tour_page(page, "Compare", "best value", "6-compare")
+        _tour_page(page, "Search", "Search features", "7-search")
         assert not page.errors, page.errors
     finally:
         server.close()
+
+
+def _tour_page(page, link: str, text: str, shot: str) -> None:
+    """Open a page from the sidebar, wait for `text`, and take its screenshot."""
+    page.get_by_role("link", name=link).click()
+    settle(page, text)
+    _tour_shot(page, shot)
 
 
 def _tour_shot(page, name: str) -> None:
