@@ -151,7 +151,9 @@ def test_intervals_are_stored_beside_their_metric_and_replaced_by_a_rerun(tmp_pa
     first = run("a", "scr", {"scr_n2": 0.25, "scr_n5": 0.5})
     first.intervals = {"scr_n2": (0.125, 0.375)}
     results.write_eval_run(store, sae_row("a"), first)
-    got = {m["metric"]: (m["value"], m["ci_low"], m["ci_high"]) for m in results.metrics_long(store)}
+    got = {
+        m["metric"]: (m["value"], m["ci_low"], m["ci_high"]) for m in results.metrics_long(store)
+    }
     assert got == {"scr_n2": (0.25, 0.125, 0.375), "scr_n5": (0.5, None, None)}
     results.write_eval_run(store, sae_row("a"), run("a", "scr", {"scr_n2": 0.3}))
     (row,) = results.metrics_long(store)
