@@ -106,7 +106,6 @@ from saelab.resultstore.search import (
     token_ids_for,
 )
 from saelab.resultstore.steering import (
-    steerable_latent,
     steering_runs,
     steering_samples,
     write_steering_runs,
@@ -128,7 +127,7 @@ __all__ = [
     "finished_features", "interp_scores", "latent_metrics", "list_circuits", "list_saes",
     "metrics_long", "random_feature", "record_for_folder", "sae_by_id", "sae_overview",
     "schema_version", "score_summary", "scorer_names", "scores", "search_explanations",
-    "search_ranges", "search_token", "steerable_latent", "steering_runs", "steering_samples",
+    "search_ranges", "search_token", "steering_runs", "steering_samples",
     "stored_explanation",
     "token_ids_for", "token_strings", "verified_folder", "write_circuit", "write_eval_run",
     "write_interp_batch", "write_steering_runs", "write_vocab",

@@ -140,24 +140,24 @@ def random_feature(
 
 
 def default_feature(store: ResultsStore, sae_id: str) -> int | None:
-    """The latent a page opens when none is named: a live latent with examples, explained ones
-    first (best mean score first), then the most active; None when the SAE has no live latent
-    (or no feature statistics)."""
+    """The latent every page opens when none is named (the Feature page, the pickers, the
+    steering playground): one rule, so a link from one page lands on the latent the next shows.
+
+    Live (it fired in the features eval, so it has examples and a strength unit, max_act > 0);
+    latents that are neither dense nor short of examples before those that are; explained
+    ones first, best mean score first; then the most often active. None when the SAE has no
+    live latent (or no feature statistics)."""
     rows = store.query(
         "SELECT f.feature FROM features f LEFT JOIN ("
         "  SELECT e.feature, avg(s.value) AS score FROM explanations e"
         "  LEFT JOIN scores s ON s.sae_id = e.sae_id AND s.feature = e.feature"
         "   AND s.explainer = e.explainer AND s.status = 'ok'"
-        "  WHERE e.sae_id = ? AND e.status = 'ok' GROUP BY e.feature"
+        "  WHERE e.sae_id = ? AND e.status = 'ok' AND e.explanation IS NOT NULL"
+        "  GROUP BY e.feature"
         ") x ON x.feature = f.feature "
-        "WHERE f.sae_id = ? AND NOT f.dead AND NOT coalesce(f.too_few_examples, false) "
-        "ORDER BY x.feature IS NULL, x.score DESC NULLS LAST, f.n_active DESC, f.feature LIMIT 1",
+        "WHERE f.sae_id = ? AND NOT f.dead AND f.max_act > 0 "
+        "ORDER BY coalesce(f.dense, false) OR coalesce(f.too_few_examples, false), "
+        "x.feature IS NULL, x.score DESC NULLS LAST, f.n_active DESC, f.feature LIMIT 1",
         [sae_id, sae_id],
     )
-    if not rows:
-        rows = store.query(
-            "SELECT feature FROM features WHERE sae_id = ? AND NOT dead "
-            "ORDER BY n_active DESC, feature LIMIT 1",
-            [sae_id],
-        )
     return int(rows[0]["feature"]) if rows else None

@@ -34,18 +34,3 @@ def steering_runs(
 
 def steering_samples(store: ResultsStore, run_id: str) -> list[SteeringSampleRow]:
     return store.select(SteeringSampleRow, "run_id = ?", [run_id], order="sample")
-
-
-def steerable_latent(store: ResultsStore, sae_id: str) -> int | None:
-    """A latent worth steering by default: live (it fired in the features eval, so its strength
-    unit is defined), not dense and with enough examples; explained ones first, then the
-    highest max activation. None when the SAE has no feature statistics."""
-    rows = store.query(
-        "SELECT f.feature, EXISTS (SELECT 1 FROM explanations e WHERE e.sae_id = f.sae_id "
-        "AND e.feature = f.feature AND e.status = 'ok' AND e.explanation IS NOT NULL) AS explained "
-        "FROM features f WHERE f.sae_id = ? AND NOT f.dead AND f.max_act > 0 "
-        "ORDER BY NOT f.dense AND NOT coalesce(f.too_few_examples, false) DESC, explained DESC, "
-        "f.max_act DESC, f.feature LIMIT 1",
-        [sae_id],
-    )
-    return int(rows[0]["feature"]) if rows else None

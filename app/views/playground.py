@@ -95,7 +95,7 @@ def _default_sae(saes: list) -> str:
 def _default_latent(sae_id: str) -> str:
     """The latent field's start value: the `feature` query parameter, else a live latent from
     the store (with a notice for a parameter that is not a latent number)."""
-    live = common.q("steerable_latent", sae_id)
+    live = common.q("default_feature", sae_id)
     fallback = "" if live is None else str(live)
     wanted = st.query_params.get("feature")
     if wanted is None:
@@ -108,7 +108,7 @@ def _default_latent(sae_id: str) -> str:
 
 
 def _sae_changed() -> None:
-    live = common.q("steerable_latent", st.session_state["pg_sae"])
+    live = common.q("default_feature", st.session_state["pg_sae"])
     st.session_state["pg_feat"] = "" if live is None else str(live)
 
 
@@ -203,7 +203,7 @@ def _check_latents(sae, latents: list[int]) -> None:
             "steering needs each latent's max activation as its strength unit"
         )
     stats = common.q("feature_stats", sae.sae_id, tuple(latents))
-    live = common.q("steerable_latent", sae.sae_id)
+    live = common.q("default_feature", sae.sae_id)
     hint = f" (latent {live} is live)" if live is not None else ""
     for f in latents:
         if not 0 <= f < sae.d_sae:

@@ -36,9 +36,9 @@ def test_playground_generates_shows_and_stores(app_db, db_copy, monkeypatch, mod
         ).fetchone()
     with results.ResultsStore(path, mode="update").transaction() as con:  # defaults that differ
         con.execute("UPDATE features SET dense = true WHERE sae_id = ? AND feature = ?",
-                    [ids[-1], results.steerable_latent(results.ResultsStore(src), ids[0])])  # fmt: skip
+                    [ids[-1], results.default_feature(results.ResultsStore(src), ids[0])])  # fmt: skip
     store = results.ResultsStore(path)
-    first, other = (results.steerable_latent(store, i) for i in (ids[0], ids[-1]))
+    first, other = (results.default_feature(store, i) for i in (ids[0], ids[-1]))
     assert first != other
     at = page("steering", monkeypatch, path, sae=ids[0])
     assert not at.exception, at.exception
@@ -242,30 +242,36 @@ def test_a_dead_latent_gets_a_one_line_notice(app_db, db_copy, monkeypatch):
     assert not at.exception, at.exception
     (error,) = at.error
     assert "latent 3" in error.value and "never fired" in error.value and "\n" not in error.value
-    live = results.steerable_latent(store, ids[0])
+    live = results.default_feature(store, ids[0])
     assert live != 3 and f"latent {live} is live" in error.value
 
 
 def test_the_default_latent_is_live_and_explained_first(app_db):
-    """`steerable_latent` against the rule computed here from every latent's row: live, not
-    dense and with enough examples, explained first, then the largest max activation."""
+    """`default_feature` (what every page opens) against the rule computed here from every
+    latent's row: live, not dense and with enough examples, explained first (best mean score
+    first), then the most often active."""
     from saelab import resultstore as results
 
     src, ids = app_db
     store = results.ResultsStore(src)
     with store.reading() as con:
-        explained = set(
-            con.execute(
-                "SELECT sae_id, feature FROM explanations WHERE status = 'ok' "
-                "AND explanation IS NOT NULL"
+        score = {
+            (sae, feature): value
+            for sae, feature, value in con.execute(
+                "SELECT e.sae_id, e.feature, avg(s.value) FROM explanations e LEFT JOIN scores s "
+                "ON s.sae_id = e.sae_id AND s.feature = e.feature AND s.explainer = e.explainer "
+                "AND s.status = 'ok' WHERE e.status = 'ok' AND e.explanation IS NOT NULL "
+                "GROUP BY e.sae_id, e.feature"
             ).fetchall()
-        )
+        }
     for sae_id in ids:
         stats = results.feature_stats(store, sae_id).values()
         live = [r for r in stats if not r.dead and (r.max_act or 0) > 0]
-        best = min(
-            live,
-            key=lambda r: (bool(r.dense or r.too_few_examples),
-                           (sae_id, r.feature) not in explained, -r.max_act, r.feature),
-        )  # fmt: skip
-        assert results.steerable_latent(store, sae_id) == best.feature
+
+        def rank(r, sae_id=sae_id):
+            explained = (sae_id, r.feature) in score
+            value = score.get((sae_id, r.feature))
+            return (bool(r.dense or r.too_few_examples), not explained,
+                    value is None, -(value or 0), -r.n_active, r.feature)  # fmt: skip
+
+        assert results.default_feature(store, sae_id) == min(live, key=rank).feature
