@@ -39,7 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+# The repository first; not benchmarks/, whose kernels.py would shadow Hugging Face's `kernels`
+# (which transformers imports when an eval loads the model).
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() != ROOT / "benchmarks"]
 
 from benchmarks.machine import machine_info  # noqa: E402
 from saelab import resultstore as results  # noqa: E402
@@ -288,9 +291,11 @@ def main_cost(args: argparse.Namespace) -> None:
             "d_sae": load_sae(sae).d_sae,
             "settings": settings or "each eval's defaults",
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_average_before": os.getloadavg(),
         },
         **bench_eval_costs(args.cost, sae, store_url, hook, settings, tmp),
     }
+    result["config"]["load_average_after"] = os.getloadavg()  # a shared machine's timings vary
     label = f"-{args.label}" if args.label else ""
     device = "cpu" if result["machine"]["device"] == "cpu" else "gpu"
     path = Path(args.out or f"benchmarks/results/evals-cost-{device}{label}.json")

@@ -472,7 +472,7 @@ def _num(v: Any) -> float | None:
 
 def _fmt(v: Any, ci: list[float] | None = None) -> str:
     """A cell: the value, and its 95% interval where there is one (± half-width when about
-    centred on the value, else [low, high])."""
+    centred on the value, its arms within 25% of each other; else [low, high])."""
     if v is None:
         return "-"
     text = f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -480,9 +480,9 @@ def _fmt(v: Any, ci: list[float] | None = None) -> str:
         return text
     low, high = ci
     half = (high - low) / 2
-    if abs((v - low) - (high - v)) <= 0.1 * half + 1e-12:
+    if abs((v - low) - (high - v)) <= 0.25 * half + 1e-12:
         return f"{text} ± {half:.2g}"
-    return f"{text} [{low:.4g}, {high:.4g}]"
+    return f"{text} [{low:.3g}, {high:.3g}]"
 
 
 def main() -> None:

@@ -217,8 +217,9 @@ def _cell(value, best: bool, interval: tuple[float, float] | None = None) -> str
 
 
 def _interval_text(value: float, low: float, high: float) -> str:
-    """ " ± half-width" for an interval about centred on the value, else " [low, high]"."""
+    """ " ± half-width" (2 significant digits) for an interval about centred on the value (its
+    two arms within 25% of each other), else " [low, high]" (3 significant digits)."""
     half = (high - low) / 2
-    if abs((value - low) - (high - value)) <= 0.1 * half + 1e-12:
-        return f" ± {common.fmt(half)}"
-    return f" [{common.fmt(low)}, {common.fmt(high)}]"
+    if abs((value - low) - (high - value)) <= 0.25 * half + 1e-12:
+        return f" ± {half:.2g}"
+    return f" [{low:.3g}, {high:.3g}]"
