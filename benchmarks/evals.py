@@ -50,7 +50,7 @@ from saelab.activations.harvest import HarvestConfig, harvest  # noqa: E402
 from saelab.activations.loader import ActivationLoader  # noqa: E402
 from saelab.activations.store import ActivationStore  # noqa: E402
 from saelab.evaluation.core.reconstruction import reconstruction_stats  # noqa: E402
-from saelab.evaluation.features import FeatureStatsConfig
+from saelab.evaluation.features import FeatureStatsConfig  # noqa: E402
 from saelab.evaluation.features.stats import feature_stats  # noqa: E402
 from saelab.evaluation.runner import EvalConfig, evaluate  # noqa: E402
 from saelab.sae import build_sae, load_sae, make_config, save_sae  # noqa: E402
