@@ -52,7 +52,7 @@ def run(ctx: EvalContext) -> EvalResult:
     from saelab.sae.checkpoint import load_sae
 
     s: StabilitySettings = ctx.settings
-    folder = getattr(ctx, "sae_folder", None)
+    folder = ctx.sae_folder
     if folder is None:
         raise UserError(
             "the stability eval compares an SAE with its seed twins in its sweep folder; "
