@@ -17,6 +17,11 @@ Notebook 04 calls `run()` at tiny size; the full run is
 (harvest 2.3M tokens of the builtin corpus, 4.7M tokens in all; train each SAE on 2M of the
 store's train split; JSON and HTML to benchmarks/results/variants-<device>.json). An
 interrupted run resumes: the store, the sweep and the results file are reused.
+
+`--extra-evals stability scr tpp ravel unlearning` runs further registered evals on every SAE
+(a name not registered is left out, with a note in the summary); the table then shows each of
+their metrics with its 95% interval where the eval stores one ("value ± half-width", or
+"value [low, high]" when lopsided). `stability` compares the `--seed-archs` twins.
 """
 
 from __future__ import annotations
@@ -82,6 +87,9 @@ class VariantsConfig:
     """Latents per SAE explained (baseline) and scored (embedding); 0 skips auto-interp."""
     seed: int = 0
     """Seed of the data order, the initialisation and the auto-interp sample."""
+    extra_evals: tuple[str, ...] = ()
+    """Further evals run on every SAE (any registered name: stability, scr, tpp, ravel,
+    unlearning, ...); their metrics go into the rows with their 95% intervals."""
     progress: bool = True
     """Progress bars (tqdm.auto)."""
 
@@ -130,12 +138,48 @@ def parse_name(name: str) -> tuple[str, int, str]:
     return arch, int(target), suffix
 
 
+def extra_evals(cfg: VariantsConfig) -> tuple[list[str], dict[str, str]]:
+    """The registered ones of `cfg.extra_evals` not already in `cfg.evals`, and a note for
+    each name left out."""
+    from saelab.base.errors import UserError
+    from saelab.evaluation.registry import eval_names
+
+    known = eval_names()
+    run, notes = [], {}
+    for name in cfg.extra_evals:
+        if name not in known:
+            notes[name] = f"not a registered eval here (registered: {', '.join(known)})"
+        elif name not in cfg.evals and name not in run:
+            run.append(name)
+    if "stability" in run and not cfg.seed_archs:
+        raise UserError(
+            "the stability eval compares seed twins: give --seed-archs (e.g. relu,topk) so "
+            "the sweep trains some, or drop stability from --extra-evals"
+        )
+    return run, notes
+
+
+def extra_metrics(db: str, evals: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{SAE name: {metric: {"value", "ci"}}} of the given evals' metrics (`ci`: [low, high],
+    or None where the eval stored no interval)."""
+    from saelab import resultstore as results
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results.metrics_long(results.ResultsStore(db)):
+        if r["eval"] in evals:
+            ci = None if r["ci_low"] is None else [r["ci_low"], r["ci_high"]]
+            got = {"eval": r["eval"], "value": r["value"], "ci": ci}
+            out.setdefault(r["name"], {})[r["metric"]] = got
+    return out
+
+
 def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
     """Harvest (if the store is missing), train the sweep, evaluate, explain; the summary."""
     import saelab
     from saelab.activations.harvest import HarvestConfig
     from saelab.activations.models import load_model
 
+    extras, notes = extra_evals(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     acts, sweep, db = str(out / "acts.zarr"), out / "sweep", str(out / "results.duckdb")
@@ -185,7 +229,7 @@ def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
             sae=str(sweep),
             acts=acts,
             db=db,
-            evals=list(cfg.evals),
+            evals=[*cfg.evals, *extras],
             settings={
                 name: values
                 for name, values in {
@@ -217,14 +261,20 @@ def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
                 )
             )
     timings["autointerp_s"] = time.perf_counter() - t0
-    return summarise(cfg, db, sweep, timings)
+    summary = summarise(cfg, db, sweep, timings, extras)
+    summary["extra_evals_left_out"] = notes
+    return summary
 
 
-def summarise(cfg: VariantsConfig, db: str, sweep: Path, timings: dict) -> dict[str, Any]:
-    """The table (one row per SAE), the frontier points and the comparisons with the papers."""
+def summarise(
+    cfg: VariantsConfig, db: str, sweep: Path, timings: dict, extras: list[str] | None = None
+) -> dict[str, Any]:
+    """The table (one row per SAE), the frontier points and the comparisons with the papers;
+    the `extras` evals' metrics in each row, each with its interval as `<metric>_ci`."""
     import saelab
 
     res = saelab.open_results(db)
+    extra = extra_metrics(db, extras or [])
     metrics = res.metrics()
     scores = res.scores() if cfg.interp_sample else None
     rows = []
@@ -247,6 +297,9 @@ def summarise(cfg: VariantsConfig, db: str, sweep: Path, timings: dict) -> dict[
             "probe_acc_k5": _num(m.get("probe_acc_k5")),
             "probe_acc_full": _num(m.get("probe_acc_full")),
         }
+        for metric, got in extra.get(name, {}).items():
+            key = metric if metric not in row else f"{got['eval']}.{metric}"
+            row[key], row[f"{key}_ci"] = _num(got["value"]), got["ci"]
         if scores is not None and len(scores):
             mine = scores[(scores["sae_id"] == m["sae_id"]) & (scores["status"] == "ok")]
             row["embedding_auroc_mean"] = _num(mine["value"].mean()) if len(mine) else None
@@ -387,6 +440,7 @@ def frontier_figure(rows: list[dict]):
 
 
 def format_table(rows: list[dict]) -> str:
+    """A markdown table of the rows; a metric with a `<metric>_ci` interval is shown with it."""
     cols = [
         "name",
         "target_l0",
@@ -400,9 +454,11 @@ def format_table(rows: list[dict]) -> str:
         "probe_acc_full",
         "embedding_auroc_mean",
     ]
+    extra = [k.removesuffix("_ci") for r in rows for k in r if k.endswith("_ci")]
+    cols += [c for c in dict.fromkeys(extra) if c not in cols]
     lines = [" | ".join(cols), " | ".join("---" for _ in cols)]
     for r in rows:
-        lines.append(" | ".join(_fmt(r.get(c)) for c in cols))
+        lines.append(" | ".join(_fmt(r.get(c), r.get(f"{c}_ci")) for c in cols))
     return "\n".join(lines)
 
 
@@ -414,10 +470,19 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, ci: list[float] | None = None) -> str:
+    """A cell: the value, and its 95% interval where there is one (± half-width when about
+    centred on the value, its arms within 25% of each other; else [low, high])."""
     if v is None:
         return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    text = f"{v:.4g}" if isinstance(v, float) else str(v)
+    if ci is None or not isinstance(v, float):
+        return text
+    low, high = ci
+    half = (high - low) / 2
+    if abs((v - low) - (high - v)) <= 0.25 * half + 1e-12:
+        return f"{text} ± {half:.2g}"
+    return f"{text} [{low:.3g}, {high:.3g}]"
 
 
 def main() -> None:
@@ -451,6 +516,11 @@ def main() -> None:
         help="store split of the dashboards and probing (test: faster)",
     )
     p.add_argument("--interp-sample", type=int, default=d.interp_sample)
+    p.add_argument(
+        "--extra-evals", nargs="*", default=[], metavar="EVAL",
+        help="further registered evals on every SAE (e.g. stability scr tpp ravel unlearning); "
+        "the table shows their metrics with 95%% intervals",
+    )  # fmt: skip
     p.add_argument("--label", default="", help="suffix of the result file (e.g. small)")
     p.add_argument("--result", help="result JSON path (default benchmarks/results/variants-…)")
     args = p.parse_args()
@@ -470,6 +540,7 @@ def main() -> None:
         loss_sequences=args.loss_sequences,
         features_probing_split=args.features_probing_split,
         interp_sample=args.interp_sample,
+        extra_evals=tuple(args.extra_evals),
     )
     from benchmarks.machine import machine_info
 

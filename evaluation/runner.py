@@ -14,7 +14,7 @@ from saelab.activations.store import ActivationStore
 from saelab.base.config import check_device, check_fields
 from saelab.base.errors import UserError
 from saelab.evaluation.registry import default_evals, eval_names, get_eval
-from saelab.evaluation.spec import EvalContext, check_result
+from saelab.evaluation.spec import EvalContext, EvalSkipped, check_result
 from saelab.sae.checkpoint import CFG_FILE, WEIGHTS_FILE, load_sae, read_cfg, trained_model_sha256
 from saelab.sae.layer_group_run import group_hooks_of
 
@@ -183,10 +183,14 @@ def _evaluate_one(
     for spec in specs:
         ctx = EvalContext(
             sae, store, hook, cfg.settings_for(spec.name), model, record.sae_id,
-            cfg.test_fraction, cfg.device,
+            cfg.test_fraction, cfg.device, folder,
         )  # fmt: skip
         t0 = time.perf_counter()
-        result = spec.run(ctx)
+        try:
+            result = spec.run(ctx)
+        except EvalSkipped as why:
+            log(f"saelab eval: {folder.name} {spec.name}: skipped: {why}")
+            continue
         check_result(spec, result, sae.d_sae)
         run = results.EvalRun(
             sae_id=record.sae_id,

@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from saelab.base.errors import UserError
@@ -80,6 +81,8 @@ class EvalContext:
     (`EvalConfig.test_fraction`)."""
     device: str = "cpu"
     """Torch device."""
+    sae_folder: Path | None = None
+    """The SAE's checkpoint folder (None for an SAE not loaded from one)."""
 
     def chunks(self, split: str) -> list[int]:
         """The committed chunks of a store split ("test", "train" or "all")."""
@@ -165,3 +168,9 @@ def check_result(spec: EvalSpec, result: EvalResult, d_sae: int) -> None:
             raise ValueError(
                 f"eval {spec.name!r} gave {len(values)} values of {name!r} for {d_sae} latents"
             )
+
+
+class EvalSkipped(UserError):
+    """Raised by a run function when its eval does not apply to this SAE (the stability eval on
+    an SAE without seed twins in a sweep that has some): the runner logs the reason, writes
+    nothing for that eval and goes on with the SAE's other evals."""

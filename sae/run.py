@@ -52,6 +52,9 @@ class TrainRunConfig:
     """Tokens per batch."""
     seed: int = 0
     """Seed of the data order, and of each SAE's initialisation that sets none."""
+    seeds: list[int] | None = None
+    """Train every SAE once per initialisation seed in the same pass (named `<name>-seed<s>`),
+    for the stability eval; a sweep file may set `seeds` itself instead."""
     resume: bool = False
     """Continue the run saved in `out` (exactly where it stopped)."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -114,14 +117,13 @@ def resolve_sweep(cfg: TrainRunConfig) -> tuple[list[SAEConfig], TrainRunConfig]
     """The SAE configs and the run config with the sweep file's [train] table applied: its
     hook and tokens where the run config gives none, its `TrainConfig` values over the run
     config's (as `saelab train` always did)."""
-    if not cfg.sweep:
-        return [_override(c, cfg.overrides) for c in cfg.saes], cfg
-    from saelab.sae.sweep import apply_train_overrides, load_sweep
+    from saelab.sae.sweep import apply_train_overrides, load_sweep, with_seeds
 
-    configs, table = load_sweep(cfg.sweep)
-    configs = [_override(c, cfg.overrides) for c in configs]
-    for c in configs:
-        c.seed = c.seed or cfg.seed
+    if not cfg.sweep:
+        return with_seeds([_override(c, cfg.overrides) for c in cfg.saes], cfg.seeds), cfg
+    configs, table = load_sweep(
+        cfg.sweep, seed=cfg.seed, seeds=cfg.seeds, overrides=cfg.overrides
+    )
     table_hook, table_tokens = table.pop("hook", None), table.pop("tokens", None)
     hook = cfg.hook or (None if cfg.hooks else table_hook)  # layer groups read `hooks`
     tokens = cfg.tokens or table_tokens

@@ -15,7 +15,13 @@ k = 32
 [[sae]]
 architecture = "relu"
 grid = { l1_coefficient = [0.5, 1.0, 2.0] }   # one SAE per combination of the grid
+seeds = [0, 1, 2]            # ... each trained under three initialisation seeds
 ```
+
+`seeds` (in an [[sae]] table or in [defaults]) trains the same config once per seed, in the
+same pass over the same batches, so the copies differ only in their initialisation; each is
+named `<name>-seed<s>`. The stability eval (`saelab eval --evals stability`) finds these seed
+twins by their configs and measures how many latents they share.
 """
 
 from __future__ import annotations
@@ -35,8 +41,16 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 
-def load_sweep(path: str | Path) -> tuple[list[SAEConfig], dict[str, Any]]:
-    """Parse a sweep file: the SAE configs and the [train] table (TrainConfig overrides)."""
+def load_sweep(
+    path: str | Path,
+    seed: int = 0,
+    seeds: list[int] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[list[SAEConfig], dict[str, Any]]:
+    """Parse a sweep file: the SAE configs and the [train] table (TrainConfig overrides).
+    `seed`: the initialisation seed of every SAE that sets none; `seeds`: train every SAE of the
+    file under each of these seeds (as `seeds` in its [defaults]); `overrides`: SAE config
+    fields set on every SAE, over the file's values."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sweep file {path} does not exist")
@@ -44,11 +58,15 @@ def load_sweep(path: str | Path) -> tuple[list[SAEConfig], dict[str, Any]]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"sweep file {path} is not valid TOML: {err}") from None
-    return parse_sweep(data, str(path))
+    return parse_sweep(data, str(path), seed=seed, seeds=seeds, overrides=overrides)
 
 
 def parse_sweep(
-    data: dict[str, Any], where: str = "sweep"
+    data: dict[str, Any],
+    where: str = "sweep",
+    seed: int = 0,
+    seeds: list[int] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[list[SAEConfig], dict[str, Any]]:
     unknown = sorted(set(data) - {"train", "defaults", "sae"})
     if unknown:
@@ -57,16 +75,56 @@ def parse_sweep(
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{where}: the sweep is empty; add at least one [[sae]] table")
     defaults = data.get("defaults", {})
+    if seeds is not None:
+        if "seeds" in defaults or any("seeds" in entry for entry in entries):
+            raise UserError(
+                f"{where} sets `seeds` and so does the run (--seeds); give the seeds once"
+            )
+        defaults = {**defaults, "seeds": list(seeds)}
     configs: list[SAEConfig] = []
     for entry in entries:
         for variant in _expand(entry, where):
-            merged = {**defaults, **variant}
+            merged = {**defaults, **variant, **(overrides or {})}
+            variant_seeds = merged.pop("seeds", None)
+            if variant_seeds is not None and "seed" in merged:
+                raise UserError(
+                    f"{where}: an SAE sets both `seed` ({merged['seed']}) and `seeds`; give one"
+                )
+            merged.setdefault("seed", seed)
             config = config_from_dict(merged)
             config.validate()
-            configs.append(config)
+            if variant_seeds is None:
+                configs.append(config)
+            else:
+                configs += with_seeds([config], variant_seeds, where)
     train = data.get("train", {})
     _check_train_keys(train, where)
     return configs, train
+
+
+def with_seeds(
+    configs: list[SAEConfig], seeds: list[int] | None, where: str = "seeds"
+) -> list[SAEConfig]:
+    """Each config once per initialisation seed, named `<name>-seed<s>` (the configs as they
+    are when `seeds` is None)."""
+    if seeds is None:
+        return list(configs)
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise UserError(
+            f"{where}: `seeds` must be a non-empty list of whole numbers >= 0, e.g. [0, 1, 2]; "
+            f"got {seeds!r}"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{where}: `seeds` lists a seed twice ({seeds}); give distinct seeds")
+    return [
+        dataclasses.replace(c, seed=s, name=f"{c.resolved_name()}-seed{s}")
+        for c in configs
+        for s in seeds
+    ]
 
 
 def _expand(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:

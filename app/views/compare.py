@@ -1,6 +1,7 @@
 """Compare: the variant frontiers of the chosen SAEs (the plots `saelab compare --html`
-writes) and every eval's metrics across them, the winner per metric marked, each metric named
-in full with its definition."""
+writes), the spread of every metric stored with a 95% interval (error bars), and every eval's
+metrics across them ("value ± half-width" where an interval is stored), the winner per metric
+marked, each metric named in full with its definition."""
 
 from __future__ import annotations
 
@@ -63,20 +64,27 @@ def render() -> None:
         st.caption("Choose SAEs to compare.")
         return
     table: dict[str, dict[str, float]] = {}
+    spread: dict[str, dict[str, tuple[float, float]]] = {}
     for r in common.q("metrics_long", list(chosen)):
         if r["metric"].startswith("log10_density_hist_"):
             continue
-        table.setdefault(f"{r['eval']} / {r['metric']}", {})[r["sae_id"]] = r["value"]
+        column = f"{r['eval']} / {r['metric']}"
+        table.setdefault(column, {})[r["sae_id"]] = r["value"]
+        if r.get("ci_low") is not None and r.get("ci_high") is not None:
+            spread.setdefault(column, {})[r["sae_id"]] = (r["ci_low"], r["ci_high"])
     for r in common.q("score_summary", list(chosen)):
         column = f"autointerp / autointerp:{r['explainer']}:{r['scorer']}"
         table.setdefault(column, {})[r["sae_id"]] = r["mean"]
     _frontiers(chosen)
+    _spreads(table, spread, chosen, names)
     marks = winners(table)
-    frame = metric_frame(table, marks, chosen, names)
+    frame = metric_frame(table, marks, chosen, names, spread)
     st.subheader("Every metric")
     st.caption(
         "★ marks the best value per metric where the catalogue says which way is better; "
-        "hover a metric's definition to read it whole."
+        "± is half the 95% interval where the eval stores one ([low, high] where it is "
+        "lopsided): a ★ whose interval overlaps another SAE's is no clear win. Hover a "
+        "metric's definition to read it whole."
     )
     st.dataframe(
         frame,
@@ -92,9 +100,11 @@ def render() -> None:
 
 
 def metric_frame(table: dict[str, dict[str, float]], marks: dict[str, set[str]], chosen: list,
-                 names: dict[str, str]):  # fmt: skip
+                 names: dict[str, str],
+                 spread: dict[str, dict[str, tuple[float, float]]] | None = None):  # fmt: skip
     """One row per "eval / metric" (the index): `eval`, `metric`, one column per SAE (its
-    value, ★ for the best), `better` (which way) and the metric's `definition`."""
+    value with its 95% interval from `spread` where there is one, ★ for the best), `better`
+    (which way) and the metric's `definition`."""
     import pandas as pd
 
     from saelab.evaluation.registry import describe
@@ -103,7 +113,11 @@ def metric_frame(table: dict[str, dict[str, float]], marks: dict[str, set[str]],
     for column, values in table.items():
         eval_name, _, metric = column.partition(" / ")
         row = {"eval": eval_name, "metric": metric}
-        row |= {names[s]: _cell(values.get(s), s in marks.get(column, ())) for s in chosen}
+        bounds = (spread or {}).get(column, {})
+        row |= {
+            names[s]: _cell(values.get(s), s in marks.get(column, ()), bounds.get(s))
+            for s in chosen
+        }
         row["better"] = better_of(column) or ""
         row["definition"] = describe(eval_name, metric) or ""
         rows.append(row)
@@ -124,6 +138,88 @@ def _frontiers(chosen: list[str]) -> None:
     st.plotly_chart(fig, key="compare_frontiers")
 
 
-def _cell(value, best: bool) -> str:
+def _spreads(
+    table: dict[str, dict[str, float]],
+    spread: dict[str, dict[str, tuple[float, float]]],
+    chosen: list[str],
+    names: dict[str, str],
+) -> None:
+    """Each metric stored with a 95% interval, across the chosen SAEs, with error bars."""
+    if not spread:
+        return
+    st.subheader("Spread")
+    st.caption(
+        "Metrics stored with a 95% interval (each eval says over what: probe seeds, data "
+        "splits or a bootstrap); SAEs whose bars overlap are not told apart by that metric."
+    )
+    shown = st.multiselect(
+        "Metrics with an interval", sorted(spread), default=sorted(spread)[:6],
+        key="compare_spread_pick",
+    )  # fmt: skip
+    if not shown:
+        return
+    fig = spread_figure(table, {c: spread[c] for c in shown}, chosen, names)
+    fig.layout.width = None
+    st.plotly_chart(fig, key="compare_spreads")
+
+
+def spread_figure(
+    table: dict[str, dict[str, float]],
+    spread: dict[str, dict[str, tuple[float, float]]],
+    chosen: list[str],
+    names: dict[str, str],
+    columns: int = 3,
+):
+    """One panel per metric with an interval: each SAE's value and its 95% interval as an
+    asymmetric error bar (plotly)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = sorted(spread)
+    rows = -(-len(metrics) // columns)
+    fig = make_subplots(
+        rows=rows, cols=min(columns, len(metrics)), subplot_titles=metrics,
+        vertical_spacing=min(0.3, 0.9 / rows),
+    )  # fmt: skip
+    for i, column in enumerate(metrics):
+        have = [s for s in chosen if table[column].get(s) is not None]
+        values = [table[column][s] for s in have]
+        bounds = [spread[column].get(s, (v, v)) for s, v in zip(have, values, strict=True)]
+        fig.add_trace(
+            go.Scatter(
+                x=[names[s] for s in have],
+                y=values,
+                mode="markers",
+                marker={"size": 9, "color": "#1f77b4"},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [hi - v for v, (_, hi) in zip(values, bounds, strict=True)],
+                    "arrayminus": [v - lo for v, (lo, _) in zip(values, bounds, strict=True)],
+                },
+                customdata=bounds,
+                hovertemplate="%{x}<br>%{y:.4g} [%{customdata[0]:.4g}, %{customdata[1]:.4g}]"
+                "<extra></extra>",
+                showlegend=False,
+            ),
+            row=i // columns + 1,
+            col=i % columns + 1,
+        )
+    fig.update_layout(height=320 * rows, margin={"t": 60})
+    return fig
+
+
+def _cell(value, best: bool, interval: tuple[float, float] | None = None) -> str:
     text = common.fmt(value)
+    if interval is not None and value is not None:
+        text += _interval_text(float(value), *map(float, interval))
     return f"★ {text}" if best else text
+
+
+def _interval_text(value: float, low: float, high: float) -> str:
+    """ " ± half-width" (2 significant digits) for an interval about centred on the value (its
+    two arms within 25% of each other), else " [low, high]" (3 significant digits)."""
+    half = (high - low) / 2
+    if abs((value - low) - (high - value)) <= 0.25 * half + 1e-12:
+        return f" ± {half:.2g}"
+    return f" [{low:.3g}, {high:.3g}]"

@@ -242,6 +242,10 @@ def test_metric_table_names_metrics_in_full_with_definitions():
     assert list(frame.loc["core / fvu", ["sae-a", "sae-b"]]) == ["0.2", "★ 0.1"]
     assert frame.loc["core / fvu", "better"] == "lower"
     assert "variance" in frame.loc["core / fvu", "definition"].lower()
+    # a stored 95% interval goes beside its value
+    spread = {"core / fvu": {"a": (0.15, 0.25), "b": (0.09, 0.2)}}
+    frame = metric_frame(table, winners(table), ["a", "b"], {"a": "sae-a", "b": "sae-b"}, spread)
+    assert list(frame.loc["core / fvu", ["sae-a", "sae-b"]]) == ["0.2 ± 0.05", "★ 0.1 [0.09, 0.2]"]
 
 
 def test_searches_span_every_sae(app_db):

@@ -233,10 +233,19 @@ def test_search_page(app_db, monkeypatch):
     assert at.query_params["feature"] == opened.label.split()[-1]
 
 
-def test_compare_page_marks_winners(app_db, monkeypatch):
+def test_compare_page_marks_winners(app_db, db_copy, monkeypatch):
     from saelab import resultstore as results
 
-    path, _ = app_db
+    path = db_copy  # gets a stability run with 95% intervals; the session's file stays as is
+    store = results.ResultsStore(path, mode="write")
+    for i, sae in enumerate(results.list_saes(store)):
+        value, low, high = (0.5, 0.4, 0.6) if i == 0 else (0.3, 0.25, 0.45)
+        run = results.EvalRun(
+            sae.sae_id, "stability", {}, "", 0, 0.0,
+            metrics={"shared_fraction": value, "n_twins": 1.0},
+            intervals={"shared_fraction": (low, high)},
+        )  # fmt: skip
+        results.write_eval_run(store, sae, run)
     at = page("compare", monkeypatch, path)
     assert not at.exception, at.exception
     (table,) = at.dataframe
@@ -248,7 +257,16 @@ def test_compare_page_marks_winners(app_db, monkeypatch):
     assert not any(v.startswith("★") for v in table.value.loc["core / l0", names])  # no direction
     assert table.value.loc["core / fvu", "metric"] == "fvu"  # named in full, with a definition
     assert table.value.loc["core / fvu", "definition"]
-    (frontiers,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    # the interval beside the value: ± half-width when centred, [low, high] when lopsided
+    shared = table.value.loc["stability / shared_fraction", names]
+    assert sorted(v.lstrip("★ ") for v in shared) == ["0.3 [0.25, 0.45]", "0.5 ± 0.1"]
+    assert shared.iloc[0].startswith("★") != shared.iloc[1].startswith("★")
+    assert "±" not in " ".join(table.value.loc["stability / n_twins", names])  # none stored
+    frontiers, spreads = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    (bars,) = spreads["data"]  # one panel: the one metric with an interval, error bars to it
+    got = {x: (y - lo, y + hi) for x, y, lo, hi in zip(
+        bars["x"], bars["y"], bars["error_y"]["arrayminus"], bars["error_y"]["array"])}  # fmt: skip
+    assert sorted((round(a, 6), round(b, 6)) for a, b in got.values()) == [(0.25, 0.45), (0.4, 0.6)]
     fvu_points = [t for t in frontiers["data"] if t["xaxis"] == "x" and t["yaxis"] == "y"]
     assert sorted(float(f"{y:.4g}") for t in fvu_points for y in t["y"]) == sorted(values)
     # the chosen SAEs are in the link; a link names them (by name), an unknown one is a notice

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import variants
+from saelab import resultstore as results
+from saelab.base.errors import UserError
 from saelab.sae import build_sae, make_config, save_sae
 
 
@@ -32,3 +36,36 @@ def test_seed_stability_pairs_each_twin_with_its_seed_0_sae(tmp_path):
     assert out["relu"]["shared_fraction"] == 1.0
     assert out["topk"]["shared_fraction"] < 1.0
     assert out["relu_more_stable_than_topk"] is True
+
+
+def test_extra_evals_are_run_when_registered_and_shown_with_their_intervals(tmp_path):
+    cfg = variants.VariantsConfig(
+        out="unused", extra_evals=("stability", "nosuch", "core"), seed_archs=("topk",)
+    )
+    run, notes = variants.extra_evals(cfg)
+    assert run == ["stability"] and list(notes) == ["nosuch"]  # core runs anyway
+    with pytest.raises(UserError, match="--seed-archs"):
+        variants.extra_evals(variants.VariantsConfig(out="unused", extra_evals=("stability",)))
+    db = str(tmp_path / "r.duckdb")
+    store = results.ResultsStore(db, mode="write")
+    sae = build_sae(make_config("topk", d_sae=16, k=2), d_in=8)
+    save_sae(sae, tmp_path / "topk-L0_2")
+    row = results.record_for_folder(
+        tmp_path / "topk-L0_2", "sae_weights.safetensors", {}, architecture="topk", d_in=8,
+        d_sae=16, hook="h", model="m", model_sha256=None,
+    )  # fmt: skip
+    results.write_eval_run(store, row, results.EvalRun(
+        row.sae_id, "stability", {}, "", 0, 0.0,
+        metrics={"shared_fraction": 0.5, "n_twins": 1.0},
+        intervals={"shared_fraction": (0.4, 0.6)},
+    ))  # fmt: skip
+    got = variants.extra_metrics(db, ["stability"])["topk-L0_2"]
+    assert got["shared_fraction"]["ci"] == [0.4, 0.6] and got["n_twins"]["ci"] is None
+    rows = [{"name": "topk-L0_2", "shared_fraction": 0.5, "shared_fraction_ci": [0.4, 0.6],
+             "n_twins": 1.0, "n_twins_ci": None, "probe_acc_k1": 0.7,
+             "lopsided": 0.5, "lopsided_ci": [0.45, 0.7]}]  # fmt: skip
+    table = variants.format_table(rows).splitlines()
+    head = table[0].split(" | ")
+    cells = dict(zip(head, table[2].split(" | "), strict=True))
+    assert cells["shared_fraction"] == "0.5 ± 0.1" and cells["n_twins"] == "1"
+    assert cells["lopsided"] == "0.5 [0.45, 0.7]" and cells["probe_acc_k1"] == "0.7"
