@@ -55,6 +55,7 @@ METRICS = (
     Metric("ravel_disentangle_{attribute}", "RAVEL disentangle score of the mask learned for one attribute", _H),
     Metric("ravel_cause_{attribute}", "RAVEL cause score of the mask learned for one attribute", _H),
     Metric("ravel_isolation_{attribute}", "RAVEL isolation score of the mask learned for one attribute (pairs of the other attributes)", _H),
+    Metric("ravel_isolation_empty_mask", "RAVEL isolation with an empty mask (the SAE's reconstruction alone, no error term, at the entity token), averaged over attributes: the ceiling of ravel_isolation", None),
     Metric("ravel_model_acc_{attribute}", "share of the attribute's prompts the model answers correctly before filtering (no SAE)", None),
     Metric("ravel_entities_{attribute}", "entities with a correctly answered prompt of the attribute (kept after filtering)", None),
     Metric("ravel_mask_size_{attribute}", "latents in the binary mask learned for the attribute", None),

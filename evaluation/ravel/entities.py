@@ -127,7 +127,9 @@ def load_ravel(path: str, entity_type: str) -> EntityTable:
     `ravel_{type}_attribute_to_prompts.json` (attribute -> templates with `%s`)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise UserError(f"--ravel-dataset {path!r} is not a folder; give the folder of the RAVEL json files")
+        raise UserError(
+            f"--ravel-dataset {path!r} is not a folder; give the folder of the RAVEL json files"
+        )
     files = {
         kind: folder / f"ravel_{entity_type}_{kind}.json"
         for kind in ("entity_attributes", "attribute_to_prompts")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +39,21 @@ class RavelRun:
     """Attribute -> latents in its learned mask."""
     n_pairs: dict[str, int] = field(default_factory=dict)
     """Attribute -> prompt pairs (train + test)."""
+    empty_mask_isolation: dict[str, float] = field(default_factory=dict)
+    """Attribute -> isolation with the empty mask: the SAE's reconstruction (no error term)
+    alone at the entity token; the ceiling the learned mask's isolation can reach."""
     n_tokens: int = 0
+    """Prompt tokens run through the model (answering, training)."""
 
     def metrics(self) -> dict[str, float]:
         out = dict(self.outcomes.scores())
         for a in self.model_accuracy:
             out[f"ravel_model_acc_{slug(a)}"] = self.model_accuracy[a]
             out[f"ravel_entities_{slug(a)}"] = float(self.entities[a])
+        if self.empty_mask_isolation:
+            out["ravel_isolation_empty_mask"] = sum(self.empty_mask_isolation.values()) / len(
+                self.empty_mask_isolation
+            )
         for a in self.mask_sizes:
             out[f"ravel_mask_size_{slug(a)}"] = float(self.mask_sizes[a])
             out[f"ravel_test_pairs_{slug(a)}"] = float(
@@ -64,9 +71,13 @@ def run_ravel(
     torch.manual_seed(s.seed)
     t0 = time.perf_counter()
     prompts = build_prompts(table, model.tokenizer, bos)
-    states = answer_prompts(model, hook, prompts, s.n_generated_tokens, s.forward_batch_size, device)
+    states = answer_prompts(
+        model, hook, prompts, s.n_generated_tokens, s.forward_batch_size, device
+    )
     n_tokens = sum(len(p.tokens) for p in prompts) * s.n_generated_tokens
-    accuracy = {a: _share([p.correct for p in prompts if p.attribute == a]) for a in table.attributes}
+    accuracy = {
+        a: _share([p.correct for p in prompts if p.attribute == a]) for a in table.attributes
+    }
     keep = [i for i, p in enumerate(prompts) if p.correct]
     kept, states = [prompts[i] for i in keep], states[keep].to(device)
     entities = {a: len({p.entity for p in kept if p.attribute == a}) for a in table.attributes}
@@ -79,7 +90,7 @@ def run_ravel(
                 f"({entities[a]} entities kept of {len(table.values)}); ask more entities "
                 "(--ravel-n-entities) or use other templates"
             )
-    outcomes, sizes, n_pairs = Outcomes(), {}, {}
+    outcomes, sizes, n_pairs, empty_iso = Outcomes(), {}, {}, {}
     pad = pad_token(model.tokenizer)
     for a in table.attributes:
         pairs = attribute_pairs(kept, a, table.attributes, s.n_pairs, rng)
@@ -95,12 +106,20 @@ def run_ravel(
         sizes[a], n_pairs[a] = int(mask.sum()), len(pairs)
         results = score_pairs(model, hook, sae, mask, kept, states, test, s, pad, device)
         outcomes.cause[a] = [ok for pair, ok in zip(test, results, strict=True) if pair.cause]
-        outcomes.isolation[a] = [ok for pair, ok in zip(test, results, strict=True) if not pair.cause]
+        outcomes.isolation[a] = [
+            ok for pair, ok in zip(test, results, strict=True) if not pair.cause
+        ]
+        iso_test = [p for p in test if not p.cause]
+        empty = score_pairs(
+            model, hook, sae, torch.zeros_like(mask), kept, states, iso_test, s, pad, device
+        )
+        empty_iso[a] = _share(empty)
         n_tokens += sum(len(kept[p.base].tokens) for p in train) * s.n_epochs
         _say(log, f"ravel: {a}: {len(train)} train / {len(test)} test pairs, mask of {sizes[a]} "
              f"latents, cause {_share(outcomes.cause[a]):.3f} isolation "
-             f"{_share(outcomes.isolation[a]):.3f} ({time.perf_counter() - t1:.0f}s)")  # fmt: skip
-    return RavelRun(outcomes, accuracy, entities, sizes, n_pairs, n_tokens)
+             f"{_share(outcomes.isolation[a]):.3f}, isolation with the empty mask "
+             f"{empty_iso[a]:.3f} ({time.perf_counter() - t1:.0f}s)")  # fmt: skip
+    return RavelRun(outcomes, accuracy, entities, sizes, n_pairs, empty_iso, n_tokens)
 
 
 def _batch(prompts: list[Prompt], states, pairs: list[Pair], pad: int, device: str):

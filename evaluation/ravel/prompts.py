@@ -82,7 +82,12 @@ def pad_left(sequences: list[list[int]], pad: int, device: str) -> tuple[Tensor,
 
 
 def greedy(
-    bridge, tokens: Tensor, attention: Tensor, n_new: int, fwd_hooks=(), first: Callable | None = None
+    bridge,
+    tokens: Tensor,
+    attention: Tensor,
+    n_new: int,
+    fwd_hooks=(),
+    first: Callable | None = None,
 ) -> Tensor:
     """`n_new` greedy tokens after left-padded `tokens` `[B, T]`; `fwd_hooks` apply to every
     forward (the prompt's positions recompute identically, so an edit there holds throughout);

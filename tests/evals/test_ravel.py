@@ -4,7 +4,6 @@ computation, and a tiny run on the embedded model."""
 from __future__ import annotations
 
 import json
-import random
 from types import SimpleNamespace
 
 import numpy as np
@@ -81,12 +80,15 @@ def toy_model():
 
 def toy_table() -> EntityTable:
     values = {e: {"Alpha": f"a{k % 2}", "Beta": f"b{(k // 2) % 2}"} for k, e in enumerate(ENTITIES)}
-    templates = {"Alpha": ["Alpha of %s is", "the Alpha of %s is"], "Beta": ["Beta of %s is", "the Beta of %s is"]}
+    templates = {
+        "Alpha": ["Alpha of %s is", "the Alpha of %s is"],
+        "Beta": ["Beta of %s is", "the Beta of %s is"],
+    }
     return EntityTable("toy", values, templates, "hand-built")
 
 
 def relu_sae(encoder: torch.Tensor, b_enc: torch.Tensor, decoder: torch.Tensor):
-    sae = build_sae(make_config("relu", d_sae=len(encoder)), d_in=4).eval()
+    sae = build_sae(make_config("relu", d_sae=len(encoder)), d_in=encoder.shape[1]).eval()
     with torch.no_grad():
         sae.encoder_weight.copy_(encoder)
         sae.b_enc.copy_(b_enc)
@@ -117,6 +119,7 @@ def test_a_disentangled_sae_switches_one_attribute_and_keeps_the_other():
     m = run.metrics()
     assert m["ravel_cause"] == 1.0 and m["ravel_isolation"] == 1.0 and m["ravel_disentangle"] == 1.0
     assert run.mask_sizes == {"Alpha": 2, "Beta": 2}  # exactly the attribute's two latents
+    assert m["ravel_isolation_empty_mask"] == 1.0  # the SAE reconstructs exactly
     assert min(len(v) for v in run.outcomes.cause.values()) >= 5
 
 
@@ -168,3 +171,64 @@ def test_a_local_ravel_copy_is_read_and_a_bad_one_refused(tmp_path):
         load_ravel(str(tmp_path), "nobel_prize_winner")
     with pytest.raises(UserError, match="at least two attributes"):
         RavelSettings(attributes=("Country",)).validate()
+
+
+def identity_sae(d: int):
+    """Latents x⁺ and (−x)⁺: decodes every activation exactly."""
+    eye = torch.eye(d)
+    return relu_sae(torch.cat([eye, -eye]), torch.zeros(2 * d), torch.cat([eye, -eye]))
+
+
+def test_on_the_embedded_model_the_full_mask_is_activation_patching(model):
+    """A tiny run on SmolLM2: left padding leaves the answers unchanged, the model knows the
+    countries of big cities, and with an exact SAE and the full mask the intervention equals
+    patching the source's residual into the base's entity token (computed here directly).
+    (Patching only the last token of "Mexico City" at layer 2 does not carry the city: the model
+    says China, so the answer itself is not asserted.)"""
+    from saelab.activations.corpus import bos_token_id
+    from saelab.evaluation.ravel.entities import builtin_cities
+    from saelab.evaluation.ravel.mask import intervention_hook
+    from saelab.evaluation.ravel.prompts import CITY_TEMPLATES, pad_left
+
+    hook = "blocks.2.hook_resid_post"
+    s = RavelSettings(attributes=("Country", "Continent"), n_entities=5, n_pairs=3, batch_size=8,
+                      n_epochs=1, n_bootstrap=50, forward_batch_size=16)  # fmt: skip
+    table = builtin_cities(5, {a: CITY_TEMPLATES[a][:1] for a in s.attributes})
+    sae = identity_sae(model.d_model)
+    bos = bos_token_id(model.tokenizer)
+    run = run_ravel(model, hook, sae, table, s, bos)
+    m = run.metrics()
+    assert all(np.isfinite(v) for v in m.values())
+    assert 0 <= m["ravel_disentangle"] <= 1 and m["ravel_model_acc_country"] >= 0.5
+    assert 2 <= run.entities["Country"] <= 5
+
+    ask = "Q: Which country is Cairo in? A: Egypt. Q: Which country is {} in? A:"
+    base = [bos, *model.tokenizer.encode(ask.format("Paris"))]
+    source = [bos, *model.tokenizer.encode(ask.format("Mexico City"))]
+    tail = len(model.tokenizer.encode(" in? A:"))
+    pos_b, pos_s = len(base) - tail - 1, len(source) - tail - 1
+    assert len(source) > len(base)  # the base row is padded
+    with torch.no_grad():
+        _, cache = model.bridge.run_with_cache(torch.tensor([source]), names_filter=[hook])
+        state = cache[hook][:, pos_s].float()
+
+        def patch(act, hook=None):
+            act = act.clone()
+            act[:, pos_b] = state.to(act.dtype)
+            return act
+
+        patched = model.bridge.run_with_hooks(torch.tensor([base]), fwd_hooks=[(hook, patch)])[
+            0, -1
+        ]
+        tokens, attention, offsets = pad_left([base, source], model.tokenizer.pad_token_id, "cpu")
+        edit = intervention_hook(
+            sae, torch.ones(sae.d_sae), state.repeat(2, 1), offsets + torch.tensor([pos_b, pos_s])
+        )
+        ours = model.bridge.run_with_hooks(
+            tokens, fwd_hooks=[(hook, edit)], attention_mask=attention
+        )[0, -1]
+        plain = model.bridge(torch.tensor([base]))[0, -1]
+        padded = model.bridge(tokens, attention_mask=attention)[0, -1]
+    assert torch.allclose(padded, plain, atol=1e-3)  # left padding changes nothing
+    assert torch.allclose(ours, patched, atol=1e-3)
+    assert model.tokenizer.decode(plain.argmax()).strip() == "France"
