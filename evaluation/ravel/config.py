@@ -4,6 +4,7 @@ each docstring; where the CPU-bound embedded setting runs smaller, the docstring
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from saelab.base.config import check_fields
 from saelab.base.errors import UserError
@@ -57,6 +58,12 @@ class RavelSettings:
         if len(self.attributes) < 2:
             raise UserError(
                 f"RAVEL needs at least two attributes (one to switch, one to keep), got {list(self.attributes)}"
+            )
+        if self.dataset is not None and not Path(self.dataset).is_dir():
+            raise UserError(
+                f"--ravel-dataset {self.dataset!r} is not a folder; give the folder that holds "
+                f"ravel_{self.entity_type}_entity_attributes.json and "
+                f"ravel_{self.entity_type}_attribute_to_prompts.json"
             )
         if self.dataset is None and self.entity_type != "city":
             raise UserError(

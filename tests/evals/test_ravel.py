@@ -169,6 +169,8 @@ def test_a_local_ravel_copy_is_read_and_a_bad_one_refused(tmp_path):
         table.restrict(["Country", "Language"])
     with pytest.raises(UserError, match="missing"):
         load_ravel(str(tmp_path), "nobel_prize_winner")
+    with pytest.raises(UserError, match="is not a folder"):
+        RavelSettings(dataset=str(tmp_path / "nowhere")).validate()
     with pytest.raises(UserError, match="at least two attributes"):
         RavelSettings(attributes=("Country",)).validate()
 
