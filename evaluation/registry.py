@@ -22,6 +22,7 @@ BUILTIN = (
     "saelab.evaluation.probing:SPEC",
     "saelab.evaluation.absorption:SPEC",
     "saelab.evaluation.stability:SPEC",
+    "saelab.evaluation.ravel:SPEC",
 )
 """The built-in evals, in the order `saelab eval` runs and lists them."""
 ENTRY_POINT_GROUP = "saelab.evals"
