@@ -121,9 +121,7 @@ def resolve_sweep(cfg: TrainRunConfig) -> tuple[list[SAEConfig], TrainRunConfig]
 
     if not cfg.sweep:
         return with_seeds([_override(c, cfg.overrides) for c in cfg.saes], cfg.seeds), cfg
-    configs, table = load_sweep(
-        cfg.sweep, seed=cfg.seed, seeds=cfg.seeds, overrides=cfg.overrides
-    )
+    configs, table = load_sweep(cfg.sweep, seed=cfg.seed, seeds=cfg.seeds, overrides=cfg.overrides)
     table_hook, table_tokens = table.pop("hook", None), table.pop("tokens", None)
     hook = cfg.hook or (None if cfg.hooks else table_hook)  # layer groups read `hooks`
     tokens = cfg.tokens or table_tokens
