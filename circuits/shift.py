@@ -88,8 +88,8 @@ class ShiftConfig:
     """Bootstrap resamples of the test examples for the 95% intervals."""
     batch_size: int = 16
     """Texts per forward pass."""
-    max_tokens: int = 64
-    """Tokens of a text kept (the rest cut)."""
+    max_length: int = 128
+    """Tokens per text, BOS included (SAEBench's context length; the rest is cut)."""
     seed: int = 0
     """Seed of the splits, the stand-in's draws, the random baseline and the bootstrap."""
     model: str = "smollm2-135m"
@@ -118,13 +118,17 @@ class ShiftConfig:
             if getattr(self, name) < 4:
                 raise UserError(f"`{name}` must be at least 4 (one text per group), got "
                                 f"{getattr(self, name)}")  # fmt: skip
-        for name in ("attribution_texts", "candidates", "batch_size", "max_tokens"):
+        for name in ("attribution_texts", "candidates", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"`{name}` must be at least 1, got {getattr(self, name)}")
         if self.random_draws < 0 or self.bootstrap < 0:
             raise UserError("`random_draws` and `bootstrap` must be >= 0")
         if not (0 <= self.min_corr <= 1 and math.isfinite(self.min_corr)):
             raise UserError(f"`min_corr` must lie in [0, 1], got {self.min_corr}")
+        if self.max_length < 2:
+            raise UserError(
+                f"`max_length` must be at least 2 (BOS and a token), got {self.max_length}"
+            )
         check_device(self.device)
 
 
@@ -220,10 +224,7 @@ def run_shift(
         from saelab.circuits.shift_data import load_shift_data
 
         data = load_shift_data(cfg)
-    from saelab.activations.corpus import bos_token_id
-
-    bos = bos_token_id(model.tokenizer)
-    run = _Runner(cfg, spliced, probe_hook, data, bos)
+    run = _Runner(cfg, spliced, probe_hook, data)
     result = run.all(log)
     result.seconds = time.perf_counter() - start
     if store is not None:
@@ -236,17 +237,15 @@ def run_shift(
 class _Runner:
     """The steps of one run, sharing the model, the data and the progress bar."""
 
-    def __init__(self, cfg: ShiftConfig, spliced, probe_hook: str, data: ShiftData, bos: int):
-        self.cfg, self.spliced, self.probe_hook, self.data, self.bos = (
-            cfg, spliced, probe_hook, data, bos,
-        )  # fmt: skip
+    def __init__(self, cfg: ShiftConfig, spliced, probe_hook: str, data: ShiftData):
+        self.cfg, self.spliced, self.probe_hook, self.data = cfg, spliced, probe_hook, data
         self.tok = spliced.model.tokenizer
         self.test_prof = np.array([b.profession for b in data.test])
         self.test_gender = np.array([b.gender for b in data.test])
 
     def batches(self, bios):
         return acts.batches(
-            self.tok, [b.text for b in bios], self.bos, self.cfg.batch_size, self.cfg.max_tokens
+            self.tok, [b.text for b in bios], self.cfg.batch_size, self.cfg.max_length
         )
 
     def pooled(self, bios, what: str, edits=None) -> np.ndarray:

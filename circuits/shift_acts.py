@@ -1,9 +1,10 @@
 """SHIFT's model side: texts in, mean-pooled activations at the probe's hook out, with or
 without ablations upstream, and the attribution of a probe's logit to SAE latents or neurons.
 
-Texts are tokenised as BOS + text, right-padded; the pool is the mean over the text's own
-tokens (not BOS, which the SAEs never trained on and which carries no content, nor padding,
-which a causal model never lets touch earlier positions). Ablations leave position 0 alone for
+Texts are tokenised as BOS + text (SAEBench's context length, 128 tokens in all), right-padded;
+the pool is the mean over the text's real tokens (not BOS, which the SAEs never trained on, nor
+padding, which a causal model never lets touch earlier positions), exactly as the SCR/TPP
+evals' `pooled_activations` pools. Ablations leave position 0 alone for
 the same reason. Everything runs only up to the probe's block (`stop_at_layer`).
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saelab.base.errors import UserError
 from saelab.circuits.splice import HookEdit, SplicedModel, SpliceState, hook_order
 from saelab.sae.base import Code
 
@@ -28,23 +30,30 @@ class Batch:
     mask: Tensor
 
 
-def tokenize(tokenizer, texts: list[str], bos_id: int, max_tokens: int = 64) -> Batch:
-    """BOS + each text's tokens (cut to `max_tokens`), right-padded with BOS."""
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
-    T = 1 + max(len(i) for i in ids)
-    tokens = torch.full((len(ids), T), bos_id, dtype=torch.long)
+def tokenize(tokenizer, texts: list[str], max_length: int = 128) -> Batch:
+    """BOS + each text's tokens, `max_length` in all, right-padded; the mask holds the real
+    tokens (not special ones), as `saelab.evaluation.datasets.text_acts` (the SCR/TPP evals'
+    pooling) does."""
+    from saelab.evaluation.datasets.text_acts import tokenize_texts
+
+    ids = tokenize_texts(tokenizer, texts, max_length)
+    special = torch.tensor(sorted(int(i) for i in tokenizer.all_special_ids))
+    T = max(len(i) for i in ids)
+    tokens = torch.full((len(ids), T), ids[0][0], dtype=torch.long)
     mask = torch.zeros(len(ids), T, dtype=torch.bool)
     for row, toks in enumerate(ids):
-        tokens[row, 1 : 1 + len(toks)] = torch.tensor(toks, dtype=torch.long)
-        mask[row, 1 : 1 + len(toks)] = True
+        t = torch.tensor(toks, dtype=torch.long)
+        tokens[row, : len(toks)] = t
+        mask[row, : len(toks)] = ~torch.isin(t, special)
+    if not mask.any(1).all():
+        empty = int((~mask.any(1)).nonzero()[0])
+        raise UserError(f"text {texts[empty][:40]!r} has no token but special ones; drop it")
     return Batch(tokens, mask)
 
 
-def batches(
-    tokenizer, texts: list[str], bos_id: int, size: int, max_tokens: int = 64
-) -> Iterator[Batch]:
+def batches(tokenizer, texts: list[str], size: int, max_length: int = 128) -> Iterator[Batch]:
     for start in range(0, len(texts), size):
-        yield tokenize(tokenizer, texts[start : start + size], bos_id, max_tokens)
+        yield tokenize(tokenizer, texts[start : start + size], max_length)
 
 
 def mean_pool(acts: Tensor, mask: Tensor) -> Tensor:

@@ -24,8 +24,11 @@ GENDER_LATENTS = {2, 3}
 class ToyTokenizer:
     bos_token_id = 0
     eos_token_id = 0
+    all_special_ids = [0]
 
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+    def __call__(self, text, add_special_tokens: bool = False) -> dict:
+        if isinstance(text, list):
+            return {"input_ids": [self(t)["input_ids"] for t in text]}
         return {"input_ids": [WORDS.index(w) for w in text.split()]}
 
     def decode(self, ids) -> str:
