@@ -204,6 +204,10 @@ def run_shift(
     cfg.validate()
     start = time.perf_counter()
     store = results.ResultsStore(cfg.db, mode="write") if cfg.db else None
+    if data is None:  # before the model: bad data fails at once
+        from saelab.circuits.shift_data import load_shift_data
+
+        data = load_shift_data(cfg)
     if spliced is None:
         if model is None:
             from saelab.activations.models import load_model
@@ -220,10 +224,6 @@ def run_shift(
             f"the SAE at {late[0]} lies after the probe's hook {probe_hook}, so it cannot change "
             "what the probe reads: drop it or give a later `probe_hook`"
         )
-    if data is None:
-        from saelab.circuits.shift_data import load_shift_data
-
-        data = load_shift_data(cfg)
     run = _Runner(cfg, spliced, probe_hook, data)
     result = run.all(log)
     result.seconds = time.perf_counter() - start
