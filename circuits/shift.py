@@ -230,7 +230,9 @@ def run_shift(
     if store is not None:
         from saelab.circuits.shift_store import store_shift
 
-        result.run_id = store_shift(store, result, spliced, model, data_hash(data))
+        result.run_id = store_shift(
+            store, result, spliced, model, data_hash(data), config_dict(cfg), INTERVAL
+        )
     return result
 
 

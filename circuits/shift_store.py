@@ -6,16 +6,15 @@ import json
 
 from saelab import resultstore as results
 from saelab.base import __version__
-from saelab.circuits.shift import INTERVAL, ShiftResult, config_dict
 
 
-def store_shift(store, result: ShiftResult, spliced, model, data_hash: str) -> str:
-    """Write the run (config, accuracies with intervals, every candidate and its verdict)."""
+def store_shift(store, result, spliced, model, data_hash: str, config: dict, interval: str) -> str:
+    """Write a `ShiftResult` (config, accuracies with intervals, every candidate and its
+    verdict); `config` is the run's config as stored (without paths and display settings)."""
     from saelab.circuits.run import _records
 
     records = _records(spliced, model)
     sae_ids = [records[h].sae_id for h in spliced.hooks if h in records]
-    config = config_dict(result.config)
     chash = results.config_hash(config)
     rid = results.shift_run_id(chash, data_hash, sae_ids, model.weights_sha256)
     accuracies = [
@@ -42,7 +41,7 @@ def store_shift(store, result: ShiftResult, spliced, model, data_hash: str) -> s
         data_hash=data_hash, judge=result.judge,
         n_candidates=sum(f.kind == "latent" for f in result.features),
         n_ablated=len(result.ablated), n_train=result.n_texts["biased_train"],
-        n_test=result.n_texts["test"], train_accuracy=result.train_accuracy, interval=INTERVAL,
+        n_test=result.n_texts["test"], train_accuracy=result.train_accuracy, interval=interval,
         config_json=json.dumps(config, default=str), config_hash=chash, seconds=result.seconds,
         saelab_version=__version__,
     )  # fmt: skip

@@ -56,5 +56,6 @@ def test_circuits_page_lists_shift_runs_with_escaped_text_and_feature_links(
     assert list(table["profession accuracy"]) == [0.6, 0.85]
     ablated = next(d.value for d in at.dataframe if "latent" in d.value.columns)
     assert list(ablated["latent"]) == [feature]  # only the spurious one
-    assert ablated["explanation"][0] == explained["explanation"]
+    preferred = results.explanation_texts(store, sae_id, [feature])[feature]
+    assert ablated["explanation"][0] == preferred
     assert ablated["feature page"][0] == f"./feature?sae={sae_id}&feature={feature}"
