@@ -374,8 +374,7 @@ class _Runner:
                    leave=False)  # fmt: skip
         verdicts = by_llm(descriptions, verdicts, self.llm_config(), bar.update)
         bar.close()
-        judges = {v.judge for v in verdicts}
-        return verdicts, "llm" if judges == {"llm"} else "llm+correlation"
+        return verdicts, judge_label([v.judge for v in verdicts])
 
     def latent_activity(self, wanted: dict[str, list[int]]):
         """Pooled activations `[N, n]` per hook and each latent's top tokens on the judge split."""
@@ -503,6 +502,15 @@ class _Runner:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def judge_label(judges: list[str]) -> str:
+    """The run's judge from the per-feature ones: llm, correlation, or llm+correlation (the
+    LLM's unparsable answers fell back to correlation)."""
+    asked = sum(j == "llm" for j in judges)
+    if asked == len(judges):
+        return "llm"
+    return "llm+correlation" if asked else "correlation (every llm answer unparsable)"
 
 
 def raw_probe(pipeline) -> acts.LinearProbe:

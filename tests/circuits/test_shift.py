@@ -125,6 +125,17 @@ def test_llm_judge_reads_each_feature_and_decides(toy):
     assert "'she'" in said[2].description + said[3].description
 
 
+def test_unparsable_llm_answers_fall_back_to_correlation_and_say_so(toy):
+    from saelab.autointerp.fake_endpoint import FakeEndpoint
+    from saelab.circuits.shift import judge_label
+
+    with FakeEndpoint(responder=lambda m: "This feature is primarily about gender") as fake:
+        r = _toy_run(toy, base_url=fake.base_url, neurons=False, retrain=False, random_draws=0)
+    assert r.judge == "correlation (every llm answer unparsable)"
+    assert {f.feature for f in r.ablated} == GENDER_LATENTS  # the correlation verdicts
+    assert judge_label(["llm", "correlation (llm answer unparsable)"]) == "llm+correlation"
+
+
 def test_bootstrap_interval_against_the_normal_approximation():
     y = np.zeros(400, dtype=int)
     pred = np.r_[np.zeros(280, dtype=int), np.ones(120, dtype=int)]  # 70% right
