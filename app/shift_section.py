@@ -54,7 +54,7 @@ def feature_rows(features: list[ShiftFeatureRow], explanations: dict) -> list[di
             "hook": f.hook, "latent": f.feature, "effect": round(f.effect, 4),
             "r(gender)": round(f.corr_gender, 3), "r(profession)": round(f.corr_profession, 3),
             "judge": f.judge,
-            "explanation": stored or f.description or "",
+            "explanation": stored or f.description or "",  # description: top tokens
             "LLM answer": f.answer or "",
             "feature page": feature_url(f.sae_id, f.feature) if f.sae_id else None,
         })  # fmt: skip

@@ -363,13 +363,15 @@ class _Runner:
         gender = np.array([b.gender for b in self.data.judge])
         prof = np.array([b.profession for b in self.data.judge])
         verdicts = by_correlation(columns, gender, prof, self.cfg.min_corr)
-        use_llm = self.cfg.judge == "llm" or (self.cfg.judge == "auto" and self.cfg.base_url)
-        if not use_llm:
-            return verdicts, "correlation"
         stored = self.stored_explanations(wanted)
         descriptions = [
             stored.get((h, f)) or token_description(peak_tokens[(h, f)]) for h, f, _ in candidates
         ]
+        for v, d in zip(verdicts, descriptions):
+            v.description = d
+        use_llm = self.cfg.judge == "llm" or (self.cfg.judge == "auto" and self.cfg.base_url)
+        if not use_llm:
+            return verdicts, "correlation"
         bar = tqdm(total=len(candidates), desc="shift: LLM judge", disable=not self.cfg.progress,
                    leave=False)  # fmt: skip
         verdicts = by_llm(descriptions, verdicts, self.llm_config(), bar.update)

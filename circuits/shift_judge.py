@@ -38,7 +38,8 @@ class Verdict:
     corr_gender: float
     corr_profession: float
     description: str = ""
-    """What the LLM read (empty for the correlation judge)."""
+    """The feature's stored explanation, else the tokens it fires most on in the held-out
+    texts: what the LLM read, when it judged."""
     answer: str = ""
     """The LLM's answer, as given."""
 

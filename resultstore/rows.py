@@ -576,7 +576,8 @@ class ShiftFeatureRow(Row):
     corr_gender: float
     corr_profession: float
     description: str | None
-    """What the LLM judge read."""
+    """Its stored explanation, else the tokens it fires most on in the held-out texts (what the
+    LLM judge read); none for neurons."""
     answer: str | None
     """What it answered."""
 
