@@ -204,7 +204,11 @@ def run_shift(
     cfg.validate()
     start = time.perf_counter()
     store = results.ResultsStore(cfg.db, mode="write") if cfg.db else None
-    if data is None:  # before the model: bad data fails at once
+    if spliced is None:  # before the model: a wrong folder fails at once
+        from saelab.circuits.splice import sae_folders
+
+        sae_folders(cfg.sae)
+    if data is None:  # so does bad data
         from saelab.circuits.shift_data import load_shift_data
 
         data = load_shift_data(cfg)

@@ -262,3 +262,10 @@ def test_cli_prints_the_table_and_bad_input_is_one_line(
     assert err.count("\n") == 0 and "neither an SAE folder" in err
     assert main(["shift", "--sae", gender_sae_folder, "--judge", "llm"]) == 2
     assert "--base-url" in capsys.readouterr().err
+    assert main(["shift", "--sae", gender_sae_folder, "--professions", "nurse", "wizard"]) == 2
+    assert "unknown profession 'wizard'" in capsys.readouterr().err
+    import saelab
+
+    assert saelab.ShiftConfig is ShiftConfig
+    with pytest.raises(UserError, match="ShiftConfig"):
+        saelab.shift({"sae": [gender_sae_folder]})
