@@ -124,6 +124,7 @@ READS = frozenset(
         "explanation_texts", "token_strings", "search_explanations", "token_ids_for",
         "search_token", "search_ranges", "scorer_names", "list_circuits", "circuit_nodes",
         "circuit_edges", "circuit_curves", "steering_runs", "steering_samples",
+        "shift_runs", "shift_accuracies", "shift_features",
     }
 )  # fmt: skip
 """The results store's reads the pages use (and nothing that writes)."""

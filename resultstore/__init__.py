@@ -77,6 +77,9 @@ from saelab.resultstore.rows import (
     Row,
     SAERow,
     ScoreRow,
+    ShiftAccuracyRow,
+    ShiftFeatureRow,
+    ShiftRunRow,
     SteeringRunRow,
     SteeringSampleRow,
     VocabRow,
@@ -105,6 +108,14 @@ from saelab.resultstore.search import (
     search_token,
     token_ids_for,
 )
+from saelab.resultstore.shift import (
+    SHIFT_TABLES,
+    shift_accuracies,
+    shift_features,
+    shift_run_id,
+    shift_runs,
+    write_shift,
+)
 from saelab.resultstore.steering import (
     steering_runs,
     steering_samples,
@@ -129,6 +140,8 @@ __all__ = [
     "schema_version", "score_summary", "scorer_names", "scores", "search_explanations",
     "search_ranges", "search_token", "steering_runs", "steering_samples",
     "stored_explanation",
+    "SHIFT_TABLES", "ShiftAccuracyRow", "ShiftFeatureRow", "ShiftRunRow", "shift_accuracies",
+    "shift_features", "shift_run_id", "shift_runs", "write_shift",
     "token_ids_for", "token_strings", "verified_folder", "write_circuit", "write_eval_run",
     "write_interp_batch", "write_steering_runs", "write_vocab",
 ]  # fmt: skip

@@ -495,11 +495,98 @@ class LatentMetricRow(Row):
     run_id: str | None = None
 
 
+# -- SHIFT (issue 26) --------------------------------------------------------------------------
+
+
+@dataclass
+class ShiftRunRow(Row):
+    """One SHIFT experiment: its SAEs, probe, data, judge and settings."""
+
+    TABLE: ClassVar[str] = "shift_runs"
+    KEY: ClassVar[tuple[str, ...]] = ("run_id",)
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("created_at",)
+
+    run_id: str
+    model: str
+    model_sha256: str
+    sae_ids: list[str]
+    hooks: list[str]
+    probe_hook: str
+    professions: list[str]
+    data_source: str
+    data_hash: str
+    judge: str
+    """What judged the latents: llm, correlation, or llm+correlation."""
+    n_candidates: int
+    n_ablated: int
+    n_train: int
+    n_test: int
+    train_accuracy: float
+    interval: str
+    """How the accuracies' 95% intervals were made."""
+    config_json: str
+    config_hash: str
+    seconds: float
+    saelab_version: str
+    created_at: Timestamp | None = None
+
+    @property
+    def config(self) -> dict:
+        return _json(self.config_json) or {}
+
+
+@dataclass
+class ShiftAccuracyRow(Row):
+    """A classifier's accuracy on the balanced test split, against one label."""
+
+    TABLE: ClassVar[str] = "shift_accuracies"
+    KEY: ClassVar[tuple[str, ...]] = ("run_id", "method", "label")
+
+    run_id: str
+    method: str
+    """original, shift, shift_retrain, random, neurons or oracle."""
+    label: str
+    """profession or gender."""
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n_ablated: int
+
+
+@dataclass
+class ShiftFeatureRow(Row):
+    """A candidate the classifier relies on (a latent, or a neuron of the baseline) and its
+    verdict."""
+
+    TABLE: ClassVar[str] = "shift_features"
+    KEY: ClassVar[tuple[str, ...]] = ("run_id", "kind", "hook", "feature")
+
+    run_id: str
+    kind: str
+    """latent or neuron."""
+    rank: int
+    """By attributed effect within its kind (0: largest)."""
+    hook: str
+    sae_id: str | None
+    feature: int
+    effect: float
+    spurious: bool
+    """Judged about the spurious attribute, so ablated."""
+    judge: str
+    corr_gender: float
+    corr_profession: float
+    description: str | None
+    """Its stored explanation, else the tokens it fires most on in the held-out texts (what the
+    LLM judge read); none for neurons."""
+    answer: str | None
+    """What it answered."""
+
+
 ROWS: tuple[type[Row], ...] = (
     SchemaInfoRow, SAERow, EvalRunRow, MetricRow, FeatureRow, FeatureExampleRow,
     FeatureHistogramRow, FeatureLogitRow, VocabRow, ExplanationRow, ScoreRow, AutointerpRunRow,
     LLMCacheRow, SteeringRunRow, SteeringSampleRow, CircuitRow, CircuitNodeRow, CircuitEdgeRow,
-    CircuitCurveRow, LatentMetricRow,
+    CircuitCurveRow, LatentMetricRow, ShiftRunRow, ShiftAccuracyRow, ShiftFeatureRow,
 )  # fmt: skip
 """Every table's row class."""
 TABLES: dict[str, type[Row]] = {cls.TABLE: cls for cls in ROWS}

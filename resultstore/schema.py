@@ -129,6 +129,23 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS ci_low DOUBLE",
         "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS ci_high DOUBLE",
     ],
+    [  # issue 26: SHIFT
+        """CREATE TABLE shift_runs (
+            run_id VARCHAR PRIMARY KEY, model VARCHAR, model_sha256 VARCHAR, sae_ids VARCHAR[],
+            hooks VARCHAR[], probe_hook VARCHAR, professions VARCHAR[], data_source VARCHAR,
+            data_hash VARCHAR, judge VARCHAR, n_candidates INTEGER, n_ablated INTEGER,
+            n_train INTEGER, n_test INTEGER, train_accuracy DOUBLE, interval VARCHAR,
+            config_json VARCHAR, config_hash VARCHAR, seconds DOUBLE, saelab_version VARCHAR,
+            created_at TIMESTAMP)""",
+        """CREATE TABLE shift_accuracies (
+            run_id VARCHAR, method VARCHAR, label VARCHAR, accuracy DOUBLE, ci_low DOUBLE,
+            ci_high DOUBLE, n_ablated INTEGER, PRIMARY KEY (run_id, method, label))""",
+        """CREATE TABLE shift_features (
+            run_id VARCHAR, kind VARCHAR, rank INTEGER, hook VARCHAR, sae_id VARCHAR,
+            feature INTEGER, effect DOUBLE, spurious BOOLEAN, judge VARCHAR, corr_gender DOUBLE,
+            corr_profession DOUBLE, description VARCHAR, answer VARCHAR,
+            PRIMARY KEY (run_id, kind, hook, feature))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -49,6 +49,8 @@ _EXPORTS = {
     "circuit_graph": "saelab.api",
     "circuit_curves": "saelab.api",
     "CircuitConfig": "saelab.circuits.run",
+    "shift": "saelab.api",
+    "ShiftConfig": "saelab.circuits.shift",
     "steer": "saelab.steering.run",
     "SteerConfig": "saelab.steering.run",
     "Sampling": "saelab.steering.generate",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from saelab.autointerp.config import ExplainConfig
     from saelab.autointerp.pipeline import ExplainSummary
     from saelab.circuits.run import CircuitConfig, CircuitResult
+    from saelab.circuits.shift import ShiftConfig, ShiftResult
     from saelab.evaluation.runner import EvalConfig
     from saelab.results import Results
     from saelab.sae.base import SAE
@@ -178,6 +179,16 @@ def circuit(cfg: CircuitConfig, model: Any = None) -> CircuitResult:
 
     expect_config(cfg, CircuitConfig, "circuit")
     return run_circuit(cfg, model=model, log=lambda *_: None)
+
+
+def shift(cfg: ShiftConfig, model: Any = None) -> ShiftResult:
+    """SHIFT (`saelab shift`'s function): a profession probe trained where profession and gender
+    agree, the SAE features it relies on judged (LLM or correlation with gender), the spurious
+    ones zero-ablated, and accuracies with 95% intervals beside the paper's baselines."""
+    from saelab.circuits.shift import ShiftConfig, run_shift
+
+    expect_config(cfg, ShiftConfig, "shift")
+    return run_shift(cfg, model=model, log=lambda *_: None)
 
 
 def circuit_graph(result: CircuitResult, model: Any = None):

@@ -24,6 +24,7 @@ COMMANDS = [
     "compare",
     "explain",
     "circuit",
+    "shift",
     "steer",
     "llm-serve",
     "app",

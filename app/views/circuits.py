@@ -12,7 +12,7 @@ import html
 
 import streamlit as st
 
-from saelab.app import circuit_graph, common
+from saelab.app import circuit_graph, common, shift_section
 from saelab.resultstore import CircuitNodeRow, CircuitRow
 
 TITLE = "Circuits"
@@ -60,6 +60,7 @@ def render() -> None:
     circuits = common.q("list_circuits")
     if not circuits:
         st.info(EMPTY)
+        shift_section.render()
         return
     labels = {c.circuit_id: _label(c) for c in circuits}
     ids = list(labels)
@@ -92,6 +93,7 @@ def render() -> None:
     _node_table(circuit, nodes, explanations)
     _edge_check(circuit, checks)
     _curves(circuit, curves)
+    shift_section.render()
 
 
 def _explanations(nodes: list[CircuitNodeRow]) -> circuit_graph.Explanations:
