@@ -41,8 +41,12 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "the web app's browser tests need Chromium: sudo apt-get install -y chromium"; fi
 
+# One pytest worker per core (pytest-xdist), each test file on one worker (module fixtures
+# are built once); `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= auto
+
 test: $(STAMP) chromium
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q --durations=25 -n $(PYTEST_WORKERS) --dist loadfile
 
 test-all: $(STAMP) chromium
 	$(PY) -m pytest -q -m ''

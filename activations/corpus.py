@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from saelab.activations import builtin_corpus
-from saelab.activations.cache import cache_dir
+from saelab.activations.cache import cache_dir, cache_lock
 from saelab.base.errors import UserError
 
 BUILTIN_VERSION = builtin_corpus.VERSION
@@ -115,13 +115,14 @@ def _builtin_dataset(chosen: tuple[str, ...], version: int):
     folder = _builtin_folder(chosen, version)
     if (folder / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(folder))
-    ds = datasets.Dataset.from_list(builtin_corpus.documents(chosen, version))
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    ds.save_to_disk(str(tmp))
-    if folder.exists():  # another process prepared it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.rename(folder)
+    with cache_lock(folder.with_name(folder.name + ".lock")):
+        if not (folder / "dataset_info.json").is_file():  # not prepared while this one waited
+            ds = datasets.Dataset.from_list(builtin_corpus.documents(chosen, version))
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            ds.save_to_disk(str(tmp))
+            if folder.exists():  # a half-written folder left by a killed run
+                shutil.rmtree(folder)
+            tmp.rename(folder)
     return datasets.load_from_disk(str(folder))
 
 
@@ -149,7 +150,9 @@ def builtin_token_count(tokenizer=None, spec: str = "builtin", version: int | No
     for start in range(0, len(dataset), 256):
         texts = dataset[start : start + 256]["text"]
         total += sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-    cached.write_text(json.dumps({"tokens": total}))
+    partial = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    partial.write_text(json.dumps({"tokens": total}))
+    partial.replace(cached)  # atomic: a concurrent reader never sees half a file
     return total
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from saelab.activations.cache import cache_dir
+from saelab.activations.cache import cache_dir, cache_lock
 from saelab.base.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -235,6 +235,13 @@ def _converted_gguf(gguf_path: Path, key: str) -> Path:
     target = cache_dir() / "models" / key
     if (target / "config.json").is_file() and (target / ".complete").is_file():
         return target
+    with cache_lock(target.parent / f".{key}.lock"):
+        if (target / "config.json").is_file() and (target / ".complete").is_file():
+            return target  # another process converted it while this one waited
+        return _convert_gguf(gguf_path, key, target)
+
+
+def _convert_gguf(gguf_path: Path, key: str, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"saelab: converting {gguf_path.name} to a Hugging Face folder in {target} (once)")

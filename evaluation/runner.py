@@ -196,6 +196,7 @@ def _evaluate_one(
             n_tokens=result.n_tokens,
             seconds=time.perf_counter() - t0,
             metrics=result.metrics,
+            intervals=result.intervals,
             latent_metrics=result.latent_metrics,
             tables=result.tables,
         )

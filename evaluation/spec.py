@@ -54,6 +54,9 @@ class EvalResult:
     """Rows for the per-feature dashboard tables (the features eval): table -> pyarrow.Table."""
     vocab: list[str] | None = None
     """The model's token strings, stored once per model (the features eval, for dashboards)."""
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Metric name -> (low, high): its 95% confidence interval over probe seeds, data splits or
+    a bootstrap (the eval says which in `conventions["interval"]`); stored beside the value."""
 
 
 @dataclass
@@ -147,6 +150,12 @@ def check_result(spec: EvalSpec, result: EvalResult, d_sae: int) -> None:
                 f"eval {spec.name!r} computed {name} = {value}; nothing was written and the "
                 "results already stored are kept (is the split empty or the SAE broken?)"
             )
+    for name, (low, high) in result.intervals.items():
+        if name not in result.metrics:
+            raise ValueError(f"eval {spec.name!r} gave an interval for {name!r} but no value")
+        low, high = float(low), float(high)
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ValueError(f"eval {spec.name!r} gave the interval [{low}, {high}] for {name!r}")
     for name, values in result.latent_metrics.items():
         if spec.metric(name, per_latent=True) is None:
             raise ValueError(

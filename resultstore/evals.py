@@ -45,6 +45,8 @@ class EvalRun:
     n_tokens: int
     seconds: float
     metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Metric -> (low, high) of its 95% confidence interval, where the eval measured one."""
     latent_metrics: dict[str, Any] = field(default_factory=dict)
     """Per-latent metric -> `[d_sae]` values; NaN entries (not measured) are not stored."""
     tables: dict[str, Any] | None = None
@@ -68,7 +70,10 @@ def write_eval_run(store: ResultsStore, sae: SAERow, run: EvalRun) -> str:
     if unknown:
         raise ValueError(f"not a per-feature table: {', '.join(sorted(unknown))}")
     run_id = uuid.uuid4().hex[:16]
-    metrics = [MetricRow(run.sae_id, run.eval, k, float(v), run_id) for k, v in run.metrics.items()]
+    metrics = [
+        MetricRow(run.sae_id, run.eval, k, float(v), run_id, *_interval(run.intervals.get(k)))
+        for k, v in run.metrics.items()
+    ]
     latent = _latent_table(run)
     with store.transaction() as con:
         register_sae(con, sae, store)
@@ -84,6 +89,12 @@ def write_eval_run(store: ResultsStore, sae: SAERow, run: EvalRun) -> str:
         for table, rows in (run.tables or {}).items():
             insert_arrow(con, FEATURE_ROWS[table], rows, run_id)
     return run_id
+
+
+def _interval(bounds: tuple[float, float] | None) -> tuple[float | None, float | None]:
+    if bounds is None:
+        return None, None
+    return float(bounds[0]), float(bounds[1])
 
 
 def _latent_table(run: EvalRun):
@@ -139,9 +150,11 @@ def eval_runs(store: ResultsStore, sae_id: str | None = None) -> list[EvalRunRow
 
 
 def metrics_long(store: ResultsStore, sae_ids: list[str] | None = None) -> list[dict]:
-    """Long-form metrics joined with their SAE's name, architecture and width."""
+    """Long-form metrics joined with their SAE's name, architecture and width, and the 95%
+    interval (`ci_low`, `ci_high`; None where the eval measured none)."""
     query = (
-        "SELECT s.sae_id, s.name, s.architecture, s.d_sae, m.eval, m.metric, m.value "
+        "SELECT s.sae_id, s.name, s.architecture, s.d_sae, m.eval, m.metric, m.value, "
+        "m.ci_low, m.ci_high "
         "FROM metrics m JOIN saes s USING (sae_id)"
     )
     params: list[Any] = []

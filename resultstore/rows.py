@@ -116,6 +116,10 @@ class MetricRow(Row):
     metric: str
     value: float
     run_id: str | None = None
+    ci_low: float | None = None
+    """Lower end of the metric's 95% confidence interval (None where the eval gives none)."""
+    ci_high: float | None = None
+    """Upper end of that interval."""
 
 
 @dataclass

@@ -125,6 +125,10 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE circuit_edges ADD COLUMN IF NOT EXISTS switched DOUBLE",
         "ALTER TABLE circuit_curves ADD COLUMN IF NOT EXISTS everything BOOLEAN",
     ],
+    [  # issue 26: every metric's spread (a 95% interval over seeds and splits, where measured)
+        "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS ci_low DOUBLE",
+        "ALTER TABLE metrics ADD COLUMN IF NOT EXISTS ci_high DOUBLE",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

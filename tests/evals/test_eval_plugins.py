@@ -37,6 +37,7 @@ def run(ctx):
     return EvalResult(
         {"toy_mean_norm": float(norms.mean())}, 0, {"scale": ctx.settings.scale},
         latent_metrics={"toy_norm": norms.tolist()},
+        intervals={"toy_mean_norm": (float(norms.min()), float(norms.max()))},
     )
 
 
@@ -109,6 +110,9 @@ def test_a_plugin_eval_gets_flags_runs_and_stores_its_per_latent_values(
     metrics = {(m["eval"], m["metric"]): m["value"] for m in results.metrics_long(store)}
     assert metrics[("toy", "toy_mean_norm")] == pytest.approx(sum(expected) / 16, rel=1e-6)
     assert ("core", "fvu") in metrics  # the built-in evals run beside it
+    spread = {m["metric"]: (m["ci_low"], m["ci_high"]) for m in results.metrics_long(store)}
+    assert spread["toy_mean_norm"] == pytest.approx((min(expected), max(expected)), rel=1e-6)
+    assert spread["fvu"] == (None, None)  # an eval that measures no interval stores none
     (toy_run,) = [r for r in results.eval_runs(store) if r.eval == "toy"]
     assert json.loads(toy_run.config_json) == {"scale": 2.0}
     (one,) = results.latent_metrics(store, row.sae_id, 3)  # what the feature page shows

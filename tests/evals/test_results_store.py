@@ -146,6 +146,34 @@ def test_per_latent_metrics_are_stored_and_replaced_by_a_rerun(tmp_path):
     assert len(store.select(results.LatentMetricRow, "eval = ?", ["other"])) == 3
 
 
+def test_intervals_are_stored_beside_their_metric_and_replaced_by_a_rerun(tmp_path):
+    store = results.ResultsStore(tmp_path / "r.duckdb", "write")
+    first = run("a", "scr", {"scr_n2": 0.25, "scr_n5": 0.5})
+    first.intervals = {"scr_n2": (0.125, 0.375)}
+    results.write_eval_run(store, sae_row("a"), first)
+    got = {
+        m["metric"]: (m["value"], m["ci_low"], m["ci_high"]) for m in results.metrics_long(store)
+    }
+    assert got == {"scr_n2": (0.25, 0.125, 0.375), "scr_n5": (0.5, None, None)}
+    results.write_eval_run(store, sae_row("a"), run("a", "scr", {"scr_n2": 0.3}))
+    (row,) = results.metrics_long(store)
+    assert (row["value"], row["ci_low"], row["ci_high"]) == (0.3, None, None)
+
+
+def test_an_eval_interval_must_belong_to_a_metric_and_be_ordered():
+    from saelab.evaluation.spec import EvalResult, EvalSpec, Metric, check_result
+
+    spec = EvalSpec("s", "d", lambda ctx: None, (Metric("m", "a metric", "higher"),))
+    check_result(spec, EvalResult({"m": 0.5}, 1, intervals={"m": (0.4, 0.6)}), d_sae=4)
+    for intervals, message in (
+        ({"other": (0.0, 1.0)}, "no value"),
+        ({"m": (0.6, 0.4)}, r"\[0.6, 0.4\]"),
+        ({"m": (float("nan"), 0.6)}, "interval"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_result(spec, EvalResult({"m": 0.5}, 1, intervals=intervals), d_sae=4)
+
+
 def test_values_with_quotes_are_stored_verbatim(tmp_path):
     store = results.ResultsStore(tmp_path / "r.duckdb", "write")
     evil = "x'); DROP TABLE metrics; --"
@@ -278,7 +306,9 @@ def test_a_version_1_file_is_migrated_with_its_rows_kept(tmp_path):
     with pytest.raises(results.OlderSchemaError, match="older schema"):
         results.ResultsStore(path, "read")
     store = results.ResultsStore(path, "update")
-    assert store.query("SELECT value FROM metrics") == [{"value": 3.5}]
+    assert store.query("SELECT value, ci_low, ci_high FROM metrics") == [
+        {"value": 3.5, "ci_low": None, "ci_high": None}
+    ]
     assert store.query("SELECT count(*) AS n FROM scores") == [{"n": 0}]
     with store.reading() as con:
         assert results.schema_version(con) == results.SCHEMA_VERSION == len(results.MIGRATIONS)
