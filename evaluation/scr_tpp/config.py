@@ -10,6 +10,7 @@ once. For a quick look pass e.g. `--scr-train-size 400 --scr-test-size 200 --scr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from saelab.base.config import check_fields
 from saelab.base.errors import UserError
@@ -103,6 +104,11 @@ class ScrTppSettings:
             raise UserError(
                 f"train_size and test_size must be at least 8 (two per quadrant and class), got "
                 f"{self.train_size} and {self.test_size}"
+            )
+        if self.dataset is not None and not Path(self.dataset).expanduser().exists():
+            raise UserError(
+                f"dataset {self.dataset!r} does not exist; give a local copy of Bias in Bios or "
+                "Amazon reviews (a file or folder), or leave it out for the generated stand-ins"
             )
         if not self.n_values or min(self.n_values) < 1:
             raise UserError(f"n_values must be positive integers, got {self.n_values}")

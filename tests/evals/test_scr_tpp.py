@@ -225,6 +225,8 @@ def test_settings_refuse_bad_values():
         TppSettings(datasets=("wiki",)).validate()
     with pytest.raises(UserError, match="pairs must be 1 to 4"):
         ScrSettings(pairs=5).validate()
+    with pytest.raises(UserError, match="does not exist"):
+        TppSettings(dataset="/nonexistent/bios.parquet").validate()
 
 
 def test_scr_and_tpp_run_through_evaluate_on_the_real_model(model, small_store, tmp_path):
@@ -252,3 +254,19 @@ def test_scr_and_tpp_run_through_evaluate_on_the_real_model(model, small_store, 
     rows = results.metrics_long(db)
     assert len(rows) == len(out["scr"]) + len(out["tpp"])
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in rows)
+
+
+def test_a_local_copy_replaces_the_stand_in_of_its_kind(tmp_path):
+    import pandas as pd
+
+    from saelab.evaluation.scr_tpp.run import dataset_paths
+
+    path = tmp_path / "bios.csv"
+    pd.DataFrame({"hard_text": ["a", "b"], "profession": [21, 13], "gender": [0, 1]}).to_csv(path)
+    assert dataset_paths(ScrSettings(dataset=str(path))) == {"bios": str(path), "reviews": None}
+    with pytest.raises(UserError, match="is bios, which `datasets` \\(reviews\\) leaves out"):
+        dataset_paths(ScrSettings(dataset=str(path), datasets=("reviews",)))
+    other = tmp_path / "other.csv"
+    pd.DataFrame({"text": ["a"], "label": [1]}).to_csv(other)
+    with pytest.raises(UserError, match="neither Bias in Bios"):
+        dataset_paths(TppSettings(dataset=str(other)))
