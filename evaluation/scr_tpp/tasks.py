@@ -97,7 +97,7 @@ def local_copy_kind(path: str) -> str:
     )
 
 
-def _layout(quads: dict[tuple[str, str], list[str]]) -> tuple[list[str], dict, dict]:
+def _layout(quads: dict[tuple[str, str], list[str]]) -> tuple[list[str], dict]:
     """The unique texts, quadrant after quadrant, and each quadrant's text indices."""
     texts, where = [], {}
     for q, rows in quads.items():
