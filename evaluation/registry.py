@@ -21,8 +21,10 @@ BUILTIN = (
     "saelab.evaluation.features:SPEC",
     "saelab.evaluation.probing:SPEC",
     "saelab.evaluation.absorption:SPEC",
-    "saelab.evaluation.stability:SPEC",
+    "saelab.evaluation.scr_tpp:SCR_SPEC",
+    "saelab.evaluation.scr_tpp:TPP_SPEC",
     "saelab.evaluation.ravel:SPEC",
+    "saelab.evaluation.stability:SPEC",
 )
 """The built-in evals, in the order `saelab eval` runs and lists them."""
 ENTRY_POINT_GROUP = "saelab.evals"

@@ -90,13 +90,17 @@ def test_local_copies_are_read_with_the_originals_columns(tmp_path):
 
 
 def test_pooled_activations_match_one_text_at_a_time(model):
+    from saelab.activations.corpus import bos_token_id
     from saelab.evaluation.datasets.text_acts import pooled_activations, token_activations
 
     hook = "blocks.3.hook_resid_post"
     texts = ["A short one.", bios_texts("dentist", "male", 1)[0], "Two words"]
     acts = token_activations(model, texts, hook, batch_size=2)
     for i, text in enumerate(texts):
-        ids = [1, *model.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        ids = [
+            bos_token_id(model.tokenizer),
+            *model.tokenizer(text, add_special_tokens=False)["input_ids"],
+        ]
         _, cache = model.bridge.run_with_cache(torch.tensor([ids]), names_filter=[hook])
         reference = cache[hook][0, 1:].float()  # BOS left out
         rows = acts.acts[acts.offsets[i] : acts.offsets[i + 1]]
