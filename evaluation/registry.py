@@ -21,6 +21,7 @@ BUILTIN = (
     "saelab.evaluation.features:SPEC",
     "saelab.evaluation.probing:SPEC",
     "saelab.evaluation.absorption:SPEC",
+    "saelab.evaluation.unlearning:SPEC",
 )
 """The built-in evals, in the order `saelab eval` runs and lists them."""
 ENTRY_POINT_GROUP = "saelab.evals"
