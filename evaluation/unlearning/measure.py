@@ -4,7 +4,6 @@ the score with its bootstrap intervals."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,81 +181,97 @@ def _forget_frequency(m: _Model, store, docs: list[str], limit: int) -> tuple[np
     return counter.frequency, counter.rows
 
 
-def measure(
-    model, sae, store, hook: str, chunks: list[int], s: UnlearningSettings, device: str, log=None
-) -> UnlearningResult:
-    t0 = time.perf_counter()
-    m = _Model(model, sae, hook, store, s, device)
-    forget, retain, corpus, corpus_name = _question_sets(s)
-    qs = forget + retain
-    n_f = len(forget)
+@dataclass
+class _Clean:
+    """The unmodified model's answers."""
+
+    seqs: list[answering.Sequence]
+    values: list
+    fires: _FireCounter
+    answers: np.ndarray
+    base_acc: np.ndarray
+    """Right on the question's own option order, per question."""
+    kept: np.ndarray
+    """Right under every ordering asked (cloze: the one), per question."""
+
+
+def _clean_answers(m: _Model, qs: list, s: UnlearningSettings) -> _Clean:
     fmt = s.answer_format
     perms = s.permutations if fmt == "letter" else 1
     seqs = answering.build_sequences(m.tok, qs, fmt, perms, s.system_prompt)
-    fires = _FireCounter(sae.d_sae, len(seqs))
-    clean = m.run(seqs, read_format=fmt, on_codes=fires.add)
-    preds = answering.predictions(seqs, clean, fmt, len(qs))
+    fires = _FireCounter(m.sae.d_sae, len(seqs))
+    values = m.run(seqs, read_format=fmt, on_codes=fires.add)
     answers = np.array([q.answer for q in qs])
-    right = preds == answers[:, None]
-    base_acc = right[:, 0]
-    kept = right.all(1)
-    kept_f, kept_r = np.flatnonzero(kept[:n_f]), n_f + np.flatnonzero(kept[n_f:])
-    if len(kept_f) == 0 or len(kept_r) == 0:
-        raise UserError(
-            f"the model answers {int(kept[:n_f].sum())} of {n_f} forget and "
-            f"{int(kept[n_f:].sum())} of {len(retain)} retain questions correctly; the "
-            "unlearning eval needs some of each (more questions, or another answer_format)"
-        )
-    # The sweep reads each question on its own option order (SAEBench: the identity ordering).
-    sweep_idx = np.array([i for i, q in enumerate(seqs) if q.option == 0 or fmt == "cloze"])
-    sweep_idx = np.array([i for i in sweep_idx if kept[seqs[i].question]])
-    forget_freq, forget_tokens = _forget_frequency(m, store, corpus, s.corpus_tokens)
-    retain_freq, retain_tokens = _retain_frequency(m, store, chunks, s.corpus_tokens)
-    if log:
-        log(f"unlearning: {len(kept_f)}/{n_f} forget, {len(kept_r) }/{len(retain)} retain questions kept "
-            f"({time.perf_counter() - t0:.0f}s)")  # fmt: skip
+    right = answering.predictions(seqs, values, fmt, len(qs)) == answers[:, None]
+    return _Clean(seqs, values, fires, answers, right[:, 0], right.all(1))
 
-    keys, forget_rows, retain_rows, picked_for = [], [], [], {}
-    done: dict[tuple, np.ndarray] = {}
-    candidates = {}
+
+def _sweep(m: _Model, clean: _Clean, freqs, s: UnlearningSettings, device: str, log=None):
+    """Each setting's right/wrong per question (on the question's own option order, as
+    SAEBench reads the identity ordering), with the latents it clamps. Only the sequences on
+    which a clamped latent fires are run again; settings clamping the same latents at the same
+    multiplier share one run."""
+    fmt, seqs = s.answer_format, clean.seqs
+    sweep_idx = np.array(
+        [
+            i
+            for i, q in enumerate(seqs)
+            if (q.option == 0 or fmt == "cloze") and clean.kept[q.question]
+        ]
+    )
+    sub = [seqs[i] for i in sweep_idx]
+    on_seq = clean.fires.per_seq[sweep_idx]
+    rows, picked, candidates, done = {}, {}, {}, {}
     for threshold in s.retain_thresholds:
-        ranked = intervention.pick_latents(forget_freq, retain_freq, threshold)
+        ranked = intervention.pick_latents(*freqs, threshold)
         candidates[threshold] = len(ranked)
         for n in s.n_features:
             latents = ranked[:n]
-            hit = (
-                fires.per_seq[sweep_idx][:, latents].any(1)
-                if len(latents)
-                else np.zeros(len(sweep_idx), bool)
-            )
+            hit = on_seq[:, latents].any(1) if len(latents) else np.zeros(len(sub), bool)
             for mult in s.multipliers:
                 key = setting_key(threshold, n, mult)
                 memo = (tuple(latents.tolist()), mult)
                 if memo not in done:
-                    values = list(clean)
-                    redo = sweep_idx[hit]
+                    values = [clean.values[i] for i in sweep_idx]
+                    redo = np.flatnonzero(hit)
                     if len(redo):
                         lat = torch.as_tensor(latents, device=device)
                         new = m.run(
-                            [seqs[i] for i in redo], read_format=fmt,
-                            edit=lambda x, _l=lat, _m=mult: intervention.clamp(sae, x, _l, _m),
+                            [sub[i] for i in redo], read_format=fmt,
+                            edit=lambda x, _l=lat, _m=mult: intervention.clamp(m.sae, x, _l, _m),
                         )  # fmt: skip
                         for i, v in zip(redo, new):
                             values[i] = v
-                    sub = [seqs[i] for i in sweep_idx]
-                    p = answering.predictions(sub, [values[i] for i in sweep_idx], fmt, len(qs))
-                    done[memo] = p[:, 0] == answers
-                correct = done[memo]
-                keys.append(key)
-                forget_rows.append(correct[kept_f])
-                retain_rows.append(correct[kept_r])
-                picked_for[key] = [int(x) for x in latents]
+                    p = answering.predictions(sub, values, fmt, len(clean.answers))
+                    done[memo] = p[:, 0] == clean.answers
+                rows[key], picked[key] = done[memo], [int(x) for x in latents]
                 if log:
-                    log(f"unlearning: {key}: forget {correct[kept_f].mean():.3f}, retain "
-                        f"{correct[kept_r].mean():.3f} ({len(hit.nonzero()[0])} sequences rerun, "
-                        f"{time.perf_counter() - t0:.0f}s)")  # fmt: skip
+                    log(f"unlearning: {key}: {int(hit.sum())} sequences rerun")
+    return rows, picked, candidates
 
-    outcome = SweepOutcome(np.array(forget_rows), np.array(retain_rows))
+
+def measure(
+    model, sae, store, hook: str, chunks: list[int], s: UnlearningSettings, device: str, log=None
+) -> UnlearningResult:
+    """Run the unlearning sweep of one SAE on the questions `s` names (see the module)."""
+    m = _Model(model, sae, hook, store, s, device)
+    forget, retain, corpus, corpus_name = _question_sets(s)
+    n_f = len(forget)
+    clean = _clean_answers(m, forget + retain, s)
+    kept_f, kept_r = np.flatnonzero(clean.kept[:n_f]), n_f + np.flatnonzero(clean.kept[n_f:])
+    if len(kept_f) == 0 or len(kept_r) == 0:
+        raise UserError(
+            f"the model answers {len(kept_f)} of {n_f} forget and {len(kept_r)} of "
+            f"{len(retain)} retain questions correctly; the unlearning eval needs some of each "
+            "(more questions, or another answer_format)"
+        )
+    forget_freq, forget_tokens = _forget_frequency(m, store, corpus, s.corpus_tokens)
+    retain_freq, retain_tokens = _retain_frequency(m, store, chunks, s.corpus_tokens)
+    rows, picked, candidates = _sweep(m, clean, (forget_freq, retain_freq), s, device, log)
+    keys = list(rows)
+    outcome = SweepOutcome(
+        np.array([rows[k][kept_f] for k in keys]), np.array([rows[k][kept_r] for k in keys])
+    )
     forget_acc = outcome.forget_correct.mean(1)
     retain_acc = outcome.retain_correct.mean(1)
     score, best = unlearning_score(forget_acc, retain_acc, s.retain_fraction)
@@ -267,8 +282,8 @@ def measure(
         "retain_questions": len(kept_r),
         "forget_questions_asked": n_f,
         "retain_questions_asked": len(retain),
-        "base_forget_acc": float(base_acc[:n_f].mean()),
-        "base_retain_acc": float(base_acc[n_f:].mean()),
+        "base_forget_acc": float(clean.base_acc[:n_f].mean()),
+        "base_retain_acc": float(clean.base_acc[n_f:].mean()),
         "settings_qualifying": int((retain_acc >= s.retain_fraction - 1e-12).sum()),
     }
     counts.update({f"candidates_r{t:g}": float(c) for t, c in candidates.items()})
@@ -277,9 +292,9 @@ def measure(
         "geography (countryinfo) retain questions; not comparable with WMDP-bio/MMLU"
         if s.substitute else f"local copies: forget {s.dataset}, retain {', '.join(s.retain_dataset)}",
         "packages": questions.source_versions() if s.substitute else {},
-        "answer_format": fmt,
+        "answer_format": s.answer_format,
         "kept": "questions the unmodified model answers correctly"
-        + (f" under all {perms} option orderings" if fmt == "letter" else ""),
+        + (f" under all {s.permutations} option orderings" if s.answer_format == "letter" else ""),
         "accuracy": "over kept questions, so the original is 1 (SAEBench's normalisation); "
         "retain pooled over its subjects",
         "score": f"1 - min forget accuracy over settings with retain accuracy >= "
@@ -292,7 +307,7 @@ def measure(
         "retain_corpus_tokens": retain_tokens,
         "positions": "clamped at every position the SAE reads (not BOS, padding or special tokens)",
         "best_setting": keys[best] if best is not None else None,
-        "best_latents": picked_for[keys[best]] if best is not None else [],
+        "best_latents": picked[keys[best]] if best is not None else [],
         "settings": {"retain_thresholds": s.retain_thresholds, "n_features": s.n_features,
                      "multipliers": s.multipliers, "max_questions": s.max_questions,
                      "seed": s.seed},

@@ -227,3 +227,37 @@ def test_a_clamp_where_no_picked_latent_fires_leaves_the_activation_exactly(mode
     assert f0 == pytest.approx(1 - threshold, abs=1e-5)
     moved = (out[3] - x[3]) @ sae.W_dec[0].detach()
     assert float(moved) == pytest.approx(-50.0 - f0, rel=1e-4)
+
+
+def test_local_copies_in_the_original_columns_load_alike(tmp_path):
+    import csv
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from saelab.evaluation.unlearning.questions import load_corpus, load_questions
+
+    rows = [
+        {"question": "Which virus?", "choices": ["a", "b", "c", "d"], "answer": 2},
+        {"question": "Which toxin?", "choices": ["e", "f", "g", "h"], "answer": 0},
+    ]
+    (tmp_path / "wmdp.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "wmdp.parquet")
+    with (tmp_path / "wmdp.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["question", "choices", "answer"])
+        writer.writeheader()
+        writer.writerows([{**r, "choices": json.dumps(r["choices"])} for r in rows])
+    loaded = [
+        load_questions(str(tmp_path / f"wmdp.{x}"), "bio", 10) for x in ("jsonl", "parquet", "csv")
+    ]
+    assert loaded[0] == loaded[1] == loaded[2]
+    assert [(q.choices[q.answer], q.subject) for q in loaded[0]] == [("c", "bio"), ("e", "bio")]
+    assert len(load_questions(str(tmp_path / "wmdp.jsonl"), "bio", 1)) == 1
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "q", "choices": ["a"]}))
+    with pytest.raises(UserError, match="lacks the column"):
+        load_questions(str(tmp_path / "bad.jsonl"), "bio", 10)
+    with pytest.raises(UserError, match="does not exist"):
+        load_questions(str(tmp_path / "missing.parquet"), "bio", 10)
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"text": "anthrax spores"}) + "\n\n")
+    assert load_corpus(str(tmp_path / "corpus.jsonl")) == ["anthrax spores"]
