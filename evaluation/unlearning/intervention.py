@@ -26,6 +26,7 @@ def pick_latents(forget_freq: np.ndarray, retain_freq: np.ndarray, threshold: fl
     return order[: int(np.count_nonzero(score))]
 
 
+@torch.no_grad()
 def clamp(sae, x: Tensor, latents: Tensor, multiplier: float) -> Tensor:
     """`x` `[N, d_in]` with each of `latents` that fires clamped to −multiplier, error kept."""
     f = sae.encode(x.float())

@@ -223,7 +223,8 @@ def test_a_clamp_where_no_picked_latent_fires_leaves_the_activation_exactly(mode
     x = emb[torch.tensor([5, 100, 2000, chem])]
     out = clamp(sae, x, torch.tensor([0, 2]), 50.0)
     assert torch.equal(out[:3], x[:3])
-    f0 = float(sae.encode(x[3:])[0, 0])
+    with torch.no_grad():
+        f0 = float(sae.encode(x[3:])[0, 0])
     assert f0 == pytest.approx(1 - threshold, abs=1e-5)
     moved = (out[3] - x[3]) @ sae.W_dec[0].detach()
     assert float(moved) == pytest.approx(-50.0 - f0, rel=1e-4)
