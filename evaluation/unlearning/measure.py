@@ -140,11 +140,14 @@ def _question_sets(s: UnlearningSettings):
 
 
 def _subject_of(path: str) -> str:
+    """A subject name from a file's path: its stem, or its folder where the stem is a hub
+    shard name (`high_school_geography/test-00000-of-00001.parquet`)."""
     from pathlib import Path
 
-    stem = Path(path).stem
-    for cut in ("-00000-of-00001", "_test", "-test", "test-"):
-        stem = stem.replace(cut, "")
+    file = Path(path)
+    stem = file.stem.split("-00000-of-")[0]
+    if stem in ("test", "validation", "dev", "train", ""):
+        stem = file.parent.name
     return stem.replace("-", "_") or "general"
 
 

@@ -134,7 +134,8 @@ def substitute_forget_corpus() -> list[str]:
 
 def load_questions(path: str, subject: str, limit: int) -> list[Question]:
     """The first `limit` questions of a local file with the columns question, choices, answer
-    (WMDP's and MMLU's layout: choices a list of strings, answer its index)."""
+    (WMDP's and MMLU's layout: choices a list of strings, answer its index); `subject` where
+    the file has no `subject` column (it names the topic in the letter prompt)."""
     rows = _read_rows(Path(path))
     out = []
     for i, row in enumerate(rows[:limit]):
@@ -165,7 +166,8 @@ def load_questions(path: str, subject: str, limit: int) -> list[Question]:
                 f"{path}: row {i} has {len(choices)} choices and answer {answer}; each question "
                 f"needs {N_CHOICES} choices and an answer in 0..{N_CHOICES - 1}"
             )
-        out.append(Question(str(row["question"]), choices, answer, subject))
+        named = row.get("subject")  # MMLU's own column, where the copy kept it
+        out.append(Question(str(row["question"]), choices, answer, str(named or subject)))
     if not out:
         raise UserError(f"{path} holds no questions")
     return out

@@ -168,42 +168,57 @@ def reference_answers(model, questions, chem: int, sae, multiplier: float | None
     return chosen == np.array([q.answer for q in questions])
 
 
-def test_clamping_the_chemical_latent_unlearns_chemistry_only(model, embed_store):
-    from saelab.activations.store import ActivationStore
-    from saelab.evaluation.unlearning.measure import measure
+def test_clamping_the_chemical_latent_unlearns_chemistry_only(model, embed_store, tmp_path):
+    """Through `saelab eval`'s runner into a results file, on the real model."""
+    import json
+
+    from saelab import resultstore as results
+    from saelab.evaluation.runner import EvalConfig, evaluate
     from saelab.evaluation.unlearning.questions import substitute_questions
+    from saelab.sae.checkpoint import save_sae
 
     sae, chem, _ = chemical_sae(model, embed_store)
-    store = ActivationStore(embed_store)
-    settings = UnlearningSettings(
-        max_questions=2, retain_thresholds=[0.01], n_features=[1, 2],
-        multipliers=[2.0, 400.0], bootstrap=200, corpus_tokens=1500,
+    save_sae(sae, tmp_path / "sae", meta={"hook_name": HOOK})
+    settings = dict(
+        max_questions=2, retain_thresholds=[0.01], n_features=[1, 2], multipliers=[2.0, 400.0],
+        bootstrap=200, corpus_tokens=1500,
     )  # fmt: skip
-    result = measure(model, sae, store, HOOK, store.committed_chunks(), settings, "cpu")
-    m = result.metrics()
-    forget, retain = substitute_questions(2, settings.seed)
+    cfg = EvalConfig(
+        sae=str(tmp_path / "sae"), acts=embed_store, db=str(tmp_path / "r.duckdb"),
+        evals=["unlearning"], settings={"unlearning": settings},
+    )  # fmt: skip
+    evaluate(cfg, model=model, log=lambda *_: None)
+    db = results.ResultsStore(tmp_path / "r.duckdb")
+    rows = results.metrics_long(db)
+    m = {r["metric"]: r["value"] for r in rows}
+    ci = {r["metric"]: (r["ci_low"], r["ci_high"]) for r in rows}
+    (run,) = results.eval_runs(db)
+    conventions = json.loads(run.config_json)
+    assert not any(name.startswith("unlearning_score") for name in m)  # the substitute's names
+    forget, retain = substitute_questions(2, UnlearningSettings().seed)
     assert m["unlearning_substitute_forget_questions_asked"] == len(forget) == 4
     assert m["unlearning_substitute_retain_questions_asked"] == len(retain) == 6
     assert m["unlearning_substitute_candidates_r0.01"] == 1  # latent 0 alone
-    assert result.conventions["best_latents"] == [0]
+    assert conventions["best_latents"] == [0]
     kept_f = int(m["unlearning_substitute_forget_questions"])
     assert kept_f >= 3 and m["unlearning_substitute_retain_questions"] >= 5
-    # retain questions hold no " chemical": every retain answer stands, at every setting
-    for key in result.keys:
+    keys = [f"r0.01-n{n}-m{x:g}" for n in (1, 2) for x in (2.0, 400.0)]
+    for key in keys:  # retain questions hold no " chemical": every retain answer stands
         assert m[f"unlearning_substitute_retain_acc_{key}"] == 1.0
     # the forget accuracy is what the written-out clamp gives on the kept questions
     kept = [q for q, ok in zip(forget, reference_answers(model, forget, chem, sae, None)) if ok]
     assert len(kept) == kept_f
-    for mult in settings.multipliers:
+    for mult in (2.0, 400.0):
         expected = reference_answers(model, kept, chem, sae, mult).mean()
         assert m[f"unlearning_substitute_forget_acc_r0.01-n1-m{mult:g}"] == expected
-    strong = m["unlearning_substitute_forget_acc_r0.01-n1-m400"]
-    assert strong < 1.0  # the clamp removes the answers
+        assert m[f"unlearning_substitute_forget_acc_r0.01-n2-m{mult:g}"] == expected
+    assert m["unlearning_substitute_forget_acc_r0.01-n1-m400"] < 1.0  # answers removed
     # every setting keeps retain, so the score is 1 - the lowest forget accuracy (hand)
-    lowest = min(m[f"unlearning_substitute_forget_acc_{k}"] for k in result.keys)
+    lowest = min(m[f"unlearning_substitute_forget_acc_{k}"] for k in keys)
     assert m["unlearning_substitute_score"] == pytest.approx(1 - lowest)
-    low, high = result.intervals()["unlearning_substitute_score"]
+    low, high = ci["unlearning_substitute_score"]
     assert low <= m["unlearning_substitute_score"] <= high
+    assert "bootstrap over questions" in conventions["interval"]
 
 
 def test_letter_answers_map_back_through_the_option_orderings():
