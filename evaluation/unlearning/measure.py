@@ -290,6 +290,12 @@ def measure(
         "settings_qualifying": int((retain_acc >= s.retain_fraction - 1e-12).sum()),
     }
     counts.update({f"candidates_r{t:g}": float(c) for t, c in candidates.items()})
+    by_subject = {}
+    for i, q in enumerate(forget + retain):
+        seen = by_subject.setdefault(q.subject, {"asked": 0, "right": 0, "kept": 0})
+        seen["asked"] += 1
+        seen["right"] += int(clean.base_acc[i])
+        seen["kept"] += int(clean.kept[i])
     conventions = {
         "source": "offline substitute: chemistry (periodictable) forget questions against "
         "geography (countryinfo) retain questions; not comparable with WMDP-bio/MMLU"
@@ -304,6 +310,8 @@ def measure(
         f"{s.retain_fraction} (0 when none qualifies)",
         "interval": f"bootstrap over questions: {s.bootstrap} resamples of the kept forget and "
         "retain questions, percentile 95%",
+        "subjects": by_subject,
+        "forget_subjects": sorted({q.subject for q in forget}),
         "forget_corpus": corpus_name,
         "forget_corpus_tokens": forget_tokens,
         "retain_corpus": f"store split {s.corpus_split!r}",
