@@ -5,8 +5,8 @@ At the SAE's hook, on every position the SAE reads (not BOS, padding or special 
 zeroes the BOS latents, saelab's SAEs never saw special tokens), each picked latent that fires is
 set to −multiplier and the SAE's error is kept: x' = x + decode(f') − decode(f). A position where
 no picked latent fires is left exactly as it was, so a sequence on which none fires needs no new
-forward pass (its clean answer stands): `fired` records which latents fire anywhere on each
-sequence of the clean pass.
+forward pass (its clean answer stands); the clean pass records which latents fire anywhere on
+each sequence (`measure._FireCounter`).
 """
 
 from __future__ import annotations
@@ -97,13 +97,3 @@ def run_batches(
         logits = bridge.run_with_hooks(tokens, fwd_hooks=[(hook, at_hook)], return_type="logits")
         out.extend(read(logits, s))
     return out
-
-
-def firing_frequency(codes: list[Tensor], d_sae: int) -> np.ndarray:
-    """Fraction of rows on which each latent is positive, over blocks of codes `[n, d_sae]`."""
-    fired = torch.zeros(d_sae, dtype=torch.float64)
-    rows = 0
-    for f in codes:
-        fired += (f > 0).sum(0).double().cpu()
-        rows += len(f)
-    return (fired / max(rows, 1)).numpy()
