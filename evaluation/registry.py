@@ -24,6 +24,7 @@ BUILTIN = (
     "saelab.evaluation.scr_tpp:SCR_SPEC",
     "saelab.evaluation.scr_tpp:TPP_SPEC",
     "saelab.evaluation.ravel:SPEC",
+    "saelab.evaluation.unlearning:SPEC",
     "saelab.evaluation.stability:SPEC",
 )
 """The built-in evals, in the order `saelab eval` runs and lists them."""
