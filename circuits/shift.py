@@ -121,8 +121,13 @@ class ShiftConfig:
         for name in ("attribution_texts", "candidates", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"`{name}` must be at least 1, got {getattr(self, name)}")
-        if self.random_draws < 0 or self.bootstrap < 0:
-            raise UserError("`random_draws` and `bootstrap` must be >= 0")
+        if self.random_draws < 0:
+            raise UserError(f"`random_draws` must be >= 0, got {self.random_draws}")
+        if self.bootstrap < 100:
+            raise UserError(
+                f"`bootstrap` must be at least 100 resamples (the stored 95% intervals come "
+                f"from it), got {self.bootstrap}; the default is 1000"
+            )
         if not (0 <= self.min_corr <= 1 and math.isfinite(self.min_corr)):
             raise UserError(f"`min_corr` must lie in [0, 1], got {self.min_corr}")
         if self.max_length < 2:

@@ -96,6 +96,14 @@ def run_ravel(
         pairs = attribute_pairs(kept, a, table.attributes, s.n_pairs, rng)
         n_train = int(len(pairs) * s.train_fraction)
         train, test = pairs[:n_train], pairs[n_train:]
+        for kind, is_cause in (("cause", True), ("isolation", False)):
+            if not any(p.cause == is_cause for p in test):
+                # A score of no pairs would be stored as 0 with a (0, 0) interval.
+                raise UserError(
+                    f"RAVEL: the attribute {a!r} has no held-out {kind} pairs ({len(pairs)} "
+                    f"pairs, train fraction {s.train_fraction}); raise `n_pairs` or "
+                    "`n_entities`, or lower `train_fraction`"
+                )
         batches = [
             _batch(kept, states, train[i : i + s.batch_size], pad, device)
             for i in range(0, len(train), s.batch_size)

@@ -48,13 +48,12 @@ def latent_effects(
 
 
 def top_latents(effects: Tensor, n: int) -> Tensor:
-    """Indices of the n largest effects among the nonzero ones (ties to the lower index)."""
-    nonzero = torch.nonzero(effects != 0).flatten()
-    k = min(n, len(nonzero))
-    if k == 0:
-        return torch.zeros(0, dtype=torch.long)
-    order = torch.argsort(-effects[nonzero], stable=True)
-    return nonzero[order[:k]]
+    """Indices of the k largest effects, k = min(n, number of nonzero effects), ties to the
+    lower index: SAEBench's `select_top_n_features` (its top-k runs over every latent, so
+    when n exceeds the positive effects of a TPP probe, zero effects come before negative
+    ones)."""
+    k = min(n, int(torch.count_nonzero(effects)))
+    return torch.argsort(-effects, stable=True)[:k]
 
 
 def ablate(x_pooled: Tensor, f_pooled: Tensor, W_dec: Tensor, latents: Tensor) -> Tensor:

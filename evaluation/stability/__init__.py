@@ -100,7 +100,7 @@ METRICS = (
 
 SPEC = EvalSpec(
     "stability",
-    "share of latents shared with seed twins (Hungarian matching of decoders, cosine >= 0.7)",
+    "share of latents shared with seed twins (Hungarian matching of decoders, cosine >= threshold)",
     run,
     METRICS,
     StabilitySettings,

@@ -28,8 +28,8 @@ def run(ctx: EvalContext) -> EvalResult:
 def _metrics(prefix: str, what: str) -> tuple[Metric, ...]:
     _H, _L = "higher", "lower"
     return (
-        Metric(f"{prefix}_score", f"{what}: 1 - the lowest forget accuracy among clamp settings keeping retain accuracy >= 0.99 of the original (SAEBench's unlearning score)", _H),
-        Metric(f"{prefix}_best_forget_acc", f"{what}: forget accuracy of the setting that sets the score (1 when none qualifies)", _L),
+        Metric(f"{prefix}_score", f"{what}: 1 - the lowest forget accuracy among clamp settings keeping retain accuracy >= retain_fraction (0.99) of the original, 0 when none does (SAEBench's unlearning score)", _H),
+        Metric(f"{prefix}_best_forget_acc", f"{what}: forget accuracy of the setting that sets the score (not written when no setting qualifies)", _L),
         Metric(f"{prefix}_best_retain_acc", f"{what}: retain accuracy of the setting that sets the score", _H),
         Metric(f"{prefix}_forget_acc_{{setting}}", f"{what}: forget accuracy (kept questions) with the setting r<retain threshold>-n<latents>-m<clamp>", _L),
         Metric(f"{prefix}_retain_acc_{{setting}}", f"{what}: retain accuracy (kept questions, pooled over subjects) with the setting", _H),

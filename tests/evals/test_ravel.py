@@ -234,3 +234,26 @@ def test_on_the_embedded_model_the_full_mask_is_activation_patching(model):
     assert torch.allclose(padded, plain, atol=1e-3)  # left padding changes nothing
     assert torch.allclose(ours, patched, atol=1e-3)
     assert model.tokenizer.decode(plain.argmax()).strip() == "France"
+
+
+def test_the_intervention_decodes_without_the_error_term():
+    """With a lossy SAE, m = 0 writes decode(encode(x_base)) at the entity position (not x:
+    no error term, SAEBench's default), m = 1 decode(encode(x_source)); other positions and
+    rows keep their activations."""
+    from saelab.evaluation.ravel.mask import intervention_hook
+    from saelab.sae.registry import build_sae, make_config
+
+    torch.manual_seed(7)
+    sae = build_sae(make_config("topk", d_sae=24, k=3, d_in=8, seed=5)).eval()
+    act = torch.randn(2, 5, 8)
+    source = torch.randn(2, 8)
+    pos = torch.tensor([1, 3])
+    with torch.no_grad():
+        lossy = sae.decode(sae.encode(act[[0, 1], pos]))
+        assert (lossy - act[[0, 1], pos]).norm() > 0.1  # the SAE does lose something
+        for m, expected in ((0.0, lossy), (1.0, sae.decode(sae.encode(source)))):
+            out = intervention_hook(sae, torch.full((24,), m), source, pos)(act)
+            assert torch.allclose(out[[0, 1], pos], expected, atol=1e-6)
+            keep = torch.ones(2, 5, dtype=torch.bool)
+            keep[[0, 1], pos] = False
+            assert torch.equal(out[keep], act[keep])

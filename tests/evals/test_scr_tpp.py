@@ -154,7 +154,10 @@ def test_effects_rank_and_clamp_as_saebench():
     tpp = latent_effects(f_pos, f_neg, w, W_dec, scr=False)
     assert tpp.tolist() == [4.0, 0.0, 2.0, 0.0]
     assert top_latents(scr, 2).tolist() == [0, 1]
-    assert top_latents(tpp, 10).tolist() == [0, 2]  # zero effects are never ablated
+    assert top_latents(tpp, 10).tolist() == [0, 2]  # k = min(n, nonzero effects)
+    # A negative TPP effect (the clamped difference times a negative w·W_dec): k counts it,
+    # but the top k are taken over every latent, so a zero effect ranks above it (SAEBench).
+    assert top_latents(torch.tensor([4.0, 0.0, -1.0, 0.0, 2.0]), 10).tolist() == [0, 4, 1]
 
 
 def test_ablation_matches_decoding_each_token_with_the_error_kept():
