@@ -248,6 +248,18 @@ def test_metric_table_names_metrics_in_full_with_definitions():
     assert list(frame.loc["core / fvu", ["sae-a", "sae-b"]]) == ["0.2 ± 0.05", "★ 0.1 [0.09, 0.2]"]
 
 
+def test_spread_panels_open_on_each_evals_headline_metric():
+    from saelab.app.views.compare import HEADLINES, default_spreads
+
+    per_attribute = [f"ravel / ravel_cause_{a}" for a in ("continent", "country", "language")]
+    stored = [*per_attribute, "ravel / ravel_disentangle", "scr / scr_dir1_threshold_2",
+              "scr / scr_metric_threshold_20", "stability / shared_fraction", "tpp / tpp_x"]  # fmt: skip
+    shown = default_spreads(dict.fromkeys(stored), n=5)
+    headline = [m for m in HEADLINES if m in stored]
+    assert len(headline) == 3 and shown[:3] == headline  # the headlines first, in their order
+    assert shown[3:] == sorted(set(stored) - set(headline))[:2]  # then the rest by name
+
+
 def test_searches_span_every_sae(app_db):
     from saelab import resultstore as results
 
