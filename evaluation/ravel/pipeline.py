@@ -23,7 +23,7 @@ from saelab.evaluation.ravel.prompts import (
     pad_left,
     pad_token,
 )
-from saelab.evaluation.ravel.scores import Outcomes, attribute_pairs, slug
+from saelab.evaluation.ravel.scores import Outcomes, attribute_pairs, slug, split_pairs
 
 
 @dataclass
@@ -94,15 +94,14 @@ def run_ravel(
     pad = pad_token(model.tokenizer)
     for a in table.attributes:
         pairs = attribute_pairs(kept, a, table.attributes, s.n_pairs, rng)
-        n_train = int(len(pairs) * s.train_fraction)
-        train, test = pairs[:n_train], pairs[n_train:]
+        train, test = split_pairs(pairs, s.train_fraction)
         for kind, is_cause in (("cause", True), ("isolation", False)):
             if not any(p.cause == is_cause for p in test):
                 # A score of no pairs would be stored as 0 with a (0, 0) interval.
                 raise UserError(
-                    f"RAVEL: the attribute {a!r} has no held-out {kind} pairs ({len(pairs)} "
-                    f"pairs, train fraction {s.train_fraction}); raise `n_pairs` or "
-                    "`n_entities`, or lower `train_fraction`"
+                    f"RAVEL: the attribute {a!r} has no {kind} pairs ({len(pairs)} pairs in "
+                    "all: too few entities answered correctly with distinct values); raise "
+                    "`n_entities` or `n_pairs`"
                 )
         batches = [
             _batch(kept, states, train[i : i + s.batch_size], pad, device)

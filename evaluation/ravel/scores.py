@@ -42,6 +42,22 @@ def attribute_pairs(
     return pairs
 
 
+def split_pairs(pairs: list[Pair], train_fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """Training and held-out pairs, in their shuffled order. Each kind (cause, isolation) is
+    cut at `train_fraction` on its own, keeping at least one pair of a kind with two or more
+    held out. SAEBench cuts the shuffled list once; at small `n_pairs` that can leave a kind
+    with no held-out pair, whose score would then be a mean of nothing."""
+    held: set[int] = set()
+    for kind in (True, False):
+        index = [i for i, p in enumerate(pairs) if p.cause == kind]
+        n_train = int(len(index) * train_fraction)
+        if len(index) >= 2:
+            n_train = min(n_train, len(index) - 1)
+        held.update(index[n_train:])
+    train = [p for i, p in enumerate(pairs) if i not in held]
+    return train, [p for i, p in enumerate(pairs) if i in held]
+
+
 @dataclass
 class Outcomes:
     """Whether each held-out pair's intervened answer was the expected one, per attribute."""

@@ -257,3 +257,16 @@ def test_the_intervention_decodes_without_the_error_term():
             keep = torch.ones(2, 5, dtype=torch.bool)
             keep[[0, 1], pos] = False
             assert torch.equal(out[keep], act[keep])
+
+
+def test_held_out_pairs_hold_both_kinds_in_their_shuffled_order():
+    from saelab.evaluation.ravel.mask import Pair
+    from saelab.evaluation.ravel.scores import split_pairs
+
+    kinds = [True, True, False, True, False, True, True]  # 5 cause, 2 isolation pairs
+    pairs = [Pair(i, i + 1, cause, 0, "v") for i, cause in enumerate(kinds)]
+    train, test = split_pairs(pairs, 0.7)
+    assert [p.base for p in train] == [0, 1, 2, 3]  # int(5 * .7) = 3 cause, 1 of 2 isolation
+    assert [p.base for p in test] == [4, 5, 6]
+    train, test = split_pairs(pairs, 0.99)  # a kind of two or more always keeps one held out
+    assert {p.cause for p in test} == {True, False} and len(test) == 2
