@@ -125,6 +125,7 @@ READS = frozenset(
         "search_token", "search_ranges", "scorer_names", "list_circuits", "circuit_nodes",
         "circuit_edges", "circuit_curves", "steering_runs", "steering_samples",
         "shift_runs", "shift_accuracies", "shift_features",
+        "graph_runs", "graph_nodes", "graph_edges", "feature_heads",
     }
 )  # fmt: skip
 """The results store's reads the pages use (and nothing that writes)."""

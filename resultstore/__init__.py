@@ -56,6 +56,16 @@ from saelab.resultstore.features import (
     feature_stats_exist,
     random_feature,
 )
+from saelab.resultstore.graphs import (
+    GRAPH_TABLES,
+    NODE_KINDS,
+    graph_edges,
+    graph_id,
+    graph_nodes,
+    graph_runs,
+    write_graph,
+)
+from saelab.resultstore.heads import feature_heads, write_feature_heads
 from saelab.resultstore.overview import PREFERRED_EVALS, sae_overview
 from saelab.resultstore.rows import (
     ROWS,
@@ -68,9 +78,13 @@ from saelab.resultstore.rows import (
     EvalRunRow,
     ExplanationRow,
     FeatureExampleRow,
+    FeatureHeadRow,
     FeatureHistogramRow,
     FeatureLogitRow,
     FeatureRow,
+    GraphEdgeRow,
+    GraphNodeRow,
+    GraphRunRow,
     LatentMetricRow,
     LLMCacheRow,
     MetricRow,
@@ -142,6 +156,9 @@ __all__ = [
     "stored_explanation",
     "SHIFT_TABLES", "ShiftAccuracyRow", "ShiftFeatureRow", "ShiftRunRow", "shift_accuracies",
     "shift_features", "shift_run_id", "shift_runs", "write_shift",
+    "GRAPH_TABLES", "GraphEdgeRow", "GraphNodeRow", "GraphRunRow", "NODE_KINDS", "graph_edges",
+    "graph_id", "graph_nodes", "graph_runs", "write_graph",
+    "FeatureHeadRow", "feature_heads", "write_feature_heads",
     "token_ids_for", "token_strings", "verified_folder", "write_circuit", "write_eval_run",
     "write_interp_batch", "write_steering_runs", "write_vocab",
 ]  # fmt: skip

@@ -582,11 +582,122 @@ class ShiftFeatureRow(Row):
     """What it answered."""
 
 
+# -- attribution graphs and attention heads (issue 27) ---------------------------------------
+
+
+@dataclass
+class GraphRunRow(Row):
+    """One attribution graph: its prompt, targets, dictionaries, budgets and scores."""
+
+    TABLE: ClassVar[str] = "graph_runs"
+    KEY: ClassVar[tuple[str, ...]] = ("graph_id",)
+    AUTO_NOW: ClassVar[tuple[str, ...]] = ("created_at",)
+
+    graph_id: str
+    model: str
+    model_sha256: str
+    prompt: str
+    tokens: list[int]
+    """The prompt's token ids (BOS included when the model prepends one)."""
+    token_strs: list[str]
+    targets: list[int]
+    """The output token ids whose logits the graph explains."""
+    target_strs: list[str]
+    target_probs: list[float]
+    sae_ids: list[str]
+    hooks: list[str]
+    """Each dictionary's input hook, in the order of `sae_ids`."""
+    dictionary: str
+    """What replaced the MLPs: transcoders, cross-layer transcoder, ..."""
+    node_budget: int
+    edge_budget: int
+    n_nodes_total: int
+    """Nodes of the unpruned graph."""
+    n_nodes: int
+    n_edges: int
+    replacement_score: float
+    """circuit-tracer's replacement score of the unpruned graph (1: no error reaches the
+    targets)."""
+    completeness_score: float
+    replacement_score_pruned: float
+    completeness_score_pruned: float
+    config_json: str
+    config_hash: str
+    seconds: float
+    saelab_version: str
+    created_at: Timestamp | None = None
+
+    @property
+    def config(self) -> dict:
+        return _json(self.config_json) or {}
+
+
+@dataclass
+class GraphNodeRow(Row):
+    """A node kept in a pruned graph."""
+
+    TABLE: ClassVar[str] = "graph_nodes"
+    KEY: ClassVar[tuple[str, ...]] = ("graph_id", "node")
+
+    graph_id: str
+    node: str
+    """Unique within the graph, e.g. `L3.f1234@5`, `err.L3@5`, `emb@5`, `logit.1234`."""
+    kind: str
+    """latent, error, embedding or logit."""
+    layer: int
+    """The dictionary's layer; -1 for embeddings, n_layers for logits."""
+    pos: int
+    """Token position (the last position for logits)."""
+    feature: int | None
+    """The latent's index (latents), or the token id (embeddings, logits)."""
+    sae_id: str | None
+    hook: str | None
+    activation: float | None
+    """The latent's activation (latents), the error's norm (errors), the target's probability
+    (logits)."""
+    influence: float
+    """Its total influence on the targets (the pruning score)."""
+    label: str | None
+    """The token at an embedding or logit; else None."""
+
+
+@dataclass
+class GraphEdgeRow(Row):
+    """A direct linear effect of one node on another in the frozen replacement model."""
+
+    TABLE: ClassVar[str] = "graph_edges"
+    KEY: ClassVar[tuple[str, ...]] = ("graph_id", "source", "target")
+
+    graph_id: str
+    source: str
+    target: str
+    weight: float
+
+
+@dataclass
+class FeatureHeadRow(Row):
+    """How much of an attention SAE's latent comes from one head."""
+
+    TABLE: ClassVar[str] = "feature_heads"
+    KEY: ClassVar[tuple[str, ...]] = ("sae_id", "feature", "head")
+
+    sae_id: str
+    feature: int
+    head: int
+    norm_share: float
+    """The head's share of the latent's decoder norm (squared norms over heads sum to 1)."""
+    dfa_share: float | None
+    """The head's mean share of the latent's direct feature attribution (the linear encoder
+    contributions of each head's z) over its top examples; None without examples."""
+    n_examples: int
+
+
 ROWS: tuple[type[Row], ...] = (
     SchemaInfoRow, SAERow, EvalRunRow, MetricRow, FeatureRow, FeatureExampleRow,
     FeatureHistogramRow, FeatureLogitRow, VocabRow, ExplanationRow, ScoreRow, AutointerpRunRow,
     LLMCacheRow, SteeringRunRow, SteeringSampleRow, CircuitRow, CircuitNodeRow, CircuitEdgeRow,
-    CircuitCurveRow, LatentMetricRow, ShiftRunRow, ShiftAccuracyRow, ShiftFeatureRow,
+    CircuitCurveRow, LatentMetricRow, ShiftRunRow, ShiftAccuracyRow, ShiftFeatureRow, GraphRunRow,
+    GraphNodeRow, GraphEdgeRow, FeatureHeadRow,
 )  # fmt: skip
 """Every table's row class."""
 TABLES: dict[str, type[Row]] = {cls.TABLE: cls for cls in ROWS}

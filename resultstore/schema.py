@@ -146,6 +146,29 @@ MIGRATIONS: list[list[str]] = [
             corr_profession DOUBLE, description VARCHAR, answer VARCHAR,
             PRIMARY KEY (run_id, kind, hook, feature))""",
     ],
+    [  # issue 27: attribution graphs
+        """CREATE TABLE graph_runs (
+            graph_id VARCHAR PRIMARY KEY, model VARCHAR, model_sha256 VARCHAR, prompt VARCHAR,
+            tokens INTEGER[], token_strs VARCHAR[], targets INTEGER[], target_strs VARCHAR[],
+            target_probs DOUBLE[], sae_ids VARCHAR[], hooks VARCHAR[], dictionary VARCHAR,
+            node_budget INTEGER, edge_budget INTEGER, n_nodes_total INTEGER, n_nodes INTEGER,
+            n_edges INTEGER, replacement_score DOUBLE, completeness_score DOUBLE,
+            replacement_score_pruned DOUBLE, completeness_score_pruned DOUBLE,
+            config_json VARCHAR, config_hash VARCHAR, seconds DOUBLE, saelab_version VARCHAR,
+            created_at TIMESTAMP)""",
+        """CREATE TABLE graph_nodes (
+            graph_id VARCHAR, node VARCHAR, kind VARCHAR, layer INTEGER, pos INTEGER,
+            feature INTEGER, sae_id VARCHAR, hook VARCHAR, activation DOUBLE, influence DOUBLE,
+            label VARCHAR, PRIMARY KEY (graph_id, node))""",
+        """CREATE TABLE graph_edges (
+            graph_id VARCHAR, source VARCHAR, target VARCHAR, weight DOUBLE,
+            PRIMARY KEY (graph_id, source, target))""",
+    ],
+    [  # issue 27: attention SAEs' latents attributed to heads
+        """CREATE TABLE feature_heads (
+            sae_id VARCHAR, feature INTEGER, head INTEGER, norm_share DOUBLE, dfa_share DOUBLE,
+            n_examples INTEGER, PRIMARY KEY (sae_id, feature, head))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
