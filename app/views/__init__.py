@@ -6,6 +6,7 @@ PAGES = (
     "saelab.app.views.feature",
     "saelab.app.views.search",
     "saelab.app.views.circuits",
+    "saelab.app.views.graph",
     "saelab.app.views.steering",
     "saelab.app.views.compare",
 )
