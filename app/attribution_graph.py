@@ -175,8 +175,9 @@ class Pruning:
     """What the drawing keeps of the stored graph."""
 
     node_threshold: float = 0.8
-    """Keep the most influential nodes that together carry this fraction of the graph's total
-    |influence| (1: every node). Logit nodes are always kept."""
+    """Keep the most influential latent and error nodes that together carry this fraction of
+    their total |influence| (1: every node). Token embeddings and logits, the graph's inputs
+    and outputs, pass always."""
     edge_threshold: float = 0.98
     """Of the edges between kept nodes, keep the strongest that together carry this fraction
     of their total |weight| (1: every one)."""
@@ -208,11 +209,12 @@ def prune(
     """The nodes and edges the drawing keeps (nodes most influential first, edges strongest
     first)."""
     logits = [n for n in nodes if n.kind == "logit"]
+    ends = {n.node for n in nodes if n.kind in ("embedding", "logit")}
     others = sorted(
-        (n for n in nodes if n.kind != "logit"), key=lambda n: (-abs(n.influence), n.node)
+        (n for n in nodes if n.node not in ends), key=lambda n: (-abs(n.influence), n.node)
     )
     cut = _cumulative_cut([abs(n.influence) for n in others], pruning.node_threshold)
-    kept = {n.node for n in logits} | {n.node for n in others[:cut]}
+    kept = ends | {n.node for n in others[:cut]}
     between = sorted(
         (e for e in edges if e.source in kept and e.target in kept),
         key=lambda e: (-abs(e.weight), e.source, e.target),
@@ -386,7 +388,7 @@ def figure(graph: Layout, title: str | None = None):
         zeroline=False,
     )
     fig.update_yaxes(
-        range=[-0.6, max(len(graph.layers), 1) - 0.4],
+        range=[-0.6, max(len(graph.layers), 1) - (0.1 if graph.n_layers is not None else 0.4)],
         tickvals=list(range(len(graph.layers))),
         ticktext=[layer_name(layer, graph.n_layers) for layer in graph.layers],
         showgrid=True,
@@ -397,7 +399,7 @@ def figure(graph: Layout, title: str | None = None):
         title=title
         or "Attribution graph (rows: layers, columns: tokens; size: influence; "
         "edges blue +, red −)",
-        height=max(440, 170 + 62 * len(graph.layers)),
+        height=max(440, 170 + (62 if len(graph.layers) <= 12 else 44) * len(graph.layers)),
         legend={"orientation": "h", "y": -0.12 if n_cols <= 12 else -0.22},
         margin={"t": 60, "l": 80},
         plot_bgcolor="white",

@@ -198,7 +198,7 @@ def _pick_node(graph: ag.Layout, clicked: str | None) -> ag.Node | None:
 
 def _node_panel(graph: ag.Layout, node: ag.Node) -> None:
     r = node.row
-    st.subheader(node.label)
+    st.subheader(markdown_literal(node.label))
     what = {
         "embedding": f"The embedding of token {ag.token_text(r.label or '')} (id {r.feature}) at "
         f"position {r.pos}.",

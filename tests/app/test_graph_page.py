@@ -105,14 +105,15 @@ def store_graph(path, graph) -> None:
 
 
 def brute_force_prune(nodes, edges, node_t, edge_t):
-    """The reference: the smallest set of non-logit nodes, most influential first, whose
-    influence reaches the share (checked over every prefix length), then the same for edges;
-    isolated non-logit nodes dropped."""
-    others = sorted((n for n in nodes if n.kind != "logit"), key=lambda n: (-n.influence, n.node))
+    """The reference: embeddings and logits, and the smallest set of the other nodes, most
+    influential first, whose influence reaches the share (checked over every prefix length),
+    then the same for edges; isolated nodes (not logits) dropped."""
+    ends = {n.node for n in nodes if n.kind in ("embedding", "logit")}
+    others = sorted((n for n in nodes if n.node not in ends), key=lambda n: (-n.influence, n.node))
     total = sum(n.influence for n in others)
     k = next(i for i in range(len(others) + 1)
              if sum(n.influence for n in others[:i]) >= node_t * total - 1e-12)  # fmt: skip
-    kept = {n.node for n in others[:k]} | {n.node for n in nodes if n.kind == "logit"}
+    kept = {n.node for n in others[:k]} | ends
     between = sorted((e for e in edges if e.source in kept and e.target in kept),
                      key=lambda e: (-abs(e.weight), e.source, e.target))  # fmt: skip
     total_w = sum(abs(e.weight) for e in between)
@@ -132,6 +133,9 @@ def test_prune_matches_a_brute_force_reference(node_t, edge_t):
     assert {n.node for n in kept_nodes} == want_nodes
     assert {(e.source, e.target) for e in kept_edges} == want_edges
     assert {"logit.3681", "logit.260"} <= want_nodes  # targets always stay
+    assert {n.node for n in kept_nodes if n.kind == "embedding"} == {
+        e.source for e in kept_edges if e.source.startswith("emb@")
+    }  # every embedding an edge leaves from
     if node_t == 1.0 and edge_t == 1.0:
         assert len(kept_edges) == len(edges)
     capped = ag.prune(nodes, edges, ag.Pruning(node_t, edge_t, max_edges=7, drop_isolated=False))
@@ -277,6 +281,8 @@ def test_graph_page_draws_the_graph_and_shows_a_latents_dashboard(graph_db, monk
     at.selectbox(key="graph_node").set_value(planted.node).run()
     assert not at.exception, at.exception
     assert at.query_params["node"] == planted.node
+    assert at.subheader[0].value.startswith(f"L{planted.layer} \\#17 @{planted.pos}")
+    assert "\\<b\\>bold" in at.subheader[0].value  # shown literally, never as markup
     blocks = "\n".join(str(e.proto.body) for e in at.get("html"))
     assert html.escape(BOLD_EXPLANATION) in blocks and BOLD_EXPLANATION not in blocks
     assert "saelab-window" in blocks  # its top examples
