@@ -404,6 +404,7 @@ def figure(graph: Layout, title: str | None = None):
         margin={"t": 60, "l": 80},
         plot_bgcolor="white",
         clickmode="event+select",
+        hovermode="closest",
         dragmode="pan",
     )
     return fig

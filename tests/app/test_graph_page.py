@@ -350,20 +350,30 @@ def test_graph_page_in_a_browser(browser, graph_db, tmp_path):  # noqa: F811
         main = page_.inner_text("[data-testid=stMain]")
         assert "Attribution graphs" in main and SCRIPT_PROMPT_TOKEN in main
         points = page_.locator(".js-plotly-plot .scatterlayer .trace .points path")
+        points.first.wait_for(timeout=20_000)  # plotly draws after the script has finished
         assert points.count() > 20
         shot = tmp_path / "graph_page.png"
         page_.set_viewport_size({"width": 1400, "height": 2600})  # Streamlit scrolls inside
         page_.wait_for_timeout(800)
         page_.screenshot(path=str(shot))
-        before = page_.get_by_role("combobox", name="Node", exact=True).input_value()
-        # click a marker other than the selected one: the node panel follows
-        for i in range(points.count()):
+        picker = page_.get_by_role("combobox", name="Node", exact=True)
+        before = picker.input_value()
+        # click markers until one other than the selected node is hit: the picker follows
+        changed = False
+        for i in range(min(points.count(), 6)):
             points.nth(i).click(force=True)
-            page_.wait_for_timeout(1500)
-            settle(page_, "Strongest inputs")
-            if page_.get_by_role("combobox", name="Node", exact=True).input_value() != before:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not changed:
+                page_.wait_for_timeout(250)
+                changed = picker.input_value() != before
+            if changed:
+                print(f"marker {i} clicked: node {picker.input_value()!r}")
                 break
-        assert page_.get_by_role("combobox", name="Node", exact=True).input_value() != before
+        assert changed, f"no click on a marker changed the node from {before!r}"
+        settle(page_, "Strongest inputs")
+        assert picker.input_value().split(" · influence")[0] in page_.inner_text(
+            "[data-testid=stMain] h3"
+        )
         assert page_.evaluate("window.__xss") is None
         assert page_.locator("[data-testid=stMain] script").count() == 0
         assert not page_.errors, page_.errors
