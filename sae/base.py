@@ -57,6 +57,9 @@ class StepContext:
     grad: Tensor | None = None
     """`[batch, d_in]`: ∂(LM loss)/∂x of each row, in the units of the (normalised) inputs, when
     the source gives it (the live loader; g-SAE selects with it); None otherwise."""
+    target: Tensor | None = None
+    """`[batch, d_out]`: what a transcoder reconstructs for each row (its target hook's
+    activations, in training units); None for an SAE, which reconstructs its input."""
 
 
 @dataclass

@@ -64,10 +64,13 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
 
-def saelens_cfg(sae: SAE, scale: float, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """cfg.json: SAELens's fields, then saelab's own block."""
+def saelens_cfg(
+    sae: SAE, scale: float, meta: dict[str, Any] | None = None, target_scale: float | None = None
+) -> dict[str, Any]:
+    """cfg.json: SAELens's fields, then saelab's own block. A transcoder's `hook_name` is its
+    input hook; its block adds `target_hook`, `d_out` and the folded target scale."""
     meta = meta or {}
-    hook = meta.get("hook_name")
+    hook = meta.get("hook_name") or getattr(sae, "input_hook", None)
     cfg: dict[str, Any] = {
         "architecture": sae.saelens_architecture,
         "d_in": sae.d_in,
@@ -95,17 +98,31 @@ def saelens_cfg(sae: SAE, scale: float, meta: dict[str, Any] | None = None) -> d
         "step": meta.get("step"),
         "provenance": {k: v for k, v in meta.items() if k not in _BLOCK_KEYS},
     }
+    if hasattr(sae, "target_hook"):
+        cfg["saelab"]["target_hook"] = sae.target_hook
+        cfg["saelab"]["d_out"] = sae.d_out
+        cfg["saelab"]["folded_target_scale"] = scale if target_scale is None else target_scale
     return cfg
 
 
-def save_sae(sae: SAE, folder: str | Path, scale: float = 1.0, meta: dict | None = None) -> Path:
-    """Write an SAE folder that works on raw activations (scale folded in)."""
+def save_sae(
+    sae: SAE,
+    folder: str | Path,
+    scale: float = 1.0,
+    meta: dict | None = None,
+    target_scale: float | None = None,
+) -> Path:
+    """Write an SAE folder that works on raw activations (scale folded in). `target_scale`:
+    a transcoder's training scale of its target (None: `scale`)."""
     folder = Path(folder)
-    tensors = {
-        k: v.detach().float().cpu().contiguous() for k, v in sae.checkpoint_tensors(scale).items()
-    }
+    raw = (
+        sae.checkpoint_tensors(scale)
+        if target_scale is None
+        else sae.checkpoint_tensors(scale, target_scale)  # type: ignore[call-arg]
+    )
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in raw.items()}
     atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
-    write_json(folder / CFG_FILE, saelens_cfg(sae, scale, meta))
+    write_json(folder / CFG_FILE, saelens_cfg(sae, scale, meta, target_scale))
     return folder
 
 
@@ -183,6 +200,8 @@ def _build_from_block(block: dict, folder: str | Path) -> SAE:
             f"{cfg_path} lacks a valid {' and '.join(missing)} in its saelab config; "
             "the file is damaged: restore it or train again"
         )
+    if "input_hook" in config and not config.get("input_hook"):  # a transcoder's input hook
+        config = {**config, "input_hook": block.get("hook_name")}
     cfg = config_from_dict({**config, "architecture": arch})
     return REGISTRY[arch](cfg)
 

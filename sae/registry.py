@@ -28,6 +28,7 @@ BUILTIN = (
     "saelab.sae.architectures.feature_choice:FeatureChoiceSAE",
     "saelab.sae.architectures.mp:MPSAE",
     "saelab.sae.architectures.gsae:GSAE",
+    "saelab.sae.architectures.transcoder:Transcoder",
 )
 """The built-in architectures (module:class), in the order they are listed."""
 
