@@ -45,7 +45,10 @@ def run(ctx: EvalContext) -> EvalResult:
             break
     toks = torch.from_numpy(np.concatenate(tokens)[: s.sequences]).long().to(ctx.device)
     mask = torch.from_numpy(np.concatenate(masks)[: s.sequences]).to(ctx.device)
-    stats = loss_stats(ctx.model.bridge, ctx.hook, lambda x: ctx.sae(x), toks, mask)
+    # x is [N, *per-token shape]: per-head hooks (attn.hook_z) are read flattened, as stored
+    stats = loss_stats(
+        ctx.model.bridge, ctx.hook, lambda x: ctx.sae(x.flatten(1)).view_as(x), toks, mask
+    )
     conventions = {
         "split": s.split,
         "sequences": len(toks),
