@@ -115,3 +115,18 @@ def test_batched_exact_patching_of_attention_latents(attn_spliced, sva_small):
         single = exact_effect(attn_spliced, tokens, metric, Z, delta, base)
         torch.testing.assert_close(batched[j], single, rtol=1e-4, atol=1e-4)
     assert isinstance(keys[0], NodeKey)
+
+
+def test_edges_from_attention_latents_batched_equal_looped(attn_spliced, sva_small):
+    from saelab.circuits.edges import edge_effects
+    from tests.circuits.test_edges import _setup
+
+    tokens, states, grads, sides, kept = _setup(attn_spliced, sva_small, per_position=True)
+    batched = edge_effects(attn_spliced, tokens, states, grads, sides, kept, batch=16)
+    looped = edge_effects(attn_spliced, tokens, states, grads, sides, kept, batch=16, batched=False)
+    a = {(e.up, e.down): e.effect for e in batched}
+    b = {(e.up, e.down): e.effect for e in looped}
+    assert a.keys() == b.keys()
+    assert max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in a) < 1e-3
+    from_z = [e for e in batched if e.up.hook == Z and e.effect != 0]
+    assert {e.down.hook for e in from_z} == {"blocks.2.hook_mlp_out", "blocks.3.hook_resid_post"}
