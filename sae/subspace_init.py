@@ -54,7 +54,7 @@ def variance_rank(x: Tensor, fraction: float = 0.99) -> int:
 def init_in_active_subspace_(sae, x: Tensor, dim: int) -> None:
     """Move the decoder rows of a freshly built `sae` (and its encoder, their transpose) into
     the active subspace of `x [N, d_in]` (see the module docstring)."""
-    if sae.W_dec.shape[1] != sae.d_in:
+    if sae.W_dec.shape[1] != sae.d_in or getattr(sae.cfg, "target_hook", None):
         raise UserError(
             "active_subspace_dim applies to SAEs that reconstruct their input; a transcoder's "
             "decoder writes another hook"
