@@ -143,3 +143,38 @@ def test_an_sae_on_another_hook_is_skipped():
     ctx = EvalContext(sae, None, "blocks.1.hook_resid_post", HeadsSettings(), None, "x", 0.1)
     with pytest.raises(EvalSkipped, match="attn.hook_z"):
         SPEC.run(ctx)
+
+
+def test_loss_eval_splices_an_attention_sae_at_hook_z(z_store, model, tmp_path):
+    """The loss eval on a per-head hook: its CE with the SAE spliced equals a direct run of the
+    model with hook_z replaced, head shape restored, at the non-BOS positions."""
+    from saelab.activations.store import ActivationStore
+
+    sae = seeded_sae(2)
+    folder = save_sae(
+        sae, tmp_path / "zsae", meta={"hook_name": HOOK, "model_name": "smollm2-135m"}
+    )
+    cfg = EvalConfig(
+        sae=str(folder), acts=z_store, db=str(tmp_path / "r.duckdb"), evals=["loss"],
+        settings={"loss": {"sequences": 2, "split": "all"}},
+    )  # fmt: skip
+    got = evaluate(cfg, model=model, log=lambda *_: None)[folder.name]["loss"]
+
+    store = ActivationStore(z_store)
+    chunk = store.committed_chunks()[0]
+    tokens = torch.from_numpy(store.read_tokens(chunk)[:2]).long()
+    mask = torch.from_numpy(store.token_mask(chunk)[:2])
+
+    def replace(act, hook=None):
+        out = act.clone()
+        flat = act.reshape(*act.shape[:2], -1)
+        recon = sae(flat).reshape(act.shape)
+        out[mask] = recon[mask]
+        return out
+
+    with torch.no_grad():
+        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=[(HOOK, replace)])
+    logp = logits.double().log_softmax(-1)[:, :-1]
+    ce = float(-logp.gather(-1, tokens[:, 1:, None]).mean())
+    assert got["ce_sae"] == pytest.approx(ce, rel=1e-4)
+    assert abs(got["ce_sae"] - got["ce_clean"]) > 1e-3  # the splice changed the model
