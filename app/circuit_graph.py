@@ -17,8 +17,10 @@ Explanations = dict[tuple[str, int], str]
 LABEL_EXPLANATION_CHARS = 24
 """How much of a latent's explanation a node label shows."""
 
-SUBMODULE_ORDER = {"attn_out": 0, "mlp_out": 1, "resid_pre": 2, "resid_mid": 2, "resid_post": 3}
-"""Where a hook's submodule stands within its layer."""
+SUBMODULE_ORDER = {
+    "z": 0, "attn_out": 1, "mlp_out": 2, "resid_pre": 3, "resid_mid": 3, "resid_post": 4
+}  # fmt: skip
+"""Where a hook's submodule stands within its layer (`z`: an attention SAE's heads, before W_O)."""
 
 
 @dataclass
@@ -104,7 +106,7 @@ def build_graph(
             graph.edges.append((up, down, e.effect))
     graph.columns = sorted(
         {(n.row.layer, n.row.submodule) for n in kept},
-        key=lambda c: (c[0], SUBMODULE_ORDER.get(c[1], 4), c[1]),
+        key=lambda c: (c[0], SUBMODULE_ORDER.get(c[1], 5), c[1]),
     )
     for x, col in enumerate(graph.columns):
         members = sorted(

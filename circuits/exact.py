@@ -38,7 +38,6 @@ def exact_node_effects(
 ) -> Tensor:
     """Exact effect of patching each node alone, per prompt: `[len(keys), B]`."""
     B, T = tokens.shape
-    d = spliced.model.d_model
     base = metric_values(spliced, tokens, metric)
     out = []
     for start in range(0, len(keys), batch):
@@ -46,7 +45,7 @@ def exact_node_effects(
         n = len(chunk)
         deltas: dict[str, Tensor] = {}
         for j, key in enumerate(chunk):
-            delta = deltas.setdefault(key.hook, torch.zeros(n * B, T, d))
+            delta = deltas.setdefault(key.hook, torch.zeros(n * B, T, spliced.width(key.hook)))
             delta[j * B : (j + 1) * B] = key_delta(spliced, key, states, sides)
         edits = {h: (lambda x, dl=dl: x + dl) for h, dl in deltas.items()}
         values = metric_values(spliced, tokens.repeat(n, 1), metric, edits).view(n, B)

@@ -43,6 +43,7 @@ class NeuronBasis(nn.Module):
 
 def neuron_spliced(model, hooks: list[str], selection: str = "frozen"):
     """A SplicedModel with the neuron basis at each hook."""
-    from saelab.circuits.splice import SplicedModel
+    from saelab.circuits.splice import SplicedModel, hook_width
 
-    return SplicedModel(model, {h: NeuronBasis(model.d_model) for h in hooks}, selection=selection)
+    bases = {h: NeuronBasis(hook_width(model, h)) for h in hooks}
+    return SplicedModel(model, bases, selection=selection)

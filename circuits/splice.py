@@ -6,6 +6,12 @@ the hook outputs x̂ + ε. The spliced model therefore computes the original mod
 (up to float rounding), and gradients reach both f and ε: ∂m/∂ε is the gradient at the hook's
 output g, and ∂m/∂f_i = g · W_dec[i] (the decoder is affine in f).
 
+An attention SAE is spliced at `blocks.L.attn.hook_z` (`[B, T, n_heads, d_head]`, before the
+output projection W_O): every edit here sees it flattened to `[B, T, n_heads · d_head]`, the
+heads concatenated as the SAE reads them and as the activation store holds them, and its
+result is put back in the per-head shape, so the SAE's output and its error term reach the
+residual stream through W_O like the heads' own output.
+
 Hooks are installed by `hooks()`, a context manager that removes them on the way out, also when
 the body raises. Nothing here knows about tasks or circuits; steering may reuse it.
 """
@@ -29,9 +35,13 @@ SELECTIONS = ("frozen", "reselect")
 changed: `frozen` keeps the clean run's active latents (their values follow the input; no other
 latent turns on or off), `reselect` runs the SAE's own selection again (TopK picks a new top k)."""
 
-SUBMODULES = {"hook_attn_out": 0, "hook_mlp_out": 1, "hook_resid_post": 2}
-"""The hooks an SAE may be spliced at, in their order inside one block."""
-_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_attn_out|hook_mlp_out|hook_resid_post)$")
+SUBMODULES = {"attn.hook_z": 0, "hook_attn_out": 1, "hook_mlp_out": 2, "hook_resid_post": 3}
+"""The hooks an SAE may be spliced at, in their order inside one block (the heads' outputs
+`attn.hook_z` come before the output projection that makes `hook_attn_out`)."""
+_HOOK = re.compile(r"^blocks\.(\d+)\.(attn\.hook_z|hook_attn_out|hook_mlp_out|hook_resid_post)$")
+_LABELS = ("z", "attn", "mlp", "resid")
+_PER_HEAD = re.compile(r"\.attn\.hook_(z|q|k|v|result)$")
+"""Hooks whose activation is `[batch, pos, n_heads, d_head]`: edits see them flattened."""
 
 HookEdit = Callable[[Tensor], Tensor | None]
 """A hook function on the activation `[batch, pos, d]`: returns a replacement or None."""
@@ -43,15 +53,37 @@ def hook_order(hook: str) -> tuple[int, int]:
     if not match:
         raise UserError(
             f"cannot splice an SAE at {hook!r}: circuits use blocks.L.hook_resid_post, "
-            "blocks.L.hook_attn_out or blocks.L.hook_mlp_out"
+            "blocks.L.hook_attn_out, blocks.L.hook_mlp_out or blocks.L.attn.hook_z"
         )
     return int(match.group(1)), SUBMODULES[match.group(2)]
 
 
 def hook_label(hook: str) -> str:
-    """Short name for displays: `resid_2`, `mlp_4`, `attn_3`."""
+    """Short name for displays: `resid_2`, `mlp_4`, `attn_3`, `z_3` (the heads' outputs)."""
     layer, place = hook_order(hook)
-    return f"{('attn', 'mlp', 'resid')[place]}_{layer}"
+    return f"{_LABELS[place]}_{layer}"
+
+
+def hook_width(model, hook: str) -> int:
+    """The activation width at a spliceable hook as edits see it: d_model, or
+    n_heads · d_head at `attn.hook_z` (the heads concatenated)."""
+    if hook_order(hook)[1] == SUBMODULES["attn.hook_z"]:
+        cfg = model.bridge.cfg
+        return cfg.n_heads * cfg.d_head
+    return model.d_model
+
+
+def per_token(name: str, edit: HookEdit) -> HookEdit:
+    """`edit` as a hook function on `name`'s activation: a per-head hook's `[B, T, H, d_head]`
+    is handed over as `[B, T, H · d_head]` and the result put back in its shape."""
+    if not _PER_HEAD.search(name):
+        return edit
+
+    def flat(act: Tensor) -> Tensor | None:
+        out = edit(act.flatten(2))
+        return None if out is None else out.reshape(act.shape)
+
+    return flat
 
 
 @contextlib.contextmanager
@@ -61,7 +93,8 @@ def hooks(bridge, edits: dict[str, HookEdit]) -> Iterator[None]:
     try:
         for name, edit in edits.items():
             point = bridge.hook_dict[name]
-            handle = point.add_hook(lambda act, hook, _edit=edit: _edit(act))
+            fn = per_token(name, edit)
+            handle = point.add_hook(lambda act, hook, _edit=fn: _edit(act))
             installed.append((point, handle))
         yield
     finally:
@@ -114,10 +147,11 @@ class SplicedModel:
                 f"unknown selection policy {self.selection!r}: choose {', '.join(SELECTIONS)}"
             )
         for hook, sae in self.saes.items():
-            if sae.d_in != self.model.d_model:
+            width = self.width(hook)
+            if sae.d_in != width:
                 raise UserError(
                     f"the SAE for {hook} reads width {sae.d_in} but {self.model.name} has "
-                    f"d_model {self.model.d_model}: it was trained on another model or hook"
+                    f"width {width} there: it was trained on another model or hook"
                 )
             sae.eval()
             for p in sae.parameters():
@@ -126,6 +160,10 @@ class SplicedModel:
     @property
     def hooks(self) -> list[str]:
         return list(self.saes)
+
+    def width(self, hook: str) -> int:
+        """The activation width at a spliced hook as edits see it (`hook_width`)."""
+        return hook_width(self.model, hook)
 
     @property
     def bridge(self):
@@ -188,7 +226,7 @@ class SplicedModel:
     def _held(self, hook: str, x: Tensor) -> tuple[Tensor, Tensor]:
         """The frozen active set and mask for x, repeated for stacked copies of the batch."""
         idx, mask, (B, T) = self._frozen[hook]
-        if x.dim() != 3 or x.shape[1] != T or x.shape[0] % B:
+        if x.dim() != 3 or x.shape[1] != T or x.shape[0] % B:  # per-head hooks come flat
             raise ValueError(
                 f"the frozen selection at {hook} holds a batch of {B} prompts x {T} tokens, got "
                 f"{tuple(x.shape[:-1])}: encode other prompts outside `frozen_at`"

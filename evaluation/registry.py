@@ -26,6 +26,7 @@ BUILTIN = (
     "saelab.evaluation.ravel:SPEC",
     "saelab.evaluation.unlearning:SPEC",
     "saelab.evaluation.stability:SPEC",
+    "saelab.evaluation.heads:SPEC",
 )
 """The built-in evals, in the order `saelab eval` runs and lists them."""
 ENTRY_POINT_GROUP = "saelab.evals"

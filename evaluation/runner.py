@@ -219,6 +219,8 @@ def _evaluate_one(
         if result.vocab is not None:
             results.write_vocab(db, model.weights_sha256, result.vocab)
         results.write_eval_run(db, record, run)
+        if result.feature_heads is not None:
+            results.write_feature_heads(db, record.sae_id, result.feature_heads)
         out[folder.name][spec.name] = result.metrics
         log(
             f"saelab eval: {folder.name} {spec.name}: "

@@ -58,6 +58,9 @@ class EvalResult:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Metric name -> (low, high): its 95% confidence interval over probe seeds, data splits or
     a bootstrap (the eval says which in `conventions["interval"]`); stored beside the value."""
+    feature_heads: list[Any] | None = None
+    """Per latent and head of an attention SAE (`saelab.resultstore.FeatureHeadRow`, the heads
+    eval): replaces the SAE's `feature_heads` rows after the run is written."""
 
 
 @dataclass

@@ -51,6 +51,13 @@ class SAEConfig:
     JumpReLU or Gated SAE, with half its latents active, overshoots the input several-fold."""
     dtype: str = "float32"
     """Parameter (master weight) dtype; keep float32 (bf16 autocast is a trainer option)."""
+    active_subspace_dim: int | None = None
+    """Active subspace initialisation (Wang et al. 2025; `sae/subspace_init.py`): start each
+    decoder row, and its encoder transpose, as a random direction in the span of the top
+    active_subspace_dim principal directions of the first sample (mean removed), where
+    low-rank activations such as attention outputs live; fewer latents die. None: random
+    directions of the whole space. The paper's guide: the dimensions holding 99% of the
+    variance (about half of d_in for attention outputs)."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -77,6 +84,13 @@ class SAEConfig:
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise UserError(
                 f"b_dec_init must be geometric_median, mean or zeros, got {self.b_dec_init!r}"
+            )
+        if self.active_subspace_dim is not None and not (
+            1 <= self.active_subspace_dim <= (self.d_in or self.active_subspace_dim)
+        ):
+            raise UserError(
+                f"active_subspace_dim must be between 1 and d_in ({self.d_in}), got "
+                f"{self.active_subspace_dim}"
             )
         if self.dtype != "float32":
             raise UserError("SAE parameters are kept in float32; use bf16 autocast instead")

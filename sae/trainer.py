@@ -43,6 +43,7 @@ from saelab.sae.optim import (
 )
 from saelab.sae.registry import build_sae
 from saelab.sae.stream import BatchStream, batch_acts, batch_grad
+from saelab.sae.subspace_init import init_in_active_subspace_
 
 
 @dataclass
@@ -241,6 +242,8 @@ class Trainer:
             if inits[how] is not None:
                 with torch.no_grad():
                     m.sae.b_dec.copy_(inits[how])
+            if m.sae.cfg.active_subspace_dim is not None:
+                init_in_active_subspace_(m.sae, sample, m.sae.cfg.active_subspace_dim)
             m.sae.init_sparsity_(sample)  # first: the encoder scale fits the sparse start
             if m.sae.cfg.init_encoder_scale:
                 m.sae.init_encoder_scale_(sample)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import math
 import random
+import re
 
 import streamlit as st
 
@@ -96,6 +97,7 @@ def render() -> None:
             f"Dead latent: it never fired on the {stats.n_tokens:,} tokens the features eval "
             "read, so there are no examples, histograms or explanations to show."
         )
+        _by_head(sae, feature)
         _neighbours(sae, feature)
         return
     if stats.too_few_examples:
@@ -110,6 +112,7 @@ def render() -> None:
     with right:
         _explanations(dash)
         _latent_metrics(dash)
+        _by_head(sae, feature)
         _histograms(dash)
         _logits(dash)
         _neighbours(sae, feature)
@@ -364,6 +367,48 @@ def _latent_metrics(dash) -> None:
         ],
         hide_index=True,
         key="latent_metrics",
+    )
+
+
+def head_shares_figure(rows: list, layer: int | None = None):
+    """Grouped bars per head of one attention-SAE latent: its share of the decoder norm and of
+    the direct feature attribution on its top examples (`FeatureHeadRow`s in head order)."""
+    import plotly.graph_objects as go
+
+    prefix = "" if layer is None else f"L{layer}."
+    heads = [f"{prefix}H{r.head}" for r in rows]
+    fig = go.Figure()
+    fig.add_bar(name="decoder norm", x=heads, y=[r.norm_share for r in rows])
+    if any(r.dfa_share is not None for r in rows):
+        fig.add_bar(
+            name=f"DFA, top {rows[0].n_examples} examples",
+            x=heads,
+            y=[r.dfa_share if r.dfa_share is not None else 0.0 for r in rows],
+        )
+    fig.update_layout(
+        title="Share per head",
+        barmode="group",
+        height=260,
+        yaxis={"range": [0, 1], "title": "share"},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"t": 40, "b": 20},
+    )
+    return fig
+
+
+def _by_head(sae, feature: int) -> None:
+    """An attention SAE's latent by head (the heads eval's rows; nothing for other SAEs)."""
+    rows = common.q("feature_heads", sae.sae_id, feature)
+    if not rows:
+        return
+    st.subheader("By head")
+    match = re.match(r"^blocks\.(\d+)\.", sae.hook or "")
+    st.plotly_chart(head_shares_figure(rows, int(match.group(1)) if match else None), key="heads")
+    top = max(rows, key=lambda r: r.norm_share)
+    st.caption(
+        f"Head {top.head} holds {top.norm_share:.0%} of the decoder norm. Decoder norm: "
+        "‖W_dec[f, head]‖² / ‖W_dec[f]‖²; DFA: each head's mean share of |W_enc[head, f] · "
+        "z[head]| on the latent's top examples (`saelab eval --evals heads`)."
     )
 
 

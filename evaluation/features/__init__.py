@@ -12,6 +12,25 @@ from saelab.evaluation.spec import EvalContext, EvalResult, EvalSpec, Metric
 __all__ = ["FeatureStatsConfig", "FeaturesSettings", "METRICS", "SPEC", "run"]
 
 
+def _z(ctx: EvalContext):
+    """The layer of an attention SAE's hook (`blocks.L.attn.hook_z`), else None."""
+    import re
+
+    match = re.match(r"^blocks\.(\d+)\.attn\.hook_z$", ctx.hook)
+    return None if match is None else int(match.group(1))
+
+
+def residual_directions(ctx: EvalContext):
+    """The decoder rows as residual-stream directions: W_dec itself, or for an attention SAE
+    (heads concatenated, before the output projection) W_dec @ W_O^T."""
+    w_dec = ctx.sae.W_dec.detach().cpu()
+    layer = _z(ctx)
+    if layer is None:
+        return w_dec
+    w_o = ctx.model.bridge.blocks[layer].attn.o.weight.detach().float().cpu()  # [d_model, H*Dh]
+    return w_dec.float() @ w_o.T
+
+
 def run(ctx: EvalContext) -> EvalResult:
     from saelab.evaluation.features import dashboards
     from saelab.evaluation.features.logits import logit_effects, unembedding
@@ -21,7 +40,7 @@ def run(ctx: EvalContext) -> EvalResult:
     cfg = FeatureStatsConfig(**{f.name: getattr(s, f.name) for f in fields(FeatureStatsConfig)})
     stats = feature_stats(ctx.sae, ctx.store, ctx.hook, cfg, chunks=ctx.chunks(s.split))
     w_u, scale = unembedding(ctx.model.bridge)
-    effects = logit_effects(ctx.sae.W_dec.detach().cpu(), w_u, scale)
+    effects = logit_effects(residual_directions(ctx), w_u, scale)
     tokenizer = ctx.model.tokenizer
     vocab = [tokenizer.decode([i]) for i in range(ctx.model.d_vocab)]
     density = stats.density
@@ -35,7 +54,8 @@ def run(ctx: EvalContext) -> EvalResult:
         "features": asdict(cfg),
         "quantile_convention": "equal-count bands by rank over a uniform reservoir sample",
         "histogram": "fixed log-spaced bins 1e-3..1e3",
-        "logit_effects": "W_dec * final-norm scale @ W_U",
+        "logit_effects": "W_dec * final-norm scale @ W_U"
+        + (" (attention SAE: W_dec @ W_O^T, into the residual stream, first)" if _z(ctx) else ""),
     }
     tables = {
         "features": dashboards.feature_rows(ctx.sae_id, stats, cfg.min_examples),

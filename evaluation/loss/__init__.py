@@ -48,10 +48,14 @@ def run(ctx: EvalContext) -> EvalResult:
     target = getattr(ctx.sae, "target_hook", None)
     if target:  # a transcoder: its prediction replaces the target, fed by the real input
         stats = loss_stats(
-            ctx.model.bridge, target, lambda x: ctx.sae(x), toks, mask, source_hook=ctx.hook
-        )
+            ctx.model.bridge, target, lambda x: ctx.sae(x.flatten(1)), toks, mask,
+            source_hook=ctx.hook,
+        )  # fmt: skip
     else:
-        stats = loss_stats(ctx.model.bridge, ctx.hook, lambda x: ctx.sae(x), toks, mask)
+        # x is [N, *per-token shape]: per-head hooks (attn.hook_z) are read flattened, as stored
+        stats = loss_stats(
+            ctx.model.bridge, ctx.hook, lambda x: ctx.sae(x.flatten(1)).view_as(x), toks, mask
+        )
     conventions = {
         **({"spliced_at": target, "fed_by": ctx.hook} if target else {}),
         "split": s.split,
