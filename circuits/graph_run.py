@@ -20,6 +20,7 @@ from saelab import resultstore as results
 from saelab.base import __version__
 from saelab.base.config import check_device
 from saelab.base.errors import UserError
+from saelab.base.fs import check_output_file
 from saelab.circuits.graph_attribution import Graph, attribute
 from saelab.circuits.graph_prune import Pruned, fold_latents, graph_scores, prune
 from saelab.circuits.replacement import ReplacementModel, build_replacement, transcoder_layer
@@ -42,7 +43,7 @@ class GraphConfig:
     """Output tokens whose logits the graph explains, each one token (e.g. ' Paris'); empty:
     the model's top predictions (`top_targets` of them)."""
     top_targets: int = 1
-    """Without `targets`: explain this many of the top predictions."""
+    """With no targets given: explain this many of the top predictions."""
     demean: bool = True
     """Read each target as its logit minus the mean logit (circuit-tracer's convention)."""
     node_budget: int = 200
@@ -84,6 +85,8 @@ class GraphConfig:
                 raise UserError(f"`{name}` must be in (0, 1], got {getattr(self, name)}")
         if self.html and not self.db:
             raise UserError("the HTML export reads the stored graph: give `db` with `html`")
+        if self.html:
+            check_output_file(self.html, "the graph's HTML page", "graph.html")
         check_device(self.device)
 
 
@@ -242,9 +245,9 @@ def node_names(graph: Graph) -> list[str]:
     """`L3.f1234@5`, `err.L3@5`, `emb@5`, `logit.1234`, in adjacency order."""
     n = graph.nodes
     names = [
-        f"L{l}.f{f}@{p}" for l, f, p in zip(n.layer.tolist(), n.feature.tolist(), n.pos.tolist())
+        f"L{ly}.f{f}@{p}" for ly, f, p in zip(n.layer.tolist(), n.feature.tolist(), n.pos.tolist())
     ]
-    names += [f"err.L{l}@{p}" for l, p in zip(n.error_layer.tolist(), n.error_pos.tolist())]
+    names += [f"err.L{ly}@{p}" for ly, p in zip(n.error_layer.tolist(), n.error_pos.tolist())]
     names += [f"emb@{p}" for p in range(n.n_pos)]
     names += [f"logit.{t}" for t in graph.logit_tokens.tolist()]
     return names
