@@ -153,7 +153,7 @@ def load_transcoders(model, paths: list[str], device: str) -> dict[int, tuple[ob
     return dict(sorted(found.items()))
 
 
-def target_tokens(cfg: GraphConfig, tokenizer, logits: torch.Tensor) -> list[int]:
+def target_tokens(cfg: GraphConfig, tokenizer, logits: torch.Tensor | None) -> list[int]:
     """The target token ids: each of `cfg.targets` as one token, or the top predictions."""
     if not cfg.targets:
         return torch.topk(logits, cfg.top_targets).indices.tolist()
@@ -187,9 +187,10 @@ def run_graph(cfg: GraphConfig, model=None, log=print) -> GraphResult:
     loaded = load_transcoders(model, cfg.transcoders, cfg.device)
     bos = bos_token_id(model.tokenizer)
     tokens = [bos] + model.tokenizer.encode(cfg.prompt, add_special_tokens=False)
+    given_targets = target_tokens(cfg, model.tokenizer, None) if cfg.targets else None
     rm = build_replacement(model, tokens, {k: v[0] for k, v in loaded.items()}, bos)
     last = rm.frozen.logits[-1]
-    targets = target_tokens(cfg, model.tokenizer, last)
+    targets = given_targets or target_tokens(cfg, model.tokenizer, last)
     probs = torch.softmax(last.double(), -1)[targets].float()
     log(
         f"prompt: {len(tokens)} tokens; {len(loaded)} transcoders (layers "

@@ -215,9 +215,8 @@ def graph(cfg: GraphConfig, model: Any = None, log: Any = None) -> GraphResult:
 
 def write_graph_html(db: str, graph_id: str, path: str) -> None:
     """Write a stored graph as an HTML page (the app's Graph page, offline)."""
-    from saelab.resultstore import ResultsStore
-
     from saelab.app.attribution_graph import write_graph_html as write
+    from saelab.resultstore import ResultsStore
 
     write(ResultsStore(db, mode="read"), graph_id, path)
 
