@@ -42,7 +42,6 @@ from torch import Tensor
 
 from saelab.base.errors import UserError
 
-_GATHER_ELEMENTS = 1 << 23
 INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"
 TARGET_HOOK = "blocks.{layer}.hook_mlp_out"
 _INPUT = re.compile(r"^blocks\.(\d+)\.ln2\.hook_normalized$")
@@ -309,12 +308,16 @@ class ReplacementModel:
 
     def attention_backward(self, layer: int, g: Tensor) -> Tensor:
         """The transpose of `attention`'s linear part: gradient at r from gradient `g` at the
-        attention output `[B, T, d]`."""
+        attention output `[B, T', d]` (the first T' positions: later ones cannot reach them)."""
         w = self.weights
-        gz = (g @ w.w_o[layer].t()).unflatten(-1, (w.n_heads, w.d_head))
-        gv = torch.einsum("hpq,bphe->bqhe", self.frozen.pattern[layer], gz)
-        gv = gv.unflatten(-2, (w.n_kv, w.n_heads // w.n_kv)).sum(-2).flatten(-2)
-        return (gv @ w.w_v[layer].t()) * w.ln1[layer] / self.frozen.scale1[layer]
+        batch, t, _ = g.shape
+        gz = (g @ w.w_o[layer].t()).view(batch, t, w.n_heads, w.d_head)
+        gz = gz.permute(2, 1, 0, 3).reshape(w.n_heads, t, batch * w.d_head)
+        pattern = self.frozen.pattern[layer, :, :t, :t]
+        gv = torch.bmm(pattern.transpose(1, 2), gz).view(w.n_heads, t, batch, w.d_head)
+        gv = gv.view(w.n_kv, w.n_heads // w.n_kv, t, batch, w.d_head).sum(1)
+        gv = gv.permute(2, 1, 0, 3).reshape(batch, t, w.n_kv * w.d_head)
+        return (gv @ w.w_v[layer].t()) * (w.ln1[layer] / self.frozen.scale1[layer, :t])
 
     def unembed_direction(self, tokens: Tensor, demean: bool) -> Tensor:
         """Each target logit's direction on the final normalised residual `[n, d]`."""
@@ -368,40 +371,54 @@ class ReplacementModel:
         along paths through attention, norms and skip connections only (every MLP output is
         a sum of nodes and constants)."""
         nodes, fp = self.nodes, self.frozen
-        n_layers, n_pos, d = fp.mlp_out.shape
+        n_layers, _, d = fp.mlp_out.shape
         batch = vectors.shape[0]
+        t = int(pos.max()) + 1  # nothing after the last target position can reach a target
         rows = torch.arange(batch, device=vectors.device)
         out = vectors.new_zeros(batch, nodes.n_sources)
-        g = vectors.new_zeros(batch, n_pos, d)
+        g = vectors.new_zeros(batch, t, d)
         top = int(layers.max())
         at_final = layers == n_layers
         if at_final.any():
             v = vectors[at_final] * self.weights.ln_final / fp.scale_final[pos[at_final]]
             g[rows[at_final], pos[at_final]] += v
-        err_start = nodes.n_latents
+        span = nodes.n_pos - self.first  # error nodes per layer
         for layer in range(min(top, n_layers - 1), -1, -1):
             # sources written at this layer's MLP output read the gradient of r[layer + 1]
-            lat = (nodes.layer == layer).nonzero().squeeze(1)
-            step = max(1, _GATHER_ELEMENTS // max(1, batch * d))
-            for chunk in lat.split(step):  # gathers of [B, chunk, d], never [B, n_latents, d]
-                out[:, chunk] = torch.einsum(
-                    "bnd,nd->bn", g[:, nodes.pos[chunk]], self.decoder[chunk]
-                )
-            err = (nodes.error_layer == layer).nonzero().squeeze(1)
-            if err.numel():
-                out[:, err_start + err] = torch.einsum(
-                    "bnd,nd->bn", g[:, nodes.error_pos[err]], self.errors[err]
-                )
+            for p, lo, hi in self._latent_blocks[layer]:
+                if p < t:
+                    out[:, lo:hi] = g[:, p] @ self.decoder[lo:hi].t()
+            if t > self.first:
+                e0 = nodes.n_latents + layer * span
+                err = self.errors[e0 - nodes.n_latents : e0 - nodes.n_latents + t - self.first]
+                out[:, e0 : e0 + t - self.first] = (g[:, self.first :] * err).sum(-1)
             tc = self.transcoders.get(layer)
             w_skip = None if tc is None else getattr(tc, "W_skip", None)
             if w_skip is not None:
-                g = g + (g @ w_skip.to(g.dtype).t()) / fp.scale2[layer]
+                g = g + (g @ w_skip.to(g.dtype).t()) / fp.scale2[layer, :t]
             here = layers == layer
             if here.any():
                 g[rows[here], pos[here]] += vectors[here] / fp.scale2[layer, pos[here]]
             g = g + self.attention_backward(layer, g)
-        out[:, err_start + nodes.n_errors :] = torch.einsum("btd,td->bt", g, fp.embed)
+        e0 = nodes.n_latents + nodes.n_errors
+        out[:, e0 : e0 + t] = (g * fp.embed[:t]).sum(-1)
         return out
+
+    @property
+    def _latent_blocks(self) -> list[list[tuple[int, int, int]]]:
+        """Per layer, (position, first, end) of each run of latents at one position (the
+        latents are sorted by layer, then position)."""
+        if getattr(self, "_blocks", None) is None:
+            blocks: list[list[tuple[int, int, int]]] = [[] for _ in range(self.n_layers)]
+            key = (self.nodes.layer * self.nodes.n_pos + self.nodes.pos).tolist()
+            lo = 0
+            for i in range(1, len(key) + 1):
+                if i == len(key) or key[i] != key[lo]:
+                    layer, p = divmod(key[lo], self.nodes.n_pos)
+                    blocks[layer].append((p, lo, i))
+                    lo = i
+            self._blocks = blocks
+        return self._blocks
 
 
 def _rows(idx: Tensor, vals: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
