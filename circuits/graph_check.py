@@ -97,9 +97,9 @@ def measure(
         for layer in torch.unique(layers).tolist():
             rows = (layers == layer).nonzero().squeeze(1)
 
-            def edit(act, rows=rows):
+            def edit(act, rows=rows, at=pos[rows], add=delta[rows]):
                 act = act.clone()
-                act[rows, pos[rows]] += delta[rows].to(act.dtype)
+                act[rows, at] += add.to(act.dtype)
                 return act
 
             edits[TARGET_HOOK.format(layer=layer)] = edit
