@@ -37,7 +37,7 @@ PROMPTS = [
 ]
 
 
-def train_transcoders(store_url: str, out: Path, d_sae: int, k: int, steps: int, layers=None):
+def train_transcoders(store_url: str, folder: Path, d_sae: int, k: int, steps: int, layers=None):
     """One TopK transcoder per layer of the store, trained with Adam on its own step."""
     import numpy as np
 
@@ -94,7 +94,7 @@ def train_transcoders(store_url: str, out: Path, d_sae: int, k: int, steps: int,
             fvu = float((y_ev - pred).pow(2).sum() / (y_ev - y_ev.mean(0)).pow(2).sum())
             fires = tc.encode_sparse(x_ev * sx).fire_counts()
         dead_frac = float((fires == 0).float().mean())
-        save_sae(tc, out / f"layer{layer:02d}", scale=sx, target_scale=sy,
+        save_sae(tc, folder / f"layer{layer:02d}", scale=sx, target_scale=sy,
                  meta={"hook_name": xin, "model_name": store.attrs.get("model", {}).get("name")
                        if isinstance(store.attrs.get("model"), dict) else None})  # fmt: skip
         report[layer] = {"fvu": fvu, "dead": dead_frac, "tokens": len(x_tr)}
