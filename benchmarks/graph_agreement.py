@@ -102,6 +102,11 @@ def train_transcoders(store_url: str, folder: Path, d_sae: int, k: int, steps: i
     return report
 
 
+def _name(factor: float, frozen: str) -> str:
+    kind = {0.0: "ablate", 2.0: "double"}.get(factor, f"scale{factor:g}")
+    return kind + ("" if frozen == "none" else f"-frozen-{frozen}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--transcoders", nargs="+", required=True)
@@ -109,6 +114,8 @@ def main() -> None:
     p.add_argument("--d-sae", type=int, default=1024)
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--layers", help="train only these layers, e.g. 3-29 (default: every layer)")
+    p.add_argument("--train-only", action="store_true", help="stop after training")
     p.add_argument("--prompts", nargs="+", default=PROMPTS)
     p.add_argument("--nodes", type=int, default=60, help="latents checked per prompt")
     p.add_argument("--label", default="")
@@ -116,45 +123,60 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     train_report = None
     if args.train_from:
+        layers = None
+        if args.layers:
+            lo, _, hi = args.layers.partition("-")
+            layers = range(int(lo), int(hi or lo) + 1)
         train_report = train_transcoders(
-            args.train_from, Path(args.transcoders[0]), args.d_sae, args.k, args.steps
+            args.train_from, Path(args.transcoders[0]), args.d_sae, args.k, args.steps, layers
         )
+        if args.train_only:
+            return
 
     from saelab.activations.models import load_model
     from saelab.circuits.graph_check import agreement
     from saelab.circuits.graph_run import GraphConfig, run_graph
 
     model = load_model("smollm2-135m")
-    rows, pooled = [], {0.0: ([], []), 2.0: ([], [])}
+    settings = [(f, frozen) for f in (0.0, 2.0, 0.9) for frozen in ("none", "attention")]
+    rows, pooled = [], {s: ([], [], []) for s in settings}
     for prompt in args.prompts:
         cfg = GraphConfig(transcoders=args.transcoders, prompt=prompt, max_latents=0,
                           progress=False)  # fmt: skip
         res = run_graph(cfg, model=model)
         row = {
             "prompt": prompt, "tokens": len(res.run.tokens), "target": res.run.target_strs[0],
-            "seconds": res.seconds, "latents": res.graph.n_latents,
-            "replacement": res.scores.replacement, "completeness": res.scores.completeness,
+            "target_prob": res.run.target_probs[0], "seconds": res.seconds,
+            "latents": res.graph.n_latents, "replacement": res.scores.replacement,
+            "completeness": res.scores.completeness,
+            "replacement_pruned": res.scores.replacement_pruned,
+            "completeness_pruned": res.scores.completeness_pruned,
         }  # fmt: skip
-        for factor in (0.0, 2.0):
-            agree = agreement(model, res.replacement, res.graph, args.nodes, factor)
-            name = "ablate" if factor == 0 else "double"
+        for factor, frozen in settings:
+            agree = agreement(model, res.replacement, res.graph, args.nodes, factor,
+                              freeze=frozen)  # fmt: skip
+            name = _name(factor, frozen)
             row[name] = {
                 "pearson": agree.pearson, "pearson_direct": agree.pearson_direct,
                 "sign_agreement": agree.sign_agreement, "n": len(agree.checks),
+                "checks": [vars(c) for c in agree.checks],
             }  # fmt: skip
-            pooled[factor][0].extend(c.predicted for c in agree.checks)
-            pooled[factor][1].extend(c.measured for c in agree.checks)
+            pooled[factor, frozen][0].extend(c.predicted for c in agree.checks)
+            pooled[factor, frozen][1].extend(c.measured for c in agree.checks)
+            pooled[factor, frozen][2].extend(c.layer for c in agree.checks)
             print(f"  {name}: pearson {agree.pearson:.3f} (direct only "
                   f"{agree.pearson_direct:.3f}), signs {agree.sign_agreement:.2f}")  # fmt: skip
         rows.append(row)
     from saelab.circuits.graph_check import _pearson
 
     summary = {}
-    for factor, (pred, real) in pooled.items():
+    for (factor, frozen), (pred, real, layers) in pooled.items():
         x, y = torch.tensor(pred, dtype=torch.float64), torch.tensor(real, dtype=torch.float64)
-        summary["ablate" if factor == 0 else "double"] = {
+        late = torch.tensor(layers) >= 15
+        summary[_name(factor, frozen)] = {
             "n": len(pred), "pearson": _pearson(x, y),
             "sign_agreement": float(((x > 0) == (y > 0)).double().mean()),
+            "pearson_layers_ge_15": _pearson(x[late], y[late]), "n_layers_ge_15": int(late.sum()),
         }  # fmt: skip
     print(json.dumps(summary, indent=1))
     out = (

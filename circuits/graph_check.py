@@ -18,6 +18,7 @@ Pearson correlation and sign agreement over the nodes are what `agreement` repor
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ class NodeCheck:
 
     node: int
     """Index among the graph's latents."""
+    layer: int
+    pos: int
     direct: float
     """The edge's prediction alone (no path through other latents)."""
     predicted: float
@@ -48,6 +51,8 @@ class Agreement:
     checks: list[NodeCheck]
     factor: float
     """The contribution was multiplied by this (0: ablation)."""
+    freeze: str
+    """What the real model held at the clean prompt's values (see FREEZES)."""
     pearson: float
     """Pearson correlation of predicted (total) and measured effects."""
     pearson_direct: float
@@ -75,15 +80,25 @@ def total_effects(graph: Graph, target: int) -> tuple[Tensor, Tensor]:
     return row, row @ rel
 
 
+FREEZES = ("none", "attention", "all")
+"""What the real model holds at the clean prompt's values while a node is changed: nothing;
+the attention patterns (circuit-tracer's default for interventions); or everything the graph
+freezes (patterns, norm scales, MLPs as transcoders with their clean active latents and errors),
+which makes the real model the graph's own linear model: predicted = measured (tested)."""
+
+
 @torch.no_grad()
 def measure(
     model, rm: ReplacementModel, graph: Graph, nodes: Tensor, target: int, factor: float,
-    demean: bool, batch_size: int = 16,
+    demean: bool, batch_size: int = 16, freeze: str = "none",
 ) -> Tensor:  # fmt: skip
     """The real model's change of the target logit when each latent in `nodes` (indices among
-    the graph's latents) has its contribution multiplied by `factor`, one row per node."""
+    the graph's latents) has its contribution multiplied by `factor`, one row per node, with
+    `freeze` (see FREEZES) held at the clean prompt's values."""
     from saelab.circuits.splice import hooks
 
+    if freeze not in FREEZES:
+        raise ValueError(f"freeze must be one of {FREEZES}, got {freeze!r}")
     tokens = torch.tensor([rm.frozen.tokens], device=model.device)
     token = int(graph.logit_tokens[target])
     clean = _read(rm.frozen.logits[-1].double(), token, demean)
@@ -93,20 +108,77 @@ def measure(
         layers = graph.nodes.layer[chunk]
         pos = graph.nodes.pos[chunk]
         delta = (factor - 1) * dec[chunk]
-        edits = {}
+        node_edits: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         for layer in torch.unique(layers).tolist():
             rows = (layers == layer).nonzero().squeeze(1)
-
-            def edit(act, rows=rows, at=pos[rows], add=delta[rows]):
-                act = act.clone()
-                act[rows, at] += add.to(act.dtype)
-                return act
-
-            edits[TARGET_HOOK.format(layer=layer)] = edit
-        with hooks(model.bridge, edits):
+            node_edits[layer] = (rows, pos[rows], delta[rows])
+        edits = _freezes(rm, freeze, node_edits)
+        with hooks(model.bridge, edits), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the norm bridge's note that a hooked scale is used
             logits = model.bridge(tokens.expand(len(chunk), -1), return_type="logits")
         out.append(torch.stack([_read(lg[-1].double(), token, demean) for lg in logits]) - clean)
     return torch.cat(out)
+
+
+def _freezes(rm: ReplacementModel, freeze: str, node_edits: dict) -> dict:
+    """Hook edits: each node's change at its MLP output, and what `freeze` holds."""
+    fp = rm.frozen
+    captured: dict[int, Tensor] = {}
+    edits = {}
+
+    def const(value: Tensor):
+        return lambda act: value.to(act.dtype).expand_as(act).clone()
+
+    if freeze in ("attention", "all"):
+        for layer in range(rm.n_layers):
+            edits[f"blocks.{layer}.attn.hook_pattern"] = const(fp.pattern[layer])
+    if freeze == "all":
+        edits["ln_final.hook_scale"] = const(fp.scale_final)
+        for layer in range(rm.n_layers):
+            edits[f"blocks.{layer}.ln1.hook_scale"] = const(fp.scale1[layer])
+            edits[f"blocks.{layer}.ln2.hook_scale"] = const(fp.scale2[layer])
+
+            def capture(act, layer=layer):
+                captured[layer] = act
+
+            edits[f"blocks.{layer}.ln2.hook_normalized"] = capture
+    for layer in range(rm.n_layers):
+        node = node_edits.get(layer)
+        if freeze != "all" and node is None:
+            continue
+
+        def edit(act, layer=layer, node=node):
+            if freeze == "all":
+                act = fp.mlp_out[layer].to(act.dtype).expand_as(act).clone()
+                act += _transcoder_change(rm, layer, captured[layer]).to(act.dtype)
+            else:
+                act = act.clone()
+            if node is not None:
+                rows, at, add = node
+                act[rows, at] += add.to(act.dtype)
+            return act
+
+        edits[TARGET_HOOK.format(layer=layer)] = edit
+    return edits
+
+
+def _transcoder_change(rm: ReplacementModel, layer: int, x_new: Tensor) -> Tensor:
+    """How layer `layer`'s transcoder output moves when its input goes from the clean one to
+    `x_new` `[B, T, d]`, its active latents held (ReLU of their pre-activations), BOS kept."""
+    tc = rm.transcoders.get(layer)
+    change = torch.zeros_like(x_new)
+    if tc is None:
+        return change
+    x_clean = rm.frozen.mlp_in[layer].to(x_new.dtype)
+    change += rm.skip(layer, x_new) - rm.skip(layer, x_clean)
+    first = rm.first
+    code = tc.encode_sparse(x_clean[first:].to(tc.W_dec.dtype))
+    live = code.vals != 0
+    w_enc = tc.W_enc.detach().to(x_new.dtype)[:, code.idx]  # [d, T', k]
+    pre = torch.einsum("btd,dtk->btk", x_new[:, first:], w_enc) + tc.b_enc.to(x_new.dtype)[code.idx]
+    moved = (pre.relu() - code.vals.to(x_new.dtype)) * live
+    change[:, first:] += torch.einsum("btk,tkd->btd", moved, tc.W_dec.to(x_new.dtype)[code.idx])
+    return change
 
 
 def _read(logits: Tensor, token: int, demean: bool) -> Tensor:
@@ -115,23 +187,32 @@ def _read(logits: Tensor, token: int, demean: bool) -> Tensor:
 
 def agreement(
     model, rm: ReplacementModel, graph: Graph, n_nodes: int = 60, factor: float = 0.0,
-    target: int = 0,
+    target: int = 0, freeze: str = "none",
 ) -> Agreement:  # fmt: skip
     """Predicted against measured effects of the `n_nodes` latents of largest |total effect|
     on target logit `target` (see the module docstring)."""
     direct, total = total_effects(graph, target)
     order = torch.argsort(total.abs(), descending=True)[:n_nodes]
-    measured = measure(model, rm, graph, order, target, factor, graph.demean)
+    measured = measure(model, rm, graph, order, target, factor, graph.demean, freeze=freeze)
     scale = factor - 1
     checks = [
-        NodeCheck(int(i), float(scale * direct[i]), float(scale * total[i]), float(m))
+        NodeCheck(
+            int(i),
+            int(graph.nodes.layer[i]),
+            int(graph.nodes.pos[i]),
+            float(scale * direct[i]),
+            float(scale * total[i]),
+            float(m),
+        )  # fmt: skip
         for i, m in zip(order.tolist(), measured.tolist(), strict=True)
     ]
     pred = torch.tensor([c.predicted for c in checks], dtype=torch.float64)
     pred_direct = torch.tensor([c.direct for c in checks], dtype=torch.float64)
     real = torch.tensor([c.measured for c in checks], dtype=torch.float64)
     signs = float(((pred > 0) == (real > 0)).double().mean()) if checks else math.nan
-    return Agreement(checks, factor, _pearson(pred, real), _pearson(pred_direct, real), signs)
+    return Agreement(
+        checks, factor, freeze, _pearson(pred, real), _pearson(pred_direct, real), signs
+    )
 
 
 def _pearson(x: Tensor, y: Tensor) -> float:
