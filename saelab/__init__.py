@@ -50,6 +50,8 @@ _EXPORTS = {
     "circuit_curves": "saelab.api",
     "CircuitConfig": "saelab.circuits.run",
     "shift": "saelab.api",
+    "graph": "saelab.api",
+    "GraphConfig": "saelab.circuits.graph_run",
     "ShiftConfig": "saelab.circuits.shift",
     "steer": "saelab.steering.run",
     "SteerConfig": "saelab.steering.run",

@@ -7,6 +7,7 @@ notebook-aware ones (`tqdm.auto`); figures come back as plotly objects (see `sae
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from saelab.activations.models import LoadedModel
     from saelab.autointerp.config import ExplainConfig
     from saelab.autointerp.pipeline import ExplainSummary
+    from saelab.circuits.graph_run import GraphConfig, GraphResult
     from saelab.circuits.run import CircuitConfig, CircuitResult
     from saelab.circuits.shift import ShiftConfig, ShiftResult
     from saelab.evaluation.runner import EvalConfig
@@ -196,6 +198,34 @@ def shift(cfg: ShiftConfig, model: Any = None) -> ShiftResult:
 
     expect_config(cfg, ShiftConfig, "shift")
     return run_shift(cfg, model=model, log=lambda *_: None)
+
+
+def graph(cfg: GraphConfig, model: Any = None, log: Any = None) -> GraphResult:
+    """The attribution graph of one prompt (`saelab graph`'s function): transcoders in place of
+    the MLPs, attention patterns and norm scales frozen from the real pass, error nodes kept;
+    direct effects between latents, errors, token embeddings and target logits, pruned by
+    influence to the budgets, with circuit-tracer's replacement and completeness scores, stored
+    in `cfg.db` and (with `cfg.html`) exported as an HTML page."""
+    from saelab.circuits.graph_run import GraphConfig, run_graph
+
+    expect_config(cfg, GraphConfig, "graph")
+    if cfg.html and importlib.util.find_spec("saelab.app.attribution_graph") is None:
+        raise UserError(
+            "this saelab has no HTML export of graphs yet (saelab.app.attribution_graph): drop "
+            "`html` and open the stored graph with `saelab app`"
+        )
+    result = run_graph(cfg, model=model, log=log or (lambda *_: None))
+    if cfg.html:
+        write_graph_html(cfg.db, result.graph_id, cfg.html)
+    return result
+
+
+def write_graph_html(db: str, graph_id: str, path: str) -> None:
+    """Write a stored graph as an HTML page (the app's Graph page, offline)."""
+    from saelab.app.attribution_graph import write_graph_html as write
+    from saelab.resultstore import ResultsStore
+
+    write(ResultsStore(db, mode="read"), graph_id, path)
 
 
 def circuit_graph(result: CircuitResult, model: Any = None):

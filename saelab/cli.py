@@ -25,6 +25,7 @@ COMMANDS = [
     "explain",
     "circuit",
     "shift",
+    "graph",
     "steer",
     "llm-serve",
     "app",

@@ -1,0 +1,445 @@
+"""The local replacement model of one prompt: transcoders in place of MLPs, everything else
+frozen from the real forward pass, so the model is linear in its nodes.
+
+One real forward records what the attribution graph freezes: the attention patterns, the
+RMSNorm scales (ln1, ln2, ln_final `hook_scale`), each transcoder's input
+(`blocks.L.ln2.hook_normalized`) and each MLP's real output (`blocks.L.hook_mlp_out`). The
+replacement model then recomputes the residual stream from those pieces with the model's own
+weights:
+
+    r_0 = embedding
+    r_mid[L] = r[L] + Σ_h P_h (ln1(r[L]) W_V,h) W_O,h          (patterns P frozen)
+    r[L+1] = r_mid[L] + Σ_i a_i W_dec,i + b_dec + (r_mid[L] / s2) W_skip + ε_L
+    logits = ln_final(r[n_layers]) W_U                           (every norm scale frozen)
+
+where a_i are the transcoder's active latents on the real input and ε_L = real MLP output −
+transcoder output is the error node. A layer with no transcoder contributes its whole MLP
+output as its error. With the scales and patterns frozen every map above is linear, so the
+direct effect of a source node on a target's input is its contribution times the gradient
+along paths that cross no other node: `backward` computes exactly that, batched over targets.
+
+The residual stream is recomputed here (with frozen patterns, a rotary model's attention is
+`P (x W_V) W_O`: positions enter only through P) rather than by editing the bridge's hooks,
+for three reasons: the same code runs in float64 for the parity tests, the backward only
+visits the layers and positions a target can reach, and no hook semantics of the adapter can
+silently change the result. The bridge does honour edits at `hook_pattern` and `hook_scale`
+(checked, see docs/architecture.md); the test that this forward reproduces the real logits
+(error nodes included) is what ties the two together.
+
+Position 0 holds BOS when the prompt starts with it: its MLP outputs are kept as constants
+(circuit-tracer's `zero_bos`), so it has no latent or error nodes; its embedding is a node.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from saelab.base.errors import UserError
+
+INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"
+TARGET_HOOK = "blocks.{layer}.hook_mlp_out"
+_INPUT = re.compile(r"^blocks\.(\d+)\.ln2\.hook_normalized$")
+_TARGET = re.compile(r"^blocks\.(\d+)\.hook_mlp_out$")
+
+
+def transcoder_layer(tc) -> int:
+    """The layer a transcoder replaces; a one-line error unless it maps
+    `blocks.L.ln2.hook_normalized` to `blocks.L.hook_mlp_out` (the pair graphs trace)."""
+    source = getattr(tc, "input_hook", None)
+    target = getattr(tc, "target_hook", None)
+    a = _INPUT.match(source or "")
+    b = _TARGET.match(target or "")
+    if getattr(tc, "architecture", None) != "transcoder" or not (a and b):
+        raise UserError(
+            f"attribution graphs need transcoders from blocks.L.ln2.hook_normalized to "
+            f"blocks.L.hook_mlp_out; got {getattr(tc, 'architecture', type(tc).__name__)} "
+            f"reading {source!r} and writing {target!r}: train one with saelab train --arch "
+            "transcoder --hook blocks.L.ln2.hook_normalized --target-hook blocks.L.hook_mlp_out"
+        )
+    if a.group(1) != b.group(1):
+        raise UserError(
+            f"a transcoder reads layer {a.group(1)} and writes layer {b.group(1)}; graphs "
+            "replace one MLP per transcoder: use a pair from the same layer"
+        )
+    return int(a.group(1))
+
+
+@dataclass
+class Weights:
+    """The model's weights the frozen linear model uses (x @ W layout), in one dtype."""
+
+    ln1: list[Tensor]
+    """Per layer, the first RMSNorm's weight `[d]`."""
+    w_v: list[Tensor]
+    """Per layer, the value projection `[d, n_kv * d_head]`."""
+    b_v: list[Tensor | None]
+    w_o: list[Tensor]
+    """Per layer, the output projection `[n_heads * d_head, d]`."""
+    b_o: list[Tensor | None]
+    ln_final: Tensor
+    w_u: Tensor
+    """The unembedding `[d, d_vocab]`."""
+    b_u: Tensor | None
+    n_heads: int
+    n_kv: int
+    d_head: int
+
+    @classmethod
+    def from_bridge(cls, bridge, dtype: torch.dtype) -> Weights:
+        cfg = bridge.cfg
+        if getattr(cfg, "parallel_attn_mlp", False):
+            raise UserError(
+                "attribution graphs need a sequential block (attention, then MLP); this model "
+                "runs them in parallel"
+            )
+        if not getattr(cfg, "normalization_type", "RMS").startswith("RMS"):
+            raise UserError(
+                f"attribution graphs support RMSNorm models (llama-style); this one uses "
+                f"{cfg.normalization_type}"
+            )
+
+        def linear(module) -> tuple[Tensor, Tensor | None]:
+            lin = module.original_component
+            bias = None if lin.bias is None else lin.bias.detach().to(dtype)
+            return lin.weight.detach().to(dtype).t().contiguous(), bias
+
+        ln1, w_v, b_v, w_o, b_o = [], [], [], [], []
+        for block in bridge.blocks:
+            ln1.append(block.ln1.original_component.weight.detach().to(dtype))
+            v, bv = linear(block.attn.v)
+            o, bo = linear(block.attn.o)
+            w_v.append(v)
+            b_v.append(bv)
+            w_o.append(o)
+            b_o.append(bo)
+        w_u, b_u = linear(bridge.unembed)
+        n_heads = int(cfg.n_heads)
+        d_head = int(cfg.d_head)
+        n_kv = w_v[0].shape[1] // d_head
+        return cls(
+            ln1, w_v, b_v, w_o, b_o,
+            bridge.ln_final.original_component.weight.detach().to(dtype), w_u, b_u,
+            n_heads, n_kv, d_head,
+        )  # fmt: skip
+
+
+@dataclass
+class FrozenPass:
+    """What the real forward pass of one prompt left behind (batch of one, squeezed)."""
+
+    tokens: list[int]
+    embed: Tensor
+    """`blocks.0.hook_resid_pre` `[T, d]`."""
+    scale1: Tensor
+    """ln1 scales `[n_layers, T, 1]`."""
+    scale2: Tensor
+    """ln2 scales `[n_layers, T, 1]`."""
+    scale_final: Tensor
+    """ln_final's scale `[T, 1]`."""
+    pattern: Tensor
+    """Attention patterns `[n_layers, n_heads, T, T]`."""
+    mlp_in: Tensor
+    """ln2.hook_normalized `[n_layers, T, d]` (the transcoders' input)."""
+    mlp_out: Tensor
+    """hook_mlp_out `[n_layers, T, d]`."""
+    logits: Tensor
+    """The real logits `[T, d_vocab]`."""
+
+
+def frozen_pass(model, tokens: list[int], dtype: torch.dtype = torch.float32) -> FrozenPass:
+    """Run the real model once and keep what the replacement model freezes."""
+    n = model.n_layers
+    names = ["blocks.0.hook_resid_pre", "ln_final.hook_scale"]
+    for layer in range(n):
+        names += [
+            f"blocks.{layer}.ln1.hook_scale",
+            f"blocks.{layer}.ln2.hook_scale",
+            f"blocks.{layer}.attn.hook_pattern",
+            INPUT_HOOK.format(layer=layer),
+            TARGET_HOOK.format(layer=layer),
+        ]
+    ids = torch.tensor([tokens], device=model.device)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logits, cache = model.bridge.run_with_cache(
+            ids, names_filter=names, return_cache_object=False
+        )
+
+    def stack(fmt: str) -> Tensor:
+        return torch.stack([cache[fmt.format(layer=i)][0] for i in range(n)]).to(dtype)
+
+    return FrozenPass(
+        tokens=list(tokens),
+        embed=cache["blocks.0.hook_resid_pre"][0].to(dtype),
+        scale1=stack("blocks.{layer}.ln1.hook_scale"),
+        scale2=stack("blocks.{layer}.ln2.hook_scale"),
+        scale_final=cache["ln_final.hook_scale"][0].to(dtype),
+        pattern=stack("blocks.{layer}.attn.hook_pattern"),
+        mlp_in=stack(INPUT_HOOK),
+        mlp_out=stack(TARGET_HOOK),
+        logits=logits[0].to(dtype),
+    )
+
+
+@dataclass
+class Nodes:
+    """The graph's source nodes in circuit-tracer's order: latents, errors, embeddings."""
+
+    layer: Tensor
+    """Per latent: its layer `[n_latents]` (sorted by layer, then position, then feature)."""
+    pos: Tensor
+    feature: Tensor
+    activation: Tensor
+    """Per latent: its activation on the prompt."""
+    error_layer: Tensor
+    """Per error node: layer and position `[n_errors]`."""
+    error_pos: Tensor
+    n_pos: int
+
+    @property
+    def n_latents(self) -> int:
+        return int(self.layer.numel())
+
+    @property
+    def n_errors(self) -> int:
+        return int(self.error_layer.numel())
+
+    @property
+    def n_sources(self) -> int:
+        return self.n_latents + self.n_errors + self.n_pos
+
+
+@dataclass
+class ReplacementModel:
+    """A prompt's frozen linear replacement model (see the module docstring)."""
+
+    weights: Weights
+    frozen: FrozenPass
+    transcoders: dict[int, torch.nn.Module]
+    """Layer → transcoder (any subset of layers)."""
+    first: int
+    """First position with latent and error nodes (1 when position 0 is BOS)."""
+    nodes: Nodes = field(init=False)
+    decoder: Tensor = field(init=False)
+    """Per latent: its contribution a_i W_dec,i `[n_latents, d]`."""
+    errors: Tensor = field(init=False)
+    """Per error node: its vector `[n_errors, d]`."""
+    const: Tensor = field(init=False)
+    """Per layer and position, the MLP output that is no node `[n_layers, T, d]`: b_dec, and
+    the whole output before `first`."""
+
+    def __post_init__(self) -> None:
+        fp, dtype = self.frozen, self.frozen.embed.dtype
+        n_layers, n_pos, d = fp.mlp_out.shape
+        self.transcoders = dict(sorted(self.transcoders.items()))
+        layers, pos, feats, acts, decs = [], [], [], [], []
+        const = torch.zeros(n_layers, n_pos, d, dtype=dtype, device=fp.embed.device)
+        errors = fp.mlp_out.clone()
+        with torch.no_grad():
+            for layer, tc in self.transcoders.items():
+                x = fp.mlp_in[layer, self.first :]
+                code = tc.encode_sparse(x.to(tc.W_dec.dtype))
+                w_dec = tc.W_dec.to(dtype)
+                vals = code.vals.to(dtype)
+                recon = vals.new_zeros(x.shape[0], d)
+                recon.index_add_(0, *_rows(code.idx, vals, w_dec))
+                b_dec = tc.b_dec.to(dtype)
+                recon = recon + b_dec + self.skip(layer, x)
+                errors[layer, self.first :] -= recon
+                const[layer, self.first :] = b_dec
+                rows, slots = (code.vals != 0).nonzero(as_tuple=True)
+                order = torch.argsort(code.idx[rows, slots] + rows * tc.d_sae)
+                rows, slots = rows[order], slots[order]
+                feats.append(code.idx[rows, slots])
+                acts.append(vals[rows, slots])
+                decs.append(w_dec[code.idx[rows, slots]] * vals[rows, slots, None])
+                pos.append(rows + self.first)
+                layers.append(torch.full_like(rows, layer))
+        const[:, : self.first] = fp.mlp_out[:, : self.first]
+        for layer in self.transcoders:  # the skip path at BOS is live: keep the sum exact
+            const[layer, : self.first] -= self.skip(layer, fp.mlp_in[layer, : self.first])
+        empty = torch.zeros(0, dtype=torch.long, device=fp.embed.device)
+        grid_l, grid_p = torch.meshgrid(
+            torch.arange(n_layers), torch.arange(self.first, n_pos), indexing="ij"
+        )
+        self.nodes = Nodes(
+            layer=torch.cat(layers) if layers else empty,
+            pos=torch.cat(pos) if pos else empty,
+            feature=torch.cat(feats) if feats else empty,
+            activation=torch.cat(acts) if acts else empty.to(dtype),
+            error_layer=grid_l.reshape(-1).to(fp.embed.device),
+            error_pos=grid_p.reshape(-1).to(fp.embed.device),
+            n_pos=n_pos,
+        )
+        self.decoder = torch.cat(decs) if decs else torch.zeros(0, d, dtype=dtype)
+        self.errors = errors[self.nodes.error_layer, self.nodes.error_pos]
+        self.const = const
+
+    # -- pieces ------------------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.frozen.mlp_out.shape[0])
+
+    def skip(self, layer: int, x_in: Tensor) -> Tensor:
+        """The skip transcoder's linear output at `layer` (0 without a skip path)."""
+        tc = self.transcoders.get(layer)
+        w = None if tc is None else getattr(tc, "W_skip", None)
+        return x_in @ w.to(x_in.dtype) if w is not None else torch.zeros_like(x_in)
+
+    def attention(self, layer: int, r: Tensor) -> Tensor:
+        """Frozen attention output `[.., T, d]` of residual `r` `[.., T, d]` (value and output
+        biases included: with rows of P summing to 1 they are constants)."""
+        w = self.weights
+        x = r / self.frozen.scale1[layer] * w.ln1[layer]
+        v = x @ w.w_v[layer]
+        if w.b_v[layer] is not None:
+            v = v + w.b_v[layer]
+        v = v.unflatten(-1, (w.n_kv, w.d_head)).repeat_interleave(w.n_heads // w.n_kv, dim=-2)
+        z = torch.einsum("hpq,...qhe->...phe", self.frozen.pattern[layer], v)
+        out = z.flatten(-2) @ w.w_o[layer]
+        return out if w.b_o[layer] is None else out + w.b_o[layer]
+
+    def attention_backward(self, layer: int, g: Tensor) -> Tensor:
+        """The transpose of `attention`'s linear part: gradient at r from gradient `g` at the
+        attention output `[B, T', d]` (the first T' positions: later ones cannot reach them)."""
+        w = self.weights
+        batch, t, _ = g.shape
+        gz = (g @ w.w_o[layer].t()).view(batch, t, w.n_heads, w.d_head)
+        gz = gz.permute(2, 1, 0, 3).reshape(w.n_heads, t, batch * w.d_head)
+        pattern = self.frozen.pattern[layer, :, :t, :t]
+        gv = torch.bmm(pattern.transpose(1, 2), gz).view(w.n_heads, t, batch, w.d_head)
+        gv = gv.view(w.n_kv, w.n_heads // w.n_kv, t, batch, w.d_head).sum(1)
+        gv = gv.permute(2, 1, 0, 3).reshape(batch, t, w.n_kv * w.d_head)
+        return (gv @ w.w_v[layer].t()) * (w.ln1[layer] / self.frozen.scale1[layer, :t])
+
+    def unembed_direction(self, tokens: Tensor, demean: bool) -> Tensor:
+        """Each target logit's direction on the final normalised residual `[n, d]`."""
+        cols = self.weights.w_u[:, tokens].t()
+        if demean:
+            cols = cols - self.weights.w_u.mean(dim=1)
+        return cols
+
+    # -- the linear model --------------------------------------------------------------
+
+    @torch.no_grad()
+    def forward(self, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The replacement model with each source node's contribution multiplied by
+        `scale[n_sources]` (None: ones, which reproduces the real pass). Returns every
+        layer's transcoder input `[n_layers, T, d]` and the final normalised residual `[T, d]`
+        (ln_final with its weight), through which logits are read."""
+        nodes, fp = self.nodes, self.frozen
+        n_lat, n_err = nodes.n_latents, nodes.n_errors
+        if scale is None:
+            scale = torch.ones(nodes.n_sources, dtype=fp.embed.dtype, device=fp.embed.device)
+        mlp = self.const.clone()
+        mlp.index_put_(
+            (nodes.layer, nodes.pos), self.decoder * scale[:n_lat, None], accumulate=True
+        )
+        mlp.index_put_(
+            (nodes.error_layer, nodes.error_pos),
+            self.errors * scale[n_lat : n_lat + n_err, None],
+            accumulate=True,
+        )
+        r = fp.embed * scale[n_lat + n_err :, None]
+        inputs = []
+        for layer in range(self.n_layers):
+            r = r + self.attention(layer, r)
+            x_in = r / fp.scale2[layer]
+            inputs.append(x_in)
+            r = r + mlp[layer] + self.skip(layer, x_in)
+        final = r / fp.scale_final * self.weights.ln_final
+        return torch.stack(inputs), final
+
+    def logits(self, final: Tensor) -> Tensor:
+        out = final @ self.weights.w_u
+        return out if self.weights.b_u is None else out + self.weights.b_u
+
+    @torch.no_grad()
+    def backward(self, layers: Tensor, pos: Tensor, vectors: Tensor) -> Tensor:
+        """Direct effects of every source node on a batch of targets.
+
+        Target b reads `vectors[b]` from the transcoder input of layer `layers[b]` at
+        position `pos[b]` (layer = n_layers: from the final normalised residual, a logit).
+        Returns `[B, n_sources]`: source contribution · ∂(target input)/∂(contribution),
+        along paths through attention, norms and skip connections only (every MLP output is
+        a sum of nodes and constants)."""
+        nodes, fp = self.nodes, self.frozen
+        n_layers, _, d = fp.mlp_out.shape
+        batch = vectors.shape[0]
+        t = int(pos.max()) + 1  # nothing after the last target position can reach a target
+        rows = torch.arange(batch, device=vectors.device)
+        out = vectors.new_zeros(batch, nodes.n_sources)
+        g = vectors.new_zeros(batch, t, d)
+        top = int(layers.max())
+        at_final = layers == n_layers
+        if at_final.any():
+            v = vectors[at_final] * self.weights.ln_final / fp.scale_final[pos[at_final]]
+            g[rows[at_final], pos[at_final]] += v
+        span = nodes.n_pos - self.first  # error nodes per layer
+        for layer in range(min(top, n_layers - 1), -1, -1):
+            # sources written at this layer's MLP output read the gradient of r[layer + 1]
+            for p, lo, hi in self._latent_blocks[layer]:
+                if p < t:
+                    out[:, lo:hi] = g[:, p] @ self.decoder[lo:hi].t()
+            if t > self.first:
+                e0 = nodes.n_latents + layer * span
+                err = self.errors[e0 - nodes.n_latents : e0 - nodes.n_latents + t - self.first]
+                out[:, e0 : e0 + t - self.first] = (g[:, self.first :] * err).sum(-1)
+            tc = self.transcoders.get(layer)
+            w_skip = None if tc is None else getattr(tc, "W_skip", None)
+            if w_skip is not None:
+                g = g + (g @ w_skip.to(g.dtype).t()) / fp.scale2[layer, :t]
+            here = layers == layer
+            if here.any():
+                g[rows[here], pos[here]] += vectors[here] / fp.scale2[layer, pos[here]]
+            g = g + self.attention_backward(layer, g)
+        e0 = nodes.n_latents + nodes.n_errors
+        out[:, e0 : e0 + t] = (g * fp.embed[:t]).sum(-1)
+        return out
+
+    @property
+    def _latent_blocks(self) -> list[list[tuple[int, int, int]]]:
+        """Per layer, (position, first, end) of each run of latents at one position (the
+        latents are sorted by layer, then position)."""
+        if getattr(self, "_blocks", None) is None:
+            blocks: list[list[tuple[int, int, int]]] = [[] for _ in range(self.n_layers)]
+            key = (self.nodes.layer * self.nodes.n_pos + self.nodes.pos).tolist()
+            lo = 0
+            for i in range(1, len(key) + 1):
+                if i == len(key) or key[i] != key[lo]:
+                    layer, p = divmod(key[lo], self.nodes.n_pos)
+                    blocks[layer].append((p, lo, i))
+                    lo = i
+            self._blocks = blocks
+        return self._blocks
+
+
+def _rows(idx: Tensor, vals: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
+    """(row index, a·W_dec row) pairs for `index_add_` of a sparse code's decode."""
+    n, k = idx.shape
+    rows = torch.arange(n, device=idx.device).repeat_interleave(k)
+    return rows, w_dec[idx.reshape(-1)] * vals.reshape(-1, 1)
+
+
+def build_replacement(
+    model, tokens: list[int], transcoders: dict[int, torch.nn.Module], bos: int | None,
+    dtype: torch.dtype = torch.float32,
+) -> ReplacementModel:  # fmt: skip
+    """The replacement model of `tokens` (position 0 is BOS, without nodes, when it equals
+    `bos`)."""
+    for layer in transcoders:
+        if not 0 <= layer < model.n_layers:
+            raise UserError(f"a transcoder for layer {layer}: {model.name} has {model.n_layers}")
+    if dtype != torch.float32:  # parity tests run the whole model, transcoders too, in float64
+        transcoders = {k: copy.deepcopy(tc).to(dtype) for k, tc in transcoders.items()}
+    frozen = frozen_pass(model, tokens, dtype)
+    weights = Weights.from_bridge(model.bridge, dtype)
+    first = 1 if bos is not None and tokens and tokens[0] == bos else 0
+    return ReplacementModel(weights, frozen, transcoders, first)
