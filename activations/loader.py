@@ -350,3 +350,67 @@ class MultiHookLoader(ActivationLoader):
             acts = self.store.read_acts(h, first).reshape(-1, self.d_in)[keep].float()
             out[h] = float(acts.norm(dim=1).median()) * self.cfg.outlier_factor
         return out
+
+
+class JointHookLoader(ActivationLoader):
+    """The activations of several hooks at the same tokens, side by side in one row: each
+    batch is `[batch, Σ widths]`, the hooks' columns in the order given (`columns` says where
+    each one lies). A transcoder's input and target come from one such loader, so both sides
+    of a row belong to the same token, in the same shuffle, and a resume restores both.
+
+    Everything else (windows, masks, resume, data-parallel split) is the single-hook
+    loader's; the high-norm outlier filter looks at the first hook. `hook` is the first hook
+    (the one the training reads as its input).
+    """
+
+    def __init__(
+        self,
+        store: str | ActivationStore,
+        hooks: list[str],
+        batch_size: int = 4096,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        config: LoaderConfig | None = None,
+        **overrides,
+    ) -> None:
+        hooks = list(hooks)
+        if not hooks:
+            raise UserError("a joint-hook loader needs at least one hook")
+        if len(set(hooks)) != len(hooks):
+            raise UserError(f"a hook is given twice in {hooks}; give each hook once")
+        opened = store if isinstance(store, ActivationStore) else ActivationStore(store)
+        for h in hooks:
+            opened.check_hook(h)
+        self.hooks = hooks
+        self.widths = {h: opened.width(h) for h in hooks}
+        starts = np.cumsum([0] + [self.widths[h] for h in hooks])
+        self.columns = {h: slice(int(a), int(b)) for h, a, b in zip(hooks, starts, starts[1:])}
+        """Where each hook's activations lie in a row."""
+        super().__init__(
+            opened, hooks[0], batch_size, seed=seed, device=device, config=config, **overrides
+        )
+        self.d_in = int(starts[-1])
+
+    @property
+    def hook_label(self) -> str:
+        return " + ".join(self.hooks)
+
+    def _chunk_rows(self, chunk: int) -> torch.Tensor:
+        keep = torch.from_numpy(self._token_mask(chunk))
+        parts = [
+            self.store.read_acts(h, chunk).reshape(-1, self.widths[h])[keep].float()
+            for h in self.hooks
+        ]
+        rows = torch.cat(parts, dim=1)
+        if self.outlier_threshold is not None:
+            rows = rows[parts[0].norm(dim=1) <= self.outlier_threshold]
+        return rows
+
+    def _outlier_threshold(self) -> float | None:
+        if self.cfg.outlier_factor is None:
+            return None
+        first = self.hooks[0]
+        acts = self.store.read_acts(first, self.chunks[0]).reshape(-1, self.widths[first])
+        norms = acts[torch.from_numpy(self._token_mask(self.chunks[0]))].float().norm(dim=1)
+        return float(norms.median()) * self.cfg.outlier_factor

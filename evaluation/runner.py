@@ -75,6 +75,11 @@ class EvalConfig:
         refuse_inside_store(self.db, "the results database")
 
 
+TRANSCODER_EVALS = ("core", "loss", "features")
+"""The evals defined for a transcoder: reconstruction of its target, CE/KL with it spliced in
+place of the MLP output, and the dashboards of its latents (which read its input hook)."""
+
+
 def sae_folders(path: str) -> list[Path]:
     """The SAE folder itself, or every SAE subfolder of a sweep folder."""
     root = Path(path)
@@ -185,6 +190,13 @@ def _evaluate_one(
             sae, store, hook, cfg.settings_for(spec.name), model, record.sae_id,
             cfg.test_fraction, cfg.device, folder,
         )  # fmt: skip
+        if getattr(sae, "target_hook", None) and spec.name not in TRANSCODER_EVALS:
+            log(
+                f"saelab eval: {folder.name} {spec.name}: skipped: a transcoder reconstructs "
+                f"{sae.target_hook}, not the hook it reads; the {spec.name} eval is defined for "
+                f"SAEs only (transcoders get {', '.join(TRANSCODER_EVALS)})"
+            )
+            continue
         t0 = time.perf_counter()
         try:
             result = spec.run(ctx)

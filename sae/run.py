@@ -43,6 +43,11 @@ class TrainRunConfig:
     once)."""
     group_tokens: int = 8192
     """Layer groups: tokens per layer on which the layers' angular similarity is measured."""
+    layers: str | None = None
+    """Per-layer transcoders in one pass: the layers, as `0-29` or `0,3,5`. `hook` and each
+    transcoder's `target_hook` are then templates with `{layer}` (e.g.
+    blocks.{layer}.ln2.hook_normalized -> blocks.{layer}.hook_mlp_out) and every transcoder is
+    trained once per layer, all on the same batches (named `<name>-L<layer>`)."""
     out: str | None = None
     """Output folder: the SAE checkpoint (one subfolder per SAE of a sweep) and the training
     state; None trains in memory only."""
@@ -111,6 +116,76 @@ class TrainRunConfig:
             raise UserError("give either `hook` (one SAE per hook) or `hooks` (layer groups)")
         if self.group_tokens < 1:
             raise UserError(f"`group_tokens` must be positive, got {self.group_tokens}")
+        if self.layers is not None:
+            parse_layers(self.layers)
+            if self.hooks is not None:
+                raise UserError(
+                    "give either `layers` (per-layer transcoders) or `hooks` (layer groups)"
+                )
+
+
+def parse_layers(text: str) -> list[int]:
+    """`0-29` or `0,3,5` (or a mix, `0-3,8`) as a sorted list of distinct layers."""
+    layers: set[int] = set()
+    for part in str(text).split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise UserError(
+                f"`layers` takes ranges and numbers like 0-29 or 0,3,5; got {text!r}"
+            ) from None
+        if first < 0 or last < first:
+            raise UserError(f"`layers`: {part.strip()!r} is not a range of layers (like 0-29)")
+        layers.update(range(first, last + 1))
+    return sorted(layers)
+
+
+def expand_layers(
+    cfg: TrainRunConfig, configs: list[SAEConfig]
+) -> tuple[list[SAEConfig], TrainRunConfig]:
+    """Per-layer transcoders: each config once per layer of `cfg.layers`, its hooks the
+    `{layer}` templates filled in; the run's hook becomes the first layer's input hook."""
+    assert cfg.layers is not None
+    layers = parse_layers(cfg.layers)
+    template = cfg.hook
+    if not template or "{layer}" not in template:
+        raise UserError(
+            "with `layers`, `hook` is a template with {layer}, e.g. "
+            "--hook 'blocks.{layer}.ln2.hook_normalized'"
+        )
+    out: list[SAEConfig] = []
+    for c in configs:
+        target = getattr(c, "target_hook", None)
+        if not target or "{layer}" not in target:
+            raise UserError(
+                f"`layers` trains transcoders, one per layer: {c.resolved_name()!r} needs a "
+                "target_hook template with {layer}, e.g. --target-hook 'blocks.{layer}.hook_mlp_out'"
+            )
+        source = getattr(c, "input_hook", None) or template
+        for layer in layers:
+            out.append(
+                dataclasses.replace(
+                    c,
+                    name=f"{c.resolved_name()}-L{layer}",
+                    input_hook=source.format(layer=layer),
+                    target_hook=target.format(layer=layer),
+                )
+            )
+    return out, dataclasses.replace(cfg, hook=template.format(layer=layers[0]))
+
+
+def joint_hooks(hook: str, configs: list[SAEConfig]) -> list[str] | None:
+    """The hooks a run with transcoders reads side by side (`hook` first), or None when every
+    SAE reconstructs the run's one hook."""
+    if not any(getattr(c, "target_hook", None) for c in configs):
+        return None
+    hooks = [hook]
+    for c in configs:
+        for h in (getattr(c, "input_hook", None), getattr(c, "target_hook", None)):
+            if h and h not in hooks:
+                hooks.append(h)
+    return hooks
 
 
 def resolve_sweep(cfg: TrainRunConfig) -> tuple[list[SAEConfig], TrainRunConfig]:
@@ -151,18 +226,24 @@ def training_loader(
     batch_size: int,
     seed: int,
     live: bool = False,
+    joint: list[str] | None = None,
 ) -> Any:
     """The store's train split, with enough epochs for `tokens` (None: one pass). A list of
     hooks reads all of them as rows of one stream (a layer group); `live`: the live loader
-    (activations from the model, with the LM loss gradient)."""
-    from saelab.activations.loader import ActivationLoader, MultiHookLoader
+    (activations from the model, with the LM loss gradient); `joint`: these hooks side by side
+    in every row (transcoders: input and target of the same tokens; `hook` is ignored)."""
+    from saelab.activations.loader import ActivationLoader, JointHookLoader, MultiHookLoader
 
     if tokens is not None and (
         isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1
     ):
         raise UserError(f"`tokens` must be a positive whole number or None, got {tokens!r}")
     make: Any = ActivationLoader
-    if isinstance(hook, list):
+    if joint is not None:
+        if live:
+            raise UserError("transcoders read stored activations; drop `live`")
+        make, hook = JointHookLoader, list(joint)
+    elif isinstance(hook, list):
         if live:
             raise UserError("layer groups read stored activations; the live loader takes one hook")
         make = MultiHookLoader
@@ -209,11 +290,18 @@ def run_training(cfg: TrainRunConfig) -> TrainingResult:
         return _run_e2e(cfg)
     configs, cfg = resolve_sweep(cfg)
     if cfg.layer_groups is not None:
+        if any(getattr(c, "target_hook", None) for c in configs):
+            raise UserError("layer groups train SAEs; a transcoder reads its own hook pair")
         return run_layer_groups(cfg, configs)
+    if cfg.layers is not None:
+        configs, cfg = expand_layers(cfg, configs)
     if not cfg.hook:
         raise UserError("which hook? give `hook` (or set hook in the sweep's [train] table)")
     live = _live(configs, cfg.live)
-    loader = training_loader(cfg.acts, cfg.hook, cfg.tokens, cfg.batch_size, cfg.seed, live)
+    joint = joint_hooks(cfg.hook, configs)
+    loader = training_loader(
+        cfg.acts, cfg.hook, cfg.tokens, cfg.batch_size, cfg.seed, live, joint=joint
+    )
     record = {"acts": cfg.acts, "batch_size": cfg.batch_size, "seed": cfg.seed}
     train = dataclasses.replace(
         cfg.train,

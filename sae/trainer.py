@@ -60,6 +60,10 @@ class Member:
     """The target-L0 controller of a threshold SAE with `target_l0` (else None)."""
     lr_from_rule: bool = False
     """Whether the LR came from the default rule (the config gave none)."""
+    input_hook: str | None = None
+    """The loader column (hook) the SAE reads; None: the whole row (a single-hook loader)."""
+    target_hook: str | None = None
+    """The column a transcoder reconstructs; None: the SAE reconstructs its input."""
 
 
 class Diverged(Exception):
@@ -103,6 +107,13 @@ class Trainer:
         self.step = self.tokens = 0
         self.total_steps = self.batch_rows = 0
         self.scale = 1.0
+        self.columns: dict[str, slice] | None = getattr(
+            loader, "columns", getattr(state_source, "columns", None)
+        )
+        """A joint-hook loader's hook -> columns of a row (transcoders read one hook and
+        reconstruct another); None: every row is the one hook's activations."""
+        self.scales: dict[str, float] = {}
+        """With `columns`: each hook's training input scale (`scale` is the first hook's)."""
         self.last_saved_step: int | None = None
         self.recent: deque[Tensor] = deque()
         """The latest training batches (training units, every rank's rows), about
@@ -163,9 +174,34 @@ class Trainer:
                 )
         return d_in
 
+    def _member_hooks(self, c: SAEConfig) -> tuple[str | None, str | None]:
+        """The loader columns an SAE reads and (a transcoder) reconstructs."""
+        target = getattr(c, "target_hook", None) or None
+        if self.columns is None:
+            if target is not None:
+                raise UserError(
+                    f"transcoder {c.resolved_name()!r} reconstructs {target!r} but the loader "
+                    "gives one hook only; train it from a store with its target hook "
+                    "(saelab train --arch transcoder --hook H --target-hook H2)"
+                )
+            return None, None
+        primary = next(iter(self.columns))  # the joint loader's first hook
+        source = getattr(c, "input_hook", None) or getattr(self.loader, "hook", primary)
+        for h in (source, target):
+            if h is not None and h not in self.columns:
+                raise UserError(
+                    f"SAE {c.resolved_name()!r} needs hook {h!r}, which the loader does not "
+                    f"read; it reads: {', '.join(self.columns)}"
+                )
+        return source, target
+
     def _build_members(self, d_in: int) -> None:
         flat = len(self.configs) == 1
         for c in self.configs:
+            source, target = self._member_hooks(c)
+            if self.columns is not None:
+                d_in = _width(self.columns[source])  # type: ignore[index]
+                _set_target(c, source, target, self.columns)
             c.d_in = d_in
             lr_from_rule = c.lr is None
             if lr_from_rule:
@@ -180,8 +216,9 @@ class Trainer:
             name = c.resolved_name()
             folder = None if self.out is None else (self.out if flat else self.out / name)
             member = Member(
-                name, sae, opt, dead, folder, controller=_controller(c), lr_from_rule=lr_from_rule
-            )
+                name, sae, opt, dead, folder, controller=_controller(c), lr_from_rule=lr_from_rule,
+                input_hook=source, target_hook=target,
+            )  # fmt: skip
             self.members.append(member)
 
     def _dead_window(self) -> int:
@@ -190,6 +227,9 @@ class Trainer:
         return max(1, min(10_000_000, self.cfg.tokens // 10))
 
     def _initialise_from_data(self) -> None:
+        if self.columns is not None:
+            self._initialise_joint()
+            return
         sample = self.stream.peek_rows(self.cfg.init_tokens).to(self.device, torch.float32)
         self.scale = input_scale(sample) if self.cfg.normalize_inputs else 1.0
         sample = sample * self.scale
@@ -204,6 +244,42 @@ class Trainer:
             m.sae.init_sparsity_(sample)  # first: the encoder scale fits the sparse start
             if m.sae.cfg.init_encoder_scale:
                 m.sae.init_encoder_scale_(sample)
+
+    def _initialise_joint(self) -> None:
+        """`_initialise_from_data` for a joint-hook loader: a scale per hook, each SAE's b_dec
+        from its target's sample (its input's for an SAE), a transcoder's encoder scale
+        fitted to its target."""
+        assert self.columns is not None
+        rows = self.stream.peek_rows(self.cfg.init_tokens).to(self.device, torch.float32)
+        sample = {h: rows[:, cols] for h, cols in self.columns.items()}
+        self.scales = {
+            h: input_scale(v) if self.cfg.normalize_inputs else 1.0 for h, v in sample.items()
+        }
+        self.scale = self.scales[next(iter(self.columns))]
+        sample = {h: v * self.scales[h] for h, v in sample.items()}
+        inits: dict[tuple[str, str], Tensor | None] = {}
+        for m in self.members:
+            x = sample[m.input_hook]  # type: ignore[index]
+            y = None if m.target_hook is None else sample[m.target_hook]
+            how, out_hook = m.sae.cfg.b_dec_init, m.target_hook or m.input_hook
+            if (out_hook, how) not in inits:  # type: ignore[comparison-overlap]
+                inits[(out_hook, how)] = b_dec_init(sample[out_hook], how)  # type: ignore[index]
+            if inits[(out_hook, how)] is not None:  # type: ignore[index]
+                with torch.no_grad():
+                    m.sae.b_dec.copy_(inits[(out_hook, how)])  # type: ignore[index]
+            m.sae.init_sparsity_(x)
+            if m.sae.cfg.init_encoder_scale:
+                if y is None:
+                    m.sae.init_encoder_scale_(x)
+                else:
+                    m.sae.init_encoder_scale_(x, y)  # type: ignore[call-arg]
+
+    def member_scales(self, m: Member) -> tuple[float, float | None]:
+        """The training scales of what the member reads and (a transcoder) reconstructs."""
+        if self.columns is None or m.input_hook is None:
+            return self.scale, None
+        target = None if m.target_hook is None else self.scales[m.target_hook]
+        return self.scales[m.input_hook], target
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -221,7 +297,9 @@ class Trainer:
     def eval_saes(self) -> dict[str, SAE]:
         """Each SAE as it stands now (scale folded in, eval mode, the optimiser's evaluation
         weights), by name."""
-        return {m.name: folded_copy(self.eval_module(m), self.scale) for m in self.members}
+        return {
+            m.name: folded_copy(self.eval_module(m), *self.member_scales(m)) for m in self.members
+        }
 
     def eval_module(self, m: Member) -> SAE:
         """The member's SAE with the weights to evaluate and save (training units): itself, or
@@ -235,7 +313,7 @@ class Trainer:
         sae = build_sae(dataclasses.replace(m.sae.cfg), m.sae.d_in).to(m.sae.W_dec.device)
         sae.load_state_dict(m.sae.state_dict() if weights is None else weights)
         if calibrate:
-            sae.calibrate_inference(torch.cat(list(self.recent)))
+            sae.calibrate_inference(torch.cat([_view(b, m.input_hook) for b in self.recent]))
         return sae
 
     def setup(self) -> None:
@@ -245,7 +323,10 @@ class Trainer:
         if self.device.type == "cpu" and self.cfg.keep_freed_cpu_memory:
             keep_freed_cpu_memory()
         first = self.stream.peek_rows(1)
-        d_in = self._resolve_d_in(first)
+        if self.columns is None:
+            d_in = self._resolve_d_in(first)
+        else:
+            d_in = max(_width(cols) for cols in self.columns.values())
         check_memory(self.configs, d_in, first.shape[0], self.device)
         self._build_members(d_in)
         if self.resume:
@@ -300,6 +381,9 @@ class Trainer:
 
     def train_step(self, batch: Tensor | tuple[Tensor, Tensor]) -> None:
         """One step of every SAE on one batch (with the LM loss gradient, from a live source)."""
+        if self.columns is not None:
+            self._joint_step(batch_acts(batch))
+            return
         x = batch_acts(batch).to(self.device, torch.float32, non_blocking=True) * self.scale
         local = self.dist.shard(x)
         grad = batch_grad(batch)  # d loss / d(x * scale) = grad / scale
@@ -317,6 +401,28 @@ class Trainer:
         self.step += 1
         self.tokens += x.shape[0]
 
+    def _joint_step(self, rows: Tensor) -> None:
+        """`train_step` on a joint-hook batch: each member reads its hook's columns (and a
+        transcoder's target, its target hook's), each in its own training scale."""
+        assert self.columns is not None
+        rows = rows.to(self.device, torch.float32, non_blocking=True)
+        views = {h: rows[:, cols] * self.scales[h] for h, cols in self.columns.items()}
+        local = {h: self.dist.shard(v) for h, v in views.items()}
+        sparsity = sparsity_multiplier(
+            self.step, self.total_steps, self.cfg.sparsity_warmup_fraction
+        )
+        warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps, self.cfg.lr_warmup_fraction)
+        lr_mult = lr_multiplier(self.step, self.total_steps, warm, self.cfg.lr_decay_fraction)
+        for m in self.members:
+            target = None if m.target_hook is None else local[m.target_hook]
+            x = local[m.input_hook]  # type: ignore[index]
+            self._step_member(m, x, rows.shape[0], sparsity, lr_mult, target=target)
+        self.recent.append(views)  # type: ignore[arg-type]
+        while _rows(self.recent) - _rows([self.recent[0]]) >= self.cfg.init_tokens:
+            self.recent.popleft()
+        self.step += 1
+        self.tokens += rows.shape[0]
+
     def _step_member(
         self,
         m: Member,
@@ -325,10 +431,13 @@ class Trainer:
         sparsity: float,
         lr_mult: float,
         grad: Tensor | None = None,
+        target: Tensor | None = None,
     ) -> None:
         if m.controller is not None:
             sparsity = m.controller.scale()
-        ctx = StepContext(sparsity_scale=sparsity, dead_mask=m.dead.dead_mask(), grad=grad)
+        ctx = StepContext(
+            sparsity_scale=sparsity, dead_mask=m.dead.dead_mask(), grad=grad, target=target
+        )
         with self._autocast():
             out = m.sae.training_forward(x, ctx)
         value = float(out.loss.detach())
@@ -346,7 +455,7 @@ class Trainer:
         m.dead.update(self.dist.sum(out.code.fire_counts()), global_rows)
         if m.controller is not None:
             m.controller.update(float(self.dist.sum(out.code.l0().sum().detach())) / global_rows)
-        self._accumulate(m, x, out)
+        self._accumulate(m, x if target is None else target, out)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.autocast_bf16 and self.device.type == "cuda":
@@ -357,6 +466,7 @@ class Trainer:
 
     @torch.no_grad()
     def _accumulate(self, m: Member, x: Tensor, out: TrainOutput) -> None:
+        """Sums for the metrics; `x` is what the SAE reconstructs (a transcoder's target)."""
         err = (out.x_hat.detach().float() - x).pow(2).sum()
         var = (x - x.mean(0)).pow(2).sum()
         vals = {
@@ -424,7 +534,10 @@ class Trainer:
             # the previous checkpoint whole.
             for m in self.members:
                 extra = {} if m.controller is None else {"target_l0": m.controller.state_dict()}
-                ckpt.save_sae(self.eval_module(m), m.folder, self.scale, {**meta, **extra})
+                if m.input_hook is not None:
+                    extra["hook_name"] = m.input_hook
+                s_in, s_out = self.member_scales(m)
+                ckpt.save_sae(self.eval_module(m), m.folder, s_in, {**meta, **extra}, s_out)
             ckpt.save_training_state(self.out / ckpt.STATE_FILE, self._state())
         self.dist.barrier()
         self.last_saved_step = self.step
@@ -434,11 +547,10 @@ class Trainer:
         train = {k: v for k, v in self.cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
         train["extra"] = {k: v for k, v in train.get("extra", {}).items() if k != "acts"}
         store = {k: self.meta.get(k) for k in STORE_IDENTITY if k in self.meta}
-        return {
-            "hook": self.cfg.hook,
-            "store": store,
-            "train": train,
-        }  # the SAEs' own configs are compared member by member in _load_state
+        identity = {"hook": self.cfg.hook, "store": store, "train": train}
+        if self.columns is not None:
+            identity["hooks"] = list(self.columns)
+        return identity  # the SAEs' own configs are compared member by member in _load_state
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -449,6 +561,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "batch_rows": self.batch_rows,
             "scale": self.scale,
+            **({"scales": dict(self.scales)} if self.columns is not None else {}),
             "rng": torch.get_rng_state(),
             "stream": self.stream.state_dict(),
             "members": {
@@ -528,6 +641,7 @@ class Trainer:
         self.step, self.tokens = state["step"], state["tokens"]
         self.total_steps, self.batch_rows = state["total_steps"], state["batch_rows"]
         self.scale = state["scale"]
+        self.scales = dict(state.get("scales", {}))
         torch.set_rng_state(state["rng"])
         self.stream.load_state_dict(state["stream"])
         self.last_saved_step = self.step
@@ -557,12 +671,50 @@ def train(
     return Trainer(saes, loader, cfg or TrainConfig(), out=out, resume=resume, **kwargs).run()
 
 
-def folded_copy(sae: SAE, scale: float) -> SAE:
-    """A copy of `sae` that works on raw inputs (training scale folded in), in eval mode."""
+def folded_copy(sae: SAE, scale: float, target_scale: float | None = None) -> SAE:
+    """A copy of `sae` that works on raw inputs (training scale folded in), in eval mode;
+    `target_scale`: a transcoder's training scale of its target (None: `scale`)."""
     cfg = dataclasses.replace(sae.cfg)
     copy = build_sae(cfg, sae.d_in).to(sae.W_dec.device)
-    copy.load_checkpoint_tensors(sae.checkpoint_tensors(scale))
+    if target_scale is None:
+        copy.load_checkpoint_tensors(sae.checkpoint_tensors(scale))
+    else:
+        copy.load_checkpoint_tensors(sae.checkpoint_tensors(scale, target_scale))  # type: ignore[call-arg]
     return copy.eval()
+
+
+def _width(cols: slice) -> int:
+    return int(cols.stop) - int(cols.start)
+
+
+def _view(batch: Tensor | dict[str, Tensor], hook: str | None) -> Tensor:
+    """A recent batch's rows of `hook` (a joint batch is a dict by hook)."""
+    return batch[hook] if isinstance(batch, dict) else batch  # type: ignore[index]
+
+
+def _rows(batches: Iterable[Tensor | dict[str, Tensor]]) -> int:
+    return sum(
+        next(iter(b.values())).shape[0] if isinstance(b, dict) else b.shape[0] for b in batches
+    )
+
+
+def _set_target(
+    c: SAEConfig, source: str | None, target: str | None, columns: dict[str, slice]
+) -> None:
+    """Fill a transcoder config's input hook and output width from the loader (refusing a
+    width that disagrees with the store)."""
+    if target is None:
+        return
+    width = _width(columns[target])
+    d_out = getattr(c, "d_out", None)
+    if d_out is not None and d_out != width:
+        raise UserError(
+            f"transcoder {c.resolved_name()!r} expects a target of width {d_out} but "
+            f"{target!r} has width {width}; drop d_out or use the matching target hook"
+        )
+    c.d_out = width  # type: ignore[attr-defined]
+    if getattr(c, "input_hook", None) is None:
+        c.input_hook = source  # type: ignore[attr-defined]
 
 
 def _calibrates(sae: SAE) -> bool:

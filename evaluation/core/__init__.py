@@ -37,25 +37,34 @@ class CoreSettings:
 
 
 def run(ctx: EvalContext) -> EvalResult:
-    from saelab.activations.loader import ActivationLoader
-    from saelab.evaluation.core.reconstruction import reconstruction_stats
+    from saelab.activations.loader import ActivationLoader, JointHookLoader
+    from saelab.evaluation.core.reconstruction import (
+        reconstruction_stats,
+        target_reconstruction_stats,
+    )
 
     s: CoreSettings = ctx.settings
-    loader = ActivationLoader(
-        ctx.store,
-        ctx.hook,
-        batch_size=s.batch_size,
-        split=s.split,
-        test_fraction=ctx.test_fraction,
-        drop_last=False,
-        prefetch=1,
-    )
+    target = getattr(ctx.sae, "target_hook", None)
+    options = dict(
+        batch_size=s.batch_size, split=s.split, test_fraction=ctx.test_fraction,
+        drop_last=False, prefetch=1,
+    )  # fmt: skip
+    if target:  # a transcoder: its input and target at the same tokens
+        loader = JointHookLoader(ctx.store, [ctx.hook, target], **options)
+    else:
+        loader = ActivationLoader(ctx.store, ctx.hook, **options)
     batches = loader if s.max_tokens is None else _capped(loader, s.max_tokens)
-    stats = reconstruction_stats(ctx.sae, (b.to(ctx.device) for b in batches))
+    if target:
+        cut = loader.columns[ctx.hook].stop
+        pairs = ((b[:, :cut].to(ctx.device), b[:, cut:].to(ctx.device)) for b in batches)
+        stats = target_reconstruction_stats(ctx.sae, pairs)
+    else:
+        stats = reconstruction_stats(ctx.sae, (b.to(ctx.device) for b in batches))
     metrics = stats.metrics()
     edges, counts, dead = stats.density_histogram()
     metrics.update({f"log10_density_hist_{i:02d}": float(c) for i, c in enumerate(counts)})
     conventions = {
+        **({"target_hook": target, "reconstructs": "the target hook"} if target else {}),
         "split": s.split,
         "max_tokens": s.max_tokens,
         "loader": asdict(loader.cfg),

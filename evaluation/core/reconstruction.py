@@ -105,3 +105,16 @@ def reconstruction_stats(sae, batches: Iterable[Tensor]) -> ReconstructionStats:
         x_hat = sae.decode_sparse(code)
         stats.update(x, x_hat, code.l0(), code.fire_counts())
     return stats
+
+
+@torch.no_grad()
+def target_reconstruction_stats(tc, pairs: Iterable[tuple[Tensor, Tensor]]) -> ReconstructionStats:
+    """`reconstruction_stats` of a transcoder: over `(x [N, d_in], y [N, d_out])` pairs of raw
+    input and target activations, every metric compares the target y with the prediction
+    ŷ = decode(encode(x)) + skip(x)."""
+    stats = ReconstructionStats(d_in=tc.d_out, d_sae=tc.d_sae)
+    for x, y in pairs:
+        code = tc.encode_sparse(x)
+        y_hat = tc.decode_sparse(code) + tc.skip_out(x)
+        stats.update(y, y_hat, code.l0(), code.fire_counts())
+    return stats

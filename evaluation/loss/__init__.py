@@ -45,8 +45,15 @@ def run(ctx: EvalContext) -> EvalResult:
             break
     toks = torch.from_numpy(np.concatenate(tokens)[: s.sequences]).long().to(ctx.device)
     mask = torch.from_numpy(np.concatenate(masks)[: s.sequences]).to(ctx.device)
-    stats = loss_stats(ctx.model.bridge, ctx.hook, lambda x: ctx.sae(x), toks, mask)
+    target = getattr(ctx.sae, "target_hook", None)
+    if target:  # a transcoder: its prediction replaces the target, fed by the real input
+        stats = loss_stats(
+            ctx.model.bridge, target, lambda x: ctx.sae(x), toks, mask, source_hook=ctx.hook
+        )
+    else:
+        stats = loss_stats(ctx.model.bridge, ctx.hook, lambda x: ctx.sae(x), toks, mask)
     conventions = {
+        **({"spliced_at": target, "fed_by": ctx.hook} if target else {}),
         "split": s.split,
         "sequences": len(toks),
         "splice": "non-BOS, non-special positions only",

@@ -48,18 +48,27 @@ def loss_stats(
     tokens: Tensor,
     splice_mask: Tensor,
     batch_size: int = 8,
+    source_hook: str | None = None,
 ) -> LossStats:
     """CE and KL over next-token predictions with `reconstruct(x)` replacing the hook's output
-    at `splice_mask` positions, and with zeros there. `tokens` `[S, T]`, mask bool `[S, T]`."""
+    at `splice_mask` positions, and with zeros there. `tokens` `[S, T]`, mask bool `[S, T]`.
+    `source_hook` (a transcoder): x is that earlier hook's activation in the same forward pass
+    (the MLP's real input), not the replaced hook's own."""
     sums = dict(ce_clean=0.0, ce_sae=0.0, ce_zero=0.0, kl_sae=0.0, kl_zero=0.0)
     count = 0
     for start in range(0, len(tokens), batch_size):
         toks = tokens[start : start + batch_size]
         mask = splice_mask[start : start + batch_size]
+        seen: dict[str, Tensor] = {}
 
-        def splice(act, hook=None, _mask=mask):
+        def read(act, hook=None, _seen=seen):
+            _seen["x"] = act
+            return act
+
+        def splice(act, hook=None, _mask=mask, _seen=seen):
             out = act.clone()
-            out[_mask] = reconstruct(act[_mask].float()).to(act.dtype)
+            x = act if source_hook is None else _seen.pop("x")
+            out[_mask] = reconstruct(x[_mask].float()).to(act.dtype)
             return out
 
         def zero(act, hook=None, _mask=mask):
@@ -68,7 +77,8 @@ def loss_stats(
             return out
 
         clean = bridge(toks, return_type="logits").double().log_softmax(-1)[:, :-1]
-        spliced = bridge.run_with_hooks(toks, fwd_hooks=[(hook, splice)], return_type="logits")
+        hooks = [(hook, splice)] if source_hook is None else [(source_hook, read), (hook, splice)]
+        spliced = bridge.run_with_hooks(toks, fwd_hooks=hooks, return_type="logits")
         zeroed = bridge.run_with_hooks(toks, fwd_hooks=[(hook, zero)], return_type="logits")
         target = toks[:, 1:].unsqueeze(-1)
         for name, logp in (
