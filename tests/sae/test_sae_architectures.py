@@ -216,7 +216,7 @@ def test_impossible_configs_are_user_errors():
         make("topk", d_sae=8, k=16)
     with pytest.raises(
         UserError,
-        match="known: batchtopk, feature_choice, gated, gsae, jumprelu, matryoshka, mp, "
+        match="known: batchtopk, clt, feature_choice, gated, gsae, jumprelu, matryoshka, mp, "
         "mutual_choice, relu, topk",
     ):
         get_architecture("sparse-magic")
