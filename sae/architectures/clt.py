@@ -204,6 +204,11 @@ class CrossLayerTranscoder(TopKSAE):
                 f"layer {layer} is not in this cross-layer transcoder's range {self.layers}"
             ) from None
 
+    def encoder(self, layer: int) -> Tensor:
+        """Layer `layer`'s encoder `[d_in, d_latent]` (a view; column i reads latent i), applied
+        to that layer's input hook with bias `b_enc[position(layer)]`."""
+        return self.W_enc[self.position(layer)]
+
     def decoder(self, l_src: int, l_dst: int) -> Tensor:
         """The decoder block from layer `l_src`'s latents to layer `l_dst`'s MLP output,
         `[d_latent, d_out]` (a view); l_src <= l_dst."""

@@ -138,7 +138,11 @@ def test_inference_api_is_the_definition():
     assert clt.d_sae == L * 20 and clt.d_in == 10 and clt.d_out == 8
     assert clt.input_hooks[1] == "blocks.4.ln2.hook_normalized"
     assert clt.target_hooks[-1] == "blocks.6.hook_mlp_out"
-    assert clt.decoder(4, 6).shape == (20, 8)
+    assert clt.decoder(4, 6).shape == (20, 8) and clt.encoder(5).shape == (10, 20)
+    pre = x[..., 2, :] @ clt.encoder(5) + clt.b_enc[clt.position(5)]
+    torch.testing.assert_close(
+        clt.encode_layer(5, x[..., 2, :]).max(-1).values, pre.max(-1).values.relu()
+    )
     with pytest.raises(UserError, match="not to 3"):
         clt.decoder(4, 3)
     with pytest.raises(UserError, match="not in this cross-layer"):

@@ -37,8 +37,9 @@ def mlp4_store(model, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _train_command_registered(monkeypatch):
-    if "train" not in cli.COMMANDS:
-        monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, "train"])
+    missing = [c for c in ("train", "eval") if c not in cli.COMMANDS]
+    if missing:
+        monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, *missing])
 
 
 def _train(store, out, *extra):
@@ -56,7 +57,7 @@ def _held_out(store):
     return rows[:, : n * 576].view(-1, n, 576), rows[:, n * 576 :].view(-1, n, 576)
 
 
-def test_cli_trains_a_clt_that_works_on_raw_activations(mlp4_store, tmp_path):
+def test_cli_trains_a_clt_that_works_on_raw_activations(mlp4_store, tmp_path, capsys):
     out = tmp_path / "clt"
     assert _train(mlp4_store, out, "--layers", "0-3", "--tokens", "4096", "--log-every", "8") == 0
     clt = load_sae(out, architecture="clt")
@@ -86,6 +87,11 @@ def test_cli_trains_a_clt_that_works_on_raw_activations(mlp4_store, tmp_path):
     var = (y - y.mean(0)).pow(2).sum((0, 2))
     fvu = err / var
     assert (fvu < 1.0).all(), fvu
+    # saelab eval does not take a CLT yet: one line that says so, nothing written.
+    rc = main(["eval", "--sae", str(out), "--acts", mlp4_store, "--db", str(tmp_path / "r.duckdb")])
+    assert rc != 0
+    err = capsys.readouterr().err.strip()
+    assert "cross-layer transcoder" in err and len(err.splitlines()) == 1, err
     in_training_units = (err * torch.tensor(scales) ** 2).sum() / (
         var * torch.tensor(scales) ** 2
     ).sum()
