@@ -92,6 +92,7 @@ def train(
     e2e: Any = None,
     hooks: Sequence[str] | None = None,
     layer_groups: int | None = None,
+    layers: str | Sequence[int] | None = None,
 ) -> dict[str, SAE]:
     """Train one SAE, or a sweep of them in one pass over the store `acts` at `hook`.
 
@@ -109,6 +110,11 @@ def train(
     `layer_groups` G: the layers are split into G contiguous groups of similar layers and one
     SAE (or sweep) is trained per group on every layer's rows, saved to
     `out/layers-<first>-<last>/` and returned under that name.
+
+    Transcoders (`make_config("transcoder", target_hook=...)`) read `hook` and reconstruct
+    their `target_hook`. `layers` (e.g. "0-29" or [3, 8]): one transcoder per layer, all in
+    one pass; `hook` and each `target_hook` are then templates with `{layer}`, and the
+    transcoders are returned as `<name>-L<layer>`.
     """
     from saelab.sae.config import SAEConfig, TrainConfig
     from saelab.sae.run import TrainRunConfig, run_training
@@ -140,6 +146,7 @@ def train(
     run = TrainRunConfig(
         acts=acts, saes=list(configs), hook=hook, out=out, tokens=cfg.tokens or None,
         hooks=None if hooks is None else list(hooks), layer_groups=layer_groups,
+        layers=layers if layers is None or isinstance(layers, str) else ",".join(map(str, layers)),
         batch_size=batch_size, seed=seed, resume=resume, train=replace(cfg, tokens=1),
     )  # fmt: skip
     return run_training(run).saes
