@@ -90,8 +90,8 @@ def test_cli_trains_a_clt_that_works_on_raw_activations(mlp4_store, tmp_path, ca
     # saelab eval does not take a CLT yet: one line that says so, nothing written.
     rc = main(["eval", "--sae", str(out), "--acts", mlp4_store, "--db", str(tmp_path / "r.duckdb")])
     assert rc != 0
-    err = capsys.readouterr().err.strip()
-    assert "cross-layer transcoder" in err and len(err.splitlines()) == 1, err
+    message = capsys.readouterr().err.strip()
+    assert "cross-layer transcoder" in message and len(message.splitlines()) == 1, message
     in_training_units = (err * torch.tensor(scales) ** 2).sum() / (
         var * torch.tensor(scales) ** 2
     ).sum()
