@@ -30,6 +30,7 @@ with the target hooks side by side in `StepContext.target` `[batch, L * d_out]`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -243,6 +244,23 @@ class CrossLayerTranscoder(TopKSAE):
         """What layer `l_src`'s latents `f [.., d_latent]` write to layer `l_dst`'s MLP output,
         `[.., d_out]` (no bias; b_dec[l_dst] is added once per target, see `bias`)."""
         return f @ self.decoder(l_src, l_dst)
+
+    def write_gradient(self, l_src: int, grads: Mapping[int, Tensor]) -> Tensor:
+        """The gradient reaching layer `l_src`'s latents `[.., d_latent]` from gradients at the
+        MLP outputs it writes to (`grads[l'] [.., d_out]` at the same positions, for any layers
+        l' of the range; those below l_src and missing ones count as zero): the sum over
+        l' >= l_src of grads[l'] W_dec[l_src -> l']^T. Times a latent's activation, it is that
+        latent's direct effect on whatever the gradients came from (an attribution edge)."""
+        p = self.position(l_src)
+        total = None
+        for layer, grad in grads.items():
+            if self.position(layer) < p:
+                continue
+            part = grad @ self.decoder(l_src, layer).t()
+            total = part if total is None else total + part
+        if total is None:
+            raise UserError(f"no gradient at layer {l_src} or later (given: {sorted(grads)})")
+        return total
 
     def bias(self, layer: int) -> Tensor:
         """The decoder bias of layer `layer`'s MLP output `[d_out]`."""

@@ -151,6 +151,21 @@ def test_inference_api_is_the_definition():
     assert code.idx.shape == (10, 3) and int(code.idx.max()) < 20
 
 
+def test_write_gradient_is_autograd_of_the_decoders():
+    """write_gradient(l, {l': ∂J/∂y_l'}) = ∂J/∂f_l for J a random linear read-out of every
+    layer's reconstruction (autograd through decode, in float64)."""
+    clt = _clt(d_sae=20).double()
+    g = _perturbed(clt, 5)
+    f = torch.randn(7, len(LAYERS), 20, generator=g, dtype=torch.float64, requires_grad=True)
+    readout = torch.randn(7, len(LAYERS), 8, generator=g, dtype=torch.float64)
+    (clt.decode(f) * readout).sum().backward()
+    grads = {layer: readout[:, q] for q, layer in enumerate(LAYERS)}
+    for p, layer in enumerate(LAYERS):
+        torch.testing.assert_close(clt.write_gradient(layer, grads), f.grad[:, p])
+    only_last = clt.write_gradient(3, {6: readout[:, 3]})
+    torch.testing.assert_close(only_last, readout[:, 3] @ clt.decoder(3, 6).t())
+
+
 def test_optimizer_hooks_keep_each_latents_decoders_unit_norm():
     clt = _clt(d_sae=12)
     g = _perturbed(clt, 3)
