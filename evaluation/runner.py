@@ -170,6 +170,11 @@ def _evaluate_one(
     """Evaluate one SAE folder into `out` and the database; returns the model (loaded once)."""
     cfg_json = read_cfg(folder)
     sae = load_sae(folder, device=cfg.device)
+    if hasattr(sae, "target_hooks"):
+        raise UserError(
+            f"{folder.name} is a cross-layer transcoder ({', '.join(sae.target_hooks)}); saelab "
+            "eval does not evaluate one yet: `python -m benchmarks.clt` measures its per-layer FVU"
+        )
     hook = cfg.hook or cfg_json.get("hook_name")
     if not hook:
         raise UserError(f"SAE {folder.name} records no hook; give the `hook` to read")

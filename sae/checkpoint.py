@@ -102,6 +102,11 @@ def saelens_cfg(
         cfg["saelab"]["target_hook"] = sae.target_hook
         cfg["saelab"]["d_out"] = sae.d_out
         cfg["saelab"]["folded_target_scale"] = scale if target_scale is None else target_scale
+    if hasattr(sae, "target_hooks"):  # a cross-layer transcoder: scales are per layer
+        cfg["saelab"]["input_hooks"] = sae.input_hooks
+        cfg["saelab"]["target_hooks"] = sae.target_hooks
+        cfg["saelab"]["d_out"] = sae.d_out
+        cfg["saelab"]["folded_target_scale"] = scale if target_scale is None else target_scale
     return cfg
 
 

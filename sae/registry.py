@@ -29,6 +29,7 @@ BUILTIN = (
     "saelab.sae.architectures.mp:MPSAE",
     "saelab.sae.architectures.gsae:GSAE",
     "saelab.sae.architectures.transcoder:Transcoder",
+    "saelab.sae.architectures.clt:CrossLayerTranscoder",
 )
 """The built-in architectures (module:class), in the order they are listed."""
 

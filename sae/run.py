@@ -47,7 +47,9 @@ class TrainRunConfig:
     """Per-layer transcoders in one pass: the layers, as `0-29` or `0,3,5`. `hook` and each
     transcoder's `target_hook` are then templates with `{layer}` (e.g.
     blocks.{layer}.ln2.hook_normalized -> blocks.{layer}.hook_mlp_out) and every transcoder is
-    trained once per layer, all on the same batches (named `<name>-L<layer>`)."""
+    trained once per layer, all on the same batches (named `<name>-L<layer>`). A cross-layer
+    transcoder (`clt`) is one dictionary over all these layers (its templates default to the
+    MLP's normalised input and output)."""
     out: str | None = None
     """Output folder: the SAE checkpoint (one subfolder per SAE of a sweep) and the training
     state; None trains in memory only."""
@@ -145,17 +147,24 @@ def expand_layers(
     cfg: TrainRunConfig, configs: list[SAEConfig]
 ) -> tuple[list[SAEConfig], TrainRunConfig]:
     """Per-layer transcoders: each config once per layer of `cfg.layers`, its hooks the
-    `{layer}` templates filled in; the run's hook becomes the first layer's input hook."""
+    `{layer}` templates filled in; the run's hook becomes the first layer's input hook. A
+    cross-layer transcoder (a config with `target_hooks`) stays one config over all the layers:
+    its `input_hooks` and `target_hooks` are filled in instead (its input template is the run's
+    `hook` when that is a template, else its own `input_hook`)."""
     assert cfg.layers is not None
     layers = parse_layers(cfg.layers)
     template = cfg.hook
-    if not template or "{layer}" not in template:
+    per_layer = [c for c in configs if not hasattr(c, "target_hooks")]
+    if (template or per_layer) and (not template or "{layer}" not in template):
         raise UserError(
             "with `layers`, `hook` is a template with {layer}, e.g. "
             "--hook 'blocks.{layer}.ln2.hook_normalized'"
         )
     out: list[SAEConfig] = []
     for c in configs:
+        if hasattr(c, "target_hooks"):
+            out.append(_over_layers(c, layers, template))
+            continue
         target = getattr(c, "target_hook", None)
         if not target or "{layer}" not in target:
             raise UserError(
@@ -172,17 +181,43 @@ def expand_layers(
                     target_hook=target.format(layer=layer),
                 )
             )
-    return out, dataclasses.replace(cfg, hook=template.format(layer=layers[0]))
+    first = template.format(layer=layers[0]) if template else out[0].input_hooks[0]  # type: ignore[attr-defined]
+    return out, dataclasses.replace(cfg, hook=first)
+
+
+def _over_layers(c: SAEConfig, layers: list[int], template: str | None) -> SAEConfig:
+    """A cross-layer transcoder's config with one input and one target hook per layer."""
+    source = template or c.input_hook  # type: ignore[attr-defined]
+    target = c.target_hook  # type: ignore[attr-defined]
+    for name, value in (("input_hook", source), ("target_hook", target)):
+        if "{layer}" not in value:
+            raise UserError(
+                f"`layers` fills in the {name} template of {c.resolved_name()!r}, which needs "
+                f"{{layer}}; got {value!r}"
+            )
+    out = dataclasses.replace(
+        c,
+        input_hook=source,
+        input_hooks=[source.format(layer=layer) for layer in layers],
+        target_hooks=[target.format(layer=layer) for layer in layers],
+    )
+    out.validate()
+    return out
 
 
 def joint_hooks(hook: str, configs: list[SAEConfig]) -> list[str] | None:
     """The hooks a run with transcoders reads side by side (`hook` first), or None when every
-    SAE reconstructs the run's one hook."""
+    SAE reconstructs the run's one hook. A cross-layer transcoder reads every hook of its
+    `input_hooks` and `target_hooks`."""
     if not any(getattr(c, "target_hook", None) for c in configs):
         return None
     hooks = [hook]
     for c in configs:
-        for h in (getattr(c, "input_hook", None), getattr(c, "target_hook", None)):
+        if hasattr(c, "target_hooks"):
+            wanted = [*(c.input_hooks or ()), *(c.target_hooks or ())]  # type: ignore[attr-defined]
+        else:
+            wanted = [getattr(c, "input_hook", None), getattr(c, "target_hook", None)]
+        for h in wanted:
             if h and h not in hooks:
                 hooks.append(h)
     return hooks
@@ -295,6 +330,12 @@ def run_training(cfg: TrainRunConfig) -> TrainingResult:
         return run_layer_groups(cfg, configs)
     if cfg.layers is not None:
         configs, cfg = expand_layers(cfg, configs)
+    for c in configs:
+        if hasattr(c, "target_hooks") and not c.target_hooks:  # type: ignore[attr-defined]
+            raise UserError(
+                f"{c.resolved_name()!r} ({c.architecture}) spans several layers: give them with "
+                "`layers` (saelab train --arch clt --layers 4-7)"
+            )
     if not cfg.hook:
         raise UserError("which hook? give `hook` (or set hook in the sweep's [train] table)")
     live = _live(configs, cfg.live)

@@ -45,6 +45,9 @@ from saelab.sae.registry import build_sae
 from saelab.sae.stream import BatchStream, batch_acts, batch_grad
 from saelab.sae.subspace_init import init_in_active_subspace_
 
+Hooks = str | tuple[str, ...]
+"""One hook of a joint-hook loader, or several whose columns a dictionary reads side by side."""
+
 
 @dataclass
 class Member:
@@ -61,10 +64,12 @@ class Member:
     """The target-L0 controller of a threshold SAE with `target_l0` (else None)."""
     lr_from_rule: bool = False
     """Whether the LR came from the default rule (the config gave none)."""
-    input_hook: str | None = None
-    """The loader column (hook) the SAE reads; None: the whole row (a single-hook loader)."""
-    target_hook: str | None = None
-    """The column a transcoder reconstructs; None: the SAE reconstructs its input."""
+    input_hook: Hooks | None = None
+    """The loader column (hook) the SAE reads; None: the whole row (a single-hook loader); a
+    tuple: several hooks' columns side by side (a cross-layer transcoder's layers)."""
+    target_hook: Hooks | None = None
+    """The column a transcoder reconstructs (a tuple: several, side by side); None: the SAE
+    reconstructs its input."""
 
 
 class Diverged(Exception):
@@ -175,8 +180,12 @@ class Trainer:
                 )
         return d_in
 
-    def _member_hooks(self, c: SAEConfig) -> tuple[str | None, str | None]:
-        """The loader columns an SAE reads and (a transcoder) reconstructs."""
+    def _member_hooks(self, c: SAEConfig) -> tuple[Hooks | None, Hooks | None]:
+        """The loader columns an SAE reads and (a transcoder) reconstructs: a hook each, or
+        (a cross-layer transcoder, whose config lists `input_hooks` and `target_hooks`) a tuple
+        of hooks each."""
+        if hasattr(c, "target_hooks"):
+            return self._member_hook_lists(c)
         target = getattr(c, "target_hook", None) or None
         if self.columns is None:
             if target is not None:
@@ -196,12 +205,31 @@ class Trainer:
                 )
         return source, target
 
+    def _member_hook_lists(self, c: SAEConfig) -> tuple[Hooks, Hooks]:
+        """`_member_hooks` of a dictionary over several layers (one input and target each)."""
+        sources, targets = getattr(c, "input_hooks", None), getattr(c, "target_hooks", None)
+        if not sources or not targets:
+            raise UserError(
+                f"{c.resolved_name()!r} ({c.architecture}) reads several layers: give its layers "
+                "(saelab train --arch clt --layers 4-7) or its input_hooks and target_hooks"
+            )
+        needed = [*sources, *targets]
+        missing = [h for h in needed if self.columns is None or h not in self.columns]
+        if missing:
+            reads = ", ".join(self.columns) if self.columns is not None else "one hook"
+            raise UserError(
+                f"{c.resolved_name()!r} needs hook {missing[0]!r}, which the loader does not "
+                f"read (it reads: {reads}); train it through saelab train --layers, which reads "
+                "every layer's hooks side by side"
+            )
+        return tuple(sources), tuple(targets)
+
     def _build_members(self, d_in: int) -> None:
         flat = len(self.configs) == 1
         for c in self.configs:
             source, target = self._member_hooks(c)
             if self.columns is not None:
-                d_in = _width(self.columns[source])  # type: ignore[index]
+                d_in = _side_width(self.columns, source)  # type: ignore[arg-type]
                 _set_target(c, source, target, self.columns)
             c.d_in = d_in
             lr_from_rule = c.lr is None
@@ -213,7 +241,9 @@ class Trainer:
             opt = build_optimizer(
                 sae, c.lr, self.cfg.adam_betas, self.cfg.adam_eps, self.cfg.optimizer
             )
-            dead = DeadLatentTracker(c.d_sae, self._dead_window(), self.device)
+            # The module's d_sae counts every latent (a cross-layer transcoder's config gives
+            # them per layer).
+            dead = DeadLatentTracker(sae.d_sae, self._dead_window(), self.device)
             name = c.resolved_name()
             folder = None if self.out is None else (self.out if flat else self.out / name)
             member = Member(
@@ -262,14 +292,17 @@ class Trainer:
         sample = {h: v * self.scales[h] for h, v in sample.items()}
         inits: dict[tuple[str, str], Tensor | None] = {}
         for m in self.members:
-            x = sample[m.input_hook]  # type: ignore[index]
-            y = None if m.target_hook is None else sample[m.target_hook]
-            how, out_hook = m.sae.cfg.b_dec_init, m.target_hook or m.input_hook
-            if (out_hook, how) not in inits:  # type: ignore[comparison-overlap]
-                inits[(out_hook, how)] = b_dec_init(sample[out_hook], how)  # type: ignore[index]
-            if inits[(out_hook, how)] is not None:  # type: ignore[index]
+            x = _side(sample, m.input_hook)  # type: ignore[arg-type]
+            y = None if m.target_hook is None else _side(sample, m.target_hook)
+            how = m.sae.cfg.b_dec_init
+            out_hooks = _hook_list(m.target_hook or m.input_hook)  # type: ignore[arg-type]
+            for h in out_hooks:
+                if (h, how) not in inits:
+                    inits[(h, how)] = b_dec_init(sample[h], how)
+            parts = [inits[(h, how)] for h in out_hooks]
+            if all(p is not None for p in parts):  # one b_dec row per target hook
                 with torch.no_grad():
-                    m.sae.b_dec.copy_(inits[(out_hook, how)])  # type: ignore[index]
+                    m.sae.b_dec.copy_(torch.cat(parts).view_as(m.sae.b_dec))  # type: ignore[arg-type]
             m.sae.init_sparsity_(x)
             if m.sae.cfg.init_encoder_scale:
                 if y is None:
@@ -277,12 +310,13 @@ class Trainer:
                 else:
                     m.sae.init_encoder_scale_(x, y)  # type: ignore[call-arg]
 
-    def member_scales(self, m: Member) -> tuple[float, float | None]:
-        """The training scales of what the member reads and (a transcoder) reconstructs."""
+    def member_scales(self, m: Member) -> tuple[Any, Any]:
+        """The training scales of what the member reads and (a transcoder) reconstructs: a
+        number per side, or a list (one per hook) for a side of several hooks."""
         if self.columns is None or m.input_hook is None:
             return self.scale, None
-        target = None if m.target_hook is None else self.scales[m.target_hook]
-        return self.scales[m.input_hook], target
+        target = None if m.target_hook is None else _side_scale(self.scales, m.target_hook)
+        return _side_scale(self.scales, m.input_hook), target
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -313,7 +347,7 @@ class Trainer:
         calibrate = bool(self.recent) and _calibrates(m.sae)
         if weights is None and not calibrate:
             return m.sae
-        sae = build_sae(dataclasses.replace(m.sae.cfg), m.sae.d_in).to(m.sae.W_dec.device)
+        sae = build_sae(dataclasses.replace(m.sae.cfg), m.sae.d_in).to(_device_of(m.sae))
         sae.load_state_dict(m.sae.state_dict() if weights is None else weights)
         if calibrate:
             sae.calibrate_inference(torch.cat([_view(b, m.input_hook) for b in self.recent]))
@@ -417,8 +451,8 @@ class Trainer:
         warm = warmup_steps(self.total_steps, self.cfg.lr_warmup_steps, self.cfg.lr_warmup_fraction)
         lr_mult = lr_multiplier(self.step, self.total_steps, warm, self.cfg.lr_decay_fraction)
         for m in self.members:
-            target = None if m.target_hook is None else local[m.target_hook]
-            x = local[m.input_hook]  # type: ignore[index]
+            target = None if m.target_hook is None else _side(local, m.target_hook)
+            x = _side(local, m.input_hook)  # type: ignore[arg-type]
             self._step_member(m, x, rows.shape[0], sparsity, lr_mult, target=target)
         self.recent.append(views)  # type: ignore[arg-type]
         while _rows(self.recent) - _rows([self.recent[0]]) >= self.cfg.init_tokens:
@@ -538,7 +572,7 @@ class Trainer:
             for m in self.members:
                 extra = {} if m.controller is None else {"target_l0": m.controller.state_dict()}
                 if m.input_hook is not None:
-                    extra["hook_name"] = m.input_hook
+                    extra["hook_name"] = _hook_list(m.input_hook)[0]
                 s_in, s_out = self.member_scales(m)
                 ckpt.save_sae(self.eval_module(m), m.folder, s_in, {**meta, **extra}, s_out)
             ckpt.save_training_state(self.out / ckpt.STATE_FILE, self._state())
@@ -678,7 +712,7 @@ def folded_copy(sae: SAE, scale: float, target_scale: float | None = None) -> SA
     """A copy of `sae` that works on raw inputs (training scale folded in), in eval mode;
     `target_scale`: a transcoder's training scale of its target (None: `scale`)."""
     cfg = dataclasses.replace(sae.cfg)
-    copy = build_sae(cfg, sae.d_in).to(sae.W_dec.device)
+    copy = build_sae(cfg, sae.d_in).to(_device_of(sae))
     if target_scale is None:
         copy.load_checkpoint_tensors(sae.checkpoint_tensors(scale))
     else:
@@ -690,9 +724,39 @@ def _width(cols: slice) -> int:
     return int(cols.stop) - int(cols.start)
 
 
-def _view(batch: Tensor | dict[str, Tensor], hook: str | None) -> Tensor:
+def _view(batch: Tensor | dict[str, Tensor], hook: Hooks | None) -> Tensor:
     """A recent batch's rows of `hook` (a joint batch is a dict by hook)."""
-    return batch[hook] if isinstance(batch, dict) else batch  # type: ignore[index]
+    return _side(batch, hook) if isinstance(batch, dict) else batch  # type: ignore[arg-type]
+
+
+def _hook_list(hooks: Hooks) -> list[str]:
+    return [hooks] if isinstance(hooks, str) else list(hooks)
+
+
+def _side(views: dict[str, Tensor], hooks: Hooks) -> Tensor:
+    """The rows of one hook, or of several hooks side by side (in their order)."""
+    if isinstance(hooks, str):
+        return views[hooks]
+    return torch.cat([views[h] for h in hooks], dim=1)
+
+
+def _side_scale(scales: dict[str, float], hooks: Hooks) -> float | list[float]:
+    return scales[hooks] if isinstance(hooks, str) else [scales[h] for h in hooks]
+
+
+def _side_width(columns: dict[str, slice], hooks: Hooks) -> int:
+    """The width of one hook, or of each of several hooks (which must agree)."""
+    widths = {h: _width(columns[h]) for h in _hook_list(hooks)}
+    if len(set(widths.values())) > 1:
+        raise UserError(
+            "the layers of one dictionary must have one width, but these differ: "
+            + ", ".join(f"{h} {w}" for h, w in widths.items())
+        )
+    return next(iter(widths.values()))
+
+
+def _device_of(sae: SAE) -> torch.device:
+    return next(sae.parameters()).device
 
 
 def _rows(batches: Iterable[Tensor | dict[str, Tensor]]) -> int:
@@ -702,13 +766,13 @@ def _rows(batches: Iterable[Tensor | dict[str, Tensor]]) -> int:
 
 
 def _set_target(
-    c: SAEConfig, source: str | None, target: str | None, columns: dict[str, slice]
+    c: SAEConfig, source: Hooks | None, target: Hooks | None, columns: dict[str, slice]
 ) -> None:
     """Fill a transcoder config's input hook and output width from the loader (refusing a
     width that disagrees with the store)."""
     if target is None:
         return
-    width = _width(columns[target])
+    width = _side_width(columns, target)
     d_out = getattr(c, "d_out", None)
     if d_out is not None and d_out != width:
         raise UserError(
@@ -841,7 +905,7 @@ def check_memory(configs: Sequence[SAEConfig], d_in: int, batch: int, device: to
 
     # Per SAE: encoder + decoder, each with a gradient and two Adam moments (4 copies of
     # float32), plus the dense [batch, d_sae] pre-activations a step builds (a few buffers).
-    need = sum(16 * 2 * d_in * c.d_sae + 3 * 4 * batch * c.d_sae for c in configs)
+    need = sum(_memory_bytes(c, d_in, batch) for c in configs)
     free = free_memory(device)
     if free is not None and need > free:
         widths = ", ".join(str(c.d_sae) for c in configs)
@@ -850,6 +914,14 @@ def check_memory(configs: Sequence[SAEConfig], d_in: int, batch: int, device: to
             f"{device.type} memory but {free / 2**30:.3g} GiB is free; choose a smaller d_sae, "
             "fewer SAEs in the sweep or a smaller batch"
         )
+
+
+def _memory_bytes(c: SAEConfig, d_in: int, batch: int) -> int:
+    """`check_memory`'s estimate for one SAE; a cross-layer transcoder over L layers has L
+    encoders and L(L+1)/2 decoder blocks of its per-layer d_sae."""
+    n = len(getattr(c, "input_hooks", None) or ()) or 1
+    rows = c.d_sae * (n + n * (n + 1) // 2) if n > 1 else 2 * c.d_sae
+    return 16 * d_in * rows + 3 * 4 * batch * n * c.d_sae
 
 
 def _config_diff(saved: dict, now: dict) -> str:

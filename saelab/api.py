@@ -116,7 +116,9 @@ def train(
     Transcoders (`make_config("transcoder", target_hook=...)`) read `hook` and reconstruct
     their `target_hook`. `layers` (e.g. "0-29" or [3, 8]): one transcoder per layer, all in
     one pass; `hook` and each `target_hook` are then templates with `{layer}`, and the
-    transcoders are returned as `<name>-L<layer>`.
+    transcoders are returned as `<name>-L<layer>`. A cross-layer transcoder
+    (`make_config("clt", d_sae=..., k=...)`, both per layer) is one dictionary over all of
+    `layers` (no `hook` needed: its templates default to the MLP's normalised input and output).
     """
     from saelab.sae.config import SAEConfig, TrainConfig
     from saelab.sae.run import TrainRunConfig, run_training
@@ -132,7 +134,7 @@ def train(
             seed=seed, resume=resume, train=replace(cfg, tokens=1), e2e=e2e,
         )  # fmt: skip
         return run_training(run).saes
-    if hook is None and hooks is None:
+    if hook is None and hooks is None and layers is None:
         raise UserError("which activations? give `hook`, or `hooks` and `layer_groups`")
     if cfg.hook is not None and hooks is None and cfg.hook != hook:
         raise UserError(

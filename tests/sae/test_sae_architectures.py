@@ -11,9 +11,9 @@ from saelab.sae.architectures.jumprelu import JumpReLUFn, StepFn
 from saelab.sae.base import StepContext
 from saelab.sae.registry import REGISTRY, build_sae, get_architecture, make_config
 
-SAE_ARCHS = sorted(a for a in REGISTRY if "transcoder" not in a)
-"""The architectures that reconstruct their input (tests/sae/test_transcoder.py covers the
-transcoders, which read one hook and reconstruct another)."""
+SAE_ARCHS = sorted(a for a in REGISTRY if "transcoder" not in a and a != "clt")
+"""The architectures that reconstruct their input (tests/sae/test_transcoder.py and
+test_clt.py cover the transcoders, which read one hook and reconstruct another)."""
 
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
 
@@ -216,7 +216,7 @@ def test_impossible_configs_are_user_errors():
         make("topk", d_sae=8, k=16)
     with pytest.raises(
         UserError,
-        match="known: batchtopk, feature_choice, gated, gsae, jumprelu, matryoshka, mp, "
+        match="known: batchtopk, clt, feature_choice, gated, gsae, jumprelu, matryoshka, mp, "
         "mutual_choice, relu, topk",
     ):
         get_architecture("sparse-magic")

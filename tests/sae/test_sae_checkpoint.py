@@ -15,9 +15,9 @@ from saelab.sae.checkpoint import load_any
 from saelab.sae.importers import load_gemma_scope, load_saelens, load_sparsify
 from saelab.sae.registry import REGISTRY
 
-SAE_ARCHS = sorted(a for a in REGISTRY if "transcoder" not in a)
-"""The architectures that reconstruct their input (tests/sae/test_transcoder.py covers the
-transcoders, which read one hook and reconstruct another)."""
+SAE_ARCHS = sorted(a for a in REGISTRY if "transcoder" not in a and a != "clt")
+"""The architectures that reconstruct their input (tests/sae/test_transcoder.py and
+test_clt.py cover the transcoders, which read one hook and reconstruct another)."""
 
 
 def _trained_like(arch: str, d_in: int = 12, d_sae: int = 40):
