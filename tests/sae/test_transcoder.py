@@ -130,3 +130,16 @@ def test_bad_transcoder_configs_are_user_errors():
         ).validate()
     with pytest.raises(UserError, match="no target"):
         _transcoder(d_sae=24).training_forward(torch.randn(4, 16), StepContext())
+
+
+def test_centre_init_centres_the_first_pre_activations():
+    """`centre_init`: on the sample it starts from, every latent's pre-activation has mean 0
+    (an SAE's pre-bias does this by subtracting b_dec from the input); float64 reference."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(256, 16, generator=g) * torch.linspace(0.1, 10, 16) + 3
+    for on in (True, False):
+        tc = _transcoder(d_sae=40)
+        tc.cfg.centre_init = on
+        tc.init_sparsity_(x)
+        pre = x.double() @ tc.W_enc.double() + tc.b_enc.double()
+        assert (pre.mean(0).abs().max() < 1e-4) == on
