@@ -15,6 +15,11 @@ dead window, is reported beside it). For the CLT also the FVU with only its same
 of the run, loader included).
 
     python -m benchmarks.clt --acts runs/mlp47.zarr --layers 4-7 --d-sae 2048 --k 32
+    python -m benchmarks.clt --acts - --steps-only --out benchmarks/results/clt-step-cpu.json
+
+`--steps-only` times one training step (forward and backward) of the CLT and of the per-layer
+transcoders on the same random batch, alternated, best of 9 (and the median ratio of neighbouring runs), with no and with half the latents
+dead (what the trainer's wall clock cannot separate from the loader and a shared machine).
 """
 
 from __future__ import annotations
@@ -117,6 +122,48 @@ def measure_transcoders(folder: Path, x, y, layers, name: str) -> dict:
     return out
 
 
+def step_costs(d_sae: int, k: int, n_layers: int, batch: int, repeats: int = 9) -> dict:
+    """Seconds per training step (forward and backward, no optimiser) of one CLT and of n_layers
+    transcoders on the same random batch, alternated, with no and with half the latents dead."""
+    from saelab.sae import build_sae
+    from saelab.sae.base import StepContext
+
+    torch.manual_seed(0)
+    d = 576
+    ins = [IN.format(layer=x) for x in range(n_layers)]
+    outs = [OUT.format(layer=x) for x in range(n_layers)]
+    shape = {"d_sae": d_sae, "k": k, "d_in": d, "d_out": d}
+    clt = build_sae(make_config("clt", **shape, input_hooks=ins, target_hooks=outs))
+    tcs = [build_sae(make_config("transcoder", **shape, target_hook=o)) for o in outs]
+    x, y = torch.randn(batch, n_layers * d), torch.randn(batch, n_layers * d)
+
+    def run_clt(dead):
+        clt.training_forward(x, StepContext(dead_mask=dead, target=y)).loss.backward()
+
+    def run_tcs(dead):
+        for p, tc in enumerate(tcs):
+            cols = slice(p * d, (p + 1) * d)
+            mask = None if dead is None else dead[p * d_sae : (p + 1) * d_sae]
+            ctx = StepContext(dead_mask=mask, target=y[:, cols].contiguous())
+            tc.training_forward(x[:, cols].contiguous(), ctx).loss.backward()
+
+    out: dict = {}
+    for frac in (0.0, 0.5):
+        dead = None if frac == 0 else torch.rand(n_layers * d_sae) < frac
+        times: dict[str, list[float]] = {"clt": [], "transcoders": []}
+        for _ in range(repeats):
+            for name, fn in (("clt", run_clt), ("transcoders", run_tcs)):
+                t0 = time.perf_counter()
+                fn(dead)
+                times[name].append(time.perf_counter() - t0)
+        ratios = sorted(c / t for c, t in zip(times["clt"], times["transcoders"]))
+        out[f"dead_{frac}"] = {
+            **{name: min(v) for name, v in times.items()},
+            "median_ratio_clt_to_transcoders": ratios[len(ratios) // 2],
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--acts", required=True)
@@ -129,8 +176,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default="runs/bench-clt", help="where the dictionaries are saved")
     ap.add_argument("--out", default="benchmarks/results/clt-cpu.json")
+    ap.add_argument(
+        "--steps-only", action="store_true",
+        help="only time one training step of each on a random batch (no store needed)",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.steps_only:
+        costs = step_costs(args.d_sae, args.k, len(parse_layers(args.layers)), args.batch_size)
+        result = {"settings": vars(args), "machine": machine_info(), "seconds_per_step": costs}
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(costs, indent=2))
+        return
     layers = parse_layers(args.layers)
     runs = Path(args.runs)
     if runs.exists() and any(runs.iterdir()):

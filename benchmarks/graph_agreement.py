@@ -1,7 +1,7 @@
 """Attribution graphs against the real model: does intervening on a graph node move the target
 logit as the graph predicts?
 
-    python benchmarks/graph_agreement.py --transcoders DIR... [--prompts P ...] [--nodes 60]
+    python -m benchmarks.graph_agreement --transcoders DIR... [--prompts P ...] [--nodes 60]
 
 For each prompt: build the graph (every active latent's row), take the latents of largest
 |total effect| on the top prediction, ablate each in the real model (nothing frozen: its

@@ -80,9 +80,10 @@ def total_effects(graph: Graph, target: int) -> tuple[Tensor, Tensor]:
     return row, row @ rel
 
 
-FREEZES = ("none", "attention", "all")
+FREEZES = ("none", "attention", "attention+norms", "all")
 """What the real model holds at the clean prompt's values while a node is changed: nothing;
-the attention patterns (circuit-tracer's default for interventions); or everything the graph
+the attention patterns (circuit-tracer's default for interventions); those and the norm
+scales (the real MLPs then are all that differs from the graph); or everything the graph
 freezes (patterns, norm scales, MLPs as transcoders with their clean active latents and errors),
 which makes the real model the graph's own linear model: predicted = measured (tested)."""
 
@@ -129,14 +130,16 @@ def _freezes(rm: ReplacementModel, freeze: str, node_edits: dict) -> dict:
     def const(value: Tensor):
         return lambda act: value.to(act.dtype).expand_as(act).clone()
 
-    if freeze in ("attention", "all"):
+    if freeze != "none":
         for layer in range(rm.n_layers):
             edits[f"blocks.{layer}.attn.hook_pattern"] = const(fp.pattern[layer])
-    if freeze == "all":
+    if freeze in ("attention+norms", "all"):
         edits["ln_final.hook_scale"] = const(fp.scale_final)
         for layer in range(rm.n_layers):
             edits[f"blocks.{layer}.ln1.hook_scale"] = const(fp.scale1[layer])
             edits[f"blocks.{layer}.ln2.hook_scale"] = const(fp.scale2[layer])
+    if freeze == "all":
+        for layer in range(rm.n_layers):
 
             def capture(act, layer=layer):
                 captured[layer] = act
@@ -216,6 +219,9 @@ def agreement(
 
 
 def _pearson(x: Tensor, y: Tensor) -> float:
+    """Pearson correlation over the pairs where both values are finite."""
+    ok = torch.isfinite(x) & torch.isfinite(y)
+    x, y = x[ok], y[ok]
     if len(x) < 2:
         return math.nan
     x, y = x - x.mean(), y - y.mean()

@@ -55,7 +55,7 @@ class GraphConfig:
     """Keep the nodes holding this fraction of the total influence (then the budget)."""
     edge_threshold: float = 0.98
     """Keep the edges holding this fraction of the total edge score (then the budget)."""
-    max_latents: int = 4096
+    max_latents: int = 2048
     """Compute incoming edges for at most this many latents, the most influential found so far
     (circuit-tracer's max_feature_nodes); 0: every active latent."""
     batch_size: int = 128

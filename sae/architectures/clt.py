@@ -71,6 +71,9 @@ class CLTConfig(TopKConfig):
     """Template of the target hooks (with {layer}) used with the run's `layers`."""
     d_out: int | None = None
     """Width of every target; None takes it from the store when training starts."""
+    centre_init: bool = True
+    """Start each layer's b_enc at -mean(x_l) W_enc[l] on the first sample (as a transcoder's
+    `centre_init`), so the first pre-activations are those of the centred inputs."""
     apply_b_dec_to_input: bool = False
     """Always False: b_dec is in the target space and cannot be subtracted from the input."""
 
@@ -418,6 +421,13 @@ class CrossLayerTranscoder(TopKSAE):
         c = float(((goal * centred).sum() / denom).clamp(1e-3, 1e3))
         self.scale_encoder_(c)
         return c
+
+    @torch.no_grad()
+    def init_sparsity_(self, x: Tensor) -> None:
+        """`centre_init` on a flat training sample `[N, L * d_in]`."""
+        if self.cfg.centre_init:
+            means = x.double().mean(0).view(self.n_layers, 1, self.d_in)
+            self.b_enc.copy_(-(means @ self.W_enc.double()).squeeze(1).float())
 
     @torch.no_grad()
     def set_firing_thresholds_(self, t: Tensor) -> None:

@@ -65,10 +65,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     arch_flags = []
     for field_name, names in owners.items():
         cls = _widest(field_name, [classes[n].config_class for n in names])
-        doc = field_docs(cls).get(field_name, "")
+        help_text, differ = _shared_help(field_name, {n: classes[n].config_class for n in names})
         arch_flags += add_fields(
-            arch, cls, only=(field_name,), helps={field_name: f"{doc} ({', '.join(names)})"}
-        )
+            arch, cls, only=(field_name,), helps={field_name: help_text},
+            hide_default=(field_name,) if differ else (),
+        )  # fmt: skip
     p.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE",
         help="set any config field of the architecture (JSON value, e.g. --set k=32); repeatable",
@@ -103,6 +104,24 @@ def _widest(field_name: str, configs: list[type]) -> type:
         if "float" in str(typing.get_type_hints(cls)[field_name]):
             return cls
     return configs[0]
+
+
+def _shared_help(field_name: str, configs: dict[str, type]) -> tuple[str, bool]:
+    """The help of an architecture option and whether its default differs between the
+    architectures that have it. Where the defaults differ, the help gives each architecture's
+    default and, where the docstrings differ too, each one's (a transcoder's `target_hook` and a
+    CLT's template of it); otherwise one docstring, as before."""
+    defaults = {n: getattr(c(), field_name) for n, c in configs.items()}
+    if len(set(map(repr, defaults.values()))) == 1:
+        doc = field_docs(_widest(field_name, list(configs.values()))).get(field_name, "")
+        return f"{doc} ({', '.join(configs)})", False
+    docs = {n: field_docs(c).get(field_name, "") for n, c in configs.items()}
+    if len(set(docs.values())) == 1:
+        text = next(iter(docs.values()))
+    else:
+        text = "; ".join(f"{n}: {d}" for n, d in docs.items())
+    shown = ", ".join(f"{n} {v!r}" for n, v in defaults.items())
+    return f"{text} (default by architecture: {shown})", True
 
 
 def _per_architecture_defaults(base: type, classes: dict[str, type]) -> dict[str, str]:

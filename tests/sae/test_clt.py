@@ -166,6 +166,18 @@ def test_write_gradient_is_autograd_of_the_decoders():
     torch.testing.assert_close(only_last, readout[:, 3] @ clt.decoder(3, 6).t())
 
 
+def test_centre_init_centres_every_layers_pre_activations():
+    clt = _clt(d_sae=20)
+    g = _perturbed(clt, 9)
+    x = torch.randn(200, len(LAYERS) * 10, generator=g) + torch.arange(len(LAYERS) * 10) * 0.3
+    clt.init_sparsity_(x)
+    for p in range(len(LAYERS)):
+        xp = x[:, p * 10 : (p + 1) * 10].double()
+        pre = xp @ clt.W_enc[p].double() + clt.b_enc[p].double()
+        centred = (xp - xp.mean(0)) @ clt.W_enc[p].double()
+        torch.testing.assert_close(pre, centred, rtol=1e-5, atol=1e-5)
+
+
 def test_optimizer_hooks_keep_each_latents_decoders_unit_norm():
     clt = _clt(d_sae=12)
     g = _perturbed(clt, 3)
