@@ -493,7 +493,7 @@ class ReplacementModel:
             # sources written at this layer's MLP output read the gradient of r[layer + 1]
             for p, lo, hi in self._latent_blocks[layer]:
                 if p < t:
-                    out[:, lo:hi] = g[:, p] @ self.decoder[lo:hi].t()
+                    out[:, lo:hi] += g[:, p] @ self.decoder[lo:hi].t()  # cross writes came first
             for p, lo, hi in self._cross_blocks[layer]:  # CLT latents of earlier layers
                 if p < t:
                     effect = g[:, p] @ self.cross[lo:hi].t()
