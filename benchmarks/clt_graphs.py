@@ -6,7 +6,7 @@ layers: the replacement and completeness scores of the same prompts.
 
 `--others` holds per-layer transcoders (`layerNN` folders or a sweep folder) for every layer;
 those of the CLT's layers are left out, so each configuration traces the same model with the
-same dictionaries outside the CLT's range: (a) the CLT, (b) `--per-layer` (e.g. transcoders
+same dictionaries outside the CLT's range (without `--others` those layers are error nodes): (a) the CLT, (b) `--per-layer` (e.g. transcoders
 trained on the CLT's store with the same width and k). Every graph uses `saelab graph`'s
 defaults (budgets 200 nodes / 2000 edges; `--max-latents`, default 2048 as the command's). Prints and saves
 `benchmarks/results/clt-graphs[-label].json`.
@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clt", required=True)
     parser.add_argument("--per-layer", nargs="+", required=True)
-    parser.add_argument("--others", required=True)
+    parser.add_argument("--others", help="omit: the other layers' MLPs are error nodes")
     parser.add_argument("--prompts", nargs="+", default=PROMPTS)
     parser.add_argument("--label", default="cpu")
     parser.add_argument("--max-latents", type=int, default=2048, help="0: every active latent")
@@ -60,7 +60,7 @@ def main() -> None:
 
     model = load_model("smollm2-135m")
     layers = set(load_sae(args.clt).layers)
-    others = other_folders(args.others, layers)
+    others = other_folders(args.others, layers) if args.others else []
     configs = {"clt": [args.clt, *others], "per_layer": [*args.per_layer, *others]}
     rows = []
     for prompt in args.prompts:

@@ -210,8 +210,8 @@ def test_loss_splice_of_a_perfect_clt_costs_nothing(model, mlp4_store):
     from saelab.evaluation.loss.splice import clt_loss_stats
 
     store = ActivationStore(mlp4_store)
-    tokens = torch.from_numpy(store.read_tokens(5)[:2]).long()
-    mask = torch.from_numpy(store.token_mask(5)[:2])
+    tokens = torch.from_numpy(store.read_tokens(5)[:2, :16]).long()
+    mask = torch.from_numpy(store.token_mask(5)[:2, :16])
     with torch.no_grad():
         _, cache = model.bridge.run_with_cache(tokens, names_filter=INPUTS + TARGETS)
     x = torch.stack([cache[h][mask].float() for h in INPUTS], 1)
