@@ -81,10 +81,10 @@ def encoder_rows(rm: ReplacementModel) -> Tensor:
     """Each active latent's encoder row `[n_latents, d]` (what its pre-activation reads)."""
     nodes = rm.nodes
     out = rm.decoder.new_zeros(nodes.n_latents, rm.decoder.shape[1])
-    for layer, tc in rm.transcoders.items():
+    for layer in rm.transcoders:
         sel = (nodes.layer == layer).nonzero().squeeze(1)
         if sel.numel():
-            out[sel] = tc.W_enc.detach().to(out.dtype)[:, nodes.feature[sel]].t()
+            out[sel] = rm.encoder(layer).detach().to(out.dtype)[:, nodes.feature[sel]].t()
     return out
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from saelab.circuits.graph_attribution import Graph
-from saelab.circuits.replacement import TARGET_HOOK, ReplacementModel
+from saelab.circuits.replacement import TARGET_HOOK, ReplacementModel, is_clt
 
 
 @dataclass
@@ -106,19 +106,38 @@ def measure(
     dec = rm.decoder[graph.selected].to(torch.float32)
     out = []
     for chunk in nodes.split(batch_size):
-        layers = graph.nodes.layer[chunk]
-        pos = graph.nodes.pos[chunk]
-        delta = (factor - 1) * dec[chunk]
-        node_edits: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
-        for layer in torch.unique(layers).tolist():
-            rows = (layers == layer).nonzero().squeeze(1)
-            node_edits[layer] = (rows, pos[rows], delta[rows])
+        node_edits = _node_edits(rm, graph, chunk, factor, dec)
         edits = _freezes(rm, freeze, node_edits)
         with hooks(model.bridge, edits), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the norm bridge's note that a hooked scale is used
             logits = model.bridge(tokens.expand(len(chunk), -1), return_type="logits")
         out.append(torch.stack([_read(lg[-1].double(), token, demean) for lg in logits]) - clean)
     return torch.cat(out)
+
+
+def _node_edits(rm: ReplacementModel, graph: Graph, chunk: Tensor, factor: float, dec: Tensor):
+    """Layer → (batch rows, positions, change of the MLP output) when each latent of `chunk`
+    (batch row b: the chunk's b-th latent) has its contribution scaled by `factor`: at its own
+    layer, and for a CLT latent at every later layer it writes to."""
+    layers = [graph.nodes.layer[chunk]]
+    pos = [graph.nodes.pos[chunk]]
+    rows = [torch.arange(len(chunk))]
+    delta = [(factor - 1) * dec[chunk]]
+    if len(rm.cross):
+        batch_row = torch.full((rm.nodes.n_latents,), -1, dtype=torch.long)
+        batch_row[graph.selected[chunk]] = torch.arange(len(chunk))
+        b = batch_row[rm.cross_latent]
+        hit = b >= 0
+        layers.append(rm.cross_layer[hit])
+        pos.append(rm.nodes.pos[rm.cross_latent[hit]])
+        rows.append(b[hit])
+        delta.append((factor - 1) * rm.cross[hit].to(torch.float32))
+    layer_t, pos_t, rows_t, delta_t = (torch.cat(t) for t in (layers, pos, rows, delta))
+    edits: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+    for layer in torch.unique(layer_t).tolist():
+        at = (layer_t == layer).nonzero().squeeze(1)
+        edits[layer] = (rows_t[at], pos_t[at], delta_t[at])
+    return edits
 
 
 def _freezes(rm: ReplacementModel, freeze: str, node_edits: dict) -> dict:
@@ -153,7 +172,7 @@ def _freezes(rm: ReplacementModel, freeze: str, node_edits: dict) -> dict:
         def edit(act, layer=layer, node=node):
             if freeze == "all":
                 act = fp.mlp_out[layer].to(act.dtype).expand_as(act).clone()
-                act += _transcoder_change(rm, layer, captured[layer]).to(act.dtype)
+                act += _transcoder_change(rm, layer, captured).to(act.dtype)
             else:
                 act = act.clone()
             if node is not None:
@@ -165,9 +184,11 @@ def _freezes(rm: ReplacementModel, freeze: str, node_edits: dict) -> dict:
     return edits
 
 
-def _transcoder_change(rm: ReplacementModel, layer: int, x_new: Tensor) -> Tensor:
-    """How layer `layer`'s transcoder output moves when its input goes from the clean one to
-    `x_new` `[B, T, d]`, its active latents held (ReLU of their pre-activations), BOS kept."""
+def _transcoder_change(rm: ReplacementModel, layer: int, captured: dict[int, Tensor]) -> Tensor:
+    """How layer `layer`'s transcoder output moves when the inputs go from the clean ones to
+    `captured[l]` `[B, T, d]`, the active latents held (ReLU of their pre-activations), BOS
+    kept; for a CLT, the latents of every source layer up to `layer` that write to it."""
+    x_new = captured[layer]
     tc = rm.transcoders.get(layer)
     change = torch.zeros_like(x_new)
     if tc is None:
@@ -175,12 +196,16 @@ def _transcoder_change(rm: ReplacementModel, layer: int, x_new: Tensor) -> Tenso
     x_clean = rm.frozen.mlp_in[layer].to(x_new.dtype)
     change += rm.skip(layer, x_new) - rm.skip(layer, x_clean)
     first = rm.first
-    code = tc.encode_sparse(x_clean[first:].to(tc.W_dec.dtype))
-    live = code.vals != 0
-    w_enc = tc.W_enc.detach().to(x_new.dtype)[:, code.idx]  # [d, T', k]
-    pre = torch.einsum("btd,dtk->btk", x_new[:, first:], w_enc) + tc.b_enc.to(x_new.dtype)[code.idx]
-    moved = (pre.relu() - code.vals.to(x_new.dtype)) * live
-    change[:, first:] += torch.einsum("btk,tkd->btd", moved, tc.W_dec.to(x_new.dtype)[code.idx])
+    sources = [src for src in getattr(tc, "layers", [layer]) if src <= layer]
+    for src in sources if is_clt(tc) else [layer]:
+        code = rm._encode(src, rm.frozen.mlp_in[src, first:])
+        live = code.vals != 0
+        w_enc = rm.encoder(src).detach().to(x_new.dtype)[:, code.idx]  # [d, T', k]
+        b_enc = rm.encoder_bias(src).detach().to(x_new.dtype)[code.idx]
+        pre = torch.einsum("btd,dtk->btk", captured[src][:, first:].to(x_new.dtype), w_enc) + b_enc
+        moved = (pre.relu() - code.vals.to(x_new.dtype)) * live
+        w_dec = rm._decoder(src, layer).detach().to(x_new.dtype)[code.idx]
+        change[:, first:] += torch.einsum("btk,tkd->btd", moved, w_dec)
     return change
 
 

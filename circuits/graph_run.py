@@ -23,7 +23,7 @@ from saelab.base.errors import UserError
 from saelab.base.fs import check_output_file
 from saelab.circuits.graph_attribution import Graph, attribute
 from saelab.circuits.graph_prune import Pruned, fold_latents, graph_scores, prune
-from saelab.circuits.replacement import ReplacementModel, build_replacement, transcoder_layer
+from saelab.circuits.replacement import ReplacementModel, build_replacement, dictionary_layers
 
 DICTIONARY = "transcoders"
 
@@ -34,7 +34,9 @@ class GraphConfig:
 
     transcoders: list[str]
     """Transcoder folders (blocks.L.ln2.hook_normalized → blocks.L.hook_mlp_out), or sweep
-    folders of them; any subset of layers (a layer without one is an error node per position)."""
+    folders of them; any subset of layers (a layer without one is an error node per position).
+    A cross-layer transcoder's folder covers every layer of its range (its latents write to
+    each later layer's MLP output); per-layer transcoders may fill in the other layers."""
     prompt: str
     """The text to trace (BOS is put first, as in a harvest)."""
     db: str | None = None
@@ -136,20 +138,22 @@ def load_transcoders(model, paths: list[str], device: str) -> dict[int, tuple[ob
                 f"{model.name} ({model.weights_sha256[:12]}…)"
             )
         tc = load_sae(folder, device=device)
-        layer = transcoder_layer(tc)
+        layers = dictionary_layers(tc)
         if tc.d_in != model.d_model or tc.d_out != model.d_model:
             raise UserError(
                 f"transcoder {folder} maps width {tc.d_in} to {tc.d_out} but {model.name} has "
                 f"d_model {model.d_model}: it was trained on another model"
             )
-        if layer in found:
-            raise UserError(
-                f"two transcoders for layer {layer} ({found[layer][1]} and {folder}): give one "
-                "per layer"
-            )
+        for layer in layers:
+            if layer in found:
+                raise UserError(
+                    f"two transcoders for layer {layer} ({found[layer][1]} and {folder}): give "
+                    "one per layer"
+                )
         for p in tc.parameters():
             p.requires_grad_(False)
-        found[layer] = (tc, Path(folder))
+        for layer in layers:
+            found[layer] = (tc, Path(folder))
     return dict(sorted(found.items()))
 
 
@@ -193,7 +197,7 @@ def run_graph(cfg: GraphConfig, model=None, log=print) -> GraphResult:
     targets = given_targets or target_tokens(cfg, model.tokenizer, last)
     probs = torch.softmax(last.double(), -1)[targets].float()
     log(
-        f"prompt: {len(tokens)} tokens; {len(loaded)} transcoders (layers "
+        f"prompt: {len(tokens)} tokens; {len({id(v[0]) for v in loaded.values()})} transcoders (layers "
         f"{', '.join(map(str, loaded))}); {rm.nodes.n_latents} active latents"
     )
     graph = attribute(
@@ -258,13 +262,16 @@ def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds):
     """The store's rows: the run, the pruned graph's nodes and edges, the transcoders."""
     from saelab.sae.checkpoint import WEIGHTS_FILE, read_cfg
 
-    saes = {
-        layer: results.record_for_folder(
-            folder, WEIGHTS_FILE, read_cfg(folder), architecture=tc.architecture, d_in=tc.d_in,
-            d_sae=tc.d_sae, hook=tc.input_hook, model=model.name, model_sha256=model.weights_sha256,
-        )
-        for layer, (tc, folder) in loaded.items()
-    }  # fmt: skip
+    by_folder: dict[Path, results.SAERow] = {}
+    for tc, folder in loaded.values():  # a CLT covers several layers: one record
+        if folder not in by_folder:
+            by_folder[folder] = results.record_for_folder(
+                folder, WEIGHTS_FILE, read_cfg(folder), architecture=tc.architecture,
+                d_in=tc.d_in, d_sae=tc.d_sae, hook=_input_hook(tc), model=model.name,
+                model_sha256=model.weights_sha256,
+            )  # fmt: skip
+    layer_record = {layer: by_folder[folder] for layer, (_, folder) in loaded.items()}
+    saes = {folder: by_folder[folder] for folder in by_folder}
     sae_ids = [r.sae_id for r in saes.values()]
     tok = model.tokenizer
     token_strs = [tok.decode([t]) for t in tokens]
@@ -278,7 +285,7 @@ def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds):
         "model_name": model.name,
         "model_sha256": model.weights_sha256,
         "transcoder_ids": sae_ids,
-        "transcoder_paths": [str(folder.resolve()) for _, folder in loaded.values()],
+        "transcoder_paths": [str(folder.resolve()) for folder in saes],
         "layers": list(loaded),
         "bos_nodes": "none (position 0 holds BOS: its MLP outputs are constants)",
         "logit_convention": "demeaned" if cfg.demean else "raw",
@@ -301,11 +308,11 @@ def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds):
         if kind == "latent":
             layer, pos = int(n.layer[i]), int(n.pos[i])
             feature, act = int(n.feature[i]), float(n.activation[i])
-            sae_id, hook = saes[layer].sae_id, saes[layer].hook
+            sae_id, hook = layer_record[layer].sae_id, f"blocks.{layer}.ln2.hook_normalized"
         elif kind == "error":
             j = i - graph.n_latents
             layer, pos = int(n.error_layer[j]), int(n.error_pos[j])
-            sae_id = saes[layer].sae_id if layer in saes else None
+            sae_id = layer_record[layer].sae_id if layer in layer_record else None
             hook, act = f"blocks.{layer}.hook_mlp_out", float(err_norm[j])
         elif kind == "embedding":
             pos = i - graph.n_latents - graph.n_errors
@@ -336,3 +343,9 @@ def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds):
         saelab_version=__version__,
     )  # fmt: skip
     return run, node_rows, edge_rows, list(saes.values())
+
+
+def _input_hook(tc) -> str:
+    """The hook a dictionary reads (a CLT: its first layer's, as its cfg.json records)."""
+    hooks = getattr(tc, "input_hooks", None)
+    return hooks[0] if hooks else tc.input_hook

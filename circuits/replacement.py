@@ -26,6 +26,15 @@ silently change the result. The bridge does honour edits at `hook_pattern` and `
 (checked, see docs/architecture.md); the test that this forward reproduces the real logits
 (error nodes included) is what ties the two together.
 
+A cross-layer transcoder (CLT) over layers l_0..l_n replaces those MLPs together: latent i of
+source layer l (node `L{l}.f{i}@{t}`) reads x_l = ln2.hook_normalized of layer l and writes
+a_i · W_dec[l → l'][i] into the MLP output of EVERY layer l' ≥ l of its range, at its own
+position; layer l''s error node is mlp_out_l' − b_dec[l'] − Σ_{l ≤ l'} f_l W_dec[l → l'].
+A per-layer transcoder is the special case l' = l. A target reading the residual before
+layer m's MLP sees the writes to layers l' < m only (the backward visits layers downward), so
+a CLT latent's edge is a · Σ_{l ≤ l' < m} g_l' · W_dec[l → l'][i], g_l' the gradient at
+layer l''s MLP output: the CLT's `write_gradient` rule, summed write by write.
+
 Position 0 holds BOS when the prompt starts with it: its MLP outputs are kept as constants
 (circuit-tracer's `zero_bos`), so it has no latent or error nodes; its embedding is a node.
 """
@@ -68,6 +77,30 @@ def transcoder_layer(tc) -> int:
             "replace one MLP per transcoder: use a pair from the same layer"
         )
     return int(a.group(1))
+
+
+def is_clt(dictionary) -> bool:
+    """Whether a dictionary is a cross-layer transcoder (several layers, `target_hooks`)."""
+    return getattr(dictionary, "architecture", None) == "clt"
+
+
+def dictionary_layers(dictionary) -> list[int]:
+    """The layers a dictionary replaces: a transcoder's one (`transcoder_layer`), or every layer
+    of a cross-layer transcoder (each reading blocks.L.ln2.hook_normalized and writing
+    blocks.L.hook_mlp_out)."""
+    if not is_clt(dictionary):
+        return [transcoder_layer(dictionary)]
+    layers = []
+    for source, target in zip(dictionary.input_hooks, dictionary.target_hooks, strict=True):
+        a, b = _INPUT.match(source), _TARGET.match(target)
+        if not (a and b and a.group(1) == b.group(1)):
+            raise UserError(
+                f"attribution graphs need a cross-layer transcoder from blocks.L.ln2."
+                f"hook_normalized to blocks.L.hook_mlp_out at each layer; this one pairs "
+                f"{source!r} with {target!r}"
+            )
+        layers.append(int(a.group(1)))
+    return layers
 
 
 @dataclass
@@ -222,12 +255,19 @@ class ReplacementModel:
     weights: Weights
     frozen: FrozenPass
     transcoders: dict[int, torch.nn.Module]
-    """Layer → transcoder (any subset of layers)."""
+    """Layer → transcoder (any subset of layers); a cross-layer transcoder is given at every
+    layer of its range (the same module)."""
     first: int
     """First position with latent and error nodes (1 when position 0 is BOS)."""
     nodes: Nodes = field(init=False)
     decoder: Tensor = field(init=False)
-    """Per latent: its contribution a_i W_dec,i `[n_latents, d]`."""
+    """Per latent: its contribution a_i W_dec,i `[n_latents, d]` to its own layer's MLP output."""
+    cross: Tensor = field(init=False)
+    """Cross-layer writes (CLT latents to later layers) `[n_cross, d]`: latent
+    `cross_latent[j]`'s contribution to layer `cross_layer[j]`'s MLP output at its position,
+    sorted by layer, then position. Empty without a CLT."""
+    cross_latent: Tensor = field(init=False)
+    cross_layer: Tensor = field(init=False)
     errors: Tensor = field(init=False)
     """Per error node: its vector `[n_errors, d]`."""
     const: Tensor = field(init=False)
@@ -237,34 +277,46 @@ class ReplacementModel:
     def __post_init__(self) -> None:
         fp, dtype = self.frozen, self.frozen.embed.dtype
         n_layers, n_pos, d = fp.mlp_out.shape
+        device = fp.embed.device
         self.transcoders = dict(sorted(self.transcoders.items()))
         layers, pos, feats, acts, decs = [], [], [], [], []
-        const = torch.zeros(n_layers, n_pos, d, dtype=dtype, device=fp.embed.device)
+        cross: list[tuple[Tensor, Tensor, Tensor]] = []  # (latent index, layer, vector)
+        n_done = 0
+        const = torch.zeros(n_layers, n_pos, d, dtype=dtype, device=device)
         errors = fp.mlp_out.clone()
         with torch.no_grad():
-            for layer, tc in self.transcoders.items():
+            for layer in self.transcoders:
                 x = fp.mlp_in[layer, self.first :]
-                code = tc.encode_sparse(x.to(tc.W_dec.dtype))
-                w_dec = tc.W_dec.to(dtype)
+                code = self._encode(layer, x)
                 vals = code.vals.to(dtype)
-                recon = vals.new_zeros(x.shape[0], d)
-                recon.index_add_(0, *_rows(code.idx, vals, w_dec))
-                b_dec = tc.b_dec.to(dtype)
-                recon = recon + b_dec + self.skip(layer, x)
-                errors[layer, self.first :] -= recon
-                const[layer, self.first :] = b_dec
                 rows, slots = (code.vals != 0).nonzero(as_tuple=True)
-                order = torch.argsort(code.idx[rows, slots] + rows * tc.d_sae)
+                order = torch.argsort(code.idx[rows, slots] + rows * code.d_sae)
                 rows, slots = rows[order], slots[order]
-                feats.append(code.idx[rows, slots])
+                index = code.idx[rows, slots]
+                a = vals[rows, slots, None]
+                for dst in self._writes_to(layer):
+                    w_dec = self._decoder(layer, dst).to(dtype)
+                    recon = vals.new_zeros(x.shape[0], d)
+                    recon.index_add_(0, *_rows(code.idx, vals, w_dec))
+                    errors[dst, self.first :] -= recon
+                    if dst == layer:
+                        decs.append(w_dec[index] * a)
+                    else:
+                        latent = torch.arange(n_done, n_done + len(index), device=device)
+                        cross.append((latent, torch.full_like(latent, dst), w_dec[index] * a))
+                bias = self._bias(layer).to(dtype)
+                skip = self.skip(layer, x)
+                errors[layer, self.first :] -= bias + skip
+                const[layer, self.first :] = bias
+                feats.append(index)
                 acts.append(vals[rows, slots])
-                decs.append(w_dec[code.idx[rows, slots]] * vals[rows, slots, None])
                 pos.append(rows + self.first)
                 layers.append(torch.full_like(rows, layer))
+                n_done += len(index)
         const[:, : self.first] = fp.mlp_out[:, : self.first]
         for layer in self.transcoders:  # the skip path at BOS is live: keep the sum exact
             const[layer, : self.first] -= self.skip(layer, fp.mlp_in[layer, : self.first])
-        empty = torch.zeros(0, dtype=torch.long, device=fp.embed.device)
+        empty = torch.zeros(0, dtype=torch.long, device=device)
         grid_l, grid_p = torch.meshgrid(
             torch.arange(n_layers), torch.arange(self.first, n_pos), indexing="ij"
         )
@@ -273,13 +325,57 @@ class ReplacementModel:
             pos=torch.cat(pos) if pos else empty,
             feature=torch.cat(feats) if feats else empty,
             activation=torch.cat(acts) if acts else empty.to(dtype),
-            error_layer=grid_l.reshape(-1).to(fp.embed.device),
-            error_pos=grid_p.reshape(-1).to(fp.embed.device),
+            error_layer=grid_l.reshape(-1).to(device),
+            error_pos=grid_p.reshape(-1).to(device),
             n_pos=n_pos,
         )
         self.decoder = torch.cat(decs) if decs else torch.zeros(0, d, dtype=dtype)
         self.errors = errors[self.nodes.error_layer, self.nodes.error_pos]
         self.const = const
+        if cross:
+            latent = torch.cat([c[0] for c in cross])
+            layer_of = torch.cat([c[1] for c in cross])
+            vectors = torch.cat([c[2] for c in cross])
+            order = torch.argsort(layer_of * n_pos + self.nodes.pos[latent], stable=True)
+            self.cross_latent, self.cross_layer = latent[order], layer_of[order]
+            self.cross = vectors[order]
+        else:
+            self.cross_latent, self.cross_layer = empty, empty
+            self.cross = torch.zeros(0, d, dtype=dtype)
+
+    # -- the dictionaries --------------------------------------------------------------
+
+    def _encode(self, layer: int, x: Tensor):
+        """The sparse code of layer `layer`'s latents on its inputs `x [N, d]`."""
+        tc = self.transcoders[layer]
+        if is_clt(tc):
+            return tc.encode_layer_sparse(layer, x.to(tc.b_dec.dtype))
+        return tc.encode_sparse(x.to(tc.W_dec.dtype))
+
+    def _writes_to(self, layer: int) -> list[int]:
+        """The layers whose MLP output layer `layer`'s latents write to (itself, and for a CLT
+        every later layer of its range)."""
+        tc = self.transcoders[layer]
+        return [dst for dst in tc.layers if dst >= layer] if is_clt(tc) else [layer]
+
+    def _decoder(self, src: int, dst: int) -> Tensor:
+        """`[d_sae, d]`: what source layer `src`'s latents write to layer `dst`'s MLP output."""
+        tc = self.transcoders[src]
+        return tc.decoder(src, dst) if is_clt(tc) else tc.W_dec
+
+    def _bias(self, layer: int) -> Tensor:
+        tc = self.transcoders[layer]
+        return tc.bias(layer) if is_clt(tc) else tc.b_dec
+
+    def encoder(self, layer: int) -> Tensor:
+        """Layer `layer`'s encoder `[d, d_sae]` (column i: what latent i's pre-activation reads
+        from that layer's transcoder input)."""
+        tc = self.transcoders[layer]
+        return tc.encoder(layer) if is_clt(tc) else tc.W_enc
+
+    def encoder_bias(self, layer: int) -> Tensor:
+        tc = self.transcoders[layer]
+        return tc.b_enc[tc.position(layer)] if is_clt(tc) else tc.b_enc
 
     # -- pieces ------------------------------------------------------------------------
 
@@ -289,9 +385,13 @@ class ReplacementModel:
 
     def skip(self, layer: int, x_in: Tensor) -> Tensor:
         """The skip transcoder's linear output at `layer` (0 without a skip path)."""
-        tc = self.transcoders.get(layer)
-        w = None if tc is None else getattr(tc, "W_skip", None)
+        w = self.w_skip(layer)
         return x_in @ w.to(x_in.dtype) if w is not None else torch.zeros_like(x_in)
+
+    def w_skip(self, layer: int) -> Tensor | None:
+        """The skip transcoder's `W_skip` at `layer`, or None (no transcoder, no skip, a CLT)."""
+        tc = self.transcoders.get(layer)
+        return None if tc is None or is_clt(tc) else getattr(tc, "W_skip", None)
 
     def attention(self, layer: int, r: Tensor) -> Tensor:
         """Frozen attention output `[.., T, d]` of residual `r` `[.., T, d]` (value and output
@@ -342,6 +442,12 @@ class ReplacementModel:
         mlp.index_put_(
             (nodes.layer, nodes.pos), self.decoder * scale[:n_lat, None], accumulate=True
         )
+        if len(self.cross):
+            mlp.index_put_(
+                (self.cross_layer, nodes.pos[self.cross_latent]),
+                self.cross * scale[self.cross_latent, None],
+                accumulate=True,
+            )
         mlp.index_put_(
             (nodes.error_layer, nodes.error_pos),
             self.errors * scale[n_lat : n_lat + n_err, None],
@@ -387,13 +493,16 @@ class ReplacementModel:
             # sources written at this layer's MLP output read the gradient of r[layer + 1]
             for p, lo, hi in self._latent_blocks[layer]:
                 if p < t:
-                    out[:, lo:hi] = g[:, p] @ self.decoder[lo:hi].t()
+                    out[:, lo:hi] += g[:, p] @ self.decoder[lo:hi].t()  # cross writes came first
+            for p, lo, hi in self._cross_blocks[layer]:  # CLT latents of earlier layers
+                if p < t:
+                    effect = g[:, p] @ self.cross[lo:hi].t()
+                    out.index_add_(1, self.cross_latent[lo:hi], effect)
             if t > self.first:
                 e0 = nodes.n_latents + layer * span
                 err = self.errors[e0 - nodes.n_latents : e0 - nodes.n_latents + t - self.first]
                 out[:, e0 : e0 + t - self.first] = (g[:, self.first :] * err).sum(-1)
-            tc = self.transcoders.get(layer)
-            w_skip = None if tc is None else getattr(tc, "W_skip", None)
+            w_skip = self.w_skip(layer)
             if w_skip is not None:
                 g = g + (g @ w_skip.to(g.dtype).t()) / fp.scale2[layer, :t]
             here = layers == layer
@@ -409,16 +518,31 @@ class ReplacementModel:
         """Per layer, (position, first, end) of each run of latents at one position (the
         latents are sorted by layer, then position)."""
         if getattr(self, "_blocks", None) is None:
-            blocks: list[list[tuple[int, int, int]]] = [[] for _ in range(self.n_layers)]
-            key = (self.nodes.layer * self.nodes.n_pos + self.nodes.pos).tolist()
-            lo = 0
-            for i in range(1, len(key) + 1):
-                if i == len(key) or key[i] != key[lo]:
-                    layer, p = divmod(key[lo], self.nodes.n_pos)
-                    blocks[layer].append((p, lo, i))
-                    lo = i
-            self._blocks = blocks
+            self._blocks = _runs(self.nodes.layer, self.nodes.pos, self.nodes.n_pos, self.n_layers)
         return self._blocks
+
+    @property
+    def _cross_blocks(self) -> list[list[tuple[int, int, int]]]:
+        """Per layer, (position, first, end) of each run of cross-layer writes into it."""
+        if getattr(self, "_xblocks", None) is None:
+            pos = self.nodes.pos[self.cross_latent]
+            self._xblocks = _runs(self.cross_layer, pos, self.nodes.n_pos, self.n_layers)
+        return self._xblocks
+
+
+def _runs(
+    layer: Tensor, pos: Tensor, n_pos: int, n_layers: int
+) -> list[list[tuple[int, int, int]]]:
+    """Per layer, (position, first, end) of each run of equal (layer, position) in sorted rows."""
+    blocks: list[list[tuple[int, int, int]]] = [[] for _ in range(n_layers)]
+    key = (layer * n_pos + pos).tolist()
+    lo = 0
+    for i in range(1, len(key) + 1):
+        if i == len(key) or key[i] != key[lo]:
+            at, p = divmod(key[lo], n_pos)
+            blocks[at].append((p, lo, i))
+            lo = i
+    return blocks
 
 
 def _rows(idx: Tensor, vals: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
@@ -438,7 +562,11 @@ def build_replacement(
         if not 0 <= layer < model.n_layers:
             raise UserError(f"a transcoder for layer {layer}: {model.name} has {model.n_layers}")
     if dtype != torch.float32:  # parity tests run the whole model, transcoders too, in float64
-        transcoders = {k: copy.deepcopy(tc).to(dtype) for k, tc in transcoders.items()}
+        copies: dict[int, torch.nn.Module] = {}  # a CLT given at several layers: one copy
+        for tc in transcoders.values():
+            if id(tc) not in copies:
+                copies[id(tc)] = copy.deepcopy(tc).to(dtype)
+        transcoders = {k: copies[id(tc)] for k, tc in transcoders.items()}
     frozen = frozen_pass(model, tokens, dtype)
     weights = Weights.from_bridge(model.bridge, dtype)
     first = 1 if bos is not None and tokens and tokens[0] == bos else 0

@@ -80,6 +80,40 @@ TRANSCODER_EVALS = ("core", "loss", "features")
 place of the MLP output, and the dashboards of its latents (which read its input hook)."""
 
 
+CLT_EVALS = ("core", "loss")
+"""The evals defined for a cross-layer transcoder: per-layer and pooled reconstruction of its
+targets, and CE/KL with every MLP output of its range replaced at once."""
+
+
+def check_clt_compatible(
+    folder: Path, clt, cfg_json: dict, store: ActivationStore, hook: str
+) -> None:
+    """Refuse a cross-layer transcoder whose hooks the store lacks, whose widths differ, or
+    that was trained on another model."""
+    sae_sha = trained_model_sha256(cfg_json)
+    if sae_sha and sae_sha != store.attrs.get("model_sha256"):
+        raise UserError(
+            f"cross-layer transcoder {folder.name} was trained on another model's activations "
+            f"(weights {sae_sha[:12]}) than the store's ({store.attrs.get('model')})"
+        )
+    if hook not in clt.input_hooks:
+        raise UserError(
+            f"{folder.name} is a cross-layer transcoder reading {', '.join(clt.input_hooks)}; "
+            f"it is evaluated on all of them at once: leave `hook` unset (got {hook})"
+        )
+    for hooks, width, what in (
+        (clt.input_hooks, clt.d_in, "d_in"),
+        (clt.target_hooks, clt.d_out, "d_out"),
+    ):
+        for h in hooks:
+            store.check_hook(h)
+            if store.width(h) != width:
+                raise UserError(
+                    f"cross-layer transcoder {folder.name} has {what}={width} but {h} in the "
+                    f"store has width {store.width(h)}"
+                )
+
+
 def sae_folders(path: str) -> list[Path]:
     """The SAE folder itself, or every SAE subfolder of a sweep folder."""
     root = Path(path)
@@ -170,15 +204,13 @@ def _evaluate_one(
     """Evaluate one SAE folder into `out` and the database; returns the model (loaded once)."""
     cfg_json = read_cfg(folder)
     sae = load_sae(folder, device=cfg.device)
-    if hasattr(sae, "target_hooks"):
-        raise UserError(
-            f"{folder.name} is a cross-layer transcoder ({', '.join(sae.target_hooks)}); saelab "
-            "eval does not evaluate one yet: `python -m benchmarks.clt` measures its per-layer FVU"
-        )
     hook = cfg.hook or cfg_json.get("hook_name")
     if not hook:
         raise UserError(f"SAE {folder.name} records no hook; give the `hook` to read")
-    check_compatible(folder, sae, cfg_json, store, hook)
+    if hasattr(sae, "target_hooks"):
+        check_clt_compatible(folder, sae, cfg_json, store, hook)
+    else:
+        check_compatible(folder, sae, cfg_json, store, hook)
     record = sae_record(folder, sae, cfg_json, store, hook)
     specs = [get_eval(name) for name in cfg.evals]
     if any(spec.needs_model for spec in specs) and model is None:
@@ -195,6 +227,14 @@ def _evaluate_one(
             sae, store, hook, cfg.settings_for(spec.name), model, record.sae_id,
             cfg.test_fraction, cfg.device, folder,
         )  # fmt: skip
+        if hasattr(sae, "target_hooks") and spec.name not in CLT_EVALS:
+            log(
+                f"saelab eval: {folder.name} {spec.name}: skipped: a cross-layer transcoder "
+                f"reconstructs {len(sae.target_hooks)} MLP outputs from {len(sae.input_hooks)} "
+                f"inputs; the {spec.name} eval is defined for one-hook dictionaries only "
+                f"(cross-layer transcoders get {', '.join(CLT_EVALS)})"
+            )
+            continue
         if getattr(sae, "target_hook", None) and spec.name not in TRANSCODER_EVALS:
             log(
                 f"saelab eval: {folder.name} {spec.name}: skipped: a transcoder reconstructs "

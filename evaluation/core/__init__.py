@@ -44,6 +44,8 @@ def run(ctx: EvalContext) -> EvalResult:
     )
 
     s: CoreSettings = ctx.settings
+    if hasattr(ctx.sae, "target_hooks"):
+        return _run_clt(ctx)
     target = getattr(ctx.sae, "target_hook", None)
     options = dict(
         batch_size=s.batch_size, split=s.split, test_fraction=ctx.test_fraction,
@@ -74,6 +76,44 @@ def run(ctx: EvalContext) -> EvalResult:
     return EvalResult(metrics, stats.n, conventions)
 
 
+def _run_clt(ctx: EvalContext) -> EvalResult:
+    """A cross-layer transcoder: every input and target hook at the same tokens; the headline
+    metrics pool the output layers (targets side by side), `fvu_L{layer}` etc. are each one's."""
+    from saelab.activations.loader import JointHookLoader
+    from saelab.evaluation.core.reconstruction import clt_reconstruction_stats
+
+    s: CoreSettings = ctx.settings
+    clt = ctx.sae
+    loader = JointHookLoader(
+        ctx.store, [*clt.input_hooks, *clt.target_hooks], batch_size=s.batch_size, split=s.split,
+        test_fraction=ctx.test_fraction, drop_last=False, prefetch=1,
+    )  # fmt: skip
+    batches = loader if s.max_tokens is None else _capped(loader, s.max_tokens)
+    n, cut = len(clt.layers), loader.columns[clt.target_hooks[0]].start
+    pairs = (
+        (b[:, :cut].reshape(len(b), n, -1).to(ctx.device), b[:, cut:].reshape(len(b), n, -1).to(ctx.device))
+        for b in batches
+    )  # fmt: skip
+    pooled, per_layer = clt_reconstruction_stats(clt, pairs)
+    metrics = pooled.metrics()
+    for layer, stats in per_layer.items():
+        m = stats.metrics()
+        for name in PER_LAYER:
+            metrics[f"{name}_L{layer}"] = m[name]
+    edges, counts, dead = pooled.density_histogram()
+    metrics.update({f"log10_density_hist_{i:02d}": float(c) for i, c in enumerate(counts)})
+    conventions = {
+        "target_hooks": clt.target_hooks,
+        "reconstructs": "every target hook; headline metrics pool them (targets side by side)",
+        "split": s.split,
+        "max_tokens": s.max_tokens,
+        "loader": asdict(loader.cfg),
+        "density_hist_edges": edges,
+        "dead_latents": dead,
+    }
+    return EvalResult(metrics, pooled.n, conventions)
+
+
 def _capped(batches, max_tokens: int):
     seen = 0
     for b in batches:
@@ -84,6 +124,8 @@ def _capped(batches, max_tokens: int):
 
 
 _H, _L = "higher", "lower"
+PER_LAYER = ("fvu", "explained_variance", "mse", "l0", "dead_fraction")
+"""The core metrics a cross-layer transcoder also reports per layer (`fvu_L5`, ...)."""
 METRICS = (
     Metric("l0", "mean number of non-zero latents per token", None),
     Metric("mse", "mean over tokens of the squared error summed over dimensions", _L),
@@ -95,6 +137,11 @@ METRICS = (
     Metric("dead_fraction", "fraction of latents that never fire on the split", _L),
     Metric("dense_fraction", "fraction of latents firing on more than 10% of tokens", _L),
     Metric("n_tokens", "tokens evaluated", None),
+    Metric("fvu_L{layer}", "a cross-layer transcoder's FVU of one output layer's target", _L),
+    Metric("explained_variance_L{layer}", "explained variance of one output layer (CLT)", _H),
+    Metric("mse_L{layer}", "MSE of one output layer's target (CLT)", _L),
+    Metric("l0_L{layer}", "active latents per token of one source layer (CLT)", None),
+    Metric("dead_fraction_L{layer}", "dead fraction of one source layer's latents (CLT)", _L),
     Metric("log10_density_hist_{bin}", "latents per log10-density bin (edges in the run's config)", None),
 )  # fmt: skip
 

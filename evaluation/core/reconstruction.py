@@ -118,3 +118,31 @@ def target_reconstruction_stats(tc, pairs: Iterable[tuple[Tensor, Tensor]]) -> R
         y_hat = tc.decode_sparse(code) + tc.skip_out(x)
         stats.update(y, y_hat, code.l0(), code.fire_counts())
     return stats
+
+
+@torch.no_grad()
+def clt_reconstruction_stats(
+    clt, batches: Iterable[tuple[Tensor, Tensor]]
+) -> tuple[ReconstructionStats, dict[int, ReconstructionStats]]:
+    """`reconstruction_stats` of a cross-layer transcoder over `(x [N, L, d_in], y [N, L,
+    d_out])` batches of raw inputs and targets: the pooled stats (every target side by side,
+    one `[L * d_out]` vector per token, so its FVU is Σ_l SSE_l / Σ_l total variance_l; L0
+    counts every layer's latents) and each output layer's own (its target against
+    ŷ_l' = b_dec[l'] + Σ_{l <= l'} f_l W_dec[l -> l'], L0 and densities of its own latents)."""
+    layers = clt.layers
+    pooled = ReconstructionStats(d_in=len(layers) * clt.d_out, d_sae=clt.d_sae)
+    per_layer = {layer: ReconstructionStats(d_in=clt.d_out, d_sae=clt.d_latent) for layer in layers}
+    for x, y in batches:
+        codes = [clt.encode_layer_sparse(layer, x[:, p]) for p, layer in enumerate(layers)]
+        dense = [code.to_dense() for code in codes]
+        y_hat = torch.stack([
+            clt.bias(dst) + sum(clt.decode_to(src, dst, dense[p]) for p, src in enumerate(layers[: q + 1]))
+            for q, dst in enumerate(layers)
+        ], dim=1)  # fmt: skip
+        for p, layer in enumerate(layers):
+            per_layer[layer].update(y[:, p], y_hat[:, p], codes[p].l0(), codes[p].fire_counts())
+        pooled.update(
+            y.flatten(1), y_hat.flatten(1), sum(c.l0() for c in codes),
+            torch.cat([c.fire_counts() for c in codes]),
+        )  # fmt: skip
+    return pooled, per_layer

@@ -34,7 +34,7 @@ def run(ctx: EvalContext) -> EvalResult:
     import numpy as np
     import torch
 
-    from saelab.evaluation.loss.splice import loss_stats
+    from saelab.evaluation.loss.splice import clt_loss_stats, loss_stats
 
     s: LossSettings = ctx.settings
     tokens, masks = [], []
@@ -46,7 +46,10 @@ def run(ctx: EvalContext) -> EvalResult:
     toks = torch.from_numpy(np.concatenate(tokens)[: s.sequences]).long().to(ctx.device)
     mask = torch.from_numpy(np.concatenate(masks)[: s.sequences]).to(ctx.device)
     target = getattr(ctx.sae, "target_hook", None)
-    if target:  # a transcoder: its prediction replaces the target, fed by the real input
+    clt_targets = getattr(ctx.sae, "target_hooks", None)
+    if clt_targets:  # a cross-layer transcoder: every MLP output of its range at once
+        stats = clt_loss_stats(ctx.model.bridge, ctx.sae, toks, mask)
+    elif target:  # a transcoder: its prediction replaces the target, fed by the real input
         stats = loss_stats(
             ctx.model.bridge, target, lambda x: ctx.sae(x.flatten(1)), toks, mask,
             source_hook=ctx.hook,
@@ -58,6 +61,15 @@ def run(ctx: EvalContext) -> EvalResult:
         )
     conventions = {
         **({"spliced_at": target, "fed_by": ctx.hook} if target else {}),
+        **(
+            {
+                "spliced_at": clt_targets,
+                "fed_by": ctx.sae.input_hooks,
+                "inputs": "same spliced pass",
+            }
+            if clt_targets
+            else {}
+        ),  # fmt: skip
         "split": s.split,
         "sequences": len(toks),
         "splice": "non-BOS, non-special positions only",

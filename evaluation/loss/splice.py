@@ -54,22 +54,75 @@ def loss_stats(
     at `splice_mask` positions, and with zeros there. `tokens` `[S, T]`, mask bool `[S, T]`.
     `source_hook` (a transcoder): x is that earlier hook's activation in the same forward pass
     (the MLP's real input), not the replaced hook's own."""
+
+    def hooks(mask: Tensor) -> list:
+        seen: dict[str, Tensor] = {}
+
+        def read(act, hook=None):
+            seen["x"] = act
+            return act
+
+        def splice(act, hook=None):
+            out = act.clone()
+            x = act if source_hook is None else seen.pop("x")
+            out[mask] = reconstruct(x[mask].float()).to(act.dtype)
+            return out
+
+        return [(hook, splice)] if source_hook is None else [(source_hook, read), (hook, splice)]
+
+    return spliced_loss_stats(bridge, hooks, [hook], tokens, splice_mask, batch_size)
+
+
+@torch.no_grad()
+def clt_loss_stats(
+    bridge, clt, tokens: Tensor, splice_mask: Tensor, batch_size: int = 8
+) -> LossStats:
+    """`loss_stats` of a cross-layer transcoder: ALL its target hooks replaced at once by its
+    reconstructions, ŷ_l' = b_dec[l'] + Σ_{l <= l'} f_l W_dec[l -> l'], each f_l encoded from
+    layer l's input hook as it is in the same (spliced) forward pass: the CLT runs in place of
+    the MLPs, reading what the replacement upstream of it produced. The zero ablation zeroes
+    every target hook."""
+
+    def hooks(mask: Tensor) -> list:
+        latents: dict[int, Tensor] = {}
+        out = []
+        for layer, source, target in zip(clt.layers, clt.input_hooks, clt.target_hooks):
+
+            def read(act, hook=None, _layer=layer):
+                latents[_layer] = clt.encode_layer(_layer, act[mask].float())
+                return act
+
+            def splice(act, hook=None, _layer=layer):
+                y = clt.bias(_layer) + sum(
+                    clt.decode_to(src, _layer, f) for src, f in latents.items() if src <= _layer
+                )
+                out = act.clone()
+                out[mask] = y.to(act.dtype)
+                return out
+
+            out += [(source, read), (target, splice)]
+        return out
+
+    return spliced_loss_stats(bridge, hooks, clt.target_hooks, tokens, splice_mask, batch_size)
+
+
+@torch.no_grad()
+def spliced_loss_stats(
+    bridge,
+    make_hooks: Callable[[Tensor], list],
+    zero_hooks: list[str],
+    tokens: Tensor,
+    splice_mask: Tensor,
+    batch_size: int = 8,
+) -> LossStats:
+    """CE and KL of the clean model, of the model run with `make_hooks(mask)` (the forward hooks
+    that splice a batch, given its `[B, T]` splice mask), and with every `zero_hooks` output
+    zeroed at the mask's positions."""
     sums = dict(ce_clean=0.0, ce_sae=0.0, ce_zero=0.0, kl_sae=0.0, kl_zero=0.0)
     count = 0
     for start in range(0, len(tokens), batch_size):
         toks = tokens[start : start + batch_size]
         mask = splice_mask[start : start + batch_size]
-        seen: dict[str, Tensor] = {}
-
-        def read(act, hook=None, _seen=seen):
-            _seen["x"] = act
-            return act
-
-        def splice(act, hook=None, _mask=mask, _seen=seen):
-            out = act.clone()
-            x = act if source_hook is None else _seen.pop("x")
-            out[_mask] = reconstruct(x[_mask].float()).to(act.dtype)
-            return out
 
         def zero(act, hook=None, _mask=mask):
             out = act.clone()
@@ -77,9 +130,10 @@ def loss_stats(
             return out
 
         clean = bridge(toks, return_type="logits").double().log_softmax(-1)[:, :-1]
-        hooks = [(hook, splice)] if source_hook is None else [(source_hook, read), (hook, splice)]
-        spliced = bridge.run_with_hooks(toks, fwd_hooks=hooks, return_type="logits")
-        zeroed = bridge.run_with_hooks(toks, fwd_hooks=[(hook, zero)], return_type="logits")
+        spliced = bridge.run_with_hooks(toks, fwd_hooks=make_hooks(mask), return_type="logits")
+        zeroed = bridge.run_with_hooks(
+            toks, fwd_hooks=[(h, zero) for h in zero_hooks], return_type="logits"
+        )
         target = toks[:, 1:].unsqueeze(-1)
         for name, logp in (
             ("clean", clean),

@@ -11,6 +11,7 @@ import torch
 from saelab import cli
 from saelab.activations.loader import JointHookLoader
 from saelab.cli import main
+from saelab.evaluation.runner import EvalConfig, evaluate
 from saelab.sae import load_sae, make_config
 from saelab.sae.config import TrainConfig
 from saelab.sae.trainer import Trainer
@@ -57,7 +58,7 @@ def _held_out(store):
     return rows[:, : n * 576].view(-1, n, 576), rows[:, n * 576 :].view(-1, n, 576)
 
 
-def test_cli_trains_a_clt_that_works_on_raw_activations(mlp4_store, tmp_path, capsys):
+def test_cli_trains_a_clt_that_works_on_raw_activations(model, mlp4_store, tmp_path):
     out = tmp_path / "clt"
     assert _train(mlp4_store, out, "--layers", "0-3", "--tokens", "4096", "--log-every", "8") == 0
     clt = load_sae(out, architecture="clt")
@@ -83,19 +84,35 @@ def test_cli_trains_a_clt_that_works_on_raw_activations(mlp4_store, tmp_path, ca
              for dst in LAYERS], 1,
         )  # fmt: skip
         torch.testing.assert_close(y_hat, clt(x), rtol=1e-4, atol=1e-4)
+    y, y_hat = y.double(), y_hat.double()
     err = (y_hat - y).pow(2).sum((0, 2))
     var = (y - y.mean(0)).pow(2).sum((0, 2))
     fvu = err / var
     assert (fvu < 1.0).all(), fvu
-    # saelab eval does not take a CLT yet: one line that says so, nothing written.
-    rc = main(["eval", "--sae", str(out), "--acts", mlp4_store, "--db", str(tmp_path / "r.duckdb")])
-    assert rc != 0
-    message = capsys.readouterr().err.strip()
-    assert "cross-layer transcoder" in message and len(message.splitlines()) == 1, message
     in_training_units = (err * torch.tensor(scales) ** 2).sum() / (
         var * torch.tensor(scales) ** 2
     ).sum()
     assert abs(float(in_training_units) - rows[-1]["fvu"]) < 0.15, (in_training_units, rows[-1])
+
+    # saelab eval: each layer's FVU and the pooled one against the direct float64 computation
+    # above; an SAE-only eval is skipped with its reason.
+    logged: list[str] = []
+    cfg = EvalConfig(
+        sae=str(out), acts=mlp4_store, db=str(tmp_path / "r.duckdb"),
+        evals=["core", "loss", "absorption"], settings={"loss": {"sequences": 2}},
+    )  # fmt: skip
+    core = evaluate(cfg, model=model, log=logged.append)[out.name]
+    assert set(core) == {"core", "loss"}
+    loss = core["loss"]
+    assert loss["ce_zero"] > loss["ce_clean"] and 0 < loss["kl_sae"]
+    assert any("absorption: skipped: a cross-layer transcoder" in line for line in logged)
+    core = core["core"]
+    for p, layer in enumerate(LAYERS):
+        assert core[f"fvu_L{layer}"] == pytest.approx(float(fvu[p]), abs=1e-4)
+        assert 0 < core[f"l0_L{layer}"] <= 4
+    assert core["fvu"] == pytest.approx(float(err.sum() / var.sum()), abs=1e-4)
+    assert core["l0"] == pytest.approx(sum(core[f"l0_L{layer}"] for layer in LAYERS))
+    assert core["n_tokens"] == len(x)
 
 
 def _cfg(total, cut):
@@ -155,3 +172,60 @@ def test_bad_clt_runs_are_one_line(mlp4_store, tmp_path, capsys, extra, message)
     assert _train(mlp4_store, tmp_path / "x", "--tokens", "256", *extra) != 0
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+# -- the loss eval: every MLP output of the range replaced at once ---------------------------
+
+
+def _lookup_clt(inputs, outputs, share=0.25):
+    """A CLT that reproduces the real MLP outputs of the given tokens exactly: latent i of
+    each layer reads token i's input direction (k = 1: by Cauchy-Schwarz the token's own
+    latent wins, with activation |x_i|), each earlier layer writes `share` of the target and
+    the layer itself the rest. `inputs`, `outputs` `[N, L, d]`."""
+    from saelab.sae import build_sae
+
+    n = len(inputs)
+    clt = build_sae(
+        make_config("clt", d_sae=n, d_in=576, d_out=576, k=1, input_hooks=INPUTS,
+                    target_hooks=TARGETS)
+    ).eval()  # fmt: skip
+    norm = inputs.norm(dim=-1, keepdim=True)  # [N, L, 1]
+    with torch.no_grad():
+        clt.encoder_weight.copy_((inputs / norm).transpose(0, 1))
+        clt.b_enc.zero_()
+        clt.b_dec.zero_()
+        for p in range(len(LAYERS)):
+            for q in range(p, len(LAYERS)):
+                part = share if q > p else 1 - share * q
+                clt.W_dec[p][:, q - p] = part * outputs[:, q] / norm[:, p]
+    return clt
+
+
+def test_loss_splice_of_a_perfect_clt_costs_nothing(model, mlp4_store):
+    """A CLT that reproduces every real MLP output of layers 0-3 (through its cross-layer
+    decoders too) gives the clean loss with all four replaced at once: its inputs are read in
+    the spliced pass, so this holds only if every layer is replaced by the right sum. A CLT of
+    zeros gives exactly the zero ablation of all four."""
+    from saelab.activations.store import ActivationStore
+    from saelab.evaluation.loss.splice import clt_loss_stats
+
+    store = ActivationStore(mlp4_store)
+    tokens = torch.from_numpy(store.read_tokens(5)[:2, :16]).long()
+    mask = torch.from_numpy(store.token_mask(5)[:2, :16])
+    with torch.no_grad():
+        _, cache = model.bridge.run_with_cache(tokens, names_filter=INPUTS + TARGETS)
+    x = torch.stack([cache[h][mask].float() for h in INPUTS], 1)
+    y = torch.stack([cache[h][mask].float() for h in TARGETS], 1)
+    m = clt_loss_stats(model.bridge, _lookup_clt(x, y), tokens, mask).metrics()
+    assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=2e-4)
+    assert m["kl_sae"] == pytest.approx(0.0, abs=2e-5)
+    assert m["ce_zero"] > m["ce_clean"] + 0.05
+    zero = _lookup_clt(x, torch.zeros_like(y))
+    z = clt_loss_stats(model.bridge, zero, tokens, mask).metrics()
+    assert z["ce_sae"] == pytest.approx(z["ce_zero"], abs=1e-9)
+    assert z["kl_sae"] == pytest.approx(z["kl_zero"], abs=1e-9)
+    # one layer off: the splice must use every layer's own reconstruction
+    wrong = y.clone()
+    wrong[:, 2] = y[:, 1]
+    off = clt_loss_stats(model.bridge, _lookup_clt(x, wrong), tokens, mask).metrics()
+    assert off["kl_sae"] > 1e-3
