@@ -33,6 +33,7 @@ def test_there_are_notebooks():
         "02_browse_features.ipynb",
         "03_circuits_and_steering.ipynb",
         "04_benchmark_variants.ipynb",
+        "05_attribution_graphs.ipynb",
     ]
 
 
