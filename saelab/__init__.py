@@ -52,6 +52,8 @@ _EXPORTS = {
     "shift": "saelab.api",
     "graph": "saelab.api",
     "GraphConfig": "saelab.circuits.graph_run",
+    "graph_figure": "saelab.api",
+    "graph_agreement": "saelab.api",
     "ShiftConfig": "saelab.circuits.shift",
     "steer": "saelab.steering.run",
     "SteerConfig": "saelab.steering.run",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from saelab.activations.models import LoadedModel
     from saelab.autointerp.config import ExplainConfig
     from saelab.autointerp.pipeline import ExplainSummary
+    from saelab.circuits.graph_check import Agreement
     from saelab.circuits.graph_run import GraphConfig, GraphResult
     from saelab.circuits.run import CircuitConfig, CircuitResult
     from saelab.circuits.shift import ShiftConfig, ShiftResult
@@ -228,6 +229,89 @@ def write_graph_html(db: str, graph_id: str, path: str) -> None:
     from saelab.resultstore import ResultsStore
 
     write(ResultsStore(db, mode="read"), graph_id, path)
+
+
+def graph_figure(
+    db: str | Path,
+    graph_id: str | None = None,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    max_edges: int | None = None,
+):
+    """A stored attribution graph as a plotly figure (the app's Graph page drawing).
+
+    Layers are rows (token embeddings at the bottom, the target logits on top), prompt tokens
+    are columns, nodes are sized by their influence on the targets and edges coloured by sign
+    (blue positive, red negative). `graph_id` None: the newest graph in `db`. The stored
+    (pruned) graph is thinned further for the drawing as the page's sliders do: the latent and
+    error nodes holding `node_threshold` of the |influence|, then the edges between them
+    holding `edge_threshold` of the |weight| (at most `max_edges`). Tokens and explanations are
+    escaped.
+    """
+    from saelab import resultstore as results
+    from saelab.app.attribution_graph import Pruning, explained_latents, figure, layout, prune
+    from saelab.resultstore import ResultsStore
+
+    store = ResultsStore(str(db), mode="read")
+    runs = results.graph_runs(store)
+    if not runs:
+        raise UserError(f"no attribution graph in {db}: store one with saelab.graph(cfg) first")
+    run = runs[0] if graph_id is None else next((r for r in runs if r.graph_id == graph_id), None)
+    if run is None:
+        known = ", ".join(r.graph_id for r in runs[:5])
+        raise UserError(f"no graph {graph_id!r} in {db}; stored graphs (newest first): {known}")
+    nodes = results.graph_nodes(store, run.graph_id)
+    edges = results.graph_edges(store, run.graph_id)
+    explanations = {}
+    for sae_id, features in explained_latents(nodes).items():
+        texts = results.explanation_texts(store, sae_id, features)
+        explanations.update({(sae_id, f): t for f, t in texts.items() if t})
+    pruning = Pruning(node_threshold=node_threshold, edge_threshold=edge_threshold,
+                      max_edges=max_edges)  # fmt: skip
+    kept_nodes, kept_edges = prune(nodes, edges, pruning)
+    target = ", ".join(repr(t) for t in run.target_strs)
+    return figure(layout(run, kept_nodes, kept_edges, explanations), title=f"→ {target}")
+
+
+def graph_agreement(
+    result: GraphResult,
+    model: Any = None,
+    n_nodes: int = 60,
+    factor: float = 0.0,
+    freeze: str = "none",
+    target: int = 0,
+) -> Agreement:
+    """Does the graph predict what intervening on its nodes does to the real model?
+
+    For the `n_nodes` latents of largest |total effect| on target logit `target` (its index
+    among `result`'s targets), the real model runs with that latent's contribution a·W_dec
+    multiplied by `factor` at its MLP output (0: ablated, 2: doubled), nothing else changed
+    (`freeze`: "none"; "attention" holds the clean attention patterns, "attention+norms" also
+    the norm scales, "all" everything the graph freezes). The measured change of the (demeaned,
+    as in the graph) target logit is set against the graph's prediction (the node's total
+    effect through later latents). The returned `Agreement` has one `NodeCheck` per latent
+    (`predicted`, `direct`, `measured`) and their Pearson correlation and sign agreement.
+    """
+    from saelab.circuits.graph_check import FREEZES, agreement
+    from saelab.circuits.graph_run import GraphResult
+
+    if not isinstance(result, GraphResult):
+        raise UserError(
+            f"saelab.graph_agreement takes the result of saelab.graph(...), got "
+            f"{type(result).__name__}"
+        )
+    if freeze not in FREEZES:
+        raise UserError(f"`freeze` must be one of {', '.join(FREEZES)}, got {freeze!r}")
+    if not 0 <= target < result.graph.n_logits:
+        raise UserError(
+            f"`target` is the index of one of the graph's {result.graph.n_logits} target "
+            f"logits, got {target}"
+        )
+    if n_nodes < 1:
+        raise UserError(f"`n_nodes` must be >= 1, got {n_nodes}")
+    if model is None:
+        model = load_model(result.config.model, device=result.config.device)
+    return agreement(model, result.replacement, result.graph, n_nodes, factor, target, freeze)
 
 
 def circuit_graph(result: CircuitResult, model: Any = None):

@@ -33,6 +33,7 @@ def test_there_are_notebooks():
         "02_browse_features.ipynb",
         "03_circuits_and_steering.ipynb",
         "04_benchmark_variants.ipynb",
+        "05_attribution_graphs.ipynb",
     ]
 
 
@@ -99,7 +100,7 @@ def test_import_saelab_is_cheap_and_offers_the_api():
         "import sys, saelab\n"
         "assert 'torch' not in sys.modules, 'import saelab pulled in torch'\n"
         "names = ['harvest', 'train', 'evaluate', 'explain', 'load_sae', 'open_results', 'steer', 'circuit',"
-        "'circuit_graph', 'circuit_curves', 'load_model']\n"
+        "'circuit_graph', 'circuit_curves', 'load_model', 'graph', 'graph_figure', 'graph_agreement']\n"
         "for n in names:\n"
         "    fn = getattr(saelab, n)\n"
         "    assert fn.__doc__, n\n"
