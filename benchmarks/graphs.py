@@ -6,9 +6,10 @@ layers, and the replacement score of per-layer transcoders against residual-stre
         [--device cpu] [--out FILE]
 
 Cost: every (prompt length, number of layers) case runs in a fresh process (`--case`), so
-`peak_rss_mb` (getrusage's ru_maxrss) is that case's own; `rss_model_mb` is the RSS once the
-model and transcoders are loaded and `rss_rise_mb` the peak minus it (what the graph itself
-costs); on CUDA `cuda_peak_mb` is torch's own peak counter. The wall time is split into the
+`peak_rss_mb` (getrusage's ru_maxrss) is that case's own, loading included;
+`rss_model_mb` is the RSS once the model and transcoders are loaded, `graph_peak_rss_mb` the
+peak RSS from there on (the kernel's VmHWM, reset through /proc/self/clear_refs) and
+`rss_rise_mb` that peak minus `rss_model_mb` (what the graph itself costs); on CUDA `cuda_peak_mb` is torch's own peak counter. The wall time is split into the
 real forward + replacement build, the adjacency, influence/pruning/scores, and building and
 writing the store rows (a throwaway DuckDB file). A case's n layers are spread evenly over the
 model (`layers_for`); its prompt is the first n tokens (BOS + n - 1) of the builtin corpus.
@@ -53,6 +54,24 @@ def _rss_mb() -> float:
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def layers_for(n: int, available: list[int]) -> list[int]:
@@ -117,6 +136,8 @@ def run_case(transcoders: str, n_tokens: int, n_layers: int, device: str, max_la
     cfg = GraphConfig(transcoders=[folders[x] for x in layers], prompt=prompt,
                       max_latents=max_latents, device=device, progress=False)  # fmt: skip
     rss_model = _rss_mb()
+    load_peak = _peak_mb()
+    reset = _reset_peak()
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -157,8 +178,10 @@ def run_case(transcoders: str, n_tokens: int, n_layers: int, device: str, max_la
             "total": t4 - t0,
         },
         "peak_rss_mb": _peak_mb(),
+        "peak_rss_loading_mb": load_peak,
+        "graph_peak_rss_mb": _hwm_mb() if reset else None,
         "rss_model_mb": rss_model,
-        "rss_rise_mb": _peak_mb() - rss_model,
+        "rss_rise_mb": (_hwm_mb() if reset else _peak_mb()) - rss_model,
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "replacement": scores.replacement,
         "completeness": scores.completeness,
@@ -176,7 +199,16 @@ def cases(args) -> list[dict]:
                    "--transcoders", args.transcoders, "--device", args.device,
                    "--max-latents", str(args.max_latents), "--tokens-store", args.tokens_store]  # fmt: skip
             start = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+            try:
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, timeout=args.case_timeout
+                )
+            except subprocess.TimeoutExpired:
+                row = {"prompt_tokens": length, "n_layers": n_layers,
+                       "error": f"over the {args.case_timeout} s case timeout"}  # fmt: skip
+                print(json.dumps(row), flush=True)
+                out.append(row)
+                continue
             if proc.returncode != 0:
                 row = {"prompt_tokens": length, "n_layers": n_layers,
                        "error": proc.stderr.strip().splitlines()[-1:]}  # fmt: skip
@@ -345,9 +377,49 @@ def sgemm_gflops(n: int = 1024, reps: int = 5) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
+def markdown(results: list[dict]) -> str:
+    """The headline tables of result files: cost per case, then the score comparison."""
+    lines = []
+    for res in results:
+        if res.get("cases"):
+            lines += [
+                "| tokens | layers | active latents | graph latents | forward+replacement s | "
+                "adjacency s | prune+scores s | store s | total s | graph peak RSS MB (rise) |",
+                "| " + " | ".join(["---"] * 10) + " |",
+            ]
+            for c in res["cases"]:
+                if "error" in c:
+                    lines.append(f"| {c['prompt_tokens']} | {c['n_layers']} | {c['error']} |")
+                    continue
+                t = c["seconds"]
+                lines.append(
+                    f"| {c['prompt_tokens']} | {c['n_layers']} | {c['active_latents']} | "
+                    f"{c['graph_latents']} | {t['forward_and_replacement']:.1f} | "
+                    f"{t['adjacency']:.1f} | {t['influence_prune_scores']:.1f} | {t['store']:.1f} | "
+                    f"{t['total']:.1f} | {c['graph_peak_rss_mb']:.0f} ({c['rss_rise_mb']:.0f}) |"
+                )
+        if res.get("comparison"):
+            comp = res["comparison"]
+            n = len(comp["per_prompt"])
+            lines += [
+                "",
+                f"| dictionaries (layers {','.join(map(str, comp['layers']))}; {n} prompts) | "
+                "replacement | completeness | replacement, pruned | completeness, pruned |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            for name, summ in comp["summary"].items():
+                cells = [
+                    f"{summ[k]['mean']:.3f} ± {summ[k]['std']:.3f}"
+                    for k in ("replacement", "completeness", "replacement_pruned",
+                              "completeness_pruned")
+                ]  # fmt: skip
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--transcoders", required=True, help="folder of per-layer transcoders")
+    p.add_argument("--transcoders", help="folder of per-layer transcoders")
     p.add_argument("--resid-saes", help="folder of residual SAEs (layerNN/) for the comparison")
     p.add_argument("--train-residual", help="activation store to train the residual SAEs from")
     p.add_argument("--d-sae", type=int, default=1024)
@@ -367,11 +439,17 @@ def main() -> None:
     p.add_argument("--skip-cases", action="store_true", help="only the comparison")
     p.add_argument("--tokens-store", default=STORE_TOKENS, help="store whose tokens are prompts")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--table", nargs="+", help="print the markdown tables of result files")
     p.add_argument(
         "--case", type=int, nargs=2, metavar=("TOKENS", "LAYERS"), help=argparse.SUPPRESS
     )
     p.add_argument("--out", help="JSON path (default benchmarks/results/graphs-<device>.json)")
     args = p.parse_args()
+    if args.table:
+        print(markdown([json.loads(Path(f).read_text()) for f in args.table]))
+        return
+    if not args.transcoders:
+        p.error("--transcoders is required")
     torch.set_grad_enabled(False)
     if args.case:
         row = run_case(args.transcoders, args.case[0], args.case[1], args.device,
