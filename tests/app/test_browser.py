@@ -80,11 +80,20 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         # `saelab app` stops its streamlit server on SIGTERM and SIGINT: none is left running
-        deadline = time.monotonic() + 10
-        while any(Path(f"/proc/{c}").exists() for c in children):
+        deadline = time.monotonic() + 30  # a loaded machine can take seconds to stop it
+        while any(_running(c) for c in children):
             assert time.monotonic() < deadline, f"streamlit server(s) {children} outlived the app"
             time.sleep(0.1)
         assert children, "saelab app started no server process"
+
+
+def _running(pid: str) -> bool:
+    """Whether process `pid` still runs (a zombie awaiting its reaper has stopped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def open_page(browser, url: str):
