@@ -53,7 +53,8 @@ def test_impossible_sweeps():
     with pytest.raises(UserError, match="sweep is empty"):
         parse_sweep({"sae": []})
     with pytest.raises(
-        UserError, match="unknown architecture 'sparse'; known: batchtopk, clt, feature_choice, gated"
+        UserError,
+        match="unknown architecture 'sparse'; known: batchtopk, clt, feature_choice, gated",
     ):
         parse_sweep({"sae": [{"architecture": "sparse"}]})
     with pytest.raises(UserError, match="k must be between 1 and d_sae"):
