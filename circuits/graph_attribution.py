@@ -81,10 +81,15 @@ def encoder_rows(rm: ReplacementModel) -> Tensor:
     """Each active latent's encoder row `[n_latents, d]` (what its pre-activation reads)."""
     nodes = rm.nodes
     out = rm.decoder.new_zeros(nodes.n_latents, rm.decoder.shape[1])
+    attn = nodes.is_attn()
     for layer in rm.transcoders:
-        sel = (nodes.layer == layer).nonzero().squeeze(1)
+        sel = ((nodes.layer == layer) & ~attn).nonzero().squeeze(1)
         if sel.numel():
             out[sel] = rm.encoder(layer).detach().to(out.dtype)[:, nodes.feature[sel]].t()
+    for layer, sae in rm.attention_saes.items():  # pre-activation z · W_enc[:, i]
+        sel = ((nodes.layer == layer) & attn).nonzero().squeeze(1)
+        if sel.numel():
+            out[sel] = sae.W_enc.detach().to(out.dtype)[:, nodes.feature[sel]].t()
     return out
 
 
@@ -127,7 +132,8 @@ def attribute(
         # deepest layers first: a batch of one layer walks down from that layer only
         pending = pending[torch.argsort(nodes.layer[pending], descending=True, stable=True)]
         for chunk in pending.split(batch_size):
-            out = rm.backward(nodes.layer[chunk], nodes.pos[chunk], enc[chunk])
+            attn = nodes.attn[chunk] if nodes.attn is not None else None
+            out = rm.backward(nodes.layer[chunk], nodes.pos[chunk], enc[chunk], attn)
             rows[done : done + len(chunk)] = out
             order.append(chunk)
             visited[chunk] = True
@@ -146,6 +152,7 @@ def attribute(
         layer=nodes.layer[selected], pos=nodes.pos[selected], feature=nodes.feature[selected],
         activation=nodes.activation[selected], error_layer=nodes.error_layer,
         error_pos=nodes.error_pos, n_pos=n_pos,
+        attn=None if nodes.attn is None else nodes.attn[selected], error_attn=nodes.error_attn,
     )  # fmt: skip
     return Graph(adjacency, kept, selected, n_lat, targets, probs, demean)
 

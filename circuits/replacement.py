@@ -35,8 +35,19 @@ layer m's MLP sees the writes to layers l' < m only (the backward visits layers 
 a CLT latent's edge is a · Σ_{l ≤ l' < m} g_l' · W_dec[l → l'][i], g_l' the gradient at
 layer l''s MLP output: the CLT's `write_gradient` rule, summed write by write.
 
+An attention-output SAE at layer L (reading `blocks.L.attn.hook_z`, heads concatenated)
+replaces that layer's attention output: z = ẑ + ε_z with ẑ = Σ_i a_i W_dec,i + b_dec, so
+r_mid[L] = r[L] + (Σ_i a_i W_dec,i + b_dec + ε_z) W_O (+ b_O). Its latents (node `A{L}.f{i}@{t}`)
+and its error node ε_z per position (`attn_err.L{L}@{t}`) are sources written at the attention
+output; nothing upstream reaches r_mid[L] through that attention any more. A latent's input is
+its pre-activation's linear part z · W_enc[:, i], with z = Σ_h P_h (ln1(r[L]) W_V,h) computed
+from upstream with P and the ln1 scale frozen, so its edges are the gradient along that value
+path. Attention latents come after the transcoder latents in node order (`Nodes.attn`), their
+error nodes after the MLP error grid (`Nodes.error_attn`).
+
 Position 0 holds BOS when the prompt starts with it: its MLP outputs are kept as constants
 (circuit-tracer's `zero_bos`), so it has no latent or error nodes; its embedding is a node.
+The same holds for an attention SAE's layer: the real hook_z at BOS is a constant.
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ from torch import Tensor
 from saelab.base.errors import UserError
 
 INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"
+Z_HOOK = "blocks.{layer}.attn.hook_z"
+_Z = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
 TARGET_HOOK = "blocks.{layer}.hook_mlp_out"
 _INPUT = re.compile(r"^blocks\.(\d+)\.ln2\.hook_normalized$")
 _TARGET = re.compile(r"^blocks\.(\d+)\.hook_mlp_out$")
@@ -77,6 +90,18 @@ def transcoder_layer(tc) -> int:
             "replace one MLP per transcoder: use a pair from the same layer"
         )
     return int(a.group(1))
+
+
+def attention_sae_layer(hook: str | None) -> int:
+    """The layer of an attention-output SAE trained on `blocks.L.attn.hook_z`; a one-line error
+    for any other hook."""
+    m = _Z.match(hook or "")
+    if not m:
+        raise UserError(
+            f"attention SAEs in graphs read blocks.L.attn.hook_z (heads concatenated); this one "
+            f"reads {hook!r}: train one with saelab train --hook blocks.L.attn.hook_z"
+        )
+    return int(m.group(1))
 
 
 def is_clt(dictionary) -> bool:
@@ -183,12 +208,18 @@ class FrozenPass:
     """hook_mlp_out `[n_layers, T, d]`."""
     logits: Tensor
     """The real logits `[T, d_vocab]`."""
+    z: dict[int, Tensor] = field(default_factory=dict)
+    """Per layer asked for: attn.hook_z, heads concatenated `[T, n_heads * d_head]`."""
 
 
-def frozen_pass(model, tokens: list[int], dtype: torch.dtype = torch.float32) -> FrozenPass:
-    """Run the real model once and keep what the replacement model freezes."""
+def frozen_pass(
+    model, tokens: list[int], dtype: torch.dtype = torch.float32, z_layers: tuple[int, ...] = ()
+) -> FrozenPass:
+    """Run the real model once and keep what the replacement model freezes (and hook_z at
+    `z_layers`, the attention SAEs' inputs)."""
     n = model.n_layers
     names = ["blocks.0.hook_resid_pre", "ln_final.hook_scale"]
+    names += [Z_HOOK.format(layer=layer) for layer in z_layers]
     for layer in range(n):
         names += [
             f"blocks.{layer}.ln1.hook_scale",
@@ -217,6 +248,7 @@ def frozen_pass(model, tokens: list[int], dtype: torch.dtype = torch.float32) ->
         mlp_in=stack(INPUT_HOOK),
         mlp_out=stack(TARGET_HOOK),
         logits=logits[0].to(dtype),
+        z={layer: cache[Z_HOOK.format(layer=layer)][0].flatten(-2).to(dtype) for layer in z_layers},
     )
 
 
@@ -234,6 +266,22 @@ class Nodes:
     """Per error node: layer and position `[n_errors]`."""
     error_pos: Tensor
     n_pos: int
+    attn: Tensor | None = None
+    """Per latent: whether it is an attention SAE's (None: none is)."""
+    error_attn: Tensor | None = None
+    """Per error node: whether it is an attention SAE's error (None: none is)."""
+
+    def is_attn(self) -> Tensor:
+        """Per latent: whether it belongs to an attention SAE `[n_latents]` (bool)."""
+        if self.attn is None:
+            return torch.zeros(self.n_latents, dtype=torch.bool, device=self.layer.device)
+        return self.attn
+
+    def is_attn_error(self) -> Tensor:
+        """Per error node: whether it is an attention SAE's error `[n_errors]` (bool)."""
+        if self.error_attn is None:
+            return torch.zeros(self.n_errors, dtype=torch.bool, device=self.error_layer.device)
+        return self.error_attn
 
     @property
     def n_latents(self) -> int:
@@ -259,6 +307,9 @@ class ReplacementModel:
     layer of its range (the same module)."""
     first: int
     """First position with latent and error nodes (1 when position 0 is BOS)."""
+    attention_saes: dict[int, torch.nn.Module] = field(default_factory=dict)
+    """Layer → attention-output SAE on `blocks.L.attn.hook_z` (replaces that attention's
+    output; see the module docstring)."""
     nodes: Nodes = field(init=False)
     decoder: Tensor = field(init=False)
     """Per latent: its contribution a_i W_dec,i `[n_latents, d]` to its own layer's MLP output."""
@@ -273,6 +324,11 @@ class ReplacementModel:
     const: Tensor = field(init=False)
     """Per layer and position, the MLP output that is no node `[n_layers, T, d]`: b_dec, and
     the whole output before `first`."""
+    const_attn: dict[int, Tensor] = field(init=False)
+    """Per attention-SAE layer, the attention output that is no node `[T, d]`: b_dec W_O + b_O,
+    and the real attention output before `first`."""
+    n_attn_latents: int = field(init=False)
+    """How many latents (the last ones) belong to attention SAEs."""
 
     def __post_init__(self) -> None:
         fp, dtype = self.frozen, self.frozen.embed.dtype
@@ -313,6 +369,10 @@ class ReplacementModel:
                 pos.append(rows + self.first)
                 layers.append(torch.full_like(rows, layer))
                 n_done += len(index)
+        n_mlp = n_done
+        attn_decs, attn_errors, self.const_attn = self._attention_nodes(
+            layers, pos, feats, acts, dtype
+        )
         const[:, : self.first] = fp.mlp_out[:, : self.first]
         for layer in self.transcoders:  # the skip path at BOS is live: keep the sum exact
             const[layer, : self.first] -= self.skip(layer, fp.mlp_in[layer, : self.first])
@@ -320,17 +380,37 @@ class ReplacementModel:
         grid_l, grid_p = torch.meshgrid(
             torch.arange(n_layers), torch.arange(self.first, n_pos), indexing="ij"
         )
+        error_layer, error_pos = grid_l.reshape(-1).to(device), grid_p.reshape(-1).to(device)
+        attn, error_attn = None, None
+        if self.attention_saes:
+            span = n_pos - self.first
+            attn_layers = torch.tensor(list(self.attention_saes), device=device)
+            n_total = sum(len(x) for x in feats)
+            attn = torch.arange(n_total, device=device) >= n_mlp
+            error_attn = torch.cat([
+                torch.zeros(len(error_layer), dtype=torch.bool, device=device),
+                torch.ones(len(attn_layers) * span, dtype=torch.bool, device=device),
+            ])  # fmt: skip
+            error_layer = torch.cat([error_layer, attn_layers.repeat_interleave(span)])
+            error_pos = torch.cat([error_pos, grid_p[0].to(device).repeat(len(attn_layers))])
+        self.n_attn_latents = sum(len(x) for x in feats) - n_mlp
         self.nodes = Nodes(
             layer=torch.cat(layers) if layers else empty,
             pos=torch.cat(pos) if pos else empty,
             feature=torch.cat(feats) if feats else empty,
             activation=torch.cat(acts) if acts else empty.to(dtype),
-            error_layer=grid_l.reshape(-1).to(device),
-            error_pos=grid_p.reshape(-1).to(device),
+            error_layer=error_layer,
+            error_pos=error_pos,
             n_pos=n_pos,
+            attn=attn,
+            error_attn=error_attn,
         )
+        decs = decs + attn_decs
         self.decoder = torch.cat(decs) if decs else torch.zeros(0, d, dtype=dtype)
-        self.errors = errors[self.nodes.error_layer, self.nodes.error_pos]
+        n_grid = grid_l.numel()
+        self.errors = errors[error_layer[:n_grid], error_pos[:n_grid]]
+        if attn_errors:
+            self.errors = torch.cat([self.errors, *attn_errors])
         self.const = const
         if cross:
             latent = torch.cat([c[0] for c in cross])
@@ -342,6 +422,36 @@ class ReplacementModel:
         else:
             self.cross_latent, self.cross_layer = empty, empty
             self.cross = torch.zeros(0, d, dtype=dtype)
+
+    def _attention_nodes(self, layers, pos, feats, acts, dtype):
+        """Append each attention SAE's latents to the node lists; return their writes to the
+        residual `[n, d]` (a_i W_dec,i W_O), their error nodes' writes ((z − ẑ) W_O per
+        position), and each layer's constant attention output."""
+        fp, w = self.frozen, self.weights
+        decs, errs, const = [], [], {}
+        with torch.no_grad():
+            for layer, sae in sorted(self.attention_saes.items()):
+                z = fp.z[layer]
+                w_o, b_o = w.w_o[layer], w.b_o[layer]
+                code = sae.encode_sparse(z[self.first :].to(sae.W_dec.dtype))
+                vals = code.vals.to(dtype)
+                rows, slots = (code.vals != 0).nonzero(as_tuple=True)
+                order = torch.argsort(code.idx[rows, slots] + rows * code.d_sae)
+                rows, slots = rows[order], slots[order]
+                index = code.idx[rows, slots]
+                w_dec = sae.W_dec.to(dtype)
+                b_dec = sae.b_dec.to(dtype)
+                recon = vals.new_zeros(z.shape[0] - self.first, z.shape[1])
+                recon.index_add_(0, *_rows(code.idx, vals, w_dec))
+                decs.append((w_dec[index] * vals[rows, slots, None]) @ w_o)
+                errs.append((z[self.first :] - b_dec - recon) @ w_o)
+                out = torch.cat([z[: self.first] @ w_o, (b_dec @ w_o).expand(len(recon), -1)])
+                const[layer] = out if b_o is None else out + b_o
+                feats.append(index)
+                acts.append(vals[rows, slots])
+                pos.append(rows + self.first)
+                layers.append(torch.full_like(rows, layer))
+        return decs, errs, const
 
     # -- the dictionaries --------------------------------------------------------------
 
@@ -409,9 +519,25 @@ class ReplacementModel:
     def attention_backward(self, layer: int, g: Tensor) -> Tensor:
         """The transpose of `attention`'s linear part: gradient at r from gradient `g` at the
         attention output `[B, T', d]` (the first T' positions: later ones cannot reach them)."""
+        return self.value_backward(layer, g @ self.weights.w_o[layer].t())
+
+    def values(self, layer: int, r: Tensor) -> Tensor:
+        """Frozen attention's z (hook_z, heads concatenated) `[.., T, n_heads * d_head]` of
+        residual `r` (value bias included)."""
         w = self.weights
-        batch, t, _ = g.shape
-        gz = (g @ w.w_o[layer].t()).view(batch, t, w.n_heads, w.d_head)
+        x = r / self.frozen.scale1[layer] * w.ln1[layer]
+        v = x @ w.w_v[layer]
+        if w.b_v[layer] is not None:
+            v = v + w.b_v[layer]
+        v = v.unflatten(-1, (w.n_kv, w.d_head)).repeat_interleave(w.n_heads // w.n_kv, dim=-2)
+        return torch.einsum("hpq,...qhe->...phe", self.frozen.pattern[layer], v).flatten(-2)
+
+    def value_backward(self, layer: int, gz: Tensor) -> Tensor:
+        """The transpose of `values`' linear part: gradient at r from gradient `gz` at z
+        `[B, T', n_heads * d_head]`."""
+        w = self.weights
+        batch, t, _ = gz.shape
+        gz = gz.reshape(batch, t, w.n_heads, w.d_head)
         gz = gz.permute(2, 1, 0, 3).reshape(w.n_heads, t, batch * w.d_head)
         pattern = self.frozen.pattern[layer, :, :t, :t]
         gv = torch.bmm(pattern.transpose(1, 2), gz).view(w.n_heads, t, batch, w.d_head)
@@ -429,18 +555,27 @@ class ReplacementModel:
     # -- the linear model --------------------------------------------------------------
 
     @torch.no_grad()
-    def forward(self, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, scale: Tensor | None = None, z_in: dict[int, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The replacement model with each source node's contribution multiplied by
         `scale[n_sources]` (None: ones, which reproduces the real pass). Returns every
         layer's transcoder input `[n_layers, T, d]` and the final normalised residual `[T, d]`
-        (ln_final with its weight), through which logits are read."""
+        (ln_final with its weight), through which logits are read. With a dict `z_in`, fills
+        in each attention-SAE layer's z as recomputed from upstream (its latents' input)."""
         nodes, fp = self.nodes, self.frozen
         n_lat, n_err = nodes.n_latents, nodes.n_errors
         if scale is None:
             scale = torch.ones(nodes.n_sources, dtype=fp.embed.dtype, device=fp.embed.device)
         mlp = self.const.clone()
+        n_mlp, n_grid = (
+            n_lat - self.n_attn_latents,
+            self.const.shape[0] * (nodes.n_pos - self.first),
+        )
         mlp.index_put_(
-            (nodes.layer, nodes.pos), self.decoder * scale[:n_lat, None], accumulate=True
+            (nodes.layer[:n_mlp], nodes.pos[:n_mlp]),
+            self.decoder[:n_mlp] * scale[:n_mlp, None],
+            accumulate=True,
         )
         if len(self.cross):
             mlp.index_put_(
@@ -449,33 +584,60 @@ class ReplacementModel:
                 accumulate=True,
             )
         mlp.index_put_(
-            (nodes.error_layer, nodes.error_pos),
-            self.errors * scale[n_lat : n_lat + n_err, None],
+            (nodes.error_layer[:n_grid], nodes.error_pos[:n_grid]),
+            self.errors[:n_grid] * scale[n_lat : n_lat + n_grid, None],
             accumulate=True,
         )
         r = fp.embed * scale[n_lat + n_err :, None]
+        attn_out = self._attention_outputs(scale)
         inputs = []
         for layer in range(self.n_layers):
-            r = r + self.attention(layer, r)
+            if layer in attn_out:
+                if z_in is not None:
+                    z_in[layer] = self.values(layer, r)
+                r = r + attn_out[layer]
+            else:
+                r = r + self.attention(layer, r)
             x_in = r / fp.scale2[layer]
             inputs.append(x_in)
             r = r + mlp[layer] + self.skip(layer, x_in)
         final = r / fp.scale_final * self.weights.ln_final
         return torch.stack(inputs), final
 
+    def _attention_outputs(self, scale: Tensor) -> dict[int, Tensor]:
+        """Per attention-SAE layer, its output `[T, d]`: constants, latents and error nodes,
+        each node's write multiplied by its scale."""
+        if not self.attention_saes:
+            return {}
+        nodes = self.nodes
+        n_mlp = nodes.n_latents - self.n_attn_latents
+        out = {layer: c.clone() for layer, c in self.const_attn.items()}
+        err0 = nodes.n_latents + int((~nodes.is_attn_error()).sum())
+        span = nodes.n_pos - self.first
+        for k, layer in enumerate(sorted(self.attention_saes)):
+            sel = (nodes.layer[n_mlp:] == layer).nonzero().squeeze(1) + n_mlp
+            out[layer].index_add_(0, nodes.pos[sel], self.decoder[sel] * scale[sel, None])
+            e = err0 + k * span
+            errs = self.errors[e - nodes.n_latents : e - nodes.n_latents + span]
+            out[layer][self.first :] += errs * scale[e : e + span, None]
+        return out
+
     def logits(self, final: Tensor) -> Tensor:
         out = final @ self.weights.w_u
         return out if self.weights.b_u is None else out + self.weights.b_u
 
     @torch.no_grad()
-    def backward(self, layers: Tensor, pos: Tensor, vectors: Tensor) -> Tensor:
+    def backward(
+        self, layers: Tensor, pos: Tensor, vectors: Tensor, attn: Tensor | None = None
+    ) -> Tensor:
         """Direct effects of every source node on a batch of targets.
 
         Target b reads `vectors[b]` from the transcoder input of layer `layers[b]` at
         position `pos[b]` (layer = n_layers: from the final normalised residual, a logit).
         Returns `[B, n_sources]`: source contribution · ∂(target input)/∂(contribution),
         along paths through attention, norms and skip connections only (every MLP output is
-        a sum of nodes and constants)."""
+        a sum of nodes and constants). Where `attn[b]`, target b is an attention SAE's
+        latent: it reads `vectors[b]` from z (hook_z) of layer `layers[b]` instead."""
         nodes, fp = self.nodes, self.frozen
         n_layers, _, d = fp.mlp_out.shape
         batch = vectors.shape[0]
@@ -506,20 +668,56 @@ class ReplacementModel:
             if w_skip is not None:
                 g = g + (g @ w_skip.to(g.dtype).t()) / fp.scale2[layer, :t]
             here = layers == layer
+            if attn is not None:
+                here = here & ~attn
             if here.any():
                 g[rows[here], pos[here]] += vectors[here] / fp.scale2[layer, pos[here]]
-            g = g + self.attention_backward(layer, g)
+            if layer in self.attention_saes:  # the attention's output is nodes: cut it
+                self._attention_sources(layer, g, out, t)
+                reads = (layers == layer) & attn if attn is not None else None
+                if reads is not None and reads.any():
+                    gz = vectors.new_zeros(batch, t, vectors.shape[1])
+                    gz[rows[reads], pos[reads]] = vectors[reads]
+                    g = g + self.value_backward(layer, gz)
+            else:
+                g = g + self.attention_backward(layer, g)
         e0 = nodes.n_latents + nodes.n_errors
         out[:, e0 : e0 + t] = (g * fp.embed[:t]).sum(-1)
         return out
 
+    def _attention_sources(self, layer: int, g: Tensor, out: Tensor, t: int) -> None:
+        """Direct effects of layer `layer`'s attention latents and error nodes: `g` is the
+        gradient at r_mid, where they write."""
+        nodes = self.nodes
+        for p, lo, hi in self._attn_blocks[layer]:
+            if p < t:
+                out[:, lo:hi] += g[:, p] @ self.decoder[lo:hi].t()
+        if t > self.first:
+            span = nodes.n_pos - self.first
+            k = sorted(self.attention_saes).index(layer)
+            e0 = nodes.n_latents + int((~nodes.is_attn_error()).sum()) + k * span
+            err = self.errors[e0 - nodes.n_latents : e0 - nodes.n_latents + t - self.first]
+            out[:, e0 : e0 + t - self.first] = (g[:, self.first :] * err).sum(-1)
+
     @property
     def _latent_blocks(self) -> list[list[tuple[int, int, int]]]:
-        """Per layer, (position, first, end) of each run of latents at one position (the
-        latents are sorted by layer, then position)."""
+        """Per layer, (position, first, end) of each run of transcoder latents at one position
+        (the latents are sorted by layer, then position)."""
         if getattr(self, "_blocks", None) is None:
-            self._blocks = _runs(self.nodes.layer, self.nodes.pos, self.nodes.n_pos, self.n_layers)
+            n = self.nodes.n_latents - self.n_attn_latents
+            self._blocks = _runs(
+                self.nodes.layer[:n], self.nodes.pos[:n], self.nodes.n_pos, self.n_layers
+            )
         return self._blocks
+
+    @property
+    def _attn_blocks(self) -> list[list[tuple[int, int, int]]]:
+        """The same for the attention latents (indices among all latents)."""
+        if getattr(self, "_ablocks", None) is None:
+            n = self.nodes.n_latents - self.n_attn_latents
+            runs = _runs(self.nodes.layer[n:], self.nodes.pos[n:], self.nodes.n_pos, self.n_layers)
+            self._ablocks = [[(p, lo + n, hi + n) for p, lo, hi in r] for r in runs]
+        return self._ablocks
 
     @property
     def _cross_blocks(self) -> list[list[tuple[int, int, int]]]:
@@ -555,19 +753,34 @@ def _rows(idx: Tensor, vals: Tensor, w_dec: Tensor) -> tuple[Tensor, Tensor]:
 def build_replacement(
     model, tokens: list[int], transcoders: dict[int, torch.nn.Module], bos: int | None,
     dtype: torch.dtype = torch.float32,
+    attention_saes: dict[int, torch.nn.Module] | None = None,
 ) -> ReplacementModel:  # fmt: skip
     """The replacement model of `tokens` (position 0 is BOS, without nodes, when it equals
-    `bos`)."""
-    for layer in transcoders:
+    `bos`), with attention-output SAEs (layer → SAE on blocks.L.attn.hook_z) if given."""
+    attention_saes = dict(sorted((attention_saes or {}).items()))
+    for layer in [*transcoders, *attention_saes]:
         if not 0 <= layer < model.n_layers:
-            raise UserError(f"a transcoder for layer {layer}: {model.name} has {model.n_layers}")
+            raise UserError(f"a dictionary for layer {layer}: {model.name} has {model.n_layers}")
+    d_z = int(model.bridge.cfg.n_heads) * int(model.bridge.cfg.d_head)
+    for layer, sae in attention_saes.items():
+        if sae.d_in != d_z:
+            raise UserError(
+                f"the attention SAE for layer {layer} reads width {sae.d_in} but hook_z of "
+                f"{model.name} is {d_z} wide (heads concatenated): it was trained elsewhere"
+            )
+    if attention_saes and d_z != model.d_model:
+        raise UserError(
+            f"attention SAEs in graphs need n_heads * d_head = d_model; {model.name} has "
+            f"{d_z} and {model.d_model}"
+        )
     if dtype != torch.float32:  # parity tests run the whole model, transcoders too, in float64
         copies: dict[int, torch.nn.Module] = {}  # a CLT given at several layers: one copy
         for tc in transcoders.values():
             if id(tc) not in copies:
                 copies[id(tc)] = copy.deepcopy(tc).to(dtype)
         transcoders = {k: copies[id(tc)] for k, tc in transcoders.items()}
-    frozen = frozen_pass(model, tokens, dtype)
+        attention_saes = {k: copy.deepcopy(sae).to(dtype) for k, sae in attention_saes.items()}
+    frozen = frozen_pass(model, tokens, dtype, tuple(attention_saes))
     weights = Weights.from_bridge(model.bridge, dtype)
     first = 1 if bos is not None and tokens and tokens[0] == bos else 0
-    return ReplacementModel(weights, frozen, transcoders, first)
+    return ReplacementModel(weights, frozen, transcoders, first, attention_saes)
