@@ -125,16 +125,18 @@ def node_label(
 ) -> str:
     """ "L3 #1234 @5 ' Paris' · 'capital cities…'": a latent's layer, index, position and token
     with its explanation shortened; "error L3 @5 ' Paris'", "emb @5 ' Paris'", "logit ' Paris'
-    (p 0.53)" for the other kinds. Not escaped."""
+    (p 0.53)" for the other kinds; "attn L3 #12 @5 …", "attn error L3 @5 …" for an attention
+    SAE's nodes. Not escaped."""
     token = token_text(token_at(tokens, row.pos))
+    attn = "attn " if (row.hook or "").endswith(".attn.hook_z") else ""  # an attention SAE's
     if row.kind == "latent":
-        text = f"L{row.layer} #{row.feature} @{row.pos} {token}"
+        text = f"{attn}L{row.layer} #{row.feature} @{row.pos} {token}"
         explanation = latent_explanation(row, explanations)
         if explanation:
             text += f" · '{short_text(explanation, LABEL_EXPLANATION_CHARS)}'"
         return text
     if row.kind == "error":
-        return f"error L{row.layer} @{row.pos} {token}"
+        return f"{attn}error L{row.layer} @{row.pos} {token}"
     if row.kind == "embedding":
         return f"emb @{row.pos} {token_text(row.label) if row.label is not None else token}"
     if row.kind == "logit":

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saelab.base.errors import UserError
 from saelab.circuits.graph_attribution import Graph
 from saelab.circuits.replacement import TARGET_HOOK, ReplacementModel, is_clt
 
@@ -219,6 +220,11 @@ def agreement(
 ) -> Agreement:  # fmt: skip
     """Predicted against measured effects of the `n_nodes` latents of largest |total effect|
     on target logit `target` (see the module docstring)."""
+    if graph.nodes.is_attn().any():
+        raise UserError(
+            "the intervention check edits MLP outputs and does not cover attention-SAE latents "
+            "yet: build the graph to check without attention_saes"
+        )
     direct, total = total_effects(graph, target)
     order = torch.argsort(total.abs(), descending=True)[:n_nodes]
     measured = measure(model, rm, graph, order, target, factor, graph.demean, freeze=freeze)

@@ -23,7 +23,12 @@ from saelab.base.errors import UserError
 from saelab.base.fs import check_output_file
 from saelab.circuits.graph_attribution import Graph, attribute
 from saelab.circuits.graph_prune import Pruned, fold_latents, graph_scores, prune
-from saelab.circuits.replacement import ReplacementModel, build_replacement, dictionary_layers
+from saelab.circuits.replacement import (
+    ReplacementModel,
+    attention_sae_layer,
+    build_replacement,
+    dictionary_layers,
+)
 
 DICTIONARY = "transcoders"
 
@@ -39,6 +44,10 @@ class GraphConfig:
     each later layer's MLP output); per-layer transcoders may fill in the other layers."""
     prompt: str
     """The text to trace (BOS is put first, as in a harvest)."""
+    attention_saes: list[str] = field(default_factory=list)
+    """Attention-output SAE folders (trained on blocks.L.attn.hook_z), or sweep folders of
+    them: each replaces its layer's attention output by its latents and an error node per
+    position (read through W_O); empty: attention is traced through, as frozen patterns."""
     db: str | None = None
     """Results file to store the graph in (None: not stored)."""
     targets: list[str] = field(default_factory=list)
@@ -157,6 +166,37 @@ def load_transcoders(model, paths: list[str], device: str) -> dict[int, tuple[ob
     return dict(sorted(found.items()))
 
 
+def load_attention_saes(model, paths: list[str], device: str) -> dict[int, tuple[object, Path]]:
+    """Layer → (attention SAE, folder); one-line errors for an SAE on another hook, another
+    model's SAE, or two for one layer."""
+    from saelab.circuits.splice import sae_folders
+    from saelab.sae.checkpoint import load_sae, read_cfg
+
+    found: dict[int, tuple[object, Path]] = {}
+    for folder in sae_folders(paths):
+        cfg = read_cfg(folder)
+        block = cfg.get("saelab") or {}
+        sha = block.get("model_sha256") or (block.get("provenance") or {}).get("model_sha256")
+        if sha and sha != model.weights_sha256:
+            raise UserError(
+                f"attention SAE {folder} was trained on another model ({sha[:12]}…) than "
+                f"{model.name} ({model.weights_sha256[:12]}…)"
+            )
+        layer = attention_sae_layer(cfg.get("hook_name") or block.get("hook_name"))
+        if layer in found:
+            raise UserError(
+                f"two attention SAEs for layer {layer} ({found[layer][1]} and {folder}): give "
+                "one per layer"
+            )
+        sae = load_sae(folder, device=device)
+        if getattr(sae, "architecture", None) in ("transcoder", "clt"):
+            raise UserError(f"{folder} is a transcoder: give it with `transcoders`")
+        for p in sae.parameters():
+            p.requires_grad_(False)
+        found[layer] = (sae, Path(folder))
+    return dict(sorted(found.items()))
+
+
 def target_tokens(cfg: GraphConfig, tokenizer, logits: torch.Tensor | None) -> list[int]:
     """The target token ids: each of `cfg.targets` as one token, or the top predictions."""
     if not cfg.targets:
@@ -189,23 +229,34 @@ def run_graph(cfg: GraphConfig, model=None, log=print) -> GraphResult:
     from saelab.activations.corpus import bos_token_id
 
     loaded = load_transcoders(model, cfg.transcoders, cfg.device)
+    attn_loaded = load_attention_saes(model, cfg.attention_saes, cfg.device)
     bos = bos_token_id(model.tokenizer)
     tokens = [bos] + model.tokenizer.encode(cfg.prompt, add_special_tokens=False)
     given_targets = target_tokens(cfg, model.tokenizer, None) if cfg.targets else None
-    rm = build_replacement(model, tokens, {k: v[0] for k, v in loaded.items()}, bos)
+    rm = build_replacement(
+        model, tokens, {k: v[0] for k, v in loaded.items()}, bos,
+        attention_saes={k: v[0] for k, v in attn_loaded.items()},
+    )  # fmt: skip
     last = rm.frozen.logits[-1]
     targets = given_targets or target_tokens(cfg, model.tokenizer, last)
     probs = torch.softmax(last.double(), -1)[targets].float()
     log(
         f"prompt: {len(tokens)} tokens; {len({id(v[0]) for v in loaded.values()})} transcoders (layers "
         f"{', '.join(map(str, loaded))}); {rm.nodes.n_latents} active latents"
+        + (
+            f" ({rm.n_attn_latents} of attention SAEs at layers {', '.join(map(str, attn_loaded))})"
+            if attn_loaded
+            else ""
+        )
     )
     graph = attribute(
         rm, torch.tensor(targets), probs, cfg.demean, cfg.max_latents, cfg.batch_size, cfg.progress
     )
     pruned, scores = prune_and_score(graph, cfg)
     seconds = time.perf_counter() - start
-    run, nodes, edges, saes = rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds)
+    run, nodes, edges, saes = rows(
+        cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds, attn_loaded
+    )
     result = GraphResult(cfg, graph, pruned, scores, run, nodes, edges, rm, seconds)
     if store is not None:
         results.write_graph(store, run, nodes, edges, saes)
@@ -239,27 +290,45 @@ def prune_and_score(graph: Graph, cfg: GraphConfig) -> tuple[Pruned, GraphScores
 
 
 def latent_errors(graph: Graph) -> torch.Tensor:
-    """Each latent's error node (same layer and position), as a node index."""
+    """Each latent's error node (same layer and position; an attention latent's: its attention
+    SAE's error node), as a node index."""
     nodes = graph.nodes
     first = int(nodes.error_pos.min()) if nodes.n_errors else 0
     per_layer = nodes.n_pos - first
-    return graph.n_latents + nodes.layer * per_layer + (nodes.pos - first)
+    out = graph.n_latents + nodes.layer * per_layer + (nodes.pos - first)
+    attn = nodes.is_attn()
+    if attn.any():
+        err_attn = nodes.is_attn_error()
+        grid = int((~err_attn).sum())
+        attn_layers = torch.unique(nodes.error_layer[err_attn])  # sorted, as the errors are
+        k = torch.searchsorted(attn_layers, nodes.layer[attn])
+        out[attn] = graph.n_latents + grid + k * per_layer + (nodes.pos[attn] - first)
+    return out
 
 
 def node_names(graph: Graph) -> list[str]:
-    """`L3.f1234@5`, `err.L3@5`, `emb@5`, `logit.1234`, in adjacency order."""
+    """`L3.f1234@5`, `err.L3@5`, `emb@5`, `logit.1234`, in adjacency order; an attention SAE's
+    latents and error nodes: `A3.f12@5`, `attn_err.L3@5`."""
     n = graph.nodes
     names = [
-        f"L{ly}.f{f}@{p}" for ly, f, p in zip(n.layer.tolist(), n.feature.tolist(), n.pos.tolist())
+        f"{'A' if a else 'L'}{ly}.f{f}@{p}"
+        for ly, f, p, a in zip(
+            n.layer.tolist(), n.feature.tolist(), n.pos.tolist(), n.is_attn().tolist()
+        )
     ]
-    names += [f"err.L{ly}@{p}" for ly, p in zip(n.error_layer.tolist(), n.error_pos.tolist())]
+    names += [
+        f"{'attn_err' if a else 'err'}.L{ly}@{p}"
+        for ly, p, a in zip(
+            n.error_layer.tolist(), n.error_pos.tolist(), n.is_attn_error().tolist()
+        )
+    ]
     names += [f"emb@{p}" for p in range(n.n_pos)]
     names += [f"logit.{t}" for t in graph.logit_tokens.tolist()]
     return names
 
 
-def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds):
-    """The store's rows: the run, the pruned graph's nodes and edges, the transcoders."""
+def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds, attn_loaded=None):
+    """The store's rows: the run, the pruned graph's nodes and edges, the dictionaries."""
     from saelab.sae.checkpoint import WEIGHTS_FILE, read_cfg
 
     by_folder: dict[Path, results.SAERow] = {}
@@ -271,6 +340,13 @@ def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds):
                 model_sha256=model.weights_sha256,
             )  # fmt: skip
     layer_record = {layer: by_folder[folder] for layer, (_, folder) in loaded.items()}
+    attn_record = {}
+    for layer, (sae, folder) in (attn_loaded or {}).items():
+        by_folder[folder] = attn_record[layer] = results.record_for_folder(
+            folder, WEIGHTS_FILE, read_cfg(folder), architecture=sae.architecture,
+            d_in=sae.d_in, d_sae=sae.d_sae, hook=f"blocks.{layer}.attn.hook_z", model=model.name,
+            model_sha256=model.weights_sha256,
+        )  # fmt: skip
     saes = {folder: by_folder[folder] for folder in by_folder}
     sae_ids = [r.sae_id for r in saes.values()]
     tok = model.tokenizer
@@ -287,6 +363,7 @@ def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds):
         "transcoder_ids": sae_ids,
         "transcoder_paths": [str(folder.resolve()) for folder in saes],
         "layers": list(loaded),
+        "attention_sae_layers": list(attn_loaded or {}),
         "bos_nodes": "none (position 0 holds BOS: its MLP outputs are constants)",
         "logit_convention": "demeaned" if cfg.demean else "raw",
         "pruned_scores": "latents outside the pruned graph folded into their error nodes",
@@ -297,6 +374,7 @@ def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds):
     names = node_names(graph)
     kinds = graph.kinds()
     n = graph.nodes
+    is_attn, is_attn_err = n.is_attn(), n.is_attn_error()
     keep = pruned.node_mask
     influence = pruned.influence
     node_rows = []
@@ -308,12 +386,19 @@ def rows(cfg, model, rm, graph, pruned, scores, loaded, tokens, seconds):
         if kind == "latent":
             layer, pos = int(n.layer[i]), int(n.pos[i])
             feature, act = int(n.feature[i]), float(n.activation[i])
-            sae_id, hook = layer_record[layer].sae_id, f"blocks.{layer}.ln2.hook_normalized"
+            if is_attn[i]:
+                sae_id, hook = attn_record[layer].sae_id, f"blocks.{layer}.attn.hook_z"
+            else:
+                sae_id, hook = layer_record[layer].sae_id, f"blocks.{layer}.ln2.hook_normalized"
         elif kind == "error":
             j = i - graph.n_latents
             layer, pos = int(n.error_layer[j]), int(n.error_pos[j])
-            sae_id = layer_record[layer].sae_id if layer in layer_record else None
-            hook, act = f"blocks.{layer}.hook_mlp_out", float(err_norm[j])
+            if is_attn_err[j]:
+                sae_id, hook = attn_record[layer].sae_id, f"blocks.{layer}.attn.hook_z"
+            else:
+                sae_id = layer_record[layer].sae_id if layer in layer_record else None
+                hook = f"blocks.{layer}.hook_mlp_out"
+            act = float(err_norm[j])
         elif kind == "embedding":
             pos = i - graph.n_latents - graph.n_errors
             feature, label = tokens[pos], token_strs[pos]

@@ -143,3 +143,59 @@ def test_only_hook_z_saes_are_attention_saes():
     assert attention_sae_layer("blocks.7.attn.hook_z") == 7
     with pytest.raises(UserError, match="read blocks.L.attn.hook_z"):
         attention_sae_layer("blocks.7.hook_attn_out")
+
+
+def test_run_graph_stores_attention_nodes(model, tmp_path):
+    """`run_graph` with an attention SAE folder: its latents and error nodes are stored with
+    their ids and hook, and the stored scores are the graph's."""
+    from saelab import resultstore as results
+    from saelab.circuits.graph_check import agreement
+    from saelab.circuits.graph_run import GraphConfig, latent_errors, node_names, run_graph
+    from saelab.sae.checkpoint import save_sae
+    from tests.circuits.graph_fixtures import save_transcoders
+
+    tcs = save_transcoders(tmp_path / "tcs", layers=(1, 3))
+    hook = "blocks.2.attn.hook_z"
+    attn = str(save_sae(random_attention_sae(2), tmp_path / "attn-2", meta={"hook_name": hook}))
+    db = str(tmp_path / "r.duckdb")
+    cfg = GraphConfig(transcoders=tcs, attention_saes=[attn], prompt="The capital of France is",
+                      db=db, node_budget=400, edge_budget=3000, node_threshold=1.0,
+                      progress=False)  # fmt: skip
+    res = run_graph(cfg, model=model, log=lambda *_: None)
+    names = node_names(res.graph)
+    n_attn = int(res.graph.nodes.is_attn().sum())
+    assert n_attn == res.replacement.n_attn_latents > 0
+    assert sum(n.startswith("A2.f") for n in names) == n_attn
+    assert sum(n.startswith("attn_err.L2@") for n in names) == 5  # one per position after BOS
+    # each attention latent's error node is its attention SAE's, at its position
+    err = latent_errors(res.graph)[res.graph.nodes.is_attn()]
+    lat = [n for n in names if n.startswith("A2.f")]
+    assert [names[e] for e in err.tolist()] == [f"attn_err.L2@{n.split('@')[1]}" for n in lat]
+    store = results.ResultsStore(db, mode="read")
+    (run,) = results.graph_runs(store)
+    assert len(run.sae_ids) == 3 and run.config["attention_sae_layers"] == [2]
+    stored = {n.node: n for n in results.graph_nodes(store, run.graph_id)}
+    attn_nodes = [n for name, n in stored.items() if name.startswith(("A2.", "attn_err.L2"))]
+    assert attn_nodes and all(n.hook == hook and n.kind in ("latent", "error") for n in attn_nodes)
+    assert all(n.sae_id == run.sae_ids[-1] for n in attn_nodes)
+    with pytest.raises(UserError, match="attention-SAE latents"):
+        agreement(model, res.replacement, res.graph, n_nodes=2)
+    with pytest.raises(UserError, match="read blocks.L.attn.hook_z"):
+        run_graph(GraphConfig(transcoders=tcs, attention_saes=tcs[:1], prompt="Hi", progress=False),
+                  model=model, log=lambda *_: None)  # fmt: skip
+
+
+def test_the_graph_page_labels_attention_nodes():
+    from saelab.app.attribution_graph import node_label
+    from saelab.resultstore import GraphNodeRow
+
+    def row(kind, hook):
+        return GraphNodeRow(graph_id="g", node="n", kind=kind, layer=2, pos=1, feature=5,
+                            sae_id="s", hook=hook, activation=1.0, influence=0.1, label=None)  # fmt: skip
+
+    tokens = ["<bos>", " Paris"]
+    z, mlp = "blocks.2.attn.hook_z", "blocks.2.ln2.hook_normalized"
+    assert node_label(row("latent", z), tokens).startswith("attn L2 #5 @1")
+    assert node_label(row("latent", mlp), tokens).startswith("L2 #5 @1")
+    assert node_label(row("error", z), tokens).startswith("attn error L2 @1")
+    assert node_label(row("error", "blocks.2.hook_mlp_out"), tokens).startswith("error L2 @1")
