@@ -65,8 +65,8 @@ def report(result, show: int = 10) -> str:
         f"completeness {s.completeness:.3f} (pruned {s.completeness_pruned:.3f})",
     ]
     inner = [n for n in result.nodes if n.kind in ("latent", "error")]
-    for n in inner[:show]:
+    for n in sorted(inner, key=lambda n: -n.influence)[:show]:
         lines.append(f"  {n.node:20s} {n.kind:7s} influence {n.influence:.4f}")
-    for e in result.edges[:show]:
+    for e in sorted(result.edges, key=lambda e: -abs(e.weight))[:show]:
         lines.append(f"  {e.source:20s} -> {e.target:20s} {e.weight:+.4f}")
     return "\n".join(lines)

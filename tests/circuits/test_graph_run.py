@@ -90,3 +90,27 @@ def test_bad_input_is_refused_in_one_line(model, folders, tmp_path):
         run(transcoders=[folders[0], folders[0]])
     with pytest.raises(UserError, match="neither an SAE folder"):
         run(transcoders=[str(tmp_path)])
+
+
+def test_the_command_prints_the_most_influential_nodes_and_heaviest_edges_first():
+    from types import SimpleNamespace
+
+    from saelab import resultstore as results
+    from saelab.commands.graph import report
+
+    nodes = [
+        results.GraphNodeRow("g", f"L0.f{i}@1", "latent", 0, 1, i, None, None, 1.0, inf, None)
+        for i, inf in enumerate([0.1, 0.7, 0.3])
+    ]
+    edges = [results.GraphEdgeRow("g", "a", "b", w) for w in (0.2, -0.9, 0.5)]
+    run = SimpleNamespace(
+        prompt="p", tokens=[1], target_strs=[" x"], target_probs=[0.5], n_nodes_total=3,
+        n_nodes=3, n_edges=3,
+    )  # fmt: skip
+    scores = SimpleNamespace(
+        replacement=0.5, replacement_pruned=0.4, completeness=0.9, completeness_pruned=0.8
+    )
+    text = report(SimpleNamespace(run=run, scores=scores, nodes=nodes, edges=edges), show=2)
+    lines = text.splitlines()[3:]
+    assert [ln.split()[0] for ln in lines[:2]] == ["L0.f1@1", "L0.f2@1"]
+    assert [float(ln.split()[-1]) for ln in lines[2:]] == [-0.9, 0.5]
