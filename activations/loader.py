@@ -270,6 +270,16 @@ class ActivationLoader:
         return float(norms.median()) * self.cfg.outlier_factor
 
 
+def distinct_hooks(hooks: list[str], who: str) -> list[str]:
+    """`hooks` as a list, refused when empty or when a hook repeats."""
+    hooks = list(hooks)
+    if not hooks:
+        raise UserError(f"{who} needs at least one hook")
+    if len(set(hooks)) != len(hooks):
+        raise UserError(f"a hook is given twice in {hooks}; give each hook once")
+    return hooks
+
+
 class MultiHookLoader(ActivationLoader):
     """The rows of several hooks of one width (a layer group), shuffled together: each token
     gives one row per hook, every hook's rows once per epoch, each row in its own raw scale.
@@ -294,11 +304,7 @@ class MultiHookLoader(ActivationLoader):
         config: LoaderConfig | None = None,
         **overrides,
     ) -> None:
-        hooks = list(hooks)
-        if not hooks:
-            raise UserError("a multi-hook loader needs at least one hook")
-        if len(set(hooks)) != len(hooks):
-            raise UserError(f"a hook is given twice in {hooks}; give each hook once")
+        hooks = distinct_hooks(hooks, "a multi-hook loader")
         opened = store if isinstance(store, ActivationStore) else ActivationStore(store)
         widths = {h: opened.width(h) for h in hooks}
         if len(set(widths.values())) > 1:
@@ -374,11 +380,7 @@ class JointHookLoader(ActivationLoader):
         config: LoaderConfig | None = None,
         **overrides,
     ) -> None:
-        hooks = list(hooks)
-        if not hooks:
-            raise UserError("a joint-hook loader needs at least one hook")
-        if len(set(hooks)) != len(hooks):
-            raise UserError(f"a hook is given twice in {hooks}; give each hook once")
+        hooks = distinct_hooks(hooks, "a joint-hook loader")
         opened = store if isinstance(store, ActivationStore) else ActivationStore(store)
         for h in hooks:
             opened.check_hook(h)

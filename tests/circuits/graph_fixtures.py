@@ -36,3 +36,32 @@ def save_transcoders(out, layers=(1, 3)) -> list[str]:
         hook = f"blocks.{layer}.ln2.hook_normalized"
         folders.append(str(save_sae(tc, out / f"tc-{layer}", meta={"hook_name": hook})))
     return folders
+
+
+def check_edges_by_finite_differences(graph, target_inputs, sources, n_sources, n_targets):
+    """The parity check every graph variant shares: each edge into every latent and target
+    logit, from each of `sources`, equals a finite difference of `target_inputs` (the frozen
+    float64 replacement model's latent and logit inputs, given a scale per source node) when
+    that source's contribution is scaled by 1 + 1e-3, to 1e-8 of the largest edge; and each
+    target's edges plus its constant part are its whole input. Returns
+    the checked rows of the adjacency and the largest edge."""
+    n_latents = graph.nodes.n_latents
+    ones = torch.ones(n_sources, dtype=torch.float64)
+    base = target_inputs(ones)
+    eps = 1e-3
+    fd = torch.empty(n_latents + n_targets, len(sources), dtype=torch.float64)
+    for j, s in enumerate(sources.tolist()):
+        up = ones.clone()
+        up[s] += eps
+        fd[:, j] = (target_inputs(up) - base) / eps
+    rows = torch.cat([torch.arange(n_latents), torch.arange(graph.size - n_targets, graph.size)])
+    got = graph.adjacency[rows][:, sources]
+    scale = got.abs().max()
+    assert scale > 0.1
+    assert (got - fd).abs().max() <= 1e-8 * scale
+    # the edges into a target plus its constant part (every node at 0) are its whole input
+    total = base - target_inputs(torch.zeros_like(ones))
+    assert torch.allclose(
+        graph.adjacency[rows, :n_sources].sum(1), total, rtol=0, atol=1e-9 * scale
+    )
+    return rows, scale
