@@ -12,12 +12,17 @@ import operator
 import torch
 from torch import Tensor
 
-from saelab.kernels import checks
+from saelab.kernels import checks, native
 
 
 @torch.no_grad()
 def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k largest entries of each row: `(vals, idx)`, each `[N, k]`, in no particular order."""
+    """The k largest entries of each row: `(vals, idx)`, each `[N, k]`, in no particular order.
+
+    On CPU the native kernel (`native.topk_rows`: chunk maxima, then an exact selection among
+    the entries of the chunks that can hold a top-k entry, ~2x faster than `_chunked_topk`)
+    runs when it is built and the input is float32 without NaN or infinities; elsewhere the
+    torch paths below. Ties may be broken differently between the paths."""
     checks.matrix(pre, "pre", "topk_select")
     try:
         k = operator.index(k)
@@ -27,6 +32,10 @@ def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         raise ValueError(
             f"topk_select: k must be in 1..{pre.shape[-1]} (the number of latents), got {k}"
         )
+    if pre.device.type == "cpu" and pre.shape[0] > 0:
+        found = native.topk_rows(pre, k)
+        if found is not None:
+            return found
     if _chunked_pays(pre, k):
         return _chunked_topk(pre, k)
     return pre.topk(k, dim=-1, sorted=False)

@@ -1,0 +1,140 @@
+"""saelab's native CPU kernels (`csrc/saelab_native.c`), built with the system C compiler at
+first use and called through ctypes.
+
+The C file needs no Python or torch headers, so it builds in about a second with any `cc`;
+the shared library is cached under `$SAELAB_NATIVE_CACHE` (default
+`~/.cache/saelab/native`), keyed by the source, the compiler and the CPU (it is built with
+`-march=native`), and written atomically, so concurrent first uses are safe. When there is no
+compiler, the build fails, or `SAELAB_DISABLE_NATIVE=1` is set, `library()` is None and every
+caller keeps its torch path (same results). ctypes releases the GIL during a call; each
+kernel splits its rows over `torch.get_num_threads()` pthreads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+DISABLE_ENV = "SAELAB_DISABLE_NATIVE"
+CACHE_ENV = "SAELAB_NATIVE_CACHE"
+SOURCE = Path(__file__).resolve().parent / "csrc" / "saelab_native.c"
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=c99"]
+
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+_SIGNATURES = {
+    "saelab_topk_rows": [_PTR, _I64, _I64, _I64, _PTR, _PTR, ctypes.c_int],
+}
+
+
+def disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_signature() -> str:
+    """What `-march=native` depends on: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "saelab" / "native"
+
+
+def _build(cc: str) -> Path:
+    source = SOURCE.read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(
+        b"\0".join([source, version.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()])
+    ).hexdigest()[:16]
+    folder = _cache_dir()
+    target = folder / f"saelab_native-{key}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True, text=True
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
+    cc = _compiler()
+    if cc is None:
+        log.info("no C compiler found: saelab's native CPU kernels are off (torch paths run)")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        log.warning("saelab's native CPU kernels did not build (%s); torch paths run", detail[:300])
+        return None
+    for name, args in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = ctypes.c_int
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (no compiler, a failed build, or disabled)."""
+    return None if disabled() else _load()
+
+
+def _usable(*tensors: Tensor) -> bool:
+    return all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors
+    )
+
+
+def topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
+    """Each row's k largest entries `(vals, idx)` (in no particular order) of a contiguous
+    float32 CPU `[N, d]` matrix, or None where the native path does not apply (no library,
+    another dtype or device, or a NaN or infinity in `pre`: torch's top-k ranks those)."""
+    lib = library()
+    if lib is None or not _usable(pre) or pre.requires_grad:
+        return None
+    n, d = pre.shape
+    vals = torch.empty(n, k, dtype=pre.dtype)
+    idx = torch.empty(n, k, dtype=torch.int64)
+    if n == 0:
+        return vals, idx
+    status = lib.saelab_topk_rows(
+        pre.data_ptr(), n, d, k, vals.data_ptr(), idx.data_ptr(), torch.get_num_threads()
+    )
+    return (vals, idx) if status == 0 else None

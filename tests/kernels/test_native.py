@@ -1,0 +1,115 @@
+"""The native C kernels (`kernels/native.py`) against torch references, and the fallback when
+they cannot be built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_cases import new_seed
+
+from saelab.kernels import native
+from saelab.kernels.select import topk_select
+
+needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler here")
+
+
+def _check_topk(vals, idx, pre, k, msg):
+    ref = pre.topk(k, dim=1).values
+    assert torch.equal(vals.sort(1).values, ref.sort(1).values), msg
+    assert torch.equal(pre.gather(1, idx), vals), msg
+    assert (idx.sort(1).values.diff(1) > 0).all(), f"a latent chosen twice, {msg}"
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "n,d,k",
+    [(37, 1000, 64), (16, 18432, 64), (9, 70, 3), (5, 64, 64), (3, 31, 1), (12, 4096, 200)],
+)
+def test_topk_rows_equals_torch_topk(n, d, k):
+    seed = new_seed()
+    g = torch.Generator().manual_seed(seed)
+    pre = torch.randn(n, d, generator=g) + torch.randn(d, generator=g)  # columns differ in scale
+    found = native.topk_rows(pre, k)
+    assert found is not None
+    _check_topk(*found, pre, k, f"seed {seed}")
+
+
+@needs_native
+def test_topk_rows_with_ties_and_negative_rows():
+    """Many equal values (only the value multiset is defined then) and all-negative rows."""
+    seed = new_seed()
+    g = torch.Generator().manual_seed(seed)
+    pre = torch.randint(-3, 3, (20, 2048), generator=g).float()
+    pre[5] = -torch.rand(2048, generator=g) - 1
+    pre[6] = 0.0
+    found = native.topk_rows(pre, 40)
+    assert found is not None
+    _check_topk(*found, pre, 40, f"seed {seed}")
+
+
+@needs_native
+def test_topk_rows_is_independent_of_the_thread_count():
+    seed = new_seed()
+    pre = torch.randn(301, 3000, generator=torch.Generator().manual_seed(seed))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.topk_rows(pre, 32)
+        torch.set_num_threads(3)
+        three = native.topk_rows(pre, 32)
+    finally:
+        torch.set_num_threads(threads)
+    assert one is not None and three is not None
+    assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1]), f"seed {seed}"
+
+
+@needs_native
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_go_to_torch(bad):
+    """The native kernel declines a row with NaN or ±inf; `topk_select` then ranks as torch."""
+    pre = torch.randn(8, 1024, generator=torch.Generator().manual_seed(new_seed()))
+    pre[3, 17] = bad
+    assert native.topk_rows(pre, 16) is None
+    vals, idx = topk_select(pre, 16)
+    ref = pre.topk(16, dim=1).values
+    torch.testing.assert_close(vals.sort(1).values, ref.sort(1).values, equal_nan=True)
+
+
+def test_other_dtypes_and_layouts_are_declined():
+    pre = torch.randn(4, 512, dtype=torch.float64)
+    assert native.topk_rows(pre, 8) is None
+    assert native.topk_rows(torch.randn(512, 4).t(), 8) is None
+    vals, idx = topk_select(pre, 8)
+    assert torch.equal(vals.sort(1).values, pre.topk(8, dim=1).values.sort(1).values)
+
+
+def test_without_a_compiler_the_torch_path_runs(monkeypatch, tmp_path):
+    """No compiler on PATH: no library, no error, and `topk_select` still exact."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    native._load.cache_clear()
+    try:
+        assert native.library() is None
+        pre = torch.randn(10, 2048, generator=torch.Generator().manual_seed(new_seed()))
+        vals, _ = topk_select(pre, 64)
+        assert torch.equal(vals.sort(1).values, pre.topk(64, dim=1).values.sort(1).values)
+    finally:
+        native._load.cache_clear()
+
+
+def test_disable_env_turns_it_off(monkeypatch):
+    monkeypatch.setenv(native.DISABLE_ENV, "1")
+    assert native.library() is None
+    assert native.topk_rows(torch.randn(4, 256), 4) is None
+
+
+def test_build_is_cached_and_keyed_by_source(monkeypatch, tmp_path):
+    """A fresh cache folder gets one library; a second build reuses the file."""
+    cc = native._compiler()
+    if cc is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    first = native._build(cc)
+    stamp = first.stat().st_mtime_ns
+    assert native._build(cc) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
