@@ -7,6 +7,7 @@
     encode_topk(x, W_enc, b_enc, k)             the TopK encoder: (vals, idx), differentiable
     topk_preacts(x, W_enc, b_enc, k, cols)      matmul + top-k fused (CPU): (vals, idx, pre[:, cols])
     shared_segments(idx, n_rows)                one sort of a selection for all its backward scatters
+    project_rows_(grad, w) / normalize_rows_(w) unit-norm rows in one native pass (False: not applicable)
     topk_select / threshold_select / batch_topk_select   selections (padded layout for variable k)
     split_selection(idx, mask, first)           one padded selection split in two
     backend(device)                             "triton" or "torch" (SAELAB_DISABLE_TRITON=1)
@@ -46,6 +47,7 @@ else:
     )
     from saelab.kernels.dispatch import backend
     from saelab.kernels.fused import fused_available, release_workspace, topk_preacts
+    from saelab.kernels.native import normalize_rows_, project_rows_
     from saelab.kernels.select import (
         batch_topk_select,
         pad_active,
@@ -62,7 +64,9 @@ else:
         "encode_topk",
         "fused_available",
         "gather_preacts",
+        "normalize_rows_",
         "pad_active",
+        "project_rows_",
         "release_workspace",
         "shared_segments",
         "sparse_decode",

@@ -36,7 +36,9 @@ FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=c99"]
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _SIGNATURES = {
-    "saelab_topk_rows": [_PTR, _I64, _I64, _I64, _PTR, _PTR, ctypes.c_int],
+    "saelab_topk_rows": [_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, ctypes.c_int],
+    "saelab_project_rows": [_PTR, _PTR, _I64, _I64, ctypes.c_int],
+    "saelab_normalize_rows": [_PTR, _I64, _I64, ctypes.c_float, ctypes.c_int],
 }
 
 
@@ -122,12 +124,16 @@ def _usable(*tensors: Tensor) -> bool:
     )
 
 
-def topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
-    """Each row's k largest entries `(vals, idx)` (in no particular order) of a contiguous
-    float32 CPU `[N, d]` matrix, or None where the native path does not apply (no library,
-    another dtype or device, or a NaN or infinity in `pre`: torch's top-k ranks those)."""
+def topk_rows(pre: Tensor, k: int, bias: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+    """Each row's k largest entries `(vals, idx)` (in no particular order) of `pre + bias`
+    (`pre` a contiguous float32 CPU `[N, d]` matrix, `bias` `[d]` or None), or None where the
+    native path does not apply (no library, another dtype or device, or a NaN or infinity:
+    torch's top-k ranks those). With a bias the sums are formed row by row in cache, so the
+    caller spares a pass over the whole matrix (what `addmm` spends broadcasting it)."""
     lib = library()
     if lib is None or not _usable(pre) or pre.requires_grad:
+        return None
+    if bias is not None and (not _usable(bias) or tuple(bias.shape) != (pre.shape[1],)):
         return None
     n, d = pre.shape
     vals = torch.empty(n, k, dtype=pre.dtype)
@@ -135,6 +141,35 @@ def topk_rows(pre: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     if n == 0:
         return vals, idx
     status = lib.saelab_topk_rows(
-        pre.data_ptr(), n, d, k, vals.data_ptr(), idx.data_ptr(), torch.get_num_threads()
+        pre.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        n,
+        d,
+        k,
+        vals.data_ptr(),
+        idx.data_ptr(),
+        torch.get_num_threads(),
     )
     return (vals, idx) if status == 0 else None
+
+
+def project_rows_(grad: Tensor, w: Tensor) -> bool:
+    """`grad[r] -= (grad[r] · w[r]) w[r]` in place (float32 CPU, contiguous, same shape):
+    True when done, False where the native path does not apply (then nothing changed)."""
+    lib = library()
+    if lib is None or not _usable(grad, w) or grad.shape != w.shape or grad.dim() != 2:
+        return False
+    lib.saelab_project_rows(
+        grad.data_ptr(), w.data_ptr(), grad.shape[0], grad.shape[1], torch.get_num_threads()
+    )
+    return True
+
+
+def normalize_rows_(w: Tensor, eps: float = 1e-12) -> bool:
+    """`w[r] /= max(‖w[r]‖, eps)` in place (float32 CPU, contiguous): True when done, False
+    where the native path does not apply (then nothing changed)."""
+    lib = library()
+    if lib is None or not _usable(w) or w.dim() != 2:
+        return False
+    lib.saelab_normalize_rows(w.data_ptr(), w.shape[0], w.shape[1], eps, torch.get_num_threads())
+    return True

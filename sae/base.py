@@ -159,13 +159,12 @@ class SAE(nn.Module):
     def before_optimizer_step(self) -> None:
         """Remove the gradient component parallel to each unit-norm decoder row."""
         if self.cfg.unit_norm_decoder and self.W_dec.grad is not None:
-            w, grad = self.W_dec, self.W_dec.grad
-            grad -= (grad * w).sum(1, keepdim=True) * w
+            ops.project_out_rows_(self.W_dec.grad, self.W_dec)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
         if self.cfg.unit_norm_decoder:
-            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            ops.normalize_rows_(self.W_dec, 1e-12)
 
     @torch.no_grad()
     def init_encoder_scale_(self, x: Tensor) -> float:

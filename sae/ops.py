@@ -49,6 +49,21 @@ def shared_segments(idx: Tensor, d_sae: int) -> object | None:
     return kernels.shared_segments(idx, d_sae)
 
 
+@torch.no_grad()
+def project_out_rows_(grad: Tensor, w: Tensor) -> None:
+    """`grad[r] -= (grad[r] · w[r]) w[r]` in place: each row's component along `w[r]` removed
+    (one pass in the native kernel where it applies)."""
+    if not kernels.project_rows_(grad, w):
+        grad -= (grad * w).sum(1, keepdim=True) * w
+
+
+@torch.no_grad()
+def normalize_rows_(w: Tensor, eps: float = 1e-12) -> None:
+    """`w[r] /= max(‖w[r]‖, eps)` in place (one pass in the native kernel where it applies)."""
+    if not kernels.normalize_rows_(w, eps):
+        w /= w.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
 def topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Per-row top-k: `(vals, idx)`, no autograd."""
     return kernels.topk_select(pre, k)

@@ -77,28 +77,84 @@ static float kth_largest(float *m, int64_t n, int64_t k) {
     return m[want];
 }
 
+/* Run fn(ctx, start, stop) over [0, n) split into `threads` contiguous ranges, one pthread
+ * each (the calling thread takes the first). Returns the largest status any range returned. */
+typedef int (*range_fn)(void *ctx, int64_t start, int64_t stop);
+
 typedef struct {
-    const float *pre;
-    int64_t rows, d, k;
-    float *vals;
-    int64_t *idx;
+    range_fn fn;
+    void *ctx;
     int64_t start, stop;
     int status;
-} topk_job_t;
+} range_job_t;
 
-static void *topk_rows_job(void *arg) {
-    topk_job_t *job = (topk_job_t *)arg;
+static void *run_range(void *arg) {
+    range_job_t *job = (range_job_t *)arg;
+    job->status = job->fn(job->ctx, job->start, job->stop);
+    return NULL;
+}
+
+#define MAX_THREADS 64
+
+static int parallel_for(range_fn fn, void *ctx, int64_t n, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > n) threads = n > 0 ? (int)n : 1;
+    range_job_t jobs[MAX_THREADS];
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    int64_t per = (n + threads - 1) / threads;
+    for (int t = 0; t < threads; t++) {
+        int64_t start = t * per < n ? t * per : n;
+        int64_t stop = start + per < n ? start + per : n;
+        jobs[t] = (range_job_t){fn, ctx, start, stop, 0};
+    }
+    for (int t = 1; t < threads; t++)
+        started[t] = pthread_create(&tids[t], NULL, run_range, &jobs[t]) == 0;
+    run_range(&jobs[0]);
+    int status = 0;
+    for (int t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(tids[t], NULL);
+        else
+            run_range(&jobs[t]);
+    }
+    for (int t = 0; t < threads; t++)
+        if (jobs[t].status > status) status = jobs[t].status;
+    return status;
+}
+
+typedef struct {
+    const float *pre, *bias;
+    int64_t d, k;
+    float *vals;
+    int64_t *idx;
+} topk_ctx_t;
+
+static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
+    const topk_ctx_t *job = (const topk_ctx_t *)arg;
     const int64_t d = job->d, k = job->k;
+    const float *bias = job->bias;
+    int status = 0;
     const int64_t n_chunks = (d + CHUNK - 1) / CHUNK;
     float *maxima = malloc(sizeof(float) * n_chunks);
     float *scratch = malloc(sizeof(float) * n_chunks);
     entry_t *cand = malloc(sizeof(entry_t) * d);
     if (!maxima || !scratch || !cand) {
-        job->status = 1;
+        status = 1;
         goto done;
     }
-    for (int64_t r = job->start; r < job->stop; r++) {
+    float *biased = bias ? malloc(sizeof(float) * d) : NULL;
+    if (bias && !biased) {
+        status = 1;
+        goto done;
+    }
+    for (int64_t r = start; r < stop; r++) {
         const float *row = job->pre + r * d;
+        if (bias) { /* pre + bias, one row at a time (it stays in cache for both passes) */
+            for (int64_t j = 0; j < d; j++) biased[j] = row[j] + bias[j];
+            row = biased;
+        }
         /* chunk maxima; `poison` turns NaN if any entry is NaN (or infinite: then the
          * caller's fallback also runs, harmlessly) */
         const int64_t full = d / CHUNK;
@@ -134,7 +190,7 @@ static void *topk_rows_job(void *arg) {
             maxima[full] = m;
         }
         if (poison != 0.0f) { /* NaN (or inf): the caller uses torch's top-k instead */
-            job->status = 2;
+            status = 2;
             goto done;
         }
         float t;
@@ -171,36 +227,72 @@ done:
     free(maxima);
     free(scratch);
     free(cand);
-    return NULL;
+    free(biased);
+    return status;
 }
 
-/* The k largest entries of each row of pre [rows, d]: vals [rows, k], idx [rows, k].
- * Returns 0, 1 (out of memory) or 2 (a NaN: nothing is promised about the outputs). */
-int saelab_topk_rows(const float *pre, int64_t rows, int64_t d, int64_t k, float *vals,
-                     int64_t *idx, int threads) {
+/* The k largest entries of each row of pre [rows, d] (plus bias [d] when not NULL):
+ * vals [rows, k], idx [rows, k]. Returns 0, 1 (out of memory), 2 (a NaN or infinity: nothing
+ * is promised about the outputs) or 3 (bad k). */
+int saelab_topk_rows(const float *pre, const float *bias, int64_t rows, int64_t d, int64_t k,
+                     float *vals, int64_t *idx, int threads) {
     if (k < 1 || k > d) return 3;
-    if (threads < 1) threads = 1;
-    if (threads > rows) threads = rows > 0 ? (int)rows : 1;
-    topk_job_t jobs[64];
-    pthread_t tids[64];
-    if (threads > 64) threads = 64;
-    int64_t per = (rows + threads - 1) / threads;
-    for (int t = 0; t < threads; t++) {
-        int64_t start = t * per, stop = start + per < rows ? start + per : rows;
-        jobs[t] = (topk_job_t){pre, rows, d, k, vals, idx, start, stop, 0};
+    topk_ctx_t ctx = {pre, bias, d, k, vals, idx};
+    return parallel_for(topk_rows_range, &ctx, rows, threads);
+}
+
+/* ---- unit-norm decoder rows ---------------------------------------------------------- */
+
+/* a . b with 16 independent partial sums (vector registers, no serial add chain). */
+static float dot(const float *a, const float *b, int64_t d) {
+    float acc[16] = {0};
+    int64_t j = 0;
+    for (; j + 16 <= d; j += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[j + l] * b[j + l];
+    float total = 0.0f;
+    for (int l = 0; l < 16; l++) total += acc[l];
+    for (; j < d; j++) total += a[j] * b[j];
+    return total;
+}
+
+typedef struct {
+    float *grad;
+    const float *w;
+    float *rows;
+    int64_t d;
+    float eps;
+} rows_ctx_t;
+
+static int project_range(void *arg, int64_t start, int64_t stop) {
+    const rows_ctx_t *c = (const rows_ctx_t *)arg;
+    for (int64_t r = start; r < stop; r++) {
+        float *g = c->grad + r * c->d;
+        const float *w = c->w + r * c->d;
+        const float gw = dot(g, w, c->d);
+        for (int64_t j = 0; j < c->d; j++) g[j] -= gw * w[j];
     }
-    int started[64] = {0};
-    for (int t = 1; t < threads; t++)
-        started[t] = pthread_create(&tids[t], NULL, topk_rows_job, &jobs[t]) == 0;
-    topk_rows_job(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(tids[t], NULL);
-        else
-            topk_rows_job(&jobs[t]);
+    return 0;
+}
+
+/* grad[r] -= (grad[r] . w[r]) w[r] for every row r of grad, w [rows, d]. */
+int saelab_project_rows(float *grad, const float *w, int64_t rows, int64_t d, int threads) {
+    rows_ctx_t ctx = {grad, w, NULL, d, 0.0f};
+    return parallel_for(project_range, &ctx, rows, threads);
+}
+
+static int normalize_range(void *arg, int64_t start, int64_t stop) {
+    const rows_ctx_t *c = (const rows_ctx_t *)arg;
+    for (int64_t r = start; r < stop; r++) {
+        float *w = c->rows + r * c->d;
+        float norm = sqrtf(dot(w, w, c->d));
+        norm = norm > c->eps ? norm : c->eps;
+        for (int64_t j = 0; j < c->d; j++) w[j] /= norm;
     }
-    int status = 0;
-    for (int t = 0; t < threads; t++)
-        if (jobs[t].status > status) status = jobs[t].status;
-    return status;
+    return 0;
+}
+
+/* w[r] /= max(||w[r]||, eps) for every row r of w [rows, d]. */
+int saelab_normalize_rows(float *w, int64_t rows, int64_t d, float eps, int threads) {
+    rows_ctx_t ctx = {NULL, NULL, w, d, eps};
+    return parallel_for(normalize_range, &ctx, rows, threads);
 }

@@ -156,14 +156,31 @@ class TopKSAE(SAE):
             return None
         n_dead = dead.numel()
         k_aux = min(self.cfg.resolved_aux_k(), n_dead)
-        local = ops.topk(pre_dead, k_aux)[1]
+        scale = min(n_dead / self.cfg.resolved_aux_k(), 1.0)
+        local = positive_part(*ops.topk(pre_dead, k_aux))
+        if local is None:  # no dead latent is positive anywhere: e_hat is 0, and so is the gradient
+            return scale * residual.float().pow(2).sum(-1).mean()
         w_enc = self.encoder_weight[dead].t()
         vals = ops.gather(
             x, w_enc, self.b_enc[dead], local, pre=pre_dead, shift=self.input_shift
         ).relu()
         e_hat = ops.decode(local, vals, self.W_dec[dead], None)
-        scale = min(n_dead / self.cfg.resolved_aux_k(), 1.0)
         return scale * (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
 
     def saelens_config(self) -> dict:
         return {"k": int(self.cfg.k), "rescale_acts_by_decoder_norm": False}
+
+
+def positive_part(vals: Tensor, idx: Tensor) -> Tensor | None:
+    """`idx [N, k]` narrowed to the columns that can matter after a ReLU: each row's entries
+    reordered largest first and cut to the widest row's count of positive values (None when
+    none is positive). Exact: a cut entry is <= 0, so its ReLU output and its gradient are 0.
+    AuxK's dead latents are mostly negative late in training, so this keeps a small part of
+    the k_aux slots the sparse decode and its backward would otherwise run over."""
+    width = int((vals > 0).sum(1).max()) if vals.numel() else 0
+    if width == 0:
+        return None
+    if width == idx.shape[1]:
+        return idx
+    order = vals.topk(width, dim=1, sorted=True).indices
+    return idx.gather(1, order)

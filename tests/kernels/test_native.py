@@ -113,3 +113,31 @@ def test_build_is_cached_and_keyed_by_source(monkeypatch, tmp_path):
     stamp = first.stat().st_mtime_ns
     assert native._build(cc) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+
+
+@needs_native
+def test_topk_rows_with_bias_selects_on_the_sum():
+    seed = new_seed()
+    g = torch.Generator().manual_seed(seed)
+    pre, bias = torch.randn(40, 3000, generator=g), torch.randn(3000, generator=g)
+    found = native.topk_rows(pre, 50, bias)
+    assert found is not None
+    _check_topk(*found, pre + bias, 50, f"seed {seed}")
+
+
+@needs_native
+def test_project_and_normalize_rows_match_float64():
+    seed = new_seed()
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(300, 577, generator=g)  # a width that is no multiple of the vector lanes
+    w /= w.norm(dim=1, keepdim=True)
+    grad = torch.randn(300, 577, generator=g)
+    ref = grad.double() - (grad.double() * w.double()).sum(1, keepdim=True) * w.double()
+    assert native.project_rows_(grad, w)
+    torch.testing.assert_close(grad.double(), ref, rtol=0, atol=1e-5, msg=f"seed {seed}")
+    raw = torch.randn(300, 577, generator=g) * 3
+    raw[7] = 0.0  # a zero row stays zero (divided by eps, not by 0)
+    ref = raw.double() / raw.double().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    assert native.normalize_rows_(raw)
+    torch.testing.assert_close(raw.double(), ref, rtol=0, atol=1e-6, msg=f"seed {seed}")
+    assert not native.project_rows_(grad.double(), w.double())  # other dtypes: caller's path

@@ -306,26 +306,41 @@ def test_dense_path_matches_float64_sparse_path(monkeypatch, arch):
         torch.testing.assert_close(p.grad.double(), p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("n_dead", [3, 40, 64], ids=["few-dead", "many-dead", "all-dead"])
-def test_aux_k_matches_float64_definition(n_dead):
+@pytest.mark.parametrize(
+    "n_dead,dead_bias",
+    [(3, 0.0), (40, 0.0), (64, 0.0), (40, -2.0), (64, -2.0), (40, -100.0)],
+    ids=[
+        "few-dead",
+        "many-dead",
+        "all-dead",
+        "mostly-negative",
+        "all-dead-mostly-negative",
+        "none-positive",
+    ],
+)
+def test_aux_k_matches_float64_definition(n_dead, dead_bias):
     """AuxK (residual reconstructed by each row's top-k_aux dead latents) and its gradients
     to every parameter equal a dense float64 computation of the definition, on the dense
-    path over the dead latents' block (few or many dead) and the sparse one (all dead)."""
+    path over the dead latents' block (few or many dead) and the sparse one (all dead); with
+    the dead latents' biases lowered, most selected pre-activations are negative (the
+    selection is cut to the positive ones) or none is positive (a constant loss)."""
     seed = int(torch.randint(0, 2**31 - 1, ()))
     g = torch.Generator().manual_seed(seed)
     sae = make("topk", aux_k=8)
+    dead = torch.randperm(64, generator=g)[:n_dead].sort().values
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        sae.b_enc[dead] += dead_bias
     x = torch.randn(32, 16, generator=g)
     residual = torch.randn(32, 16, generator=g)
-    dead = torch.randperm(64, generator=g)[:n_dead].sort().values
     dead_mask = torch.zeros(64, dtype=torch.bool)
     dead_mask[dead] = True
 
     pre = ops.preacts(sae.center(x), sae.W_enc, sae.b_enc)
     loss = sae.aux_k_loss(x, pre, residual, dead_mask)
-    loss.backward()
+    if loss.requires_grad:
+        loss.backward()
 
     ref = {n: p.detach().double().requires_grad_() for n, p in sae.named_parameters()}
     pre_ref = (x.double() - ref["b_dec"]) @ ref["encoder_weight"].t() + ref["b_enc"]
@@ -338,8 +353,9 @@ def test_aux_k_matches_float64_definition(n_dead):
     msg = f"seed {seed}"
     torch.testing.assert_close(loss.double(), loss_ref, rtol=1e-5, atol=1e-6, msg=msg)
     for name, p in sae.named_parameters():
+        grad = torch.zeros_like(p) if p.grad is None else p.grad
         torch.testing.assert_close(
-            p.grad.double(), ref[name].grad, rtol=1e-4, atol=1e-6, msg=f"{name}, {msg}"
+            grad.double(), ref[name].grad, rtol=1e-4, atol=1e-6, msg=f"{name}, {msg}"
         )
 
 
@@ -385,3 +401,15 @@ def test_topk_training_step_matches_float64_definition(monkeypatch, fused):
             p.grad.double(), ref[name].grad, rtol=1e-4, atol=1e-6, msg=f"{name}, {msg}"
         )
     assert out.code.shared is not None and out.code.shared._plan is not None, "no shared sort"
+
+
+def test_positive_part_keeps_every_positive_entry_and_cuts_the_rest():
+    from saelab.sae.architectures.topk import positive_part
+
+    vals = torch.tensor([[0.5, -1.0, 2.0, -0.1], [-3.0, -2.0, 0.0, 1.0], [-1.0, -1.0, -1.0, -1.0]])
+    idx = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33]])
+    cut = positive_part(vals, idx)
+    assert cut.shape == (3, 2)  # the widest row has two positive entries
+    assert cut[0].tolist() == [12, 10] and cut[1, 0] == 23  # largest first
+    assert positive_part(-vals.abs() - 1, idx) is None
+    assert positive_part(vals.abs() + 1, idx) is idx
