@@ -122,6 +122,8 @@ def child_saelab(spec: dict) -> dict:
 
     if spec.get("unfused"):
         os.environ["SAELAB_DISABLE_FUSED"] = "1"  # the dense product + a separate top-k
+    if spec.get("no_native"):
+        os.environ["SAELAB_DISABLE_NATIVE"] = "1"  # torch's selection and row updates
     if spec.get("dense"):
         ops.DENSE_FRACTION = 0.0  # every gather/decode through dense matmuls
     batches, held_out = _load_acts(spec["acts"])
@@ -140,16 +142,22 @@ def child_saelab(spec: dict) -> dict:
     )
     trainer = Trainer(configs, iter(batches), cfg)
     trainer.setup()
+    if spec.get("forced_dead"):
+        _force_dead(trainer, spec["forced_dead"])
     step = _timed_steps(spec, batches, lambda i, batch: trainer.train_step(batch))
     with torch.no_grad():
         fvus = {
             m.name: fvu(held_out, folded_copy(m.sae, trainer.scale)(held_out))
             for m in trainer.members
         }
+    from saelab.kernels import native
+
     return {
         **step,
         "kernels": kernels_impl,
         "fused_topk": not spec.get("unfused", False),
+        "native_kernels": native.library() is not None,
+        "forced_dead": spec.get("forced_dead", 0),
         "tokens_per_s": batches[0].shape[0] / step["step_seconds"],
         "peak_rss_mb": peak_rss_mb(),
         "fvu": fvus,
@@ -159,6 +167,19 @@ def child_saelab(spec: dict) -> dict:
         },
         "dead_latents_at_end": {m.name: int(m.dead.dead_mask().sum()) for m in trainer.members},
     }
+
+
+def _force_dead(trainer, n_dead: int) -> None:
+    """Hold every member's dead set at `n_dead` latents (fixed, random, seed 0), so that each
+    step runs AuxK over exactly that many: the cost of AuxK, measured apart from how many
+    latents a short run happens to leave idle."""
+    import torch
+
+    for m in trainer.members:
+        g = torch.Generator().manual_seed(0)
+        mask = torch.zeros(m.sae.d_sae, dtype=torch.bool)
+        mask[torch.randperm(m.sae.d_sae, generator=g)[:n_dead]] = True
+        m.dead.dead_mask = lambda mask=mask: mask
 
 
 def child_saelens(spec: dict) -> dict:
@@ -294,7 +315,7 @@ def main() -> None:
     p.add_argument(
         "--skip",
         default="",
-        help="comma list of sections to skip: arches,fused,dense,sweep,peers",
+        help="comma list of sections to skip: arches,fused,native,auxk,dense,sweep,peers",
     )
     p.add_argument("--out", help="result JSON (default benchmarks/results/train-<date>.json)")
     args = p.parse_args()
@@ -321,6 +342,8 @@ def main() -> None:
         "sgemm": {},
         "arches": {},
         "fused_vs_unfused": {},
+        "native_vs_torch": {},
+        "auxk": {},
         "dense_vs_sparse": {},
         "sweep": {},
         "peers": {},
@@ -362,6 +385,19 @@ def main() -> None:
     d_big, k_big = sizes[-1]
     if "fused" not in skip:
         _fused_section(py, {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big}, results)
+
+    if "native" not in skip:
+        _ab_section(
+            py,
+            {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big},
+            results,
+            "native_vs_torch",
+            ("torch", {"no_native": True}),
+            ("native", {}),
+        )
+
+    if "auxk" not in skip:
+        _auxk_section(py, {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big}, results)
 
     if "dense" not in skip:
         for dense in (False, True):
@@ -471,32 +507,69 @@ def main() -> None:
 
 
 def _fused_section(py: str, spec: dict, results: dict) -> None:
-    """TopK with the fused matmul + top-k off, on, off, on: the before/after ratio of the
-    step time, and of the fraction of the matmul limit (each run's own sgemm time)."""
-    runs: dict[str, list] = {"unfused": [], "fused": []}
+    """TopK with the fused matmul + top-k off, on, off, on."""
+    _ab_section(
+        py, spec, results, "fused_vs_unfused", ("unfused", {"unfused": True}), ("fused", {})
+    )
+
+
+def _ab_section(py: str, spec: dict, results: dict, key: str, before: tuple, after: tuple) -> None:
+    """The same TopK run with a feature off (`before`: name, spec changes) and on (`after`),
+    alternately, twice: the before/after ratio of the step time, and of the fraction of the
+    matmul limit (each run's own sgemm time)."""
+    runs: dict[str, list] = {before[0]: [], after[0]: []}
     for _ in range(2):
-        for name in ("unfused", "fused"):
-            r = run_child(__file__, py, "saelab", {**spec, "unfused": name == "unfused"})
+        for name, change in (before, after):
+            r = run_child(__file__, py, "saelab", {**spec, **change})
             runs[name].append(r)
             _show(f"topk-{spec['d_sae']} {name}", r)
     out: dict = dict(runs)
     ok = {n: [r for r in rs if "step_seconds" in r] for n, rs in runs.items()}
-    if ok["unfused"] and ok["fused"]:
+    b, a = before[0], after[0]
+    if ok[b] and ok[a]:
         for name, rs in ok.items():
             out[f"{name}_fraction_of_matmul_limit"] = sum(
                 r["fraction_of_matmul_limit"] for r in rs
             ) / len(rs)
             out[f"{name}_step_seconds"] = sum(r["step_seconds"] for r in rs) / len(rs)
-        out["speedup"] = out["unfused_step_seconds"] / out["fused_step_seconds"]
+        out["speedup"] = out[f"{b}_step_seconds"] / out[f"{a}_step_seconds"]
         out["speedup_sgemm_units"] = (
-            out["fused_fraction_of_matmul_limit"] / out["unfused_fraction_of_matmul_limit"]
+            out[f"{a}_fraction_of_matmul_limit"] / out[f"{b}_fraction_of_matmul_limit"]
         )
         print(
-            f"fused top-k: {100 * out['unfused_fraction_of_matmul_limit']:.0f}% -> "
-            f"{100 * out['fused_fraction_of_matmul_limit']:.0f}% of the matmul limit "
+            f"{key}: {100 * out[f'{b}_fraction_of_matmul_limit']:.0f}% -> "
+            f"{100 * out[f'{a}_fraction_of_matmul_limit']:.0f}% of the matmul limit "
             f"({out['speedup']:.2f}x step time, {out['speedup_sgemm_units']:.2f}x in sgemm units)"
         )
-    results["fused_vs_unfused"] = out
+    results[key] = out
+
+
+AUXK_DEAD = (0, 2000, 3000)
+"""Dead-set sizes of the AuxK section (0: no AuxK)."""
+
+
+def _auxk_section(py: str, spec: dict, results: dict) -> None:
+    """TopK with the dead set held at 0, 2000 and 3000 latents (`_force_dead`), alternately,
+    twice: AuxK's share of the step, in seconds and in each run's sgemm units."""
+    runs: dict[int, list] = {n: [] for n in AUXK_DEAD}
+    for _ in range(2):
+        for n in AUXK_DEAD:
+            r = run_child(__file__, py, "saelab", {**spec, "forced_dead": n})
+            runs[n].append(r)
+            _show(f"topk-{spec['d_sae']} with {n} dead", r)
+    out: dict = {"runs": {str(n): rs for n, rs in runs.items()}}
+    ok = {n: [r for r in rs if "step_seconds" in r] for n, rs in runs.items()}
+    if all(ok.values()):
+        mean = {n: sum(r["step_seconds"] for r in rs) / len(rs) for n, rs in ok.items()}
+        frac = {n: sum(r["fraction_of_matmul_limit"] for r in rs) / len(rs) for n, rs in ok.items()}
+        for n in AUXK_DEAD[1:]:
+            out[f"overhead_{n}_dead"] = mean[n] / mean[0] - 1
+            out[f"overhead_{n}_dead_sgemm_units"] = frac[0] / frac[n] - 1
+            print(
+                f"AuxK over {n} dead latents: +{100 * out[f'overhead_{n}_dead']:.1f}% step time "
+                f"(+{100 * out[f'overhead_{n}_dead_sgemm_units']:.1f}% in sgemm units)"
+            )
+    results["auxk"] = out
 
 
 def _show(label: str, r: dict) -> None:

@@ -140,12 +140,8 @@ static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
     float *maxima = malloc(sizeof(float) * n_chunks);
     float *scratch = malloc(sizeof(float) * n_chunks);
     entry_t *cand = malloc(sizeof(entry_t) * d);
-    if (!maxima || !scratch || !cand) {
-        status = 1;
-        goto done;
-    }
     float *biased = bias ? malloc(sizeof(float) * d) : NULL;
-    if (bias && !biased) {
+    if (!maxima || !scratch || !cand || (bias && !biased)) {
         status = 1;
         goto done;
     }
