@@ -113,20 +113,20 @@ def topk_preacts(
 def _block(
     x: Tensor, W_enc: Tensor, b_enc: Tensor | None, k: int, cols: Tensor | None, out: Tensor
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    if b_enc is not None and native.library() is not None and x.dtype == torch.float32:
-        # The bias joins inside the native selection, row by row in cache: `addmm` would
-        # first broadcast it into the whole output (a full extra pass over [N, d_sae]).
+    bias = None if b_enc is None else b_enc.detach()
+    if native.library() is not None and x.dtype == torch.float32:
+        # The bias joins inside the native selection, row by row in cache (`addmm` would
+        # first broadcast it into the whole output: a full extra pass over [N, d_sae]), and
+        # the dead latents' columns are copied out there too.
         torch.mm(x, W_enc, out=out)
-        found = native.topk_rows(out, k, b_enc.detach())
+        found = native.topk_rows(out, k, bias, cols)
         if found is not None:
-            extra = None if cols is None else out.index_select(1, cols) + b_enc[cols]
-            return found[0], found[1], extra
-        out += b_enc.detach()  # a NaN or infinity: torch's selection below ranks them
-        vals, idx = topk_select(out, k)
-        return vals, idx, None if cols is None else out.index_select(1, cols)
-    if b_enc is None:
+            return found
+        if bias is not None:  # a NaN or infinity: torch's selection below ranks them
+            out += bias
+    elif bias is None:
         torch.mm(x, W_enc, out=out)
     else:
-        torch.addmm(b_enc.detach(), x, W_enc, out=out)
+        torch.addmm(bias, x, W_enc, out=out)
     vals, idx = topk_select(out, k)
     return vals, idx, None if cols is None else out.index_select(1, cols)

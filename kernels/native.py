@@ -36,7 +36,7 @@ FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=c99"]
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _SIGNATURES = {
-    "saelab_topk_rows": [_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, ctypes.c_int],
+    "saelab_topk_rows": [_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, ctypes.c_int],
     "saelab_project_rows": [_PTR, _PTR, _I64, _I64, ctypes.c_int],
     "saelab_normalize_rows": [_PTR, _I64, _I64, ctypes.c_float, ctypes.c_int],
 }
@@ -124,12 +124,15 @@ def _usable(*tensors: Tensor) -> bool:
     )
 
 
-def topk_rows(pre: Tensor, k: int, bias: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
-    """Each row's k largest entries `(vals, idx)` (in no particular order) of `pre + bias`
-    (`pre` a contiguous float32 CPU `[N, d]` matrix, `bias` `[d]` or None), or None where the
-    native path does not apply (no library, another dtype or device, or a NaN or infinity:
-    torch's top-k ranks those). With a bias the sums are formed row by row in cache, so the
-    caller spares a pass over the whole matrix (what `addmm` spends broadcasting it)."""
+def topk_rows(
+    pre: Tensor, k: int, bias: Tensor | None = None, cols: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """Each row's k largest entries `(vals, idx, extra)` (in no particular order) of
+    `pre + bias` (`pre` a contiguous float32 CPU `[N, d]` matrix, `bias` `[d]` or None), and
+    `extra = (pre + bias)[:, cols]` (None without `cols`), or None where the native path does
+    not apply (no library, another dtype or device, or a NaN or infinity: torch's top-k ranks
+    those). The bias and the columns are taken row by row while the row is in cache, sparing
+    the caller two passes over the whole matrix (`addmm`'s bias broadcast, `index_select`)."""
     lib = library()
     if lib is None or not _usable(pre) or pre.requires_grad:
         return None
@@ -138,8 +141,11 @@ def topk_rows(pre: Tensor, k: int, bias: Tensor | None = None) -> tuple[Tensor, 
     n, d = pre.shape
     vals = torch.empty(n, k, dtype=pre.dtype)
     idx = torch.empty(n, k, dtype=torch.int64)
+    if cols is not None:
+        cols = cols.to(torch.int64).contiguous()
+    extra = None if cols is None else torch.empty(n, cols.numel(), dtype=pre.dtype)
     if n == 0:
-        return vals, idx
+        return vals, idx, extra
     status = lib.saelab_topk_rows(
         pre.data_ptr(),
         None if bias is None else bias.data_ptr(),
@@ -148,9 +154,12 @@ def topk_rows(pre: Tensor, k: int, bias: Tensor | None = None) -> tuple[Tensor, 
         k,
         vals.data_ptr(),
         idx.data_ptr(),
+        None if cols is None else cols.data_ptr(),
+        0 if cols is None else cols.numel(),
+        None if extra is None else extra.data_ptr(),
         torch.get_num_threads(),
     )
-    return (vals, idx) if status == 0 else None
+    return (vals, idx, extra) if status == 0 else None
 
 
 def project_rows_(grad: Tensor, w: Tensor) -> bool:

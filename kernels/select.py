@@ -35,7 +35,7 @@ def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if pre.device.type == "cpu" and pre.shape[0] > 0:
         found = native.topk_rows(pre, k)
         if found is not None:
-            return found
+            return found[0], found[1]
     if _chunked_pays(pre, k):
         return _chunked_topk(pre, k)
     return pre.topk(k, dim=-1, sorted=False)

@@ -129,6 +129,9 @@ typedef struct {
     int64_t d, k;
     float *vals;
     int64_t *idx;
+    const int64_t *cols; /* columns copied out of every row (after the bias), or NULL */
+    int64_t n_cols;
+    float *extra; /* [rows, n_cols] */
 } topk_ctx_t;
 
 static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
@@ -150,6 +153,10 @@ static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
         if (bias) { /* pre + bias, one row at a time (it stays in cache for both passes) */
             for (int64_t j = 0; j < d; j++) biased[j] = row[j] + bias[j];
             row = biased;
+        }
+        if (job->cols) { /* the dead latents' columns, while the row is in cache */
+            float *out = job->extra + r * job->n_cols;
+            for (int64_t c = 0; c < job->n_cols; c++) out[c] = row[job->cols[c]];
         }
         /* chunk maxima; `poison` turns NaN if any entry is NaN (or infinite: then the
          * caller's fallback also runs, harmlessly) */
@@ -228,12 +235,14 @@ done:
 }
 
 /* The k largest entries of each row of pre [rows, d] (plus bias [d] when not NULL):
- * vals [rows, k], idx [rows, k]. Returns 0, 1 (out of memory), 2 (a NaN or infinity: nothing
+ * vals [rows, k], idx [rows, k]; with `cols` (n_cols column indices), also
+ * extra[r, c] = (pre + bias)[r, cols[c]]. Returns 0, 1 (out of memory), 2 (a NaN or infinity: nothing
  * is promised about the outputs) or 3 (bad k). */
 int saelab_topk_rows(const float *pre, const float *bias, int64_t rows, int64_t d, int64_t k,
-                     float *vals, int64_t *idx, int threads) {
+                     float *vals, int64_t *idx, const int64_t *cols, int64_t n_cols,
+                     float *extra, int threads) {
     if (k < 1 || k > d) return 3;
-    topk_ctx_t ctx = {pre, bias, d, k, vals, idx};
+    topk_ctx_t ctx = {pre, bias, d, k, vals, idx, cols, n_cols, extra};
     return parallel_for(topk_rows_range, &ctx, rows, threads);
 }
 

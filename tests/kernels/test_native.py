@@ -30,8 +30,8 @@ def test_topk_rows_equals_torch_topk(n, d, k):
     g = torch.Generator().manual_seed(seed)
     pre = torch.randn(n, d, generator=g) + torch.randn(d, generator=g)  # columns differ in scale
     found = native.topk_rows(pre, k)
-    assert found is not None
-    _check_topk(*found, pre, k, f"seed {seed}")
+    assert found is not None and found[2] is None
+    _check_topk(found[0], found[1], pre, k, f"seed {seed}")
 
 
 @needs_native
@@ -44,7 +44,7 @@ def test_topk_rows_with_ties_and_negative_rows():
     pre[6] = 0.0
     found = native.topk_rows(pre, 40)
     assert found is not None
-    _check_topk(*found, pre, 40, f"seed {seed}")
+    _check_topk(found[0], found[1], pre, 40, f"seed {seed}")
 
 
 @needs_native
@@ -120,9 +120,11 @@ def test_topk_rows_with_bias_selects_on_the_sum():
     seed = new_seed()
     g = torch.Generator().manual_seed(seed)
     pre, bias = torch.randn(40, 3000, generator=g), torch.randn(3000, generator=g)
-    found = native.topk_rows(pre, 50, bias)
+    cols = torch.randperm(3000, generator=g)[:333]
+    found = native.topk_rows(pre, 50, bias, cols)
     assert found is not None
-    _check_topk(*found, pre + bias, 50, f"seed {seed}")
+    _check_topk(found[0], found[1], pre + bias, 50, f"seed {seed}")
+    assert torch.equal(found[2], (pre + bias)[:, cols])
 
 
 @needs_native
