@@ -53,6 +53,49 @@ def stream_read_rate(reps: int) -> float:
     return data.numel() * 4 / best(data.sum, reps)
 
 
+AUXK_DEAD = (500, 1000, 2000, 3000, 5000)
+"""Dead-set sizes at which AuxK's forward + backward is timed on both paths."""
+
+
+def auxk_costs(x, d_sae: int, d_in: int, k: int, reps: int) -> dict:
+    """AuxK's forward and backward (`aux_k_dead`, k_aux = d_in / 2) over `AUXK_DEAD` dead
+    latents, on the dense path (products over the dead latents' `[N, n_dead]` block) and on
+    the sparse one (k_aux entries per row), each forced: where they cross."""
+    import torch
+
+    from saelab.sae import make_config, ops
+    from saelab.sae.registry import build_sae
+
+    sae = build_sae(make_config("topk", d_sae=d_sae, k=k), d_in=d_in)
+    g = torch.Generator().manual_seed(2)
+    residual = torch.randn(x.shape[0], d_in, generator=g)
+    pre = ops.preacts(sae.center(x), sae.W_enc, sae.b_enc)
+    out: dict = {"k_aux": sae.cfg.resolved_aux_k(), "default_dense_below": None}
+    saved = ops.DENSE_FRACTION
+    out["default_dense_below"] = int(sae.cfg.resolved_aux_k() / saved)
+    for n_dead in AUXK_DEAD:
+        dead = torch.randperm(d_sae, generator=g)[:n_dead].sort().values
+        pre_dead = pre[:, dead].contiguous()
+        row = {}
+        for path, fraction in (("dense", 1.0), ("sparse", 0.0)):
+            ops.DENSE_FRACTION = fraction
+
+            def run(dead=dead, pre_dead=pre_dead):
+                sae.zero_grad(set_to_none=True)
+                sae.aux_k_dead(x, dead, pre_dead, residual).backward()
+
+            try:
+                row[f"{path}_seconds"] = best(run, reps)
+            finally:
+                ops.DENSE_FRACTION = saved
+        out[str(n_dead)] = row
+        print(
+            f"auxk {n_dead:5d} dead: dense {1e3 * row['dense_seconds']:.0f} ms, "
+            f"sparse {1e3 * row['sparse_seconds']:.0f} ms"
+        )
+    return out
+
+
 def with_native(on: bool) -> None:
     if on:
         os.environ.pop("SAELAB_DISABLE_NATIVE", None)
@@ -174,8 +217,11 @@ def main() -> None:
     adam_bytes = sum(q.numel() for q in params) * 4 * 7  # param, grad, m, v read; three written
     part("adam", adam_bytes / read_rate, torch=best(opt.step, args.reps))
 
+    parts["auxk"] = auxk_costs(x, s, d, k, args.reps)
+
+    steps = {name: p for name, p in parts.items() if name != "auxk"}
     total = {
-        m: sum(p.get(f"{m}_seconds", p["torch_seconds"]) for p in parts.values())
+        m: sum(p.get(f"{m}_seconds", p["torch_seconds"]) for p in steps.values())
         for m in ("torch", "native")
     }
     record = {
