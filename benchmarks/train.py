@@ -182,6 +182,72 @@ def _force_dead(trainer, n_dead: int) -> None:
         m.dead.dead_mask = lambda mask=mask: mask
 
 
+def child_auxk_trained(spec: dict) -> dict:
+    """AuxK's cost over latents that died in training: a TopK SAE trained `train_steps` steps
+    on fresh synthetic batches (a dead window of `dead_window_tokens`), then timed steps
+    alternate between its own dead set (AuxK on) and an empty one (AuxK off), same batches."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from saelab.sae import TrainConfig, Trainer, make_config, ops
+    from saelab.sae.synthetic import SyntheticActivations
+
+    data = SyntheticActivations(
+        d_in=D_IN,
+        n_features=8 * D_IN,
+        batch_size=spec["batch"],
+        active=32,
+        noise=0.05,
+        seed=0,
+        offset=1.0,
+    )
+    cfg = TrainConfig(
+        tokens=spec["batch"] * (spec["train_steps"] + 4 * spec["steps"]),
+        progress=False,
+        init_tokens=spec["batch"],
+        dead_window_tokens=spec["dead_window_tokens"],
+    )
+    configs = [make_config("topk", d_sae=spec["d_sae"], k=spec["k"])]
+    trainer = Trainer(configs, iter([data.batch(0)]), cfg)
+    trainer.setup()
+    t0 = time.perf_counter()
+    for i in range(spec["train_steps"]):
+        trainer.train_step(data.batch(i))
+    train_seconds = time.perf_counter() - t0
+    m = trainer.members[0]
+    dead_mask = m.dead.dead_mask().clone()
+    dead = dead_mask.nonzero().squeeze(1)
+    none = torch.zeros_like(dead_mask)
+    timed = [data.batch(spec["train_steps"] + i) for i in range(spec["steps"])]
+    # what AuxK runs over: the positive part of each row's top-k_aux dead pre-activations
+    x = timed[0] * trainer.scale
+    pre_dead = ops.preacts(m.sae.center(x), m.sae.W_enc, m.sae.b_enc)[:, dead]
+    positives = (pre_dead > 0).sum(1).float()
+    times: dict[str, list] = {"auxk": [], "none": []}
+    for batch in timed:
+        for name, mask in (("auxk", dead_mask), ("none", none)):
+            m.dead.dead_mask = lambda mask=mask: mask
+            t = time.perf_counter()
+            trainer.train_step(batch)
+            times[name].append(time.perf_counter() - t)
+    out = {
+        name: sorted(ts[spec["warmup"] :])[len(ts[spec["warmup"] :]) // 2]
+        for name, ts in times.items()
+    }
+    return {
+        "trained_tokens": spec["batch"] * spec["train_steps"],
+        "train_seconds": train_seconds,
+        "dead_latents": int(dead.numel()),
+        "k_aux": m.sae.cfg.resolved_aux_k(),
+        "positive_dead_preacts_per_row_mean": float(positives.mean()),
+        "positive_dead_preacts_per_row_max": float(positives.max()),
+        "step_seconds_auxk": out["auxk"],
+        "step_seconds_none": out["none"],
+        "auxk_overhead": out["auxk"] / out["none"] - 1,
+        "times": times,
+    }
+
+
 def child_saelens(spec: dict) -> dict:
     peer_sys_path()
     import torch
@@ -280,6 +346,7 @@ def _load_acts(path: str):
 CHILDREN = {
     "sgemm": child_sgemm,
     "saelab": child_saelab,
+    "auxk_trained": child_auxk_trained,
     "saelens": child_saelens,
     "sparsify": child_sparsify,
 }
