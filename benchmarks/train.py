@@ -13,7 +13,12 @@ fraction of the encoder-matmul limit: the sgemm rate for [batch, d_in] x [d_in, 
 that sgemm itself, before and after its steps, so the fraction (= sgemm time / step time)
 does not drift with the load of a shared machine; the separate sgemm child gives the
 headline rate. The `fused` section runs TopK at the large size with the fused CPU matmul +
-top-k (kernels/fused.py) off and on, alternately, for a before/after ratio in one run.
+top-k (kernels/fused.py) off and on, alternately, for a before/after ratio in one run; the
+`native` section does the same for the native C kernels (kernels/native.py). The `auxk`
+section times AuxK: with the dead set held at 2000 and 3000 random latents (alive ones, so
+every one of the k_aux slots is positive: the worst case), and over the latents that died
+while a TopK SAE trained 150 steps (their pre-activations are mostly negative, and AuxK runs
+over the positive ones only).
 ReLU, JumpReLU and Gated are measured from their reference start (about half
 the latents active: dense steps) and from a sparse start (`init_l0 = k`, the L0 they train
 towards), the latter being the step time of most of a run. FVU is measured on a held-out
@@ -613,6 +618,8 @@ def _ab_section(py: str, spec: dict, results: dict, key: str, before: tuple, aft
 
 AUXK_DEAD = (0, 2000, 3000)
 """Dead-set sizes of the AuxK section (0: no AuxK)."""
+AUXK_TRAIN_STEPS = 150
+"""Training steps before the AuxK section times its trained SAE's own dead latents."""
 
 
 def _auxk_section(py: str, spec: dict, results: dict) -> None:
@@ -636,6 +643,21 @@ def _auxk_section(py: str, spec: dict, results: dict) -> None:
                 f"AuxK over {n} dead latents: +{100 * out[f'overhead_{n}_dead']:.1f}% step time "
                 f"(+{100 * out[f'overhead_{n}_dead_sgemm_units']:.1f}% in sgemm units)"
             )
+    trained = run_child(
+        __file__,
+        py,
+        "auxk_trained",
+        {**spec, "train_steps": AUXK_TRAIN_STEPS, "dead_window_tokens": 15 * spec["batch"]},
+    )
+    out["trained"] = trained
+    if "auxk_overhead" in trained:
+        print(
+            f"AuxK over the {trained['dead_latents']} latents dead after "
+            f"{trained['trained_tokens']:,} training tokens: "
+            f"+{100 * trained['auxk_overhead']:.1f}% step time "
+            f"({trained['positive_dead_preacts_per_row_mean']:.1f} positive dead "
+            f"pre-activations per row, at most {trained['positive_dead_preacts_per_row_max']:.0f})"
+        )
     results["auxk"] = out
 
 
