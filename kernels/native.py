@@ -7,7 +7,8 @@ the shared library is cached under `$SAELAB_NATIVE_CACHE` (default
 `-march=native`), and written atomically, so concurrent first uses are safe. When there is no
 compiler, the build fails, or `SAELAB_DISABLE_NATIVE=1` is set, `library()` is None and every
 caller keeps its torch path (same results). ctypes releases the GIL during a call; each
-kernel splits its rows over `torch.get_num_threads()` pthreads.
+kernel splits its rows over `torch.get_num_threads()` pthreads (one thread for small inputs).
+`make install` builds it once ahead of use.
 """
 
 from __future__ import annotations
@@ -118,6 +119,15 @@ def library() -> ctypes.CDLL | None:
     return None if disabled() else _load()
 
 
+SERIAL_BELOW = 1 << 18
+"""Inputs with fewer elements run on the calling thread alone: starting a thread costs tens
+of microseconds, more than such a call's whole work."""
+
+
+def _threads(numel: int) -> int:
+    return 1 if numel < SERIAL_BELOW else torch.get_num_threads()
+
+
 def _usable(*tensors: Tensor) -> bool:
     return all(
         t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors
@@ -157,7 +167,7 @@ def topk_rows(
         None if cols is None else cols.data_ptr(),
         0 if cols is None else cols.numel(),
         None if extra is None else extra.data_ptr(),
-        torch.get_num_threads(),
+        _threads(pre.numel()),
     )
     return (vals, idx, extra) if status == 0 else None
 
@@ -169,7 +179,7 @@ def project_rows_(grad: Tensor, w: Tensor) -> bool:
     if lib is None or not _usable(grad, w) or grad.shape != w.shape or grad.dim() != 2:
         return False
     lib.saelab_project_rows(
-        grad.data_ptr(), w.data_ptr(), grad.shape[0], grad.shape[1], torch.get_num_threads()
+        grad.data_ptr(), w.data_ptr(), grad.shape[0], grad.shape[1], _threads(grad.numel())
     )
     return True
 
@@ -180,5 +190,5 @@ def normalize_rows_(w: Tensor, eps: float = 1e-12) -> bool:
     lib = library()
     if lib is None or not _usable(w) or w.dim() != 2:
         return False
-    lib.saelab_normalize_rows(w.data_ptr(), w.shape[0], w.shape[1], eps, torch.get_num_threads())
+    lib.saelab_normalize_rows(w.data_ptr(), w.shape[0], w.shape[1], eps, _threads(w.numel()))
     return True
