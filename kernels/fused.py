@@ -16,8 +16,10 @@ the machine shared with a long benchmark):
   call (torch's top-k costs mostly per row and per call); column blocks would add a
   candidate merge, itself a top-k per row. Narrowing the chunked top-k's 2048 candidates
   further (a second level of chunk maxima, or a threshold and compaction) was slower than
-  `torch.topk` over them. A real gain needs the selection inside the GEMM's tiles: a
-  compiled kernel, left out (see docs/architecture.md).
+  `torch.topk` over them. A compiled selection does better: where the native kernels are
+  built (`native.py`), the product is a bare `mm` and the C selection adds the bias, finds
+  each row's top-k and copies AuxK's columns in one read of the row (~2x the torch top-k,
+  and no bias broadcast or `index_select` pass; `benchmarks/step_parts.py`).
 Rows are processed in blocks only when the product would exceed `WORKSPACE_BYTES` (bounding
 the memory held between calls); rows are independent, so blocks change nothing but the
 matmul's rounding (the same exact top-k as `topk_select` runs on each row).

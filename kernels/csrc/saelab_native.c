@@ -137,43 +137,40 @@ typedef struct {
 static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
     const topk_ctx_t *job = (const topk_ctx_t *)arg;
     const int64_t d = job->d, k = job->k;
-    const float *bias = job->bias;
     int status = 0;
     const int64_t n_chunks = (d + CHUNK - 1) / CHUNK;
     float *maxima = malloc(sizeof(float) * n_chunks);
     float *scratch = malloc(sizeof(float) * n_chunks);
     entry_t *cand = malloc(sizeof(entry_t) * d);
-    float *biased = bias ? malloc(sizeof(float) * d) : NULL;
-    if (!maxima || !scratch || !cand || (bias && !biased)) {
+    /* no bias: add zeros (x + 0 is x), so that one loop serves both */
+    float *zeros = job->bias ? NULL : calloc(d, sizeof(float));
+    const float *bias = job->bias ? job->bias : zeros;
+    if (!maxima || !scratch || !cand || !bias) {
         status = 1;
         goto done;
     }
     for (int64_t r = start; r < stop; r++) {
+        /* the row is read from memory once; pre + bias is formed on the fly in each pass
+         * (the bias and the row's chunks stay in cache) */
         const float *row = job->pre + r * d;
-        if (bias) { /* pre + bias, one row at a time (it stays in cache for both passes) */
-            for (int64_t j = 0; j < d; j++) biased[j] = row[j] + bias[j];
-            row = biased;
-        }
-        if (job->cols) { /* the dead latents' columns, while the row is in cache */
-            float *out = job->extra + r * job->n_cols;
-            for (int64_t c = 0; c < job->n_cols; c++) out[c] = row[job->cols[c]];
-        }
         /* chunk maxima; `poison` turns NaN if any entry is NaN (or infinite: then the
          * caller's fallback also runs, harmlessly) */
         const int64_t full = d / CHUNK;
         float poison = 0.0f;
         for (int64_t c = 0; c < full; c++) {
             /* eight lanes side by side so that the compiler emits vector max/add */
-            const float *p = row + c * CHUNK;
+            const float *p = row + c * CHUNK, *q = bias + c * CHUNK;
             float m8[8], z8[8];
             for (int l = 0; l < 8; l++) {
-                m8[l] = p[l];
-                z8[l] = p[l] * 0.0f;
+                const float v = p[l] + q[l];
+                m8[l] = v;
+                z8[l] = v * 0.0f;
             }
             for (int j = 8; j < CHUNK; j += 8)
                 for (int l = 0; l < 8; l++) {
-                    m8[l] = p[j + l] > m8[l] ? p[j + l] : m8[l];
-                    z8[l] += p[j + l] * 0.0f;
+                    const float v = p[j + l] + q[j + l];
+                    m8[l] = v > m8[l] ? v : m8[l];
+                    z8[l] += v * 0.0f;
                 }
             float m = m8[0], z = z8[0];
             for (int l = 1; l < 8; l++) {
@@ -184,17 +181,25 @@ static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
             poison += z;
         }
         if (full < n_chunks) {
-            const float *p = row + full * CHUNK;
-            float m = p[0];
+            const float *p = row + full * CHUNK, *q = bias + full * CHUNK;
+            float m = p[0] + q[0];
             for (int64_t j = 0; j < d - full * CHUNK; j++) {
-                m = p[j] > m ? p[j] : m;
-                poison += p[j] * 0.0f;
+                const float v = p[j] + q[j];
+                m = v > m ? v : m;
+                poison += v * 0.0f;
             }
             maxima[full] = m;
         }
         if (poison != 0.0f) { /* NaN (or inf): the caller uses torch's top-k instead */
             status = 2;
             goto done;
+        }
+        if (job->cols) { /* the dead latents' columns, now that the row is in cache */
+            float *out = job->extra + r * job->n_cols;
+            for (int64_t c = 0; c < job->n_cols; c++) {
+                const int64_t j = job->cols[c];
+                out[c] = row[j] + bias[j];
+            }
         }
         float t;
         if (n_chunks > k) {
@@ -208,11 +213,12 @@ static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
         int64_t n = 0;
         for (int64_t c = 0; c < n_chunks; c++) {
             if (maxima[c] < t) continue;
-            int64_t w = (c == n_chunks - 1) ? d - c * CHUNK : CHUNK;
-            const float *p = row + c * CHUNK;
+            const int64_t w = (c == n_chunks - 1) ? d - c * CHUNK : CHUNK;
+            const float *p = row + c * CHUNK, *q = bias + c * CHUNK;
             for (int64_t j = 0; j < w; j++) {
-                if (p[j] >= t) {
-                    cand[n].v = p[j];
+                const float v = p[j] + q[j];
+                if (v >= t) {
+                    cand[n].v = v;
                     cand[n].i = c * CHUNK + j;
                     n++;
                 }
@@ -230,7 +236,7 @@ done:
     free(maxima);
     free(scratch);
     free(cand);
-    free(biased);
+    free(zeros);
     return status;
 }
 
