@@ -161,10 +161,11 @@ class TopKSAE(SAE):
         if local is None:  # no dead latent is positive anywhere: e_hat is 0, and so is the gradient
             return scale * residual.float().pow(2).sum(-1).mean()
         w_enc = self.encoder_weight[dead].t()
+        shared = ops.shared_segments(local, n_dead)  # one backward sort for both scatters
         vals = ops.gather(
-            x, w_enc, self.b_enc[dead], local, pre=pre_dead, shift=self.input_shift
+            x, w_enc, self.b_enc[dead], local, pre=pre_dead, shift=self.input_shift, shared=shared
         ).relu()
-        e_hat = ops.decode(local, vals, self.W_dec[dead], None)
+        e_hat = ops.decode(local, vals, self.W_dec[dead], None, shared)
         return scale * (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
 
     def saelens_config(self) -> dict:
