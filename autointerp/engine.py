@@ -18,11 +18,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from saelab.autointerp.lean_llama import Chunk, LeanLlama
 from saelab.autointerp.prefix_cache import MIN_REUSE, PrefixCache, common_prefix
+
+if TYPE_CHECKING:  # torch is imported when a request runs (the CLI imports this module)
+    import torch
+
+    from saelab.autointerp.lean_llama import Chunk, LeanLlama
 
 DRAFT_TOKENS = 6
 """Most draft tokens a greedy request verifies per step."""
@@ -81,7 +84,7 @@ class Engine:
         self, model: LeanLlama, prefix: PrefixCache | None = None, speculate: bool = True
     ) -> None:
         self.model = model
-        self.prefix = prefix or PrefixCache()
+        self.prefix = prefix if prefix is not None else PrefixCache()
         self.speculate = speculate
         self.lock = threading.Lock()
         """Held while a step runs (one forward pass at a time)."""
@@ -110,6 +113,8 @@ class Engine:
             raise req.error
 
     def step(self) -> None:
+        from saelab.autointerp.lean_llama import Chunk
+
         self._admit()
         chunks, owners = [], []
         for r in list(self._active):
@@ -135,6 +140,8 @@ class Engine:
 
     def _advance(self, r: Request, chunk: Chunk, rows: torch.Tensor) -> bool:
         """Take the step's tokens for `r`; True when it is done."""
+        import torch
+
         if r.last is None:
             r.length += len(chunk.ids)
             if not len(rows):  # more prompt to prefill

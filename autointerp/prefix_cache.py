@@ -5,8 +5,10 @@ the rest. A few entries, least recently used first out, bounded in bytes."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 MIN_REUSE = 8
 """Fewest shared tokens worth a copy of their cache."""
