@@ -28,7 +28,9 @@ if TYPE_CHECKING:  # torch is imported when a request runs (the CLI imports this
     from saelab.autointerp.lean_llama import Chunk, LeanLlama
 
 DRAFT_TOKENS = 6
-"""Most draft tokens a greedy request verifies per step."""
+"""Most draft tokens a greedy request verifies per step. A request starts there, drafts 2 more
+(up to this) after a step that kept all its drafts and 1 fewer (down to 1) after one that did
+not: a row costs little beside reading the weights, but not nothing."""
 DRAFT_NGRAMS = (3, 2)
 """Lengths of the trailing n-gram looked up in the sequence for drafts (longest first)."""
 MAX_BATCH = 8
@@ -61,6 +63,7 @@ class Request:
     last: int | None = None
     """The last chosen token (not yet in the cache)."""
     out_ids: list[int] = field(default_factory=list)
+    draft_len: int = DRAFT_TOKENS
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -162,10 +165,13 @@ class Engine:
                 self.stats.accepted_draft_tokens += 1
             else:
                 break
+        if drafts:
+            kept = j == len(drafts)
+            r.draft_len = min(DRAFT_TOKENS, r.draft_len + 2) if kept else max(1, r.draft_len - 1)
         return False
 
     def _draft(self, r: Request) -> list[int]:
-        room = min(DRAFT_TOKENS, r.max_tokens - len(r.out_ids) - 1)
+        room = min(r.draft_len, r.max_tokens - len(r.out_ids) - 1)
         if not (self.speculate and r.greedy) or room < 1:
             return []
         tokens = r.tokens
