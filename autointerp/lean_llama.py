@@ -7,7 +7,8 @@ per step for all of them (decoding on a CPU is bound by reading the weights), an
 per chunk against its own cache (no padding, no cross-sequence mask). It computes what
 `LlamaForCausalLM` computes, with the same operations in the same order (RMSNorm in float32, the
 rotary table from the model's `inv_freq`, SDPA with grouped KV heads); q/k/v and gate/up are
-each one matrix (the HF modules' weights become views into it, so nothing is duplicated).
+each one matrix (the HF modules' weights become views into it), and steps of a few rows use
+oneDNN-packed copies of the weights (`SMALL_ROWS`).
 Models it does not cover (`supports` says which) are served through transformers instead.
 """
 
@@ -20,6 +21,11 @@ import torch.nn.functional as F
 
 ROPE_POSITIONS = 32768
 """Most positions the rotary table covers (or the model's own limit, if smaller)."""
+SMALL_ROWS = 16
+"""Steps of 2 to this many rows (a token and its drafts, a few requests decoding) multiply by
+oneDNN-packed copies of the weights: MKL's sgemm repacks the weights on every call at so few
+rows, which made such a step cost 2-3x a 1-row step (oneDNN: ~1.3-1.7x). One row (plain
+decoding) and more rows (prefill) use MKL, as transformers does."""
 
 
 def supports(model) -> str | None:
@@ -68,6 +74,8 @@ class LeanLlama:
         self.final_norm = base.norm.weight
         self.lm_head = model.lm_head.weight
         self.layers = [_fuse(layer) for layer in base.layers]
+        self.packed = [tuple(_pack(w) for w in layer) for layer in self.layers]
+        self.lm_head_packed = _pack(self.lm_head)
         limit = min(getattr(cfg, "max_position_embeddings", ROPE_POSITIONS), ROPE_POSITIONS)
         freqs = torch.arange(limit).float()[:, None] * base.rotary_emb.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -93,8 +101,9 @@ class LeanLlama:
             h = F.embedding(torch.tensor(ids), self.embed)
             q_width, kv_width = self.n_heads * self.head_dim, self.n_kv * self.head_dim
             for i, (ln1, qkv_w, o_w, ln2, gu_w, down_w) in enumerate(self.layers):
+                _, qkv_p, o_p, _, gu_p, down_p = self.packed[i]
                 x = self._norm(h, ln1)
-                q, k, v = F.linear(x, qkv_w).split((q_width, kv_width, kv_width), dim=-1)
+                q, k, v = _linear(x, qkv_w, qkv_p).split((q_width, kv_width, kv_width), dim=-1)
                 q = _rope(q.view(len(ids), self.n_heads, self.head_dim), cos, sin)
                 k = _rope(k.view(len(ids), self.n_kv, self.head_dim), cos, sin)
                 v = v.view(len(ids), self.n_kv, self.head_dim)
@@ -102,12 +111,14 @@ class LeanLlama:
                     self._attend(c, i, q[a:b], k[a:b], v[a:b])
                     for c, (a, b) in zip(chunks, bounds)
                 ]  # fmt: skip
-                h = h + F.linear(outs[0] if len(outs) == 1 else torch.cat(outs), o_w)
+                h = h + _linear(outs[0] if len(outs) == 1 else torch.cat(outs), o_w, o_p)
                 x = self._norm(h, ln2)
-                gate, up = F.linear(x, gu_w).chunk(2, dim=-1)
-                h = h + F.linear(F.silu(gate) * up, down_w)
+                gate, up = _linear(x, gu_w, gu_p).chunk(2, dim=-1)
+                h = h + _linear(F.silu(gate) * up, down_w, down_p)
             keep = [r for c, (a, b) in zip(chunks, bounds) for r in range(a + c.logits_from, b)]
-            logits = F.linear(self._norm(h[keep], self.final_norm), self.lm_head)
+            logits = _linear(
+                self._norm(h[keep], self.final_norm), self.lm_head, self.lm_head_packed
+            )
             out, at = [], 0
             for c, (a, b) in zip(chunks, bounds):
                 n = b - a - c.logits_from
@@ -140,6 +151,23 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, packed: torch.Tensor | None) -> torch.Tensor:
+    if packed is not None and 1 < x.shape[0] <= SMALL_ROWS:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+    return F.linear(x, w)
+
+
+def _pack(w: torch.Tensor) -> torch.Tensor | None:
+    """`w` packed for oneDNN's small-batch matmul (None for vectors, or where torch has no
+    oneDNN)."""
+    if w.dim() != 2:
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(w.detach(), 8)
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _fuse(layer) -> tuple:
