@@ -17,7 +17,8 @@ Concurrency (`saelab` path): 8 scoring-sized requests (one latent's detection pr
 same explanation, 8 excerpts; max_tokens 1, top 20 logprobs) and 4 explain-sized ones, each
 set sent one at a time and then 4 at a time to a fresh engine (empty prefix cache); the
 scoring set also one at a time with no prefix reuse. Reported: seconds per set, the speedup,
-and whether the answers agree. The machine's 1-minute load average is recorded before each
+and whether the answers agree. Also recorded: the sgemm rate and the floor of one decode step
+(reading every weight once) at the run's torch threads. The machine's 1-minute load average is recorded before each
 part: on a shared CPU it moves these figures more than anything else. Results are printed and
 saved as JSON in benchmarks/results/.
 """
@@ -183,6 +184,7 @@ def saelab_servers(n: int, threads: int | None) -> dict:
         for name in PATHS:
             out[name]["identical_to_old_path"] = same
         out["concurrent"] = concurrency(base, lean, threads)
+        out["rates"] = rates(base.model)
     return out
 
 
@@ -253,6 +255,37 @@ def concurrency(base, lean, threads: int | None) -> dict:
     return result
 
 
+def rates(model) -> dict:
+    """The machine's sgemm rate (1024^3, float32) and the floor of one decode step (a
+    matrix-vector product over every weight matrix: all that reading the weights costs), at the
+    torch threads of the run."""
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    torch.mm(a, b)
+    started = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, b)
+    gflops = 2 * 1024**3 * 5 / (time.perf_counter() - started) / 1e9
+    weights = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
+    weights.append(model.lm_head.weight)
+    vectors = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
+    floors = []
+    with torch.inference_mode():
+        for _ in range(5):
+            started = time.perf_counter()
+            for w in weights:
+                torch.nn.functional.linear(vectors[w.shape[1]], w)
+            floors.append(time.perf_counter() - started)
+    read = sum(w.numel() * w.element_size() for w in weights)
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "sgemm_gflops": gflops,
+        "decode_step_floor_s": min(floors),
+        "weights_read_GBps": read / min(floors) / 1e9,
+    }
+
+
 def _client(base_url: str):
     from openai import OpenAI
 
@@ -272,6 +305,7 @@ def main() -> None:
     if args.only != "transformers":
         result = saelab_servers(args.requests, args.threads)
         out["concurrent"] = result.pop("concurrent")
+        out["machine"]["rates"] = result.pop("rates")
         servers.update(result)
     if args.only != "saelab":
         load = os.getloadavg()[0]
