@@ -185,18 +185,16 @@ class Engine:
         return []
 
     def _admit(self) -> None:
-        admitted = []
+        admitted, deferred = [], []
         for r in self._take_pending(MAX_BATCH - len(self._active)):
             if r.cancelled():
                 self._finish(r, Cancelled())
                 continue
             shared, source = self._reusable(r.ids)
             # a request sharing more with one admitted in this step waits a step and copies it
-            if any(
-                common_prefix(a.ids, r.ids[:-1]) >= max(shared, MIN_REUSE) + 32 for a in admitted
-            ):
-                with self._queue:
-                    self._pending.insert(0, r)
+            more = max(shared, MIN_REUSE) + 32
+            if any(common_prefix(a.ids, r.ids[:-1]) >= more for a in admitted):
+                deferred.append(r)
                 continue
             capacity = len(r.ids) + r.max_tokens + DRAFT_TOKENS + 1
             r.cache = self.model.new_cache(capacity)
@@ -206,6 +204,8 @@ class Engine:
             self.stats.reused_prompt_tokens += shared
             self._active.append(r)
             admitted.append(r)
+        with self._queue:
+            self._pending[:0] = deferred
 
     def _reusable(self, ids: list[int]) -> tuple[int, torch.Tensor | None]:
         """The longest cached prefix of `ids`: in the prefix cache or a request in flight."""

@@ -191,6 +191,10 @@ class Generator:
             def choose(logits) -> int:
                 return int(logits.argmax())
 
+        limit = self.engine.model.max_positions
+        if len(ids) >= limit:
+            raise ValueError(f"the prompt has {len(ids)} tokens; this model takes {limit - 1}")
+        max_tokens = min(max_tokens, limit - len(ids))
         req = Request(ids, max_tokens, choose, temperature == 0, accept, cancelled)
         self.engine.run(req)
         return self._done(ids, req.out_ids, items, finish[0], stop, req.reused)
