@@ -113,6 +113,8 @@ class Generator:
     _cache: object = None
     _cache_name: str | None = None
     _stats_lock: threading.Lock = field(default_factory=threading.Lock)
+    _text_lock: threading.Lock = field(default_factory=threading.Lock)
+    """A fast tokenizer used from two threads at once can fail ("Already borrowed")."""
 
     def __post_init__(self) -> None:
         from saelab.autointerp.lean_llama import LeanLlama, supports
@@ -139,10 +141,15 @@ class Generator:
         return cls(model, tokenizer, lean=lean, speculate=speculate)
 
     def encode(self, messages: list[dict]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
+        with self._text_lock:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
         return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+    def decode(self, ids: list[int]) -> str:
+        with self._text_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate(
         self,
@@ -173,9 +180,7 @@ class Generator:
                 return True
             req.out_ids.append(token)
             items.append(self._item(token, logp, top_logprobs))
-            if stop and any(
-                s in self.tokenizer.decode(req.out_ids, skip_special_tokens=True) for s in stop
-            ):
+            if stop and any(s in self.decode(req.out_ids) for s in stop):
                 finish[0] = "stop"
                 return True
             return len(req.out_ids) == max_tokens
@@ -200,7 +205,7 @@ class Generator:
         return self._done(ids, req.out_ids, items, finish[0], stop, req.reused)
 
     def _done(self, ids, out_ids, items, finish, stop, reused) -> Generation:
-        text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+        text = self.decode(out_ids)
         if stop:
             cut = [text.index(s) for s in stop if s in text]
             text = text[: min(cut)] if cut else text
@@ -234,9 +239,7 @@ class Generator:
                     break
                 out_ids.append(token)
                 items.append(self._item(token, logp, top_logprobs))
-                if stop and any(
-                    s in self.tokenizer.decode(out_ids, skip_special_tokens=True) for s in stop
-                ):
+                if stop and any(s in self.decode(out_ids) for s in stop):
                     finish = "stop"
                     break
                 if step + 1 == max_tokens:
@@ -298,7 +301,8 @@ class Generator:
         return item
 
     def _piece(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+        with self._text_lock:
+            return self.tokenizer.decode([token])
 
 
 def free_cores() -> int:
