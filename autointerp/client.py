@@ -36,8 +36,8 @@ class LLMConfig:
     """Name of the environment variable holding the API key (the key itself is never stored).
     None: OPENAI_API_KEY if set, else no key (local servers need none)."""
     concurrency: int | None = None
-    """Requests in flight at once. None: 8 against a remote endpoint, 1 against the local server
-    (it answers one request at a time on the CPU)."""
+    """Requests in flight at once. None: 8 against a remote endpoint, 4 against the local server
+    (it decodes the requests in flight together)."""
     timeout_s: float = 60.0
     """Seconds before one request counts as timed out (and is retried)."""
     max_retries: int = 5

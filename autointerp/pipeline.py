@@ -28,8 +28,9 @@ from saelab.base.errors import UserError
 BLOCK = 256
 """Latents whose examples are read from the store at a time."""
 FLUSH_S = 1.0
-LOCAL_CONCURRENCY = 1
-"""Requests in flight against the local server (it answers one at a time on the CPU)."""
+LOCAL_CONCURRENCY = 4
+"""Requests in flight against the local server (it decodes them together in one forward pass:
+one latent's scoring requests, which share their prompt up to the excerpt, go out at once)."""
 REMOTE_CONCURRENCY = 8
 """Requests in flight against a remote endpoint unless the user says otherwise."""
 

@@ -4,14 +4,15 @@
 streamed; `max_tokens`, `temperature`, `seed`, `stop`, `logprobs`, `top_logprobs` up to 20) on
 127.0.0.1 from a thread of the calling process, over one model loaded once. It replaced a
 `transformers serve` child process, which on a 2-core CPU answered a 300-token prompt at about
-37 tokens/s (see `benchmarks/llm_server.py` for the measurement): here the prompt is prefilled
-in one forward pass, decoding reuses the KV cache, and a request that shares a prefix with the
-previous one (the same system prompt and explanation) reuses that prefix's cache.
+37 tokens/s (see `benchmarks/llm_server.py` for the measurement). A Llama-family model runs
+through `engine.Engine`: requests in flight are decoded together in one forward pass, a prompt
+prefix shared with a recent request (the same system prompt and explanation) reuses that
+prefix's cache, and greedy requests verify prompt-lookup drafts (see engine.py).
 
-Requests are served one at a time (a CPU gains nothing from running two at once). A request
-whose client has hung up (a client-side timeout) is dropped before its prefill and stopped
-between decode steps, so abandoned work never delays the next request. Because the server is
-a thread, nothing outlives the process that started it.
+A request whose client has hung up (a client-side timeout) is dropped before its prefill and
+stopped between decode steps, so abandoned work never delays the next request. Because the
+server is a thread of the calling process (and the request threads run the engine's steps),
+nothing outlives the process that started it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from saelab.autointerp.engine import Cancelled, Engine, Request
 from saelab.base.config import check_fields
 from saelab.base.errors import UserError, check_host, listen_error
 
@@ -44,6 +46,9 @@ class ServeConfig:
     """Port; 0 picks a free one."""
     max_tokens: int = 512
     """Most completion tokens one request may ask for."""
+    speculate: bool = True
+    """Greedy requests verify prompt-lookup draft tokens in the same forward pass (the output
+    is the greedy output; `--no-speculate` decodes one token per pass)."""
     threads: int | None = None
     """Torch threads while serving. None: the cores not busy with other work when the server
     starts (at least 1): on a shared CPU, more threads than free cores make every forward
@@ -62,10 +67,6 @@ class ServeConfig:
         check_host(self.host)
 
 
-class Cancelled(Exception):
-    """The client hung up; the request's work stops."""
-
-
 @dataclass
 class Generation:
     text: str
@@ -73,6 +74,8 @@ class Generation:
     """Per generated token: {"token", "logprob", "top": [(token, logprob), ...]}."""
     prompt_tokens: int
     finish_reason: str
+    token_ids: list[int] = field(default_factory=list)
+    """The completion's token ids (end of sequence excluded)."""
 
 
 @dataclass
@@ -83,23 +86,47 @@ class Stats:
     cancelled: int = 0
     prompt_tokens: int = 0
     reused_prompt_tokens: int = 0
-    """Prompt tokens whose KV cache came from the previous request's shared prefix."""
+    """Prompt tokens whose KV cache came from an earlier request's shared prefix."""
     completion_tokens: int = 0
 
 
 @dataclass
 class Generator:
-    """One causal LM and its tokenizer; `generate` is called by one thread at a time."""
+    """One causal LM and its tokenizer. `generate` may be called from many threads at once:
+    a Llama-family model goes through `Engine` (requests in flight batched into one forward
+    pass, prompt prefixes reused, greedy drafts verified); any other through transformers, one
+    request at a time."""
 
     model: object
     tokenizer: object
     stats: Stats = field(default_factory=Stats)
+    lean: bool = True
+    """Serve a Llama-family model through `Engine` (False: through transformers)."""
+    speculate: bool = True
+    """Greedy requests verify prompt-lookup drafts (exact: a draft is kept only where it is
+    the greedy token)."""
+    engine: Engine | None = None
+    """The engine (built from `model` when None and `lean`)."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while a forward pass runs."""
     _prefix: list[int] = field(default_factory=list)
     _cache: object = None
     _cache_name: str | None = None
+    _stats_lock: threading.Lock = field(default_factory=threading.Lock)
+    _text_lock: threading.Lock = field(default_factory=threading.Lock)
+    """A fast tokenizer used from two threads at once can fail ("Already borrowed")."""
+
+    def __post_init__(self) -> None:
+        from saelab.autointerp.lean_llama import LeanLlama, supports
+
+        if self.engine is None and self.lean and supports(self.model) is None:
+            self.engine = Engine(LeanLlama(self.model), speculate=self.speculate)
+        if self.engine is not None:
+            self.lock = self.engine.lock
 
     @classmethod
-    def load(cls, spec: str) -> Generator:
+    def load(cls, spec: str, lean: bool = True, speculate: bool = True) -> Generator:
+        """`lean=False` serves through transformers whatever the model (the reference path)."""
         import torch
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -111,7 +138,18 @@ class Generator:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
         model.eval()
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, lean=lean, speculate=speculate)
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        with self._text_lock:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+    def decode(self, ids: list[int]) -> str:
+        with self._text_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def generate(
         self,
@@ -123,20 +161,71 @@ class Generator:
         stop: list[str] | None = None,
         cancelled=lambda: False,
     ) -> Generation:
-        import torch
-
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        ids = self.encode(messages)
         if cancelled():
             raise Cancelled
+        if self.engine is None:
+            with self.lock:
+                return self._generate_hf(
+                    ids, max_tokens, temperature, seed, top_logprobs, stop, cancelled
+                )
+        import torch
+
+        eos = _eos_ids(self.model, self.tokenizer)
+        items, finish = [], ["length"]
+
+        def accept(req: Request, token: int, logp) -> bool:
+            if token in eos:
+                finish[0] = "stop"
+                return True
+            req.out_ids.append(token)
+            items.append(self._item(token, logp, top_logprobs))
+            if stop and any(s in self.decode(req.out_ids) for s in stop):
+                finish[0] = "stop"
+                return True
+            return len(req.out_ids) == max_tokens
+
+        if temperature > 0:
+            sampler = torch.Generator().manual_seed(int(seed or 0))
+
+            def choose(logits) -> int:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                return int(torch.multinomial(probs, 1, generator=sampler))
+        else:
+
+            def choose(logits) -> int:
+                return int(logits.argmax())
+
+        limit = self.engine.model.max_positions
+        if len(ids) >= limit:
+            raise ValueError(f"the prompt has {len(ids)} tokens; this model takes {limit - 1}")
+        max_tokens = min(max_tokens, limit - len(ids))
+        req = Request(ids, max_tokens, choose, temperature == 0, accept, cancelled)
+        self.engine.run(req)
+        return self._done(ids, req.out_ids, items, finish[0], stop, req.reused)
+
+    def _done(self, ids, out_ids, items, finish, stop, reused) -> Generation:
+        text = self.decode(out_ids)
+        if stop:
+            cut = [text.index(s) for s in stop if s in text]
+            text = text[: min(cut)] if cut else text
+        with self._stats_lock:
+            self.stats.requests += 1
+            self.stats.prompt_tokens += len(ids)
+            self.stats.completion_tokens += len(out_ids)
+            self.stats.reused_prompt_tokens += reused
+        return Generation(text, items, len(ids), finish, list(out_ids))
+
+    def _generate_hf(self, ids, max_tokens, temperature, seed, top_logprobs, stop, cancelled):
+        """The transformers path: one request, its own decode loop over a `DynamicCache`."""
+        import torch
+
         eos = _eos_ids(self.model, self.tokenizer)
         sampler = None
         if temperature > 0:
             sampler = torch.Generator().manual_seed(int(seed or 0))
         with torch.inference_mode():
-            logits, cache = self._prefill(ids)
+            logits, cache, reused = self._prefill(ids)
             out_ids, items, finish = [], [], "length"
             for step in range(max_tokens):
                 logp = torch.log_softmax(logits.float(), dim=-1)
@@ -150,9 +239,7 @@ class Generator:
                     break
                 out_ids.append(token)
                 items.append(self._item(token, logp, top_logprobs))
-                if stop and any(
-                    s in self.tokenizer.decode(out_ids, skip_special_tokens=True) for s in stop
-                ):
+                if stop and any(s in self.decode(out_ids) for s in stop):
                     finish = "stop"
                     break
                 if step + 1 == max_tokens:
@@ -165,14 +252,7 @@ class Generator:
                 )
                 logits = output.logits[0, -1]
             self._prefix = ids + out_ids[:-1] if out_ids else ids
-        text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
-        if stop:
-            cut = [text.index(s) for s in stop if s in text]
-            text = text[: min(cut)] if cut else text
-        self.stats.requests += 1
-        self.stats.prompt_tokens += len(ids)
-        self.stats.completion_tokens += len(out_ids)
-        return Generation(text, items, len(ids), finish)
+        return self._done(ids, out_ids, items, finish, stop, reused)
 
     def _prefill(self, ids: list[int]):
         """Logits after the prompt, computing only the part not shared with the cached prefix."""
@@ -199,8 +279,7 @@ class Generator:
             **self._cache_arg(cache),
             logits_to_keep=1,
         )
-        self.stats.reused_prompt_tokens += shared
-        return output.logits[0, -1], cache
+        return output.logits[0, -1], cache, shared
 
     def _cache_arg(self, cache) -> dict:
         """`cache=` where the model takes it (newer transformers), else `past_key_values=`."""
@@ -222,7 +301,8 @@ class Generator:
         return item
 
     def _piece(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+        with self._text_lock:
+            return self.tokenizer.decode([token])
 
 
 def free_cores() -> int:
@@ -259,8 +339,8 @@ class LocalServer:
         self._http: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._threads_before: int | None = None
-        self.busy = threading.Lock()
-        """Held while a request is generated (one at a time)."""
+        self.busy: threading.Lock | None = None
+        """Held while a forward pass runs (the generator's lock)."""
         self.stopping = threading.Event()
 
     def __enter__(self) -> LocalServer:
@@ -276,7 +356,8 @@ class LocalServer:
         self.cfg.validate()
         self.stopping.clear()
         if self.generator is None:
-            self.generator = Generator.load(self.cfg.model)
+            self.generator = Generator.load(self.cfg.model, speculate=self.cfg.speculate)
+        self.busy = self.generator.lock
         self.model_id = self.cfg.model
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(self.cfg.threads or free_cores())
@@ -297,8 +378,9 @@ class LocalServer:
 
     def stop(self) -> None:
         self.stopping.set()  # a request in progress stops at its next decode step
-        if self.busy.acquire(timeout=60):  # torch must not be mid-forward when the process exits
-            self.busy.release()
+        busy = self.busy
+        if busy is not None and busy.acquire(timeout=60):  # torch not mid-forward at exit
+            busy.release()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -394,8 +476,7 @@ def _handler(server: LocalServer):
                 return server.stopping.is_set() or _hung_up(self.connection)
 
             try:
-                with server.busy:
-                    result = server.generator.generate(**request, cancelled=cancelled)
+                result = server.generator.generate(**request, cancelled=cancelled)
             except Cancelled:
                 server.generator.stats.cancelled += 1
                 self.close_connection = True
