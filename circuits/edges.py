@@ -61,7 +61,15 @@ def edge_effects(
     batched: bool = True,
     progress=None,
 ) -> list[Edge]:
-    """Direct effects between every pair of kept nodes in connected hooks (all non-zero)."""
+    """Direct effects between every pair of kept nodes in connected hooks (all non-zero).
+
+    `batched=False`: the reference, one full forward per upstream hook and one backward per
+    downstream node. `batched=True` (circuits/edges_fast.py): the same numbers from a forward
+    of only the blocks and positions involved and packed, batched backwards."""
+    if batched:
+        from saelab.circuits.edges_fast import fast_edge_effects
+
+        return fast_edge_effects(spliced, tokens, states, grads, sides, nodes, batch, progress)
     by_hook: dict[str, list[NodeKey]] = {}
     for n in nodes:
         by_hook.setdefault(n.key.hook, []).append(n.key)
@@ -76,7 +84,7 @@ def edge_effects(
             cots = _cotangents(spliced, b, states[b].x, grads[b], by_hook[b])
             for start in range(0, len(cots), batch):
                 C = torch.stack(cots[start : start + batch])
-                G = _vjp(raw[b], leaf, C, batched)
+                G = _vjp(raw[b], leaf, C)
                 E = _contract(G, spliced.saes[a].W_dec.detach(), up_f, up_e, ups)
                 for k, down in enumerate(by_hook[b][start : start + batch]):
                     for j, up in enumerate(ups):
@@ -108,11 +116,8 @@ def _direct_forward(spliced, tokens, x_a, a, downs):
     return leaf, raw
 
 
-def _vjp(out: Tensor, leaf: Tensor, C: Tensor, batched: bool) -> Tensor:
-    """J^T c for each c in C `[K, B, T, d]` (J = ∂out/∂leaf)."""
-    if batched:
-        (G,) = torch.autograd.grad(out, leaf, C, retain_graph=True, is_grads_batched=True)
-        return G
+def _vjp(out: Tensor, leaf: Tensor, C: Tensor) -> Tensor:
+    """J^T c for each c in C `[K, B, T, d]` (J = ∂out/∂leaf), one backward each."""
     return torch.stack([torch.autograd.grad(out, leaf, c, retain_graph=True)[0] for c in C])
 
 
