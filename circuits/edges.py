@@ -7,10 +7,11 @@ upstream hook makes the upstream hook's output a leaf and detaches every later s
 after capturing its raw input x_b, which then depends on the leaf through direct paths only.
 
 For a downstream node d the vector c_d = (∂m/∂d) ∂d/∂x_b is a cheap backward through the SAE
-encoder alone; the expensive part, J^T c_d through the model between the two hooks, runs for a
-whole batch of downstream nodes in one vector-Jacobian product (`is_grads_batched`), not one
-backward per node. `batched=False` runs the same products one at a time (the reference).
-Edges are kept as a sparse list (u, d, effect), never a dense adjacency.
+encoder alone; the expensive part, J^T c_d through the model between the two hooks, is one
+backward per node in the reference (`batched=False`, kept here as the independent check).
+`batched=True` (circuits/edges_fast.py) gets the same numbers from only the blocks and positions
+involved and backward seeds packed across prompts. Edges are kept as a sparse list
+(u, d, effect), never a dense adjacency.
 
 Candidate hook pairs: a before b with no spliced `hook_resid_post` strictly between them (the
 residual stream is a bottleneck: nothing before it reaches past it directly).

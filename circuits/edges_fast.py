@@ -169,7 +169,9 @@ def _down_hook(spliced, b, st: SpliceState, g_b, downs: list[NodeKey], leaf, raw
     active = torch.zeros(K, B, dtype=torch.bool)
     active[trip[0], trip[1]] = True
     active[is_err] = where[is_err].any(1, keepdim=True)
-    c_err = _error_seeds(sae, st.x, g) if bool(is_err.any()) else None
+    c_err = (
+        _error_seeds(sae, st.x[:, s0 : t1 + 1], g[:, s0 : t1 + 1]) if bool(is_err.any()) else None
+    )
     per_latent = _per_latent(sae)
     if not per_latent:  # the reference's seeds, one encoder backward per node
         reference = torch.stack(_cotangents(spliced, b, st.x, g_b, downs))
@@ -195,7 +197,7 @@ def _down_hook(spliced, b, st: SpliceState, g_b, downs: list[NodeKey], leaf, raw
                 as_tuple=True
             )
             mask = where[k_e, s0 : t1 + 1].unsqueeze(-1).to(C.dtype)
-            C[slot[k_e, b_e] - j0, b_e] = c_err[b_e, s0 : t1 + 1] * mask
+            C[slot[k_e, b_e] - j0, b_e] = c_err[b_e] * mask
         (G,) = torch.autograd.grad(raw_b, leaf, C, retain_graph=True, is_grads_batched=True)
         k_p, b_p = (active & (slot >= j0) & (slot < j1)).nonzero(as_tuple=True)
         U = up.effects(G[slot[k_p, b_p] - j0, b_p], b_p)
@@ -259,7 +261,7 @@ def _feature_seeds(sae, x: Tensor, g: Tensor, W_dec: Tensor, f: Tensor, b: Tenso
 
 
 def _error_seeds(sae, x: Tensor, g: Tensor) -> Tensor:
-    """(∂m/∂ε) ∂ε/∂x at every row `[B, T, d]` (rows are independent: one backward)."""
+    """(∂m/∂ε) ∂ε/∂x at every row of x `[B, P, d]` (rows are independent: one backward)."""
     B, T, d = x.shape
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():

@@ -85,3 +85,25 @@ def test_window_of_blocks_equals_the_full_forward(random_spliced, sva_small):
         out = run_blocks(spliced, start[:, 3:], 2, 3, kw, 3, cache, edits)
     assert tokens.shape[1] > 4
     torch.testing.assert_close(out, full[:, 3:], rtol=1e-5, atol=1e-4)
+
+
+def test_fast_edges_with_matching_pursuit_saes(model, sva_small):
+    """Matching pursuit's value at one latent depends on the earlier picks: the fast path takes
+    the reference's per-node seeds there, and still equals the loop."""
+    from saelab.circuits.edges_fast import _per_latent
+    from saelab.circuits.splice import SplicedModel
+    from saelab.sae.registry import build_sae, make_config
+
+    hooks = ["blocks.1.hook_resid_post", "blocks.2.hook_mlp_out", "blocks.3.hook_resid_post"]
+    saes = {
+        h: build_sae(make_config("mp", d_sae=96, k=5, seed=i), 576) for i, h in enumerate(hooks)
+    }
+    spliced = SplicedModel(model, saes)
+    assert not _per_latent(saes[hooks[0]])
+    tokens, states, grads, sides, kept = _many_nodes(spliced, sva_small, True, per_hook=8)
+    fast = edge_effects(spliced, tokens, states, grads, sides, kept, batch=4)
+    looped = edge_effects(spliced, tokens, states, grads, sides, kept, batched=False)
+    a = {(e.up, e.down): e.effect for e in fast}
+    b = {(e.up, e.down): e.effect for e in looped}
+    assert len(b) > 50 and a.keys() == b.keys()
+    assert max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in a) < 1e-4
