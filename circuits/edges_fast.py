@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from saelab.circuits.attribution import PatchSide
-from saelab.circuits.edges import Edge, _cotangents, _upstream_deltas, hook_pairs
+from saelab.circuits.edge_terms import Edge, cotangents, hook_pairs, upstream_deltas
 from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
 from saelab.circuits.splice import SUBMODULES, SplicedModel, SpliceState, hook_order
 from saelab.circuits.window import PrefixKV, block_kwargs, run_blocks
@@ -60,7 +60,7 @@ def fast_edge_effects(
                 progress.update(sum(len(by_hook[b]) for b in downs))
             continue
         leaf, raw = _window_forward(spliced, tokens, states, a, downs, kw, s0, t1)
-        (feats, d_f), d_e = _upstream_deltas(spliced, a, states[a], sides[a], ups)
+        (feats, d_f), d_e = upstream_deltas(spliced, a, states[a], sides[a], ups)
         up = _Upstream(spliced.saes[a].W_dec.detach(), feats, d_f, d_e, ups, s0, t1)
         for b in downs:
             E = _down_hook(spliced, b, states[b], grads[b], by_hook[b], leaf, raw[b], up, batch)
@@ -174,7 +174,7 @@ def _down_hook(spliced, b, st: SpliceState, g_b, downs: list[NodeKey], leaf, raw
     )
     per_latent = _per_latent(sae)
     if not per_latent:  # the reference's seeds, one encoder backward per node
-        reference = torch.stack(_cotangents(spliced, b, st.x, g_b, downs))
+        reference = torch.stack(cotangents(spliced, b, st.x, g_b, downs))
     slot = active.long().cumsum(0) - 1  # packing: the j-th active node of a prompt → slot j
     n_slots = int(active.sum(0).max()) if active.any() else 0
     E = torch.zeros(K, len(up.col), dtype=torch.float64)
