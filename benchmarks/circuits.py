@@ -7,6 +7,11 @@ Without --sae/--acts it harvests a small store (three residual hooks) and trains
 per hook first (minutes on 2 CPU cores). Every measurement runs in its own process, so each
 peak RSS is its own (`peak_rss_mb`; `rss_rise_mb` = peak minus the RSS just before the timed
 part). Writes benchmarks/results/circuits-<device>.json.
+
+`edges-compare` times the fast edges (`batched=True`) against the per-node loop in one process,
+alternated twice, at the circuit sizes `--edge-sizes` (top-N nodes; default 39 and 358), and
+records both edge sets' agreement. With `--only KIND ...` the other measurements already in
+the JSON are kept (each result records the commit it ran at).
 """
 
 from __future__ import annotations
@@ -91,21 +96,39 @@ def one(kind: str, args) -> dict:
         effects, _ = attribute(spliced, task.clean, metric, sides, "atp")
         nodes = aggregate(effects, True)
         kept = [n for n in nodes if abs(n.effect) >= args.node_threshold]
+        if args.kept:  # a circuit size rather than a threshold: the top `kept` nodes
+            kept = nodes[: args.kept]
+            args.node_threshold = abs(kept[-1].effect)
         logits, states, _ = spliced.run_spliced(task.clean, grads=True)
         values = metric(logits, {})
         outs = [states[h].out for h in spliced.hooks]
         grads = dict(zip(spliced.hooks, torch.autograd.grad(values.sum(), outs)))
         if kind == "edges-compare":  # both ways in one process, alternating, twice
             before, times = _rss_mb(), {"batched": [], "looped": []}
+            found = {}
+            out["loadavg_1m_before"] = os.getloadavg()[0]
             for _ in range(2):
                 for name, flag in (("batched", True), ("looped", False)):
                     t = time.perf_counter()
-                    edge_effects(
+                    edges = edge_effects(
                         spliced, task.clean, states, grads, sides, kept, batch=64, batched=flag
                     )
                     times[name].append(time.perf_counter() - t)
+                    found.setdefault(name, {(e.up, e.down): e.effect for e in edges})
+            out["loadavg_1m_after"] = os.getloadavg()[0]
+            a, b = found["batched"], found["looped"]
             out.update(seconds=times, kept_nodes=len(kept), node_threshold=args.node_threshold)
+            out["edges_nonzero"] = len(b)
+            out["threads"] = torch.get_num_threads()
             out["speedup_best_of_two"] = min(times["looped"]) / min(times["batched"])
+            out["same_keys"] = a.keys() == b.keys()
+            out["max_relative_difference"] = max(
+                (abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in b if k in a), default=0.0
+            )
+            big = [k for k in b if abs(b[k]) >= 1e-4]  # edges well above float32 noise
+            out["max_relative_difference_edges_above_1e-4"] = max(
+                (abs(a[k] - b[k]) / abs(b[k]) for k in big if k in a), default=0.0
+            )
             out["peak_rss_mb"] = _peak_mb()
             out["rss_rise_mb"] = _peak_mb() - before
             return out
@@ -192,6 +215,16 @@ def main() -> None:
     p.add_argument("--task", default="sva")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--node-threshold", type=float, default=0.02)
+    p.add_argument(
+        "--kept", type=int, default=0, help="edges: the top N nodes (overrides the threshold)"
+    )
+    p.add_argument(
+        "--edge-sizes",
+        type=int,
+        nargs="+",
+        default=[39, 358],
+        help="kept nodes of the edges-compare runs",
+    )
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--d-sae", type=int, default=2304)
     p.add_argument("--k", type=int, default=32)
@@ -217,9 +250,7 @@ def main() -> None:
         # scaling: longer prompts (sva-rc: 7 tokens vs 3), and more kept nodes
         ("edges-batched", {"--task": "sva-rc"}),
         ("edges-batched", {"--node-threshold": str(args.node_threshold / 4)}),
-        ("edges-compare", {}),
-        ("edges-compare", {"--node-threshold": str(args.node_threshold / 4)}),
-    ]
+    ] + [("edges-compare", {"--kept": str(n)}) for n in args.edge_sizes]
     if args.only:
         runs = [r for r in runs if r[0] in args.only]
     results = []
@@ -238,6 +269,8 @@ def main() -> None:
             str(args.prompts),
             "--node-threshold",
             str(args.node_threshold),
+            "--kept",
+            "0",
         ]
         if args.acts:
             cmd += ["--acts", args.acts]
@@ -249,12 +282,46 @@ def main() -> None:
             print(proc.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"measurement {kind} failed")
         res = json.loads(line[0][7:])
+        res["git_commit"] = machine_info().get("git_commit")
         results.append(res)
         print(json.dumps({k: v for k, v in res.items() if k not in ("edges", "edge_checks")}))
+    device = machine_info()["device"].split()[0].lower()
+    path = Path(__file__).parent / "results" / f"circuits-{device}.json"
     summary = {}
-    batched = next(r for r in results if r["kind"] == "edges-batched")
+    if args.only and path.exists():  # a partial run: keep the other measurements
+        old = json.loads(path.read_text())
+        summary = old.get("summary", {})
+        results = [r for r in old.get("results", []) if r["kind"] not in args.only] + results
+    compares = [r for r in results if r["kind"] == "edges-compare"]
+    if compares:
+        summary["same_process_edges"] = {
+            "note": "batched (circuits/edges_fast.py) and looped (the per-node reference) "
+            "alternated twice in one process (edges-compare), task "
+            f"{args.task}, {args.prompts} prompts; loadavg_1m_before/after per run",
+            "runs": [
+                {
+                    "threshold": r["node_threshold"],
+                    "kept": r["kept_nodes"],
+                    "edges": r["edges_nonzero"],
+                    "batched_s": r["seconds"]["batched"],
+                    "looped_s": r["seconds"]["looped"],
+                    "threads": r["threads"],
+                    "speedup_best_of_two": r["speedup_best_of_two"],
+                    "same_keys": r["same_keys"],
+                    "max_relative_difference": r["max_relative_difference"],
+                    "max_relative_difference_edges_above_1e-4": r[
+                        "max_relative_difference_edges_above_1e-4"
+                    ],
+                    "loadavg_1m_before": r["loadavg_1m_before"],
+                    "loadavg_1m_after": r["loadavg_1m_after"],
+                    "git_commit": r.get("git_commit"),
+                }
+                for r in compares
+            ],
+        }
+    batched = next((r for r in results if r["kind"] == "edges-batched"), None)
     looped = next((r for r in results if r["kind"] == "edges-looped"), None)
-    if looped:
+    if batched and looped and "edges" in batched and "edges" in looped:
         a, b = batched.pop("edges"), looped.pop("edges")
         worst = max((abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in a), default=0.0)
         summary["edges_speedup_batched_vs_looped"] = looped["seconds"] / batched["seconds"]
@@ -269,8 +336,6 @@ def main() -> None:
         "summary": summary,
         "results": results,
     }
-    device = record["machine"]["device"].split()[0].lower()
-    path = Path(__file__).parent / "results" / f"circuits-{device}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(summary))
     print(f"written {path}")

@@ -7,10 +7,11 @@ upstream hook makes the upstream hook's output a leaf and detaches every later s
 after capturing its raw input x_b, which then depends on the leaf through direct paths only.
 
 For a downstream node d the vector c_d = (∂m/∂d) ∂d/∂x_b is a cheap backward through the SAE
-encoder alone; the expensive part, J^T c_d through the model between the two hooks, runs for a
-whole batch of downstream nodes in one vector-Jacobian product (`is_grads_batched`), not one
-backward per node. `batched=False` runs the same products one at a time (the reference).
-Edges are kept as a sparse list (u, d, effect), never a dense adjacency.
+encoder alone; the expensive part, J^T c_d through the model between the two hooks, is one
+backward per node in the reference (`batched=False`, kept here as the independent check).
+`batched=True` (circuits/edges_fast.py) gets the same numbers from only the blocks and positions
+involved and backward seeds packed across prompts. Edges are kept as a sparse list
+(u, d, effect), never a dense adjacency.
 
 Candidate hook pairs: a before b with no spliced `hook_resid_post` strictly between them (the
 residual stream is a bottleneck: nothing before it reaches past it directly).
@@ -18,36 +19,15 @@ residual stream is a bottleneck: nothing before it reaches past it directly).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from saelab.circuits.attribution import PatchSide
+from saelab.circuits.edge_terms import Edge, cotangents, hook_pairs, upstream_deltas
 from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
 from saelab.circuits.splice import SplicedModel, SpliceState, hook_order
 
 EDGE_METHODS = ("ig", "atp")
-
-
-@dataclass
-class Edge:
-    up: NodeKey
-    down: NodeKey
-    effect: float
-
-
-def hook_pairs(hooks: list[str]) -> list[tuple[str, str]]:
-    """Pairs (a, b) of spliced hooks with a direct path from a to b."""
-    ordered = sorted(hooks, key=hook_order)
-    pairs = []
-    for i, a in enumerate(ordered):
-        for b in ordered[i + 1 :]:
-            between = [c for c in ordered if hook_order(a) < hook_order(c) < hook_order(b)]
-            if any(c.endswith("hook_resid_post") for c in between):
-                continue
-            pairs.append((a, b))
-    return pairs
 
 
 def edge_effects(
@@ -61,7 +41,15 @@ def edge_effects(
     batched: bool = True,
     progress=None,
 ) -> list[Edge]:
-    """Direct effects between every pair of kept nodes in connected hooks (all non-zero)."""
+    """Direct effects between every pair of kept nodes in connected hooks (all non-zero).
+
+    `batched=False`: the reference, one full forward per upstream hook and one backward per
+    downstream node. `batched=True` (circuits/edges_fast.py): the same numbers from a forward
+    of only the blocks and positions involved and packed, batched backwards."""
+    if batched:
+        from saelab.circuits.edges_fast import fast_edge_effects
+
+        return fast_edge_effects(spliced, tokens, states, grads, sides, nodes, batch, progress)
     by_hook: dict[str, list[NodeKey]] = {}
     for n in nodes:
         by_hook.setdefault(n.key.hook, []).append(n.key)
@@ -71,12 +59,12 @@ def edge_effects(
         downs = [b for x, b in pairs if x == a]
         leaf, raw = _direct_forward(spliced, tokens, states[a].x, a, downs)
         ups = by_hook[a]
-        up_f, up_e = _upstream_deltas(spliced, a, states[a], sides[a], ups)
+        up_f, up_e = upstream_deltas(spliced, a, states[a], sides[a], ups)
         for b in downs:
-            cots = _cotangents(spliced, b, states[b].x, grads[b], by_hook[b])
+            cots = cotangents(spliced, b, states[b].x, grads[b], by_hook[b])
             for start in range(0, len(cots), batch):
                 C = torch.stack(cots[start : start + batch])
-                G = _vjp(raw[b], leaf, C, batched)
+                G = _vjp(raw[b], leaf, C)
                 E = _contract(G, spliced.saes[a].W_dec.detach(), up_f, up_e, ups)
                 for k, down in enumerate(by_hook[b][start : start + batch]):
                     for j, up in enumerate(ups):
@@ -108,70 +96,9 @@ def _direct_forward(spliced, tokens, x_a, a, downs):
     return leaf, raw
 
 
-def _vjp(out: Tensor, leaf: Tensor, C: Tensor, batched: bool) -> Tensor:
-    """J^T c for each c in C `[K, B, T, d]` (J = ∂out/∂leaf)."""
-    if batched:
-        (G,) = torch.autograd.grad(out, leaf, C, retain_graph=True, is_grads_batched=True)
-        return G
+def _vjp(out: Tensor, leaf: Tensor, C: Tensor) -> Tensor:
+    """J^T c for each c in C `[K, B, T, d]` (J = ∂out/∂leaf), one backward each."""
     return torch.stack([torch.autograd.grad(out, leaf, c, retain_graph=True)[0] for c in C])
-
-
-def _pos_mask(T: int, pos: int) -> Tensor:
-    mask = torch.zeros(T)
-    if pos == SUMMED:
-        mask[1:] = 1
-    else:
-        mask[pos] = 1
-    return mask
-
-
-def _cotangents(spliced, b: str, x_b: Tensor, g_b: Tensor, downs: list[NodeKey]) -> list[Tensor]:
-    """c_d = (∂m/∂d) ∂d/∂x_b for each downstream node, through the SAE encoder only."""
-    sae = spliced.saes[b]
-    B, T, d = x_b.shape
-    x = x_b.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        code = sae.encode_sparse(x.reshape(-1, d))
-        x_hat = sae.decode_sparse(code).reshape(B, T, d)
-        err = x - x_hat
-    g = g_b.detach()
-    W = sae.W_dec.detach()
-    out = []
-    for key in downs:
-        mask = _pos_mask(T, key.pos).view(1, T, 1)
-        if key.feature == ERROR:
-            (c,) = torch.autograd.grad(err, x, g * mask, retain_graph=True)
-        else:
-            w = (g * mask) @ W[key.feature]  # ∂m/∂d per row [B, T]
-            grad_vals = (code.idx == key.feature).to(w.dtype) * w.reshape(-1, 1)
-            (c,) = torch.autograd.grad(code.vals, x, grad_vals, retain_graph=True)
-        out.append(c)
-    return out
-
-
-def _upstream_deltas(spliced, a, clean: SpliceState, side: PatchSide, ups: list[NodeKey]):
-    """Δf `[B, T, F]` for the kept upstream features (ids in first-seen order) and Δε."""
-    B, T, d = clean.x.shape
-    feats = list(dict.fromkeys(k.feature for k in ups if k.feature != ERROR))
-    ids = torch.tensor(feats, dtype=torch.long)
-
-    def dense(idx: Tensor, vals: Tensor) -> Tensor:
-        hit = (idx.unsqueeze(-1) == ids).to(vals.dtype)  # [N, k, F]
-        return torch.einsum("nk,nkf->nf", vals.detach(), hit).view(B, T, -1)
-
-    f_c = dense(clean.idx, clean.vals)
-    if side.kind == "patch":
-        f_p = dense(side.state.idx, side.state.vals)
-    elif side.kind == "mean":
-        f_p = side.stats.feature_mean[ids].expand(B, T, -1)
-    else:
-        f_p = torch.zeros_like(f_c)
-    d_f = f_p - f_c
-    d_e = (side.err(clean.err) - clean.err).detach()
-    d_f[:, 0] = 0
-    d_e = d_e.clone()
-    d_e[:, 0] = 0
-    return (feats, d_f), d_e
 
 
 def _contract(G: Tensor, W_dec: Tensor, up_f, d_e: Tensor, ups: list[NodeKey]) -> Tensor:

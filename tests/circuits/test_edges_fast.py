@@ -1,0 +1,109 @@
+"""The fast edge path (circuits/edges_fast.py) against the per-node loop (the reference), and
+its window forward against a full forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saelab.circuits.attribution import LogitDiff, attribute, patch_sides
+from saelab.circuits.edges import edge_effects
+from saelab.circuits.nodes import ERROR, aggregate
+from saelab.circuits.window import PrefixKV, block_kwargs, run_blocks
+
+
+def _many_nodes(spliced, task, per_position: bool, n_prompts: int = 6, per_hook: int = 14):
+    tokens = task.clean[:n_prompts]
+    metric = LogitDiff(task.correct[:n_prompts], task.wrong[:n_prompts])
+    sides = patch_sides(spliced, task.patch[:n_prompts], "patch")
+    effects, _ = attribute(spliced, tokens, metric, sides, "atp")
+    nodes = aggregate(effects, per_position=per_position)
+    kept = []
+    for hook in spliced.hooks:  # the strongest features of every hook, and every error node
+        mine = [n for n in nodes if n.key.hook == hook]
+        kept += [n for n in mine if n.key.feature != ERROR][:per_hook]
+        kept += [n for n in mine if n.key.feature == ERROR]
+    logits, states, _ = spliced.run_spliced(tokens, grads=True)
+    outs = [states[h].out for h in spliced.hooks]
+    grads = dict(zip(spliced.hooks, torch.autograd.grad(metric(logits, {}).sum(), outs)))
+    return tokens, states, grads, sides, kept
+
+
+@pytest.mark.parametrize("per_position,late", [(True, False), (False, False), (True, True)])
+def test_fast_edges_equal_the_per_node_loop(random_spliced, sva_small, per_position, late):
+    tokens, states, grads, sides, kept = _many_nodes(random_spliced, sva_small, per_position)
+    if late:  # nodes from position 3 on: the prompts' first 3 tokens differ, a real prefix
+        kept = [n for n in kept if n.key.pos >= 3]
+        assert len(torch.unique(tokens[:, :3], dim=0)) > 1
+    fast = edge_effects(random_spliced, tokens, states, grads, sides, kept, batch=4)
+    looped = edge_effects(random_spliced, tokens, states, grads, sides, kept, batched=False)
+    a = {(e.up, e.down): e.effect for e in fast}
+    b = {(e.up, e.down): e.effect for e in looped}
+    assert len(kept) > 30 and len(b) > 200
+    assert a.keys() == b.keys()
+    assert [(e.up, e.down) for e in fast] == [(e.up, e.down) for e in looped]  # same order
+    worst = max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in a)
+    assert worst < 1e-4, worst
+    # error nodes on both ends, and features that are off on some prompts (packed seeds)
+    assert any(k[0].is_error for k in b) and any(k[1].is_error for k in b)
+    B, T = tokens.shape
+
+    def everywhere(key) -> bool:  # the latent is on at its position in every prompt
+        st = states[key.hook]
+        hit = (st.idx.view(B, T, -1)[:, key.pos] == key.feature) & (
+            st.vals.view(B, T, -1)[:, key.pos] != 0
+        )
+        return bool(hit.any(-1).all())
+
+    feats = [n.key for n in kept if not n.key.is_error and n.key.pos != -1]
+    assert not per_position or any(not everywhere(k) for k in feats)
+
+
+def test_window_of_blocks_equals_the_full_forward(random_spliced, sva_small):
+    """Blocks 2..3 on positions 3.. with positions 0..2 as cached keys and values, against
+    the same positions of one full forward (with an edit inside block 2 in both)."""
+    spliced = random_spliced
+    tokens = sva_small.clean
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(name):
+        def fn(x):
+            seen[name] = x
+            return x * 1.5 if name == "mlp" else None
+
+        return fn
+
+    edits = {"blocks.2.hook_mlp_out": grab("mlp"), "blocks.3.hook_resid_post": grab("out")}
+    with torch.no_grad():
+        spliced.forward(tokens, edits, stop_at_layer=4)
+        full = seen["out"].clone()
+        start = spliced.forward(tokens, stop_at_layer=2)[0]
+        kw = block_kwargs(spliced, tokens)
+        cache = PrefixKV()
+        run_blocks(spliced, start[:, :3], 2, 3, kw, 0, cache, edits)
+        cache.expand(torch.arange(len(tokens)))
+        out = run_blocks(spliced, start[:, 3:], 2, 3, kw, 3, cache, edits)
+    assert tokens.shape[1] > 4
+    torch.testing.assert_close(out, full[:, 3:], rtol=1e-5, atol=1e-4)
+
+
+def test_fast_edges_with_matching_pursuit_saes(model, sva_small):
+    """Matching pursuit's value at one latent depends on the earlier picks: the fast path takes
+    the reference's per-node seeds there, and still equals the loop."""
+    from saelab.circuits.edges_fast import _per_latent
+    from saelab.circuits.splice import SplicedModel
+    from saelab.sae.registry import build_sae, make_config
+
+    hooks = ["blocks.1.hook_resid_post", "blocks.2.hook_mlp_out", "blocks.3.hook_resid_post"]
+    saes = {
+        h: build_sae(make_config("mp", d_sae=96, k=5, seed=i), 576) for i, h in enumerate(hooks)
+    }
+    spliced = SplicedModel(model, saes)
+    assert not _per_latent(saes[hooks[0]])
+    tokens, states, grads, sides, kept = _many_nodes(spliced, sva_small, True, per_hook=8)
+    fast = edge_effects(spliced, tokens, states, grads, sides, kept, batch=4)
+    looped = edge_effects(spliced, tokens, states, grads, sides, kept, batched=False)
+    a = {(e.up, e.down): e.effect for e in fast}
+    b = {(e.up, e.down): e.effect for e in looped}
+    assert len(b) > 50 and a.keys() == b.keys()
+    assert max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in a) < 1e-4
