@@ -33,6 +33,8 @@ DISABLE_ENV = "SAELAB_DISABLE_NATIVE"
 CACHE_ENV = "SAELAB_NATIVE_CACHE"
 SOURCE = Path(__file__).resolve().parent / "csrc" / "saelab_native.c"
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=c99"]
+BUILD_TIMEOUT_S = 120
+"""A compiler that takes longer is given up on (the torch paths run)."""
 
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
@@ -73,7 +75,7 @@ def _cache_dir() -> Path:
 
 def _build(cc: str) -> Path:
     source = SOURCE.read_bytes()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256(
         b"\0".join([source, version.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()])
     ).hexdigest()[:16]
@@ -86,7 +88,11 @@ def _build(cc: str) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True, text=True
+            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
         )
         os.replace(tmp, target)
     finally:
@@ -103,7 +109,7 @@ def _load() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(_build(cc)))
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
         log.warning("saelab's native CPU kernels did not build (%s); torch paths run", detail[:300])
         return None
@@ -134,6 +140,13 @@ def _usable(*tensors: Tensor) -> bool:
     )
 
 
+def _valid_columns(cols: Tensor, d: int) -> bool:
+    """`cols` a 1-D CPU integer tensor of columns in `0..d-1` (the C code trusts it)."""
+    if cols.dim() != 1 or cols.device.type != "cpu" or cols.is_floating_point():
+        return False
+    return cols.numel() == 0 or (int(cols.min()) >= 0 and int(cols.max()) < d)
+
+
 def topk_rows(
     pre: Tensor, k: int, bias: Tensor | None = None, cols: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None] | None:
@@ -144,9 +157,14 @@ def topk_rows(
     those). The bias and the columns are taken row by row while the row is in cache, sparing
     the caller two passes over the whole matrix (`addmm`'s bias broadcast, `index_select`)."""
     lib = library()
-    if lib is None or not _usable(pre) or pre.requires_grad:
+    pre = pre.detach()
+    if lib is None or not _usable(pre) or pre.dim() != 2:
         return None
-    if bias is not None and (not _usable(bias) or tuple(bias.shape) != (pre.shape[1],)):
+    if bias is not None:
+        bias = bias.detach()
+        if not _usable(bias) or tuple(bias.shape) != (pre.shape[1],):
+            return None
+    if cols is not None and not _valid_columns(cols, pre.shape[1]):
         return None
     n, d = pre.shape
     vals = torch.empty(n, k, dtype=pre.dtype)
@@ -181,6 +199,7 @@ def project_rows_(grad: Tensor, w: Tensor) -> bool:
     lib.saelab_project_rows(
         grad.data_ptr(), w.data_ptr(), grad.shape[0], grad.shape[1], _threads(grad.numel())
     )
+    torch.autograd.graph.increment_version(grad)  # written behind autograd's back
     return True
 
 
@@ -191,4 +210,5 @@ def normalize_rows_(w: Tensor, eps: float = 1e-12) -> bool:
     if lib is None or not _usable(w) or w.dim() != 2:
         return False
     lib.saelab_normalize_rows(w.data_ptr(), w.shape[0], w.shape[1], eps, _threads(w.numel()))
+    torch.autograd.graph.increment_version(w)  # so a graph that saved w refuses to run
     return True

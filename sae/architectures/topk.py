@@ -177,7 +177,10 @@ def positive_part(vals: Tensor, idx: Tensor) -> Tensor | None:
     reordered largest first and cut to the widest row's count of positive values (None when
     none is positive). Exact: a cut entry is <= 0, so its ReLU output and its gradient are 0.
     AuxK's dead latents are mostly negative late in training, so this keeps a small part of
-    the k_aux slots the sparse decode and its backward would otherwise run over."""
+    the k_aux slots the sparse decode and its backward would otherwise run over. CPU only
+    (elsewhere `idx` unchanged: reading the width would sync the device each step)."""
+    if vals.device.type != "cpu":
+        return idx  # the width would cost a device sync every step: no cut off the CPU
     width = int((vals > 0).sum(1).max()) if vals.numel() else 0
     if width == 0:
         return None

@@ -135,11 +135,31 @@ def test_project_and_normalize_rows_match_float64():
     w /= w.norm(dim=1, keepdim=True)
     grad = torch.randn(300, 577, generator=g)
     ref = grad.double() - (grad.double() * w.double()).sum(1, keepdim=True) * w.double()
+    version = grad._version
     assert native.project_rows_(grad, w)
+    assert grad._version > version  # autograd sees the in-place write
     torch.testing.assert_close(grad.double(), ref, rtol=0, atol=1e-5, msg=f"seed {seed}")
     raw = torch.randn(300, 577, generator=g) * 3
     raw[7] = 0.0  # a zero row stays zero (divided by eps, not by 0)
     ref = raw.double() / raw.double().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    version = raw._version
     assert native.normalize_rows_(raw)
+    assert raw._version > version
     torch.testing.assert_close(raw.double(), ref, rtol=0, atol=1e-6, msg=f"seed {seed}")
     assert not native.project_rows_(grad.double(), w.double())  # other dtypes: caller's path
+
+
+@needs_native
+def test_topk_rows_declines_bad_columns():
+    """Columns out of range, negative, 2-D or floating would be read unchecked by the C code:
+    they are declined (the caller's torch path then raises or indexes as torch does)."""
+    pre = torch.randn(6, 300, generator=torch.Generator().manual_seed(new_seed()))
+    for cols in (
+        torch.tensor([0, 300]),
+        torch.tensor([-1, 3]),
+        torch.tensor([[1, 2]]),
+        torch.tensor([1.0]),
+    ):
+        assert native.topk_rows(pre, 4, None, cols) is None
+    found = native.topk_rows(pre.requires_grad_(), 4, None, torch.tensor([0, 299]))
+    assert found is not None and torch.equal(found[2], pre.detach()[:, [0, 299]])
