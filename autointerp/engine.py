@@ -9,8 +9,11 @@ max_tokens) and its cache joins the prefix cache.
 
 Greedy requests also verify draft tokens in the same pass (prompt lookup: the tokens that
 followed the last earlier occurrence of the sequence's last few tokens). A draft token is kept
-only where it equals the argmax of the row before it, so the output is the greedy output; a
-step costs about the same with a few more rows, since decoding reads all the weights anyway.
+only where it equals the argmax of the row before it, so the output is the greedy output, equal
+to the one-at-a-time output up to float rounding (a step's rows go through different matmul
+kernels by its row count, see `lean_llama.SMALL_ROWS`, so an exact near-tie could flip a greedy
+token); a step costs about the same with a few more rows, since decoding reads all the weights
+anyway.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ class Cancelled(Exception):
     """The client hung up (or the server stops); the request's work stops."""
 
 
+class GenerationFailed(RuntimeError):
+    """A step failed this request (its admission, its forward pass, or its own token
+    handling); the error that did is the `__cause__`."""
+
+
 @dataclass
 class Request:
     """One completion in flight."""
@@ -66,6 +74,10 @@ class Request:
     draft_len: int = DRAFT_TOKENS
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
 
     @property
     def tokens(self) -> list[int]:
@@ -97,7 +109,9 @@ class Engine:
         self._queue = threading.Lock()
 
     def run(self, req: Request) -> None:
-        """Serve `req` to completion (raises `Cancelled` if it was cancelled)."""
+        """Serve `req` to completion (raises `Cancelled` if it was cancelled, `GenerationFailed`
+        if a step failed it). The thread running a step that fails raises nothing for the
+        others' sake: each thread raises only its own request's error."""
         with self._queue:
             self._pending.append(req)
         while not req.done.is_set():
@@ -105,15 +119,20 @@ class Engine:
                 try:
                     if not req.done.is_set():
                         self.step()
-                except BaseException as err:  # a model error fails every request in flight
+                except Exception as err:  # the forward pass failed: so did its requests (only)
+                    for r in list(self._active):
+                        self._finish(r, err)
+                except BaseException as err:  # KeyboardInterrupt, SystemExit: nobody waits on
                     for r in self._active + self._take_pending():
                         self._finish(r, err)
-                    self._active = []
                     raise
                 finally:
                     self.lock.release()
-        if req.error is not None:
+        if isinstance(req.error, Cancelled):
             raise req.error
+        if req.error is not None:
+            error = req.error
+            raise GenerationFailed(f"{type(error).__name__}: {error}") from error
 
     def step(self) -> None:
         from saelab.autointerp.lean_llama import Chunk
@@ -138,7 +157,12 @@ class Engine:
         self.stats.batched_steps += len(chunks) > 1
         logits = self.model.forward(chunks)
         for r, chunk, rows in zip(owners, chunks, logits):
-            if self._advance(r, chunk, rows):
+            try:
+                done = self._advance(r, chunk, rows)
+            except Exception as err:  # its own choice or stop check: it alone fails
+                self._finish(r, err)
+                continue
+            if done:
                 self._finish(r)
 
     def _advance(self, r: Request, chunk: Chunk, rows: torch.Tensor) -> bool:
@@ -186,26 +210,38 @@ class Engine:
 
     def _admit(self) -> None:
         admitted, deferred = [], []
-        for r in self._take_pending(MAX_BATCH - len(self._active)):
-            if r.cancelled():
-                self._finish(r, Cancelled())
-                continue
-            shared, source = self._reusable(r.ids)
-            # a request sharing more with one admitted in this step waits a step and copies it
-            more = max(shared, MIN_REUSE) + 32
-            if any(common_prefix(a.ids, r.ids[:-1]) >= more for a in admitted):
-                deferred.append(r)
-                continue
-            capacity = len(r.ids) + r.max_tokens + DRAFT_TOKENS + 1
-            r.cache = self.model.new_cache(capacity)
-            if shared:
-                r.cache[:, :, :, :shared] = source[:, :, :, :shared]
-            r.length = r.reused = shared
-            self.stats.reused_prompt_tokens += shared
-            self._active.append(r)
-            admitted.append(r)
-        with self._queue:
-            self._pending[:0] = deferred
+        taken = self._take_pending(MAX_BATCH - len(self._active))
+        try:
+            while taken:
+                r = taken.pop(0)
+                try:
+                    self._admit_one(r, admitted, deferred)
+                except BaseException as err:  # no room for its cache...: it alone fails
+                    self._finish(r, err)
+                    if not isinstance(err, Exception):
+                        raise
+        finally:  # the deferred, and any not reached, wait for the next step
+            with self._queue:
+                self._pending[:0] = deferred + taken
+
+    def _admit_one(self, r: Request, admitted: list[Request], deferred: list[Request]) -> None:
+        if r.cancelled():
+            self._finish(r, Cancelled())
+            return
+        shared, source = self._reusable(r.ids)
+        # a request sharing more with one admitted in this step waits a step and copies it
+        more = max(shared, MIN_REUSE) + 32
+        if any(common_prefix(a.ids, r.ids[:-1]) >= more for a in admitted):
+            deferred.append(r)
+            return
+        capacity = len(r.ids) + r.max_tokens + DRAFT_TOKENS + 1
+        r.cache = self.model.new_cache(capacity)
+        if shared:
+            r.cache[:, :, :, :shared] = source[:, :, :, :shared]
+        r.length = r.reused = shared
+        self.stats.reused_prompt_tokens += shared
+        self._active.append(r)
+        admitted.append(r)
 
     def _reusable(self, ids: list[int]) -> tuple[int, torch.Tensor | None]:
         """The longest cached prefix of `ids`: in the prefix cache or a request in flight."""

@@ -8,7 +8,10 @@ per chunk against its own cache (no padding, no cross-sequence mask). It compute
 `LlamaForCausalLM` computes, with the same operations in the same order (RMSNorm in float32, the
 rotary table from the model's `inv_freq`, SDPA with grouped KV heads); q/k/v and gate/up are
 each one matrix (the HF modules' weights become views into it), and steps of a few rows use
-oneDNN-packed copies of the weights (`SMALL_ROWS`).
+oneDNN-packed copies of the weights (`SMALL_ROWS`). So a row's logits are not bitwise fixed:
+steps of 2 to `SMALL_ROWS` rows multiply through oneDNN, 1 row and more rows through MKL, and a
+row's logits depend on the step it is in. They equal transformers' and the one-at-a-time
+output up to float rounding (an exact near-tie could flip a greedy token).
 Models it does not cover (`supports` says which) are served through transformers instead.
 """
 
@@ -29,7 +32,7 @@ decoding) and more rows (prefill) use MKL, as transformers does."""
 
 
 def supports(model) -> str | None:
-    """None if `model` is a plain Llama this module computes exactly, else why not."""
+    """None if `model` is a plain Llama this module covers, else why not."""
     cfg = model.config
     if cfg.model_type != "llama" or type(model).__name__ != "LlamaForCausalLM":
         return f"model type {cfg.model_type!r}"

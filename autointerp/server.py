@@ -27,11 +27,15 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from saelab.autointerp.engine import Cancelled, Engine, Request
+from saelab.autointerp.engine import Cancelled, Engine, GenerationFailed, Request
 from saelab.base.config import check_fields
 from saelab.base.errors import UserError, check_host, listen_error
 
 MAX_TOP_LOGPROBS = 20
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit the model's positions (the server answers 400)."""
 
 
 @dataclass
@@ -48,7 +52,8 @@ class ServeConfig:
     """Most completion tokens one request may ask for."""
     speculate: bool = True
     """Greedy requests verify prompt-lookup draft tokens in the same forward pass (the output
-    is the greedy output; `--no-speculate` decodes one token per pass)."""
+    is the greedy output, equal to the one-at-a-time output up to float rounding: an exact
+    near-tie could flip a greedy token; `--no-speculate` decodes one token per pass)."""
     threads: int | None = None
     """Torch threads while serving. None: the cores not busy with other work when the server
     starts (at least 1): on a shared CPU, more threads than free cores make every forward
@@ -103,8 +108,9 @@ class Generator:
     lean: bool = True
     """Serve a Llama-family model through `Engine` (False: through transformers)."""
     speculate: bool = True
-    """Greedy requests verify prompt-lookup drafts (exact: a draft is kept only where it is
-    the greedy token)."""
+    """Greedy requests verify prompt-lookup drafts (a draft is kept only where it is the greedy
+    token; the output equals the one-at-a-time output up to float rounding, so an exact
+    near-tie could flip a greedy token)."""
     engine: Engine | None = None
     """The engine (built from `model` when None and `lean`)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -161,6 +167,8 @@ class Generator:
         stop: list[str] | None = None,
         cancelled=lambda: False,
     ) -> Generation:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         ids = self.encode(messages)
         if cancelled():
             raise Cancelled
@@ -183,7 +191,7 @@ class Generator:
             if stop and any(s in self.decode(req.out_ids) for s in stop):
                 finish[0] = "stop"
                 return True
-            return len(req.out_ids) == max_tokens
+            return len(req.out_ids) >= max_tokens
 
         if temperature > 0:
             sampler = torch.Generator().manual_seed(int(seed or 0))
@@ -198,7 +206,9 @@ class Generator:
 
         limit = self.engine.model.max_positions
         if len(ids) >= limit:
-            raise ValueError(f"the prompt has {len(ids)} tokens; this model takes {limit - 1}")
+            raise PromptTooLong(
+                f"the prompt has {len(ids)} tokens; this model takes at most {limit - 1}"
+            )
         max_tokens = min(max_tokens, limit - len(ids))
         req = Request(ids, max_tokens, choose, temperature == 0, accept, cancelled)
         self.engine.run(req)
@@ -478,11 +488,15 @@ def _handler(server: LocalServer):
             try:
                 result = server.generator.generate(**request, cancelled=cancelled)
             except Cancelled:
-                server.generator.stats.cancelled += 1
+                with server.generator._stats_lock:
+                    server.generator.stats.cancelled += 1
                 self.close_connection = True
                 return
+            except PromptTooLong as err:
+                return self._error(400, str(err))
             except Exception as err:  # a model error: the client sees a 500, the server lives
-                return self._error(500, f"generation failed: {type(err).__name__}: {err}")
+                name = "" if isinstance(err, GenerationFailed) else f"{type(err).__name__}: "
+                return self._error(500, f"generation failed: {name}{err}")
             self._send(200, _response(body, request, result, server.model_id))
 
     return Handler

@@ -5,11 +5,12 @@ each give what transformers (or the request alone) gives."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
 
-from saelab.autointerp.engine import Engine
+from saelab.autointerp.engine import Engine, Request
 from saelab.autointerp.lean_llama import Chunk
 from saelab.autointerp.prefix_cache import PrefixCache
 from saelab.autointerp.server import Generator
@@ -105,19 +106,124 @@ def test_concurrent_requests_return_what_each_returns_alone(local_generator):
         start.wait()
         got[i] = together.generate(**requests[i])
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(len(requests))]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 120
     for t in threads:
-        t.join(120)
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads)
     assert together.engine.stats.batched_steps > 0
     assert alone[2].finish_reason == "stop" and alone[2].text.endswith("6, ")
-    for a, b in zip(alone, got):
+    for r, a, b in zip(requests, alone, got):
+        if r.get("temperature", 0) > 0:
+            # sampled: its logits came through other kernels (a step's row count picks them),
+            # so multinomial may draw another token; a valid completion, the same while the
+            # tokens agree
+            assert 0 < len(b.token_ids) <= r["max_tokens"] and b.finish_reason in ("stop", "length")
+            assert len(b.tokens) == len(b.token_ids)
+            pairs = list(zip(a.token_ids, b.token_ids))
+            same = next((i for i, (x, y) in enumerate(pairs) if x != y), len(pairs))
+            for x, y in zip(a.tokens[:same], b.tokens[:same]):
+                assert x["logprob"] == pytest.approx(y["logprob"], abs=1e-4)
+            continue
         assert b.token_ids == a.token_ids and b.text == a.text
         assert b.finish_reason == a.finish_reason
         for x, y in zip(a.tokens, b.tokens):
             assert x["logprob"] == pytest.approx(y["logprob"], abs=1e-4)
             assert [t for t, _ in x["top"]] == [t for t, _ in y["top"]]
+
+
+def test_max_tokens_below_one_is_refused_before_anything_runs(local_generator):
+    gen = fresh(local_generator)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="max_tokens"):
+            gen.generate(chat("Hi"), max_tokens=bad)
+        with pytest.raises(ValueError, match="max_tokens"):
+            Request([1, 2, 3], bad, int, True, lambda *a: True)
+    assert gen.engine.stats.steps == 0 and gen.stats.requests == 0
+
+
+VOCAB = 64
+
+
+class BreakingModel:
+    """Stands in for `LeanLlama` (token t is followed by t + 1) and breaks for one request: no
+    room for its cache (`new_cache`, told apart by its capacity), or a forward pass with its
+    prompt in it (`forward`)."""
+
+    def __init__(self, breaks: str, bad_capacity: int, bad_token: int) -> None:
+        self.breaks, self.bad_capacity, self.bad_token = breaks, bad_capacity, bad_token
+
+    def new_cache(self, capacity: int) -> torch.Tensor:
+        if self.breaks == "new_cache" and capacity == self.bad_capacity:
+            raise MemoryError("no room for this cache")
+        return torch.zeros(1, 1, 1, capacity, 1)
+
+    def forward(self, chunks: list[Chunk]) -> list[torch.Tensor]:
+        if self.breaks == "forward" and any(self.bad_token in c.ids for c in chunks):
+            raise RuntimeError("the forward pass broke")
+        out = []
+        for c in chunks:
+            rows = torch.zeros(len(c.ids) - c.logits_from, VOCAB)
+            for j, t in enumerate(c.ids[c.logits_from :]):
+                rows[j, (t + 1) % VOCAB] = 1.0
+            out.append(rows)
+        return out
+
+
+@pytest.mark.parametrize("breaks", ["new_cache", "accept", "forward"])
+def test_a_request_that_breaks_fails_alone_and_no_thread_hangs(breaks):
+    """Four requests admitted in one step, the second breaking (its cache, its stop check, or
+    the forward pass it is in): it fails with its own error, every other completes or fails
+    with its own (a broken forward pass fails the step's requests), and no thread waits
+    forever."""
+    prompts = [[10 * i + j for j in range(5)] for i in range(4)]
+    lengths = [5, 7, 5, 5]  # the breaking request's cache has its own capacity
+    bad = 1
+    injected = {"new_cache": MemoryError, "accept": ValueError, "forward": RuntimeError}[breaks]
+    capacity = len(prompts[bad]) + lengths[bad] + 7  # + DRAFT_TOKENS + 1
+    engine = Engine(BreakingModel(breaks, capacity, prompts[bad][0]))
+
+    def accept(req: Request, token: int, logp) -> bool:
+        if breaks == "accept" and req.ids is prompts[bad]:
+            raise ValueError("the stop check broke")
+        req.out_ids.append(token)
+        return len(req.out_ids) >= req.max_tokens
+
+    reqs = [
+        Request(p, n, lambda row: int(row.argmax()), True, accept)
+        for p, n in zip(prompts, lengths)
+    ]  # fmt: skip
+    got: list = [None] * len(reqs)
+
+    def call(i: int) -> None:
+        try:
+            engine.run(reqs[i])
+            got[i] = list(reqs[i].out_ids)
+        except Exception as err:
+            got[i] = err
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(len(reqs))]
+    with engine.lock:  # all four queued, in order, before the first step
+        for i, t in enumerate(threads):
+            t.start()
+            while len(engine._pending) <= i:
+                time.sleep(0.001)
+    deadline = time.monotonic() + 10
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads)
+    assert isinstance(got[bad], RuntimeError) and isinstance(got[bad].__cause__, injected)
+    errors = [g for g in got if isinstance(g, BaseException)]
+    assert len({id(e) for e in errors}) == len(errors)  # each thread raises its own
+    for i, g in enumerate(got):
+        if i == bad:
+            continue
+        if breaks == "forward" and isinstance(g, RuntimeError):
+            assert isinstance(g.__cause__, injected)
+        else:
+            assert g == [prompts[i][-1] + 1 + k for k in range(lengths[i])]
 
 
 def test_prefix_cache_keeps_the_longest_and_evicts_the_oldest():

@@ -150,8 +150,9 @@ def test_explain_through_the_local_server_reads_answers_from_logprobs(
 
 
 def test_requests_the_server_cannot_honour_are_refused(local_generator):
-    """A bad max_tokens or temperature is a 400, another model's name a 404 (never answered as
-    if it were that model), and every answer names the model that wrote it."""
+    """A bad max_tokens or temperature, or a prompt longer than the model's positions, is a 400,
+    another model's name a 404 (never answered as if it were that model), and every answer names
+    the model that wrote it."""
 
     def post(base_url: str, body: dict) -> tuple[int, dict]:
         request = urllib.request.Request(
@@ -171,6 +172,10 @@ def test_requests_the_server_cannot_honour_are_refused(local_generator):
             assert status == 400 and "max_tokens" in body["error"]["message"], bad
         status, body = post(server.base_url, {"messages": hi, "max_tokens": 1, "temperature": -1})
         assert status == 400 and "temperature" in body["error"]["message"]
+        long = [{"role": "user", "content": " hello" * 9000}]  # the model takes 8191 tokens
+        status, body = post(server.base_url, {"messages": long, "max_tokens": 1})
+        message = body["error"]["message"]
+        assert status == 400 and "the prompt has" in message and "\n" not in message, message
         status, body = post(server.base_url, {"messages": hi, "max_tokens": 1, "model": "gpt-4o"})
         assert status == 404 and body["error"]["code"] == "model_not_found"
         status, body = post(server.base_url, {"messages": hi, "max_tokens": 1})
