@@ -10,7 +10,9 @@ For a downstream node d the vector c_d = (∂m/∂d) ∂d/∂x_b is a cheap back
 encoder alone; the expensive part, J^T c_d through the model between the two hooks, is one
 backward per node in the reference (`batched=False`, kept here as the independent check).
 `batched=True` (circuits/edges_fast.py) gets the same numbers from only the blocks and positions
-involved and backward seeds packed across prompts. Edges are kept as a sparse list
+involved and backward seeds packed across prompts, on models where the window forward applies
+(`window.supported`: rotary positions, a duck-typed key-value cache); elsewhere it logs why and
+runs the reference. Edges are kept as a sparse list
 (u, d, effect), never a dense adjacency.
 
 Candidate hook pairs: a before b with no spliced `hook_resid_post` strictly between them (the
@@ -18,6 +20,8 @@ residual stream is a bottleneck: nothing before it reaches past it directly).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import Tensor
@@ -28,6 +32,8 @@ from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
 from saelab.circuits.splice import SplicedModel, SpliceState, hook_order
 
 EDGE_METHODS = ("ig", "atp")
+
+log = logging.getLogger(__name__)
 
 
 def edge_effects(
@@ -45,11 +51,16 @@ def edge_effects(
 
     `batched=False`: the reference, one full forward per upstream hook and one backward per
     downstream node. `batched=True` (circuits/edges_fast.py): the same numbers from a forward
-    of only the blocks and positions involved and packed, batched backwards."""
+    of only the blocks and positions involved and packed, batched backwards; where the model
+    does not support that forward (`window.supported`), the reference, with one log line."""
     if batched:
         from saelab.circuits.edges_fast import fast_edge_effects
+        from saelab.circuits.window import supported
 
-        return fast_edge_effects(spliced, tokens, states, grads, sides, nodes, batch, progress)
+        why = supported(spliced, tokens)
+        if why is None:
+            return fast_edge_effects(spliced, tokens, states, grads, sides, nodes, batch, progress)
+        log.info("edge_effects: no fast path (%s); running the per-node loop", why)
     by_hook: dict[str, list[NodeKey]] = {}
     for n in nodes:
         by_hook.setdefault(n.key.hook, []).append(n.key)

@@ -9,9 +9,11 @@ own. The prefix therefore enters as constants (nothing is differentiated through
 window's outputs equal the same positions of a full forward, up to float rounding (causal
 attention: a position never reads a later one).
 
-This leans on TransformerBridge's attention honouring a `layer_past` keyword through its
-`update(k, v, layer_idx)` call; `tests/circuits/test_edges.py` checks the result against the full
-forward (the looped edge path).
+This leans on the blocks taking rotary `position_embeddings` (not learned absolute positions, as
+GPT-2's) and on TransformerBridge's attention honouring a `layer_past` keyword through its
+`update(k, v, layer_idx)` call. `supported` checks both on block 0 before the fast edge path
+runs (`edge_effects` takes the per-node loop where they fail); `tests/circuits/test_edges_fast.py`
+checks the result against the full forward (the looped edge path).
 """
 
 from __future__ import annotations
@@ -48,20 +50,58 @@ class PrefixKV:
 def block_kwargs(spliced: SplicedModel, tokens: Tensor) -> dict:
     """The keywords a block receives in a full forward of prompts as long as `tokens` (one
     prompt suffices: nothing in them depends on the batch)."""
+    seen = _first_block(spliced, tokens[:1])[0]
+    if "position_embeddings" not in seen:
+        raise RuntimeError("the blocks take no rotary position_embeddings keyword")
+    return seen
+
+
+def _first_block(spliced: SplicedModel, tokens: Tensor) -> tuple[dict, Tensor, Tensor]:
+    """Block 0's keywords, its input and the residual after it, in a forward of `tokens`."""
     seen: dict = {}
+    hidden: list[Tensor] = []
 
     def grab(module, args, kwargs):
         seen.update(kwargs)
+        hidden.append(args[0] if args else kwargs["hidden_states"])
 
     handle = spliced.bridge.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.no_grad():
-            spliced.forward(tokens[:1], stop_at_layer=1)
+            out = spliced.forward(tokens, stop_at_layer=1)[0]
     finally:
         handle.remove()
-    if "position_embeddings" not in seen:
-        raise RuntimeError("the blocks take no rotary position_embeddings keyword")
-    return seen
+    return seen, hidden[0], out
+
+
+def supported(spliced: SplicedModel, tokens: Tensor) -> str | None:
+    """None where the window forward reproduces this model's full forward, else why not.
+
+    Checked on block 0 and one prompt's first tokens (8 at most), split into a cached prefix
+    and a window: the blocks must take rotary `position_embeddings`, the attention must record
+    the prefix's keys and values in a `PrefixKV`, and the window's output must equal the same
+    positions of a full forward."""
+    probe = tokens[:1, :8]
+    s = probe.shape[1] // 2
+    cache = PrefixKV() if s else None
+    try:
+        kw, hidden, full = _first_block(spliced, probe)
+        if "position_embeddings" not in kw:
+            return "the blocks take no rotary position_embeddings keyword"
+        full = full[:, s:]
+        with torch.no_grad():
+            if cache is not None:
+                run_blocks(spliced, hidden[:, :s], 0, 0, kw, 0, cache, {})
+                if not cache.kv:
+                    return "the attention reads no key-value cache through `layer_past`"
+                cache.expand(torch.zeros(1, dtype=torch.long))
+            out = run_blocks(spliced, hidden[:, s:], 0, 0, kw, s, cache, {})
+    except Exception as e:  # noqa: BLE001 - any failure means: not this model
+        return f"the window forward fails ({type(e).__name__}: {e})"
+    tol = max(1e-3, 16 * torch.finfo(full.dtype).eps) * float(full.abs().max())
+    if out.shape != full.shape or float((out - full).abs().max()) > tol:
+        return "the window forward differs from the full forward"
+    return None
 
 
 def _window_kwargs(kw: dict, start: int, stop: int, cache: PrefixKV | None) -> dict:

@@ -107,3 +107,37 @@ def test_fast_edges_with_matching_pursuit_saes(model, sva_small):
     b = {(e.up, e.down): e.effect for e in looped}
     assert len(b) > 50 and a.keys() == b.keys()
     assert max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in a) < 1e-4
+
+
+def test_models_without_the_window_forward_take_the_per_node_loop(
+    random_spliced, sva_small, monkeypatch, caplog
+):
+    """Where the window forward does not apply (here an attention that ignores the key-value
+    cache; GPT-2's learned positions are another case), `edge_effects` logs why and returns
+    the reference's edges: it neither raises nor reads a wrong prefix."""
+    import logging
+
+    from saelab.circuits.edges_fast import fast_edge_effects
+    from saelab.circuits.window import supported
+
+    tokens, states, grads, sides, kept = _many_nodes(random_spliced, sva_small, True)
+    kept = [n for n in kept if n.key.pos >= 3]  # a prefix before the window
+    args = (random_spliced, tokens, states, grads, sides, kept)
+    assert supported(random_spliced, tokens) is None
+    looped = edge_effects(*args, batch=4, batched=False)
+    for block in random_spliced.bridge.blocks:  # the bridge skips the cache without an index
+        monkeypatch.setattr(block.attn, "_layer_idx", None)
+    why = supported(random_spliced, tokens)
+    assert why is not None and "key-value cache" in why
+    with caplog.at_level(logging.INFO, logger="saelab.circuits.edges"):
+        fell_back = edge_effects(*args, batch=4)
+    assert [r.getMessage() for r in caplog.records if r.name == "saelab.circuits.edges"] == [
+        f"edge_effects: no fast path ({why}); running the per-node loop"
+    ]
+    a = {(e.up, e.down): e.effect for e in fell_back}
+    b = {(e.up, e.down): e.effect for e in looped}
+    assert len(b) > 100 and a.keys() == b.keys()
+    assert max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in a) < 1e-5
+    # the fast path regardless would be wrong here: the window would not see the prefix
+    wrong = {(e.up, e.down): e.effect for e in fast_edge_effects(*args, batch=4)}
+    assert max(abs(wrong.get(k, 0.0) - b[k]) / (abs(b[k]) + 1e-6) for k in b) > 1e-2
