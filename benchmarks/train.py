@@ -189,6 +189,44 @@ def _force_dead(trainer, n_dead: int) -> None:
         m.dead.dead_mask = lambda mask=mask: mask
 
 
+def child_native_interleaved(spec: dict) -> dict:
+    """The native kernels off and on, step by step in one process on one trainer (the
+    kernels read `SAELAB_DISABLE_NATIVE` at each call), so the machine's drift falls on both
+    alike: the median of the per-pair step-time ratios."""
+    sys.path.insert(0, str(ROOT))
+    from saelab.sae import TrainConfig, Trainer, make_config
+
+    batches, _ = _load_acts(spec["acts"])
+    cfg = TrainConfig(
+        tokens=spec["batch"] * 1000,
+        progress=False,
+        init_tokens=spec["batch"],
+        dead_window_tokens=DEAD_WINDOW,
+    )
+    trainer = Trainer([make_config("topk", d_sae=spec["d_sae"], k=spec["k"])], iter(batches), cfg)
+    trainer.setup()
+    trainer.train_step(batches[0])
+    times: dict[str, list] = {"torch": [], "native": []}
+    for i in range(spec["pairs"]):
+        for name in ("torch", "native"):
+            if name == "torch":
+                os.environ["SAELAB_DISABLE_NATIVE"] = "1"
+            else:
+                os.environ.pop("SAELAB_DISABLE_NATIVE", None)
+            t = time.perf_counter()
+            trainer.train_step(batches[i % len(batches)])
+            times[name].append(time.perf_counter() - t)
+    ratios = sorted(a / b for a, b in zip(times["torch"], times["native"]))
+    median = {n: sorted(ts)[len(ts) // 2] for n, ts in times.items()}
+    return {
+        "pairs": spec["pairs"],
+        "times": times,
+        "median_step_seconds": median,
+        "median_speedup": ratios[len(ratios) // 2],
+        "sgemm_seconds": sgemm_seconds(spec["batch"], spec["d_sae"]),
+    }
+
+
 def child_auxk_trained(spec: dict) -> dict:
     """AuxK's cost over latents that died in training: a TopK SAE trained `train_steps` steps
     on fresh synthetic batches (a dead window of `dead_window_tokens`), then timed steps
@@ -354,6 +392,7 @@ CHILDREN = {
     "sgemm": child_sgemm,
     "saelab": child_saelab,
     "auxk_trained": child_auxk_trained,
+    "native_interleaved": child_native_interleaved,
     "saelens": child_saelens,
     "sparsify": child_sparsify,
 }
@@ -469,6 +508,22 @@ def main() -> None:
             ("torch", {"no_native": True}),
             ("native", {}),
         )
+
+    if "native" not in skip:
+        r = run_child(
+            __file__,
+            py,
+            "native_interleaved",
+            {**base, "d_sae": d_big, "k": k_big, "pairs": 12},
+        )
+        results["native_vs_torch"]["interleaved"] = r
+        if "median_speedup" in r:
+            print(
+                f"native vs torch, interleaved step by step ({r['pairs']} pairs): "
+                f"{r['median_speedup']:.3f}x median step-time ratio "
+                f"(torch {r['median_step_seconds']['torch']:.3f} s, "
+                f"native {r['median_step_seconds']['native']:.3f} s)"
+            )
 
     if "auxk" not in skip:
         _auxk_section(py, {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big}, results)
@@ -649,7 +704,12 @@ def _auxk_section(py: str, spec: dict, results: dict) -> None:
         __file__,
         py,
         "auxk_trained",
-        {**spec, "train_steps": AUXK_TRAIN_STEPS, "dead_window_tokens": 15 * spec["batch"]},
+        {
+            **spec,
+            "steps": spec.get("steps", 6),
+            "train_steps": AUXK_TRAIN_STEPS,
+            "dead_window_tokens": 15 * spec["batch"],
+        },
     )
     out["trained"] = trained
     if "auxk_overhead" in trained:
