@@ -42,7 +42,11 @@ def test_fast_edges_equal_the_per_node_loop(random_spliced, sva_small, per_posit
     assert len(kept) > 30 and len(b) > 200
     assert a.keys() == b.keys()
     assert [(e.up, e.down) for e in fast] == [(e.up, e.down) for e in looped]  # same order
-    worst = max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in a)
+    # 1e-4 relative, with edges below 1e-3 of the largest held to 1e-7 of it in absolute
+    # terms: on those tiny edges float32 rounding alone (the loop's own error against float64
+    # is larger there) makes a relative figure meaningless
+    scale = max(abs(v) for v in b.values())
+    worst = max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-3 * scale) for k in a)
     assert worst < 1e-4, worst
     # error nodes on both ends, and features that are off on some prompts (packed seeds)
     assert any(k[0].is_error for k in b) and any(k[1].is_error for k in b)
