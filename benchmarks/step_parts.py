@@ -77,7 +77,8 @@ def auxk_costs(x, d_sae: int, d_in: int, k: int, reps: int) -> dict:
         dead = torch.randperm(d_sae, generator=g)[:n_dead].sort().values
         pre_dead = pre[:, dead].contiguous()
         row = {}
-        for path, fraction in (("dense", 1.0), ("sparse", 0.0)):
+        # ops takes its dense path when k > DENSE_FRACTION * n: 0 forces it, 1 never
+        for path, fraction in (("dense", 0.0), ("sparse", 1.0)):
             ops.DENSE_FRACTION = fraction
 
             def run(dead=dead, pre_dead=pre_dead):
