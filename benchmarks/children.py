@@ -27,9 +27,9 @@ def fvu(x, x_hat) -> float:
 
 
 def peer_sys_path() -> None:
-    """Keep this repository off sys.path in a peer child: benchmarks/kernels.py would shadow
-    Hugging Face's `kernels`, which transformers imports (sparsify and SAELens import
-    transformers), and the peers must not see saelab's packages."""
+    """Keep this repository off sys.path in a peer child: the peers must not see saelab's
+    packages (its `kernels` folder would also shadow Hugging Face's `kernels`, which
+    transformers imports)."""
     drop = {str(ROOT), str(ROOT / "benchmarks")}
     sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) not in drop]
 

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# The repository first; not benchmarks/, whose kernels.py would shadow Hugging Face's `kernels`
-# (which transformers imports when an eval loads the model).
+# the repository first, and not this folder: a script's own folder must never shadow an
+# installed package (tests/test_benchmark_names.py)
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() != ROOT / "benchmarks"]
 
 from benchmarks.machine import machine_info  # noqa: E402

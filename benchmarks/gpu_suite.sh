@@ -9,7 +9,7 @@
 # rest still run):
 #   setup    make `saelab` importable (local editable install, no index) and unpack carried wheels
 #   parity   the Triton-vs-torch parity tests on CUDA (tests/kernels/test_kernels_triton.py -m gpu)
-#   kernels  benchmarks/kernels.py: decode fwd+bwd vs dense and vs the memory floor, and the TopK
+#   kernels  benchmarks/decode_kernels.py: decode fwd+bwd vs dense and vs the memory floor, and the TopK
 #            (and JumpReLU) training step vs dense, at d_in 2304, d_sae 65536, k 64, bf16
 #   harvest  benchmarks/harvest.py on the embedded model's architecture (random weights): harvest
 #            vs the bare forward, loader rate, and a TopK SAE's training rate on the GPU
@@ -135,7 +135,7 @@ if [ "$mode" = gpu ]; then
 else
     kernels_args=(--device cpu --dtype float32 --batch 256 --d-in 64 --d-sae 1024 --k 16 --repeats 1 --threads 1)
 fi
-step kernels 200 kernels.json "$py" benchmarks/kernels.py "${kernels_args[@]}" --out "$out/kernels.json"
+step kernels 200 kernels.json "$py" benchmarks/decode_kernels.py "${kernels_args[@]}" --out "$out/kernels.json"
 
 # -- harvest: the embedded model's architecture on the device, then the loader and training ---
 harvest() {

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# the repository first, and not this folder: its kernels.py would shadow the `kernels` package
-# that transformers probes for when it loads a model
+# the repository first, and not this folder: a script's own folder must never shadow an
+# installed package (tests/test_benchmark_names.py)
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() != ROOT / "benchmarks"]
 
 from benchmarks.machine import machine_info  # noqa: E402

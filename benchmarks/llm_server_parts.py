@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# benchmarks/kernels.py would shadow the `kernels` package transformers imports
+# the repository first, and not this folder: a script's own folder must never shadow an
+# installed package (tests/test_benchmark_names.py)
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() != ROOT / "benchmarks"]
 
 from benchmarks.llm_server import messages  # noqa: E402

@@ -38,7 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# the repository first, and not this folder (its kernels.py would shadow the kernels package)
+# the repository first, and not this folder: a script's own folder must never shadow an
+# installed package (tests/test_benchmark_names.py)
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if p and Path(p).resolve() != ROOT / "benchmarks"]
 
 from benchmarks.children import (  # noqa: E402

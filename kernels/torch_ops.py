@@ -8,7 +8,7 @@ With `idx [N, k]` latent indices and `vals [N, k]` their weights:
 Sparse decode is `weighted_rows` forward, `gather_dot` and `scatter_rows` backward; the sparse
 encoder is the same three with the encoder's rows as the table.
 
-Measured on CPU (fp32, N 4096, k 64, d 576, d_sae 18432; see benchmarks/kernels.py):
+Measured on CPU (fp32, N 4096, k 64, d 576, d_sae 18432; see benchmarks/decode_kernels.py):
 - `weighted_rows` is `embedding_bag` (bf16/fp16 accumulate in fp32 inside it).
 - `scatter_rows` is a sort-and-segment reduction: entries sorted by latent, then the same
   `embedding_bag` sums each latent's segment of `a` rows. ~1.4x faster than a CSR matmul,

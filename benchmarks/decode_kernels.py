@@ -11,8 +11,8 @@
 
 Times are the minimum over --repeats runs after one warm-up; every ratio comes from this run.
 
-    python benchmarks/kernels.py              # CPU: fp32, batch 4096, d_in 576, d_sae 18432, k 64
-    python benchmarks/kernels.py --device cuda --dtype bfloat16 --d-in 2304 --d-sae 65536  # GPU
+    python benchmarks/decode_kernels.py              # CPU: fp32, batch 4096, d_in 576, d_sae 18432, k 64
+    python benchmarks/decode_kernels.py --device cuda --dtype bfloat16 --d-in 2304 --d-sae 65536  # GPU
 """
 
 from __future__ import annotations
