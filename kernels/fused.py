@@ -33,13 +33,14 @@ unfused path (same results).
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from saelab.kernels import checks, native
 from saelab.kernels.dispatch import fused_enabled
-from saelab.kernels.select import topk_select
+from saelab.kernels.select import PositiveTop, positive_top, topk_select
 
 WORKSPACE_BYTES = 1 << 30
 """Largest pre-activation block kept between calls (per thread); wider products go in row
@@ -75,10 +76,13 @@ def topk_preacts(
     k: int,
     cols: Tensor | None = None,
     block_bytes: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
+    cols_k: int = 0,
+) -> tuple[Tensor, Tensor, Any]:
     """`(vals, idx, extra)` of `pre = x @ W_enc + b_enc` (no autograd): `vals, idx [N, k]` the
     k largest entries of each row (as `topk_select`, in no particular order) and
-    `extra = pre[:, cols]` (None when `cols` is None), without returning `pre`.
+    `extra = pre[:, cols]` (None when `cols` is None), without returning `pre`. With
+    `cols_k > 0`, `extra` is instead `positive_top(pre[:, cols], cols_k)` (a `PositiveTop` or
+    None), which the native selection finds without forming `pre[:, cols]`.
 
     `W_enc` is `[d_in, d_sae]` (any layout; fastest as the transpose of a contiguous
     `[d_sae, d_in]` weight); `block_bytes` overrides `WORKSPACE_BYTES` (tests)."""
@@ -97,33 +101,73 @@ def topk_preacts(
     if not (same and fused_available(x.device)):
         pre = x @ W_enc if b_enc is None else torch.addmm(b_enc.detach(), x, W_enc)
         vals, idx = topk_select(pre, k)
-        return vals, idx, None if cols is None else pre.index_select(1, cols)
+        return vals, idx, _extra(pre, cols, cols_k)
     dtype = x.dtype
     limit = WORKSPACE_BYTES if block_bytes is None else block_bytes
     rows = max(1, min(n, limit // max(1, d_sae * dtype.itemsize)))
     buf = _workspace(rows * d_sae, dtype, x.device).view(rows, d_sae)
     if rows >= n:
-        return _block(x, W_enc, b_enc, k, cols, buf[:n])
+        return _block(x, W_enc, b_enc, k, cols, cols_k, buf[:n])
     parts = [
-        _block(x[s : s + rows], W_enc, b_enc, k, cols, buf[: min(rows, n - s)])
+        _block(x[s : s + rows], W_enc, b_enc, k, cols, cols_k, buf[: min(rows, n - s)])
         for s in range(0, n, rows)
     ]
     vals, idx, extra = zip(*parts)
-    return torch.cat(vals), torch.cat(idx), None if cols is None else torch.cat(extra)
+    sizes = [min(rows, n - s) for s in range(0, n, rows)]
+    return torch.cat(vals), torch.cat(idx), _cat_extra(extra, sizes, cols, cols_k)
+
+
+def _extra(pre: Tensor, cols: Tensor | None, cols_k: int) -> Any:
+    if cols is None:
+        return None
+    dead = pre.index_select(1, cols)
+    return positive_top(dead, cols_k) if cols_k > 0 else dead
+
+
+def _cat_extra(parts: tuple, sizes: list[int], cols: Tensor | None, cols_k: int) -> Any:
+    """The row blocks' `extra`s as one: a `PositiveTop` block is padded to the widest
+    block's width, and a block without a positive entry (None) becomes padding rows."""
+    if cols is None:
+        return None
+    if cols_k == 0:
+        return torch.cat(parts)
+    found = [p for p in parts if p is not None]
+    if not found:
+        return None
+    width, dtype = max(p.idx.shape[1] for p in found), found[0].vals.dtype
+    vals, idx = [], []
+    for part, size in zip(parts, sizes):
+        if part is None:
+            vals.append(torch.zeros(size, width, dtype=dtype))
+            idx.append(torch.zeros(size, width, dtype=torch.int64))
+            continue
+        pad = (0, width - part.idx.shape[1])
+        vals.append(torch.nn.functional.pad(part.vals, pad))
+        idx.append(torch.nn.functional.pad(part.idx, pad))
+    return PositiveTop(torch.cat(vals), torch.cat(idx))
 
 
 def _block(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor | None, k: int, cols: Tensor | None, out: Tensor
-) -> tuple[Tensor, Tensor, Tensor | None]:
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor | None,
+    k: int,
+    cols: Tensor | None,
+    cols_k: int,
+    out: Tensor,
+) -> tuple[Tensor, Tensor, Any]:
     bias = None if b_enc is None else b_enc.detach()
     if native.library() is not None and x.dtype == torch.float32:
         # The bias joins inside the native selection, row by row in cache (`addmm` would
         # first broadcast it into the whole output: a full extra pass over [N, d_sae]), and
-        # the dead latents' columns are copied out there too.
+        # the dead latents' columns are read there too (only their positive top for AuxK).
         torch.mm(x, W_enc, out=out)
-        found = native.topk_rows(out, k, bias, cols)
+        found = native.topk_rows(out, k, bias, cols, cols_k)
         if found is not None:
-            return found
+            vals, idx, extra = found
+            if cols is not None and cols_k > 0:
+                extra = PositiveTop.from_counts(*extra)
+            return vals, idx, extra
         if bias is not None:  # a NaN or infinity: torch's selection below ranks them
             out += bias
     elif bias is None:
@@ -131,4 +175,4 @@ def _block(
     else:
         torch.addmm(bias, x, W_enc, out=out)
     vals, idx = topk_select(out, k)
-    return vals, idx, None if cols is None else out.index_select(1, cols)
+    return vals, idx, _extra(out, cols, cols_k)

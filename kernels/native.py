@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,7 +40,23 @@ BUILD_TIMEOUT_S = 120
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
 _SIGNATURES = {
-    "saelab_topk_rows": [_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR, ctypes.c_int],
+    "saelab_topk_rows": [
+        _PTR,
+        _PTR,
+        _I64,
+        _I64,
+        _I64,
+        _PTR,
+        _PTR,
+        _PTR,
+        _I64,
+        _PTR,
+        _I64,
+        _PTR,
+        _PTR,
+        _PTR,
+        ctypes.c_int,
+    ],
     "saelab_project_rows": [_PTR, _PTR, _I64, _I64, ctypes.c_int],
     "saelab_normalize_rows": [_PTR, _I64, _I64, ctypes.c_float, ctypes.c_int],
 }
@@ -148,17 +165,22 @@ def _valid_columns(cols: Tensor, d: int) -> bool:
 
 
 def topk_rows(
-    pre: Tensor, k: int, bias: Tensor | None = None, cols: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    pre: Tensor, k: int, bias: Tensor | None = None, cols: Tensor | None = None, cols_k: int = 0
+) -> tuple[Tensor, Tensor, Any] | None:
     """Each row's k largest entries `(vals, idx, extra)` (in no particular order) of
-    `pre + bias` (`pre` a contiguous float32 CPU `[N, d]` matrix, `bias` `[d]` or None), and
-    `extra = (pre + bias)[:, cols]` (None without `cols`), or None where the native path does
-    not apply (no library, another dtype or device, or a NaN or infinity: torch's top-k ranks
-    those). The bias and the columns are taken row by row while the row is in cache, sparing
-    the caller two passes over the whole matrix (`addmm`'s bias broadcast, `index_select`)."""
+    `pre + bias` (`pre` a contiguous float32 CPU `[N, d]` matrix, `bias` `[d]` or None), or
+    None where the native path does not apply (no library, another dtype or device, or a NaN
+    or infinity: torch's top-k ranks those). The bias and the columns are taken row by row
+    while the row is in cache, sparing the caller two passes over the whole matrix (`addmm`'s
+    bias broadcast, `index_select`).
+
+    `extra`: None without `cols`; with `cols` and `cols_k == 0`, `(pre + bias)[:, cols]`;
+    with `cols_k > 0`, `(vals, pos, count)`: each row's at most `cols_k` largest positive
+    entries among the columns, `vals, pos [N, cols_k]` (positions in `cols`; a row's slots
+    from `count[r]` on are unwritten) and `count [N]`."""
     lib = library()
     pre = pre.detach()
-    if lib is None or not _usable(pre) or pre.dim() != 2:
+    if lib is None or not _usable(pre) or pre.dim() != 2 or cols_k < 0:
         return None
     if bias is not None:
         bias = bias.detach()
@@ -171,7 +193,18 @@ def topk_rows(
     idx = torch.empty(n, k, dtype=torch.int64)
     if cols is not None:
         cols = cols.to(torch.int64).contiguous()
-    extra = None if cols is None else torch.empty(n, cols.numel(), dtype=pre.dtype)
+    positive = cols is not None and cols_k > 0
+    dense = None if cols is None or positive else torch.empty(n, cols.numel(), dtype=pre.dtype)
+    aux = (
+        (
+            torch.empty(n, cols_k, dtype=pre.dtype),
+            torch.empty(n, cols_k, dtype=torch.int64),
+            torch.zeros(n, dtype=torch.int64),
+        )
+        if positive
+        else None
+    )
+    extra = aux if positive else dense
     if n == 0:
         return vals, idx, extra
     status = lib.saelab_topk_rows(
@@ -184,7 +217,11 @@ def topk_rows(
         idx.data_ptr(),
         None if cols is None else cols.data_ptr(),
         0 if cols is None else cols.numel(),
-        None if extra is None else extra.data_ptr(),
+        None if dense is None else dense.data_ptr(),
+        cols_k if positive else 0,
+        None if aux is None else aux[0].data_ptr(),
+        None if aux is None else aux[1].data_ptr(),
+        None if aux is None else aux[2].data_ptr(),
         _threads(pre.numel()),
     )
     return (vals, idx, extra) if status == 0 else None

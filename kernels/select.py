@@ -8,6 +8,7 @@ and callers give them vals 0, so they add nothing to the output or to any weight
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -178,3 +179,47 @@ def _generator(device: torch.device) -> torch.Generator:
     if key not in _GENERATORS:
         _GENERATORS[key] = torch.Generator(device=device).manual_seed(0)
     return _GENERATORS[key]
+
+
+@dataclass(frozen=True)
+class PositiveTop:
+    """Each row's largest positive entries among some columns of a matrix (AuxK's dead
+    latents), at most `k` per row: `vals, idx [N, w]`, `idx` positions among the columns,
+    w the widest row's count. A row's slots past its own count are padded as the PADDED
+    layout pads: idx 0 and vals 0 (a ReLU of them is 0, and so is its gradient)."""
+
+    vals: Tensor
+    idx: Tensor
+
+    @staticmethod
+    def from_counts(vals: Tensor, idx: Tensor, count: Tensor) -> PositiveTop | None:
+        """From `[N, k]` slots whose first `count[r]` of row r are filled (the native
+        kernel's output); None when no row has a positive entry."""
+        width = int(count.max()) if count.numel() else 0
+        if width == 0:
+            return None
+        pad = torch.arange(width, device=count.device) >= count.unsqueeze(1)
+        vals = vals[:, :width].masked_fill(pad, 0.0)
+        idx = idx[:, :width].masked_fill(pad, 0)
+        return PositiveTop(vals, idx)
+
+
+@torch.no_grad()
+def positive_top(cols: Tensor, k: int) -> PositiveTop | None:
+    """`PositiveTop` of the dense columns `cols [N, c]` (the torch path; the native
+    selection computes it without forming `cols`): each row's top w entries, w = min(k, the
+    widest row's count of positive entries), entries <= 0 padded. Exact for a ReLU after it:
+    a row's positive entries among its top k are among its top w. Off the CPU the plain top
+    k, uncut and unpadded (reading the width would sync the device each step)."""
+    if cols.numel() == 0:
+        return None
+    if cols.device.type != "cpu":  # the width would cost a device sync every step: no cut
+        vals, idx = topk_select(cols, min(k, cols.shape[1]))
+        return PositiveTop(vals, idx)
+    positive = cols > 0
+    width = min(k, int(positive.sum(1).max()))
+    if width == 0:
+        return None
+    vals, idx = topk_select(cols, width)
+    pad = vals <= 0
+    return PositiveTop(vals.masked_fill(pad, 0.0), idx.masked_fill(pad, 0))

@@ -11,11 +11,15 @@ densely here; results are equal up to float rounding.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from saelab import kernels
+from saelab.kernels.select import PositiveTop
+from saelab.kernels.select import positive_top as positive_top_
 
 DENSE_FRACTION = 0.125
 """Selections wider than this fraction of d_sae run through dense matmuls."""
@@ -34,11 +38,22 @@ def preacts(x: Tensor, W_enc: Tensor, b_enc: Tensor | None) -> Tensor:
 
 
 def topk_preacts(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor | None, k: int, cols: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor | None]:
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor | None,
+    k: int,
+    cols: Tensor | None = None,
+    cols_k: int = 0,
+) -> tuple[Tensor, Tensor, Any]:
     """`preacts` and `topk` in one call that never returns the dense product (on CPU it is
-    written into a reused workspace): `(vals, idx, pre[:, cols])`, no autograd."""
-    return kernels.topk_preacts(x.detach(), W_enc, b_enc, k, cols)
+    written into a reused workspace): `(vals, idx, pre[:, cols])`, no autograd; with
+    `cols_k > 0`, `positive_top(pre[:, cols], cols_k)` in place of `pre[:, cols]`."""
+    return kernels.topk_preacts(x.detach(), W_enc, b_enc, k, cols, cols_k=cols_k)
+
+
+def positive_top(cols: Tensor, k: int) -> PositiveTop | None:
+    """Each row's largest positive entries of `cols [N, c]`, at most k (see `PositiveTop`)."""
+    return positive_top_(cols, k)
 
 
 def shared_segments(idx: Tensor, d_sae: int) -> object | None:
@@ -62,6 +77,45 @@ def normalize_rows_(w: Tensor, eps: float = 1e-12) -> None:
     """`w[r] /= max(‖w[r]‖, eps)` in place (one pass in the native kernel where it applies)."""
     if not kernels.normalize_rows_(w, eps):
         w /= w.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+def rows(weight: Tensor, idx: Tensor) -> Tensor:
+    """`weight[idx]` (rows of a parameter, `idx` sorted and unique) whose backward is a
+    row-sparse gradient: accumulating it touches only those rows of `weight.grad`, where
+    autograd's indexing would fill and add a whole zero tensor of `weight`'s size (AuxK over
+    a few thousand dead latents of 18432: two 42 MB passes per weight per step). The
+    trainer's gradients stay dense: the parameter's main gradient is dense, and a sparse one
+    left alone is made dense before the optimizer (`dense_grads_`)."""
+    return _Rows.apply(weight, idx)
+
+
+class _Rows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: Tensor, idx: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(idx)
+        ctx.shape = weight.shape
+        return weight.index_select(0, idx)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        sparse = torch.sparse_coo_tensor(
+            idx.unsqueeze(0),
+            grad.contiguous(),
+            ctx.shape,
+            is_coalesced=True,
+            check_invariants=False,
+        )
+        return sparse, None
+
+
+def dense_grads_(params) -> None:
+    """Make every sparse `.grad` of `params` dense in place (a parameter whose only gradient
+    came through `rows`); the optimizers and the decoder's projection need dense ones."""
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.to_dense()
 
 
 def topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -25,6 +25,7 @@ from torch import Tensor
 from saelab.activations.store import refuse_inside_store
 from saelab.base.errors import UserError
 from saelab.sae import checkpoint as ckpt
+from saelab.sae import ops
 from saelab.sae.base import SAE, StepContext, TrainOutput
 from saelab.sae.config import SAEConfig, TrainConfig
 from saelab.sae.dead import DeadLatentTracker
@@ -482,6 +483,7 @@ class Trainer:
             raise Diverged(m.name, self.step, value)
         m.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        ops.dense_grads_(m.sae.parameters())
         self.dist.all_reduce_grads(m.sae, x.shape[0], global_rows)
         m.sae.before_optimizer_step()
         set_lr(m.optimizer, m.sae.cfg.lr * lr_mult)  # type: ignore[operator]

@@ -21,7 +21,10 @@ def test_no_benchmark_script_shadows_an_installed_package(tmp_path: Path) -> Non
         "        print(name, spec.origin)\n"
     )
     found = subprocess.run(
-        [sys.executable, "-c", probe, *stems], cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-c", probe, *stems],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout.split("\n")
     clashes = [line for line in found if line]
@@ -33,6 +36,9 @@ def test_the_probe_sees_an_installed_package(tmp_path: Path) -> None:
     # a transformers dependency here) or at least `torch` must be found by the same probe.
     out = subprocess.run(
         [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('torch').origin)"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "torch" in out

@@ -129,9 +129,13 @@ typedef struct {
     int64_t d, k;
     float *vals;
     int64_t *idx;
-    const int64_t *cols; /* columns copied out of every row (after the bias), or NULL */
+    const int64_t *cols; /* columns read out of every row (after the bias), or NULL */
     int64_t n_cols;
-    float *extra; /* [rows, n_cols] */
+    float *extra; /* [rows, n_cols]: the columns copied (cols_k == 0) */
+    int64_t cols_k; /* > 0: instead of copying, each row's cols_k largest positive entries */
+    float *aux_vals; /* [rows, cols_k] */
+    int64_t *aux_idx; /* [rows, cols_k], positions in cols */
+    int64_t *aux_count; /* [rows]: how many of the row's slots are filled */
 } topk_ctx_t;
 
 static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
@@ -142,10 +146,11 @@ static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
     float *maxima = malloc(sizeof(float) * n_chunks);
     float *scratch = malloc(sizeof(float) * n_chunks);
     entry_t *cand = malloc(sizeof(entry_t) * d);
+    entry_t *pos = job->cols_k > 0 ? malloc(sizeof(entry_t) * (job->n_cols + 1)) : NULL;
     /* no bias: add zeros (x + 0 is x), so that one loop serves both */
     float *zeros = job->bias ? NULL : calloc(d, sizeof(float));
     const float *bias = job->bias ? job->bias : zeros;
-    if (!maxima || !scratch || !cand || !bias) {
+    if (!maxima || !scratch || !cand || !bias || (job->cols_k > 0 && !pos)) {
         status = 1;
         goto done;
     }
@@ -194,7 +199,31 @@ static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
             status = 2;
             goto done;
         }
-        if (job->cols) { /* the dead latents' columns, now that the row is in cache */
+        if (job->cols && job->cols_k > 0) {
+            /* AuxK: only the dead latents' positive entries can matter after its ReLU, and
+             * there are few of them; keep the cols_k largest */
+            int64_t m = 0;
+            for (int64_t c = 0; c < job->n_cols; c++) {
+                const int64_t j = job->cols[c];
+                const float v = row[j] + bias[j];
+                if (v > 0.0f) {
+                    pos[m].v = v;
+                    pos[m].i = c;
+                    m++;
+                }
+            }
+            if (m > job->cols_k) {
+                select_largest(pos, m, job->cols_k);
+                m = job->cols_k;
+            }
+            float *av = job->aux_vals + r * job->cols_k;
+            int64_t *ai = job->aux_idx + r * job->cols_k;
+            for (int64_t j = 0; j < m; j++) {
+                av[j] = pos[j].v;
+                ai[j] = pos[j].i;
+            }
+            job->aux_count[r] = m;
+        } else if (job->cols) { /* the dead latents' columns, now that the row is in cache */
             float *out = job->extra + r * job->n_cols;
             for (int64_t c = 0; c < job->n_cols; c++) {
                 const int64_t j = job->cols[c];
@@ -236,19 +265,24 @@ done:
     free(maxima);
     free(scratch);
     free(cand);
+    free(pos);
     free(zeros);
     return status;
 }
 
 /* The k largest entries of each row of pre [rows, d] (plus bias [d] when not NULL):
- * vals [rows, k], idx [rows, k]; with `cols` (n_cols column indices), also
- * extra[r, c] = (pre + bias)[r, cols[c]]. Returns 0, 1 (out of memory), 2 (a NaN or infinity: nothing
- * is promised about the outputs) or 3 (bad k). */
+ * vals [rows, k], idx [rows, k]; with `cols` (n_cols column indices) and cols_k == 0, also
+ * extra[r, c] = (pre + bias)[r, cols[c]]; with cols_k > 0 instead, the row's (at most) cols_k
+ * largest positive entries among those columns: aux_vals[r, :m], aux_idx[r, :m] (positions
+ * in cols, no particular order), aux_count[r] = m. Returns 0, 1 (out of memory), 2 (a NaN or
+ * infinity: nothing is promised about the outputs) or 3 (bad k). */
 int saelab_topk_rows(const float *pre, const float *bias, int64_t rows, int64_t d, int64_t k,
                      float *vals, int64_t *idx, const int64_t *cols, int64_t n_cols,
-                     float *extra, int threads) {
-    if (k < 1 || k > d) return 3;
-    topk_ctx_t ctx = {pre, bias, d, k, vals, idx, cols, n_cols, extra};
+                     float *extra, int64_t cols_k, float *aux_vals, int64_t *aux_idx,
+                     int64_t *aux_count, int threads) {
+    if (k < 1 || k > d || cols_k < 0) return 3;
+    topk_ctx_t ctx = {pre, bias, d, k, vals, idx, cols, n_cols, extra,
+                      cols_k, aux_vals, aux_idx, aux_count};
     return parallel_for(topk_rows_range, &ctx, rows, threads);
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from saelab.base.errors import UserError
@@ -115,7 +116,7 @@ class TopKSAE(SAE):
         if self._plain_topk():
             k = int(self.cfg.k)
             sel, idx, pre_dead = ops.topk_preacts(
-                self.center(x), self.W_enc, self.b_enc, k, cols=dead
+                self.center(x), self.W_enc, self.b_enc, k, cols=dead, cols_k=self._k_aux(dead)
             )
             code = self._code(x, idx, None, values=sel)
         else:
@@ -148,43 +149,52 @@ class TopKSAE(SAE):
         dead = dead_mask.nonzero().squeeze(1)
         return self.aux_k_dead(x, dead, pre[:, dead], residual)
 
+    def _k_aux(self, dead: Tensor | None) -> int:
+        """AuxK's latents per row over `dead` (0 without dead latents)."""
+        return 0 if dead is None else min(self.cfg.resolved_aux_k(), dead.numel())
+
     def aux_k_dead(
-        self, x: Tensor, dead: Tensor | None, pre_dead: Tensor | None, residual: Tensor
+        self,
+        x: Tensor,
+        dead: Tensor | None,
+        pre_dead: Tensor | ops.PositiveTop | None,
+        residual: Tensor,
     ) -> Tensor | None:
-        """`aux_k_loss` given the dead latents' indices and their pre-activation columns."""
-        if dead is None or pre_dead is None or dead.numel() == 0:
+        """`aux_k_loss` given the dead latents' indices and either their pre-activation
+        columns or `ops.positive_top` of those (None: no dead pre-activation is positive).
+
+        Only each row's positive dead pre-activations can matter after AuxK's ReLU, and on
+        trained SAEs there are few (0.1-3 of k_aux 288 per row), so the selection, the
+        sparse passes and the row-sparse weight gradients (`ops.rows`, over the dead latents
+        some row selected) cost little however many latents are dead."""
+        if dead is None or dead.numel() == 0:
             return None
         n_dead = dead.numel()
-        k_aux = min(self.cfg.resolved_aux_k(), n_dead)
         scale = min(n_dead / self.cfg.resolved_aux_k(), 1.0)
-        local = positive_part(*ops.topk(pre_dead, k_aux))
-        if local is None:  # no dead latent is positive anywhere: e_hat is 0, and so is the gradient
+        top = (
+            pre_dead
+            if not isinstance(pre_dead, Tensor)
+            else ops.positive_top(pre_dead, self._k_aux(dead))
+        )
+        if top is None:  # no dead latent is positive anywhere: e_hat is 0, and so is the gradient
             return scale * residual.float().pow(2).sum(-1).mean()
-        w_enc = self.encoder_weight[dead].t()
-        shared = ops.shared_segments(local, n_dead)  # one backward sort for both scatters
+        latents, local = dead, top.idx
+        if local.device.type == "cpu":  # (elsewhere `unique` would sync the device each step)
+            # only the dead latents some row selected: their weight rows, re-indexed locally
+            used, local = torch.unique(top.idx, return_inverse=True)
+            latents = dead[used]
+        shared = ops.shared_segments(local, latents.numel())  # one backward sort for both scatters
         vals = ops.gather(
-            x, w_enc, self.b_enc[dead], local, pre=pre_dead, shift=self.input_shift, shared=shared
+            x,
+            ops.rows(self.encoder_weight, latents).t(),
+            ops.rows(self.b_enc, latents),
+            local,
+            values=top.vals,
+            shift=self.input_shift,
+            shared=shared,
         ).relu()
-        e_hat = ops.decode(local, vals, self.W_dec[dead], None, shared)
+        e_hat = ops.decode(local, vals, ops.rows(self.W_dec, latents), None, shared)
         return scale * (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
 
     def saelens_config(self) -> dict:
         return {"k": int(self.cfg.k), "rescale_acts_by_decoder_norm": False}
-
-
-def positive_part(vals: Tensor, idx: Tensor) -> Tensor | None:
-    """`idx [N, k]` narrowed to the columns that can matter after a ReLU: each row's entries
-    reordered largest first and cut to the widest row's count of positive values (None when
-    none is positive). Exact: a cut entry is <= 0, so its ReLU output and its gradient are 0.
-    AuxK's dead latents are mostly negative late in training, so this keeps a small part of
-    the k_aux slots the sparse decode and its backward would otherwise run over. CPU only
-    (elsewhere `idx` unchanged: reading the width would sync the device each step)."""
-    if vals.device.type != "cpu":
-        return idx  # the width would cost a device sync every step: no cut off the CPU
-    width = int((vals > 0).sum(1).max()) if vals.numel() else 0
-    if width == 0:
-        return None
-    if width == idx.shape[1]:
-        return idx
-    order = vals.topk(width, dim=1, sorted=True).indices
-    return idx.gather(1, order)

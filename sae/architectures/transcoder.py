@@ -128,7 +128,9 @@ class Transcoder(TopKSAE):
                 "train it from a store with --target-hook"
             )
         dead = None if ctx.dead_mask is None else ctx.dead_mask.nonzero().squeeze(1)
-        sel, idx, pre_dead = ops.topk_preacts(x, self.W_enc, self.b_enc, int(self.cfg.k), cols=dead)
+        sel, idx, pre_dead = ops.topk_preacts(
+            x, self.W_enc, self.b_enc, int(self.cfg.k), cols=dead, cols_k=self._k_aux(dead)
+        )
         code = self._code(x, idx, None, values=sel)
         y_hat = self.decode_sparse(code) + self.skip_out(x)
         terms = {"mse": self.mse(y_hat, y)}

@@ -158,3 +158,67 @@ def test_topk_encoder_and_decoder_with_one_shared_sort_match_float64():
     assert_close("output", out, out_ref, 1e-6, seed)
     for name, got, r in zip(("W_enc", "b_enc", "W_dec", "b_dec"), (enc, b_enc, W_dec, b_dec), ref):
         assert_close(name, got.grad, r.grad, 1e-5, seed)
+
+
+def _positive_top_reference(cols_pre: torch.Tensor, k: int) -> list[dict[int, float]]:
+    """Row by row, {position: value} of the positive entries among the row's top k."""
+    out = []
+    for row in cols_pre:
+        top = row.topk(min(k, row.numel())).indices.tolist()
+        out.append({c: float(row[c]) for c in top if row[c] > 0})
+    return out
+
+
+def _check_positive_top(top, ref, k, msg):
+    widest = max((len(r) for r in ref), default=0)
+    if widest == 0:
+        assert top is None, msg
+        return
+    assert top.idx.shape == top.vals.shape == (len(ref), min(k, widest)), msg
+    for r, want in enumerate(ref):
+        got = {int(c): float(v) for c, v in zip(top.idx[r], top.vals[r]) if v > 0}
+        assert got.keys() == want.keys(), f"row {r}, {msg}"
+        for c in want:
+            assert abs(got[c] - want[c]) <= 1e-5 * max(1.0, abs(want[c])), f"row {r}, {msg}"
+        pad = top.vals[r] <= 0
+        assert (top.vals[r][pad] == 0).all() and (top.idx[r][pad] == 0).all(), msg
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("blocks", [None, 4096 * 7], ids=["whole", "row-blocks"])
+def test_topk_preacts_positive_top_of_the_columns(monkeypatch, native, blocks):
+    """With `cols_k`, `extra` holds each row's positive entries among its top `cols_k` of
+    `pre[:, cols]` (AuxK's inputs) and nothing else positive, padded with zeros; the native
+    kernel (found in cache, no column copy) and the torch path agree with a brute force,
+    whole or in row blocks, including blocks with no positive entry at all."""
+    if not native:
+        monkeypatch.setenv("SAELAB_DISABLE_NATIVE", "1")
+    elif kernels.native.library() is None:
+        pytest.skip("no C compiler here: the native kernel is not built")
+    seed = new_seed()
+    g, x, enc, b, cols = _case(seed)
+    b[cols] -= 2.5  # dead latents: mostly negative, a few positive entries per row
+    b[cols[:3]] += 3.0  # ... and a few latents positive in most rows
+    x[60:] *= 0.01  # later rows: no positive dead entry (a whole row block of None)
+    pre = torch.addmm(b, x, enc.t())
+    for k in (1, 4, 37):
+        vals, idx, top = kernels.topk_preacts(x, enc.t(), b, 8, cols, block_bytes=blocks, cols_k=k)
+        _check_selection(vals, idx, None, pre, 8, None, f"k {k}, seed {seed}")
+        _check_positive_top(top, _positive_top_reference(pre[:, cols], k), k, f"k {k}, seed {seed}")
+    b[cols] -= 100.0
+    _, _, top = kernels.topk_preacts(x, enc.t(), b, 8, cols, block_bytes=blocks, cols_k=5)
+    assert top is None, f"no positive dead entry anywhere, seed {seed}"
+
+
+def test_positive_top_of_dense_columns_matches_brute_force():
+    from saelab.kernels.select import positive_top
+
+    seed = new_seed()
+    g = torch.Generator().manual_seed(seed)
+    cols = torch.randn(64, 300, generator=g) - 2.5
+    cols[3] += 5.0  # one row with many positive entries: it sets the width, capped at k
+    for k in (4, 40, 300):
+        _check_positive_top(
+            positive_top(cols, k), _positive_top_reference(cols, k), k, f"k {k}, seed {seed}"
+        )
+    assert positive_top(-cols.abs() - 1, 8) is None
