@@ -125,12 +125,20 @@ def is_threshold_arch(arch: str) -> bool:
 
 
 def store_archs() -> tuple[str, ...]:
-    """Every registered architecture that trains from an activation store (not the ones that
-    need the live model's gradients)."""
+    """Every registered SAE architecture that trains from an activation store: not the ones
+    that need the live model's gradients (g-SAE), nor the transcoders, which reconstruct
+    another hook (their config has a `target_hook`) and are not variants of one SAE."""
+    import dataclasses
+
     from saelab.sae.registry import architectures
 
+    def reconstructs_its_input(cls) -> bool:
+        return "target_hook" not in {f.name for f in dataclasses.fields(cls.config_class)}
+
     return tuple(
-        name for name, cls in architectures().items() if not getattr(cls, "needs_lm_grad", False)
+        name
+        for name, cls in architectures().items()
+        if not getattr(cls, "needs_lm_grad", False) and reconstructs_its_input(cls)
     )
 
 
@@ -211,7 +219,7 @@ def run(cfg: VariantsConfig, model: Any = None) -> dict[str, Any]:
         tokens=cfg.train_tokens or 0,
         progress=cfg.progress,
         log_every=10,
-        save_every_tokens=500_000,
+        save_every_tokens=200_000,  # an hours-long sweep: lose little when interrupted
     )
     # An interrupted sweep resumes from its last checkpoint; a finished one returns at once.
     saelab.train(

@@ -69,3 +69,16 @@ def test_extra_evals_are_run_when_registered_and_shown_with_their_intervals(tmp_
     cells = dict(zip(head, table[2].split(" | "), strict=True))
     assert cells["shared_fraction"] == "0.5 ± 0.1" and cells["n_twins"] == "1"
     assert cells["lopsided"] == "0.5 [0.45, 0.7]" and cells["probe_acc_k1"] == "0.7"
+
+
+def test_all_archs_are_the_sae_variants_and_each_config_validates():
+    """`--archs all` once took the transcoders, and the paper-grade sweep died on their
+    missing target hook after an hour of harvest: every config of the full sweep must pass
+    the validation `saelab.train` runs first."""
+    archs = variants.store_archs()
+    assert {"relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"} <= set(archs)
+    assert {"mutual_choice", "feature_choice", "mp"} <= set(archs)
+    assert not {"transcoder", "clt", "gsae"} & set(archs)
+    cfg = variants.VariantsConfig(out="unused", archs=archs, d_sae=256)
+    for c in variants.sweep_configs(cfg):
+        c.validate()
