@@ -683,10 +683,10 @@ def _ab_section(py: str, spec: dict, results: dict, key: str, before: tuple, aft
 AUXK_DEAD = (0, 2000, 3000)
 """Dead-set sizes of the AuxK section (0: no AuxK)."""
 AUXK_TRAIN_STEPS = 150
+"""Training steps before the AuxK section times its trained SAE's own dead latents."""
 AUXK_TRUE_FEATURES = 2 * D_IN
 """True directions of the synthetic data the `auxk_trained` SAE learns: with 18432 latents
-for 1152 directions, 2000-3000 latents die within 150 steps (8x d_in left ~800 dead)."""
-"""Training steps before the AuxK section times its trained SAE's own dead latents."""
+for 1152 directions, 2000-3500 latents die within 150 steps (8x d_in left ~800 dead)."""
 
 
 def _auxk_section(py: str, spec: dict, results: dict) -> None:
