@@ -18,6 +18,16 @@ Notebook 04 calls `run()` at tiny size; the full run is
 store's train split; JSON and HTML to benchmarks/results/variants-<device>.json). An
 interrupted run resumes: the store, the sweep and the results file are reused.
 
+On 2 cores the full sweep takes most of a day, so it also runs in pieces, one L0 each, over
+the same store (harvest and data order are deterministic, so the pieces may run on different
+days and machines), each writing its own result file; `--merge` then joins the pieces'
+rows and recomputes the comparisons over all of them:
+
+    python benchmarks/variants.py --out W --tokens 2300000 --train-tokens 2000000 \
+        --archs all --l0s 32 --seed-archs relu,topk --label l32
+    python benchmarks/variants.py --out W2 ... --l0s 16 --seed-archs '' --label l16   # etc.
+    python benchmarks/variants.py --merge benchmarks/results/variants-cpu-l*.json
+
 `--extra-evals stability scr tpp ravel unlearning` runs further registered evals on every SAE
 (a name not registered is left out, with a note in the summary); the table then shows each of
 their metrics with its 95% interval where the eval stores one ("value ± half-width", or
@@ -436,6 +446,57 @@ def compare_with_papers(rows: list[dict]) -> dict[str, Any]:
     return out
 
 
+def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary from several pieces' summaries (`run`'s output, one L0 or one group of
+    architectures each): their rows, the comparisons recomputed over all rows, each piece's
+    config, command, store and machine kept under `parts`. A SAE in two pieces is an error:
+    the pieces would disagree on which of its numbers to show."""
+    from saelab.base.errors import UserError
+
+    rows: list[dict] = []
+    seen: dict[str, int] = {}
+    stability: dict[str, Any] = {}
+    order: list[str] = []
+    for i, part in enumerate(parts):
+        for r in part["rows"]:
+            if r["name"] in seen:
+                raise UserError(
+                    f"{r['name']} is in piece {seen[r['name']]} and piece {i}: "
+                    "merge pieces that trained different SAEs"
+                )
+            seen[r["name"]] = i
+            rows.append(r)
+        cfg = part.get("config", {})
+        for a in [*cfg.get("archs", []), *cfg.get("seed_archs", [])]:
+            if a not in order:
+                order.append(a)
+        got = part.get("comparisons", {}).get("seed_stability", {})
+        stability.update({k: v for k, v in got.items() if isinstance(v, dict)})
+    order += sorted({r["architecture"] for r in rows} - set(order))
+    rows.sort(key=lambda r: (r["target_l0"], r["seed_copy"], order.index(r["architecture"])))
+    comparisons = compare_with_papers([r for r in rows if not r["seed_copy"]])
+    if "relu" in stability and "topk" in stability:
+        stability["relu_more_stable_than_topk"] = (
+            stability["relu"]["shared_fraction"] > stability["topk"]["shared_fraction"]
+        )
+    comparisons["seed_stability"] = stability
+    keep = ("label", "config", "store", "timings", "machine", "command")
+    return {
+        "rows": rows,
+        "comparisons": comparisons,
+        "parts": [{k: p[k] for k in keep if k in p} for p in parts],
+    }
+
+
+def write_result(summary: dict[str, Any], path: Path) -> None:
+    """The JSON and, beside it, the frontier plots (plotly.js from its CDN keeps it small)."""
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    frontier_figure(summary["rows"]).write_html(path.with_suffix(".html"), include_plotlyjs="cdn")
+    print(format_table(summary["rows"]))
+    print(json.dumps(summary["comparisons"], indent=2))
+    print(f"-> {path}")
+
+
 def frontier_figure(rows: list[dict]):
     """Δloss vs L0 and FVU vs L0 per architecture (plotly), from `summarise`'s rows."""
     from saelab.evaluation.compare import frontier_figure as figure
@@ -534,7 +595,19 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--label", default="", help="suffix of the result file (e.g. small)")
     p.add_argument("--result", help="result JSON path (default benchmarks/results/variants-…)")
+    p.add_argument(
+        "--merge", nargs="+", metavar="PIECE.json",
+        help="join the result files of pieces (one L0 each) into one (--result, default "
+        "benchmarks/results/variants-cpu.json); trains nothing",
+    )  # fmt: skip
     args = p.parse_args()
+    results = Path(__file__).parent / "results"
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        merged = merge_parts(parts)
+        merged["command"] = " ".join(["python", *sys.argv])
+        write_result(merged, Path(args.result or results / "variants-cpu.json"))
+        return
     cfg = VariantsConfig(
         out=args.out,
         tokens=args.tokens,
@@ -560,13 +633,8 @@ def main() -> None:
     summary["command"] = " ".join(["python", *sys.argv])
     label = f"-{args.label}" if args.label else ""
     device = "cpu" if summary["machine"]["device"] == "cpu" else "gpu"
-    path = Path(args.result or Path(__file__).parent / "results" / f"variants-{device}{label}.json")
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    # The frontier plots beside the JSON (plotly.js from its CDN keeps the file small).
-    frontier_figure(summary["rows"]).write_html(path.with_suffix(".html"), include_plotlyjs="cdn")
-    print(format_table(summary["rows"]))
-    print(json.dumps(summary["comparisons"], indent=2))
-    print(f"-> {path}")
+    summary["label"] = args.label
+    write_result(summary, Path(args.result or results / f"variants-{device}{label}.json"))
 
 
 if __name__ == "__main__":

@@ -82,3 +82,39 @@ def test_all_archs_are_the_sae_variants_and_each_config_validates():
     cfg = variants.VariantsConfig(out="unused", archs=archs, d_sae=256)
     for c in variants.sweep_configs(cfg):
         c.validate()
+
+
+def _row(arch: str, l0: int, delta: float, dead: float, absorption: float, seed: str = "") -> dict:
+    name = f"{arch}-L0_{l0}" + (f"-{seed}" if seed else "")
+    return {"name": name, "seed_copy": bool(seed), "architecture": arch, "target_l0": l0,
+            "l0": l0 * 1.05, "fvu": delta / 2, "delta_loss": delta, "dead_fraction": dead,
+            "absorption_mean": absorption}  # fmt: skip
+
+
+def test_merged_pieces_compare_across_every_l0_and_refuse_a_sae_twice():
+    """Pieces (one L0 each) run on different days; the merge recomputes each claim over the
+    rows of all of them, as one run over every L0 would have."""
+    piece16 = {"config": {"archs": ["relu", "topk", "matryoshka"], "seed_archs": []},
+               "rows": [_row("topk", 16, 0.5, 0.1, 0.02), _row("relu", 16, 0.7, 0.0, 0.01),
+                        _row("matryoshka", 16, 0.6, 0.1, 0.001)],
+               "comparisons": {"seed_stability": {}}, "command": "a", "label": "l16"}  # fmt: skip
+    piece32 = {"config": {"archs": ["relu", "topk", "matryoshka"], "seed_archs": ["relu"]},
+               "rows": [_row("relu", 32, 0.3, 0.0, 0.03), _row("topk", 32, 0.4, 0.2, 0.04),
+                        _row("matryoshka", 32, 0.35, 0.1, 0.003),
+                        _row("relu", 32, 0.31, 0.0, 0.03, seed="seed1")],
+               "comparisons": {"seed_stability": {"relu": {"shared_fraction": 0.6}}},
+               "command": "b", "label": "l32"}  # fmt: skip
+    merged = variants.merge_parts([piece32, piece16])
+    names = [r["name"] for r in merged["rows"]]
+    assert names == ["relu-L0_16", "topk-L0_16", "matryoshka-L0_16", "relu-L0_32", "topk-L0_32",
+                     "matryoshka-L0_32", "relu-L0_32-seed1"]  # fmt: skip
+    beat = {(c["target_l0"], c["arch"]): c["better_delta_loss"]
+            for c in merged["comparisons"]["jumprelu_topk_beat_relu"]}  # fmt: skip
+    assert beat == {(16, "topk"): True, (32, "topk"): False}
+    means = merged["comparisons"]["absorption_mean_by_arch"]
+    assert means["relu"] == pytest.approx(0.02) and means["topk"] == pytest.approx(0.03)
+    assert merged["comparisons"]["matryoshka_lowest_absorption"] is True
+    assert merged["comparisons"]["seed_stability"] == {"relu": {"shared_fraction": 0.6}}
+    assert [p["label"] for p in merged["parts"]] == ["l32", "l16"]
+    with pytest.raises(UserError, match="topk-L0_16 is in piece 0 and piece 1"):
+        variants.merge_parts([piece16, piece16])
