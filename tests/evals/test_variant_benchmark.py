@@ -22,6 +22,11 @@ def test_sweep_has_every_arch_at_every_l0_and_seed_twins_at_the_middle_one():
     assert twin.seed == 1 and twin.target_l0 == 16.0  # relu is steered to its L0, not given k
     assert variants.parse_name("relu-L0_16-seed1") == ("relu", 16, "seed1")
     assert variants.parse_name("mutual_choice-L0_32") == ("mutual_choice", 32, "")
+    (named,) = variants.sweep_configs(
+        variants.VariantsConfig(out="unused", archs=("jumprelu_preact",), l0s=(32,))
+    )
+    assert named.architecture == "jumprelu" and named.resolved_name() == "jumprelu_preact-L0_32"
+    assert named.pre_act_coefficient > 0 and named.target_l0 == 32.0
 
 
 def test_seed_stability_pairs_each_twin_with_its_seed_0_sae(tmp_path):

@@ -152,14 +152,22 @@ def test_jumprelu_threshold_gets_gradient_from_latents_just_below_it():
     assert sae.threshold.grad is not None and sae.threshold.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("pre_act", [0.0, 0.2], ids=["", "pre-act-loss"])
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse-path", "dense-path"])
-def test_jumprelu_training_loss_and_gradients_match_a_dense_float64_definition(monkeypatch, dense):
+def test_jumprelu_training_loss_and_gradients_match_a_dense_float64_definition(
+    monkeypatch, dense, pre_act
+):
     """The split selection (latents above θ decoded, those within ε/2 below only probed)
     gives the loss and every gradient of the whole dense computation: z = ReLU(pre) for all
-    latents, f = JumpReLU(z), L0 by the step pseudo-derivative, in float64."""
+    latents, f = JumpReLU(z), L0 by the step pseudo-derivative, in float64; with the
+    pre-activation loss, plus λ_p · mean_rows Σ_i ReLU(θ_i − pre_i) ‖W_dec,i‖ (b_dec held
+    constant in that term)."""
     seed = int(torch.randint(0, 2**31 - 1, ()))
     g = torch.Generator().manual_seed(seed)
-    sae = make("jumprelu", threshold_init=0.3, bandwidth=0.2, l0_coefficient=0.05)
+    sae = make(
+        "jumprelu", threshold_init=0.3, bandwidth=0.2, l0_coefficient=0.05,
+        pre_act_coefficient=pre_act,
+    )  # fmt: skip
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
@@ -174,6 +182,10 @@ def test_jumprelu_training_loss_and_gradients_match_a_dense_float64_definition(m
     x_hat = JumpReLUFn.apply(z, theta, 0.2) @ ref["W_dec"] + ref["b_dec"]
     mse = (x_hat - x.double()).pow(2).sum(-1).mean()
     loss = mse + 0.05 * StepFn.apply(z, theta, 0.2).sum(-1).mean()
+    pre = (x.double() - ref["b_dec"].detach()) @ ref["encoder_weight"].t() + ref["b_enc"]
+    gap = (ref["threshold"] - pre).relu()
+    assert (gap > 0).any() and (gap == 0).any(), f"seed {seed}"
+    loss = loss + pre_act * (gap * ref["W_dec"].norm(dim=1)).sum(-1).mean()
     loss.backward()
     near = ((z - theta).abs() < 0.1) & (z <= theta)
     assert near.any(), f"no latent just below θ to test (seed {seed})"
