@@ -233,15 +233,13 @@ def test_e2e_finetuning_lowers_spliced_kl_and_saves_a_checkpoint(model, small_st
     torch.testing.assert_close(after(x), trainer.raw_sae()(x), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.slow
 def test_live_loader_resumes_exactly(model, small_store):
-    """A resumed live loader recomputes the carried rows and yields the same pairs (slow: the
-    model runs forward and backward over every window it reads)."""
+    """A resumed live loader recomputes the carried rows and yields the same pairs."""
     from saelab.activations.live import LiveGradientLoader
 
     def loader():
         return LiveGradientLoader(
-            small_store, HOOK, batch_size=200, seed=3, shuffle_chunks=1, model=model
+            small_store, HOOK, batch_size=64, seed=3, shuffle_chunks=1, model=model
         )
 
     first = loader()
@@ -255,10 +253,9 @@ def test_live_loader_resumes_exactly(model, small_store):
     assert torch.equal(x_next, x_res) and torch.equal(g_next, g_res)
 
 
-@pytest.mark.slow
 def test_e2e_resume_is_exact(model, small_store, tmp_path):
     """Interrupted after its first checkpoint and resumed, an e2e run ends bit for bit where an
-    uninterrupted one does (slow: four e2e steps of the live model)."""
+    uninterrupted one does (four e2e steps of the live model, ~10 s)."""
     import saelab
     from saelab.sae.checkpoint import load_sae
     from saelab.sae.config import TrainConfig
