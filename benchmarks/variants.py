@@ -422,6 +422,8 @@ def compare_with_papers(rows: list[dict]) -> dict[str, Any]:
                     "relu_l0": relu["l0"],
                     "better_delta_loss": o["delta_loss"] < relu["delta_loss"],
                     "better_fvu": o["fvu"] < relu["fvu"],
+                    # a comparison at matched L0 only means something where both matched it
+                    "l0_matched": _matched(o) and _matched(relu),
                 }
             )
     out["jumprelu_topk_beat_relu"] = claims
@@ -437,26 +439,30 @@ def compare_with_papers(rows: list[dict]) -> dict[str, Any]:
     others = [v for a, v in mean_abs.items() if a != "matryoshka"]
     if "matryoshka" in mean_abs and others:
         out["matryoshka_lowest_absorption"] = mean_abs["matryoshka"] <= min(others)
-    # Mutual Choice paper: fewer dead latents than TopK at the same k.
-    dead = []
-    for level, archs in sorted(by_level.items()):
-        mc, tk = archs.get("mutual_choice", {}), archs.get("topk", {})
-        if mc.get("dead_fraction") is not None and tk.get("dead_fraction") is not None:
-            dead.append(
-                {
-                    "target_l0": level,
-                    "mutual_choice_dead": mc["dead_fraction"],
-                    "topk_dead": tk["dead_fraction"],
-                    "fewer_dead": mc["dead_fraction"] < tk["dead_fraction"],
-                }
-            )
-    out["mutual_choice_fewer_dead"] = dead
-    # Inference thresholds (BatchTopK family): the evaluated L0 within 10% of k.
-    out["l0_matched_within_15pct"] = {
-        r["name"]: r["l0"] is not None and abs(r["l0"] - r["target_l0"]) <= 0.15 * r["target_l0"]
-        for r in rows
-    }
+    # Mutual Choice / Feature Choice paper: fewer dead latents than TopK at the same k.
+    for arch in ("mutual_choice", "feature_choice"):
+        dead = []
+        for level, archs in sorted(by_level.items()):
+            mc, tk = archs.get(arch, {}), archs.get("topk", {})
+            if mc.get("dead_fraction") is not None and tk.get("dead_fraction") is not None:
+                dead.append(
+                    {
+                        "target_l0": level,
+                        f"{arch}_dead": mc["dead_fraction"],
+                        "topk_dead": tk["dead_fraction"],
+                        "fewer_dead": mc["dead_fraction"] < tk["dead_fraction"],
+                    }
+                )
+        out[f"{arch}_fewer_dead"] = dead
+    # Every architecture at its target: the evaluated L0 within 15% of it.
+    out["l0_matched_within_15pct"] = {r["name"]: _matched(r) for r in rows}
     return out
+
+
+def _matched(row: dict) -> bool:
+    """Whether a row's evaluated L0 is within 15% of its target."""
+    l0, target = row.get("l0"), row["target_l0"]
+    return l0 is not None and abs(l0 - target) <= 0.15 * target
 
 
 def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:

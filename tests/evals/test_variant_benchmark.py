@@ -109,13 +109,21 @@ def test_merged_pieces_compare_across_every_l0_and_refuse_a_sae_twice():
                         _row("relu", 32, 0.31, 0.0, 0.03, seed="seed1")],
                "comparisons": {"seed_stability": {"relu": {"shared_fraction": 0.6}}},
                "command": "b", "label": "l32"}  # fmt: skip
+    stuck = _row("jumprelu", 32, 0.2, 0.3, 0.02)
+    stuck["l0"] = 13.8  # a target-L0 run that never reached its target
+    piece32["rows"].append(stuck)
     merged = variants.merge_parts([piece32, piece16])
     names = [r["name"] for r in merged["rows"]]
     assert names == ["relu-L0_16", "topk-L0_16", "matryoshka-L0_16", "relu-L0_32", "topk-L0_32",
-                     "matryoshka-L0_32", "relu-L0_32-seed1"]  # fmt: skip
+                     "matryoshka-L0_32", "jumprelu-L0_32", "relu-L0_32-seed1"]  # fmt: skip
     beat = {(c["target_l0"], c["arch"]): c["better_delta_loss"]
             for c in merged["comparisons"]["jumprelu_topk_beat_relu"]}  # fmt: skip
-    assert beat == {(16, "topk"): True, (32, "topk"): False}
+    assert beat == {(16, "topk"): True, (32, "jumprelu"): True, (32, "topk"): False}
+    matched = {(c["target_l0"], c["arch"]): c["l0_matched"]
+               for c in merged["comparisons"]["jumprelu_topk_beat_relu"]}  # fmt: skip
+    assert matched == {(16, "topk"): True, (32, "jumprelu"): False, (32, "topk"): True}
+    within = merged["comparisons"]["l0_matched_within_15pct"]
+    assert [n for n, ok in within.items() if not ok] == ["jumprelu-L0_32"]
     means = merged["comparisons"]["absorption_mean_by_arch"]
     assert means["relu"] == pytest.approx(0.02) and means["topk"] == pytest.approx(0.03)
     assert merged["comparisons"]["matryoshka_lowest_absorption"] is True
