@@ -63,19 +63,18 @@ family: 16x that, floored at d_sae 2048) is also trained at this one: see `varia
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "matryoshka": {"topk selection": {"selection": "topk"}},
     "jumprelu": {
-        "lr x4": {"lr_base": 8e-4},
-        "lr x4, eps 0.05, pre-act 1e-4": {
+        "lr x4, eps 0.05": {"lr_base": 8e-4, "bandwidth": 0.05},
+        "lr x4, eps 0.05, pre-act 0.05": {
             "lr_base": 8e-4,
             "bandwidth": 0.05,
-            "pre_act_coefficient": 1e-4,
+            "pre_act_coefficient": 0.05,
         },
     },
 }
 """Further settings an architecture is trained at besides its defaults (by variant name):
 Matryoshka with per-row TopK selection separates its nested losses from BatchTopK's
-batch-wide selection; JumpReLU at 4x its LR shows how far its default LR holds it back, and
-with a wider ε and the pre-activation loss (which revives latents below θ − ε/2) how far
-the missing revival does."""
+batch-wide selection; JumpReLU at 4x its LR with a wider ε (θ moves faster), and that with
+the pre-activation loss (which revives latents below θ − ε/2)."""
 
 
 def variants(arch: str) -> dict[str, dict[str, Any]]:

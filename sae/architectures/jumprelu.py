@@ -61,16 +61,17 @@ class StepFn(torch.autograd.Function):
 
 
 class PreActLossFn(torch.autograd.Function):
-    """λ/N · Σ_rows Σ_i ReLU(θ_i − pre_i) ‖W_dec,i‖ (Anthropic's pre-activation loss, 2025)
-    from the dense pre-activations the selection already computed, with one extra GEMM in the
-    backward (x_cᵀ G) and no second forward. The centred input x_c is held constant here: the
-    term moves W_enc, b_enc, θ and the decoder norms, not b_dec."""
+    """λ/(N·d_sae) · Σ_rows Σ_i ReLU(θ_i − pre_i) ‖W_dec,i‖ (Anthropic's pre-activation loss,
+    2025, as a mean over latents) from the dense pre-activations the selection already
+    computed, with one extra GEMM in the backward (x_cᵀ G) and no second forward. The centred
+    input x_c is held constant here: the term moves W_enc, b_enc, θ and the decoder norms, not
+    b_dec."""
 
     @staticmethod
     def forward(ctx, pre, xc, W_enc, b_enc, theta, norms, lam: float) -> Tensor:
         gap = (theta - pre).clamp_min_(0)
         ctx.save_for_backward(pre, xc, theta, norms)
-        ctx.lam = lam / pre.shape[0]
+        ctx.lam = lam / (pre.shape[0] * pre.shape[1])
         return ctx.lam * (gap.sum(0) * norms).sum()
 
     @staticmethod
@@ -114,11 +115,14 @@ class JumpReLUConfig(ThresholdSAEConfig):
     (the target-L0 penalty; `target_l0` is the controller every threshold SAE has)."""
 
     pre_act_coefficient: float = 0.0
-    """λ_p of the pre-activation loss λ_p · Σ_i ReLU(θ_i − pre_i) ‖W_dec,i‖ (mean over rows;
-    Anthropic, "Circuits Updates", January 2025): every latent below its threshold is pulled up
-    towards it, so a latent that has stopped firing is revived, which JumpReLU's
-    straight-through gradient alone never does (it reaches only latents within ε/2 of θ). 0
-    turns it off; it costs one dense GEMM per step."""
+    """λ_p of the pre-activation loss λ_p · mean_i ReLU(θ_i − pre_i) ‖W_dec,i‖ (mean over rows
+    and latents; Anthropic, "Circuits Updates", January 2025, sum over latents: their λ_p is
+    this one / d_sae): every latent below its threshold is pulled up towards it, so a latent
+    that has stopped firing is revived, which JumpReLU's straight-through gradient alone never
+    does (it reaches only latents within ε/2 of θ). The mean keeps one value right across
+    widths (about 0.05 measured at d_sae 512 and 4608, with `lr_base` 8e-4 and `bandwidth`
+    0.05: docs/architecture.md, "The revival"). 0 turns it off; it costs one dense GEMM per
+    step."""
 
     def default_name(self) -> str:
         if self.target_l0 is not None:
