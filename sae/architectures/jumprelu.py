@@ -80,7 +80,7 @@ class PreActLossFn(torch.autograd.Function):
         gap = (theta - pre).clamp_min_(0)
         below = (gap > 0).to(pre.dtype)
         scale = grad * ctx.lam
-        g_pre = below.mul_(norms).mul_(-scale)  # ∂/∂pre: −λ/N ‖W_dec,i‖ where pre_i < θ_i
+        g_pre = below.mul_(norms).mul_(-scale)  # ∂/∂pre: −λ/(N·d_sae) ‖W_dec,i‖ where pre_i < θ_i
         grad_W = xc.t() @ g_pre if ctx.needs_input_grad[2] else None
         grad_b = g_pre.sum(0) if ctx.needs_input_grad[3] else None
         grad_theta = -g_pre.sum(0)
