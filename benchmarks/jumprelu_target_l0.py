@@ -32,13 +32,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
 faster); that plus the pre-activation loss (the revival); a slower controller."""
 
 
-def summarise(folder: Path, names: dict[str, str], every: int = 60) -> dict[str, Any]:
+def summarise(folder: Path, names: list[str], every: int = 60) -> dict[str, Any]:
     """Per setting, the final L0 / FVU / dead % / sparsity scale and the trajectory every
     `every` steps, from the run's metrics.jsonl."""
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     out = {}
-    for setting, name in names.items():
-        mine = [r for r in rows if r.get("sae") == name]
+    for setting in names:
+        mine = [r for r in rows if r.get("sae") == setting]
         keys = ("step", "l0", "fvu", "dead_pct", "sparsity_scale")
         trajectory = [{k: r.get(k) for k in keys} for r in mine if r["step"] % every == 10]
         out[setting] = {"final": {k: mine[-1].get(k) for k in keys}, "trajectory": trajectory}
@@ -59,7 +59,6 @@ def main() -> None:
     args = p.parse_args()
     from benchmarks.machine import machine_info
 
-    names = {s: s for s in SETTINGS}
     folder = Path(args.from_run or args.out)
     if not args.from_run:
         from saelab.activations.loader import ActivationLoader
@@ -72,7 +71,7 @@ def main() -> None:
                 target_l0=args.target_l0,
                 init_l0=args.target_l0,
                 seed=0,
-                name=names[s],
+                name=s,
                 **v,
             )  # fmt: skip
             for s, v in SETTINGS.items()
@@ -86,7 +85,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "config": {k: v for k, v in vars(args).items() if k != "result"},
         "settings": SETTINGS,
-        "results": summarise(folder, names),
+        "results": summarise(folder, list(SETTINGS)),
     }
     path = args.result or Path(__file__).parent / "results" / "jumprelu-target-l0-cpu.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
