@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from saelab.activations.loader import ActivationLoader
+from saelab.activations.models import model_lock
 from saelab.activations.store import ActivationStore
 from saelab.base.errors import UserError
 
@@ -41,7 +42,7 @@ def hook_gradients(bridge, hook: str, tokens: Tensor, batch_size: int = 8) -> tu
             _leaf["x"] = act.detach().float().requires_grad_(True)
             return _leaf["x"].to(act.dtype)
 
-        with torch.enable_grad():
+        with model_lock(bridge), torch.enable_grad():  # hooks live on the shared model
             logits = bridge.run_with_hooks(toks, fwd_hooks=[(hook, capture)], return_type="logits")
             logp = logits.float().log_softmax(-1)[:, :-1]
             loss = -logp.gather(-1, toks[:, 1:].unsqueeze(-1)).sum()

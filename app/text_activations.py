@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from saelab.activations.models import model_lock
+
 MAX_TEXT_TOKENS = 256
 """Longest text the box runs (tokens after BOS): the page waits for the forward pass."""
 
@@ -76,11 +78,12 @@ def activations_on_tokens(probe: Probe, token_ids: list[int], feature: int) -> l
     model = probe.model
     device = next(model.bridge.parameters()).device
     tokens = torch.tensor([list(token_ids)], dtype=torch.long, device=device)
-    _, cache = model.bridge.run_with_cache(
-        tokens,
-        names_filter=[probe.hook],
-        stop_at_layer=model.stop_layer([probe.hook]),
-        return_cache_object=False,
-    )
+    with model_lock(model.bridge):  # app sessions share the model; caching adds hooks
+        _, cache = model.bridge.run_with_cache(
+            tokens,
+            names_filter=[probe.hook],
+            stop_at_layer=model.stop_layer([probe.hook]),
+            return_cache_object=False,
+        )
     x = cache[probe.hook][0].reshape(len(token_ids), -1).float().cpu()
     return [float(v) for v in probe.sae.encode(x)[:, int(feature)]]

@@ -219,6 +219,7 @@ def _check_latents(sae, latents: list[int]) -> None:
 
 
 def _steer(request: Request, *, sweep: list[float] | None = None, tokens: int | None = None):
+    from saelab.activations.models import model_lock
     from saelab.steering.generate import Sampling
     from saelab.steering.run import SteerConfig, steer
 
@@ -233,7 +234,8 @@ def _steer(request: Request, *, sweep: list[float] | None = None, tokens: int | 
     cfg.validate()  # before the model loads
     model = _model(request.model)
     common.close_reader()  # the write needs the file to itself within this process
-    report = steer(cfg, model=model)
+    with model_lock(model.bridge):  # sessions share the model; a steering hook is on it
+        report = steer(cfg, model=model)
     st.cache_data.clear()  # the runs list: read afresh
     st.session_state[JUST_STORED] = report.sweep_id
     return report

@@ -253,6 +253,37 @@ def test_live_loader_resumes_exactly(model, small_store):
     assert torch.equal(x_next, x_res) and torch.equal(g_next, g_res)
 
 
+def test_hook_gradients_from_two_threads_on_one_model_match_one_thread(model, small_store):
+    """Two threads taking hook gradients on one model at once (two live loaders' prefetch
+    threads) each get what a lone call gets: hooks live on the shared model, so without turn
+    taking one thread's hook fires inside the other's pass (CI caught this in the resume test)."""
+    import threading
+
+    from saelab.activations.live import hook_gradients
+    from saelab.activations.store import ActivationStore
+
+    store = ActivationStore(small_store)
+    tokens = [torch.from_numpy(store.read_tokens(c)[:6, :16]).long() for c in (0, 1)]
+    alone = [hook_gradients(model.bridge, HOOK, t, batch_size=1) for t in tokens]
+    together: list = [None, None]
+    errors: list = []
+
+    def work(i: int) -> None:
+        try:
+            together[i] = hook_gradients(model.bridge, HOOK, tokens[i], batch_size=1)
+        except BaseException as err:  # re-raised below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for (xa, ga), (xt, gt) in zip(alone, together):
+        assert torch.equal(xa, xt) and torch.equal(ga, gt)
+
+
 def test_e2e_resume_is_exact(model, small_store, tmp_path):
     """Interrupted after its first checkpoint and resumed, an e2e run ends bit for bit where an
     uninterrupted one does (four e2e steps of the live model, ~10 s)."""
