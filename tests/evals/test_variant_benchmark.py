@@ -131,3 +131,17 @@ def test_merged_pieces_compare_across_every_l0_and_refuse_a_sae_twice():
     assert [p["label"] for p in merged["parts"]] == ["l32", "l16"]
     with pytest.raises(UserError, match="topk-L0_16 is in piece 0 and piece 1"):
         variants.merge_parts([piece16, piece16])
+
+
+def test_e2e_benchmark_reads_the_local_l0_for_a_delta_loss_off_a_log_log_curve():
+    """Hand-worked: between (16, 0.2) and (64, 0.05) Δloss halves per doubling of L0 (a straight
+    line in log-log), so Δloss 0.1 sits at L0 32 and 0.0707 (= 0.1/√2) at L0 45.25."""
+    from benchmarks.e2e_fewer_latents import local_l0_for
+
+    curve = [(64.0, 0.05), (16.0, 0.2)]
+    assert local_l0_for(0.1, curve) == pytest.approx(32.0, rel=1e-12)
+    assert local_l0_for(0.1 / 2**0.5, curve) == pytest.approx(32 * 2**0.5, rel=1e-12)
+    # a kinked curve uses the segment the value falls in; outside the curve there is no answer
+    kinked = [(16.0, 0.2), (32.0, 0.05), (64.0, 0.04)]
+    assert local_l0_for(0.1, kinked) == pytest.approx(16 * 2**0.5, rel=1e-12)
+    assert local_l0_for(0.3, kinked) is None and local_l0_for(0.01, kinked) is None
