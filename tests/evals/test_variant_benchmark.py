@@ -112,16 +112,24 @@ def test_merged_pieces_compare_across_every_l0_and_refuse_a_sae_twice():
     stuck = _row("jumprelu", 32, 0.2, 0.3, 0.02)
     stuck["l0"] = 13.8  # a target-L0 run that never reached its target
     piece32["rows"].append(stuck)
+    piece32["rows"].append(_row("jumprelu_revival", 32, 0.35, 0.05, 0.02))  # a named setting
     merged = variants.merge_parts([piece32, piece16])
     names = [r["name"] for r in merged["rows"]]
     assert names == ["relu-L0_16", "topk-L0_16", "matryoshka-L0_16", "relu-L0_32", "topk-L0_32",
-                     "matryoshka-L0_32", "jumprelu-L0_32", "relu-L0_32-seed1"]  # fmt: skip
+                     "matryoshka-L0_32", "jumprelu-L0_32", "jumprelu_revival-L0_32",
+                     "relu-L0_32-seed1"]  # fmt: skip
     beat = {(c["target_l0"], c["arch"]): c["better_delta_loss"]
             for c in merged["comparisons"]["jumprelu_topk_beat_relu"]}  # fmt: skip
-    assert beat == {(16, "topk"): True, (32, "jumprelu"): True, (32, "topk"): False}
+    assert beat == {(16, "topk"): True, (32, "jumprelu"): True, (32, "jumprelu_revival"): False,
+                    (32, "topk"): False}  # fmt: skip
     matched = {(c["target_l0"], c["arch"]): c["l0_matched"]
                for c in merged["comparisons"]["jumprelu_topk_beat_relu"]}  # fmt: skip
-    assert matched == {(16, "topk"): True, (32, "jumprelu"): False, (32, "topk"): True}
+    assert matched == {(16, "topk"): True, (32, "jumprelu"): False,
+                       (32, "jumprelu_revival"): True, (32, "topk"): True}  # fmt: skip
+    # JumpReLU >= TopK: each JumpReLU row (defaults and settings) against TopK at its level
+    vs_topk = {(c["target_l0"], c["arch"]): (c["at_least_as_good"], c["l0_matched"])
+               for c in merged["comparisons"]["jumprelu_at_least_topk"]}  # fmt: skip
+    assert vs_topk == {(32, "jumprelu"): (True, False), (32, "jumprelu_revival"): (True, True)}
     within = merged["comparisons"]["l0_matched_within_15pct"]
     assert [n for n, ok in within.items() if not ok] == ["jumprelu-L0_32"]
     means = merged["comparisons"]["absorption_mean_by_arch"]
