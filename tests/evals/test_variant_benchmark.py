@@ -144,7 +144,7 @@ def test_merged_pieces_compare_across_every_l0_and_refuse_a_sae_twice():
 def test_e2e_benchmark_reads_the_local_l0_for_a_delta_loss_off_a_log_log_curve():
     """Hand-worked: between (16, 0.2) and (64, 0.05) Δloss halves per doubling of L0 (a straight
     line in log-log), so Δloss 0.1 sits at L0 32 and 0.0707 (= 0.1/√2) at L0 45.25."""
-    from benchmarks.e2e_fewer_latents import local_l0_for
+    from benchmarks.e2e_fewer_latents import claim, local_l0_for
 
     curve = [(64.0, 0.05), (16.0, 0.2)]
     assert local_l0_for(0.1, curve) == pytest.approx(32.0, rel=1e-12)
@@ -153,3 +153,12 @@ def test_e2e_benchmark_reads_the_local_l0_for_a_delta_loss_off_a_log_log_curve()
     kinked = [(16.0, 0.2), (32.0, 0.05), (64.0, 0.04)]
     assert local_l0_for(0.1, kinked) == pytest.approx(16 * 2**0.5, rel=1e-12)
     assert local_l0_for(0.3, kinked) is None and local_l0_for(0.01, kinked) is None
+    # the claim: e2e at k 16 with the Δloss local SAEs reach at L0 32 saves half the latents
+    rows = {"local-topk-L0_16": {"l0": 16.0, "delta_loss": 0.2},
+            "local-topk-L0_64": {"l0": 64.0, "delta_loss": 0.05},
+            "e2e-topk-L0_16": {"l0": 16.0, "delta_loss": 0.1}}  # fmt: skip
+    got = claim(rows, 16)
+    assert got["reproduces"] and got["latents_saved"] == pytest.approx(2.0, rel=1e-12)
+    rows["e2e-topk-L0_16"]["delta_loss"] = 0.25  # worse than local at the same k: off the curve
+    got = claim(rows, 16)
+    assert not got["reproduces"] and got["latents_saved"] is None
