@@ -25,7 +25,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,6 @@ class Config:
     """Sequences of the spliced-loss eval (the variant benchmark's)."""
     out: str = str(RESULTS / "e2e-fewer-latents-cpu.json")
     """The JSON result."""
-    local: dict[int, str] = field(default_factory=dict)
-    """Filled in: L0 -> local checkpoint folder."""
 
 
 def find_local(sweeps: list[str]) -> dict[int, str]:
@@ -95,13 +93,13 @@ def run(cfg: Config) -> dict:
     from saelab.sae.config import TrainConfig
     from saelab.sae.e2e import E2EConfig, E2ETrainer
 
-    cfg.local = find_local(cfg.sweeps)
-    if cfg.k not in cfg.local:
+    local = find_local(cfg.sweeps)
+    if cfg.k not in local:
         raise SystemExit(f"no topk-L0_{cfg.k} in {cfg.sweeps}; run benchmarks/variants.py first")
     work = Path(cfg.work)
     saes = work / "saes"
     saes.mkdir(parents=True, exist_ok=True)
-    for l0, folder in cfg.local.items():
+    for l0, folder in local.items():
         if not (saes / f"local-topk-L0_{l0}").exists():
             shutil.copytree(folder, saes / f"local-topk-L0_{l0}")
     model = load_model("smollm2-135m")
@@ -109,7 +107,7 @@ def run(cfg: Config) -> dict:
     t0 = time.perf_counter()
     if not (saes / e2e_name / "cfg.json").is_file():
         E2ETrainer(
-            E2EConfig(sae=cfg.local[cfg.k], mode="kl", lr=cfg.lr),
+            E2EConfig(sae=local[cfg.k], mode="kl", lr=cfg.lr),
             cfg.acts,
             TrainConfig(tokens=cfg.tokens, progress=True),
             str(saes / e2e_name),
@@ -143,8 +141,8 @@ def run(cfg: Config) -> dict:
         "benchmark": "e2e_fewer_latents",
         "machine": machine_info(),
         "command": " ".join(sys.argv),
-        "config": {k: v for k, v in vars(cfg).items() if k != "local"},
-        "local_checkpoints": {str(k): v for k, v in sorted(cfg.local.items())},
+        "config": asdict(cfg),
+        "local_checkpoints": {str(k): v for k, v in sorted(local.items())},
         "e2e_seconds": e2e_seconds,
         "eval_seconds": eval_seconds,
         "rows": rows,
