@@ -63,18 +63,22 @@ family: 16x that, floored at d_sae 2048) is also trained at this one: see `varia
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "matryoshka": {"topk selection": {"selection": "topk"}},
     "jumprelu": {
-        "lr x4, eps 0.05": {"lr_base": 8e-4, "bandwidth": 0.05},
-        "lr x4, eps 0.05, pre-act 0.05": {
-            "lr_base": 8e-4,
-            "bandwidth": 0.05,
-            "pre_act_coefficient": 0.05,
+        "no revival": {"pre_act_coefficient": 0.0},
+        "auxk 0.5, no pre-act": {"pre_act_coefficient": 0.0, "aux_coefficient": 0.5},
+        "controller": {"target_l0_method": "controller"},
+        "earlier defaults": {
+            "lr_base": 2e-4,
+            "bandwidth": 0.01,
+            "pre_act_coefficient": 0.0,
+            "target_l0_method": "controller",
         },
     },
 }
 """Further settings an architecture is trained at besides its defaults (by variant name):
 Matryoshka with per-row TopK selection separates its nested losses from BatchTopK's
-batch-wide selection; JumpReLU at 4x its LR with a wider ε (θ moves faster), and that with
-the pre-activation loss (which revives latents below θ − ε/2)."""
+batch-wide selection; JumpReLU without its revival (the pre-activation loss), with AuxK as
+the revival instead, with the trainer's L0 controller in place of its quadratic target-L0
+penalty, and at its defaults before 2026-12-07 (LR 2e-4, ε 0.01, no revival, controller)."""
 
 
 def variants(arch: str) -> dict[str, dict[str, Any]]:

@@ -56,18 +56,18 @@ store (the second wave included)."""
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "jumprelu_preact": (
         "jumprelu",
-        {"lr_base": 8e-4, "bandwidth": 0.05, "pre_act_coefficient": 0.4608},
+        {"pre_act_coefficient": 0.4608, "target_l0_method": "controller"},
     ),
-    "jumprelu_revival": (
-        "jumprelu",
-        {"lr_base": 8e-4, "bandwidth": 0.05, "pre_act_coefficient": 0.05},
-    ),
+    "jumprelu_revival": ("jumprelu", {"target_l0_method": "controller"}),
+    "jumprelu_auxk": ("jumprelu", {"pre_act_coefficient": 0.0, "aux_coefficient": 0.5}),
 }
 """Named settings of an architecture that `--archs` accepts beside the architectures: the
-name's rows sit beside the default's. JumpReLU with 4x its LR, ε 0.05 and the
-pre-activation loss: `jumprelu_revival` at 0.05, the value benchmarks/jumprelu_target_l0.py
-measured on real activations; `jumprelu_preact` at 0.4608, which the pieces of 2026-12-07 ran
-(as 1e-4 summed over their 4608 latents) and which overshoots the target L0 twofold."""
+name's rows sit beside the default's. JumpReLU's defaults (4x the common LR, ε 0.05, the
+pre-activation loss at 0.05, the quadratic target-L0 penalty) with the trainer's L0
+controller instead of the penalty: `jumprelu_revival` (what the pieces of 2026-12-06/07
+ran as the revival setting), `jumprelu_preact` with the pre-activation loss at 0.4608
+(those pieces' 1e-4 summed over 4608 latents; it overshoots the target twofold); and
+`jumprelu_auxk`, AuxK as the revival in place of the pre-activation loss."""
 EVALS = ["core", "loss", "features", "absorption", "probing"]
 SEED_ARCHS = ("relu", "topk")
 """Architectures trained a second time (seed + 1) at the middle L0 for the seed-stability
@@ -489,24 +489,32 @@ def _matched(row: dict) -> bool:
     return l0 is not None and abs(l0 - target) <= 0.15 * target
 
 
-def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_parts(parts: list[dict[str, Any]], supersede: bool = False) -> dict[str, Any]:
     """One summary from several pieces' summaries (`run`'s output, one L0 or one group of
     architectures each): their rows, the comparisons recomputed over all rows, each piece's
-    config, command, store and machine kept under `parts`. A SAE in two pieces is an error:
-    the pieces would disagree on which of its numbers to show."""
+    config, command, store and machine kept under `parts`. A SAE in two pieces is an error
+    (the pieces would disagree on which of its numbers to show) unless `supersede`: then a
+    later piece's row replaces an earlier one's (an architecture whose defaults changed,
+    retrained), and the replaced rows are kept whole under `superseded`, with their piece."""
     from saelab.base.errors import UserError
 
     rows: list[dict] = []
     seen: dict[str, int] = {}
+    superseded: list[dict] = []
     stability: dict[str, Any] = {}
     order: list[str] = []
     for i, part in enumerate(parts):
         for r in part["rows"]:
             if r["name"] in seen:
-                raise UserError(
-                    f"{r['name']} is in piece {seen[r['name']]} and piece {i}: "
-                    "merge pieces that trained different SAEs"
-                )
+                if not supersede:
+                    raise UserError(
+                        f"{r['name']} is in piece {seen[r['name']]} and piece {i}: merge "
+                        "pieces that trained different SAEs, or pass --supersede to let the "
+                        "later piece's row replace the earlier one's"
+                    )
+                old = next(x for x in rows if x["name"] == r["name"])
+                rows.remove(old)
+                superseded.append({"piece": seen[r["name"]], "by_piece": i, "row": old})
             seen[r["name"]] = i
             rows.append(r)
         cfg = part.get("config", {})
@@ -524,11 +532,14 @@ def merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
         )
     comparisons["seed_stability"] = stability
     keep = ("label", "config", "store", "timings", "machine", "command")
-    return {
+    out = {
         "rows": rows,
         "comparisons": comparisons,
         "parts": [{k: p[k] for k in keep if k in p} for p in parts],
     }
+    if superseded:
+        out["superseded"] = superseded
+    return out
 
 
 def write_result(summary: dict[str, Any], path: Path) -> None:
@@ -643,11 +654,16 @@ def main() -> None:
         help="join the result files of pieces (one L0 each) into one (--result, default "
         "benchmarks/results/variants-cpu.json); trains nothing",
     )  # fmt: skip
+    p.add_argument(
+        "--supersede", action="store_true",
+        help="with --merge: a SAE in two pieces takes the later piece's row (the earlier one "
+        "is kept under `superseded`) instead of being an error",
+    )  # fmt: skip
     args = p.parse_args()
     results = Path(__file__).parent / "results"
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
-        merged = merge_parts(parts)
+        merged = merge_parts(parts, supersede=args.supersede)
         merged["command"] = " ".join(["python", *sys.argv])
         write_result(merged, Path(args.result or results / "variants-cpu.json"))
         return

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from saelab.base.errors import UserError
 from saelab.sae import ops
+from saelab.sae.auxk import AuxKLoss
 from saelab.sae.base import SAE, Code, StepContext, TrainOutput
 from saelab.sae.config import ThresholdSAEConfig
 
@@ -104,25 +105,66 @@ class JumpReLUConfig(ThresholdSAEConfig):
 
     architecture = "jumprelu"
 
+    lr_base: float = 8e-4
+    """The default LR rule's base (4x `SAEConfig`'s): Adam moves θ by about the LR per step,
+    and at 2e-4 θ lags the encoder, so L0 misses its target and latents die (docs/
+    architecture.md, "JumpReLU's target L0": on the unit-test store 7.8 for a target of 6
+    at 2e-4, 6.0 here)."""
     l0_coefficient: float = 3e-3
     """λ of the sparsity loss λ · L0 (L0 = mean active latents per token)."""
-    bandwidth: float = 0.01
-    """ε of the rectangle kernel, in units of the normalised input (E‖x‖² = 1)."""
+    bandwidth: float = 0.05
+    """ε of the rectangle kernel, in units of the normalised input (E‖x‖² = 1). Wider than
+    the 0.01 of earlier versions, so that θ's pseudo-derivative reaches more latents (alone
+    it hardly matters; with the 4x LR it is part of the setting measured best)."""
     threshold_init: float = 0.01
     """Initial θ of every latent (same units as the bandwidth)."""
     penalty_target_l0: float | None = None
-    """When set, the sparsity loss is λ · (L0 / penalty_target_l0 − 1)² instead of λ · L0
-    (the target-L0 penalty; `target_l0` is the controller every threshold SAE has)."""
+    """When set, the sparsity loss is λ · (L0 / penalty_target_l0 − 1)² instead of λ · L0,
+    with λ = `l0_coefficient` (the quadratic penalty by hand; `target_l0` with the "penalty"
+    method is the same penalty at its own coefficient)."""
+    target_l0_method: str = "penalty"
+    """How target-L0 mode (`target_l0`) holds L0. "penalty": the sparsity loss is
+    `target_l0_coefficient` · (L0 / target_l0 − 1)²; its pseudo-derivative pushes θ down when
+    L0 is under the target as well as up when it is over, and no controller is involved.
+    "controller": λ · L0 with the trainer's `L0Controller` scaling λ, as ReLU and Gated do; on
+    JumpReLU it overshoots and winds up (Adam moves θ at about the LR per step whatever the
+    coefficient, so the coefficient reaches 50-90x before L0 follows, then collapses it:
+    docs/architecture.md, "JumpReLU's target L0")."""
+    target_l0_coefficient: float = 1.0
+    """λ of the "penalty" method. The outcome barely depends on it once the penalty dominates
+    θ's gradient (1 and 10 end within 1% of the target and of each other's FVU)."""
 
-    pre_act_coefficient: float = 0.0
+    pre_act_coefficient: float = 0.05
     """λ_p of the pre-activation loss λ_p · mean_i ReLU(θ_i − pre_i) ‖W_dec,i‖ (mean over rows
     and latents; Anthropic, "Circuits Updates", January 2025, sum over latents: their λ_p is
     this one / d_sae): every latent below its threshold is pulled up towards it, so a latent
     that has stopped firing is revived, which JumpReLU's straight-through gradient alone never
     does (it reaches only latents within ε/2 of θ). The mean keeps one value right across
-    widths (about 0.05 measured at d_sae 512 and 4608, with `lr_base` 8e-4 and `bandwidth`
-    0.05: docs/architecture.md, "The revival"). 0 turns it off; it costs one dense GEMM per
-    step."""
+    widths (0.05 measured best at d_sae 512 and 4608: docs/architecture.md, "The revival").
+    0 turns it off; it costs one dense GEMM per step."""
+
+    aux_coefficient: float = 0.0
+    """AuxK loss coefficient (as the TopK family's, scaled down further by min(1, dead /
+    aux_k)): the dead latents reconstruct the residual the live ones leave, so a latent that
+    has stopped firing is pointed at a direction the dictionary misses, where the
+    pre-activation loss only lifts it towards its threshold. 0 turns it off; it reuses the
+    dense pre-activations and costs a sparse pass over the dead latents' positive ones."""
+    aux_k: int | None = None
+    """Dead latents AuxK reconstructs the residual with; None uses d_in // 2."""
+
+    def resolved_aux_k(self) -> int:
+        return self.aux_k if self.aux_k is not None else max(1, (self.d_in or 2) // 2)
+
+    def sparsity_target(self) -> float | None:
+        return self.target_l0 if self.target_l0_method == "controller" else None
+
+    def quadratic_penalty(self) -> tuple[float, float] | None:
+        """(target L0, λ) of the quadratic sparsity loss, or None for λ · L0."""
+        if self.penalty_target_l0 is not None:
+            return self.penalty_target_l0, self.l0_coefficient
+        if self.target_l0 is not None and self.target_l0_method == "penalty":
+            return self.target_l0, self.target_l0_coefficient
+        return None
 
     def default_name(self) -> str:
         if self.target_l0 is not None:
@@ -139,11 +181,28 @@ class JumpReLUConfig(ThresholdSAEConfig):
             raise UserError("l0_coefficient must be >= 0")
         if self.penalty_target_l0 is not None and self.penalty_target_l0 <= 0:
             raise UserError("penalty_target_l0 must be positive")
+        if self.penalty_target_l0 is not None and self.target_l0 is not None:
+            raise UserError(
+                "set target_l0 or penalty_target_l0, not both (target_l0 already applies the "
+                "quadratic penalty with its default method)"
+            )
+        if self.target_l0_method not in ("penalty", "controller"):
+            raise UserError(
+                f"target_l0_method must be 'penalty' or 'controller', got {self.target_l0_method!r}"
+            )
+        if self.target_l0_coefficient <= 0:
+            raise UserError(
+                f"target_l0_coefficient must be positive, got {self.target_l0_coefficient}"
+            )
         if self.pre_act_coefficient < 0:
             raise UserError(f"pre_act_coefficient must be >= 0, got {self.pre_act_coefficient}")
+        if self.aux_coefficient < 0:
+            raise UserError(f"aux_coefficient must be >= 0, got {self.aux_coefficient}")
+        if self.aux_k is not None and self.aux_k < 1:
+            raise UserError(f"aux_k must be positive, got {self.aux_k}")
 
 
-class JumpReLUSAE(SAE):
+class JumpReLUSAE(AuxKLoss, SAE):
     architecture = "jumprelu"
     config_class = JumpReLUConfig
     saelens_architecture = "jumprelu"
@@ -184,11 +243,12 @@ class JumpReLUSAE(SAE):
         mse = self.mse(x_hat, x)
         l0 = (StepFn.apply(z, th, eps) * m).sum(-1).mean()
         l0 = l0 + (StepFn.apply(z_near, th_near, eps) * m_near).sum(-1).mean()
-        coef = self.cfg.l0_coefficient * ctx.sparsity_scale
-        if self.cfg.penalty_target_l0 is not None:
-            sparsity = (l0 / self.cfg.penalty_target_l0 - 1) ** 2
+        quadratic = self.cfg.quadratic_penalty()
+        if quadratic is None:
+            coef, sparsity = self.cfg.l0_coefficient * ctx.sparsity_scale, l0
         else:
-            sparsity = l0
+            target, lam = quadratic
+            coef, sparsity = lam * ctx.sparsity_scale, (l0 / target - 1) ** 2
         loss = mse + coef * sparsity
         terms = {"mse": mse, "l0_loss": sparsity}
         if self.cfg.pre_act_coefficient > 0:
@@ -198,6 +258,11 @@ class JumpReLUSAE(SAE):
                 self.cfg.pre_act_coefficient,
             )  # fmt: skip
             loss = loss + terms["pre_act_loss"]
+        if self.cfg.aux_coefficient > 0:
+            aux = self.aux_k_loss(x, pre, (x - x_hat).detach(), ctx.dead_mask)
+            if aux is not None:
+                terms["aux_k"] = aux
+                loss = loss + self.cfg.aux_coefficient * aux
         code = Code(on, vals, self.d_sae)
         return TrainOutput(loss, terms, code, x_hat)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from saelab.base.errors import UserError
 from saelab.sae import ops
+from saelab.sae.auxk import AuxKLoss
 from saelab.sae.base import SAE, Code, StepContext, TrainOutput
 from saelab.sae.config import SAEConfig
 
@@ -60,7 +60,7 @@ class TopKConfig(SAEConfig):
         return self.aux_k if self.aux_k is not None else max(1, (self.d_in or 2) // 2)
 
 
-class TopKSAE(SAE):
+class TopKSAE(AuxKLoss, SAE):
     architecture = "topk"
     config_class = TopKConfig
     saelens_architecture = "topk"
@@ -135,66 +135,6 @@ class TopKSAE(SAE):
         """The reconstruction and its loss terms (Matryoshka adds one per level)."""
         x_hat = self.decode_sparse(code)
         return x_hat, {"mse": self.mse(x_hat, x)}
-
-    def aux_k_loss(
-        self, x: Tensor, pre: Tensor, residual: Tensor, dead_mask: Tensor | None
-    ) -> Tensor | None:
-        """Reconstruct the (detached) residual with the top-k_aux dead latents.
-
-        Runs on the dead latents' slice of the weights: with few dead latents (the usual
-        case) `ops` then takes its dense path on an `[N, n_dead]` block, far cheaper than
-        a sparse pass of k_aux latents per row over the whole dictionary."""
-        if dead_mask is None:
-            return None
-        dead = dead_mask.nonzero().squeeze(1)
-        return self.aux_k_dead(x, dead, pre[:, dead], residual)
-
-    def _k_aux(self, dead: Tensor | None) -> int:
-        """AuxK's latents per row over `dead` (0 without dead latents)."""
-        return 0 if dead is None else min(self.cfg.resolved_aux_k(), dead.numel())
-
-    def aux_k_dead(
-        self,
-        x: Tensor,
-        dead: Tensor | None,
-        pre_dead: Tensor | ops.PositiveTop | None,
-        residual: Tensor,
-    ) -> Tensor | None:
-        """`aux_k_loss` given the dead latents' indices and either their pre-activation
-        columns or `ops.positive_top` of those (None: no dead pre-activation is positive).
-
-        Only each row's positive dead pre-activations can matter after AuxK's ReLU, and on
-        trained SAEs there are few (0.1-3 of k_aux 288 per row), so the selection, the
-        sparse passes and the row-sparse weight gradients (`ops.rows`, over the dead latents
-        some row selected) cost little however many latents are dead."""
-        if dead is None or dead.numel() == 0:
-            return None
-        n_dead = dead.numel()
-        scale = min(n_dead / self.cfg.resolved_aux_k(), 1.0)
-        top = (
-            pre_dead
-            if not isinstance(pre_dead, Tensor)
-            else ops.positive_top(pre_dead, self._k_aux(dead))
-        )
-        if top is None:  # no dead latent is positive anywhere: e_hat is 0, and so is the gradient
-            return scale * residual.float().pow(2).sum(-1).mean()
-        latents, local = dead, top.idx
-        if local.device.type == "cpu":  # (elsewhere `unique` would sync the device each step)
-            # only the dead latents some row selected: their weight rows, re-indexed locally
-            used, local = torch.unique(top.idx, return_inverse=True)
-            latents = dead[used]
-        shared = ops.shared_segments(local, latents.numel())  # one backward sort for both scatters
-        vals = ops.gather(
-            x,
-            ops.rows(self.encoder_weight, latents).t(),
-            ops.rows(self.b_enc, latents),
-            local,
-            values=top.vals,
-            shift=self.input_shift,
-            shared=shared,
-        ).relu()
-        e_hat = ops.decode(local, vals, ops.rows(self.W_dec, latents), None, shared)
-        return scale * (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
 
     def saelens_config(self) -> dict:
         return {"k": int(self.cfg.k), "rescale_acts_by_decoder_norm": False}

@@ -152,29 +152,36 @@ def test_jumprelu_threshold_gets_gradient_from_latents_just_below_it():
     assert sae.threshold.grad is not None and sae.threshold.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("aux", [0.0, 0.5], ids=["", "auxk"])
 @pytest.mark.parametrize("pre_act", [0.0, 5.0], ids=["", "pre-act-loss"])
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse-path", "dense-path"])
 def test_jumprelu_training_loss_and_gradients_match_a_dense_float64_definition(
-    monkeypatch, dense, pre_act
+    monkeypatch, dense, pre_act, aux
 ):
     """The split selection (latents above θ decoded, those within ε/2 below only probed)
     gives the loss and every gradient of the whole dense computation: z = ReLU(pre) for all
     latents, f = JumpReLU(z), L0 by the step pseudo-derivative, in float64; with the
     pre-activation loss, plus λ_p · mean_rows,i ReLU(θ_i − pre_i) ‖W_dec,i‖ (b_dec held
-    constant in that term)."""
+    constant in that term); with AuxK, plus α · min(1, dead / k_aux) · the squared error of
+    the detached residual x − x̂ reconstructed by each row's top-k_aux ReLU(pre) of the dead
+    latents (thresholds play no part there)."""
     seed = int(torch.randint(0, 2**31 - 1, ()))
     g = torch.Generator().manual_seed(seed)
     sae = make(
         "jumprelu", threshold_init=0.3, bandwidth=0.2, l0_coefficient=0.05,
-        pre_act_coefficient=pre_act,
+        pre_act_coefficient=pre_act, aux_coefficient=aux, aux_k=6,
     )  # fmt: skip
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     x = torch.randn(40, 16, generator=g)
+    dead = torch.randperm(64, generator=g)[:20].sort().values
+    dead_mask = torch.zeros(64, dtype=torch.bool)
+    dead_mask[dead] = True
     monkeypatch.setattr(ops, "DENSE_FRACTION", 0.0 if dense else 1.0)
-    out = sae.training_forward(x, StepContext())
+    out = sae.training_forward(x, StepContext(dead_mask=dead_mask))
     out.loss.backward()
+    assert ("aux_k" in out.terms) == (aux > 0)
 
     ref = {n: p.detach().double().requires_grad_() for n, p in sae.named_parameters()}
     z = ((x.double() - ref["b_dec"]) @ ref["encoder_weight"].t() + ref["b_enc"]).relu()
@@ -186,13 +193,19 @@ def test_jumprelu_training_loss_and_gradients_match_a_dense_float64_definition(
     gap = (ref["threshold"] - pre).relu()
     assert (gap > 0).any() and (gap == 0).any(), f"seed {seed}"
     loss = loss + pre_act * (gap * ref["W_dec"].norm(dim=1)).mean()
+    z_dead = z[:, dead]
+    chosen = torch.zeros_like(z_dead).scatter(1, z_dead.topk(6).indices, 1.0)
+    e_hat = (z_dead * chosen) @ ref["W_dec"][dead]
+    residual = (x.double() - x_hat).detach()
+    loss = loss + aux * (e_hat - residual).pow(2).sum(-1).mean()  # min(1, 20 / 6) = 1
     loss.backward()
     near = ((z - theta).abs() < 0.1) & (z <= theta)
     assert near.any(), f"no latent just below θ to test (seed {seed})"
     torch.testing.assert_close(out.loss.double(), loss, rtol=1e-5, atol=1e-6)
     for name, p in sae.named_parameters():
+        grad = p.grad.to_dense() if p.grad.is_sparse else p.grad  # AuxK's rows are sparse
         torch.testing.assert_close(
-            p.grad.double(), ref[name].grad, rtol=1e-4, atol=1e-5, msg=f"{name}, seed {seed}"
+            grad.double(), ref[name].grad, rtol=1e-4, atol=1e-5, msg=f"{name}, seed {seed}"
         )
 
 
