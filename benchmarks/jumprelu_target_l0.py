@@ -1,15 +1,15 @@
-"""JumpReLU's target-L0 mode on real activations: the trajectory of L0, dead latents and the
-controller's sparsity scale, for the defaults and for settings that add a revival.
+"""JumpReLU's target-L0 mode on real activations: the trajectory of L0, FVU, dead latents and
+the controller's sparsity scale, the L0 controller against the quadratic penalty.
 
-    python benchmarks/jumprelu_target_l0.py --store runs/bench-variants/acts.zarr
+    python benchmarks/jumprelu_target_l0.py --store runs/bench-variants/acts.zarr --target-l0 16
 
-The variant benchmark's JumpReLU (target L0 32, d_sae 4608, 2M tokens, defaults) ended at L0 13.8 with 28% of its latents dead: the controller overshoots
-(L0 ~100 at step 70, then the coefficient rises ~90x), L0 collapses, latents fall below
-θ − ε/2 where no gradient reaches them, and lowering the coefficient to ~0 brings them back
-no more. This trains the same width, target
-and number of steps (489) at a quarter of the batch (1024 rows) on the same store and layer,
-all settings in one sweep on the same batches. `--from-run FOLDER` only summarises a finished
-run of this script. Writes benchmarks/results/jumprelu-target-l0-cpu.json.
+The variant benchmark's JumpReLU with the controller (2M tokens, d_sae 4608) missed its targets
+(7.6 / 13.8 / 27.8 for 16 / 32 / 64 at the old defaults; 23.2 / 34.0 / 81.4 with the revival):
+L0 overshoots early, the coefficient rises 50-90x, L0 collapses, and the integral winds down
+slowly. This trains the same width and number of steps (489) at a quarter of the batch (1024
+rows) on the same store and layer, all settings in one sweep on the same batches.
+`--from-run FOLDER` only summarises a finished run of this script. Writes
+benchmarks/results/jumprelu-target-l0-t<target>-cpu.json.
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "lrx4_eps0.05": {"lr_base": 8e-4, "bandwidth": 0.05},
-    "lrx4_eps0.05_preact_0.05": {"lr_base": 8e-4, "bandwidth": 0.05, "pre_act_coefficient": 0.05},
-    "gain_0.01": {"target_l0_gain": 0.01},
+    "controller": {"target_l0_method": "controller"},
+    "controller_gain_0.01": {"target_l0_method": "controller", "target_l0_gain": 0.01},
+    "penalty": {},
+    "penalty_x10": {"target_l0_coefficient": 10.0},
 }
-"""The settings compared, by SAE name: JumpReLU's defaults; 4x the LR and a wider ε (θ moves
-faster); that plus the pre-activation loss (the revival); a slower controller."""
+"""The settings compared, by SAE name, all at JumpReLU's defaults (LR ×4, ε 0.05, the
+pre-activation loss 0.05) otherwise: the trainer's L0 controller (the target-L0 mode before
+2026-12-07), that with a slower integral, and the quadratic penalty (the default) at λ 1 and
+10. benchmarks/results/jumprelu-target-l0-cpu.json is the earlier comparison at target 32
+(the old defaults, LR ×4 and ε 0.05, the revival, a slower controller), run before the
+penalty was the default; its `settings` record what each name meant then."""
 
 
 def summarise(folder: Path, names: list[str], every: int = 60) -> dict[str, Any]:
@@ -87,7 +91,8 @@ def main() -> None:
         "settings": SETTINGS,
         "results": summarise(folder, list(SETTINGS)),
     }
-    path = args.result or Path(__file__).parent / "results" / "jumprelu-target-l0-cpu.json"
+    name = f"jumprelu-target-l0-t{args.target_l0:g}-cpu.json"
+    path = args.result or Path(__file__).parent / "results" / name
     path.write_text(json.dumps(result, indent=2) + "\n")
     for s, r in result["results"].items():
         f = r["final"]

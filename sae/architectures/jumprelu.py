@@ -11,6 +11,7 @@ the decode covers the active latents alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -122,7 +123,7 @@ class JumpReLUConfig(ThresholdSAEConfig):
     """When set, the sparsity loss is λ · (L0 / penalty_target_l0 − 1)² instead of λ · L0,
     with λ = `l0_coefficient` (the quadratic penalty by hand; `target_l0` with the "penalty"
     method is the same penalty at its own coefficient)."""
-    target_l0_method: str = "penalty"
+    target_l0_method: Literal["penalty", "controller"] = "penalty"
     """How target-L0 mode (`target_l0`) holds L0. "penalty": the sparsity loss is
     `target_l0_coefficient` · (L0 / target_l0 − 1)²; its pseudo-derivative pushes θ down when
     L0 is under the target as well as up when it is over, and no controller is involved.

@@ -139,6 +139,19 @@ def test_merged_pieces_compare_across_every_l0_and_refuse_a_sae_twice():
     assert [p["label"] for p in merged["parts"]] == ["l32", "l16"]
     with pytest.raises(UserError, match="topk-L0_16 is in piece 0 and piece 1"):
         variants.merge_parts([piece16, piece16])
+    # a retrained architecture: with supersede the later piece's row wins, the earlier is kept
+    retrained = {"config": {"archs": ["topk"], "seed_archs": []},
+                 "rows": [_row("topk", 16, 0.05, 0.1, 0.03)],
+                 "comparisons": {"seed_stability": {}}, "command": "c", "label": "again"}  # fmt: skip
+    merged = variants.merge_parts([piece32, piece16, retrained], supersede=True)
+    topk16 = [r for r in merged["rows"] if r["name"] == "topk-L0_16"]
+    assert [r["delta_loss"] for r in topk16] == [0.05]
+    assert len(merged["rows"]) == 9
+    (old,) = merged["superseded"]
+    assert (old["piece"], old["by_piece"], old["row"]["delta_loss"]) == (1, 2, 0.5)
+    means = merged["comparisons"]["absorption_mean_by_arch"]
+    assert means["topk"] == pytest.approx(0.035)  # the retrained row's 0.03 with 32's 0.04
+    assert "superseded" not in variants.merge_parts([piece32, piece16])
 
 
 def test_e2e_benchmark_reads_the_local_l0_for_a_delta_loss_off_a_log_log_curve():
