@@ -132,6 +132,8 @@ def child_saelab(spec: dict) -> dict:
         os.environ["SAELAB_DISABLE_FUSED"] = "1"  # the dense product + a separate top-k
     if spec.get("no_native"):
         os.environ["SAELAB_DISABLE_NATIVE"] = "1"  # torch's selection and row updates
+    if spec.get("no_screen"):
+        os.environ["SAELAB_DISABLE_SCREEN"] = "1"  # the fp32 product, no bf16 screening
     if spec.get("dense"):
         ops.DENSE_FRACTION = 0.0  # every gather/decode through dense matmuls
     batches, held_out = _load_acts(spec["acts"])
@@ -158,13 +160,14 @@ def child_saelab(spec: dict) -> dict:
             m.name: fvu(held_out, folded_copy(m.sae, trainer.scale)(held_out))
             for m in trainer.members
         }
-    from saelab.kernels import native
+    from saelab.kernels import native, screen
 
     return {
         **step,
         "kernels": kernels_impl,
         "fused_topk": not spec.get("unfused", False),
         "native_kernels": native.library() is not None,
+        "screened": screen.available() and screen.pays(spec["d_sae"], spec["k"]),
         "forced_dead": spec.get("forced_dead", 0),
         "tokens_per_s": batches[0].shape[0] / step["step_seconds"],
         "peak_rss_mb": peak_rss_mb(),
@@ -435,7 +438,7 @@ def main() -> None:
     p.add_argument(
         "--skip",
         default="",
-        help="comma list of sections to skip: arches,fused,native,auxk,dense,sweep,peers",
+        help="comma list of sections to skip: arches,fused,screen,native,auxk,dense,sweep,peers",
     )
     p.add_argument("--out", help="result JSON (default benchmarks/results/train-<date>.json)")
     args = p.parse_args()
@@ -462,6 +465,7 @@ def main() -> None:
         "sgemm": {},
         "arches": {},
         "fused_vs_unfused": {},
+        "screen_vs_fp32": {},
         "native_vs_torch": {},
         "auxk": {},
         "dense_vs_sparse": {},
@@ -505,6 +509,16 @@ def main() -> None:
     d_big, k_big = sizes[-1]
     if "fused" not in skip:
         _fused_section(py, {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big}, results)
+
+    if "screen" not in skip:
+        _ab_section(
+            py,
+            {**base, "arches": ["topk"], "d_sae": d_big, "k": k_big},
+            results,
+            "screen_vs_fp32",
+            ("fp32_product", {"no_screen": True}),
+            ("screened", {}),
+        )
 
     if "native" not in skip:
         _ab_section(
@@ -578,12 +592,16 @@ def main() -> None:
         # saelab's TopK runs again right before and after the peers, so that the speed-ups
         # compare measurements minutes apart, not a quarter of an hour
         spec = {**base, "d_sae": d_big, "k": k_big}
-        ours_runs = [run_child(__file__, py, "saelab", {**spec, "arches": ["topk"]})]
+        topk = {**spec, "arches": ["topk"]}
+        ours_runs = [run_child(__file__, py, "saelab", topk)]
+        fp32_runs = [run_child(__file__, py, "saelab", {**topk, "no_screen": True})]
         for name in ("sparsify", "saelens"):
             r = run_child(__file__, args.peers_python, name, spec)
             results["peers"][name] = r
             _show(f"{name} topk-{d_big}-k{k_big}", r)
-        ours_runs.append(run_child(__file__, py, "saelab", {**spec, "arches": ["topk"]}))
+        fp32_runs.append(run_child(__file__, py, "saelab", {**topk, "no_screen": True}))
+        ours_runs.append(run_child(__file__, py, "saelab", topk))
+        results["peers"]["saelab_topk_fp32_product_runs"] = fp32_runs
         # What AuxK adds when many latents are dead: a window of one batch marks every latent
         # idle in the last batch as dead (thousands here; about 13% of the latents are dead at
         # the end of a 1M-token learning run)
@@ -595,8 +613,17 @@ def main() -> None:
         )
         results["peers"]["saelab_topk_auxk_many_dead"] = auxk
         _show(f"saelab topk-{d_big}-k{k_big} with AuxK over the idle latents", auxk)
-        ok = [r for r in ours_runs if "tokens_per_s" in r]
         results["peers"]["saelab_topk_runs"] = ours_runs
+        fp32_ok = [r for r in fp32_runs if "tokens_per_s" in r]
+        sparsify = results["peers"]["sparsify"]
+        if fp32_ok and "tokens_per_s" in sparsify:
+            fp32_tps = sum(r["tokens_per_s"] for r in fp32_ok) / len(fp32_ok)
+            sparsify["saelab_fp32_product_speedup"] = fp32_tps / sparsify["tokens_per_s"]
+            print(
+                f"saelab topk with the fp32 product (no screening) vs sparsify: "
+                f"{sparsify['saelab_fp32_product_speedup']:.2f}x tokens/s"
+            )
+        ok = [r for r in ours_runs if "tokens_per_s" in r]
         if ok:
             ours_tps = sum(r["tokens_per_s"] for r in ok) / len(ok)
             ours_frac = sum(r["fraction_of_matmul_limit"] for r in ok) / len(ok)

@@ -39,12 +39,15 @@ class SparseDecode(torch.autograd.Function):
         idx, vals, W_dec = ctx.saved_tensors
         ops = ops_for(W_dec.device)
         grad_out = grad_out.contiguous()
-        grad_vals = ops.gather_dot(idx, grad_out, W_dec) if ctx.needs_input_grad[1] else None
-        grad_w = (
-            ops.scatter_rows(idx, vals, grad_out, W_dec.shape[0], ctx.shared)
-            if ctx.needs_input_grad[2]
-            else None
-        )
+        if ctx.needs_input_grad[1] and ctx.needs_input_grad[2]:
+            grad_vals, grad_w = ops.decode_grads(idx, vals, grad_out, W_dec, ctx.shared)
+        else:
+            grad_vals = ops.gather_dot(idx, grad_out, W_dec) if ctx.needs_input_grad[1] else None
+            grad_w = (
+                ops.scatter_rows(idx, vals, grad_out, W_dec.shape[0], ctx.shared)
+                if ctx.needs_input_grad[2]
+                else None
+            )
         grad_b = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return None, grad_vals, grad_w, grad_b, None
 

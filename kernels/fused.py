@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saelab.kernels import checks, native
+from saelab.kernels import checks, native, screen
 from saelab.kernels.dispatch import fused_enabled
 from saelab.kernels.select import PositiveTop, positive_top, topk_select
 
@@ -102,14 +102,16 @@ def topk_preacts(
         pre = x @ W_enc if b_enc is None else torch.addmm(b_enc.detach(), x, W_enc)
         vals, idx = topk_select(pre, k)
         return vals, idx, _extra(pre, cols, cols_k)
-    dtype = x.dtype
+    screened = x.dtype == torch.float32 and screen.pays(d_sae, k) and screen.available()
+    dtype = torch.bfloat16 if screened else x.dtype
     limit = WORKSPACE_BYTES if block_bytes is None else block_bytes
     rows = max(1, min(n, limit // max(1, d_sae * dtype.itemsize)))
     buf = _workspace(rows * d_sae, dtype, x.device).view(rows, d_sae)
+    block = _screened_block if screened else _block
     if rows >= n:
-        return _block(x, W_enc, b_enc, k, cols, cols_k, buf[:n])
+        return block(x, W_enc, b_enc, k, cols, cols_k, buf[:n])
     parts = [
-        _block(x[s : s + rows], W_enc, b_enc, k, cols, cols_k, buf[: min(rows, n - s)])
+        block(x[s : s + rows], W_enc, b_enc, k, cols, cols_k, buf[: min(rows, n - s)])
         for s in range(0, n, rows)
     ]
     vals, idx, extra = zip(*parts)
@@ -145,6 +147,36 @@ def _cat_extra(parts: tuple, sizes: list[int], cols: Tensor | None, cols_k: int)
         vals.append(torch.nn.functional.pad(part.vals, pad))
         idx.append(torch.nn.functional.pad(part.idx, pad))
     return PositiveTop(torch.cat(vals), torch.cat(idx))
+
+
+def _screened_block(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor | None,
+    k: int,
+    cols: Tensor | None,
+    cols_k: int,
+    product: Tensor,
+) -> tuple[Tensor, Tensor, Any]:
+    """`_block` through the bf16 screening product (`screen.py`): the same selection, the
+    values computed as fp32 dot products, and AuxK's positive top (`cols_k > 0`) screened
+    alike. Dense dead columns (`cols` with `cols_k == 0`) get an exact fp32 product of
+    their own. Falls back to `_block` (an fp32 product in a fresh buffer) where the
+    screening declines: a NaN or infinity."""
+    bias = None if b_enc is None else b_enc.detach()
+    found = screen.screened_topk(x, W_enc.t(), bias, k, product, cols, cols_k)
+    if found is None:
+        out = torch.empty(x.shape[0], W_enc.shape[1], dtype=x.dtype, device=x.device)
+        return _block(x, W_enc, b_enc, k, cols, cols_k, out)
+    vals, idx, aux = found
+    if cols is None:
+        return vals, idx, None
+    if cols_k > 0:
+        return vals, idx, PositiveTop.from_counts(*aux)
+    dead = x @ W_enc.index_select(1, cols)
+    if bias is not None:
+        dead += bias[cols]
+    return vals, idx, dead
 
 
 def _block(

@@ -190,3 +190,8 @@ def scatter_rows(idx: Tensor, vals: Tensor, a: Tensor, n_rows: int, shared=None)
             BLOCK_D=BLOCK_D,
         )
     return out
+
+
+def decode_grads(idx: Tensor, vals: Tensor, grad_out: Tensor, W_dec: Tensor, shared=None):
+    """`(gather_dot(idx, grad_out, W_dec), scatter_rows(idx, vals, grad_out, d_sae))`."""
+    return gather_dot(idx, grad_out, W_dec), scatter_rows(idx, vals, grad_out, W_dec.shape[0])

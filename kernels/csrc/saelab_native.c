@@ -1,127 +1,79 @@
 /* saelab's native CPU kernels: plain C, no Python or torch headers, called through ctypes
- * (kernels/native.py builds this file with the system compiler at first use).
+ * (kernels/native.py builds the csrc/ files with the system compiler at first use).
  *
  * Every entry point takes raw row-major float32 buffers and a thread count, splits its rows
- * (or latents) into contiguous ranges, one pthread each, and returns 0 on success. Rows are
+ * (or latents) into contiguous ranges, one thread each, and returns 0 on success. Rows are
  * independent, so the result does not depend on the thread count.
  */
-#include <math.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
+#include "common.h"
 
-#define CHUNK 32
-
-typedef struct {
-    float v;
-    int64_t i;
-} entry_t;
-
-/* Rearrange a[0..n) so that its k largest values come first (in no particular order):
- * quickselect with a median-of-three pivot, deterministic. */
-static void select_largest(entry_t *a, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1;
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        float x = a[lo].v, y = a[mid].v, z = a[hi].v;
-        float pivot = (x < y) ? ((y < z) ? y : ((x < z) ? z : x)) : ((x < z) ? x : ((y < z) ? z : y));
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i].v > pivot) i++;
-            while (a[j].v < pivot) j--;
-            if (i <= j) {
-                entry_t t = a[i];
-                a[i] = a[j];
-                a[j] = t;
-                i++;
-                j--;
-            }
+/* maxima[c] = max over chunk c of row + bias (strided chunks, see chunk_count); returns 0 if
+ * every entry is finite, else NaN or infinity. */
+static float chunk_maxima(const float *row, const float *bias, int64_t d, int64_t S,
+                          float *restrict maxima, float *restrict poison) {
+    for (int64_t c = 0; c < S; c++) {
+        const float v = row[c] + bias[c];
+        maxima[c] = v;
+        poison[c] = v * 0.0f;
+    }
+    for (int64_t off = S; off < d; off += S) {
+        const int64_t w = d - off < S ? d - off : S;
+        const float *p = row + off, *q = bias + off;
+        for (int64_t c = 0; c < w; c++) {
+            const float v = p[c] + q[c];
+            maxima[c] = v > maxima[c] ? v : maxima[c];
+            poison[c] += v * 0.0f;
         }
-        /* now a[lo..j] >= pivot >= a[i..hi] */
-        if (k - 1 <= j)
-            hi = j;
-        else if (k - 1 >= i)
-            lo = i;
-        else
-            return;
     }
+    float z = 0.0f;
+    for (int64_t c = 0; c < S; c++) z += poison[c];
+    return z;
 }
 
-/* The k-th largest of m[0..n) (m is reordered). */
-static float kth_largest(float *m, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        float x = m[lo], y = m[mid], z = m[hi];
-        float pivot = (x < y) ? ((y < z) ? y : ((x < z) ? z : x)) : ((x < z) ? x : ((y < z) ? z : y));
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (m[i] > pivot) i++;
-            while (m[j] < pivot) j--;
-            if (i <= j) {
-                float t = m[i];
-                m[i] = m[j];
-                m[j] = t;
-                i++;
-                j--;
-            }
+/* The entries of row + bias that are >= t, appended to cand; returns how many. `next` (the
+ * next row to be read, or NULL) is prefetched meanwhile: this pass reads from cache, so the
+ * next row's memory traffic overlaps with its work. */
+static int64_t collect_at_least(const float *row, const float *bias, int64_t d, float t,
+                                entry_t *cand, const float *next) {
+    int64_t n = 0, j = 0;
+#if defined(__AVX512F__)
+    const __m512 tv = _mm512_set1_ps(t);
+    for (; j + 16 <= d; j += 16) {
+        if (next) __builtin_prefetch(next + j);
+        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(bias + j));
+        unsigned mask = (unsigned)_mm512_cmp_ps_mask(v, tv, _CMP_GE_OQ);
+        while (mask) {
+            const int l = __builtin_ctz(mask);
+            cand[n].v = row[j + l] + bias[j + l];
+            cand[n].i = j + l;
+            n++;
+            mask &= mask - 1;
         }
-        if (want <= j)
-            hi = j;
-        else if (want >= i)
-            lo = i;
-        else
-            return m[want];
     }
-    return m[want];
-}
-
-/* Run fn(ctx, start, stop) over [0, n) split into `threads` contiguous ranges, one pthread
- * each (the calling thread takes the first). Returns the largest status any range returned. */
-typedef int (*range_fn)(void *ctx, int64_t start, int64_t stop);
-
-typedef struct {
-    range_fn fn;
-    void *ctx;
-    int64_t start, stop;
-    int status;
-} range_job_t;
-
-static void *run_range(void *arg) {
-    range_job_t *job = (range_job_t *)arg;
-    job->status = job->fn(job->ctx, job->start, job->stop);
-    return NULL;
-}
-
-#define MAX_THREADS 64
-
-static int parallel_for(range_fn fn, void *ctx, int64_t n, int threads) {
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > n) threads = n > 0 ? (int)n : 1;
-    range_job_t jobs[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    int64_t per = (n + threads - 1) / threads;
-    for (int t = 0; t < threads; t++) {
-        int64_t start = t * per < n ? t * per : n;
-        int64_t stop = start + per < n ? start + per : n;
-        jobs[t] = (range_job_t){fn, ctx, start, stop, 0};
+#elif defined(__AVX2__)
+    const __m256 tv = _mm256_set1_ps(t);
+    for (; j + 8 <= d; j += 8) {
+        if (next && (j & 15) == 0) __builtin_prefetch(next + j);
+        const __m256 v = _mm256_add_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(bias + j));
+        unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, tv, _CMP_GE_OQ));
+        while (mask) {
+            const int l = __builtin_ctz(mask);
+            cand[n].v = row[j + l] + bias[j + l];
+            cand[n].i = j + l;
+            n++;
+            mask &= mask - 1;
+        }
     }
-    for (int t = 1; t < threads; t++)
-        started[t] = pthread_create(&tids[t], NULL, run_range, &jobs[t]) == 0;
-    run_range(&jobs[0]);
-    int status = 0;
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(tids[t], NULL);
-        else
-            run_range(&jobs[t]);
+#endif
+    for (; j < d; j++) {
+        const float v = row[j] + bias[j];
+        if (v >= t) {
+            cand[n].v = v;
+            cand[n].i = j;
+            n++;
+        }
     }
-    for (int t = 0; t < threads; t++)
-        if (jobs[t].status > status) status = jobs[t].status;
-    return status;
+    return n;
 }
 
 typedef struct {
@@ -142,7 +94,7 @@ static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
     const topk_ctx_t *job = (const topk_ctx_t *)arg;
     const int64_t d = job->d, k = job->k;
     int status = 0;
-    const int64_t n_chunks = (d + CHUNK - 1) / CHUNK;
+    const int64_t n_chunks = chunk_count(d);
     float *maxima = malloc(sizeof(float) * n_chunks);
     float *scratch = malloc(sizeof(float) * n_chunks);
     entry_t *cand = malloc(sizeof(entry_t) * d);
@@ -155,48 +107,11 @@ static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
         goto done;
     }
     for (int64_t r = start; r < stop; r++) {
-        /* the row is read from memory once; pre + bias is formed on the fly in each pass
-         * (the bias and the row's chunks stay in cache) */
+        /* the row is read from memory once (the first pass); pre + bias is formed on the fly
+         * in each pass, the row and the bias staying in cache */
         const float *row = job->pre + r * d;
-        /* chunk maxima; `poison` turns NaN if any entry is NaN (or infinite: then the
-         * caller's fallback also runs, harmlessly) */
-        const int64_t full = d / CHUNK;
-        float poison = 0.0f;
-        for (int64_t c = 0; c < full; c++) {
-            /* eight lanes side by side so that the compiler emits vector max/add */
-            const float *p = row + c * CHUNK, *q = bias + c * CHUNK;
-            float m8[8], z8[8];
-            for (int l = 0; l < 8; l++) {
-                const float v = p[l] + q[l];
-                m8[l] = v;
-                z8[l] = v * 0.0f;
-            }
-            for (int j = 8; j < CHUNK; j += 8)
-                for (int l = 0; l < 8; l++) {
-                    const float v = p[j + l] + q[j + l];
-                    m8[l] = v > m8[l] ? v : m8[l];
-                    z8[l] += v * 0.0f;
-                }
-            float m = m8[0], z = z8[0];
-            for (int l = 1; l < 8; l++) {
-                m = m8[l] > m ? m8[l] : m;
-                z += z8[l];
-            }
-            maxima[c] = m;
-            poison += z;
-        }
-        if (full < n_chunks) {
-            const float *p = row + full * CHUNK, *q = bias + full * CHUNK;
-            float m = p[0] + q[0];
-            for (int64_t j = 0; j < d - full * CHUNK; j++) {
-                const float v = p[j] + q[j];
-                m = v > m ? v : m;
-                poison += v * 0.0f;
-            }
-            maxima[full] = m;
-        }
-        if (poison != 0.0f) { /* NaN (or inf): the caller uses torch's top-k instead */
-            status = 2;
+        if (chunk_maxima(row, bias, d, n_chunks, maxima, scratch) != 0.0f) {
+            status = 2; /* NaN (or inf): the caller uses torch's top-k instead */
             goto done;
         }
         if (job->cols && job->cols_k > 0) {
@@ -230,29 +145,15 @@ static int topk_rows_range(void *arg, int64_t start, int64_t stop) {
                 out[c] = row[j] + bias[j];
             }
         }
-        float t;
+        /* Every top-k entry is >= t, the k-th largest chunk maximum (those k maxima are k
+         * entries of the row); with no more chunks than k, every entry is a candidate. */
+        float t = -INFINITY;
         if (n_chunks > k) {
             memcpy(scratch, maxima, sizeof(float) * n_chunks);
             t = kth_largest(scratch, n_chunks, k);
-        } else {
-            t = -INFINITY; /* every entry is a candidate */
         }
-        /* Every top-k entry is >= t (the k chunk maxima >= t are k entries of the row), and
-         * lies in a chunk whose maximum is >= t. */
-        int64_t n = 0;
-        for (int64_t c = 0; c < n_chunks; c++) {
-            if (maxima[c] < t) continue;
-            const int64_t w = (c == n_chunks - 1) ? d - c * CHUNK : CHUNK;
-            const float *p = row + c * CHUNK, *q = bias + c * CHUNK;
-            for (int64_t j = 0; j < w; j++) {
-                const float v = p[j] + q[j];
-                if (v >= t) {
-                    cand[n].v = v;
-                    cand[n].i = c * CHUNK + j;
-                    n++;
-                }
-            }
-        }
+        const float *next = r + 1 < stop ? row + d : NULL;
+        const int64_t n = collect_at_least(row, bias, d, t, cand, next);
         select_largest(cand, n, k);
         float *ov = job->vals + r * k;
         int64_t *oi = job->idx + r * k;
@@ -286,19 +187,84 @@ int saelab_topk_rows(const float *pre, const float *bias, int64_t rows, int64_t 
     return parallel_for(topk_rows_range, &ctx, rows, threads);
 }
 
-/* ---- unit-norm decoder rows ---------------------------------------------------------- */
+/* ---- latent-major segment sums (the sparse backward) --------------------------------- */
 
-/* a . b with 16 independent partial sums (vector registers, no serial add chain). */
-static float dot(const float *a, const float *b, int64_t d) {
-    float acc[16] = {0};
+typedef struct {
+    const int64_t *starts, *order, *bounds;
+    int64_t k, d;
+    const float *w, *a, *table;
+    float *out, *dots;
+} segment_ctx_t;
+
+/* Thread t's latents bounds[t]..bounds[t+1]: for each latent r, its entries e in
+ * starts[r]..starts[r+1] (flat positions p = order[e] of an [N, k] selection, token p / k):
+ * out[r] = sum_e w[p] a[p / k] in entry order, and, with a table, dots[p] = a[p / k] . table[r].
+ * One thread owns each latent, so the sums' order, hence the result, does not depend on the
+ * thread count; a[token] rows are read once per entry for both. */
+/* acc += w g, returning g . t, in one pass over g (64 independent partial sums for the dot:
+ * no serial add chain). */
+static float axpy_dot(float *restrict acc, float w, const float *restrict g,
+                      const float *restrict t, int64_t d) {
+    float part[64] = {0};
     int64_t j = 0;
-    for (; j + 16 <= d; j += 16)
-        for (int l = 0; l < 16; l++) acc[l] += a[j + l] * b[j + l];
+    for (; j + 64 <= d; j += 64)
+        for (int l = 0; l < 64; l++) {
+            const float gv = g[j + l];
+            acc[j + l] += w * gv;
+            part[l] += gv * t[j + l];
+        }
     float total = 0.0f;
-    for (int l = 0; l < 16; l++) total += acc[l];
-    for (; j < d; j++) total += a[j] * b[j];
+    for (; j < d; j++) {
+        acc[j] += w * g[j];
+        total += g[j] * t[j];
+    }
+    for (int l = 0; l < 64; l++) total += part[l];
     return total;
 }
+
+#define PREFETCH_ENTRIES 8 /* entries ahead whose a row is prefetched (rows are random) */
+
+static int segment_range(void *arg, int64_t start, int64_t stop) {
+    const segment_ctx_t *c = (const segment_ctx_t *)arg;
+    const int64_t d = c->d, k = c->k;
+    for (int64_t t = start; t < stop; t++) {
+        const int64_t last = c->starts[c->bounds[t + 1]];
+        for (int64_t r = c->bounds[t]; r < c->bounds[t + 1]; r++) {
+            float *restrict acc = c->out + r * d;
+            memset(acc, 0, sizeof(float) * d);
+            const float *trow = c->table ? c->table + r * d : NULL;
+            for (int64_t e = c->starts[r]; e < c->starts[r + 1]; e++) {
+                if (e + PREFETCH_ENTRIES < last) {
+                    const float *ahead = c->a + (c->order[e + PREFETCH_ENTRIES] / k) * d;
+                    for (int64_t j = 0; j < d; j += 16) __builtin_prefetch(ahead + j);
+                }
+                const int64_t p = c->order[e];
+                const float *restrict g = c->a + (p / k) * d;
+                const float wv = c->w[p];
+                if (trow)
+                    c->dots[p] = axpy_dot(acc, wv, g, trow, d);
+                else
+                    for (int64_t j = 0; j < d; j++) acc[j] += wv * g[j];
+            }
+        }
+    }
+    return 0;
+}
+
+/* out [n_rows, d] (every row written) and, when table is not NULL, dots [N * k]; see
+ * segment_range. The latents are split between threads by entry count. Returns 0. */
+int saelab_segment_rows(const int64_t *starts, const int64_t *order, int64_t n_rows, int64_t k,
+                        const float *w, const float *a, int64_t d, float *out,
+                        const float *table, float *dots, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    int64_t bounds[MAX_THREADS + 1];
+    split_by_entries(starts, n_rows, threads, bounds);
+    segment_ctx_t ctx = {starts, order, bounds, k, d, w, a, table, out, dots};
+    return parallel_for(segment_range, &ctx, threads, threads);
+}
+
+/* ---- unit-norm decoder rows ---------------------------------------------------------- */
 
 typedef struct {
     float *grad;

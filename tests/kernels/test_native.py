@@ -163,3 +163,75 @@ def test_topk_rows_declines_bad_columns():
         assert native.topk_rows(pre, 4, None, cols) is None
     found = native.topk_rows(pre.requires_grad_(), 4, None, torch.tensor([0, 299]))
     assert found is not None and torch.equal(found[2], pre.detach()[:, [0, 299]])
+
+
+@needs_native
+def test_decode_grads_in_one_latent_major_pass_match_float64():
+    """`decode_grads` with a shared sort runs the native segment kernel (values' and W_dec's
+    gradients in one pass): float64 references, a width that is no multiple of its 64-lane
+    blocks, repeated latents across rows, and the same bits whatever the thread count."""
+    from kernel_cases import assert_close, random_idx
+
+    from saelab.kernels import torch_ops
+
+    seed = new_seed()
+    g = torch.Generator().manual_seed(seed)
+    n, k, s, d = 300, 12, 500, 133
+    idx = random_idx(n, k, s, g)
+    vals, grad_out = torch.randn(n, k, generator=g), torch.randn(n, d, generator=g)
+    W = torch.randn(s, d, generator=g)
+    shared = torch_ops.SharedSegments(idx, s)
+    order, _, starts = shared.plan()
+    assert native.segment_rows(starts, order, k, vals, grad_out, W) is not None
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch_ops.decode_grads(idx, vals, grad_out, W, shared)
+        torch.set_num_threads(3)
+        three = torch_ops.decode_grads(idx, vals, grad_out, W, shared)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1]), f"seed {seed}"
+    ref_vals = (grad_out.double()[:, None, :] * W.double()[idx]).sum(-1)
+    rows = grad_out.double().repeat_interleave(k, 0) * vals.double().reshape(-1, 1)
+    ref_w = torch.zeros(s, d, dtype=torch.float64).index_add_(0, idx.reshape(-1), rows)
+    assert_close("grad_vals", one[0], ref_vals, 1e-5, seed)
+    assert_close("grad_W_dec", one[1], ref_w, 1e-5, seed)
+    plain = torch_ops.decode_grads(idx, vals, grad_out, W)  # no shared sort: the torch ops
+    assert_close("grad_vals (torch ops)", plain[0], ref_vals, 1e-5, seed)
+    assert_close("grad_W_dec (torch ops)", plain[1], ref_w, 1e-5, seed)
+
+
+def test_a_build_without_openmp_gives_the_same_results(monkeypatch, tmp_path):
+    """A compiler without OpenMP builds the pthread `parallel_for`: same selections and
+    gradients as the OpenMP build, bit for bit."""
+    import ctypes
+
+    from saelab.kernels import torch_ops
+
+    cc = native._compiler()
+    if cc is None or native.library() is None:
+        pytest.skip("no C compiler here")
+    seed = new_seed()
+    g = torch.Generator().manual_seed(seed)
+    pre, bias = torch.randn(300, 3000, generator=g), torch.randn(3000, generator=g)
+    idx = pre.topk(16, dim=1).indices
+    vals, grad_out = torch.randn(300, 16, generator=g), torch.randn(300, 70, generator=g)
+    W = torch.randn(3000, 70, generator=g)
+    shared = torch_ops.SharedSegments(idx, 3000)
+
+    def run():
+        return native.topk_rows(pre, 32, bias), torch_ops.decode_grads(
+            idx, vals, grad_out, W, shared
+        )
+
+    with_openmp = run()
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(native, "FLAGS", [f for f in native.FLAGS if f != "-fopenmp"])
+    lib = native.bind(ctypes.CDLL(str(native._build(cc))))
+    monkeypatch.setattr(native, "_load", lambda: lib)
+    without = run()
+    assert torch.equal(with_openmp[0][0], without[0][0]), f"seed {seed}"
+    assert torch.equal(with_openmp[0][1], without[0][1]), f"seed {seed}"
+    assert torch.equal(with_openmp[1][0], without[1][0]), f"seed {seed}"
+    assert torch.equal(with_openmp[1][1], without[1][1]), f"seed {seed}"
