@@ -12,9 +12,12 @@ process, same inputs) with the native kernels on and off where they apply:
   broadcast copy and an add, plus the chunked top-k);
 - `decode`: the sparse decode's forward (embedding_bag);
 - `backward`: the decoder's and the encoder's weight gradients and the values' gradient
-  (a gather-dot and two segment sums over one shared sort);
+  (torch: a gather-dot and two segment sums over one shared sort; native: the decoder's two
+  in one latent-major pass, `torch_ops.decode_grads`);
 - `unit_norm`: removing the decoder gradient's radial part and renormalising the rows;
-- `adam`: torch's fused Adam over both weight matrices and biases.
+- `adam`: torch's fused Adam over both weight matrices and biases;
+- `screened_encoder` (CPUs with bf16 instructions): the bf16-screened exact top-k
+  (`kernels/screen.py`), which replaces `encoder_gemm` + `select`.
 
 Each part's floor is what its bytes or FLOPs cost at the machine's own rates, measured here:
 the sgemm rate (the encoder's shape) for FLOPs, and a streaming read rate (a sum over 1 GB)
@@ -97,6 +100,35 @@ def auxk_costs(x, d_sae: int, d_in: int, k: int, reps: int) -> dict:
     return out
 
 
+def screened_costs(x, enc, b_enc, k: int, reps: int, parts: dict) -> dict:
+    """The bf16-screened encoder (`kernels/screen.py`), which replaces `encoder_gemm` +
+    `select`: its bf16 product alone and the whole call (conversions, product, bounds,
+    candidates' fp32 dot products, selection)."""
+    import torch
+
+    from saelab.kernels import screen
+
+    n, s = x.shape[0], enc.shape[0]
+    product = torch.empty(n, s, dtype=torch.bfloat16)
+    xb, wb = x.bfloat16(), enc.bfloat16()
+    bf16_s = best(lambda: torch.mm(xb, wb.t(), out=product), reps)
+    whole_s = best(lambda: screen.screened_topk(x, enc, b_enc, k, product), reps)
+    fp32_s = parts["encoder_gemm"]["torch_seconds"] + parts["select"]["native_seconds"]
+    out = {
+        "bf16_product_seconds": bf16_s,
+        "screened_seconds": whole_s,
+        "candidates_per_row": screen.screened_topk.last_candidates / n,
+        "fp32_product_and_native_select_seconds": fp32_s,
+        "speedup": fp32_s / whole_s,
+    }
+    print(
+        f"screened     bf16 product {1e3 * bf16_s:.1f} ms, whole {1e3 * whole_s:.1f} ms "
+        f"({out['candidates_per_row']:.0f} candidates a row) vs fp32 product + select "
+        f"{1e3 * fp32_s:.1f} ms: {out['speedup']:.2f}x"
+    )
+    return out
+
+
 def with_native(on: bool) -> None:
     if on:
         os.environ.pop("SAELAB_DISABLE_NATIVE", None)
@@ -117,7 +149,7 @@ def main() -> None:
     import torch
 
     from benchmarks.machine import machine_info
-    from saelab.kernels import fused, native, torch_ops
+    from saelab.kernels import fused, native, screen, torch_ops
     from saelab.sae import ops
 
     n, d, s, k = args.batch, args.d_in, args.d_sae, args.k
@@ -180,14 +212,23 @@ def main() -> None:
 
     shared = torch_ops.SharedSegments(idx.contiguous(), s)
 
-    def backward():
-        plan = torch_ops.SharedSegments(idx.contiguous(), s)
-        gv = torch_ops.gather_dot(idx, grad_out, W_dec)
-        torch_ops.scatter_rows(idx, vals, grad_out, s, plan)
-        torch_ops.scatter_rows(idx, gv, x, s, plan)
+    def backward(on: bool):
+        def run():
+            with_native(on)
+            try:
+                plan = torch_ops.SharedSegments(idx.contiguous(), s)
+                gv, _ = torch_ops.decode_grads(idx, vals, grad_out, W_dec, plan)
+                torch_ops.scatter_rows(idx, gv, x, s, plan)
+            finally:
+                with_native(True)
+
+        return run
 
     del shared
-    part("backward", 3 * rows_bytes / read_rate, torch=best(backward, args.reps))
+    timings = {"torch": best(backward(False), args.reps)}
+    if native.library() is not None:
+        timings["native"] = best(backward(True), args.reps)
+    part("backward", 3 * rows_bytes / read_rate, **timings)
 
     grad = torch.randn(s, d, generator=g)
     weights = W_dec.clone()
@@ -219,12 +260,21 @@ def main() -> None:
     part("adam", adam_bytes / read_rate, torch=best(opt.step, args.reps))
 
     parts["auxk"] = auxk_costs(x, s, d, k, args.reps)
+    if screen.available():
+        parts["screened_encoder"] = screened_costs(x, enc, b_enc, k, args.reps, parts)
 
-    steps = {name: p for name, p in parts.items() if name != "auxk"}
+    steps = {name: p for name, p in parts.items() if name not in ("auxk", "screened_encoder")}
     total = {
         m: sum(p.get(f"{m}_seconds", p["torch_seconds"]) for p in steps.values())
         for m in ("torch", "native")
     }
+    if "screened_encoder" in parts:  # the screening replaces the fp32 product and selection
+        total["screened"] = (
+            total["native"]
+            - parts["encoder_gemm"]["torch_seconds"]
+            - parts["select"]["native_seconds"]
+            + parts["screened_encoder"]["screened_seconds"]
+        )
     record = {
         "benchmark": "step_parts",
         "machine": machine_info(),

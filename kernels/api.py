@@ -151,13 +151,33 @@ def gather_preacts(
     return GatherPreacts.apply(
         x,
         shift,
-        W_enc.t(),
+        _encoder_rows(W_enc),
         b_enc,
         _shared_idx(idx, shared),
         None if pre is None else pre.detach(),
         None if values is None else values.detach(),
         shared,
     )
+
+
+def _encoder_rows(W_enc: Tensor) -> Tensor:
+    """`W_enc.t()`; when `W_enc` is itself the transpose view of a contiguous `[d_sae, d_in]`
+    tensor (the SAEs' `encoder_weight.t()`), that tensor, so that autograd hands the gradient
+    to it directly instead of through two transpose nodes. Where a row-sparse gradient joins
+    it (AuxK's `ops.rows`), it is then added into that fresh gradient in place, not through
+    a new full-size sum (measured: ~17 ms a step at d_sae 18432, a third of AuxK's cost)."""
+    base = W_enc._base
+    if (
+        base is not None
+        and base.dim() == 2
+        and base.is_contiguous()
+        and base.requires_grad == W_enc.requires_grad
+        and tuple(base.shape) == tuple(W_enc.shape[::-1])
+        and W_enc.stride() == base.t().stride()
+        and W_enc.data_ptr() == base.data_ptr()
+    ):
+        return base
+    return W_enc.t()
 
 
 def encode_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
