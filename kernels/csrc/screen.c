@@ -27,44 +27,12 @@ typedef struct {
     float c1;
     int64_t S, k;
     /* AuxK: the dead latents' columns, and each row's at most cols_k largest positive values
-     * among them; dwn, drwn, dlb, dhb: wn, rwn, lbias, hbias at those columns */
+     * among them */
     const int64_t *cols;
     int64_t n_cols, cols_k;
-    const float *dwn, *drwn, *dlb, *dhb;
     int32_t **lists; /* per row: its candidates' latents, then its AuxK candidates' positions */
     int64_t *counts, *aux_counts; /* per row */
 } screen_ctx_t;
-
-/* AuxK's candidates in row r: positions q in cols whose upper bound is positive (v <= 0
- * otherwise), narrowed to those reaching the cols_k-th largest lower bound among them. */
-static int64_t aux_candidates(const screen_ctx_t *c, const uint16_t *row, float al, float be,
-                              float rc, float *restrict lo, float *restrict hi, entry_t *cand,
-                              float *scratch) {
-    const int64_t n_cols = c->n_cols;
-    for (int64_t q = 0; q < n_cols; q++) lo[q] = bf16_to_float(row[c->cols[q]]);
-    for (int64_t q = 0; q < n_cols; q++) {
-        const float av = lo[q];
-        const float e = al * c->dwn[q] + be * c->drwn[q] + c->c1 * fabsf(av) + rc;
-        lo[q] = av + c->dlb[q] - e;
-        hi[q] = av + c->dhb[q] + e;
-    }
-    int64_t n = 0;
-    for (int64_t q = 0; q < n_cols; q++)
-        if (hi[q] > 0.0f) {
-            cand[n].v = hi[q];
-            cand[n].i = q;
-            n++;
-        }
-    if (n > c->cols_k) {
-        for (int64_t i = 0; i < n; i++) scratch[i] = lo[cand[i].i];
-        const float t = kth_largest(scratch, n, c->cols_k);
-        int64_t m = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (cand[i].v >= t) cand[m++] = cand[i];
-        n = m;
-    }
-    return n;
-}
 
 /* The lower and upper bounds of entries j..j+w of a row, into lo and hi (hi may be NULL). */
 static inline void bounds(const screen_ctx_t *c, const uint16_t *row, float al, float be,
@@ -86,6 +54,32 @@ static inline void bounds(const screen_ctx_t *c, const uint16_t *row, float al, 
             const float av = bf16_to_float(h[l]);
             lo[l] = av + lb[l] - (al * wn[l] + be * rwn[l] + c1 * fabsf(av) + rc);
         }
+}
+
+/* AuxK's candidates in row r: positions q in cols whose upper bound (from the row's `upper`,
+ * already computed for every latent) is positive (v <= 0 otherwise), narrowed to those
+ * reaching the cols_k-th largest lower bound among them. */
+static int64_t aux_candidates(const screen_ctx_t *c, const uint16_t *row, float al, float be,
+                              float rc, const float *upper, entry_t *cand, float *scratch) {
+    int64_t n = 0;
+    for (int64_t q = 0; q < c->n_cols; q++) {
+        const float h = upper[c->cols[q]];
+        if (h > 0.0f) {
+            cand[n].v = h;
+            cand[n].i = q;
+            n++;
+        }
+    }
+    if (n > c->cols_k) {
+        for (int64_t i = 0; i < n; i++)
+            bounds(c, row, al, be, rc, c->cols[cand[i].i], 1, scratch + i, NULL);
+        const float t = kth_largest(scratch, n, c->cols_k);
+        int64_t m = 0;
+        for (int64_t i = 0; i < n; i++)
+            if (cand[i].v >= t) cand[m++] = cand[i];
+        n = m;
+    }
+    return n;
 }
 
 /* Bit l set where h[l] >= t (l < 16). */
@@ -112,9 +106,8 @@ static int screen_rows_range(void *arg, int64_t start, int64_t stop) {
     float *scratch = malloc(sizeof(float) * (S + 16)), *upper = malloc(sizeof(float) * (S + 16));
     entry_t *cand = malloc(sizeof(entry_t) * (S + 16));
     const int64_t nc = c->cols ? c->n_cols : 0;
-    float *dlo = malloc(sizeof(float) * (nc + 1)), *dhi = malloc(sizeof(float) * (nc + 1));
     entry_t *acand = malloc(sizeof(entry_t) * (nc + 1));
-    if (!maxima || !poison || !scratch || !upper || !cand || !dlo || !dhi || !acand) {
+    if (!maxima || !poison || !scratch || !upper || !cand || !acand) {
         status = 1;
         goto done;
     }
@@ -176,7 +169,7 @@ static int screen_rows_range(void *arg, int64_t start, int64_t stop) {
                 if (cand[i].v >= t2) cand[m++] = cand[i];
             n = m;
         }
-        const int64_t m = nc ? aux_candidates(c, row, al, be, rc, dlo, dhi, acand, scratch) : 0;
+        const int64_t m = nc ? aux_candidates(c, row, al, be, rc, upper, acand, scratch) : 0;
         int32_t *list = malloc(sizeof(int32_t) * (n + m > 0 ? n + m : 1));
         if (!list) {
             status = 1;
@@ -194,8 +187,6 @@ done:
     free(scratch);
     free(upper);
     free(cand);
-    free(dlo);
-    free(dhi);
     free(acand);
     return status;
 }
@@ -306,11 +297,10 @@ int saelab_screened_topk(const uint16_t *a, const float *x, const float *W, cons
     int64_t *counts = calloc(rows + 1, sizeof(int64_t));
     int64_t *aux_counts = calloc(rows + 1, sizeof(int64_t));
     float *lbias = malloc(sizeof(float) * S), *hbias = malloc(sizeof(float) * S);
-    float *dcol = malloc(sizeof(float) * 4 * (nc + 1)); /* dwn, drwn, dlb, dhb */
     int64_t *offsets = NULL, *owner = NULL, *starts = NULL, *entries = NULL, *fill = NULL;
     int32_t *latent = NULL, *pos = NULL;
     float *v = NULL;
-    if ((!bias && !zeros) || !lists || !counts || !aux_counts || !lbias || !hbias || !dcol) {
+    if ((!bias && !zeros) || !lists || !counts || !aux_counts || !lbias || !hbias) {
         status = 1;
         goto done;
     }
@@ -319,15 +309,8 @@ int saelab_screened_topk(const uint16_t *a, const float *x, const float *W, cons
         lbias[j] = bias[j] - colc[j];
         hbias[j] = bias[j] + colc[j];
     }
-    float *dwn = dcol, *drwn = dcol + nc, *dlb = dcol + 2 * nc, *dhb = dcol + 3 * nc;
-    for (int64_t q = 0; q < nc; q++) {
-        dwn[q] = wn[cols[q]];
-        drwn[q] = rwn[cols[q]];
-        dlb[q] = lbias[cols[q]];
-        dhb[q] = hbias[cols[q]];
-    }
-    screen_ctx_t sc = {a, lbias, hbias, alpha, beta, rowc, wn, rwn, c1, S, k, cols, nc,
-                       cols_k, dwn, drwn, dlb, dhb, lists, counts, aux_counts};
+    screen_ctx_t sc = {a, lbias, hbias, alpha, beta, rowc, wn, rwn, c1, S, k, cols, nc, cols_k,
+                       lists, counts, aux_counts};
     status = parallel_for(screen_rows_range, &sc, rows, threads);
     if (status) goto done;
 
@@ -394,7 +377,6 @@ done:
     free(zeros);
     free(lbias);
     free(hbias);
-    free(dcol);
     return status;
 }
 
