@@ -36,35 +36,19 @@ static float chunk_maxima(const float *row, const float *bias, int64_t d, int64_
 static int64_t collect_at_least(const float *row, const float *bias, int64_t d, float t,
                                 entry_t *cand, const float *next) {
     int64_t n = 0, j = 0;
-#if defined(__AVX512F__)
-    const __m512 tv = _mm512_set1_ps(t);
     for (; j + 16 <= d; j += 16) {
         if (next) __builtin_prefetch(next + j);
-        const __m512 v = _mm512_add_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(bias + j));
-        unsigned mask = (unsigned)_mm512_cmp_ps_mask(v, tv, _CMP_GE_OQ);
+        float v[16];
+        for (int l = 0; l < 16; l++) v[l] = row[j + l] + bias[j + l];
+        unsigned mask = at_least16(v, t);
         while (mask) {
             const int l = __builtin_ctz(mask);
-            cand[n].v = row[j + l] + bias[j + l];
+            cand[n].v = v[l];
             cand[n].i = j + l;
             n++;
             mask &= mask - 1;
         }
     }
-#elif defined(__AVX2__)
-    const __m256 tv = _mm256_set1_ps(t);
-    for (; j + 8 <= d; j += 8) {
-        if (next && (j & 15) == 0) __builtin_prefetch(next + j);
-        const __m256 v = _mm256_add_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(bias + j));
-        unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, tv, _CMP_GE_OQ));
-        while (mask) {
-            const int l = __builtin_ctz(mask);
-            cand[n].v = row[j + l] + bias[j + l];
-            cand[n].i = j + l;
-            n++;
-            mask &= mask - 1;
-        }
-    }
-#endif
     for (; j < d; j++) {
         const float v = row[j] + bias[j];
         if (v >= t) {

@@ -82,22 +82,6 @@ static int64_t aux_candidates(const screen_ctx_t *c, const uint16_t *row, float 
     return n;
 }
 
-/* Bit l set where h[l] >= t (l < 16). */
-static inline unsigned at_least16(const float *h, float t) {
-#if defined(__AVX512F__)
-    return (unsigned)_mm512_cmp_ps_mask(_mm512_loadu_ps(h), _mm512_set1_ps(t), _CMP_GE_OQ);
-#elif defined(__AVX2__)
-    const __m256 tv = _mm256_set1_ps(t);
-    const unsigned lo = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(h), tv, _CMP_GE_OQ));
-    const unsigned hi = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(h + 8), tv, _CMP_GE_OQ));
-    return lo | (hi << 8);
-#else
-    unsigned m = 0;
-    for (int l = 0; l < 16; l++) m |= (unsigned)(h[l] >= t) << l;
-    return m;
-#endif
-}
-
 static int screen_rows_range(void *arg, int64_t start, int64_t stop) {
     const screen_ctx_t *c = (const screen_ctx_t *)arg;
     const int64_t S = c->S, k = c->k, n_chunks = chunk_count(S);
