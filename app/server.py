@@ -68,6 +68,21 @@ def command(cfg: AppConfig) -> list[str]:
     ]  # fmt: skip
 
 
+STOP_GRACE_S = 5.0
+"""Seconds the streamlit server gets to stop after SIGTERM before it is killed: it first
+waits for a running script (a generation in the playground), which on a busy machine took
+longer than a process manager or a test waits (the server then outlived `saelab app`)."""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ask the server to stop, and kill it if it is still running `STOP_GRACE_S` later (it
+    serves a read-only file: nothing is lost)."""
+    proc.terminate()
+    timer = threading.Timer(STOP_GRACE_S, lambda: proc.poll() is None and proc.kill())
+    timer.daemon = True
+    timer.start()
+
+
 def serve(cfg: AppConfig) -> int:
     """Serve until interrupted; returns the server's exit status."""
     path = prepare(cfg)
@@ -77,12 +92,12 @@ def serve(cfg: AppConfig) -> int:
     # A SIGTERM (a process manager, a test's teardown) stops the server too, instead of
     # leaving it running with no parent.
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate()) if main else None
+    previous = signal.signal(signal.SIGTERM, lambda *_: _stop(proc)) if main else None
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
+        _stop(proc)
+        proc.wait()
         raise
     finally:
         if main:

@@ -20,6 +20,9 @@ the machine shared with a long benchmark):
   built (`native.py`), the product is a bare `mm` and the C selection adds the bias, finds
   each row's top-k and copies AuxK's columns in one read of the row (~2x the torch top-k,
   and no bias broadcast or `index_select` pass; `benchmarks/step_parts.py`).
+- On a CPU with bf16 instructions, where `screen.pays(d_sae, k)`, there is no fp32 product at
+  all: the workspace holds a bf16 product that screens the exact fp32 top-k
+  (`screen.screened_topk`; 1.72x the fp32 product + native selection at d_sae 18432, k 64).
 Rows are processed in blocks only when the product would exceed `WORKSPACE_BYTES` (bounding
 the memory held between calls); rows are independent, so blocks change nothing but the
 matmul's rounding (the same exact top-k as `topk_select` runs on each row).

@@ -357,3 +357,28 @@ def test_a_render_on_a_new_thread_never_waits_on_an_interrupted_ones_connection(
     assert not other.is_alive(), "the second render waited on the first one's connection"
     assert got == [len(app_db[1])]
     reader.close()
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+def test_stopping_the_server_kills_it_when_it_does_not_stop(monkeypatch, ignores_sigterm):
+    """`saelab app`'s SIGTERM/Ctrl-C handling: the streamlit server gets SIGTERM, and is killed
+    `STOP_GRACE_S` later if it is still running (it waits for a running script first)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from saelab.app import server
+
+    monkeypatch.setattr(server, "STOP_GRACE_S", 0.5)
+    body = "import signal, time\n"
+    if ignores_sigterm:
+        body += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    body += "print('up', flush=True)\ntime.sleep(60)\n"
+    proc = subprocess.Popen([sys.executable, "-c", body], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    t0 = time.monotonic()
+    server._stop(proc)
+    code = proc.wait(timeout=20)
+    assert code == (-signal.SIGKILL if ignores_sigterm else -signal.SIGTERM)
+    assert time.monotonic() - t0 < 15
