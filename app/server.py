@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -74,6 +75,19 @@ waits for a running script (a generation in the playground), which on a busy mac
 longer than a process manager or a test waits (the server then outlived `saelab app`)."""
 
 
+def _die_with_parent():
+    """On Linux, a `preexec_fn` that has the kernel kill the server when `saelab app` dies,
+    however it dies (SIGKILL included: then no handler of ours runs); elsewhere None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+    return lambda: libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Ask the server to stop, and kill it if it is still running `STOP_GRACE_S` later (it
     serves a read-only file: nothing is lost)."""
@@ -88,7 +102,9 @@ def serve(cfg: AppConfig) -> int:
     path = prepare(cfg)
     env = dict(os.environ, **{db.DB_ENV: path})
     print(f"saelab app: browsing {path} at {url(cfg)} (Ctrl-C stops it)", flush=True)
-    proc = subprocess.Popen(command(cfg), env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        command(cfg), env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent()
+    )
     # A SIGTERM (a process manager, a test's teardown) stops the server too, instead of
     # leaving it running with no parent.
     main = threading.current_thread() is threading.main_thread()

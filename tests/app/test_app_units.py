@@ -382,3 +382,39 @@ def test_stopping_the_server_kills_it_when_it_does_not_stop(monkeypatch, ignores
     code = proc.wait(timeout=20)
     assert code == (-signal.SIGKILL if ignores_sigterm else -signal.SIGTERM)
     assert time.monotonic() - t0 < 15
+
+
+def test_the_server_dies_with_saelab_app_however_it_dies():
+    """Linux: the server is started with PR_SET_PDEATHSIG, so a SIGKILLed `saelab app` (no
+    handler of ours runs) still takes its streamlit server with it."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux only")
+    parent_code = (
+        "import subprocess, sys, time\n"
+        "from saelab.app.server import _die_with_parent\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " preexec_fn=_die_with_parent())\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
+    )
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state == "Z":
+            break
+        assert time.monotonic() < deadline, "the server outlived a killed saelab app"
+        time.sleep(0.05)

@@ -75,16 +75,30 @@ class Server:
         pid = self.proc.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         self.proc.send_signal(sig)
+        t0 = time.monotonic()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        app = f"the app exited with {self.proc.wait()} after {time.monotonic() - t0:.1f} s"
         # `saelab app` stops its streamlit server on SIGTERM and SIGINT: none is left running
         deadline = time.monotonic() + 30  # a loaded machine can take seconds to stop it
         while any(_running(c) for c in children):
-            assert time.monotonic() < deadline, f"streamlit server(s) {children} outlived the app"
+            assert time.monotonic() < deadline, (
+                f"streamlit server(s) {children} outlived the app ({app}; "
+                f"{[_state(c) for c in children]})"
+            )
             time.sleep(0.1)
         assert children, "saelab app started no server process"
+
+
+def _state(pid: str) -> str:
+    """A process's state line and parent, for failure messages."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "gone"
+    return " ".join(line for line in status if line.startswith(("State", "PPid")))
 
 
 def _running(pid: str) -> bool:
