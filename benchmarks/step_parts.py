@@ -57,13 +57,17 @@ def stream_read_rate(reps: int) -> float:
 
 
 AUXK_DEAD = (500, 1000, 2000, 3000, 5000)
-"""Dead-set sizes at which AuxK's forward + backward is timed on both paths."""
+"""Dead-set sizes at which AuxK's forward + backward is timed on each path."""
 
 
 def auxk_costs(x, d_sae: int, d_in: int, k: int, reps: int) -> dict:
     """AuxK's forward and backward (`aux_k_dead`, k_aux = d_in / 2) over `AUXK_DEAD` dead
-    latents, on the dense path (products over the dead latents' `[N, n_dead]` block) and on
-    the sparse one (k_aux entries per row), each forced: where they cross."""
+    latents of a random SAE (nearly all k_aux slots of a row positive: the worst case), on
+    each path, forced: the CPU's entry list (`entries`), and the padded selection through
+    the sparse kernels (`padded_sparse`) or through products over the used dead latents'
+    `[N, n_used]` block (`padded_dense`)."""
+    import types
+
     import torch
 
     from saelab.sae import make_config, ops
@@ -73,29 +77,37 @@ def auxk_costs(x, d_sae: int, d_in: int, k: int, reps: int) -> dict:
     g = torch.Generator().manual_seed(2)
     residual = torch.randn(x.shape[0], d_in, generator=g)
     pre = ops.preacts(sae.center(x), sae.W_enc, sae.b_enc)
-    out: dict = {"k_aux": sae.cfg.resolved_aux_k(), "default_dense_below": None}
+    out: dict = {"k_aux": sae.cfg.resolved_aux_k()}
     saved = ops.DENSE_FRACTION
-    out["default_dense_below"] = int(sae.cfg.resolved_aux_k() / saved)
+    padded = types.MethodType(type(sae)._aux_k_padded, sae)
+    # ops takes its dense path when k > DENSE_FRACTION * n: 0 forces it, 1 never
+    paths = (
+        ("entries", None, saved),
+        ("padded_sparse", padded, 1.0),
+        ("padded_dense", padded, 0.0),
+    )
     for n_dead in AUXK_DEAD:
         dead = torch.randperm(d_sae, generator=g)[:n_dead].sort().values
-        pre_dead = pre[:, dead].contiguous()
+        top = ops.positive_top(pre[:, dead].contiguous(), sae._k_aux(dead))
         row = {}
-        # ops takes its dense path when k > DENSE_FRACTION * n: 0 forces it, 1 never
-        for path, fraction in (("dense", 0.0), ("sparse", 1.0)):
+        for path, method, fraction in paths:
+            if method is not None:
+                sae._aux_k_entries = method
             ops.DENSE_FRACTION = fraction
 
-            def run(dead=dead, pre_dead=pre_dead):
+            def run(dead=dead, top=top):
                 sae.zero_grad(set_to_none=True)
-                sae.aux_k_dead(x, dead, pre_dead, residual).backward()
+                sae.aux_k_dead(x, dead, top, residual).backward()
 
             try:
                 row[f"{path}_seconds"] = best(run, reps)
             finally:
                 ops.DENSE_FRACTION = saved
+                sae.__dict__.pop("_aux_k_entries", None)
         out[str(n_dead)] = row
         print(
-            f"auxk {n_dead:5d} dead: dense {1e3 * row['dense_seconds']:.0f} ms, "
-            f"sparse {1e3 * row['sparse_seconds']:.0f} ms"
+            f"auxk {n_dead:5d} dead: "
+            + ", ".join(f"{p} {1e3 * row[p + '_seconds']:.0f} ms" for p, _, _ in paths)
         )
     return out
 

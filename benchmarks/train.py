@@ -251,7 +251,7 @@ def child_auxk_trained(spec: dict) -> dict:
         offset=1.0,
     )
     cfg = TrainConfig(
-        tokens=spec["batch"] * (spec["train_steps"] + 4 * spec["steps"]),
+        tokens=spec["batch"] * spec["schedule_steps"],
         progress=False,
         init_tokens=spec["batch"],
         dead_window_tokens=spec["dead_window_tokens"],
@@ -711,6 +711,10 @@ AUXK_DEAD = (0, 2000, 3000)
 """Dead-set sizes of the AuxK section (0: no AuxK)."""
 AUXK_TRAIN_STEPS = 150
 """Training steps before the AuxK section times its trained SAE's own dead latents."""
+AUXK_TRAINED_STEPS = 24
+"""Timed steps of each kind (AuxK on, off; alternating) over the trained SAE's dead latents:
+the overhead is a few percent of a step, so a handful of pairs on a shared 2-core machine
+cannot resolve it."""
 AUXK_TRUE_FEATURES = 2 * D_IN
 """True directions of the synthetic data the `auxk_trained` SAE learns: with 18432 latents
 for 1152 directions, 2000-3500 latents die within 150 steps (8x d_in left ~800 dead)."""
@@ -743,8 +747,11 @@ def _auxk_section(py: str, spec: dict, results: dict) -> None:
         "auxk_trained",
         {
             **spec,
-            "steps": spec.get("steps", 6),
+            "steps": AUXK_TRAINED_STEPS,
             "train_steps": AUXK_TRAIN_STEPS,
+            # the learning-rate schedule's length, fixed (it decides how many latents die);
+            # the timed steps past its end run at learning rate 0, at the same cost
+            "schedule_steps": AUXK_TRAIN_STEPS + 24,
             "dead_window_tokens": 15 * spec["batch"],
             # fewer true directions than 8x d_in: 2000-3000 of the 18432 latents die
             "n_features": AUXK_TRUE_FEATURES,

@@ -270,6 +270,24 @@ def decode_bands(idx: Tensor, vals: Tensor, W_dec: Tensor, bounds: list[int]) ->
     return kernels.banded_decode(idx, vals, W_dec, bounds)
 
 
+def bag_sums(idx: Tensor, weights: Tensor, crow: Tensor, table: Tensor) -> Tensor:
+    """Entry lists in CSR form (bag b holds entries `crow[b]:crow[b + 1]`, each a row
+    `idx[e]` of `table` with a weight): each bag's weighted sum of its rows, `[bags, d]`,
+    no `[entries, d]` temporary. No autograd."""
+    return kernels.torch_ops.banded_rows(idx, weights, crow, table)
+
+
+def bag_dots(idx: Tensor, crow: Tensor, a: Tensor, table: Tensor) -> Tensor:
+    """For each entry e of bag b (as in `bag_sums`): `a[b] · table[idx[e]]`, `[entries]`."""
+    return kernels.torch_ops.banded_dot(idx, crow, a, table)
+
+
+def bag_scatter(idx: Tensor, weights: Tensor, crow: Tensor, a: Tensor, n_rows: int) -> Tensor:
+    """The transpose of `bag_sums`: `out[r] = Σ_{e: idx[e] = r} weights[e] · a[bag of e]`,
+    `[n_rows, d]` (zero-weight entries skipped)."""
+    return kernels.torch_ops.banded_scatter(idx, weights, crow, a, n_rows)
+
+
 def mask_like(mask: Tensor | None, vals: Tensor) -> Tensor | None:
     """A selection mask as a multiplier in `vals`'s dtype (None when nothing is padded)."""
     return None if mask is None else mask.to(vals.dtype)

@@ -1,0 +1,82 @@
+"""AuxK's two implementations (the entry list on the CPU, the padded selection through the
+sparse kernels elsewhere) against a dense float64 computation of the definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saelab.sae import ops
+from saelab.sae.registry import build_sae, make_config
+
+
+def _setup(seed: int, centred: bool, d_sae: int = 96, d_in: int = 12, n: int = 40):
+    g = torch.Generator().manual_seed(seed)
+    cfg = make_config("topk", d_sae=d_sae, k=4, aux_k=6, apply_b_dec_to_input=centred)
+    sae = build_sae(cfg, d_in)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    dead = torch.randperm(d_sae, generator=g)[:30].sort().values
+    with torch.no_grad():  # some dead latents rarely positive, some never
+        sae.b_enc[dead[:10]] -= 1.0
+        sae.b_enc[dead[10:13]] -= 100.0
+    x = torch.randn(n, d_in, generator=g).requires_grad_(True)
+    residual = torch.randn(n, d_in, generator=g)
+    return sae, dead, x, residual
+
+
+def _reference(sae, dead, x, residual):
+    """The definition in float64: each row's top-k_aux dead pre-activations, their ReLU
+    decoded, the squared error to the residual averaged over rows, scaled by
+    min(1, dead / k_aux); with every parameter's and x's gradient."""
+    ref = {name: p.detach().double().requires_grad_(True) for name, p in sae.named_parameters()}
+    x64 = x.detach().double().requires_grad_(True)
+    xc = x64 - ref["b_dec"] if sae.cfg.apply_b_dec_to_input else x64
+    pre = (xc @ ref["encoder_weight"].t() + ref["b_enc"])[:, dead]
+    k_aux = min(sae.cfg.aux_k, dead.numel())
+    chosen = torch.zeros_like(pre).scatter(1, pre.topk(k_aux).indices, 1.0)
+    e_hat = (pre.relu() * chosen) @ ref["W_dec"][dead]
+    loss = (
+        min(dead.numel() / sae.cfg.aux_k, 1.0) * (e_hat - residual.double()).pow(2).sum(-1).mean()
+    )
+    loss.backward()
+    grads = {name: torch.zeros_like(t) if t.grad is None else t.grad for name, t in ref.items()}
+    return loss, grads, x64.grad
+
+
+@pytest.mark.parametrize("path", ["entries", "padded"])
+@pytest.mark.parametrize("centred", [True, False], ids=["b_dec-centred", "uncentred"])
+def test_auxk_paths_match_float64_definition(monkeypatch, path, centred):
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    sae, dead, x, residual = _setup(seed, centred)
+    if path == "padded":  # the path off the CPU, forced here
+        monkeypatch.setattr(type(sae), "_aux_k_entries", type(sae)._aux_k_padded)
+    pre = ops.preacts(sae.center(x), sae.W_enc, sae.b_enc)
+    top = ops.positive_top(pre[:, dead], sae._k_aux(dead))
+    loss = sae.aux_k_dead(x, dead, top, residual)
+    loss.backward()
+    loss_ref, grads_ref, x_grad_ref = _reference(sae, dead, x, residual)
+    msg = f"seed {seed}"
+    torch.testing.assert_close(loss.double(), loss_ref, rtol=1e-5, atol=1e-6, msg=msg)
+    for name, p in sae.named_parameters():
+        grad = torch.zeros_like(p) if p.grad is None else p.grad.to_dense()
+        torch.testing.assert_close(
+            grad.double(), grads_ref[name], rtol=1e-4, atol=1e-6, msg=f"{name}, {msg}"
+        )
+    torch.testing.assert_close(x.grad.double(), x_grad_ref, rtol=1e-4, atol=1e-6, msg=msg)
+
+
+def test_entry_gradients_are_sparse_over_the_selected_dead_latents():
+    """The entry path's weight gradients are sparse tensors whose rows are exactly the dead
+    latents some row selected (accumulating them touches nothing else); never-positive dead
+    latents get no row."""
+    sae, dead, x, residual = _setup(int(torch.randint(0, 2**31 - 1, ())), True)
+    pre = ops.preacts(sae.center(x), sae.W_enc, sae.b_enc)
+    top = ops.positive_top(pre[:, dead], sae._k_aux(dead))
+    sae.aux_k_dead(x.detach(), dead, top, residual).backward()
+    used = dead[top.idx[top.vals > 0].unique()]
+    assert not set(used.tolist()) & set(dead[10:13].tolist())  # never positive
+    for p in (sae.encoder_weight, sae.b_enc, sae.W_dec):
+        assert p.grad.is_sparse
+        assert torch.equal(p.grad.coalesce().indices()[0], used)
