@@ -61,13 +61,12 @@ AUXK_DEAD = (500, 1000, 2000, 3000, 5000)
 
 
 def auxk_costs(x, d_sae: int, d_in: int, k: int, reps: int) -> dict:
-    """AuxK's forward and backward (`aux_k_dead`, k_aux = d_in / 2) over `AUXK_DEAD` dead
-    latents of a random SAE (nearly all k_aux slots of a row positive: the worst case), on
-    each path, forced: the CPU's entry list (`entries`), and the padded selection through
-    the sparse kernels (`padded_sparse`) or through products over the used dead latents'
-    `[N, n_used]` block (`padded_dense`)."""
-    import types
-
+    """AuxK's forward and backward (k_aux = d_in / 2) over `AUXK_DEAD` dead latents of a
+    random SAE (every k_aux slot of a row positive: the worst case), on each path, forced:
+    the CPU's entry list (`entries`), and the padded selection through the sparse kernels
+    (`padded_sparse`) or through products over the used dead latents' `[N, n_used]` block
+    (`padded_dense`). `aux_k_dead` takes the entry list only where the positive entries fill
+    less than half the padded slots (not here: there, the padded paths)."""
     import torch
 
     from saelab.sae import make_config, ops
@@ -79,31 +78,27 @@ def auxk_costs(x, d_sae: int, d_in: int, k: int, reps: int) -> dict:
     pre = ops.preacts(sae.center(x), sae.W_enc, sae.b_enc)
     out: dict = {"k_aux": sae.cfg.resolved_aux_k()}
     saved = ops.DENSE_FRACTION
-    padded = types.MethodType(type(sae)._aux_k_padded, sae)
     # ops takes its dense path when k > DENSE_FRACTION * n: 0 forces it, 1 never
     paths = (
-        ("entries", None, saved),
-        ("padded_sparse", padded, 1.0),
-        ("padded_dense", padded, 0.0),
+        ("entries", sae._aux_k_entries, saved),
+        ("padded_sparse", sae._aux_k_padded, 1.0),
+        ("padded_dense", sae._aux_k_padded, 0.0),
     )
     for n_dead in AUXK_DEAD:
         dead = torch.randperm(d_sae, generator=g)[:n_dead].sort().values
         top = ops.positive_top(pre[:, dead].contiguous(), sae._k_aux(dead))
-        row = {}
+        row = {"positive_fraction": float((top.vals > 0).float().mean())}
         for path, method, fraction in paths:
-            if method is not None:
-                sae._aux_k_entries = method
             ops.DENSE_FRACTION = fraction
 
-            def run(dead=dead, top=top):
+            def run(method=method, dead=dead, top=top):
                 sae.zero_grad(set_to_none=True)
-                sae.aux_k_dead(x, dead, top, residual).backward()
+                method(x, dead, top, residual).backward()
 
             try:
                 row[f"{path}_seconds"] = best(run, reps)
             finally:
                 ops.DENSE_FRACTION = saved
-                sae.__dict__.pop("_aux_k_entries", None)
         out[str(n_dead)] = row
         print(
             f"auxk {n_dead:5d} dead: "

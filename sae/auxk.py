@@ -7,11 +7,12 @@ latents' pre-activations (densely, or as `ops.positive_top` from a fused selecti
 detached residual, and adds `aux_coefficient ·` the returned loss.
 
 Only each row's positive dead pre-activations matter after AuxK's ReLU, and on trained SAEs
-there are few (0.1-3 of k_aux 288 per row). On the CPU the loss runs over just those entries
-(`EntryAuxK`: a handful of `[entries, d]` passes, row-sparse weight gradients), so its cost
-does not grow with the number of dead latents or with the padded width of the selection;
-elsewhere (where listing the entries would sync the device) over the padded selection with
-the sparse kernels.
+there are few (0.1-3 of k_aux 288 per row). On the CPU, where they fill less than half the
+padded selection, the loss runs over just those entries (`EntryAuxK`: CSR bags over the rows
+that have one, sparse weight gradients), so its cost follows the entries, not the number of
+dead latents or the padded width; a fuller selection (alive latents counted dead: every slot
+positive), and any selection off the CPU (where listing the entries would sync the device),
+runs over the padded slots through `ops`' sparse or dense paths.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class AuxKLoss:
         )
         if top is None:  # no dead latent is positive anywhere: e_hat is 0, and so is the gradient
             return scale * residual.float().pow(2).sum(-1).mean()
-        if top.idx.device.type == "cpu":
+        if top.idx.device.type == "cpu" and 2 * int((top.vals > 0).sum()) < top.vals.numel():
             return scale * self._aux_k_entries(x, dead, top, residual)
         return scale * self._aux_k_padded(x, dead, top, residual)
 
@@ -86,19 +87,24 @@ class AuxKLoss:
     def _aux_k_padded(
         self, x: Tensor, dead: Tensor, top: ops.PositiveTop, residual: Tensor
     ) -> Tensor:
-        """The unscaled loss over `top`'s padded `[N, w]` slots, through the sparse kernels
-        (the weight gradients row-sparse over the dead latents, `ops.rows`)."""
-        shared = ops.shared_segments(top.idx, dead.numel())  # one backward sort for both scatters
+        """The unscaled loss over `top`'s padded `[N, w]` slots, through the sparse kernels or
+        (a wide selection over few latents) `ops`' dense path, on the weight rows of the dead
+        latents (`ops.rows`: row-sparse gradients); on the CPU, of those some row selected."""
+        latents, local = dead, top.idx
+        if local.device.type == "cpu":  # (elsewhere `unique` would sync the device each step)
+            used, local = torch.unique(top.idx, return_inverse=True)
+            latents = dead[used]
+        shared = ops.shared_segments(local, latents.numel())  # one backward sort for both scatters
         vals = ops.gather(
             x,
-            ops.rows(self.encoder_weight, dead).t(),  # type: ignore[attr-defined]
-            ops.rows(self.b_enc, dead),  # type: ignore[attr-defined]
-            top.idx,
+            ops.rows(self.encoder_weight, latents).t(),  # type: ignore[attr-defined]
+            ops.rows(self.b_enc, latents),  # type: ignore[attr-defined]
+            local,
             values=top.vals,
             shift=self.input_shift,  # type: ignore[attr-defined]
             shared=shared,
         ).relu()
-        e_hat = ops.decode(top.idx, vals, ops.rows(self.W_dec, dead), None, shared)  # type: ignore[attr-defined]
+        e_hat = ops.decode(local, vals, ops.rows(self.W_dec, latents), None, shared)  # type: ignore[attr-defined]
         return (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
 
 

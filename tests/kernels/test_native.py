@@ -200,6 +200,9 @@ def test_decode_grads_in_one_latent_major_pass_match_float64():
     plain = torch_ops.decode_grads(idx, vals, grad_out, W)  # no shared sort: the torch ops
     assert_close("grad_vals (torch ops)", plain[0], ref_vals, 1e-5, seed)
     assert_close("grad_W_dec (torch ops)", plain[1], ref_w, 1e-5, seed)
+    only_sums = native.segment_rows(starts, order, k, vals, grad_out)  # no table: no dots
+    assert only_sums is not None and only_sums[1] is None
+    assert torch.equal(only_sums[0], one[1]), f"seed {seed}"
 
 
 def test_a_build_without_openmp_gives_the_same_results(monkeypatch, tmp_path):

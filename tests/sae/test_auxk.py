@@ -50,8 +50,8 @@ def _reference(sae, dead, x, residual):
 def test_auxk_paths_match_float64_definition(monkeypatch, path, centred):
     seed = int(torch.randint(0, 2**31 - 1, ()))
     sae, dead, x, residual = _setup(seed, centred)
-    if path == "padded":  # the path off the CPU, forced here
-        monkeypatch.setattr(type(sae), "_aux_k_entries", type(sae)._aux_k_padded)
+    other = "_aux_k_entries" if path == "padded" else "_aux_k_padded"
+    monkeypatch.setattr(type(sae), other, getattr(type(sae), f"_aux_k_{path}"))  # forced
     pre = ops.preacts(sae.center(x), sae.W_enc, sae.b_enc)
     top = ops.positive_top(pre[:, dead], sae._k_aux(dead))
     loss = sae.aux_k_dead(x, dead, top, residual)
@@ -67,11 +67,14 @@ def test_auxk_paths_match_float64_definition(monkeypatch, path, centred):
     torch.testing.assert_close(x.grad.double(), x_grad_ref, rtol=1e-4, atol=1e-6, msg=msg)
 
 
-def test_entry_gradients_are_sparse_over_the_selected_dead_latents():
-    """The entry path's weight gradients are sparse tensors whose rows are exactly the dead
+@pytest.mark.parametrize("path", ["entries", "padded"])
+def test_weight_gradients_are_sparse_over_the_selected_dead_latents(monkeypatch, path):
+    """Both paths' weight gradients are sparse tensors whose rows are exactly the dead
     latents some row selected (accumulating them touches nothing else); never-positive dead
     latents get no row."""
     sae, dead, x, residual = _setup(int(torch.randint(0, 2**31 - 1, ())), True)
+    other = "_aux_k_entries" if path == "padded" else "_aux_k_padded"
+    monkeypatch.setattr(type(sae), other, getattr(type(sae), f"_aux_k_{path}"))
     pre = ops.preacts(sae.center(x), sae.W_enc, sae.b_enc)
     top = ops.positive_top(pre[:, dead], sae._k_aux(dead))
     sae.aux_k_dead(x.detach(), dead, top, residual).backward()
@@ -80,3 +83,29 @@ def test_entry_gradients_are_sparse_over_the_selected_dead_latents():
     for p in (sae.encoder_weight, sae.b_enc, sae.W_dec):
         assert p.grad.is_sparse
         assert torch.equal(p.grad.coalesce().indices()[0], used)
+
+
+def test_the_entry_list_runs_where_the_positive_entries_fill_under_half_the_slots(monkeypatch):
+    """On the CPU: few positive entries in the padded selection (latents that really died)
+    take the entry list; a selection at least half full (alive latents counted dead) takes
+    the padded path, whose dense variant is the faster one there."""
+    sae, dead, x, residual = _setup(int(torch.randint(0, 2**31 - 1, ())), True)
+    taken = []
+    for name in ("_aux_k_entries", "_aux_k_padded"):
+        method = getattr(type(sae), name)
+
+        def spy(self, *args, method=method, name=name):
+            taken.append(name)
+            return method(self, *args)
+
+        monkeypatch.setattr(type(sae), name, spy)
+    n, w = x.shape[0], 4
+    idx = torch.randint(0, dead.numel(), (n, w))
+    vals = torch.rand(n, w) + 0.1
+    for filled, expected in ((n * w // 2 - 1, "_aux_k_entries"), (n * w // 2, "_aux_k_padded")):
+        keep = torch.zeros(n * w, dtype=torch.bool)
+        keep[torch.randperm(n * w)[:filled]] = True
+        keep = keep.view(n, w)
+        top = ops.PositiveTop(vals * keep, idx * keep)
+        sae.aux_k_dead(x.detach(), dead, top, residual)
+        assert taken[-1] == expected, (filled, taken)
