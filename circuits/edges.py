@@ -10,18 +10,17 @@ For a downstream node d the vector c_d = (∂m/∂d) ∂d/∂x_b is a cheap back
 encoder alone; the expensive part, J^T c_d through the model between the two hooks, is one
 backward per node in the reference (`batched=False`, kept here as the independent check).
 `batched=True` (circuits/edges_fast.py) gets the same numbers from only the blocks and positions
-involved and backward seeds packed across prompts, on models where the window forward applies
-(`window.supported`: rotary positions, a duck-typed key-value cache); elsewhere it logs why and
-runs the reference. Edges are kept as a sparse list
-(u, d, effect), never a dense adjacency.
+involved and one backward row per (node, prompt) pair where the node is on, on models with
+rotary positions (a hand-written backward for Llama-family blocks, else autograd through the
+bridge's blocks where `window.supported`); for any upstream hook where neither applies it logs
+why and runs the reference's `looped_hook`. Edges are kept as a sparse list (u, d, effect),
+never a dense adjacency.
 
 Candidate hook pairs: a before b with no spliced `hook_resid_post` strictly between them (the
 residual stream is a bottleneck: nothing before it reaches past it directly).
 """
 
 from __future__ import annotations
-
-import logging
 
 import torch
 from torch import Tensor
@@ -32,8 +31,6 @@ from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
 from saelab.circuits.splice import SplicedModel, SpliceState, hook_order
 
 EDGE_METHODS = ("ig", "atp")
-
-log = logging.getLogger(__name__)
 
 
 def edge_effects(
@@ -51,16 +48,13 @@ def edge_effects(
 
     `batched=False`: the reference, one full forward per upstream hook and one backward per
     downstream node. `batched=True` (circuits/edges_fast.py): the same numbers from a forward
-    of only the blocks and positions involved and packed, batched backwards; where the model
-    does not support that forward (`window.supported`), the reference, with one log line."""
+    of only the blocks and positions involved and one backward over the active (node, prompt)
+    pairs; for an upstream hook where the model supports neither window backward, the
+    reference, with one log line."""
     if batched:
         from saelab.circuits.edges_fast import fast_edge_effects
-        from saelab.circuits.window import supported
 
-        why = supported(spliced, tokens)
-        if why is None:
-            return fast_edge_effects(spliced, tokens, states, grads, sides, nodes, batch, progress)
-        log.info("edge_effects: no fast path (%s); running the per-node loop", why)
+        return fast_edge_effects(spliced, tokens, states, grads, sides, nodes, batch, progress)
     by_hook: dict[str, list[NodeKey]] = {}
     for n in nodes:
         by_hook.setdefault(n.key.hook, []).append(n.key)
@@ -68,22 +62,43 @@ def edge_effects(
     edges: list[Edge] = []
     for a in dict.fromkeys(a for a, _ in pairs):
         downs = [b for x, b in pairs if x == a]
-        leaf, raw = _direct_forward(spliced, tokens, states[a].x, a, downs)
-        ups = by_hook[a]
-        up_f, up_e = upstream_deltas(spliced, a, states[a], sides[a], ups)
-        for b in downs:
-            cots = cotangents(spliced, b, states[b].x, grads[b], by_hook[b])
-            for start in range(0, len(cots), batch):
-                C = torch.stack(cots[start : start + batch])
-                G = _vjp(raw[b], leaf, C)
-                E = _contract(G, spliced.saes[a].W_dec.detach(), up_f, up_e, ups)
-                for k, down in enumerate(by_hook[b][start : start + batch]):
-                    for j, up in enumerate(ups):
-                        v = float(E[k, j])
-                        if v != 0.0:
-                            edges.append(Edge(up, down, v))
-                if progress is not None:
-                    progress.update(len(C))
+        edges += looped_hook(
+            spliced, tokens, states, grads, sides, a, downs, by_hook, batch, progress
+        )
+    return edges
+
+
+def looped_hook(
+    spliced: SplicedModel,
+    tokens: Tensor,
+    states: dict[str, SpliceState],
+    grads: dict[str, Tensor],
+    sides: dict[str, PatchSide],
+    a: str,
+    downs: list[str],
+    by_hook: dict[str, list[NodeKey]],
+    batch: int,
+    progress=None,
+) -> list[Edge]:
+    """The reference's edges from the kept nodes of hook a to those of the hooks `downs`:
+    one full forward, one backward per downstream node."""
+    edges: list[Edge] = []
+    leaf, raw = _direct_forward(spliced, tokens, states[a].x, a, downs)
+    ups = by_hook[a]
+    up_f, up_e = upstream_deltas(spliced, a, states[a], sides[a], ups)
+    for b in downs:
+        cots = cotangents(spliced, b, states[b].x, grads[b], by_hook[b])
+        for start in range(0, len(cots), batch):
+            C = torch.stack(cots[start : start + batch])
+            G = _vjp(raw[b], leaf, C)
+            E = _contract(G, spliced.saes[a].W_dec.detach(), up_f, up_e, ups)
+            for k, down in enumerate(by_hook[b][start : start + batch]):
+                for j, up in enumerate(ups):
+                    v = float(E[k, j])
+                    if v != 0.0:
+                        edges.append(Edge(up, down, v))
+            if progress is not None:
+                progress.update(len(C))
     return edges
 
 

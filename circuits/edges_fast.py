@@ -6,27 +6,39 @@ backward per downstream node through all prompts and positions. Here:
 - only the blocks between a and its downstream hooks run, and only at the positions the kept
   nodes can connect: from the first kept upstream position s0 (nothing before it moves) to the
   last kept downstream position t1 (nothing after it is read). Positions before s0 enter the
-  attention as constant keys and values (circuits/window.py);
+  attention as constant keys and values, from one pass over each distinct prefix;
 - a downstream node's backward seed is zero on every prompt where its latent is off (its
-  ∂d/∂x vanishes), so seeds are packed: slot j of one batched backward carries, on each prompt,
-  the j-th node active on that prompt. One backward of S slots serves as many nodes as fit, with
-  S the most nodes active on any one prompt, not the number of nodes;
+  ∂d/∂x vanishes), so the backward runs only the (node, prompt) pairs where it is on;
 - a feature's seed comes from the SAE's `encode_at` on the rows where it is active (no dense
   `[rows, d_sae]` backward per node); the error seeds of a hook from one backward;
 - the contraction with the upstream changes and the edge list are vectorised, and the sums over
   prompts accumulate in float64.
+
+Two backwards, chosen per upstream hook: on Llama-family blocks the hand-written one
+(circuits/window_vjp.py: one forward saves what it reads, then one row per active pair, plain
+matmuls); elsewhere autograd through the bridge's own blocks (circuits/window.py), the seeds
+packed into slots (slot j carries, on each prompt, the j-th node active there; one batched
+backward of every prompt per slot). Where neither applies (learned absolute positions, for
+one), that hook's edges come from the per-node loop, with one log line.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
+from saelab.circuits import window_vjp
 from saelab.circuits.attribution import PatchSide
 from saelab.circuits.edge_terms import Edge, cotangents, hook_pairs, upstream_deltas
+from saelab.circuits.edges import looped_hook
 from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
 from saelab.circuits.splice import SUBMODULES, SplicedModel, SpliceState, hook_order
-from saelab.circuits.window import PrefixKV, block_kwargs, run_blocks
+from saelab.circuits.window import PrefixKV, block_kwargs, run_blocks, supported
+
+log = logging.getLogger(__name__)
 
 
 def fast_edge_effects(
@@ -39,8 +51,8 @@ def fast_edge_effects(
     batch: int = 64,
     progress=None,
 ) -> list[Edge]:
-    """`edge_effects` with `batched=True` (same edges, same order); `batch`: slots per
-    backward."""
+    """`edge_effects` with `batched=True` (same edges, same order); `batch`: slots (the
+    most nodes active on one prompt) per backward call."""
     by_hook: dict[str, list[NodeKey]] = {}
     for n in nodes:
         by_hook.setdefault(n.key.hook, []).append(n.key)
@@ -48,7 +60,12 @@ def fast_edge_effects(
     if not pairs:
         return []
     T = tokens.shape[1]
-    kw = block_kwargs(spliced, tokens)
+    try:
+        kw = block_kwargs(spliced, tokens)
+    except RuntimeError:  # no rotary positions: neither window forward applies
+        kw = None
+    why: str | None = None if kw is not None else supported(spliced, tokens)
+    checked = kw is None  # whether `why` holds the bridge window's verdict yet
     edges: list[Edge] = []
     for a in dict.fromkeys(a for a, _ in pairs):
         downs = [b for x, b in pairs if x == a]
@@ -59,11 +76,23 @@ def fast_edge_effects(
             if progress is not None:
                 progress.update(sum(len(by_hook[b]) for b in downs))
             continue
-        leaf, raw = _window_forward(spliced, tokens, states, a, downs, kw, s0, t1)
+        backward = None
+        if kw is not None:
+            backward = _manual_backward(spliced, tokens, states, a, downs, kw, s0, t1)
+        if backward is None and not checked:
+            why, checked = supported(spliced, tokens), True
+        if backward is None and why is None:
+            backward = _autograd_backward(spliced, tokens, states, a, downs, kw, s0, t1)
+        if backward is None:
+            log.info("edge_effects: no fast path for %s (%s); running the per-node loop", a, why)
+            edges += looped_hook(
+                spliced, tokens, states, grads, sides, a, downs, by_hook, batch, progress
+            )
+            continue
         (feats, d_f), d_e = upstream_deltas(spliced, a, states[a], sides[a], ups)
         up = _Upstream(spliced.saes[a].W_dec.detach(), feats, d_f, d_e, ups, s0, t1)
         for b in downs:
-            E = _down_hook(spliced, b, states[b], grads[b], by_hook[b], leaf, raw[b], up, batch)
+            E = _down_hook(spliced, b, states[b], grads[b], by_hook[b], backward(b), up, batch)
             for k, j in E.nonzero().tolist():
                 edges.append(Edge(ups[j], by_hook[b][k], float(E[k, j])))
             if progress is not None:
@@ -71,26 +100,94 @@ def fast_edge_effects(
     return edges
 
 
+Backward = Callable[[Tensor, Tensor, Tensor, int], Tensor]
+"""backward(C, prompts, slots, n_slots): J^T C for seed rows C `[R, P, d]` (row r on prompt
+`prompts[r]`, the `slots[r]`-th node active there, slots < n_slots), as `[R, P, d]` at the leaf."""
+
+BackwardTo = Callable[[str], Backward]
+"""The backward from one downstream hook of the window to its leaf."""
+
+
+def _inside(a: str) -> bool:
+    return hook_order(a)[1] != SUBMODULES["hook_resid_post"]
+
+
+def _entering(spliced, tokens, states, a: str) -> Tensor:
+    """The residual entering the window's first block: a's output for a `hook_resid_post`,
+    else the residual entering a's block, from the plain model (as the reference)."""
+    if not _inside(a):
+        return states[a].x.detach()
+    with torch.no_grad():
+        return spliced.forward(tokens, stop_at_layer=hook_order(a)[0])[0].detach()
+
+
+def _prefix_rows(tokens: Tensor, s0: int) -> tuple[Tensor, Tensor]:
+    """(one prompt per distinct prefix tokens[:, :s0], each prompt's prefix among them): the
+    prefix is a function of its tokens alone (causal), so each distinct one runs once."""
+    _, inverse = torch.unique(tokens[:, :s0], dim=0, return_inverse=True)
+    rep = torch.empty(int(inverse.max()) + 1, dtype=torch.long)
+    rep[inverse] = torch.arange(len(inverse))
+    return rep, inverse
+
+
+def _manual_backward(spliced, tokens, states, a, downs, kw, s0: int, t1: int) -> BackwardTo | None:
+    """The backward through `LlamaWindow` (hand-written, rows = active (node, prompt) pairs),
+    or None where it does not apply (a block it does not know, a hook_z leaf or target)."""
+    places = {b: window_vjp.sites(a, b, spliced.hooks) for b in downs}
+    if any(p is None for p in places.values()):
+        return None
+    layer = hook_order(a)[0]
+    first = layer if _inside(a) else layer + 1
+    last = max(hook_order(b)[0] for b in downs)
+    hidden = _entering(spliced, tokens, states, a)
+    window = window_vjp.LlamaWindow.build(spliced, first, last, kw)
+    if window is None or not window_vjp.supported(spliced, window, kw, hidden):
+        return None
+    if s0 > 0:
+        rep, inverse = _prefix_rows(tokens, s0)
+        window.forward(hidden[:, s0 : t1 + 1], s0, hidden[rep, :s0], inverse)
+    else:
+        window.forward(hidden[:, : t1 + 1], 0)
+
+    def backward(b: str) -> Backward:
+        leaf, target, frozen = places[b]
+        return lambda C, prompts, slots, n_slots: window.vjp(C, prompts, leaf, target, frozen)
+
+    return backward
+
+
+def _autograd_backward(spliced, tokens, states, a, downs, kw, s0: int, t1: int) -> BackwardTo:
+    """The backward through the bridge's blocks (`_window_forward`) by autograd: the seed rows
+    packed into slots, one batched backward of every prompt per slot."""
+    leaf, raw = _window_forward(spliced, tokens, states, a, downs, kw, s0, t1)
+
+    def backward(b: str) -> Backward:
+        def run(C: Tensor, prompts: Tensor, slots: Tensor, n_slots: int) -> Tensor:
+            packed = C.new_zeros(n_slots, *leaf.shape)
+            packed[slots, prompts] = C
+            (G,) = torch.autograd.grad(
+                raw[b], leaf, packed, retain_graph=True, is_grads_batched=True
+            )
+            return G[slots, prompts]
+
+        return run
+
+    return backward
+
+
 def _window_forward(spliced, tokens, states, a, downs, kw, s0: int, t1: int):
     """Raw inputs of the downstream hooks at positions s0..t1, as functions of a leaf that is
     hook a's output there; every spliced hook after a frozen (direct paths only)."""
-    layer, place = hook_order(a)
-    inside = place != SUBMODULES["hook_resid_post"]
+    layer = hook_order(a)[0]
+    inside = _inside(a)
     first = layer if inside else layer + 1
     last = max(hook_order(b)[0] for b in downs)
     x_a = states[a].x.detach()
-    if inside:  # the residual entering a's block, from the plain model (as the reference)
-        with torch.no_grad():
-            hidden = spliced.forward(tokens, stop_at_layer=layer)[0].detach()
-    else:
-        hidden = x_a
+    hidden = _entering(spliced, tokens, states, a)
     later = [h for h in spliced.hooks if hook_order(h) > hook_order(a)]
     cache = None
     if s0 > 0:
-        # the prefix is a function of its tokens alone (causal): run each distinct one once
-        _, inverse = torch.unique(tokens[:, :s0], dim=0, return_inverse=True)
-        rep = torch.empty(int(inverse.max()) + 1, dtype=torch.long)
-        rep[inverse] = torch.arange(len(inverse))
+        rep, inverse = _prefix_rows(tokens, s0)
         cache = PrefixKV()
         edits = {h: (lambda x: x.detach()) for h in later}
         if inside:
@@ -147,7 +244,7 @@ class _Upstream:
         return torch.where(self.summed, summed, at) * self.valid
 
 
-def _down_hook(spliced, b, st: SpliceState, g_b, downs: list[NodeKey], leaf, raw_b, up, batch):
+def _down_hook(spliced, b, st: SpliceState, g_b, downs: list[NodeKey], backward, up, batch):
     """E `[K, n_up]` (float64, mean over prompts) for the kept nodes `downs` of hook b."""
     sae = spliced.saes[b]
     B, T, d = st.x.shape
@@ -180,9 +277,12 @@ def _down_hook(spliced, b, st: SpliceState, g_b, downs: list[NodeKey], leaf, raw
     E = torch.zeros(K, len(up.col), dtype=torch.float64)
     W_dec = sae.W_dec.detach()
     feats = torch.tensor([max(key.feature, 0) for key in downs])
+    row = torch.full((K, B), -1, dtype=torch.long)  # (node, prompt) → seed row of this chunk
     for j0 in range(0, n_slots, batch):
         j1 = min(j0 + batch, n_slots)
-        C = st.x.new_zeros(j1 - j0, B, t1 - s0 + 1, d)
+        k_p, b_p = (active & (slot >= j0) & (slot < j1)).nonzero(as_tuple=True)
+        row[k_p, b_p] = torch.arange(len(k_p))
+        C = st.x.new_zeros(len(k_p), t1 - s0 + 1, d)
         k_t, b_t, t_t = (
             x[(slot[trip[0], trip[1]] >= j0) & (slot[trip[0], trip[1]] < j1)] for x in trip
         )
@@ -191,16 +291,15 @@ def _down_hook(spliced, b, st: SpliceState, g_b, downs: list[NodeKey], leaf, raw
                 c = _feature_seeds(sae, st.x, g, W_dec, feats[k_t], b_t, t_t)
             else:
                 c = reference[k_t, b_t, t_t]
-            C.index_put_((slot[k_t, b_t] - j0, b_t, t_t - s0), c, accumulate=True)
+            C.index_put_((row[k_t, b_t], t_t - s0), c, accumulate=True)
         if c_err is not None:
             k_e, b_e = ((active & is_err.unsqueeze(1)) & (slot >= j0) & (slot < j1)).nonzero(
                 as_tuple=True
             )
             mask = where[k_e, s0 : t1 + 1].unsqueeze(-1).to(C.dtype)
-            C[slot[k_e, b_e] - j0, b_e] = c_err[b_e] * mask
-        (G,) = torch.autograd.grad(raw_b, leaf, C, retain_graph=True, is_grads_batched=True)
-        k_p, b_p = (active & (slot >= j0) & (slot < j1)).nonzero(as_tuple=True)
-        U = up.effects(G[slot[k_p, b_p] - j0, b_p], b_p)
+            C[row[k_e, b_e]] = c_err[b_e] * mask
+        G = backward(C, b_p, slot[k_p, b_p] - j0, j1 - j0)
+        U = up.effects(G, b_p)
         E.index_add_(0, k_p, U)
     return E / B
 

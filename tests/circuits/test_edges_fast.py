@@ -29,8 +29,28 @@ def _many_nodes(spliced, task, per_position: bool, n_prompts: int = 6, per_hook:
     return tokens, states, grads, sides, kept
 
 
+@pytest.fixture(params=["vjp", "autograd"])
+def backward(request, monkeypatch):
+    """Which backward the fast path takes: the hand-written one (circuits/window_vjp.py; the
+    autograd one may not run) or autograd through the bridge's blocks (the embedded model's
+    layers not recognised)."""
+    import saelab.circuits.edges_fast as fast
+
+    if request.param == "vjp":
+
+        def unused(*args, **kwargs):
+            raise AssertionError("the autograd backward ran")
+
+        monkeypatch.setattr(fast, "_autograd_backward", unused)
+    else:
+        monkeypatch.setattr("saelab.circuits.window_vjp._block_weights", lambda layer: None)
+    return request.param
+
+
 @pytest.mark.parametrize("per_position,late", [(True, False), (False, False), (True, True)])
-def test_fast_edges_equal_the_per_node_loop(random_spliced, sva_small, per_position, late):
+def test_fast_edges_equal_the_per_node_loop(
+    random_spliced, sva_small, per_position, late, backward
+):
     tokens, states, grads, sides, kept = _many_nodes(random_spliced, sva_small, per_position)
     if late:  # nodes from position 3 on: the prompts' first 3 tokens differ, a real prefix
         kept = [n for n in kept if n.key.pos >= 3]
@@ -116,12 +136,13 @@ def test_fast_edges_with_matching_pursuit_saes(model, sva_small):
 def test_models_without_the_window_forward_take_the_per_node_loop(
     random_spliced, sva_small, monkeypatch, caplog
 ):
-    """Where the window forward does not apply (here an attention that ignores the key-value
-    cache; GPT-2's learned positions are another case), `edge_effects` logs why and returns
-    the reference's edges: it neither raises nor reads a wrong prefix."""
+    """Where neither fast backward applies (here layers the hand-written one does not know and
+    an attention that ignores the key-value cache; GPT-2's learned positions are another
+    case), `edge_effects` logs why for each upstream hook and returns the reference's edges:
+    it neither raises nor reads a wrong prefix."""
     import logging
 
-    from saelab.circuits.edges_fast import fast_edge_effects
+    import saelab.circuits.edges_fast as fast
     from saelab.circuits.window import supported
 
     tokens, states, grads, sides, kept = _many_nodes(random_spliced, sva_small, True)
@@ -129,19 +150,23 @@ def test_models_without_the_window_forward_take_the_per_node_loop(
     args = (random_spliced, tokens, states, grads, sides, kept)
     assert supported(random_spliced, tokens) is None
     looped = edge_effects(*args, batch=4, batched=False)
+    monkeypatch.setattr("saelab.circuits.window_vjp._block_weights", lambda layer: None)
     for block in random_spliced.bridge.blocks:  # the bridge skips the cache without an index
         monkeypatch.setattr(block.attn, "_layer_idx", None)
     why = supported(random_spliced, tokens)
     assert why is not None and "key-value cache" in why
-    with caplog.at_level(logging.INFO, logger="saelab.circuits.edges"):
+    with caplog.at_level(logging.INFO, logger="saelab.circuits.edges_fast"):
         fell_back = edge_effects(*args, batch=4)
-    assert [r.getMessage() for r in caplog.records if r.name == "saelab.circuits.edges"] == [
-        f"edge_effects: no fast path ({why}); running the per-node loop"
+    uppers = list(dict.fromkeys(e.up.hook for e in looped))
+    assert len(uppers) >= 3
+    assert [r.getMessage() for r in caplog.records if r.name == "saelab.circuits.edges_fast"] == [
+        f"edge_effects: no fast path for {a} ({why}); running the per-node loop" for a in uppers
     ]
     a = {(e.up, e.down): e.effect for e in fell_back}
     b = {(e.up, e.down): e.effect for e in looped}
     assert len(b) > 100 and a.keys() == b.keys()
     assert max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-6) for k in a) < 1e-5
-    # the fast path regardless would be wrong here: the window would not see the prefix
-    wrong = {(e.up, e.down): e.effect for e in fast_edge_effects(*args, batch=4)}
+    # the bridge's window regardless would be wrong here: it would not see the prefix
+    monkeypatch.setattr(fast, "supported", lambda spliced, tokens: None)
+    wrong = {(e.up, e.down): e.effect for e in edge_effects(*args, batch=4)}
     assert max(abs(wrong.get(k, 0.0) - b[k]) / (abs(b[k]) + 1e-6) for k in b) > 1e-2
