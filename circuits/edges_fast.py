@@ -139,15 +139,20 @@ def _manual_backward(spliced, tokens, states, a, downs, kw, s0: int, t1: int) ->
     layer = hook_order(a)[0]
     first = layer if _inside(a) else layer + 1
     last = max(hook_order(b)[0] for b in downs)
-    hidden = _entering(spliced, tokens, states, a)
     window = window_vjp.LlamaWindow.build(spliced, first, last, kw)
-    if window is None or not window_vjp.supported(spliced, window, kw, hidden):
+    if window is None:
         return None
+    hidden = _entering(spliced, tokens, states, a)
     if s0 > 0:
         rep, inverse = _prefix_rows(tokens, s0)
         window.forward(hidden[:, s0 : t1 + 1], s0, hidden[rep, :s0], inverse)
     else:
         window.forward(hidden[:, : t1 + 1], 0)
+    expected = {hook_order(b): states[b].x[:, s0 : t1 + 1].detach() for b in downs}
+    why = window.mismatch(hidden[:, s0 : t1 + 1], expected)
+    if why is not None:
+        log.info("edge_effects: the hand-written window after %s does not match (%s)", a, why)
+        return None
 
     def backward(b: str) -> Backward:
         leaf, target, frozen = places[b]

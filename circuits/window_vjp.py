@@ -12,9 +12,10 @@ The positions before the window enter the attention as constant keys and values 
 prefix runs once, in the same matmuls as the window), as `window.PrefixKV` does for the
 bridge's blocks.
 
-`LlamaWindow.build` returns None for any block it does not recognise; `supported` then checks
-the forward against the bridge's own block on real inputs before the fast path trusts it
-(`tests/circuits/test_window_vjp.py` checks the backward against autograd through the bridge).
+`LlamaWindow.build` returns None for any block it does not recognise, and `mismatch` compares
+every forward with the model's own values at the downstream hooks (recorded in the spliced run)
+before the fast path trusts its backward; `tests/circuits/test_window_vjp.py` checks the
+backward against autograd through the bridge's blocks.
 """
 
 from __future__ import annotations
@@ -26,15 +27,12 @@ import torch
 from torch import Tensor
 
 from saelab.circuits.splice import SUBMODULES, SplicedModel, hook_order
-from saelab.circuits.window import run_blocks
 
 Z, ATTN, MLP, RESID = (
     SUBMODULES[h] for h in ("attn.hook_z", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 )
 """Places inside a block (`SUBMODULES`); a leaf or target may be any but `attn.hook_z`."""
 
-_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""Per bridge: {(first, last): whether `LlamaWindow` reproduced the bridge's blocks}."""
 _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per decoder layer: the stacked weights, with the source tensors' (address, version) they
 were stacked from (rebuilt when a weight is replaced or changed in place)."""
@@ -142,7 +140,7 @@ class LlamaWindow:
         self.blocks = blocks
         self.first = first
         self.cos, self.sin = cos, sin  # `[1, T, d_head]`, every position of the prompts
-        self.saved: list[dict[str, Tensor]] = []
+        self.saved: list[dict] = []  # per block, what `vjp` and `mismatch` read
 
     @classmethod
     def build(cls, spliced: SplicedModel, first: int, last: int, kw: dict) -> LlamaWindow | None:
@@ -215,12 +213,14 @@ class LlamaWindow:
                 z.append(zp.reshape(n_pre, -1))
             zw, _, att = self._attend(blk, qkv[win].view(B, P, -1), start, kv)
             z.append(zw.reshape(B * P, -1))
-            x1 = x + torch.cat(z) @ blk.W_o.T
+            attn_out = torch.cat(z) @ blk.W_o.T
+            x1 = x + attn_out
             inv2 = _rms(x1, blk.eps)
             gate, up = ((x1 * inv2 * blk.ln2) @ blk.W_gu.T).chunk(2, -1)
             sig = torch.sigmoid(gate)
             act = gate * sig
-            out = x1 + (act * up) @ blk.W_down.T
+            mlp_out = (act * up) @ blk.W_down.T
+            out = x1 + mlp_out
             # the MLP's local derivatives: d mlp_in = [d_h · up · silu'(gate), d_h · silu(gate)]
             coef = torch.cat([up[win] * sig[win] * (1 + gate[win] * (1 - sig[win])), act[win]], -1)
             self.saved.append(
@@ -231,11 +231,31 @@ class LlamaWindow:
                     "x1": x1[win].view(B, P, d),
                     "inv2": inv2[win].view(B, P, 1),
                     "coef": coef.view(B, P, -1),
+                    "sites": {  # the values at the places a hook may read
+                        ATTN: attn_out[win].view(B, P, d),
+                        MLP: mlp_out[win].view(B, P, d),
+                        RESID: out[win].view(B, P, d),
+                    },
                     **att,
                 }
             )
             x = out
         return x[win].view(B, P, d)
+
+    def mismatch(self, hidden: Tensor, expected: dict[tuple[int, int], Tensor]) -> str | None:
+        """None where the last `forward` reproduces the model's values at the given sites
+        {(layer, place): `[B, P, d]`}, else what differs. Per (prompt, position) row, the error
+        is measured against what the window's blocks add there (`hidden`: what entered the
+        first block), so the residual stream's few large dimensions cannot hide it: float32
+        rounding gives ~1e-5, one weight off by 0.1% ~1e-3, and the bound is 1e-4."""
+        for (layer, place), want in expected.items():
+            got = self.saved[layer - self.first]["sites"][place]
+            added = want - hidden if place == RESID else want
+            rel = (got - want).norm(dim=-1) / (added.norm(dim=-1) + 1e-12)
+            worst = float(rel.max()) if rel.numel() else 0.0
+            if not worst <= 1e-4:
+                return f"blocks.{layer} place {place}: relative error {worst:.3g}"
+        return None
 
     def _mlp_back(self, i: int, g: Tensor, rows: Tensor) -> Tensor:
         """The cotangent of x1 through the MLP branch, from the cotangent g of mlp_out."""
@@ -315,18 +335,3 @@ def sites(a: str, b: str, hooks: list[str]) -> tuple | None:
     if any(place == RESID for _, place in frozen):  # not a direct pair (`hook_pairs`)
         return None
     return leaf, target, frozen
-
-
-def supported(spliced: SplicedModel, window: LlamaWindow, kw: dict, hidden: Tensor) -> bool:
-    """Whether `window` reproduces the bridge's own blocks over the same range, compared once
-    per model and block range on `hidden` (the residual entering the first block; two rows)."""
-    first, last = window.first, window.first + len(window.blocks) - 1
-    checked = _CHECKED.setdefault(spliced.bridge, {})
-    if (first, last) not in checked:
-        probe = hidden[:2]
-        with torch.no_grad():
-            want = run_blocks(spliced, probe, first, last, kw, 0, None, {})
-        got = window.forward(probe, 0)
-        tol = 1e-4 * float(want.abs().max())
-        checked[first, last] = float((got - want).abs().max()) <= tol
-    return checked[first, last]

@@ -170,3 +170,41 @@ def test_models_without_the_window_forward_take_the_per_node_loop(
     monkeypatch.setattr(fast, "supported", lambda spliced, tokens: None)
     wrong = {(e.up, e.down): e.effect for e in edge_effects(*args, batch=4)}
     assert max(abs(wrong.get(k, 0.0) - b[k]) / (abs(b[k]) + 1e-6) for k in b) > 1e-2
+
+
+def test_a_hand_written_window_that_differs_from_the_model_is_not_used(
+    random_spliced, sva_small, monkeypatch, caplog
+):
+    """Layers that look like Llama's but compute something else (here one output projection
+    scaled): the window's forward differs from the model's recorded values, so the fast path
+    logs it and takes autograd through the bridge's blocks, with the reference's edges."""
+    import dataclasses
+    import logging
+
+    import saelab.circuits.window_vjp as wv
+
+    real = wv._block_weights
+
+    def off(layer):
+        block = real(layer)
+        if layer is random_spliced.bridge.blocks[3].original_component:
+            block = dataclasses.replace(block, W_o=block.W_o * 1.01)
+        return block
+
+    monkeypatch.setattr(wv, "_block_weights", off)
+    tokens, states, grads, sides, kept = _many_nodes(random_spliced, sva_small, True)
+    args = (random_spliced, tokens, states, grads, sides, kept)
+    with caplog.at_level(logging.INFO, logger="saelab.circuits.edges_fast"):
+        fast = edge_effects(*args, batch=4)
+    said = [r.getMessage() for r in caplog.records if r.name == "saelab.circuits.edges_fast"]
+    # every upstream hook's window reaches blocks.3.hook_resid_post, through block 3
+    assert [m.split(" does not match")[0] for m in said] == [
+        f"edge_effects: the hand-written window after {a}" for a in random_spliced.hooks[:3]
+    ]
+    assert all("(blocks.3 place 3: relative error" in m for m in said)
+    looped = edge_effects(*args, batch=4, batched=False)
+    a = {(e.up, e.down): e.effect for e in fast}
+    b = {(e.up, e.down): e.effect for e in looped}
+    assert len(b) > 100 and a.keys() == b.keys()
+    scale = max(abs(v) for v in b.values())
+    assert max(abs(a[k] - b[k]) / (abs(b[k]) + 1e-3 * scale) for k in a) < 1e-4
