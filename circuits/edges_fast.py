@@ -93,8 +93,11 @@ def fast_edge_effects(
         up = _Upstream(spliced.saes[a].W_dec.detach(), feats, d_f, d_e, ups, s0, t1)
         for b in downs:
             E = _down_hook(spliced, b, states[b], grads[b], by_hook[b], backward(b), up, batch)
-            for k, j in E.nonzero().tolist():
-                edges.append(Edge(ups[j], by_hook[b][k], float(E[k, j])))
+            nz = E.nonzero()
+            values = E[nz[:, 0], nz[:, 1]].tolist()  # one conversion, not one per edge
+            downs_b = by_hook[b]
+            for (k, j), v in zip(nz.tolist(), values):
+                edges.append(Edge(ups[j], downs_b[k], v))
             if progress is not None:
                 progress.update(len(by_hook[b]))
     return edges
