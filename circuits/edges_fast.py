@@ -33,7 +33,7 @@ from torch import Tensor
 from saelab.circuits import window_vjp
 from saelab.circuits.attribution import PatchSide
 from saelab.circuits.edge_terms import Edge, cotangents, hook_pairs, upstream_deltas
-from saelab.circuits.edges import looped_hook
+from saelab.circuits.edges_loop import looped_hook
 from saelab.circuits.nodes import ERROR, SUMMED, Node, NodeKey
 from saelab.circuits.splice import SUBMODULES, SplicedModel, SpliceState, hook_order
 from saelab.circuits.window import PrefixKV, block_kwargs, run_blocks, supported
