@@ -185,7 +185,11 @@ class LlamaWindow:
 
     @torch.no_grad()
     def forward(
-        self, hidden: Tensor, start: int, prefix: Tensor | None = None, inverse=None
+        self,
+        hidden: Tensor,
+        start: int,
+        prefix: Tensor | None = None,
+        inverse: Tensor | None = None,
     ) -> Tensor:
         """Run the blocks on `hidden` `[B, P, d]` (the residual entering block `first` at
         positions start..start+P-1), saving what `vjp` reads; returns the last block's output.
